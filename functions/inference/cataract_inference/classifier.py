@@ -1,0 +1,180 @@
+"""The ONNX session and its manifest: image bytes in, screening result out. No web framework here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import explanation, quality
+from .imaging import DecodedImage, DecodeLimits, load_for_model
+from .manifest import Manifest
+from .model_source import ModelArtifact, ModelLoadError, resolve_model
+from .settings import Settings
+
+UNGRADABLE = "ungradable"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One screening result."""
+
+    label: str
+    probabilities: dict[str, float]
+    referral: bool
+    quality: quality.Quality
+    timing_ms: dict[str, float]
+    heatmap_png: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Temperature-scaled softmax over the last axis, numerically stable."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def session_options(intra_op_threads: int) -> Any:
+    """ONNX Runtime options for Lambda: fixed threads, no spinning, full graph optimisation."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads burn the vCPU Lambda bills for while waiting; off.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class Classifier:
+    """A verified ONNX model, ready to screen photos."""
+
+    def __init__(self, artifact: ModelArtifact, *, intra_op_threads: int = 1, limits: DecodeLimits = DecodeLimits()) -> None:
+        import onnxruntime as ort
+
+        self.artifact = artifact
+        self.manifest: Manifest = artifact.manifest
+        self.limits = limits
+        try:
+            self.session = ort.InferenceSession(
+                str(artifact.model_path), sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for every parse failure.
+            raise ModelLoadError(
+                f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model."
+            ) from exc
+        self._outputs = self._check_against_manifest()
+        self.warm_up()
+
+    def _check_against_manifest(self) -> list[str]:
+        spec, names = self.manifest.input, self.manifest.outputs
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if spec.name not in inputs:
+            raise ModelLoadError(f"the manifest's input {spec.name!r} is not in the model (it has {sorted(inputs)})")
+        shape = inputs[spec.name].shape
+        fixed = [d for d in shape[1:] if isinstance(d, int)]
+        if len(shape) != 4 or (fixed and tuple(shape[1:]) != (3, spec.size, spec.size)):
+            raise ModelLoadError(f"the model's input shape {shape} does not match the manifest's 3x{spec.size}x{spec.size}")
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam) if n]
+        missing = [n for n in wanted if n not in outputs]
+        if missing:
+            raise ModelLoadError(f"the manifest names outputs {missing} that the model lacks (it has {sorted(outputs)})")
+        width = outputs[names.logits].shape[-1]
+        if isinstance(width, int) and width != len(self.manifest.classes):
+            raise ModelLoadError(
+                f"the model has {width} logits but the manifest lists {len(self.manifest.classes)} classes"
+            )
+        return wanted
+
+    @classmethod
+    def from_settings(cls, settings: Settings, s3_client: Any | None = None) -> Classifier:
+        """Resolve, verify and load the model the settings name."""
+        artifact = resolve_model(settings, s3_client)
+        limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
+        return cls(artifact, intra_op_threads=settings.ort_intra_op_threads, limits=limits)
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """Name, version and sha256 of the loaded model."""
+        return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.artifact.sha256}
+
+    def warm_up(self) -> None:
+        """One run on zeros, so the first request does not pay for lazy allocations."""
+        spec = self.manifest.input
+        self.run(np.zeros((1, 3, spec.size, spec.size), dtype=np.float32))
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs for a preprocessed NCHW batch."""
+        values = self.session.run(self._outputs, {self.manifest.input.name: batch})
+        return dict(zip(self._outputs, values, strict=True))
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for a batch of logits."""
+        return softmax(logits, self.manifest.temperature)
+
+    def decide(self, probs: np.ndarray) -> tuple[str, bool]:
+        """Label and referral from calibrated probabilities and the manifest's threshold."""
+        pos = self.manifest.positive_index
+        referral = bool(probs[pos] >= self.manifest.threshold)
+        if referral:
+            return self.manifest.positive_class, True
+        others = [i for i in range(len(probs)) if i != pos]
+        return self.manifest.classes[max(others, key=lambda i: probs[i])], False
+
+    def predict_bytes(self, data: bytes, *, explain: bool = False) -> Prediction:
+        """Screen one encoded image. Raises ``imaging.ImageError`` for input that is not a usable image."""
+        t0 = time.perf_counter()
+        decoded, tensor = load_for_model(data, self.manifest.input, self.limits)
+        t1 = time.perf_counter()
+        outputs = self.run(tensor[None])
+        t2 = time.perf_counter()
+        prediction = self._postprocess(decoded, outputs, explain)
+        t3 = time.perf_counter()
+        timing = {
+            "decode": round((t1 - t0) * 1000, 2),
+            "inference": round((t2 - t1) * 1000, 2),
+            "postprocess": round((t3 - t2) * 1000, 2),
+            "total": round((t3 - t0) * 1000, 2),
+        }
+        return Prediction(
+            label=prediction.label,
+            probabilities=prediction.probabilities,
+            referral=prediction.referral,
+            quality=prediction.quality,
+            timing_ms=timing,
+            heatmap_png=prediction.heatmap_png,
+        )
+
+    def _postprocess(self, decoded: DecodedImage, outputs: dict[str, np.ndarray], explain: bool) -> Prediction:
+        names = self.manifest.outputs
+        probs = self.calibrated(outputs[names.logits])[0]
+        probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
+        ood = float(outputs[names.ood_distance].reshape(-1)[0]) if names.ood_distance else None
+        verdict = quality.assess(quality.image_stats(decoded.image, decoded.original_size), ood, self.manifest.gate)
+        if verdict.gradable:
+            label, referral = self.decide(probs)
+        else:
+            # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
+            label, referral = UNGRADABLE, True
+        heatmap = None
+        if explain and names.cam:
+            cam = outputs[names.cam][0, self.manifest.positive_index]
+            heatmap = explanation.overlay_png(decoded.image, cam, self.manifest.input)
+        return Prediction(label, probabilities, referral, verdict, {}, heatmap)
+
+
+def load_classifier(model_dir: Path, *, intra_op_threads: int = 1) -> Classifier:
+    """A classifier for a local model folder (used by training's evaluation and the CLI)."""
+    from .model_source import load_baked
+
+    return Classifier(load_baked(model_dir), intra_op_threads=intra_op_threads)

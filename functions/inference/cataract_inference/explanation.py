@@ -1,0 +1,66 @@
+"""Class-activation heat maps, from the graph's CAM output: no gradients, no torch.
+
+The ONNX graph exports ``cam``: the classifier weights applied to the last convolutional feature
+map. Turning it into a picture (upsample, colour, blend, PNG) happens only when a client asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+from .manifest import InputSpec
+
+
+def normalised_map(cam: np.ndarray) -> np.ndarray:
+    """Positive evidence only, scaled to 0..1 (all zeros when there is none)."""
+    cam = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    top = float(cam.max(initial=0.0))
+    return cam / top if top > 0 else cam
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """A jet-like colour map: 0..1 to uint8 RGB."""
+    v = np.clip(values, 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
+    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
+    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+def map_to_image_grid(heat: np.ndarray, image_size: tuple[int, int], spec: InputSpec) -> np.ndarray:
+    """Undo the model's letterbox or crop: a model-grid map as a map over the photo (H, W)."""
+    width, height = image_size
+    size = spec.size
+    grid = Image.fromarray(heat.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    if spec.resize == "letterbox":
+        scale = size / max(width, height)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        left, top = (size - w) // 2, (size - h) // 2
+        grid = grid.crop((left, top, left + w, top + h))
+    elif spec.resize == "center_crop":
+        # The crop saw only the centre; outside it there is no evidence either way.
+        short = max(size, round(size / spec.crop_fraction))
+        scale = short / min(width, height)
+        full_w, full_h = max(size, round(width * scale)), max(size, round(height * scale))
+        full = Image.new("F", (full_w, full_h), 0.0)
+        full.paste(grid, ((full_w - size) // 2, (full_h - size) // 2))
+        grid = full
+    return np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def overlay_png(img: Image.Image, cam: np.ndarray, spec: InputSpec, *, max_side: int = 512, alpha: float = 0.45) -> str:
+    """The heat map blended over the photo, as a base64 PNG (longest side at most ``max_side``)."""
+    photo = img.copy()
+    photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    heat = map_to_image_grid(normalised_map(cam), photo.size, spec)
+    coloured = Image.fromarray(_jet(heat), mode="RGB")
+    weight = (alpha * heat)[..., None]
+    blended = np.asarray(photo, dtype=np.float32) * (1.0 - weight) + np.asarray(coloured, dtype=np.float32) * weight
+    out = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG", optimize=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

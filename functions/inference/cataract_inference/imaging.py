@@ -1,0 +1,220 @@
+"""Safe image decoding and THE preprocessing, shared by serving and training.
+
+Decoding refuses what could hurt the process (decompression bombs, exotic codecs) before the
+pixels are read, and turns every accepted input into an upright 8-bit RGB image. ``preprocess``
+turns that image into the model's input tensor; training calls the very same function.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .manifest import InputSpec
+
+# The decoders we accept. Anything else is refused before Pillow tries its other plugins.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+# Magic numbers of image formats we recognise but do not read, so the client hears "convert it".
+_KNOWN_UNSUPPORTED: tuple[tuple[bytes, int, str], ...] = (
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x01\x00", 0, "ICO"),
+    (b"%PDF", 0, "PDF"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"),
+    (b"<svg", 0, "SVG"),
+    (b"<?xml", 0, "SVG/XML"),
+)
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class ImageError(ValueError):
+    """An input that cannot be turned into an image. ``code`` and ``status`` map to the API."""
+
+    code = "invalid_image"
+    status = 400
+
+
+class NotAnImageError(ImageError):
+    code = "not_an_image"
+    status = 415
+
+
+class UnsupportedFormatError(ImageError):
+    code = "unsupported_format"
+    status = 415
+
+
+class CorruptImageError(ImageError):
+    code = "corrupt_image"
+    status = 400
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+    status = 413
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Refuse images whose declared size exceeds these, before decoding any pixel."""
+
+    max_pixels: int = 40_000_000
+    max_side: int = 12_000
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright 8-bit RGB image and what we knew of the original."""
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    format: str
+
+
+def _sniff_unsupported(data: bytes) -> str | None:
+    head = data[:64].lstrip() if data[:1] in (b" ", b"\n", b"\r", b"\t") else data[:64]
+    for magic, offset, name in _KNOWN_UNSUPPORTED:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    if not data:
+        raise NotAnImageError("the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as exc:
+        other = _sniff_unsupported(data)
+        if other is not None:
+            raise UnsupportedFormatError(
+                f"{other} images are not supported; send JPEG, PNG or WebP"
+            ) from exc
+        raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImageError(f"the image header is corrupt: {exc}") from exc
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise CorruptImageError("the image declares an empty size")
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height}; the limit is {limits.max_side} px a side and "
+            f"{limits.max_pixels} pixels"
+        )
+    return img
+
+
+def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data spans 0..65535; 'I' and 'F' are scaled by their own range.
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*fill, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(
+    data: bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    *,
+    target_size: int | None = None,
+    fill: tuple[int, int, int] = (124, 116, 104),
+) -> DecodedImage:
+    """Decode ``data`` into an upright 8-bit RGB image.
+
+    ``target_size`` lets JPEG decode at a reduced scale (DCT draft mode) while keeping both sides
+    at least that large; it only ever drops resolution the model would throw away. ``fill`` is the
+    colour transparent pixels are composited onto.
+    """
+    img = _open(data, limits)
+    original_size = img.size
+    fmt = img.format or "unknown"
+    try:
+        if target_size is not None and fmt in ("JPEG", "MPO"):
+            img.draft("RGB", (target_size, target_size))
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        # EXIF rotations by 90 degrees swap the sides of the original too.
+        if img.size[0] != img.size[1] and (img.size[0] < img.size[1]) != (original_size[0] < original_size[1]):
+            original_size = (original_size[1], original_size[0])
+        rgb = _to_rgb(img, fill)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
+        raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from exc
+    return DecodedImage(image=rgb, original_size=original_size, format=fmt)
+
+
+def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
+    """Resize (and pad or crop) an RGB image to ``spec.size`` square, as the manifest says."""
+    size = spec.size
+    resample = _RESAMPLE[spec.interpolation]
+    width, height = img.size
+    if spec.resize == "squash":
+        return img.resize((size, size), resample, reducing_gap=3.0)
+    if spec.resize == "center_crop":
+        short = max(size, round(size / spec.crop_fraction))
+        scale = short / min(width, height)
+        new = (max(size, round(width * scale)), max(size, round(height * scale)))
+        img = img.resize(new, resample, reducing_gap=3.0)
+        left = (new[0] - size) // 2
+        top = (new[1] - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    scale = size / max(width, height)
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = img.resize(new, resample, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), spec.fill_rgb)
+    canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def normalise(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A ``spec.size`` square RGB image as a normalised float32 CHW array."""
+    arr = np.asarray(img, dtype=np.float32)
+    scale = np.asarray([1.0 / (255.0 * s) for s in spec.std], dtype=np.float32)
+    bias = np.asarray([-m / s for m, s in zip(spec.mean, spec.std, strict=True)], dtype=np.float32)
+    return np.ascontiguousarray((arr * scale + bias).transpose(2, 0, 1))
+
+
+def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """THE preprocessing: an RGB image to the model's float32 CHW input. Training reuses it."""
+    if img.mode != "RGB":
+        img = _to_rgb(img, spec.fill_rgb)
+    return normalise(resize_for_model(img, spec), spec)
+
+
+def load_for_model(
+    data: bytes, spec: InputSpec, limits: DecodeLimits = DecodeLimits()
+) -> tuple[DecodedImage, np.ndarray]:
+    """Decode bytes and preprocess them for the model, the way serving does."""
+    decoded = decode_image(data, limits, target_size=spec.size, fill=spec.fill_rgb)
+    return decoded, preprocess(decoded.image, spec)

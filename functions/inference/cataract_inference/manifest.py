@@ -1,0 +1,136 @@
+"""The model manifest (``model.json``): what a model is, how to feed it and how to read its outputs.
+
+Training writes it, serving reads it; both go through these models so the two can never disagree
+on a field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_FILENAME = "model.json"
+MODEL_FILENAME = "model.onnx"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or inconsistent."""
+
+
+class InputSpec(BaseModel):
+    """How an RGB image becomes the model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "input"
+    size: int = Field(224, ge=16, le=1024)
+    resize: Literal["letterbox", "squash", "center_crop"] = "letterbox"
+    interpolation: Literal["bilinear", "bicubic", "lanczos"] = "bilinear"
+    crop_fraction: float = Field(0.875, gt=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB"] = "RGB"
+
+    @property
+    def fill_rgb(self) -> tuple[int, int, int]:
+        """The colour that normalises to zero: used for padding and transparency."""
+        r, g, b = (round(m * 255) for m in self.mean)
+        return (r, g, b)
+
+
+class OutputNames(BaseModel):
+    """Names of the ONNX graph's outputs. Only ``logits`` is required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    logits: str = "logits"
+    embedding: str | None = None
+    ood_distance: str | None = None
+    cam: str | None = None
+
+
+class GateThresholds(BaseModel):
+    """Gradability gate thresholds, fitted on data at training time."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    min_side: int = 64
+    min_brightness: float = 0.08
+    max_brightness: float = 0.95
+    min_contrast: float = 0.03
+    min_sharpness: float = 0.0
+    max_ood_distance: float | None = None
+
+
+class Provenance(BaseModel):
+    """Where the backbone's pretrained weights came from, and under which licence."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    architecture: str
+    weights: str
+    licence: str
+
+
+class Manifest(BaseModel):
+    """The contents of ``model.json``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    classes: tuple[str, ...]
+    positive_class: str = "cataract"
+    input: InputSpec = InputSpec()
+    outputs: OutputNames = OutputNames()
+    temperature: float = Field(1.0, gt=0.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    precision: Literal["fp32", "int8"] = "fp32"
+    gate: GateThresholds = GateThresholds()
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training_data: dict[str, Any] = Field(default_factory=dict)
+    backbone: Provenance | None = None
+
+    @model_validator(mode="after")
+    def _positive_class_is_a_class(self) -> Manifest:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must name at least two distinct classes")
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of {self.classes}")
+        return self
+
+    @property
+    def positive_index(self) -> int:
+        """Index of the positive (referable) class in the model's output."""
+        return self.classes.index(self.positive_class)
+
+    def public_view(self) -> dict[str, Any]:
+        """The manifest as served by ``GET /model``."""
+        return self.model_dump(mode="json")
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate ``model.json``; raise ``ManifestError`` with an actionable message."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"model manifest not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"model manifest {path} is not readable JSON: {exc}") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"model manifest {path} is invalid: {exc}") from exc
+
+
+def write_manifest(manifest: Manifest, path: Path) -> None:
+    """Write ``manifest`` as pretty JSON."""
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")

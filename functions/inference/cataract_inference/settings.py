@@ -1,0 +1,95 @@
+"""Environment configuration, parsed once.
+
+Every knob the function reads from its environment lives here, so the rest of the code takes a
+``Settings`` object and never touches ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The image copies model/ beside the package; a source checkout has it one level up too.
+DEFAULT_MODEL_DIR = PACKAGE_DIR.parent / "model"
+
+LAMBDA_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The function's configuration."""
+
+    model_dir: Path
+    model_s3_uri: str | None
+    model_sha256: str | None
+    model_s3_version_id: str | None
+    model_cache_dir: Path
+    ort_intra_op_threads: int
+    max_body_bytes: int
+    max_image_pixels: int
+    max_image_side: int
+    disclaimer: str
+    on_lambda: bool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse settings from ``env`` (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        s3_uri = env.get("MODEL_S3_URI", "").strip() or None
+        if s3_uri is not None and not s3_uri.startswith("s3://"):
+            raise ConfigError(f"MODEL_S3_URI must start with s3://, got {s3_uri!r}")
+        sha = env.get("MODEL_SHA256", "").strip().lower() or None
+        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            raise ConfigError("MODEL_SHA256 must be 64 hex characters")
+        return cls(
+            model_dir=Path(env.get("MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR),
+            model_s3_uri=s3_uri,
+            model_sha256=sha,
+            model_s3_version_id=env.get("MODEL_S3_VERSION_ID", "").strip() or None,
+            model_cache_dir=Path(env.get("MODEL_CACHE_DIR", "").strip() or "/tmp/cataract-model"),
+            ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            max_image_side=_int(env, "MAX_IMAGE_SIDE", 12_000, minimum=1),
+            disclaimer=env.get("DISCLAIMER", "").strip()
+            or "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis.",
+            on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not _bool(env, "LOCAL_RUN", False),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed on first use."""
+    return Settings.from_env()
