@@ -1,0 +1,1 @@
+"""Cataract screening inference: decode, preprocess, ONNX session, post-process, and the Lambda/HTTP layer."""

@@ -1,0 +1,1 @@
+"""Training for the cataract screening model: audit, fit, evaluate, export, publish."""
