@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import explanation, quality
-from .imaging import DecodedImage, DecodeLimits, load_for_model
+from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, load_for_model
 from .manifest import Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
@@ -58,7 +58,9 @@ def session_options(intra_op_threads: int) -> Any:
 class Classifier:
     """A verified ONNX model, ready to screen photos."""
 
-    def __init__(self, artifact: ModelArtifact, *, intra_op_threads: int = 1, limits: DecodeLimits = DecodeLimits()) -> None:
+    def __init__(
+        self, artifact: ModelArtifact, *, intra_op_threads: int = 1, limits: DecodeLimits = DEFAULT_LIMITS
+    ) -> None:
         import onnxruntime as ort
 
         self.artifact = artifact
@@ -66,7 +68,9 @@ class Classifier:
         self.limits = limits
         try:
             self.session = ort.InferenceSession(
-                str(artifact.model_path), sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+                str(artifact.model_path),
+                sess_options=session_options(intra_op_threads),
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # ORT raises its own exception types for every parse failure.
             raise ModelLoadError(
@@ -83,12 +87,16 @@ class Classifier:
         shape = inputs[spec.name].shape
         fixed = [d for d in shape[1:] if isinstance(d, int)]
         if len(shape) != 4 or (fixed and tuple(shape[1:]) != (3, spec.size, spec.size)):
-            raise ModelLoadError(f"the model's input shape {shape} does not match the manifest's 3x{spec.size}x{spec.size}")
+            raise ModelLoadError(
+                f"the model's input shape {shape} does not match the manifest's 3x{spec.size}x{spec.size}"
+            )
         outputs = {o.name: o for o in self.session.get_outputs()}
         wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam) if n]
         missing = [n for n in wanted if n not in outputs]
         if missing:
-            raise ModelLoadError(f"the manifest names outputs {missing} that the model lacks (it has {sorted(outputs)})")
+            raise ModelLoadError(
+                f"the manifest names outputs {missing} that the model lacks (it has {sorted(outputs)})"
+            )
         width = outputs[names.logits].shape[-1]
         if isinstance(width, int) and width != len(self.manifest.classes):
             raise ModelLoadError(

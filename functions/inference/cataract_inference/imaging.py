@@ -16,8 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .manifest import InputSpec
 
-# The decoders we accept. Anything else is refused before Pillow tries its other plugins.
-ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The decoders we accept (JPEG covers MPO, which phones write). Anything else is refused
+# before Pillow tries its other plugins.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 # Magic numbers of image formats we recognise but do not read, so the client hears "convert it".
 _KNOWN_UNSUPPORTED: tuple[tuple[bytes, int, str], ...] = (
@@ -76,6 +77,9 @@ class DecodeLimits:
     max_side: int = 12_000
 
 
+DEFAULT_LIMITS = DecodeLimits()
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """An upright 8-bit RGB image and what we knew of the original."""
@@ -103,9 +107,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     except UnidentifiedImageError as exc:
         other = _sniff_unsupported(data)
         if other is not None:
-            raise UnsupportedFormatError(
-                f"{other} images are not supported; send JPEG, PNG or WebP"
-            ) from exc
+            raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP") from exc
         raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
@@ -116,8 +118,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise CorruptImageError("the image declares an empty size")
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
         raise ImageTooLargeError(
-            f"the image is {width}x{height}; the limit is {limits.max_side} px a side and "
-            f"{limits.max_pixels} pixels"
+            f"the image is {width}x{height}; the limit is {limits.max_side} px a side and {limits.max_pixels} pixels"
         )
     return img
 
@@ -144,7 +145,7 @@ def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
 
 def decode_image(
     data: bytes,
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     target_size: int | None = None,
     fill: tuple[int, int, int] = (124, 116, 104),
@@ -213,7 +214,7 @@ def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
 
 
 def load_for_model(
-    data: bytes, spec: InputSpec, limits: DecodeLimits = DecodeLimits()
+    data: bytes, spec: InputSpec, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> tuple[DecodedImage, np.ndarray]:
     """Decode bytes and preprocess them for the model, the way serving does."""
     decoded = decode_image(data, limits, target_size=spec.size, fill=spec.fill_rgb)

@@ -98,7 +98,9 @@ def _s3_client() -> Any:
     import boto3  # Imported here: only the S3 path pays for it at cold start.
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
+    return boto3.client(
+        "s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+    )
 
 
 def _describe_s3_error(exc: Exception, uri: str) -> str:

@@ -45,9 +45,7 @@ def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
         grey.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
     arr = np.asarray(grey, dtype=np.float32) / 255.0
     if min(arr.shape) >= 3:
-        lap = (
-            arr[1:-1, :-2] + arr[1:-1, 2:] + arr[:-2, 1:-1] + arr[2:, 1:-1] - 4.0 * arr[1:-1, 1:-1]
-        )
+        lap = arr[1:-1, :-2] + arr[1:-1, 2:] + arr[:-2, 1:-1] + arr[2:, 1:-1] - 4.0 * arr[1:-1, 1:-1]
         sharpness = float(lap.var())
     else:
         sharpness = 0.0

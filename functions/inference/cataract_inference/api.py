@@ -1,0 +1,290 @@
+"""The FastAPI app: routes and error handlers, nothing else. The work happens in ``classifier``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import page
+from .classifier import Classifier
+from .imaging import ImageError
+from .observability import logger, record_client_error, record_prediction
+from .schemas import ErrorResponse, HealthResponse, ModelInfo, PredictRequest, PredictResponse, QualityOut
+from .settings import Settings
+
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ClientError(Exception):
+    """A request we refuse, with the status and code clients see."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str, request_id: str | None) -> JSONResponse:
+    body = ErrorResponse.model_validate({"error": {"code": code, "message": message}, "request_id": request_id})
+    headers = {"Cache-Control": "no-store"}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def request_id_of(scope: Scope) -> str:
+    """API Gateway's request id when there is one, so logs, responses and X-Ray agree."""
+    event = scope.get("aws.event") or {}
+    rid = (event.get("requestContext") or {}).get("requestId")
+    if isinstance(rid, str) and rid:
+        return rid
+    context = scope.get("aws.context")
+    rid = getattr(context, "aws_request_id", None)
+    if isinstance(rid, str) and rid:
+        return rid
+    for name, value in scope.get("headers") or []:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID_OK.match(candidate):
+                return candidate
+    return str(uuid.uuid4())
+
+
+def stage_prefix(scope: Scope) -> str:
+    """The path prefix API Gateway adds in front of the app's routes (e.g. ``/Prod``), or ``""``."""
+    event = scope.get("aws.event") or {}
+    context = event.get("requestContext") or {}
+    if event.get("version") == "2.0":
+        stage = context.get("stage") or "$default"
+        prefix = f"/{stage}"
+        raw = (context.get("http") or {}).get("path") or ""
+        return prefix if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ""
+    outer, inner = context.get("path"), event.get("path")
+    if isinstance(outer, str) and isinstance(inner, str) and outer != inner and outer.endswith(inner):
+        return outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
+    return ""
+
+
+class GatewayScopeMiddleware:
+    """Sets ``root_path`` from the API Gateway stage and a request id on every request.
+
+    Mangum strips the stage from the path but leaves ``root_path`` empty, so links the app builds
+    (the docs' openapi.json, the page's form target) would miss the stage. This puts it back.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["state"] = dict(scope.get("state") or {})
+            scope["state"]["request_id"] = request_id_of(scope)
+            prefix = stage_prefix(scope)
+            path = scope["path"]
+            if prefix and path.startswith(prefix + "/"):
+                path = path[len(prefix) :]  # HTTP API v2 keeps the stage in the path.
+            if prefix:
+                scope["root_path"] = prefix
+                scope["path"] = prefix + path
+        await self.app(scope, receive, send)
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Bytes of a base64 string or data: URL; ``ClientError`` (400) when it is not valid base64."""
+    payload = text.strip()
+    if payload[:5].lower() == "data:":
+        match = _DATA_URL.match(payload)
+        if not match:
+            raise ClientError(400, "invalid_base64", "a data: URL must look like data:image/png;base64,<data>")
+        payload = payload[match.end() :]
+    payload = _WHITESPACE.sub("", payload)
+    if "-" in payload or "_" in payload:
+        payload = payload.replace("-", "+").replace("_", "/")
+    payload += "=" * (-len(payload) % 4)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ClientError(400, "invalid_base64", f"the image field is not valid base64: {exc}") from exc
+    if not data:
+        raise ClientError(400, "empty_image", "the image field decodes to no bytes")
+    return data
+
+
+def _parse_json(body: bytes) -> PredictRequest:
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClientError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ClientError(400, "malformed_json", "the JSON is nested too deeply") from exc
+    if not isinstance(raw, dict):
+        raise ClientError(422, "invalid_request", 'the body must be a JSON object like {"image": "<base64>"}')
+    try:
+        return PredictRequest.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ClientError(422, "invalid_request", details) from exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, "payload_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, "payload_too_large", f"the body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _predict_openapi() -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": PredictRequest.model_json_schema()},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            str(code): {
+                "description": text,
+                "content": {"application/json": {"schema": ErrorResponse.model_json_schema()}},
+            }
+            for code, text in (
+                (400, "Malformed JSON, bad base64, or a corrupt image"),
+                (413, "Body or image over the limits"),
+                (415, "Not an image, or a format we don't read"),
+                (422, "Wrong or missing fields"),
+            )
+        },
+    }
+
+
+def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
+    """The HTTP app around a loaded classifier."""
+    manifest = classifier.manifest
+    model_info = ModelInfo(**classifier.model_info)
+    app = FastAPI(
+        title="Cataract screening",
+        version=manifest.version,
+        description=(
+            "Screens a photo of an eye for cataract. **A screening aid, not a diagnostic device.** "
+            f"Model {manifest.name} {manifest.version}."
+        ),
+    )
+    app.add_middleware(GatewayScopeMiddleware)
+
+    @app.exception_handler(ClientError)
+    async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+        record_client_error(exc.code)
+        logger.info("request refused", extra={"status": exc.status, "code": exc.code})
+        return _error(exc.status, exc.code, exc.message, request.scope["state"].get("request_id"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", str(exc.errors()), request.scope["state"].get("request_id"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), request.scope.get("state", {}).get("request_id"))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        rid = request.scope.get("state", {}).get("request_id")
+        return _error(500, "internal_error", "the service failed; it has been logged", rid)
+
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=_predict_openapi())
+    async def predict(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        request_id: str = request.scope["state"]["request_id"]
+        body = await _read_body(request, settings.max_body_bytes)
+        if not body:
+            raise ClientError(400, "empty_body", 'the body is empty; send {"image": "<base64>"} or raw image bytes')
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json" or (not content_type and body.lstrip()[:1] == b"{"):
+            parsed = _parse_json(body)
+            image_bytes, explain = decode_base64_image(parsed.image), parsed.explain
+        elif content_type.startswith(RAW_IMAGE_TYPES) or not content_type:
+            image_bytes, explain = body, request.query_params.get("explain", "").lower() in ("1", "true", "yes")
+        else:
+            raise ClientError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type!r} is not accepted; use application/json or image/*",
+            )
+        parsed_at = time.perf_counter()
+        try:
+            result = await run_in_threadpool(classifier.predict_bytes, image_bytes, explain=explain)
+        except ImageError as exc:
+            raise ClientError(exc.status, exc.code, str(exc)) from exc
+        timing = {"parse": round((parsed_at - started) * 1000, 2), **result.timing_ms}
+        timing["total"] = round((time.perf_counter() - started) * 1000, 2)
+        record_prediction(result.label, timing["total"], result.quality.gradable)
+        logger.info(
+            "screened",
+            extra={
+                "label": result.label,
+                "p_positive": result.probabilities.get(manifest.positive_class),
+                "gradable": result.quality.gradable,
+                "timing_ms": timing,
+                "image_bytes": len(image_bytes),
+            },
+        )
+        response = PredictResponse(
+            label=result.label,
+            probabilities=result.probabilities,
+            referral=result.referral,
+            threshold=manifest.threshold,
+            quality=QualityOut(
+                gradable=result.quality.gradable, reasons=result.quality.reasons, scores=result.quality.scores
+            ),
+            model=model_info,
+            request_id=request_id,
+            timing_ms=timing,
+            heatmap_png=result.heatmap_png,
+            disclaimer=settings.disclaimer,
+        )
+        return JSONResponse(
+            response.model_dump(exclude_none=True),
+            headers={"X-Request-Id": request_id, "Cache-Control": "no-store"},
+        )
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        return HealthResponse(status="ok", model=model_info)
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        return {**manifest.public_view(), "disclaimer": settings.disclaimer}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page.render(request.scope.get("root_path", ""), settings.disclaimer))
+
+    return app

@@ -1,0 +1,185 @@
+"""The local runner: the function on a laptop, with no AWS and no Docker.
+
+cataract-screen invoke EVENT.json        replay an API Gateway event through the real handler
+cataract-screen serve [--port 8000]      the same app on http://127.0.0.1:8000 (uvicorn)
+cataract-screen predict IMAGE [IMAGE…]   screen image files (through the handler, as Lambda would)
+cataract-screen make-event IMAGE -o F    write an event for `invoke` or `sam local invoke -e`
+cataract-screen draw-eye {normal,cataract} -o F   draw a synthetic eye (a drawing, not a photo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import events
+
+
+@dataclass
+class LocalContext:
+    """Enough of a Lambda context for the handler and Powertools."""
+
+    function_name: str = "cataract-screening-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 2048
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cataract-screening-local"
+    log_group_name: str = "/aws/lambda/cataract-screening-local"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def _quiet_observability(verbose: bool) -> None:
+    # Set before the handler is imported: Powertools reads these when it builds its objects.
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    if not verbose:
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+
+
+def invoke_event(event: dict[str, Any]) -> dict[str, Any]:
+    """Run one event through the real Lambda handler, in this process.
+
+    As under ``sam local invoke``, the function's own output (logs, EMF metrics) goes to stderr
+    and only the response to stdout: the logger binds whatever stdout is when it is built.
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        from .handler import lambda_handler  # Loads the model: after the environment is set.
+
+        return lambda_handler(event, LocalContext())
+
+
+def _print_response(response: dict[str, Any], body_only: bool) -> None:
+    if body_only:
+        body = response.get("body") or ""
+        try:
+            print(json.dumps(json.loads(body), indent=2))
+        except json.JSONDecodeError:
+            print(body)
+        return
+    try:
+        shown = {**response, "body": json.loads(response.get("body") or "null")}
+    except json.JSONDecodeError:
+        shown = response
+    print(json.dumps(shown, indent=2))
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    event = json.loads(Path(args.event).read_text(encoding="utf-8"))
+    response = invoke_event(event)
+    _print_response(response, args.body)
+    return 0 if int(response.get("statusCode", 500)) < 500 else 1
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    worst = 0
+    for name in args.images:
+        data = Path(name).read_bytes()
+        response = invoke_event(events.predict_event(data, explain=False))
+        body = json.loads(response["body"])
+        print(json.dumps({"file": name, "status": response["statusCode"], **body}, indent=None if args.compact else 2))
+        worst = max(worst, 0 if response["statusCode"] == 200 else 2)
+    return worst
+
+
+def _cmd_make_event(args: argparse.Namespace) -> int:
+    data = Path(args.image).read_bytes()
+    suffix = Path(args.image).suffix.lower().lstrip(".")
+    media = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}.get(
+        suffix, "image/jpeg"
+    )
+    event = events.predict_event(data, explain=args.explain, http_api=args.http_api, raw=args.raw, media_type=media)
+    text = json.dumps(event, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output} ({len(text)} bytes)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from .handler import app
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
+    return 0
+
+
+def _cmd_draw_eye(args: argparse.Namespace) -> int:
+    from .drawing import draw_eye
+
+    draw_eye(args.kind, seed=args.seed).save(args.output)
+    print(f"wrote {args.output}: a drawing, not a photo", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="cataract-screen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Powertools logs and metrics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("invoke", help="replay an API Gateway event through the handler")
+    p.add_argument("event")
+    p.add_argument("--body", action="store_true", help="print only the response body")
+    p.set_defaults(func=_cmd_invoke)
+
+    p = sub.add_parser("serve", help="run the app on 127.0.0.1 with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("predict", help="screen image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--compact", action="store_true", help="one JSON line per image")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("make-event", help="turn an image into a POST /predict event")
+    p.add_argument("image")
+    p.add_argument("-o", "--output")
+    p.add_argument("--explain", action="store_true", help="ask for a heat map")
+    p.add_argument("--http-api", action="store_true", help="an HTTP API (v2) event instead of REST (v1)")
+    p.add_argument("--raw", action="store_true", help="send the image as a binary body, not JSON")
+    p.set_defaults(func=_cmd_make_event)
+
+    p = sub.add_parser("draw-eye", help="draw a synthetic eye")
+    p.add_argument("kind", choices=["normal", "cataract"])
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_draw_eye)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cataract-screen`` console script."""
+    from .model_source import ModelLoadError
+    from .settings import ConfigError
+
+    args = build_parser().parse_args(argv)
+    _quiet_observability(args.verbose)
+    try:
+        return int(args.func(args))
+    except (ModelLoadError, ConfigError) as exc:
+        print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"cataract-screen: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Lambda entry point: the model loads once, at init; each event goes through Mangum to the app.
+
+A model that is missing, corrupt or fails its checksum raises here, at import, so Lambda reports
+an init error and the function never serves.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from mangum import Mangum
+
+from .api import create_app
+from .classifier import Classifier
+from .observability import logger, metrics, tracer
+from .settings import get_settings
+
+settings = get_settings()
+classifier = Classifier.from_settings(settings)
+logger.info("model loaded", extra={"model": classifier.model_info, "source": classifier.artifact.source})
+app = create_app(classifier, settings)
+# lifespan off: Mangum would otherwise run startup and shutdown on every invocation.
+asgi_handler = Mangum(app, lifespan="off")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Serve one API Gateway event (REST v1 or HTTP API v2)."""
+    if not is_api_gateway_event(event):
+        # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.
+        raise TypeError("this function expects an API Gateway proxy event (REST v1 or HTTP API v2)")
+    return asgi_handler(_encodable(event), context)
+
+
+def _encodable(event: dict[str, Any]) -> dict[str, Any]:
+    """A text body with lone surrogates cannot be encoded by Mangum; pass its bytes on as binary instead,
+    so the app answers 400 for the invalid UTF-8 rather than the adapter crashing."""
+    body = event.get("body")
+    if isinstance(body, str) and not event.get("isBase64Encoded"):
+        try:
+            body.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = body.encode("utf-8", "surrogatepass")
+            return {**event, "body": base64.b64encode(raw).decode("ascii"), "isBase64Encoded": True}
+    return event
+
+
+def is_api_gateway_event(event: object) -> bool:
+    """True for the REST (v1) and HTTP API (v2) proxy event shapes Mangum understands."""
+    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
+        return False
+    return "httpMethod" in event or event.get("version") == "2.0"

@@ -1,0 +1,73 @@
+"""Request and response models of the HTTP contract (see the README's API section)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictRequest(BaseModel):
+    """``POST /predict`` with ``Content-Type: application/json``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: str = Field(
+        description="The photo, base64-encoded (standard or URL-safe alphabet), or a data: URL.",
+        min_length=1,
+    )
+    explain: bool = Field(False, description="Also return a class-activation heat map as a base64 PNG overlay.")
+
+
+class QualityOut(BaseModel):
+    """The gradability gate's verdict."""
+
+    gradable: bool
+    reasons: list[str]
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelInfo(BaseModel):
+    """Which model answered."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    sha256: str
+
+
+class PredictResponse(BaseModel):
+    """A screening result."""
+
+    label: Literal["cataract", "normal", "ungradable"] | str
+    probabilities: dict[str, float] = Field(description="Calibrated class probabilities (temperature-scaled).")
+    referral: bool = Field(description="True when the photo should be seen by an eye-care professional.")
+    threshold: float = Field(description="The cataract probability at or above which a photo is referred.")
+    quality: QualityOut
+    model: ModelInfo
+    request_id: str
+    timing_ms: dict[str, float]
+    heatmap_png: str | None = Field(None, description="With explain=true: base64 PNG of the heat map over the photo.")
+    disclaimer: str
+
+
+class HealthResponse(BaseModel):
+    """``GET /health``."""
+
+    status: Literal["ok"]
+    model: ModelInfo
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {"code": ..., "message": ...}}`` with a 4xx (or, for our own faults, 5xx) status."""
+
+    error: ErrorBody
+    request_id: str | None = None

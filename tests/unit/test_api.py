@@ -1,0 +1,204 @@
+"""The HTTP contract through the real Lambda handler: results, and a 4xx JSON error for every bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cataract_inference import events
+from cataract_inference.drawing import draw_eye, encode
+from PIL import Image
+
+from tests.support.images import encoded, gradient, png_with_declared_size
+
+Invoke = Callable[[dict[str, Any]], tuple[int, dict[str, str], Any]]
+
+
+def _json_event(payload: Any, content_type: str = "application/json") -> dict[str, Any]:
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return events.rest_event("/predict", "POST", body=body, content_type=content_type)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+BRIGHT = encoded(Image.new("RGB", (80, 60), (250, 250, 250)), "PNG")
+DARK = encoded(Image.new("RGB", (80, 60), (20, 20, 20)), "PNG")
+
+
+def test_predict_returns_the_contract(invoke: Invoke) -> None:
+    event = events.predict_event(encode(draw_eye("cataract")))
+    status, headers, body = invoke(event)
+    assert status == 200
+    assert set(body) >= {
+        "label",
+        "probabilities",
+        "referral",
+        "quality",
+        "model",
+        "request_id",
+        "timing_ms",
+        "disclaimer",
+    }
+    assert body["label"] in ("cataract", "normal", "ungradable")
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["quality"] == {"gradable": True, "reasons": [], "scores": body["quality"]["scores"]}
+    assert body["model"]["version"] == "0.0.1-test" and len(body["model"]["sha256"]) == 64
+    assert body["request_id"] == event["requestContext"]["requestId"] == headers["x-request-id"]
+    assert {"decode", "inference", "total"} <= set(body["timing_ms"])
+    assert "not a diagnosis" in body["disclaimer"].lower()
+    assert "heatmap_png" not in body
+
+
+def test_label_and_referral_follow_the_threshold(invoke: Invoke) -> None:
+    _, _, bright = invoke(_json_event({"image": _b64(BRIGHT)}))
+    _, _, dark = invoke(_json_event({"image": _b64(DARK)}))
+    # The tiny model scores brightness as cataract evidence.
+    assert bright["label"] == "cataract" and bright["referral"] is True
+    assert dark["label"] == "normal" and dark["referral"] is False
+    assert bright["probabilities"]["cataract"] > 0.5 > dark["probabilities"]["cataract"]
+
+
+def test_explain_returns_a_png_heat_map(invoke: Invoke) -> None:
+    status, _, body = invoke(_json_event({"image": _b64(encode(draw_eye("normal"))), "explain": True}))
+    assert status == 200
+    png = base64.b64decode(body["heatmap_png"])
+    assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("prefix", ["data:image/png;base64,", "DATA:image/png;base64,"])
+def test_data_url_is_accepted(invoke: Invoke, prefix: str) -> None:
+    status, _, _ = invoke(_json_event({"image": prefix + _b64(BRIGHT)}))
+    assert status == 200
+
+
+def test_urlsafe_and_unpadded_base64_is_accepted(invoke: Invoke) -> None:
+    text = base64.urlsafe_b64encode(encode(draw_eye("normal"))).decode().rstrip("=")
+    status, _, _ = invoke(_json_event({"image": text}))
+    assert status == 200
+
+
+def test_base64_with_line_breaks_is_accepted(invoke: Invoke) -> None:
+    text = base64.encodebytes(BRIGHT).decode()
+    assert "\n" in text
+    status, _, _ = invoke(_json_event({"image": text}))
+    assert status == 200
+
+
+@pytest.mark.parametrize("media", ["image/png", "image/jpeg", "application/octet-stream"])
+def test_raw_image_body(invoke: Invoke, media: str) -> None:
+    status, _, body = invoke(events.predict_event(BRIGHT, raw=True, media_type=media))
+    assert status == 200
+    assert body["label"] == "cataract"
+
+
+def test_http_api_v2_event(invoke: Invoke) -> None:
+    status, _, body = invoke(events.predict_event(BRIGHT, http_api=True))
+    assert status == 200
+    assert body["label"] == "cataract"
+
+
+def test_http_api_v2_named_stage(invoke: Invoke) -> None:
+    event = events.http_api_event("/health", stage="dev")
+    status, _, body = invoke(event)
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_health_and_model(invoke: Invoke) -> None:
+    status, _, health = invoke(events.rest_event("/health"))
+    assert status == 200 and health["status"] == "ok" and health["model"]["version"] == "0.0.1-test"
+    status, _, model = invoke(events.rest_event("/model"))
+    assert status == 200
+    assert model["classes"] == ["cataract", "normal"]
+    assert model["input"]["size"] == 32 and model["threshold"] == 0.5
+    assert "not a diagnosis" in model["disclaimer"].lower()
+
+
+def test_docs_and_openapi_work_under_the_stage_path(invoke: Invoke) -> None:
+    status, _, html = invoke(events.rest_event("/docs", stage="Prod"))
+    assert status == 200 and "/Prod/openapi.json" in html
+    status, _, spec = invoke(events.rest_event("/openapi.json", stage="Prod"))
+    assert status == 200 and "/predict" in spec["paths"]
+    assert "image/png" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_page_links_carry_the_stage(invoke: Invoke) -> None:
+    status, headers, html = invoke(events.rest_event("/", stage="Prod"))
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert 'data-root="/Prod"' in html
+
+
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("malformed json", _json_event('{"image": '), 400, "malformed_json"),
+    ("json not utf-8", _json_event("\udcff"), 400, "malformed_json"),
+    ("json array", _json_event([1, 2]), 422, "invalid_request"),
+    ("json string", _json_event('"hello"'), 422, "invalid_request"),
+    ("missing image", _json_event({"explain": True}), 422, "invalid_request"),
+    ("extra field", _json_event({"image": _b64(BRIGHT), "patient": "x"}), 422, "invalid_request"),
+    ("image not a string", _json_event({"image": 12345}), 422, "invalid_request"),
+    ("explain not a bool", _json_event({"image": _b64(BRIGHT), "explain": "yes"}), 422, "invalid_request"),
+    ("empty image string", _json_event({"image": ""}), 422, "invalid_request"),
+    ("bad base64", _json_event({"image": "not base64 at all!!"}), 400, "invalid_base64"),
+    ("bad data url", _json_event({"image": "data:image/png,abc"}), 400, "invalid_base64"),
+    ("image of whitespace only", _json_event({"image": "  \n "}), 400, "empty_image"),
+    ("empty body", events.rest_event("/predict", "POST", body="", content_type="application/json"), 400, "empty_body"),
+    ("no body", events.rest_event("/predict", "POST", body=None, content_type="application/json"), 400, "empty_body"),
+    ("not an image", _json_event({"image": _b64(b"just some text, not a picture")}), 415, "not_an_image"),
+    ("heic", _json_event({"image": _b64(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 200)}), 415, "unsupported_format"),
+    ("truncated jpeg", _json_event({"image": _b64(encoded(gradient((128, 128)), "JPEG")[:600])}), 400, "corrupt_image"),
+    (
+        "decompression bomb",
+        _json_event({"image": _b64(png_with_declared_size(50_000, 50_000))}),
+        413,
+        "image_too_large",
+    ),
+    ("text content type", _json_event({"image": "x"}, content_type="text/plain"), 415, "unsupported_media_type"),
+    (
+        "form content type",
+        _json_event("image=abc", content_type="application/x-www-form-urlencoded"),
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "raw garbage",
+        events.predict_event(b"\x01\x02\x03garbage", raw=True, media_type="image/png"),
+        415,
+        "not_an_image",
+    ),
+    ("get predict", events.rest_event("/predict", "GET"), 405, "method_not_allowed"),
+    ("unknown route", events.rest_event("/nope"), 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize(("case", "event", "status", "code"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, Any], status: int, code: str) -> None:
+    got, headers, body = invoke(event)
+    assert got == status, body
+    assert headers["content-type"].startswith("application/json")
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+def test_body_over_the_lambda_limit_is_413(invoke: Invoke) -> None:
+    big = "A" * (6 * 1024 * 1024 + 10)
+    status, _, body = invoke(_json_event({"image": big}))
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+def test_body_limit_is_configurable(tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import FakeLambdaContext, load_handler
+
+    module = load_handler(tiny_model_dir, monkeypatch, MAX_BODY_BYTES="1000")
+    response = module.lambda_handler(_json_event({"image": _b64(BRIGHT) * 20}), FakeLambdaContext())
+    assert response["statusCode"] == 413
+
+
+def test_non_http_event_fails_the_invocation(handler: Any) -> None:
+    from tests.conftest import FakeLambdaContext
+
+    with pytest.raises(TypeError, match="API Gateway"):
+        handler.lambda_handler({"hello": "world"}, FakeLambdaContext())

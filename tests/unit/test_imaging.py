@@ -1,0 +1,178 @@
+"""Safe decoding and the shared preprocessing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from cataract_inference import imaging
+from cataract_inference.manifest import InputSpec
+from PIL import Image
+
+from tests.support.images import animated_gif, encoded, gradient, jpeg_with_orientation, png_with_declared_size
+
+SPEC = InputSpec(size=32)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_accepted_formats_decode_to_rgb(fmt: str) -> None:
+    decoded = imaging.decode_image(encoded(gradient(), fmt))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.size == (64, 48)
+    assert decoded.format == fmt
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "1", "I", "F"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    img = gradient(mode=mode)
+    fmt = "TIFF" if mode in ("I", "F", "CMYK") else "PNG"
+    decoded = imaging.decode_image(encoded(img, fmt))
+    assert decoded.image.mode == "RGB"
+    arr = np.asarray(decoded.image)
+    assert arr.std() > 10, "content must survive the conversion"
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    arr = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    img = Image.fromarray(arr)
+    assert img.mode.startswith("I;16")
+    decoded = imaging.decode_image(encoded(img, "PNG"))
+    out = np.asarray(decoded.image)[..., 0]
+    assert out.min() == 0 and out.max() == 255
+    assert 100 < out.mean() < 155, "a full-range ramp stays a full-range ramp"
+
+
+def test_transparency_is_composited_onto_the_fill_colour() -> None:
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    decoded = imaging.decode_image(encoded(img, "PNG"), fill=(1, 2, 3))
+    assert decoded.image.getpixel((5, 5)) == (1, 2, 3)
+
+
+def test_palette_with_transparency() -> None:
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0] + [0, 255, 0] * 255)
+    img.info["transparency"] = 0
+    decoded = imaging.decode_image(encoded(img, "PNG", transparency=0), fill=(9, 9, 9))
+    assert decoded.image.getpixel((0, 0)) == (9, 9, 9)
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    decoded = imaging.decode_image(animated_gif())
+    r, g, b = decoded.image.getpixel((5, 5))
+    assert r > 200 and g < 50 and b < 50
+
+
+@pytest.mark.parametrize(("orientation", "size"), [(1, (60, 40)), (3, (60, 40)), (6, (40, 60)), (8, (40, 60))])
+def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int]) -> None:
+    img = Image.new("RGB", (60, 40), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # a red block at the top left of the stored pixels
+    decoded = imaging.decode_image(jpeg_with_orientation(img, orientation))
+    assert decoded.image.size == size
+    assert decoded.original_size == size
+    red = np.asarray(decoded.image)[..., 0] > 128
+    ys, xs = np.nonzero(red)
+    corner = (xs.mean() < size[0] / 2, ys.mean() < size[1] / 2)
+    expected = {1: (True, True), 3: (False, False), 6: (False, True), 8: (True, False)}[orientation]
+    assert corner == expected
+
+
+def test_large_jpeg_decodes_in_draft_mode_but_stays_large_enough() -> None:
+    data = encoded(gradient((3000, 2000)), "JPEG", quality=85)
+    decoded = imaging.decode_image(data, target_size=224)
+    assert decoded.original_size == (3000, 2000)
+    assert 224 <= min(decoded.image.size) < 1000
+    full = imaging.decode_image(data)
+    assert full.image.size == (3000, 2000)
+
+
+def test_declared_bomb_is_refused_before_decoding() -> None:
+    bomb = png_with_declared_size(60_000, 60_000)
+    started = time.perf_counter()
+    with pytest.raises(imaging.ImageTooLargeError) as info:
+        imaging.decode_image(bomb)
+    assert time.perf_counter() - started < 1.0
+    assert info.value.status == 413
+
+
+def test_limits_are_configurable() -> None:
+    with pytest.raises(imaging.ImageTooLargeError):
+        imaging.decode_image(
+            encoded(gradient((200, 100)), "PNG"), imaging.DecodeLimits(max_pixels=10_000, max_side=500)
+        )
+    with pytest.raises(imaging.ImageTooLargeError):
+        imaging.decode_image(encoded(gradient((200, 100)), "PNG"), imaging.DecodeLimits(max_side=150))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_image_is_corrupt(fmt: str) -> None:
+    data = encoded(gradient((128, 128)), fmt)
+    with pytest.raises(imaging.CorruptImageError) as info:
+        imaging.decode_image(data[: len(data) // 2])
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("data", [b"hello, world", b"\x00" * 100, b'{"image": 1}', b"GIF89"])
+def test_not_an_image(data: bytes) -> None:
+    with pytest.raises(imaging.NotAnImageError) as info:
+        imaging.decode_image(data)
+    assert info.value.status == 415
+
+
+def test_empty_bytes_are_not_an_image() -> None:
+    with pytest.raises(imaging.NotAnImageError):
+        imaging.decode_image(b"")
+
+
+@pytest.mark.parametrize(
+    ("head", "name"),
+    [
+        (b"\x00\x00\x00\x18ftypheic", "HEIC"),
+        (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+        (b"%PDF-1.7", "PDF"),
+        (b"8BPS\x00\x01", "PSD"),
+    ],
+)
+def test_known_unsupported_formats_are_named(head: bytes, name: str) -> None:
+    with pytest.raises(imaging.UnsupportedFormatError, match=name):
+        imaging.decode_image(head + b"\x00" * 64)
+
+
+def test_formats_we_do_not_accept_are_refused_even_if_pillow_reads_them() -> None:
+    img = gradient((16, 16))
+    data = encoded(img, "ICO")
+    with pytest.raises(imaging.UnsupportedFormatError):
+        imaging.decode_image(data)
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "squash", "center_crop"])
+@pytest.mark.parametrize("size", [(64, 48), (30, 90), (7, 7)])
+def test_preprocess_shape_and_dtype(resize: str, size: tuple[int, int]) -> None:
+    spec = InputSpec(size=32, resize=resize)
+    tensor = imaging.preprocess(gradient(size), spec)
+    assert tensor.shape == (3, 32, 32)
+    assert tensor.dtype == np.float32
+    assert tensor.flags["C_CONTIGUOUS"]
+
+
+def test_normalisation_uses_the_manifest_mean_and_std() -> None:
+    spec = InputSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    tensor = imaging.preprocess(Image.new("RGB", (16, 16), (255, 0, 128)), spec)
+    assert np.allclose(tensor[0], (1.0 - 0.5) / 0.25)
+    assert np.allclose(tensor[1], (0.0 - 0.5) / 0.5)
+    assert np.allclose(tensor[2], (128 / 255 - 0.5) / 1.0, atol=1e-6)
+
+
+def test_letterbox_pads_with_the_colour_that_normalises_to_zero() -> None:
+    spec = InputSpec(size=32, resize="letterbox")
+    tensor = imaging.preprocess(Image.new("RGB", (64, 16), (255, 255, 255)), spec)
+    assert np.abs(tensor[:, 0, :]).max() < 0.02, "padding rows normalise to about zero"
+    assert tensor[:, 16, :].min() > 1.5, "the image band keeps its value"
+
+
+def test_load_for_model_equals_decode_then_preprocess() -> None:
+    data = encoded(gradient((300, 200)), "JPEG")
+    decoded, tensor = imaging.load_for_model(data, SPEC)
+    again = imaging.preprocess(imaging.decode_image(data, target_size=SPEC.size, fill=SPEC.fill_rgb).image, SPEC)
+    assert np.array_equal(tensor, again)
+    assert decoded.original_size == (300, 200)
