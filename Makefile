@@ -43,6 +43,9 @@ test: setup-dev setup-tools setup-browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+events: setup-serve
+	$(BIN)/python events/generate.py
+
 benchmark: setup-dev
 	$(BIN)/python -m benchmarks.run
 

@@ -1,0 +1,251 @@
+"""Model loading: the baked folder, S3 (moto), checksums, and every way a model can be wrong."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import boto3
+import numpy as np
+import onnx
+import pytest
+from cataract_inference.classifier import Classifier, softmax
+from cataract_inference.model_source import ModelLoadError, load_baked, parse_s3_uri, resolve_model, sha256_of
+from cataract_inference.settings import ConfigError, Settings
+from moto import mock_aws
+
+from tests.support.onnx_models import build_tiny_model, rewrite_manifest, tiny_graph
+
+BUCKET = "models-bucket"
+
+
+def _settings(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env({"MODEL_CACHE_DIR": str(tmp_path / "cache"), **env})
+
+
+def _publish(client: object, model_dir: Path, prefix: str = "cataract/v1/", sha: str | None = None) -> None:
+    digest = sha or sha256_of(model_dir / "model.onnx")
+    client.put_object(  # type: ignore[attr-defined]
+        Bucket=BUCKET,
+        Key=prefix + "model.onnx",
+        Body=(model_dir / "model.onnx").read_bytes(),
+        Metadata={"sha256": digest},
+    )
+    client.put_object(Bucket=BUCKET, Key=prefix + "model.json", Body=(model_dir / "model.json").read_bytes())  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> object:
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield client
+
+
+def test_baked_model_loads_and_is_verified(tiny_model_dir: Path) -> None:
+    artifact = load_baked(tiny_model_dir)
+    assert artifact.sha256 == sha256_of(tiny_model_dir / "model.onnx") == artifact.manifest.sha256
+
+
+def test_pinned_sha_must_match(tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="MODEL_SHA256"):
+        load_baked(tiny_model_dir, "0" * 64)
+
+
+def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="pull"):
+        load_baked(tmp_path)
+
+
+def test_model_and_manifest_that_do_not_belong_together(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    rewrite_manifest(model_dir, sha256="a" * 64)
+    with pytest.raises(ModelLoadError, match="do not belong together"):
+        load_baked(model_dir)
+
+
+def test_unreadable_manifest(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    (model_dir / "model.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not readable JSON"):
+        load_baked(model_dir)
+
+
+def test_invalid_manifest(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    rewrite_manifest(model_dir, classes=["cataract"])
+    with pytest.raises(ModelLoadError, match="invalid"):
+        load_baked(model_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_model_file_fails_to_load(tmp_path: Path, damage: str) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    path = model_dir / "model.onnx"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 50)
+    rewrite_manifest(model_dir, sha256=sha256_of(path))  # even a matching checksum cannot save it
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load"):
+        Classifier(load_baked(model_dir))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input": {"name": "pixels", "size": 32}}, "input 'pixels'"),
+        ({"input": {"size": 64}}, "input shape"),
+        ({"classes": ["cataract", "normal", "other"]}, "3 classes"),
+        ({"outputs": {"logits": "logits", "cam": "heat"}}, "lacks"),
+    ],
+)
+def test_manifest_that_does_not_match_the_graph(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    rewrite_manifest(model_dir, **change)
+    with pytest.raises(ModelLoadError, match=message):
+        Classifier(load_baked(model_dir))
+
+
+def test_graph_without_optional_outputs_still_serves(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m", with_extras=False)
+    classifier = Classifier(load_baked(model_dir))
+    from tests.support.images import encoded, gradient
+
+    result = classifier.predict_bytes(encoded(gradient(), "PNG"), explain=True)
+    assert result.heatmap_png is None and "ood_distance" not in result.quality.scores
+
+
+def test_dynamic_batch() -> None:
+    # Evaluation and benchmarks feed batches; the exported graph must accept them.
+    model = tiny_graph(32)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_temperature_softens_probabilities() -> None:
+    logits = np.array([[2.0, 0.0]])
+    sharp, soft = softmax(logits, 1.0)[0], softmax(logits, 2.0)[0]
+    assert sharp[0] > soft[0] > 0.5
+    assert np.allclose(sharp.sum(), 1.0) and np.allclose(soft.sum(), 1.0)
+    assert softmax(np.array([[1000.0, -1000.0]]))[0][0] == pytest.approx(1.0)
+
+
+def test_threshold_decides_referral(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m", threshold=0.2)
+    classifier = Classifier(load_baked(model_dir))
+    assert classifier.decide(np.array([0.25, 0.75])) == ("cataract", True)
+    assert classifier.decide(np.array([0.15, 0.85])) == ("normal", False)
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://b/k/x.onnx") == ("b", "k/x.onnx")
+    with pytest.raises(ModelLoadError):
+        parse_s3_uri("s3:///key")
+
+
+@pytest.mark.parametrize("uri_suffix", ["cataract/v1/", "cataract/v1/model.onnx"])
+def test_s3_model_downloads_verifies_and_serves(
+    s3: object, tiny_model_dir: Path, tmp_path: Path, uri_suffix: str
+) -> None:
+    _publish(s3, tiny_model_dir)
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/{uri_suffix}")
+    artifact = resolve_model(settings)
+    assert artifact.source == f"s3://{BUCKET}/cataract/v1/model.onnx"
+    assert artifact.model_path.parent == tmp_path / "cache"
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("model.onnx.")], "no temp files left"
+    Classifier(artifact)
+
+
+def test_s3_version_id_is_honoured(s3: object, tiny_model_dir: Path, tmp_path: Path) -> None:
+    _publish(s3, tiny_model_dir)
+    first = s3.head_object(Bucket=BUCKET, Key="cataract/v1/model.onnx")["VersionId"]  # type: ignore[attr-defined]
+    s3.put_object(Bucket=BUCKET, Key="cataract/v1/model.onnx", Body=b"overwritten")  # type: ignore[attr-defined]
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+    artifact = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/", MODEL_S3_VERSION_ID=first))
+    assert artifact.sha256 == sha256_of(tiny_model_dir / "model.onnx")
+
+
+def test_s3_pinned_checksum_mismatch(s3: object, tiny_model_dir: Path, tmp_path: Path) -> None:
+    _publish(s3, tiny_model_dir)
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/", MODEL_SHA256="f" * 64)
+    with pytest.raises(ModelLoadError, match="MODEL_SHA256"):
+        resolve_model(settings)
+
+
+def test_s3_metadata_checksum_mismatch(s3: object, tiny_model_dir: Path, tmp_path: Path) -> None:
+    _publish(s3, tiny_model_dir, sha="e" * 64)
+    with pytest.raises(ModelLoadError, match="object metadata"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [(f"s3://{BUCKET}/cataract/v9/", "does not exist"), ("s3://no-such-bucket/cataract/v1/", "bucket")],
+)
+def test_s3_missing_objects(s3: object, tiny_model_dir: Path, tmp_path: Path, uri: str, message: str) -> None:
+    _publish(s3, tiny_model_dir)
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=uri))
+
+
+def test_s3_without_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ModelLoadError, match="no AWS credentials"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI="s3://bucket/cataract/v1/"))
+
+
+def test_s3_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(ModelLoadError, match="cannot reach S3"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI="s3://bucket/cataract/v1/"))
+
+
+def test_cache_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(ModelLoadError, match="MODEL_CACHE_DIR"):
+        resolve_model(Settings.from_env({"MODEL_S3_URI": "s3://b/k/", "MODEL_CACHE_DIR": str(blocker / "cache")}))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_S3_URI": "https://bucket/x"}, "s3://"),
+        ({"MODEL_SHA256": "abc"}, "64 hex"),
+        ({"ORT_INTRA_OP_THREADS": "zero"}, "integer"),
+        ({"ORT_INTRA_OP_THREADS": "0"}, ">= 1"),
+        ({"MAX_BODY_BYTES": "-5"}, ">= 1"),
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_settings_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.ort_intra_op_threads == 1
+    assert settings.max_body_bytes == 6 * 1024 * 1024
+    assert settings.model_s3_uri is None
+    assert settings.model_dir.name == "model"
+    assert not settings.on_lambda
+    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f"}).on_lambda
+
+
+def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert load_baked(copy).sha256 == load_baked(tiny_model_dir).sha256
+    onnx.checker.check_model(str(copy / "model.onnx"))
