@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cataract_inference import events
-from cataract_inference.drawing import draw_eye, encode
 from PIL import Image
 
+from cataract_inference import events
+from cataract_inference.drawing import draw_eye, encode
 from tests.support.images import encoded, gradient, png_with_declared_size
 
 Invoke = Callable[[dict[str, Any]], tuple[int, dict[str, str], Any]]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from cataract_inference import cli
 from cataract_inference.drawing import draw_eye
 

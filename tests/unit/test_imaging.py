@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from cataract_inference import imaging
-from cataract_inference.manifest import InputSpec
 from PIL import Image
 
+from cataract_inference import imaging
+from cataract_inference.manifest import InputSpec
 from tests.support.images import animated_gif, encoded, gradient, jpeg_with_orientation, png_with_declared_size
 
 SPEC = InputSpec(size=32)

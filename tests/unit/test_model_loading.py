@@ -9,11 +9,11 @@ import boto3
 import numpy as np
 import onnx
 import pytest
+from moto import mock_aws
+
 from cataract_inference.classifier import Classifier, softmax
 from cataract_inference.model_source import ModelLoadError, load_baked, parse_s3_uri, resolve_model, sha256_of
 from cataract_inference.settings import ConfigError, Settings
-from moto import mock_aws
-
 from tests.support.onnx_models import build_tiny_model, rewrite_manifest, tiny_graph
 
 BUCKET = "models-bucket"

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from cataract_inference import events
 from cataract_inference.drawing import draw_eye, encode
-
 from tests.conftest import FakeLambdaContext
 
 

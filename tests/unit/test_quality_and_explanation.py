@@ -7,10 +7,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
+
 from cataract_inference import explanation, quality
 from cataract_inference.drawing import draw_eye
 from cataract_inference.manifest import GateThresholds, InputSpec
-from PIL import Image, ImageFilter
 
 GATE = GateThresholds(min_side=64, min_brightness=0.1, max_brightness=0.9, min_contrast=0.05, min_sharpness=1e-4,
                       max_ood_distance=10.0)

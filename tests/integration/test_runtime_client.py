@@ -1,0 +1,167 @@
+"""The real Lambda runtime client (awslambdaric) runs the Dockerfile's CMD against a local Runtime API.
+
+Cold invoke, warm invoke, the error envelope, init errors, and the S3 model path against moto's
+server: the handler is driven exactly as the image's entrypoint drives it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from cataract_inference import events
+from cataract_inference.drawing import draw_eye, encode
+from cataract_inference.model_source import sha256_of
+from tests.conftest import REPO
+from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
+
+
+def dockerfile_handler() -> str:
+    """The handler string from the Dockerfile's CMD: the tests drive what the image runs."""
+    text = (REPO / "functions" / "inference" / "Dockerfile").read_text()
+    match = re.search(r'^CMD\s+\[\s*"([^"]+)"\s*\]', text, re.MULTILINE)
+    assert match, 'the Dockerfile must end with CMD ["<module>.<function>"]'
+    return match.group(1)
+
+
+HANDLER = dockerfile_handler()
+
+
+@pytest.fixture
+def stub() -> Iterator[RuntimeApiStub]:
+    server = RuntimeApiStub()
+    yield server
+    server.close()
+
+
+def _body(outcome: Any) -> tuple[int, dict[str, Any]]:
+    assert outcome.kind == "response", outcome
+    return outcome.payload["statusCode"], json.loads(outcome.payload["body"])
+
+
+def test_cold_and_warm_invokes(stub: RuntimeApiStub, tiny_model_dir: Path) -> None:
+    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tiny_model_dir)})
+    try:
+        status, cold = _body(stub.invoke(events.predict_event(encode(draw_eye("cataract")))))
+        assert status == 200 and cold["label"] in ("cataract", "normal", "ungradable")
+        status, warm = _body(stub.invoke(events.predict_event(encode(draw_eye("normal")))))
+        assert status == 200
+        assert warm["model"] == cold["model"]
+        status, health = _body(stub.invoke(events.rest_event("/health")))
+        assert status == 200 and health["status"] == "ok"
+        status, error = _body(
+            stub.invoke(events.rest_event("/predict", "POST", body="{", content_type="application/json"))
+        )
+        assert status == 400 and error["error"]["code"] == "malformed_json"
+        assert process.poll() is None, "one process served every invocation (warm)"
+    finally:
+        stop_runtime(process)
+
+
+def test_error_envelope_for_a_non_http_event(stub: RuntimeApiStub, tiny_model_dir: Path) -> None:
+    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tiny_model_dir)})
+    try:
+        outcome = stub.invoke({"not": "an api gateway event"})
+        assert outcome.kind == "error"
+        assert outcome.payload["errorType"] == "TypeError"
+        assert "API Gateway" in outcome.payload["errorMessage"]
+        status, _ = _body(stub.invoke(events.rest_event("/health")))
+        assert status == 200, "the runtime keeps serving after a failed invocation"
+    finally:
+        stop_runtime(process)
+
+
+def test_init_error_when_the_model_is_missing(stub: RuntimeApiStub, tmp_path: Path) -> None:
+    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tmp_path / "no-model")})
+    try:
+        stub.submit(events.rest_event("/health"))
+        outcome = stub.next_outcome(timeout=60)
+        assert outcome.kind == "init_error", outcome
+        assert outcome.payload["errorType"] == "ModelLoadError"
+        assert "no model at" in outcome.payload["errorMessage"]
+        assert process.wait(timeout=30) != 0, "the runtime exits after an init error: it never serves"
+    finally:
+        stop_runtime(process)
+
+
+def test_init_error_on_a_checksum_mismatch(stub: RuntimeApiStub, tiny_model_dir: Path) -> None:
+    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tiny_model_dir), "MODEL_SHA256": "0" * 64})
+    try:
+        stub.submit(events.rest_event("/health"))
+        outcome = stub.next_outcome(timeout=60)
+        assert outcome.kind == "init_error"
+        assert "checksum mismatch" in outcome.payload["errorMessage"]
+    finally:
+        stop_runtime(process)
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield endpoint
+    server.stop()
+
+
+def test_model_from_s3_through_the_runtime(
+    stub: RuntimeApiStub, tiny_model_dir: Path, tmp_path: Path, moto_server: str
+) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    digest = sha256_of(tiny_model_dir / "model.onnx")
+    s3.put_object(
+        Bucket="models",
+        Key="cataract/v7/model.onnx",
+        Body=(tiny_model_dir / "model.onnx").read_bytes(),
+        Metadata={"sha256": digest},
+    )
+    s3.put_object(Bucket="models", Key="cataract/v7/model.json", Body=(tiny_model_dir / "model.json").read_bytes())
+    env = {
+        "MODEL_DIR": str(tmp_path / "no-baked-model"),
+        "MODEL_S3_URI": "s3://models/cataract/v7/",
+        "MODEL_SHA256": digest,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "AWS_ENDPOINT_URL": moto_server,
+    }
+    process = start_runtime(HANDLER, stub, env)
+    try:
+        status, health = _body(stub.invoke(events.rest_event("/health")))
+        assert status == 200 and health["model"]["sha256"] == digest
+        assert (tmp_path / "cache" / "model.onnx").is_file()
+    finally:
+        stop_runtime(process)
+
+
+def test_s3_down_at_init_fails_loudly(stub: RuntimeApiStub, tmp_path: Path) -> None:
+    env = {
+        "MODEL_S3_URI": "s3://models/cataract/v7/",
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    process = start_runtime(HANDLER, stub, env)
+    try:
+        stub.submit(events.rest_event("/health"))
+        outcome = stub.next_outcome(timeout=90)
+        assert outcome.kind == "init_error"
+        assert "cannot reach S3" in outcome.payload["errorMessage"]
+    finally:
+        stop_runtime(process)
