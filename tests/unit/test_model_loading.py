@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -193,14 +196,22 @@ def test_s3_missing_objects(s3: object, tiny_model_dir: Path, tmp_path: Path, ur
         resolve_model(_settings(tmp_path, MODEL_S3_URI=uri))
 
 
-def test_s3_without_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(ModelLoadError, match="no AWS credentials"):
-        resolve_model(_settings(tmp_path, MODEL_S3_URI="s3://bucket/cataract/v1/"))
+def test_s3_without_credentials(tmp_path: Path) -> None:
+    # A fresh process: botocore and moto keep process-wide state that earlier tests may have touched.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MODEL_S3_URI": "s3://bucket/cataract/v1/",
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    code = "from cataract_inference.model_source import resolve_model\nfrom cataract_inference.settings import Settings\n"
+    code += "resolve_model(Settings.from_env())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "ModelLoadError: no AWS credentials" in result.stderr
 
 
 def test_s3_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
