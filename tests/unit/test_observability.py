@@ -36,8 +36,9 @@ def test_logs_are_json_correlated_and_free_of_image_bytes(handler: Any, log_stre
     event = events.predict_event(image)
     response = handler.lambda_handler(event, FakeLambdaContext())
     assert response["statusCode"] == 200
-    handler.lambda_handler(events.rest_event("/predict", "POST", body="{", content_type="application/json"),
-                           FakeLambdaContext())
+    handler.lambda_handler(
+        events.rest_event("/predict", "POST", body="{", content_type="application/json"), FakeLambdaContext()
+    )
     text = log_stream.getvalue()
     records = [json.loads(line) for line in text.splitlines()]
     screened = [r for r in records if r["message"] == "screened"]

@@ -13,8 +13,9 @@ from cataract_inference import explanation, quality
 from cataract_inference.drawing import draw_eye
 from cataract_inference.manifest import GateThresholds, InputSpec
 
-GATE = GateThresholds(min_side=64, min_brightness=0.1, max_brightness=0.9, min_contrast=0.05, min_sharpness=1e-4,
-                      max_ood_distance=10.0)
+GATE = GateThresholds(
+    min_side=64, min_brightness=0.1, max_brightness=0.9, min_contrast=0.05, min_sharpness=1e-4, max_ood_distance=10.0
+)
 
 
 def _verdict(img: Image.Image, ood: float | None = 1.0) -> quality.Quality:
