@@ -25,8 +25,13 @@ def bundled_handler(bundled_model_dir: Path) -> Any:
 
 def test_there_are_sample_events_for_each_case() -> None:
     names = {p.name for p in EVENTS}
-    assert {"rest-predict-cataract.json", "rest-predict-normal.json", "rest-predict-invalid.json",
-            "rest-health.json", "http-predict-cataract.json"} <= names
+    assert {
+        "rest-predict-cataract.json",
+        "rest-predict-normal.json",
+        "rest-predict-invalid.json",
+        "rest-health.json",
+        "http-predict-cataract.json",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EVENTS, ids=[p.name for p in EVENTS])

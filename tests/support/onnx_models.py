@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+
 from cataract_inference.manifest import Manifest, write_manifest
 from cataract_inference.model_source import sha256_of
-from onnx import TensorProto, helper, numpy_helper
 
 
 def tiny_graph(
