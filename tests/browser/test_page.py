@@ -1,0 +1,240 @@
+"""The web page at ``GET /``, end to end in a real headless browser (Debian's chromium, via playwright).
+
+The app runs under uvicorn on 127.0.0.1 with the tiny test model, once at the root (as ``cataract-screen
+serve`` runs it) and once under a stage prefix, the way API Gateway serves it at ``/Prod/``. The browser
+uploads a drawn eye and must see the result render; a text file must show the service's error message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from cataract_inference.drawing import draw_eye
+from tests.support.images import encoded
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Route
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+# No downloads, no background traffic: the page must work with nothing outside 127.0.0.1.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+STAGE = "/Prod"
+TIMEOUT_MS = 15_000
+
+
+def _chromium_or_skip() -> str:
+    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError as exc:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"the playwright package is missing in CI: {exc}")
+            pytest.skip(f"the playwright package is not installed: {exc}")
+        return CHROMIUM
+    message = f"Debian chromium not found at {CHROMIUM}; `make setup-browser` installs it"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)  # CI installs it; a missing browser there is a broken pipeline, not a skip.
+    pytest.skip(message)
+
+
+class StagePrefix:
+    """An ASGI wrapper that serves the app only under ``prefix``, as API Gateway serves a stage.
+
+    Requests outside the prefix get 403, as the gateway answers them; requests inside it reach the app
+    with ``root_path`` set, which is what the app's gateway middleware does on Lambda.
+    """
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if not (path == self.prefix or path.startswith(self.prefix + "/")):
+                await send(
+                    {"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]}
+                )
+                await send({"type": "http.response.body", "body": b"Forbidden"})
+                return
+            scope = {**scope, "root_path": self.prefix}
+        await self.app(scope, receive, send)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(app: Any) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir: Path) -> Any:
+    """The real FastAPI app on the tiny model (fast), with the default settings."""
+    from cataract_inference.api import create_app
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.settings import Settings
+
+    settings = replace(Settings.from_env({}), model_dir=tiny_model_dir)
+    return create_app(load_classifier(tiny_model_dir), settings)
+
+
+@pytest.fixture(scope="module", params=["local", "stage"])
+def page_url(request: pytest.FixtureRequest, app: Any) -> Iterator[str]:
+    """The page's URL: at the root (``cataract-screen serve``) or under ``/Prod/`` (API Gateway)."""
+    if request.param == "local":
+        yield from (f"{base}/" for base in _serve(app))
+    else:
+        yield from (f"{base}{STAGE}/" for base in _serve(StagePrefix(app, STAGE)))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless chromium for the module."""
+    executable = _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page that fails the test on any request leaving 127.0.0.1 (no CDN, no fonts)."""
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def _route(route: Route) -> None:
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1:", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    context.route("**/*", _route)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not outside, f"the page fetched external resources: {outside}"
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_upload_a_drawn_eye_and_see_the_result(page: Page, page_url: str, tmp_path: Path) -> None:
+    photo = tmp_path / "eye.jpg"
+    photo.write_bytes(encoded(draw_eye("cataract", size=(640, 420), seed=3), "JPEG", quality=92))
+    predict_urls: list[str] = []
+    page.on("request", lambda r: predict_urls.append(r.url) if r.url.endswith("/predict") else None)
+
+    page.goto(page_url)
+    disclaimer = page.locator("#disclaimer")
+    assert "not a diagnosis" in disclaimer.inner_text()
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+
+    result = page.locator("#result")
+    result.wait_for(state="visible", timeout=TIMEOUT_MS)
+    title = page.locator("#result-title").inner_text()
+    assert title in {"Cataract suspected", "No cataract seen", "Ungradable photo"}
+    assert page.locator("#probability").inner_text().split(" %")[0].replace(".", "", 1).isdigit()
+    assert page.locator("#referral").inner_text().startswith(("Yes", "No"))
+    assert "not a diagnosis" in page.locator("#result-disclaimer").inner_text()
+    heatmap = page.locator("#heatmap")
+    heatmap.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+    # The overlay must have decoded as an image in the browser, with the photo's shape (JPEG may be decoded
+    # at a reduced scale, so only the aspect ratio is fixed).
+    width, height = heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width >= 32 and abs(width / height - 640 / 420) < 0.05, (width, height)
+    assert page.locator("#error").is_hidden()
+    # The page called the API under its own prefix: the stage when there is one.
+    expected = page_url.rstrip("/") + "/predict"
+    assert predict_urls == [expected]
+
+
+def test_an_ungradable_photo_shows_its_reasons(page: Page, page_url: str, tmp_path: Path) -> None:
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(encoded(draw_eye("normal", size=(6, 4)), "PNG"))  # below the tiny model's 8 px minimum
+    page.goto(page_url)
+    page.locator("#camera").set_input_files(str(tiny))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert page.locator("#result-title").inner_text() == "Ungradable photo"
+    assert page.locator("#reasons li").first.inner_text().startswith("too_small")
+    assert page.locator("#referral").inner_text().startswith("Yes: retake")
+
+
+def test_a_text_file_shows_the_services_error(page: Page, page_url: str, tmp_path: Path) -> None:
+    note = tmp_path / "notes.txt"
+    note.write_text("this is not a photo of an eye\n")
+    page.goto(page_url)
+    page.locator("#photo").set_input_files(str(note))
+    page.get_by_role("button", name="Screen this photo").click()
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    text = error.inner_text()
+    assert "415" in text and "not an image" in text, text
+    assert page.locator("#result").is_hidden()
+
+
+def test_the_api_key_is_sent_and_remembered(page: Page, page_url: str, tmp_path: Path) -> None:
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encoded(draw_eye("normal", size=(300, 200)), "PNG"))
+    sent: list[str | None] = []
+    page.on("request", lambda r: sent.append(r.headers.get("x-api-key")) if r.url.endswith("/predict") else None)
+    page.goto(page_url)
+    page.locator("#key-box summary").click()
+    page.get_by_label("API key").fill("k-123")
+    page.get_by_label("API key").dispatch_event("change")
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert sent == ["k-123"]
+    page.reload()
+    assert page.get_by_label("API key").input_value() == "k-123"
