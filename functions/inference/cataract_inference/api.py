@@ -27,7 +27,6 @@ from .settings import Settings
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -112,17 +111,29 @@ def decode_base64_image(text: str) -> bytes:
         if not match:
             raise ClientError(400, "invalid_base64", "a data: URL must look like data:image/png;base64,<data>")
         payload = payload[match.end() :]
-    payload = _WHITESPACE.sub("", payload)
-    if "-" in payload or "_" in payload:
-        payload = payload.replace("-", "+").replace("_", "/")
-    payload += "=" * (-len(payload) % 4)
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ClientError(400, "invalid_base64", f"the image field is not valid base64: {exc}") from exc
+    data = _strict_b64(payload) if len(payload) % 4 == 0 else None
+    if data is None:
+        # The slow path, for wrapped lines, URL-safe alphabets and missing padding. str.split() drops the
+        # same whitespace as a regex would, at C speed (the regex took ~25 ms on a phone photo).
+        payload = "".join(payload.split())
+        if "-" in payload or "_" in payload:
+            payload = payload.replace("-", "+").replace("_", "/")
+        payload += "=" * (-len(payload) % 4)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ClientError(400, "invalid_base64", f"the image field is not valid base64: {exc}") from exc
     if not data:
         raise ClientError(400, "empty_image", "the image field decodes to no bytes")
     return data
+
+
+def _strict_b64(payload: str) -> bytes | None:
+    """Plain, padded, unwrapped base64 (what clients almost always send) decoded in one pass, or ``None``."""
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _parse_json(body: bytes) -> PredictRequest:
@@ -240,7 +251,13 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             )
         parsed_at = time.perf_counter()
         try:
-            result = await run_in_threadpool(classifier.predict_bytes, image_bytes, explain=explain)
+            if "aws.event" in request.scope:
+                # Lambda gives an environment one request at a time, and Mangum runs each on a fresh root
+                # task, so a worker thread would be started per invocation only to be waited on.
+                result = classifier.predict_bytes(image_bytes, explain=explain)
+            else:
+                # Under uvicorn (`serve`), concurrent requests overlap in threads: ORT releases the GIL.
+                result = await run_in_threadpool(classifier.predict_bytes, image_bytes, explain=explain)
         except ImageError as exc:
             raise ClientError(exc.status, exc.code, str(exc)) from exc
         timing = {"parse": round((parsed_at - started) * 1000, 2), **result.timing_ms}

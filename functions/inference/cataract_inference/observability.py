@@ -6,18 +6,83 @@ or off); the defaults below apply when they are unset, e.g. on a laptop.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "cataract-screening")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-# Tracer disables itself outside Lambda (and under `sam local`), so local runs send nothing to X-Ray.
-tracer = Tracer(service=SERVICE)
+
+
+class _NoTraceSegment(BaseSegment):
+    """A segment that records nothing."""
+
+    def close(self, end_time: int | None = None) -> None:
+        return None
+
+    def add_subsegment(self, subsegment: Any) -> None:
+        return None
+
+    def remove_subsegment(self, subsegment: Any) -> None:
+        return None
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        return None
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        return None
+
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None:
+        return None
+
+
+class _NoTraceProvider(BaseProvider):
+    """The tracer's provider when tracing is off. Powertools' default provider is the X-Ray SDK's recorder,
+    whose import builds two botocore clients (~0.4-0.7 s of cold start) even when tracing is disabled."""
+
+    @contextlib.contextmanager
+    def in_subsegment(self, name: Any = None, **kwargs: Any) -> Iterator[BaseSegment]:
+        yield _NoTraceSegment()
+
+    @contextlib.asynccontextmanager
+    async def in_subsegment_async(self, name: Any = None, **kwargs: Any) -> AsyncIterator[BaseSegment]:
+        yield _NoTraceSegment()
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        return None
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        return None
+
+    def patch(self, modules: Sequence[str]) -> None:
+        return None
+
+    def patch_all(self) -> None:
+        return None
+
+
+def tracing_disabled(env: Any = None) -> bool:
+    """Powertools' own rule: off when POWERTOOLS_TRACE_DISABLED is true, outside Lambda, or under sam local."""
+    env = os.environ if env is None else env
+    if env.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    return not env.get("LAMBDA_TASK_ROOT") or bool(env.get("AWS_SAM_LOCAL") or env.get("AWS_CHALICE_CLI_MODE"))
+
+
+# With tracing on (Lambda, Tracing: Active) the X-Ray SDK is loaded as usual; with it off, nothing is.
+tracer = (
+    Tracer(service=SERVICE, disabled=True, provider=_NoTraceProvider())
+    if tracing_disabled()
+    else Tracer(service=SERVICE)
+)
 
 
 def record_prediction(label: str, latency_ms: float, gradable: bool) -> None:

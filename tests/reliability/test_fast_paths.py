@@ -1,0 +1,103 @@
+"""Performance fixes keep their behaviour: lean cold start, one-pass base64, exact normalising, no thread hop."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cataract_inference import events
+from cataract_inference.api import ClientError, decode_base64_image
+from cataract_inference.drawing import draw_eye, encode
+from cataract_inference.imaging import normalise
+from cataract_inference.manifest import InputSpec
+from tests.conftest import FakeLambdaContext
+
+_PROBE = """
+import json, sys
+import cataract_inference.handler as h
+print(json.dumps({"xray": "aws_xray_sdk.core" in sys.modules, "botocore": "botocore.client" in sys.modules,
+                  "provider": type(h.tracer.provider).__module__, "disabled": bool(h.tracer.disabled)}))
+"""
+
+
+def _probe(tiny_model_dir: Path, **env: str) -> dict[str, Any]:
+    base = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env={**base, **env}, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_tracing_off_loads_no_xray_sdk_and_no_botocore(tiny_model_dir: Path) -> None:
+    seen = _probe(tiny_model_dir, POWERTOOLS_TRACE_DISABLED="true", LAMBDA_TASK_ROOT="/var/task")
+    assert seen == {"xray": False, "botocore": False, "provider": "cataract_inference.observability", "disabled": True}
+    assert _probe(tiny_model_dir)["xray"] is False, "outside Lambda, tracing is off and costs nothing"
+
+
+def test_tracing_on_in_lambda_still_uses_the_xray_recorder(tiny_model_dir: Path) -> None:
+    seen = _probe(tiny_model_dir, LAMBDA_TASK_ROOT="/var/task")
+    assert seen["xray"] is True and seen["provider"].startswith("aws_xray_sdk") and seen["disabled"] is False
+
+
+RAW = bytes(range(256)) * 7
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        base64.b64encode(RAW).decode(),
+        base64.b64encode(RAW).decode().rstrip("="),
+        "\n".join(base64.b64encode(RAW).decode()[i : i + 76] for i in range(0, 2000, 76)) + "\n",
+        base64.urlsafe_b64encode(RAW).decode(),
+        "data:image/png;base64," + base64.b64encode(RAW).decode(),
+        "\u2003" + base64.b64encode(RAW).decode() + "\u3000",
+        base64.b64encode(RAW).decode()[:40] + "\u2028" + base64.b64encode(RAW).decode()[40:],
+    ],
+)
+def test_base64_variants_decode_to_the_same_bytes(text: str) -> None:
+    if text.startswith("\n") or "\n" in text[:-1]:
+        # the wrapped sample covers only the first 2000 characters
+        assert decode_base64_image(text) == base64.b64decode("".join(text.split()))
+    else:
+        assert decode_base64_image(text) == RAW
+
+
+@pytest.mark.parametrize("text", ["abc$", "ab=c", "é" * 8, "====", "a"])
+def test_invalid_base64_is_still_a_400(text: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        decode_base64_image(text)
+    assert caught.value.status == 400
+
+
+def test_normalise_is_exactly_the_reference_formula() -> None:
+    spec = InputSpec(size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    got = normalise(Image.fromarray(rgb, "RGB"), spec)
+    scale = np.asarray([1.0 / (255.0 * s) for s in spec.std], dtype=np.float32)
+    bias = np.asarray([-m / s for m, s in zip(spec.mean, spec.std, strict=True)], dtype=np.float32)
+    want = (rgb.astype(np.float32) * scale + bias).transpose(2, 0, 1)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (3, 64, 64)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_lambda_invocations_predict_on_the_calling_thread(handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[threading.Thread] = []
+    original = handler.classifier.predict_bytes
+
+    def spy(data: bytes, *, explain: bool = False) -> Any:
+        threads.append(threading.current_thread())
+        return original(data, explain=explain)
+
+    monkeypatch.setattr(handler.classifier, "predict_bytes", spy)
+    response = handler.lambda_handler(events.predict_event(encode(draw_eye("normal"))), FakeLambdaContext())
+    assert response["statusCode"] == 200
+    assert threads == [threading.current_thread()], "no worker thread per invocation under Mangum"
