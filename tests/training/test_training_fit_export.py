@@ -1,0 +1,201 @@
+"""Fit a short epoch on tiny synthetic photos, cross-validate, export fp32 + int8, and serve the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_eyes import make_folder
+
+from cataract_inference.classifier import load_classifier
+from cataract_inference.imaging import load_for_model
+from cataract_inference.manifest import Manifest, load_manifest, write_manifest
+from cataract_inference.model_source import sha256_of
+from cataract_training import cli, export
+from cataract_training.train import FitConfig, fit, load_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fit")
+
+
+@pytest.fixture(scope="module")
+def data_dir(workdir: Path) -> Path:
+    return make_folder(workdir / "eyes", n_per_class=12)
+
+
+@pytest.fixture(scope="module")
+def config(data_dir: Path) -> FitConfig:
+    return FitConfig(
+        data=str(data_dir),
+        size=64,
+        epochs=2,
+        patience=5,
+        batch_size=8,
+        max_train_batches=2,
+        trainable_blocks=2,
+        val_fraction=0.3,
+        threads=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(config: FitConfig, workdir: Path) -> Path:
+    return fit(config, workdir / "runs", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cv_json(config: FitConfig, workdir: Path) -> Path:
+    assert (
+        cli.main(
+            [
+                "cv",
+                config.data,
+                "--size",
+                "64",
+                "--folds",
+                "2",
+                "--fold-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--trainable-blocks",
+                "2",
+                "--runs",
+                str(workdir / "cvruns"),
+            ]
+        )
+        == 0
+    )
+    (found,) = (workdir / "cvruns").glob("*/cv.json")
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_dir(run: Path, cv_json: Path, workdir: Path) -> Path:
+    out = workdir / "model"
+    assert cli.main(["export", str(run), "--out", str(out), "--cv", str(cv_json), "--version", "test-1"]) == 0
+    return out
+
+
+def test_run_folder(run: Path) -> None:
+    for name in ("config.json", "metrics.json", "curves.png", "split.json", "audit.json", "model.pt"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 2
+    assert metrics["history"][0]["train_loss"] > 0
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+    assert len(split["train"]) + len(split["val"]) == 24
+    cfg, net = load_run(run)
+    assert cfg.size == 64 and not net.training
+
+
+def test_cv_report(cv_json: Path) -> None:
+    cv = json.loads(cv_json.read_text())
+    assert cv["k"] == 2 and len(cv["folds"]) == 2 and cv["n_photos"] == 24
+    for key in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):
+        lo, hi = cv["cross_fitted"][key]["ci95"]
+        assert 0.0 <= lo <= hi <= 1.0
+    assert 0.0 <= cv["cross_fitted"]["roc_auc"] <= 1.0
+    assert (cv_json.parent / "cv_oof.npz").is_file()
+
+
+def test_export_serves_and_matches_torch(model_dir: Path, run: Path, data_dir: Path) -> None:
+    manifest = load_manifest(model_dir / "model.json")
+    assert manifest.sha256 == sha256_of(model_dir / "model.onnx")
+    assert manifest.classes == ("cataract", "normal") and manifest.positive_class == "cataract"
+    assert manifest.input.size == 64
+    assert manifest.outputs.cam == "cam" and manifest.outputs.ood_distance == "ood_distance"
+    assert manifest.precision in ("fp32", "int8")
+    assert manifest.metrics["export_parity"]["max_abs_logits"] <= 1e-4
+    assert set(manifest.metrics["variants"]) == {"fp32", "int8"}
+    assert "parity_vs_fp32" in manifest.metrics["variants"]["int8"]
+    assert manifest.metrics["grouped_cv"]["k"] == 2
+
+    clf = load_classifier(model_dir)
+    photos = sorted(data_dir.rglob("*.png"))[:3]
+    pred = clf.predict_bytes(photos[0].read_bytes(), explain=True)
+    assert pred.label in ("cataract", "normal", "ungradable")
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+    # dynamic batch, every output, and parity with torch on the photos themselves
+    batch = np.stack([load_for_model(p.read_bytes(), manifest.input)[1] for p in photos])
+    out = clf.run(batch)
+    assert out["logits"].shape == (3, 2) and out["embedding"].shape == (3, 1280)
+    assert out["ood_distance"].shape == (3,) and out["cam"].shape == (3, 2, 2, 2)
+    if manifest.precision == "fp32":
+        _, net = load_run(run)
+        ref = export.torch_outputs(export.ServingGraph(net, _ood_from(model_dir)), batch)
+        assert np.abs(ref["logits"] - out["logits"]).max() <= 1e-4
+        cam_mean = out["cam"].mean(axis=(2, 3))  # CAM averaged over space is the logit (linear head)
+        assert np.allclose(cam_mean, out["logits"], atol=1e-4)
+
+
+def _ood_from(model_dir: Path) -> export.OodModel:
+    """The OOD constants, read back from the ONNX graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_dir / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return export.OodModel(
+        mean=inits["ood_mean"].astype(np.float64),
+        axes=inits["ood_axes"].astype(np.float64),
+        variances=1.0 / inits["ood_inv_var"].astype(np.float64),
+        residual_variance=float(1.0 / inits["ood_inv_res"]),
+    )
+
+
+def test_ood_distance_matches_numpy(model_dir: Path, data_dir: Path) -> None:
+    clf = load_classifier(model_dir)
+    photos = sorted(data_dir.rglob("*.png"))[:4]
+    batch = np.stack([load_for_model(p.read_bytes(), clf.manifest.input)[1] for p in photos])
+    out = clf.run(batch)
+    ood = _ood_from(model_dir)
+    assert np.allclose(ood.distance(out["embedding"]), out["ood_distance"], rtol=1e-3, atol=1e-3)
+    # a photo far from the eyes (uniform noise) is further away than the training photos
+    noise = np.random.default_rng(0).normal(0, 3, (1, 3, 64, 64)).astype(np.float32)
+    assert clf.run(noise)["ood_distance"][0] > np.median(out["ood_distance"])
+
+
+def test_manifest_round_trip(model_dir: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(model_dir / "model.json")
+    write_manifest(manifest, tmp_path / "model.json")
+    again = load_manifest(tmp_path / "model.json")
+    assert again == manifest
+    assert Manifest.model_validate_json((tmp_path / "model.json").read_text()) == manifest
+    assert again.metrics["validation"]["accuracy"]["ci95"] == manifest.metrics["validation"]["accuracy"]["ci95"]
+
+
+def test_int8_quantization_of_a_small_graph(tmp_path: Path) -> None:
+    """Static per-channel QDQ on real-looking inputs keeps the model close to fp32."""
+    from cataract_training.backbones import CataractNet
+
+    net = CataractNet("mobilenet_v2", pretrained=True).eval()
+    emb = np.random.default_rng(0).normal(size=(50, 1280))
+    graph = export.ServingGraph(net, export.fit_ood(emb, k=8))
+    export.export_onnx(graph, 64, tmp_path / "fp32.onnx")
+    x = np.random.default_rng(1).normal(size=(16, 3, 64, 64)).astype(np.float32)
+    info = export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", x)
+    assert info["per_channel"] and info["format"] == "QDQ"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    a = export.onnx_outputs(tmp_path / "fp32.onnx", x)
+    b = export.onnx_outputs(tmp_path / "int8.onnx", x)
+    rel = np.abs(a["embedding"] - b["embedding"]).mean() / np.abs(a["embedding"]).mean()
+    assert rel < 0.5
+
+
+def test_audit_cli(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["audit", str(data_dir), "--out", str(tmp_path / "audit")]) == 0
+    assert json.loads((tmp_path / "audit/audit.json").read_text())["n_files"] == 24
+    assert "Findings" in capsys.readouterr().out
+    assert cli.main(["audit", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,80 @@
+"""Training feeds the model exactly what serving feeds it."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cataract_inference.imaging import load_for_model, preprocess
+from cataract_inference.manifest import InputSpec
+from cataract_training import augment, data
+from cataract_training.train import FitConfig
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_validation_tensors_are_serving_tensors(eye_folder: Path) -> None:
+    for resize in ("letterbox", "squash", "center_crop"):
+        spec = InputSpec(size=64, resize=resize)
+        for path in sorted(eye_folder.rglob("*.png"))[:4]:
+            served = load_for_model(path.read_bytes(), spec)[1]
+            assert np.array_equal(data.serving_tensor(path, spec), served)
+
+
+def test_training_path_without_augmentation_matches_serving(eye_folder: Path, tmp_path: Path) -> None:
+    spec = FitConfig(data=str(eye_folder), size=64).spec()
+    paths = sorted(eye_folder.rglob("*.png"))[:3]
+    jpg = tmp_path / "photo.jpg"
+    jpg.write_bytes(_jpeg(Image.open(paths[0]).convert("RGB").resize((300, 200))))
+    for path in [*paths, jpg]:
+        img = data.load_pil(path, None, fill=spec.fill_rgb)  # what training decodes
+        off = augment.AugmentConfig(**{k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")})
+        trained = preprocess(augment.augment(img, random.Random(0), off, spec.fill_rgb), spec)
+        served = load_for_model(path.read_bytes(), spec)[1]
+        assert trained.dtype == served.dtype == np.float32
+        assert trained.shape == served.shape == (3, 64, 64)
+        if path.suffix == ".png":  # JPEG draft decoding in serving may pick a smaller DCT scale
+            assert np.array_equal(trained, served)
+
+
+def test_augmentation_is_seeded_and_changes_the_image(eye_folder: Path) -> None:
+    img = data.load_pil(next(eye_folder.rglob("*.png")))
+    a = augment.augment(img, random.Random(7))
+    b = augment.augment(img, random.Random(7))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    variants = {np.asarray(augment.augment(img, random.Random(s))).tobytes() for s in range(8)}
+    assert len(variants) == 8
+    assert a.mode == "RGB"
+
+
+def test_anti_shortcut_ops_degrade_both_classes(eye_folder: Path) -> None:
+    """Blur removes high-frequency energy and down-up scaling removes detail, whatever the class."""
+    off = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
+    blur = augment.AugmentConfig(**{**off, "blur_p": 1.0, "blur_radius": (1.5, 2.0)})
+    rescale = augment.AugmentConfig(**{**off, "rescale_p": 1.0, "rescale_side": (24, 24)})
+
+    def energy(im: Image.Image) -> float:
+        a = np.asarray(im.convert("L"), dtype=np.float32)
+        return float(np.abs(np.diff(a, axis=1)).mean())
+
+    for label in ("cataract", "normal"):
+        base = np.asarray(data.load_pil(next((eye_folder / label).glob("*.png"))).resize((240, 180)), np.float32)
+        grain = np.random.default_rng(0).normal(0, 12, base.shape)  # sensor noise: fine detail to lose
+        img = Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
+        assert energy(augment.augment(img, random.Random(0), blur)) < 0.8 * energy(img)
+        small = augment.augment(img, random.Random(0), rescale)
+        assert small.size == img.size
+        # what survives is what a 24 px photo holds: shrinking again loses (almost) nothing more
+        again = small.resize((24, 18), Image.Resampling.BOX).resize(img.size, Image.Resampling.BILINEAR)
+        orig_again = img.resize((24, 18), Image.Resampling.BOX).resize(img.size, Image.Resampling.BILINEAR)
+        diff = np.abs(np.asarray(small, np.float32) - np.asarray(img, np.float32)).mean()
+        assert diff > 1.0
+        assert np.abs(np.asarray(again, np.float32) - np.asarray(orig_again, np.float32)).mean() < diff

@@ -1,0 +1,120 @@
+"""Publish and pull against moto: the layout serving reads, checksums, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from cataract_inference.manifest import Manifest, load_manifest, write_manifest
+from cataract_inference.model_source import load_from_s3, sha256_of
+from cataract_inference.settings import Settings
+from cataract_training import publish
+
+BUCKET = "models-bucket"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def _model_dir(path: Path, version: str = "2026.01.01-test-1", payload: bytes = b"not really onnx") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.onnx").write_bytes(payload)
+    manifest = Manifest(
+        name="cataract-screen",
+        version=version,
+        created="2026-01-01T00:00:00+00:00",
+        sha256=sha256_of(path / "model.onnx"),
+        classes=("cataract", "normal"),
+    )
+    write_manifest(manifest, path / "model.json")
+    return path
+
+
+@mock_aws
+def test_publish_then_pull_latest_and_version(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "v1", "v1", b"first model")
+    ptr = publish.publish(src, f"s3://{BUCKET}/cataract/", client=s3)
+    assert ptr["model_uri"] == f"s3://{BUCKET}/cataract/v1/model.onnx"
+    head = s3.head_object(Bucket=BUCKET, Key="cataract/v1/model.onnx")
+    assert head["Metadata"]["sha256"] == sha256_of(src / "model.onnx")
+    latest = json.loads(s3.get_object(Bucket=BUCKET, Key="cataract/latest.json")["Body"].read())
+    assert latest == {"version": "v1", "model_uri": ptr["model_uri"], "sha256": ptr["sha256"]}
+
+    publish.publish(_model_dir(tmp_path / "v2", "v2", b"second model"), f"s3://{BUCKET}/cataract", client=s3)
+    dest = tmp_path / "function-model"
+    got = publish.pull(f"s3://{BUCKET}/cataract", dest, client=s3)
+    assert got["version"] == "v2"
+    assert (dest / "model.onnx").read_bytes() == b"second model"
+    assert load_manifest(dest / "model.json").version == "v2"
+    got = publish.pull(f"s3://{BUCKET}/cataract", dest, version="v1", client=s3)
+    assert (dest / "model.onnx").read_bytes() == b"first model"
+    assert not [p for p in dest.iterdir() if p.name.startswith(".pull-")]
+
+    # The function's own S3 loader reads what publish wrote, metadata check included.
+    settings = Settings.from_env({"MODEL_S3_URI": ptr["model_uri"], "MODEL_CACHE_DIR": str(tmp_path / "cache")})
+    artifact = load_from_s3(settings, s3)
+    assert artifact.sha256 == ptr["sha256"]
+
+
+@mock_aws
+def test_pull_refuses_a_checksum_mismatch(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    meta = s3.head_object(Bucket=BUCKET, Key="p/v1/model.onnx")["Metadata"]
+    s3.put_object(Bucket=BUCKET, Key="p/v1/model.onnx", Body=b"tampered", Metadata=meta)
+    dest = tmp_path / "out"
+    (dest).mkdir()
+    (dest / "model.onnx").write_bytes(b"the model we had")
+    with pytest.raises(publish.PublishError, match="checksum mismatch"):
+        publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert (dest / "model.onnx").read_bytes() == b"the model we had"  # untouched
+
+
+def test_publish_refuses_a_stale_manifest(tmp_path: Path) -> None:
+    src = _model_dir(tmp_path / "m")
+    (src / "model.onnx").write_bytes(b"retrained but not re-exported")
+    with pytest.raises(publish.PublishError, match="checksum mismatch"):
+        publish.publish(src, f"s3://{BUCKET}/p", client=object())
+
+
+@mock_aws
+def test_missing_bucket_is_explained(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    with pytest.raises(publish.PublishError, match=r"bucket does not exist|no such object"):
+        publish.publish(_model_dir(tmp_path / "m"), "s3://no-such-bucket/p", client=s3)
+    with pytest.raises(publish.PublishError, match="bucket does not exist"):
+        publish.pull("s3://no-such-bucket/p", tmp_path / "out", client=s3)
+
+
+def test_missing_credentials_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    with pytest.raises(publish.PublishError, match="no AWS credentials"):
+        publish.publish(_model_dir(tmp_path / "m"), f"s3://{BUCKET}/p")
+    with pytest.raises(publish.PublishError, match="no AWS credentials"):
+        publish.pull(f"s3://{BUCKET}/p", tmp_path / "out")
+
+
+def test_bad_uri() -> None:
+    with pytest.raises(publish.PublishError, match="s3://"):
+        publish.split_uri("https://example.com/x")
+    assert publish.split_uri("s3://b") == ("b", "")
+    assert publish.split_uri("s3://b/a/c/") == ("b", "a/c/")

@@ -1,0 +1,41 @@
+"""On our real training set, the audit must find the flaws its README lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cataract_training import audit
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cataract-eyes" / "train"
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    if not (DATA / "cataract").is_dir():
+        pytest.skip(f"the training photos are not here ({DATA}); they live outside the repo in ../shared")
+    return audit.run_audit(DATA, progress=False).report
+
+
+def test_counts(report: dict) -> None:
+    assert report["counts"] == {"train/cataract": 241, "train/normal": 235}
+    assert report["unreadable"] == []
+
+
+def test_many_duplicates(report: dict) -> None:
+    assert len(report["exact_duplicate_groups"]) >= 20
+    assert report["distinct_photos"] < 0.8 * report["n_files"]
+    assert report["largest_group"] >= 6  # "some photo appears six times"
+
+
+def test_a_photo_in_both_classes(report: dict) -> None:
+    assert report["conflicts"], "the README's cross-class photo was not found"
+    assert all(c["labels"] == ["cataract", "normal"] for c in report["conflicts"])
+
+
+def test_size_shortcut(report: dict) -> None:
+    assert report["original_sizes_from"] == "manifest.csv"
+    widths = {k: v["width"]["median"] for k, v in report["sizes"].items()}
+    assert widths["cataract"] > 2 * widths["normal"]
+    assert any(f.startswith("SIZE SHORTCUT") for f in report["findings"])

@@ -1,0 +1,60 @@
+"""Temperature scaling and the sensitivity-first decision threshold, fitted on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Temperature-scaled softmax over the last axis (same formula serving uses)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of the true classes at ``temperature``."""
+    p = softmax(logits, temperature)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """The temperature minimising validation NLL: a log-spaced grid, then golden-section refinement.
+
+    One scalar cannot change the ranking, so accuracy and AUC are untouched; only confidence moves.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    grid = np.exp(np.linspace(np.log(lo), np.log(hi), 200))
+    losses = [nll(logits, labels, t) for t in grid]
+    best = int(np.argmin(losses))
+    a = np.log(grid[max(best - 1, 0)])
+    b = np.log(grid[min(best + 1, len(grid) - 1)])
+    phi = (5**0.5 - 1) / 2
+    for _ in range(60):
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        if nll(logits, labels, np.exp(c)) < nll(logits, labels, np.exp(d)):
+            b = d
+        else:
+            a = c
+    return float(np.exp((a + b) / 2))
+
+
+def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: float = 0.95) -> float:
+    """The highest threshold on P(positive) whose sensitivity is still >= ``target``.
+
+    The highest such threshold keeps specificity as high as the target allows. It is set just below
+    the deciding positive's probability (midway to the next lower score), so scores equal to it refer.
+    """
+    p_pos = np.asarray(p_pos, dtype=np.float64)
+    is_pos = np.asarray(is_pos, dtype=bool)
+    pos = np.sort(p_pos[is_pos])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no positive examples to set a threshold on")
+    need = int(np.ceil(target * len(pos) - 1e-9))
+    cut = pos[max(need, 1) - 1]
+    below = p_pos[p_pos < cut]
+    if below.size:
+        return float((cut + below.max()) / 2)
+    return float(cut)

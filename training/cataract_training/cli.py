@@ -1,0 +1,213 @@
+"""``cataract-train``: audit, fit, cv, export, evaluate, publish, pull (and ``all``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path("functions/inference/model")
+
+
+def _fit_config(args: argparse.Namespace):  # -> FitConfig
+    from .train import FitConfig
+
+    known = {f.name for f in fields(FitConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    return FitConfig(**values)
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="image folder: DATA/<class>/* or DATA/[processed_images/]{train,test}/<class>/*")
+    p.add_argument("--backbone", choices=["mobilenet_v2", "efficientnet_lite0"])
+    p.add_argument("--size", type=int, help="input side in pixels (default 224)")
+    p.add_argument("--resize", choices=["letterbox", "squash", "center_crop"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--trainable-blocks", dest="trainable_blocks", type=int)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a data folder and write audit.json + audit.txt."""
+    from .audit import run_audit, summary_text, write_report
+
+    result = run_audit(Path(args.data))
+    js, txt = write_report(result, Path(args.out))
+    print(summary_text(result.report))
+    print(f"\nreport: {js}  summary: {txt}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fine-tune on a grouped split; prints the run folder."""
+    from .train import fit
+
+    run = fit(_fit_config(args), args.runs)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    print(f"run: {run}  best epoch {m['best_epoch']}/{m['epochs_run']}  {m['train_minutes']} min of training")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    """Grouped k-fold cross-validation of the recipe."""
+    from .cv import run_cv
+
+    run = run_cv(_fit_config(args), k=args.folds, epochs=args.fold_epochs, runs_dir=args.runs)
+    cv = json.loads((run / "cv.json").read_text(encoding="utf-8"))
+    print(_one_line("grouped CV (cross-fitted T and threshold)", cv["cross_fitted"]))
+    print(f"cv: {run / 'cv.json'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run as ONNX fp32 + int8, calibrate, evaluate, write the chosen model and manifest."""
+    from .release import release
+
+    metrics = release(Path(args.run), Path(args.out), precision=args.precision, cv_json=args.cv, version=args.version)
+    print(_one_line("validation", metrics["validation"]))
+    print(f"shipped {metrics['precision_choice']['shipped']}: {metrics['precision_choice']['why']}")
+    print(f"model: {Path(args.out) / 'model.onnx'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate an exported model folder on a labelled image folder, through the serving classifier."""
+    from .data import discover
+    from .evaluate import evaluate_folder
+
+    samples = discover(Path(args.data), tuple(args.splits) if args.splits else None)
+    report = evaluate_folder(
+        Path(args.model_dir),
+        [s.path for s in samples],
+        [s.label for s in samples],
+        plot_dir=Path(args.out) if args.out else None,
+    )
+    print(_one_line("evaluation", report))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Upload a model folder to s3://BUCKET/PREFIX/<version>/ and move latest.json."""
+    from .publish import publish
+
+    pointer = publish(Path(args.model_dir), args.uri)
+    print(json.dumps(pointer, indent=2))
+    print(f"serve it with MODEL_S3_URI={pointer['model_uri']} MODEL_SHA256={pointer['sha256']}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Fetch a published version (or latest) into the function's model/ folder, verified."""
+    from .publish import pull
+
+    print(json.dumps(pull(args.uri, Path(args.model_dir), args.version), indent=2))
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    """audit -> fit -> cv -> export, in one go."""
+    from .release import release
+    from .train import fit
+
+    cfg = _fit_config(args)
+    run = fit(cfg, args.runs)
+    cv_json = None
+    if args.folds > 1:
+        from .cv import run_cv
+
+        cv_json = run_cv(cfg, k=args.folds, epochs=args.fold_epochs, runs_dir=args.runs) / "cv.json"
+    metrics = release(run, Path(args.out), cv_json=cv_json)
+    print(_one_line("validation", metrics["validation"]))
+    if "grouped_cv" in metrics:
+        print(_one_line("grouped CV", metrics["grouped_cv"]["cross_fitted"]))
+    return 0
+
+
+def _one_line(title: str, r: dict) -> str:
+    def f(name: str) -> str:
+        m = r[name]
+        return f"{name} {m['value']} [{m['ci95'][0]}, {m['ci95'][1]}]"
+
+    parts = [f(n) for n in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
+    return f"{title}: n={r['n']} " + ", ".join(parts) + f", AUC {r['roc_auc']}, ECE {r['ece']}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and --help)."""
+    parser = argparse.ArgumentParser(prog="cataract-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("audit", help=cmd_audit.__doc__)
+    p.add_argument("data")
+    p.add_argument("--out", default="runs/audit", help="folder for audit.json and audit.txt")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("fit", help=cmd_fit.__doc__)
+    _add_fit_args(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("cv", help=cmd_cv.__doc__)
+    _add_fit_args(p)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold-epochs", dest="fold_epochs", type=int, default=10)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("run", help="a run folder made by `fit`")
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--cv", type=Path, help="cv.json from `cv`, recorded in the manifest")
+    p.add_argument("--version")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    p.add_argument("data")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--splits", nargs="*", help="only these split folders (e.g. test)")
+    p.add_argument("--out", help="folder for evaluation.json and plots")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("publish", help=cmd_publish.__doc__)
+    p.add_argument("uri", help="s3://BUCKET/PREFIX")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("pull", help=cmd_pull.__doc__)
+    p.add_argument("uri", help="s3://BUCKET/PREFIX")
+    p.add_argument("--version", help="default: the version latest.json names")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("all", help=cmd_all.__doc__)
+    _add_fit_args(p)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold-epochs", dest="fold_epochs", type=int, default=10)
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    p.set_defaults(func=cmd_all)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``cataract-train``."""
+    args = build_parser().parse_args(argv)
+    from .publish import PublishError
+
+    try:
+        return int(args.func(args))
+    except (PublishError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Image folders: discovery in both layouts, and loading through the serving decoder.
+
+Two layouts are understood:
+
+- one folder per class: ``ROOT/<class>/*.png``;
+- the Kaggle layout: ``ROOT/[processed_images/]{train,test}/<class>/*``.
+
+Every photo is decoded by ``cataract_inference.imaging.decode_image``, the function serving uses,
+so training sees exactly what the service would.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from cataract_inference.imaging import DecodeLimits, ImageError, decode_image, load_for_model
+from cataract_inference.manifest import InputSpec
+
+# imaging.ACCEPTED_FORMATS names "MPO", which Pillow 13 no longer registers as an opener of its own (its
+# JPEG opener reads MPO files), so Image.open(formats=...) raises KeyError('MPO') for every file. Until
+# imaging.py drops that name, alias it to the JPEG opener; this changes nothing else.
+Image.init()
+if "MPO" not in Image.OPEN and "JPEG" in Image.OPEN:
+    Image.OPEN["MPO"] = Image.OPEN["JPEG"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+CLASSES = ("cataract", "normal")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One photo on disk: where it is, its label, and the split folder it came from (if any)."""
+
+    path: Path
+    label: str
+    split: str = "train"
+
+    def key(self, root: Path) -> str:
+        """A stable, readable id: the path relative to the data root."""
+        return self.path.relative_to(root).as_posix()
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def resolve_layout(root: Path) -> dict[str, Path]:
+    """Map split name to the folder that holds its class folders.
+
+    A folder per class gives ``{"train": root}``; the Kaggle layout gives one entry per split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    base = root / "processed_images" if (root / "processed_images").is_dir() else root
+    splits = {p.name: p for p in _class_dirs(base) if p.name.lower() in SPLIT_NAMES}
+    if splits:
+        return splits
+    if not _class_dirs(base):
+        raise ValueError(f"{root} has no class folders: expected ROOT/<class>/* or ROOT/{{train,test}}/<class>/*")
+    return {"train": base}
+
+
+def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
+    """All photos under ``root`` with their class (the folder name) and split."""
+    samples: list[Sample] = []
+    for split, folder in resolve_layout(root).items():
+        if splits is not None and split not in splits:
+            continue
+        for class_dir in _class_dirs(folder):
+            samples.extend(Sample(path=p, label=class_dir.name.lower(), split=split) for p in _images_in(class_dir))
+    if not samples:
+        raise ValueError(f"no images found under {root}")
+    return samples
+
+
+def check_classes(samples: list[Sample], classes: tuple[str, ...] = CLASSES) -> None:
+    """Refuse to train on folders whose names are not the model's classes."""
+    found = sorted({s.label for s in samples})
+    unknown = [c for c in found if c not in classes]
+    missing = [c for c in classes if c not in found]
+    if unknown or missing:
+        raise ValueError(
+            f"class folders must be exactly {list(classes)}; found {found} "
+            f"(unknown: {unknown}, missing: {missing}). Rename the folders."
+        )
+
+
+def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
+    """Original (pre-downscale) sizes from a ``manifest.csv`` beside the class folders, if there is one."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for folder in resolve_layout(root).values():
+        path = folder / "manifest.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    rel = (folder / row["path"]).relative_to(Path(root)).as_posix()
+                    sizes[rel] = (int(row["orig_width"]), int(row["orig_height"]))
+                except (KeyError, ValueError):
+                    continue
+    return sizes
+
+
+def load_pil(path: Path, max_side: int | None = None, fill: tuple[int, int, int] = (124, 116, 104)) -> Image.Image:
+    """Decode a photo with the serving decoder; optionally shrink it so its long side is ``max_side``."""
+    decoded = decode_image(path.read_bytes(), DecodeLimits(), target_size=max_side, fill=fill)
+    img = decoded.image
+    if max_side is not None and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return img
+
+
+def serving_tensor(path: Path, spec: InputSpec):  # -> np.ndarray
+    """The model input for a photo, computed exactly as serving computes it."""
+    return load_for_model(path.read_bytes(), spec)[1]
+
+
+def readable(path: Path) -> str | None:
+    """``None`` when the serving decoder accepts the file, else the reason it refuses it."""
+    try:
+        decode_image(path.read_bytes())
+    except (ImageError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -1,0 +1,130 @@
+"""Evaluate an exported model folder the way it is served: bytes -> serving decoder -> ONNX -> classifier.
+
+Nothing here touches torch: the numbers describe ``model.onnx`` + ``model.json`` as the function
+loads them with ``cataract_inference.classifier.load_classifier``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cataract_inference.classifier import load_classifier
+
+from . import metrics
+
+
+def score_folder(model_dir: Path, files: list[Path], labels: list[str]) -> dict[str, Any]:
+    """Run every file through the served classifier; collect raw logits, probabilities and gate verdicts."""
+    clf = load_classifier(Path(model_dir))
+    man = clf.manifest
+    pos = man.positive_index
+    logits, probs, gradable, referral = [], [], [], []
+    for path in files:
+        pred = clf.predict_bytes(path.read_bytes())
+        probs.append(pred.probabilities[man.positive_class])
+        gradable.append(pred.quality.gradable)
+        referral.append(pred.referral)
+        # Raw logits too (for temperature studies): the same tensor the classifier just ran on.
+        from cataract_inference.imaging import load_for_model
+
+        logits.append(clf.run(load_for_model(path.read_bytes(), man.input, clf.limits)[1][None])[man.outputs.logits][0])
+    is_pos = np.array([lab == man.positive_class for lab in labels])
+    p_pos = np.array(probs)
+    return {
+        "manifest": man,
+        "pos_index": pos,
+        "is_pos": is_pos,
+        "p_pos": p_pos,
+        "logits": np.array(logits),
+        "gradable": np.array(gradable),
+        "referral": np.array(referral),
+    }
+
+
+def evaluate_folder(
+    model_dir: Path, files: list[Path], labels: list[str], plot_dir: Path | None = None, tag: str = ""
+) -> dict[str, Any]:
+    """Metrics with Wilson intervals at the manifest's threshold and temperature, plus gate counts."""
+    s = score_folder(model_dir, files, labels)
+    man = s["manifest"]
+    pred_pos = s["p_pos"] >= man.threshold
+    report = metrics.binary_report(s["is_pos"], pred_pos, s["p_pos"])
+    report["threshold"] = man.threshold
+    report["temperature"] = man.temperature
+    report["argmax_accuracy"] = metrics.proportion(int(((s["p_pos"] >= 0.5) == s["is_pos"]).sum()), len(files))
+    report["gate_ungradable"] = int((~s["gradable"]).sum())
+    report["served_referrals"] = int(s["referral"].sum())
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        reliability_plot(s["p_pos"], s["is_pos"], plot_dir / f"reliability{tag}.png", f"ECE {report['ece']:.3f}")
+        roc_plot(s["is_pos"], s["p_pos"], plot_dir / f"roc{tag}.png", f"AUC {report['roc_auc']:.3f}")
+    return report
+
+
+def latency_ms(model_dir: Path, runs: int = 50, threads: int = 1) -> dict[str, float]:
+    """Median and p90 of one-image ONNX inference, as served (single thread by default)."""
+    clf = load_classifier(Path(model_dir), intra_op_threads=threads)
+    size = clf.manifest.input.size
+    x = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
+    for _ in range(5):
+        clf.run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        clf.run(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "median_ms": round(float(np.median(times)), 2),
+        "p90_ms": round(float(np.percentile(times, 90)), 2),
+        "threads": threads,
+    }
+
+
+def reliability_plot(p_pos: np.ndarray, is_pos: np.ndarray, path: Path, title: str = "") -> None:
+    """Reliability diagram of P(cataract): observed frequency against predicted probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = metrics.calibration_bins(p_pos, is_pos.astype(float), 10)
+    mids = [(b["lo"] + b["hi"]) / 2 for b in bins if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+    ax.bar(mids, [b["accuracy"] for b in bins if b["count"]], width=0.09, alpha=0.6, label="observed")
+    ax.plot(
+        [b["confidence"] for b in bins if b["count"]],
+        [b["accuracy"] for b in bins if b["count"]],
+        "o-",
+        label="bin mean",
+    )
+    ax.set_xlabel("predicted P(cataract)")
+    ax.set_ylabel("fraction cataract")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def roc_plot(is_pos: np.ndarray, p_pos: np.ndarray, path: Path, title: str = "") -> None:
+    """ROC curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = metrics.roc_curve(is_pos, p_pos)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,201 @@
+"""Export: the ONNX graph serving expects, its parity with torch, an int8 variant, and the manifest.
+
+Graph interface (serving relies on it): input ``input`` float32 [N,3,S,S], outputs ``logits`` [N,2],
+``embedding`` [N,D], ``ood_distance`` [N] (Mahalanobis distance from the training embeddings,
+computed in the graph) and ``cam`` [N,2,h,w] (class activation maps).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import CataractNet
+
+OUTPUT_NAMES = ("logits", "embedding", "ood_distance", "cam")
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class OodModel:
+    """A probabilistic-PCA Gaussian of training embeddings: mean, top-k axes and their variances.
+
+    Covariance = V diag(lam) V^T + sigma2 (I - V V^T): the top ``k`` directions are estimated, the
+    rest share one shrunk variance. Its Mahalanobis distance is cheap in the graph and well-posed
+    when there are fewer photos than dimensions.
+    """
+
+    mean: np.ndarray  # (D,)
+    axes: np.ndarray  # (D, k)
+    variances: np.ndarray  # (k,)
+    residual_variance: float
+
+    def distance(self, emb: np.ndarray) -> np.ndarray:
+        """The Mahalanobis distance, in NumPy (the reference for the graph)."""
+        diff = np.asarray(emb, dtype=np.float64) - self.mean
+        proj = diff @ self.axes
+        resid = diff - proj @ self.axes.T
+        d2 = (proj**2 / self.variances).sum(1) + (resid**2).sum(1) / self.residual_variance
+        return np.sqrt(np.maximum(d2, 0.0))
+
+
+def fit_ood(emb: np.ndarray, k: int = 32) -> OodModel:
+    """Fit the PPCA Gaussian on clean (non-augmented) training embeddings."""
+    emb = np.asarray(emb, dtype=np.float64)
+    n, d = emb.shape
+    k = max(1, min(k, n - 1, d - 1))
+    mean = emb.mean(0)
+    centred = emb - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    eig = s**2 / max(1, n - 1)
+    residual = float(eig[k:].sum() / max(1, d - k))  # the discarded variance, spread over the other dims
+    residual = max(residual, 1e-6 * float(eig[0]))
+    return OodModel(
+        mean=mean, axes=vt[:k].T.copy(), variances=np.maximum(eig[:k], residual), residual_variance=residual
+    )
+
+
+class ServingGraph(nn.Module):
+    """The trained network plus the OOD distance and CAM heads, as one graph."""
+
+    def __init__(self, net: CataractNet, ood: OodModel) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("ood_mean", torch.tensor(ood.mean, dtype=torch.float32))
+        self.register_buffer("ood_axes", torch.tensor(ood.axes, dtype=torch.float32))
+        self.register_buffer("ood_inv_var", torch.tensor(1.0 / ood.variances, dtype=torch.float32))
+        self.register_buffer("ood_inv_res", torch.tensor(1.0 / ood.residual_variance, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, emb, fmap = self.net.forward_all(x)
+        diff = emb - self.ood_mean
+        proj = diff @ self.ood_axes
+        # The residual is formed explicitly: |diff|^2 - |proj|^2 would cancel badly in float32.
+        resid = diff - proj @ self.ood_axes.t()
+        d2 = (proj * proj * self.ood_inv_var).sum(1) + (resid * resid).sum(1) * self.ood_inv_res
+        ood = torch.sqrt(torch.clamp(d2, min=0.0))
+        w, b = self.net.head.weight, self.net.head.bias
+        cam = torch.einsum("kc,nchw->nkhw", w, fmap) + b[None, :, None, None]
+        return logits, emb, ood, cam
+
+
+def export_onnx(graph: ServingGraph, size: int, path: Path) -> None:
+    """Write ``graph`` as ONNX with a dynamic batch dimension (TorchScript exporter, opset 18)."""
+    graph.eval()
+    dummy = torch.zeros(2, 3, size, size)
+    axes = {"input": {0: "N"}, **{name: {0: "N"} for name in OUTPUT_NAMES}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(path),
+            input_names=["input"],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def _session(path: Path, threads: int = 2) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(path: Path, tensors: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """All outputs of an ONNX file for a stack of input tensors."""
+    sess = _session(path)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    for i in range(0, len(tensors), batch):
+        for name, value in zip(
+            OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {"input": tensors[i : i + batch]}), strict=True
+        ):
+            parts[name].append(value)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+@torch.no_grad()
+def torch_outputs(graph: ServingGraph, tensors: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """The same outputs from torch, for parity checks."""
+    graph.eval()
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    for i in range(0, len(tensors), batch):
+        for name, value in zip(OUTPUT_NAMES, graph(torch.from_numpy(tensors[i : i + batch])), strict=True):
+            parts[name].append(value.numpy())
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Max absolute difference per output, and how often the predicted class agrees."""
+    out: dict[str, Any] = {f"max_abs_{n}": float(np.abs(reference[n] - other[n]).max()) for n in OUTPUT_NAMES}
+    out["argmax_agreement"] = float((reference["logits"].argmax(1) == other["logits"].argmax(1)).mean())
+    out["n"] = len(reference["logits"])
+    return out
+
+
+class TensorReader:
+    """An onnxruntime ``CalibrationDataReader`` over preprocessed photos."""
+
+    def __init__(self, tensors: np.ndarray, batch: int = 8) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = iter(
+            {"input": tensors[i : i + batch]} for i in range(0, len(tensors), batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next calibration batch, or ``None`` when done."""
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - onnxruntime may call it; one pass is enough
+        """Not supported: a reader is used once."""
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> dict[str, Any]:
+    """Static int8 quantization (QDQ, per-channel weights) of the convolutions, calibrated on real photos.
+
+    Only Conv nodes are quantized: the pooled embedding, the OOD distance and the CAM einsum stay in
+    float, since a quantized tail would shift the OOD distance and the heat maps for no speed gain.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        source = pre
+    except Exception:  # pre-processing is an optimisation; quantize the raw graph if it fails
+        source = fp32
+    quantize_static(
+        str(source),
+        str(out),
+        TensorReader(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    pre.unlink(missing_ok=True)
+    return {
+        "format": "QDQ",
+        "per_channel": True,
+        "op_types": ["Conv"],
+        "calibration_photos": len(calibration),
+        "method": "MinMax",
+    }

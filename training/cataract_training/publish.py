@@ -1,0 +1,154 @@
+"""Publish a model folder to S3 and pull a published version back, verified by sha256.
+
+Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
+
+    s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>)
+    s3://BUCKET/PREFIX/<version>/model.json
+    s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cataract_inference.manifest import MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
+from cataract_inference.model_source import sha256_of
+
+LATEST = "latest.json"
+
+
+class PublishError(RuntimeError):
+    """Publishing or pulling failed; the message says why and what to do."""
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` to bucket and a prefix that is empty or ends with '/'."""
+    if not uri.startswith("s3://"):
+        raise PublishError(f"expected an s3://BUCKET/PREFIX URI, got {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise PublishError(f"the URI {uri!r} names no bucket")
+    prefix = prefix.strip("/")
+    return bucket, (prefix + "/" if prefix else "")
+
+
+def _client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _explain(exc: Exception, what: str) -> PublishError:
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return PublishError(f"no AWS credentials to {what}: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return PublishError(f"cannot {what}: the bucket does not exist (create it, or check the name and region)")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return PublishError(f"cannot {what}: no such object (check the version; `publish` prints it)")
+        if code in ("AccessDenied", "403", "Forbidden"):
+            return PublishError(f"cannot {what}: access denied (the role needs s3:PutObject/s3:GetObject on it)")
+        return PublishError(f"cannot {what}: S3 said {code or exc}")
+    return PublishError(f"cannot {what}: {exc}")
+
+
+def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, str]:
+    """Upload ``model.onnx`` (sha256 in its metadata) and ``model.json``, then move ``latest.json``.
+
+    The manifest is checked against the file first, so a stale pair is never published. The pointer
+    moves last, so readers of ``latest.json`` never see a half-published version.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    model_dir = Path(model_dir)
+    model, manifest_path = model_dir / MODEL_FILENAME, model_dir / MANIFEST_FILENAME
+    if not model.is_file():
+        raise PublishError(f"no {MODEL_FILENAME} in {model_dir}; run `cataract-train export` first")
+    try:
+        manifest = load_manifest(manifest_path)
+    except ManifestError as exc:
+        raise PublishError(str(exc)) from exc
+    digest = sha256_of(model)
+    if digest != manifest.sha256:
+        raise PublishError(f"checksum mismatch: {model} hashes to {digest} but model.json says {manifest.sha256}")
+    bucket, prefix = split_uri(uri)
+    folder = f"{prefix}{manifest.version}/"
+    client = client or _client()
+    try:
+        client.head_bucket(Bucket=bucket)
+        client.upload_file(str(model), bucket, folder + MODEL_FILENAME, ExtraArgs={"Metadata": {"sha256": digest}})
+        client.upload_file(
+            str(manifest_path),
+            bucket,
+            folder + MANIFEST_FILENAME,
+            ExtraArgs={"Metadata": {"sha256": sha256_of(manifest_path)}, "ContentType": "application/json"},
+        )
+        pointer = {
+            "version": manifest.version,
+            "model_uri": f"s3://{bucket}/{folder}{MODEL_FILENAME}",
+            "sha256": digest,
+        }
+        client.put_object(
+            Bucket=bucket, Key=prefix + LATEST, Body=json.dumps(pointer).encode(), ContentType="application/json"
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, f"publish to s3://{bucket}/{folder}") from exc
+    return pointer
+
+
+def _get(client: Any, bucket: str, key: str, dest: Path) -> dict[str, str]:
+    response = client.get_object(Bucket=bucket, Key=key)
+    with dest.open("wb") as fh:
+        shutil.copyfileobj(response["Body"], fh)
+    return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
+
+def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = None) -> dict[str, str]:
+    """Fetch ``version`` (or the one ``latest.json`` names) into ``dest`` and verify it.
+
+    The files land in a temporary folder first and replace ``dest``'s only after the sha256 in the
+    object metadata, the manifest and the bytes all agree.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_uri(uri)
+    client = client or _client()
+    try:
+        if version is None:
+            body = client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read()
+            version = json.loads(body)["version"]
+        folder = f"{prefix}{version}/"
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".pull-") as tmp:
+            tmp_dir = Path(tmp)
+            meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
+            _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            digest = sha256_of(tmp_dir / MODEL_FILENAME)
+            try:
+                manifest = load_manifest(tmp_dir / MANIFEST_FILENAME)
+            except ManifestError as exc:
+                raise PublishError(str(exc)) from exc
+            published = meta.get("sha256")
+            if published is None:
+                raise PublishError(f"s3://{bucket}/{folder}{MODEL_FILENAME} has no sha256 metadata; re-publish it")
+            if not (digest == published == manifest.sha256):
+                raise PublishError(
+                    f"checksum mismatch for s3://{bucket}/{folder}: bytes {digest}, metadata {published}, "
+                    f"manifest {manifest.sha256}; nothing was written to {dest}"
+                )
+            for name in (MODEL_FILENAME, MANIFEST_FILENAME):
+                os.replace(tmp_dir / name, dest / name)
+    except (BotoCoreError, ClientError) as exc:
+        raise _explain(exc, f"pull from s3://{bucket}/{prefix}") from exc
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise PublishError(f"s3://{bucket}/{prefix}{LATEST} is not a valid pointer: {exc}") from exc
+    return {"version": str(version), "sha256": digest, "dest": str(dest)}

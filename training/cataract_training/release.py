@@ -1,0 +1,311 @@
+"""Turn a training run into a shippable model folder: fp32 and int8 ONNX, calibration, evaluation, manifest.
+
+Temperature and the sensitivity-first threshold are fitted on the run's validation photos (held out
+from training by duplicate group), each precision on its own logits. Both variants are evaluated
+through the serving classifier; the better one (see ``choose``) becomes ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cataract_inference.manifest import (
+    MANIFEST_FILENAME,
+    MODEL_FILENAME,
+    Manifest,
+    OutputNames,
+    Provenance,
+    write_manifest,
+)
+from cataract_inference.model_source import sha256_of
+
+from . import calibrate, evaluate, export
+from .train import CLASSES, load_run, prepare
+
+POS = CLASSES.index("cataract")
+SENSITIVITY_TARGET = 0.95
+
+
+def _percentiles(x: np.ndarray) -> dict[str, float]:
+    qs = (1, 5, 25, 50, 75, 95, 99)
+    return {f"p{q}": round(float(np.percentile(x, q)), 3) for q in qs} | {"max": round(float(x.max()), 3)}
+
+
+def build_manifest(
+    model_path: Path,
+    cfg: Any,
+    *,
+    version: str,
+    temperature: float,
+    threshold: float,
+    precision: str,
+    metrics: dict[str, Any],
+    training_data: dict[str, Any],
+) -> Manifest:
+    """The manifest for ``model_path`` (its sha256 is computed here, so write the model first)."""
+    from .backbones import BACKBONES
+
+    info = BACKBONES[cfg.backbone]
+    return Manifest(
+        name="cataract-screen",
+        version=version,
+        created=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        sha256=sha256_of(model_path),
+        classes=CLASSES,
+        positive_class="cataract",
+        input=cfg.spec(),
+        outputs=OutputNames(logits="logits", embedding="embedding", ood_distance="ood_distance", cam="cam"),
+        temperature=temperature,
+        threshold=threshold,
+        precision=precision,  # type: ignore[arg-type]
+        metrics=metrics,
+        training_data=training_data,
+        backbone=Provenance(architecture=info.architecture, weights=info.weights, licence=info.licence),
+    )
+
+
+def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
+    """Ship int8 only when it is clearly faster and loses nothing that matters on validation."""
+    f, q = fp32["validation"], int8["validation"]
+    faster = int8["latency"]["median_ms"] <= 0.8 * fp32["latency"]["median_ms"]
+    as_good = (
+        q["accuracy"]["value"] >= f["accuracy"]["value"]
+        and q["sensitivity"]["value"] >= f["sensitivity"]["value"]
+        and q["ece"] <= f["ece"] + 0.01
+        and int8["parity_vs_fp32"]["argmax_agreement"] >= 0.99
+    )
+    if faster and as_good:
+        return "int8", "int8 is at least 20% faster and matches fp32 on accuracy, sensitivity and calibration"
+    reasons = []
+    if not faster:
+        reasons.append(
+            f"int8 is not clearly faster ({int8['latency']['median_ms']} ms vs {fp32['latency']['median_ms']} ms)"
+        )
+    if not as_good:
+        reasons.append("int8 loses accuracy, sensitivity, calibration or agreement with fp32 on validation")
+    return "fp32", "; ".join(reasons)
+
+
+def release(
+    run: Path,
+    out_dir: Path,
+    *,
+    precision: str = "auto",
+    cv_json: Path | None = None,
+    version: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
+    cfg, net = load_run(run)
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    prep = prepare(cfg, progress)
+    where = {k: i for i, k in enumerate(prep.keys)}
+    tr = [where[k] for k in split["train"] if k in where]
+    va = [where[k] for k in split["val"] if k in where]
+    oof = _load_oof(cv_json)
+    _, train_emb, _ = _embed(net, prep.tensors[tr])
+    ood = export.fit_ood(train_emb)
+    graph = export.ServingGraph(net, ood)
+    work = run / "export"
+    if work.exists():
+        shutil.rmtree(work)
+    val_files = [prep.audit.samples[prep.index[i]].path for i in va]
+    val_labels = [CLASSES[int(prep.labels[i])] for i in va]
+    ref = export.torch_outputs(graph, prep.tensors[va])
+    train_ref = export.torch_outputs(graph, prep.tensors[tr])
+    variants: dict[str, dict[str, Any]] = {}
+    version = (
+        version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{run.name.split('-')[1]}"
+    )
+    training_data = _training_data(prep, tr, va, cfg)
+    for name in ("fp32", "int8"):
+        folder = work / name
+        folder.mkdir(parents=True)
+        model_path = folder / MODEL_FILENAME
+        info: dict[str, Any] = {}
+        if name == "fp32":
+            export.export_onnx(graph, cfg.size, model_path)
+        else:
+            calib = prep.tensors[tr][np.random.default_rng(cfg.seed).permutation(len(tr))[:160]]
+            info["quantization"] = export.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, calib)
+        outs = export.onnx_outputs(model_path, prep.tensors[va])
+        info["parity_vs_torch"] = export.parity(ref, outs)
+        if name == "int8":
+            info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
+        info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof)
+        temperature, threshold = info["calibration"]["temperature"], info["calibration"]["threshold"]
+        train_ood = export.onnx_outputs(model_path, prep.tensors[tr])["ood_distance"]
+        info["ood_distance"] = {"train": _percentiles(train_ood), "val": _percentiles(outs["ood_distance"])}
+        info["temperature"] = round(temperature, 5)
+        info["threshold"] = round(threshold, 5)
+        info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
+        info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
+        info["size_bytes"] = model_path.stat().st_size
+        manifest = build_manifest(
+            model_path,
+            cfg,
+            version=version,
+            temperature=temperature,
+            threshold=threshold,
+            precision=name,
+            metrics={},
+            training_data=training_data,
+        )
+        write_manifest(manifest, folder / MANIFEST_FILENAME)
+        info["validation"] = evaluate.evaluate_folder(folder, val_files, val_labels, plot_dir=run, tag=f"-{name}")
+        info["latency"] = evaluate.latency_ms(folder)
+        info["_outs"] = outs
+        variants[name] = info
+        if progress:
+            v = info["validation"]
+            print(
+                f"{name}: parity {info['parity_vs_torch']['max_abs_logits']:.2e}  "
+                f"T={temperature:.3f} thr={threshold:.3f}  "
+                f"acc={v['accuracy']['value']} sens={v['sensitivity']['value']} spec={v['specificity']['value']} "
+                f"ece={v['ece']} auc={v['roc_auc']}  {info['latency']['median_ms']} ms",
+                flush=True,
+            )
+    del train_ref
+    for v in variants.values():
+        v.pop("_outs")
+    picked, why = (
+        choose(variants["fp32"], variants["int8"]) if precision == "auto" else (precision, "chosen by the user")
+    )
+    chosen = variants[picked]
+    metrics: dict[str, Any] = {
+        "validation": chosen["validation"],
+        "validation_note": (
+            "held-out validation photos (grouped by duplicates, never trained on) that also fitted the temperature "
+            "and threshold and chose the epoch; the cross-validated estimate below is the honest one"
+        ),
+        "export_parity": chosen["parity_vs_torch"],
+        "ood_distance": chosen["ood_distance"],
+        "precision_choice": {"shipped": picked, "why": why},
+        "variants": {k: {kk: vv for kk, vv in v.items() if kk != "ood_distance"} for k, v in variants.items()},
+        "training_run": json.loads((run / "metrics.json").read_text(encoding="utf-8")) | {"run": run.name},
+    }
+    metrics["training_run"].pop("history", None)
+    if cv_json is not None and cv_json.is_file():
+        cv = json.loads(cv_json.read_text(encoding="utf-8"))
+        metrics["grouped_cv"] = {
+            k: cv[k]
+            for k in ("k", "epochs_per_fold", "n_photos", "n_groups", "cross_fitted", "argmax_T1", "minutes", "folds")
+            if k in cv
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / picked / MODEL_FILENAME, out_dir / MODEL_FILENAME)
+    manifest = build_manifest(
+        out_dir / MODEL_FILENAME,
+        cfg,
+        version=version,
+        temperature=chosen["temperature"],
+        threshold=chosen["threshold"],
+        precision=picked,
+        metrics=metrics,
+        training_data=training_data,
+    )
+    write_manifest(manifest, out_dir / MANIFEST_FILENAME)
+    (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _load_oof(cv_json: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given."""
+    if cv_json is None:
+        return None
+    npz = Path(cv_json).with_name("cv_oof.npz")
+    if not npz.is_file():
+        raise FileNotFoundError(f"{npz} not found: pass the cv.json of a finished `cv` run")
+    with np.load(npz) as z:
+        return z["logits"], z["labels"]
+
+
+def fit_calibration(
+    val_logits: np.ndarray, val_labels: np.ndarray, oof: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Temperature and threshold (sensitivity >= 0.95) from held-out predictions.
+
+    With grouped-CV out-of-fold predictions (every photo scored by a model that never saw it nor its
+    duplicates) the temperature is fitted on them: a small validation split is often perfectly
+    separated, and then the NLL-optimal temperature runs to zero (certainty that will not hold on new
+    photos). The threshold is the lower of the thresholds that reach the target on the out-of-fold
+    predictions and on the validation split, so sensitivity is favoured. Without CV, both come from the
+    validation split, and a perfectly separated split cannot sharpen the model (temperature >= 1).
+    """
+    val_pos = val_labels == POS
+    if oof is not None:
+        logits, labels = oof
+        t = calibrate.fit_temperature(logits, labels)
+        thr_oof = calibrate.threshold_for_sensitivity(
+            calibrate.softmax(logits, t)[:, POS], labels == POS, SENSITIVITY_TARGET
+        )
+        thr_val = calibrate.threshold_for_sensitivity(
+            calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET
+        )
+        return {
+            "source": (
+                f"grouped-CV out-of-fold predictions ({len(labels)} photos) "
+                f"and the validation split ({len(val_labels)})"
+            ),
+            "temperature": t,
+            "threshold": min(thr_oof, thr_val),
+            "threshold_oof": thr_oof,
+            "threshold_val": thr_val,
+            "sensitivity_target": SENSITIVITY_TARGET,
+        }
+    separable = bool((val_logits.argmax(1) == val_labels).all())
+    t = calibrate.fit_temperature(val_logits, val_labels, lo=1.0 if separable else 0.05)
+    thr = calibrate.threshold_for_sensitivity(calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET)
+    return {
+        "source": f"validation split ({len(val_labels)} photos)"
+        + (", perfectly separated: temperature kept >= 1" if separable else ""),
+        "temperature": t,
+        "threshold": thr,
+        "sensitivity_target": SENSITIVITY_TARGET,
+    }
+
+
+def _short(backbone: str) -> str:
+    return {"mobilenet_v2": "mnv2", "efficientnet_lite0": "effl0"}.get(backbone, backbone)
+
+
+def _embed(net: Any, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import torch
+
+    net.eval()
+    outs: list[list[np.ndarray]] = [[], [], []]
+    with torch.no_grad():
+        for i in range(0, len(tensors), 32):
+            for j, t in enumerate(net.forward_all(torch.from_numpy(tensors[i : i + 32]))):
+                outs[j].append(t.numpy())
+    return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
+
+
+def _training_data(prep: Any, tr: list[int], va: list[int], cfg: Any) -> dict[str, Any]:
+    rep = prep.audit.report
+    return {
+        "source": str(cfg.data),
+        "files": rep["n_files"],
+        "counts": rep["counts"],
+        "distinct_photos": rep["distinct_photos"],
+        "distinct_by_label": rep["distinct_by_label"],
+        "exact_duplicate_groups": len(rep["exact_duplicate_groups"]),
+        "near_duplicate_groups": len(rep["near_duplicate_groups"]),
+        "conflicts_excluded": [f for c in rep["conflicts"] for f in c["files"]],
+        "unreadable_excluded": [u["file"] for u in rep["unreadable"]],
+        "median_original_width": {k: v["width"].get("median") for k, v in rep["sizes"].items()},
+        "findings": rep["findings"],
+        "split": {
+            "train_photos": len(tr),
+            "val_photos": len(va),
+            "train_groups": len({prep.groups[i] for i in tr}),
+            "val_groups": len({prep.groups[i] for i in va}),
+            "grouped": True,
+        },
+    }

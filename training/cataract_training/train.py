@@ -1,0 +1,324 @@
+"""Fit: fine-tune a pretrained backbone on an audited, grouped split, on a small CPU.
+
+Every photo is decoded once through the serving decoder and cached (training photos as PIL images
+for augmentation, validation photos as the exact serving tensors). Training tensors come from
+``augment`` followed by ``imaging.preprocess``, the function serving calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from cataract_inference.imaging import preprocess
+from cataract_inference.manifest import InputSpec
+
+from . import data
+from .audit import AuditResult, run_audit
+from .augment import AugmentConfig, augment
+from .backbones import BACKBONES, CataractNet
+from .splits import grouped_split
+
+CLASSES = data.CLASSES
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a training run; saved as the run's ``config.json``."""
+
+    data: str
+    backbone: str = "mobilenet_v2"
+    size: int = 224
+    resize: str = "letterbox"
+    epochs: int = 18
+    patience: int = 5
+    batch_size: int = 32
+    lr_head: float = 1e-3
+    lr_trunk: float = 3e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    trainable_blocks: int = 8
+    val_fraction: float = 0.2
+    seed: int = 1234
+    cache_side: int = 320
+    threads: int = 2
+    max_train_batches: int | None = None  # for smoke tests
+    pretrained: bool = True
+    augment: dict[str, Any] = field(default_factory=lambda: AugmentConfig().to_dict())
+
+    def spec(self) -> InputSpec:
+        """The input spec this run trains for (and the manifest will carry)."""
+        info = BACKBONES[self.backbone]
+        return InputSpec(size=self.size, resize=self.resize, mean=info.mean, std=info.std)  # type: ignore[arg-type]
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation settings as a dataclass."""
+        raw = dict(self.augment)
+        for k, v in raw.items():
+            if isinstance(v, list):
+                raw[k] = tuple(v)
+        return AugmentConfig(**raw)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU runs are then repeatable for a given thread count)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Prepared:
+    """The audited data set: usable samples, labels, groups and caches."""
+
+    audit: AuditResult
+    index: list[int]  # audit sample indices in use (readable, not conflicting)
+    labels: np.ndarray  # class index per used sample
+    groups: list[int]
+    keys: list[str]
+    images: list[Image.Image]  # cached, long side <= cache_side
+    tensors: np.ndarray  # exact serving tensors, (n, 3, S, S)
+
+
+def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
+    """Audit the data folder, drop unreadable and conflicting photos, and cache every photo once."""
+    result = run_audit(Path(cfg.data), progress=progress)
+    data.check_classes([result.samples[i] for i in range(len(result.samples)) if result.readable[i]], CLASSES)
+    index = result.usable()
+    spec = cfg.spec()
+    images, tensors = [], []
+    for i in tqdm(index, desc="cache", disable=not progress, unit="img"):
+        path = result.samples[i].path
+        images.append(data.load_pil(path, cfg.cache_side, fill=spec.fill_rgb))
+        tensors.append(data.serving_tensor(path, spec))
+    labels = np.array([CLASSES.index(result.samples[i].label) for i in index], dtype=np.int64)
+    return Prepared(
+        audit=result,
+        index=index,
+        labels=labels,
+        groups=[result.groups[i] for i in index],
+        keys=[result.keys[i] for i in index],
+        images=images,
+        tensors=np.stack(tensors).astype(np.float32),
+    )
+
+
+def sample_weights(labels: np.ndarray, groups: list[int]) -> np.ndarray:
+    """Each class equally likely, and within it each distinct photo (not each copy) equally likely."""
+    group_size = Counter(groups)
+    distinct_per_class = Counter((lab, g) for lab, g in zip(labels.tolist(), groups, strict=True))
+    photos_per_class = Counter(lab for lab, _ in distinct_per_class)
+    w = np.array([1.0 / group_size[g] / photos_per_class[lab] for lab, g in zip(labels.tolist(), groups, strict=True)])
+    return w / w.sum()
+
+
+def build_model(cfg: FitConfig) -> CataractNet:
+    """The network for ``cfg``, with its early blocks frozen."""
+    model = CataractNet(cfg.backbone, n_classes=len(CLASSES), dropout=cfg.dropout, pretrained=cfg.pretrained)
+    model.freeze_trunk(cfg.trainable_blocks)
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, tensors: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits for preprocessed tensors, in eval mode."""
+    model.eval()
+    out = [model(torch.from_numpy(tensors[i : i + batch])).numpy() for i in range(0, len(tensors), batch)]
+    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
+
+def _batches(weights: np.ndarray, n_draws: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    draws = rng.choice(len(weights), size=n_draws, replace=True, p=weights)
+    return [draws[i : i + batch] for i in range(0, n_draws, batch)]
+
+
+def train_model(  # noqa: PLR0917 - the data arrays are positional by nature
+    cfg: FitConfig,
+    images: list[Image.Image],
+    labels: np.ndarray,
+    groups: list[int],
+    val_tensors: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    *,
+    epochs: int | None = None,
+    progress: bool = True,
+    desc: str = "fit",
+) -> tuple[CataractNet, list[dict[str, float]], int]:
+    """Train; with validation data, keep the epoch with the lowest validation loss and stop early.
+
+    Returns the model (best weights loaded), the per-epoch history and the best epoch (1-based).
+    """
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    spec = cfg.spec()
+    aug = cfg.augment_config()
+    rng = random.Random(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    model = build_model(cfg)
+    head = list(model.head.parameters())
+    trunk = [p for p in model.features.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": head, "lr": cfg.lr_head}, {"params": trunk, "lr": cfg.lr_trunk}], weight_decay=cfg.weight_decay
+    )
+    n_epochs = epochs or cfg.epochs
+    weights = sample_weights(labels, groups)
+    per_epoch = math.ceil(len(labels) / cfg.batch_size)
+    if cfg.max_train_batches:
+        per_epoch = min(per_epoch, cfg.max_train_batches)
+    total_steps = n_epochs * per_epoch
+    base = [g["lr"] for g in opt.param_groups]
+    warm = per_epoch  # one epoch of linear warm-up, then cosine decay
+    loss_fn = nn.CrossEntropyLoss()
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state, since_best = math.inf, 0, None, 0
+    step = 0
+    for epoch in range(1, n_epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        batches = _batches(weights, per_epoch * cfg.batch_size, cfg.batch_size, np_rng)[:per_epoch]
+        run_loss, run_correct, seen = 0.0, 0, 0
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{n_epochs}", disable=not progress, unit="batch", leave=False)
+        for idx in bar:
+            x = torch.from_numpy(np.stack([preprocess(augment(images[i], rng, aug, spec.fill_rgb), spec) for i in idx]))
+            y = torch.from_numpy(labels[idx])
+            factor = (
+                (step + 1) / warm
+                if step < warm
+                else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+            )
+            for g, lr in zip(opt.param_groups, base, strict=True):
+                g["lr"] = lr * factor
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            run_loss += loss.item() * len(idx)
+            run_correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{run_loss / seen:.3f}")
+        row = {
+            "epoch": epoch,
+            "train_loss": run_loss / seen,
+            "train_acc": run_correct / seen,
+            "seconds": time.perf_counter() - t0,
+        }
+        if val_tensors is not None and val_labels is not None and len(val_labels):
+            vl = predict_logits(model, val_tensors)
+            vt = torch.from_numpy(vl)
+            row["val_loss"] = float(loss_fn(vt, torch.from_numpy(val_labels)))
+            row["val_acc"] = float((vl.argmax(1) == val_labels).mean())
+            if row["val_loss"] < best_loss - 1e-4:
+                best_loss, best_epoch, since_best = row["val_loss"], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+        history.append(row)
+        if progress:
+            tqdm.write(f"{desc} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        if val_tensors is not None and since_best >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    return model, history, best_epoch
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int | None = None) -> None:
+    """Loss and accuracy per epoch, train and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        ax.plot(ep, [h[f"train_{metric}"] for h in history], label="train (augmented)")
+        if all(f"val_{metric}" in h for h in history):
+            ax.plot(ep, [h[f"val_{metric}"] for h in history], label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="kept")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def new_run_dir(base: Path, tag: str) -> Path:
+    """A fresh ``runs/<timestamp>-<tag>`` folder."""
+    run = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+    run.mkdir(parents=True, exist_ok=False)
+    return run
+
+
+def fit(cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
+    """Audit, split (grouped, stratified), train with early stopping, and save the run folder."""
+    t_start = time.perf_counter()
+    run = new_run_dir(runs_dir, cfg.backbone)
+    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    prep = prepare(cfg, progress)
+    (run / "audit.json").write_text(json.dumps(prep.audit.report, indent=2) + "\n", encoding="utf-8")
+    tr, va = grouped_split(prep.groups, prep.labels.tolist(), cfg.val_fraction, cfg.seed)
+    assert not {prep.groups[i] for i in tr} & {prep.groups[i] for i in va}, "a duplicate group straddles the split"
+    split = {"train": [prep.keys[i] for i in tr], "val": [prep.keys[i] for i in va]}
+    (run / "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+    t_train = time.perf_counter()
+    model, history, best = train_model(
+        cfg,
+        [prep.images[i] for i in tr],
+        prep.labels[tr],
+        [prep.groups[i] for i in tr],
+        prep.tensors[va],
+        prep.labels[va],
+        progress=progress,
+    )
+    minutes = (time.perf_counter() - t_train) / 60
+    torch.save(model.state_dict(), run / "model.pt")
+    plot_curves(history, run / "curves.png", best)
+    metrics = {
+        "best_epoch": best,
+        "epochs_run": len(history),
+        "train_minutes": round(minutes, 2),
+        "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
+        "threads": cfg.threads,
+        "n_train": len(tr),
+        "n_val": len(va),
+        "train_distinct_groups": len({prep.groups[i] for i in tr}),
+        "val_distinct_groups": len({prep.groups[i] for i in va}),
+        "train_counts": {c: int((prep.labels[tr] == k).sum()) for k, c in enumerate(CLASSES)},
+        "val_counts": {c: int((prep.labels[va] == k).sum()) for k, c in enumerate(CLASSES)},
+        "excluded": {
+            "unreadable": [u["file"] for u in prep.audit.report["unreadable"]],
+            "conflicts": [f for c in prep.audit.report["conflicts"] for f in c["files"]],
+        },
+        "history": history,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return run
+
+
+def load_run(run: Path) -> tuple[FitConfig, CataractNet]:
+    """The config and trained model of a run folder (weights are loaded, no pretrained file needed)."""
+    cfg = FitConfig(**json.loads((run / "config.json").read_text(encoding="utf-8")))
+    model = CataractNet(cfg.backbone, n_classes=len(CLASSES), dropout=cfg.dropout, pretrained=False)
+    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    return cfg, model
