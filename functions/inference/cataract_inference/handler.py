@@ -7,6 +7,8 @@ an init error and the function never serves.
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -15,7 +17,7 @@ from mangum import Mangum
 
 from .api import create_app
 from .classifier import Classifier
-from .observability import logger, metrics, tracer
+from .observability import logger, metrics, record_client_error, tracer
 from .settings import get_settings
 
 settings = get_settings()
@@ -34,7 +36,41 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if not is_api_gateway_event(event):
         # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.
         raise TypeError("this function expects an API Gateway proxy event (REST v1 or HTTP API v2)")
-    return asgi_handler(_encodable(event), context)
+    try:
+        return asgi_handler(_encodable(event), context)
+    except (binascii.Error, ValueError):
+        # Mangum base64-decodes a flagged body before the app runs; a body that is not base64 would
+        # escape as an invocation error (a 502 at the gateway). It is the client's bad request.
+        if not _undecodable_body(event):
+            raise
+        return _invalid_base64_response(event)
+
+
+def _undecodable_body(event: dict[str, Any]) -> bool:
+    """True when the event says its body is base64 and it is not (decoded as Mangum decodes it)."""
+    body = event.get("body")
+    if not event.get("isBase64Encoded") or not isinstance(body, str | bytes):
+        return False
+    try:
+        base64.b64decode(body)
+    except (binascii.Error, ValueError):
+        return True
+    return False
+
+
+def _invalid_base64_response(event: dict[str, Any]) -> dict[str, Any]:
+    """The API's 400 error, built here because the request never reached the app."""
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    record_client_error("invalid_base64")
+    logger.info("request refused", extra={"status": 400, "code": "invalid_base64"})
+    body: dict[str, Any] = {
+        "error": {"code": "invalid_base64", "message": "the request body is flagged as base64 but is not valid base64"}
+    }
+    headers = {"content-type": "application/json", "cache-control": "no-store"}
+    if isinstance(request_id, str) and request_id:
+        body["request_id"] = request_id
+        headers["x-request-id"] = request_id
+    return {"statusCode": 400, "headers": headers, "body": json.dumps(body), "isBase64Encoded": False}
 
 
 def _encodable(event: dict[str, Any]) -> dict[str, Any]:
