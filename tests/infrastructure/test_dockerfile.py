@@ -1,0 +1,135 @@
+"""The image the template builds runs the handler the tests drive.
+
+The image cannot be built here (no Docker), so this checks the Dockerfile against the source: the CMD names
+``module.attribute``; that module is the file the tests import, the Dockerfile copies it, and importing it
+(on a tiny model, as a cold start would) gives a callable that takes (event, context).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REPO, load_template
+
+TEMPLATE_FUNCTION = "InferenceFunction"
+
+
+def docker_paths() -> tuple[Path, Path]:
+    metadata = load_template()["Resources"][TEMPLATE_FUNCTION]["Metadata"]
+    context = (REPO / metadata["DockerContext"]).resolve()
+    return context, context / metadata["Dockerfile"]
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return instructions(docker_paths()[1])
+
+
+@pytest.fixture(scope="module")
+def handler_target(dockerfile: list[tuple[str, str]]) -> tuple[str, str]:
+    cmds = [args for keyword, args in dockerfile if keyword == "CMD"]
+    assert cmds, "the Dockerfile has no CMD"
+    cmd = json.loads(cmds[-1])  # exec form: the Lambda base image passes it to the runtime interface client
+    assert isinstance(cmd, list) and len(cmd) == 1, f'CMD must be ["module.handler"], got {cmd}'
+    module, _, attribute = cmd[0].rpartition(".")
+    assert module and attribute, cmd
+    return module, attribute
+
+
+def test_base_image_is_the_lambda_python_312_image(dockerfile: list[tuple[str, str]]) -> None:
+    froms = [args for keyword, args in dockerfile if keyword == "FROM"]
+    assert froms == ["public.ecr.aws/lambda/python:3.12"]
+
+
+def test_cmd_is_the_handler_the_tests_import(handler_target: tuple[str, str]) -> None:
+    module, attribute = handler_target
+    assert (module, attribute) == ("cataract_inference.handler", "lambda_handler")
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, f"{module} is not importable from the test environment"
+    context, _ = docker_paths()
+    expected = context.joinpath(*module.split(".")).with_suffix(".py")
+    assert Path(spec.origin).resolve() == expected, "the tests must import the file the image copies"
+
+
+def test_handler_module_defines_the_attribute_as_event_context_function(handler_target: tuple[str, str]) -> None:
+    module, attribute = handler_target
+    context, _ = docker_paths()
+    tree = ast.parse(context.joinpath(*module.split(".")).with_suffix(".py").read_text())
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == attribute]
+    assert len(functions) == 1, f"{module} must define {attribute} at top level"
+    params = [a.arg for a in functions[0].args.args]
+    assert len(params) == 2, f"{attribute}{tuple(params)} must take (event, context)"
+
+
+def test_dockerfile_copies_the_handler_package_into_the_task_root(
+    dockerfile: list[tuple[str, str]], handler_target: tuple[str, str]
+) -> None:
+    package = handler_target[0].split(".")[0]
+    copies = [args.split() for keyword, args in dockerfile if keyword == "COPY"]
+    assert any(
+        src.rstrip("/") == package and dest.startswith("${LAMBDA_TASK_ROOT}") for *srcs, dest in copies for src in srcs
+    ), f"no COPY of {package}/ into the task root"
+
+
+def test_dockerfile_sources_exist_in_the_context(dockerfile: list[tuple[str, str]]) -> None:
+    context, _ = docker_paths()
+    missing = [
+        src
+        for keyword, args in dockerfile
+        if keyword == "COPY" and not args.startswith("--from")
+        for src in args.split()[:-1]
+        if not (context / src).exists()
+    ]
+    assert not missing, f"`sam build` would fail: missing from {context}: {missing}"
+
+
+def test_handler_imports_and_is_callable_as_at_cold_start(handler_target: tuple[str, str], tmp_path: Path) -> None:
+    """Import the module named by CMD in a fresh interpreter, on a tiny model, as the runtime client does."""
+    module, attribute = handler_target
+    script = textwrap.dedent(
+        """
+        import importlib, inspect, json, os, pathlib, sys
+        from tests.support.onnx_models import build_tiny_model
+
+        module, attribute, scratch = sys.argv[1:]
+        os.environ["MODEL_DIR"] = str(build_tiny_model(pathlib.Path(scratch)))
+        fn = getattr(importlib.import_module(module), attribute)
+        print(json.dumps({"callable": callable(fn), "params": len(inspect.signature(fn).parameters)}))
+        """
+    )
+    env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AWS_LAMBDA"))}
+    env.update(POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_METRICS_NAMESPACE="Test", AWS_DEFAULT_REGION="us-east-1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, module, attribute, str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"callable": True, "params": 2}
