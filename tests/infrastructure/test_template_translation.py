@@ -179,13 +179,25 @@ def test_binary_media_types_cover_raw_images_but_not_json(default_deploy: dict[s
 
 @pytest.mark.parametrize(
     ("response_type", "status"),
-    [("INVALID_API_KEY", "403"), ("THROTTLED", "429"), ("QUOTA_EXCEEDED", "429"), ("REQUEST_TOO_LARGE", "413")],
+    [
+        ("INVALID_API_KEY", "403"),
+        ("MISSING_AUTHENTICATION_TOKEN", "404"),  # what API Gateway answers for a path it does not route
+        ("THROTTLED", "429"),
+        ("QUOTA_EXCEEDED", "429"),
+        ("REQUEST_TOO_LARGE", "413"),
+        ("INTEGRATION_TIMEOUT", "504"),
+        ("DEFAULT_4XX", None),
+        ("DEFAULT_5XX", None),
+    ],
 )
 def test_gateway_errors_use_the_apps_error_shape(default_deploy: dict[str, Any], response_type: str, status: str):
     response = api_body(default_deploy["Resources"])["x-amazon-apigateway-gateway-responses"][response_type]
-    assert response["statusCode"] == status
-    error = json.loads(response["responseTemplates"]["application/json"])["error"]
+    assert response.get("statusCode") == status
+    # API Gateway renders $context.error.messageString as a quoted JSON string.
+    rendered = response["responseTemplates"]["application/json"].replace("$context.error.messageString", '"Forbidden"')
+    error = json.loads(rendered)["error"]
     assert set(error) == {"code", "message"}
+    assert re.fullmatch(r"[a-z_]+", error["code"])
 
 
 # ---------------------------------------------------------------- model bucket
@@ -503,7 +515,7 @@ def test_api_gateway_logs_role_is_opt_in(template: dict[str, Any], create: str, 
 
 def test_outputs_name_everything_a_user_needs(default_deploy: dict[str, Any]) -> None:
     outputs = default_deploy["Outputs"]
-    assert {"ApiUrl", "ApiKeyId", "FunctionName", "FunctionAliasArn", "ModelBucketName"} <= set(outputs)
+    assert {"ApiUrl", "ApiKeyId", "UsagePlanId", "FunctionName", "FunctionAliasArn", "ModelBucketName"} <= set(outputs)
     resources = default_deploy["Resources"]
     assert refs(outputs["ApiKeyId"]["Value"]) <= set(of_type(resources, "AWS::ApiGateway::ApiKey"))
     assert refs(outputs["FunctionAliasArn"]["Value"]) <= set(of_type(resources, "AWS::Lambda::Alias"))
