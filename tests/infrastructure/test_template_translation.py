@@ -447,8 +447,8 @@ def test_parameter_patterns(template: dict[str, Any], parameter: str, value: str
     assert bool(re.fullmatch(pattern, value)) is ok
 
 
-def test_model_checksum_needs_a_model_uri_rule(template: dict[str, Any]) -> None:
-    rule = template["Rules"]["Sha256NeedsS3Uri"]
+def test_model_checksum_needs_a_model_uri_rule(cfn: dict[str, Any]) -> None:
+    rule = cfn["Rules"]["Sha256NeedsS3Uri"]  # survives the transform, so CloudFormation enforces it
     assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ModelSha256"}, ""]}]}
     assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ModelS3Uri"}, ""]}]}
 
