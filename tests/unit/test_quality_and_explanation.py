@@ -83,3 +83,77 @@ def test_overlay_is_a_png_the_size_of_the_photo() -> None:
     data = base64.b64decode(explanation.overlay_png(img, np.random.default_rng(0).random((7, 7)), InputSpec()))
     overlay = Image.open(io.BytesIO(data))
     assert overlay.format == "PNG" and overlay.size == (512, 256)
+
+
+def test_skin_fraction_tells_skin_from_paper_sky_and_grass() -> None:
+    for skin in [(224, 172, 140), (141, 85, 60), (90, 56, 37)]:  # light, brown and dark skin tones
+        assert quality.skin_fraction(Image.new("RGB", (32, 32), skin)) == 1.0
+    for other in [(250, 250, 250), (90, 140, 230), (60, 150, 60), (128, 128, 128)]:
+        assert quality.skin_fraction(Image.new("RGB", (32, 32), other)) == 0.0
+    half = Image.new("RGB", (40, 20), (250, 250, 250))
+    half.paste(Image.new("RGB", (20, 20), (200, 150, 120)), (0, 0))
+    assert quality.skin_fraction(half) == pytest.approx(0.5)
+    assert quality.image_stats(half, half.size).skin_fraction == pytest.approx(0.5, abs=0.05)
+
+
+FUSED = GateThresholds(
+    **{**GATE.model_dump(), "max_ood_distance": 100.0},
+    eye_score={
+        "bias": 2.0,
+        "w_distance": -1.0,
+        "w_skin": 1.0,
+        "centre": 10.0,
+        "scale": 2.0,
+        "skin_floor": 0.01,
+        "min_score": 0.0,
+    },
+)
+
+
+def test_eye_score_fuses_distance_and_skin() -> None:
+    eye = draw_eye("normal")
+    stats = quality.image_stats(eye, eye.size)
+    near = quality.assess(stats, 10.0, FUSED)
+    assert near.gradable and {"skin_fraction", "eye_score"} <= set(near.scores)
+    # The same photo, far from the training photos: the fused score says no, though under the cap.
+    far = quality.assess(stats, 30.0, FUSED)
+    assert not far.gradable and far.reasons[0].startswith("not_an_eye")
+    # Close in distance but with no skin at all (a document, a sky): also no.
+    sky = Image.fromarray(
+        (np.linspace(80, 230, 300)[:, None, None] * np.ones((300, 400, 3)) * [0.5, 0.7, 1.0]).astype(np.uint8)
+    )
+    sky_stats = quality.image_stats(sky, sky.size)
+    assert sky_stats.skin_fraction < 0.05
+    assert not quality.assess(sky_stats, 10.0, FUSED).gradable
+    score = quality.EyeScore.from_gate(FUSED)
+    assert score is not None and score.score(10.0, 1.0) == pytest.approx(2.0 + np.log(1.01))
+    assert quality.EyeScore.from_gate(GATE) is None
+
+
+def _probe_gate(dim: int = 4) -> GateThresholds:
+    weights = [0.0] * dim
+    weights[0] = 10.0
+    return GateThresholds(
+        **GATE.model_dump(), eye_probe={"mean": [0.0] * dim, "weights": weights, "bias": -5.0, "min_score": 0.0}
+    )
+
+
+def test_eye_probe_reads_the_embedding() -> None:
+    gate = _probe_gate()
+    eye = draw_eye("normal")
+    stats = quality.image_stats(eye, eye.size)
+    along = quality.assess(stats, 1.0, gate, embedding=np.array([3.0, 0.0, 0.0, 0.0]))
+    assert along.gradable and along.scores["eye_probe"] == pytest.approx(5.0)
+    across = quality.assess(stats, 1.0, gate, embedding=np.array([0.0, 2.0, 0.0, 0.0]))
+    assert not across.gradable and across.reasons[0].startswith("not_an_eye")
+    # Without an embedding the probe is not applied.
+    assert quality.assess(stats, 1.0, gate).gradable
+    with pytest.raises(ValueError, match="expects 4"):
+        quality.assess(stats, 1.0, gate, embedding=np.zeros(5))
+
+
+def test_eye_probe_is_parsed_once_per_gate() -> None:
+    gate = _probe_gate(1280)
+    first = quality.EyeProbe.from_gate(gate)
+    assert first is not None and first is quality.EyeProbe.from_gate(gate)
+    assert first.weights.dtype == np.float32 and first.weights.shape == (1280,)

@@ -1,14 +1,22 @@
 """The gradability gate: can this photo be judged at all?
 
 Two kinds of signal, both measured: simple image statistics (size, exposure, contrast,
-sharpness) computed on a small grey copy, and the model's own out-of-distribution distance
-(Mahalanobis distance of the backbone embedding from the training photos, computed inside the
-ONNX graph). Thresholds come from the manifest, fitted on data at training time.
+sharpness, and the fraction of skin-coloured pixels) computed on a small copy, and the model's own
+out-of-distribution distance (Mahalanobis distance of the backbone embedding from the training
+photos, computed inside the ONNX graph). Thresholds come from the manifest, fitted on data by
+``cataract_training.gate``.
+
+An optional fused "eye score" (manifest ``gate.eye_score``) combines the distance with the skin
+fraction in a logistic model: a close-up of an eye has skin around it *and* looks like the training
+photos; a document, a landscape or noise usually fails one of the two, and the fusion rejects far
+more of them than either threshold alone at the same rate of rejected eye photos.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,16 +24,59 @@ from PIL import Image
 from .manifest import GateThresholds
 
 STATS_SIDE = 256
+# Skin in YCbCr (Chai & Ngan 1999): a chroma box that holds for light and dark skin alike, because
+# it ignores luma. Eye close-ups are mostly eyelid and face skin; documents, skies and noise are not.
+SKIN_CB = (77.0, 127.0)
+SKIN_CR = (133.0, 173.0)
 
 
 @dataclass(frozen=True)
 class ImageStats:
-    """Cheap statistics of an image, on a 0..1 grey scale."""
+    """Cheap statistics of an image, on a 0..1 grey scale, and its fraction of skin-coloured pixels."""
 
     min_side: int
     brightness: float
     contrast: float
     sharpness: float
+    skin_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class EyeScore:
+    """A logistic fusion of the model's distance and the skin fraction, fitted by the gate calibration.
+
+    ``score = bias + w_distance * (ood_distance - centre) / scale + w_skin * log(skin_fraction + skin_floor)``;
+    the photo is not an eye when ``score < min_score``.
+    """
+
+    bias: float
+    w_distance: float
+    w_skin: float
+    centre: float
+    scale: float
+    skin_floor: float
+    min_score: float
+
+    @classmethod
+    def from_gate(cls, gate: GateThresholds) -> EyeScore | None:
+        """The manifest's ``gate.eye_score`` block, or ``None`` when the gate has none."""
+        raw: Any = (gate.model_extra or {}).get("eye_score")
+        if not isinstance(raw, dict):
+            return None
+        return cls(
+            bias=float(raw["bias"]),
+            w_distance=float(raw["w_distance"]),
+            w_skin=float(raw["w_skin"]),
+            centre=float(raw["centre"]),
+            scale=float(raw["scale"]),
+            skin_floor=float(raw.get("skin_floor", 0.01)),
+            min_score=float(raw["min_score"]),
+        )
+
+    def score(self, ood_distance: float, skin_fraction: float) -> float:
+        """Higher means more like the eye photos the model was trained on (a log-odds)."""
+        z = (ood_distance - self.centre) / self.scale
+        return self.bias + self.w_distance * z + self.w_skin * math.log(max(skin_fraction, 0.0) + self.skin_floor)
 
 
 @dataclass(frozen=True)
@@ -37,12 +88,67 @@ class Quality:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EyeProbe:
+    """A linear eye detector on the backbone's embedding, fitted by the gate calibration.
+
+    ``score = bias + weights . (embedding / |embedding| - mean)``; not an eye when ``score < min_score``.
+    It needs the graph's ``embedding`` output, which the classifier passes to ``assess``.
+    """
+
+    mean: np.ndarray
+    weights: np.ndarray
+    bias: float
+    min_score: float
+
+    @classmethod
+    def from_gate(cls, gate: GateThresholds) -> EyeProbe | None:
+        """The manifest's ``gate.eye_probe`` block, parsed once per gate, or ``None``."""
+        raw: Any = (gate.model_extra or {}).get("eye_probe")
+        if not isinstance(raw, dict):
+            return None
+        cached = _PROBES.get(id(raw))
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        probe = cls(
+            mean=np.asarray(raw["mean"], dtype=np.float32),
+            weights=np.asarray(raw["weights"], dtype=np.float32),
+            bias=float(raw["bias"]),
+            min_score=float(raw["min_score"]),
+        )
+        if probe.mean.shape != probe.weights.shape or probe.mean.ndim != 1:
+            raise ValueError("gate.eye_probe: mean and weights must be vectors of the same length")
+        _PROBES[id(raw)] = (raw, probe)  # keep raw alive so its id is not reused
+        return probe
+
+    def score(self, embedding: np.ndarray) -> float:
+        """Higher means more like an eye photo (a log-odds)."""
+        e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if e.shape != self.mean.shape:
+            raise ValueError(f"the embedding has {e.size} values; gate.eye_probe expects {self.mean.size}")
+        norm = float(np.linalg.norm(e))
+        unit = e / norm if norm > 0 else e
+        return float(self.bias + np.dot(self.weights, unit - self.mean))
+
+
+_PROBES: dict[int, tuple[Any, EyeProbe]] = {}
+
+
+def skin_fraction(img: Image.Image) -> float:
+    """The fraction of pixels whose chroma falls in the skin box (``img`` already small)."""
+    ycbcr = np.asarray(img.convert("YCbCr"), dtype=np.float32)
+    cb, cr = ycbcr[..., 1], ycbcr[..., 2]
+    inside = (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1])
+    return float(inside.mean()) if inside.size else 0.0
+
+
 def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
-    """Brightness (mean), contrast (std) and sharpness (variance of the Laplacian) of ``img``."""
-    grey = img.convert("L")
-    if max(grey.size) > STATS_SIDE:
-        grey = grey.copy()
-        grey.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
+    """Brightness (mean), contrast (std), sharpness (variance of the Laplacian) and skin fraction of ``img``."""
+    small = img.convert("RGB")
+    if max(small.size) > STATS_SIDE:
+        small = small.copy()
+        small.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
+    grey = small.convert("L")
     arr = np.asarray(grey, dtype=np.float32) / 255.0
     if min(arr.shape) >= 3:
         lap = arr[1:-1, :-2] + arr[1:-1, 2:] + arr[:-2, 1:-1] + arr[2:, 1:-1] - 4.0 * arr[1:-1, 1:-1]
@@ -54,11 +160,18 @@ def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
         brightness=float(arr.mean()),
         contrast=float(arr.std()),
         sharpness=sharpness,
+        skin_fraction=skin_fraction(small),
     )
 
 
-def assess(stats: ImageStats, ood_distance: float | None, gate: GateThresholds) -> Quality:
-    """Apply the manifest's thresholds. Each failed check adds a reason a person can act on."""
+def assess(
+    stats: ImageStats, ood_distance: float | None, gate: GateThresholds, embedding: np.ndarray | None = None
+) -> Quality:
+    """Apply the manifest's thresholds. Each failed check adds a reason a person can act on.
+
+    ``embedding`` (the graph's backbone embedding) feeds the optional eye probe; without it the
+    probe is not applied.
+    """
     reasons: list[str] = []
     if stats.min_side < gate.min_side:
         reasons.append(f"too_small: the shorter side is {stats.min_side} px; at least {gate.min_side} px is needed")
@@ -70,8 +183,17 @@ def assess(stats: ImageStats, ood_distance: float | None, gate: GateThresholds) 
         reasons.append("low_contrast: the photo is nearly uniform")
     if stats.sharpness < gate.min_sharpness:
         reasons.append("too_blurry: the photo is out of focus")
-    if ood_distance is not None and gate.max_ood_distance is not None and ood_distance > gate.max_ood_distance:
-        reasons.append("not_an_eye: the photo does not look like the eye photos the model was trained on")
+    far = ood_distance is not None and gate.max_ood_distance is not None and ood_distance > gate.max_ood_distance
+    fused = EyeScore.from_gate(gate)
+    eye_score = fused.score(ood_distance, stats.skin_fraction) if fused and ood_distance is not None else None
+    probe = EyeProbe.from_gate(gate)
+    probe_score = probe.score(embedding) if probe is not None and embedding is not None else None
+    unlike = fused is not None and eye_score is not None and eye_score < fused.min_score
+    undetected = probe is not None and probe_score is not None and probe_score < probe.min_score
+    if far or unlike or undetected:
+        reasons.append(
+            "not_an_eye: the photo does not look like a close-up of an eye like those the model was trained on"
+        )
     scores = {
         "brightness": round(stats.brightness, 4),
         "contrast": round(stats.contrast, 4),
@@ -79,4 +201,9 @@ def assess(stats: ImageStats, ood_distance: float | None, gate: GateThresholds) 
     }
     if ood_distance is not None:
         scores["ood_distance"] = round(ood_distance, 3)
+    if eye_score is not None:
+        scores["skin_fraction"] = round(stats.skin_fraction, 4)
+        scores["eye_score"] = round(eye_score, 3)
+    if probe_score is not None:
+        scores["eye_probe"] = round(probe_score, 3)
     return Quality(gradable=not reasons, reasons=reasons, scores=scores)
