@@ -1,0 +1,230 @@
+"""The gate calibration's logic, on synthetic signals: thresholds, budgets, fusion, cross-fitting, manifest."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cataract_inference import quality
+from cataract_inference.manifest import GateThresholds, load_manifest
+from cataract_training import gate as cal
+from tests.support.onnx_models import build_tiny_model
+
+
+def _sig(
+    ood: float = 40.0,
+    skin: float = 0.7,
+    *,
+    side: int = 300,
+    brightness: float = 0.5,
+    contrast: float = 0.2,
+    sharpness: float = 0.01,
+    embedding: np.ndarray | None = None,
+) -> cal.Signals:
+    stats = quality.ImageStats(side, brightness, contrast, sharpness, skin)
+    return cal.Signals(stats, ood, embedding)
+
+
+def _eyes(n: int, seed: int = 0) -> list[cal.Signals]:
+    rng = np.random.default_rng(seed)
+    return [
+        _sig(
+            float(rng.normal(40, 6)),
+            float(np.clip(rng.normal(0.7, 0.12), 0.05, 1.0)),
+            side=int(rng.integers(60, 512)),
+            brightness=float(rng.uniform(0.3, 0.7)),
+            contrast=float(rng.uniform(0.1, 0.3)),
+            sharpness=float(rng.uniform(0.002, 0.05)),
+        )
+        for _ in range(n)
+    ]
+
+
+def _non_eyes(n: int, seed: int = 1) -> list[cal.Signals]:
+    rng = np.random.default_rng(seed)
+    # Half look like eyes to the distance but have no skin; half have skin but are far away.
+    return [
+        _sig(float(rng.normal(45, 5)), float(rng.uniform(0.0, 0.1)))
+        if i % 2
+        else _sig(float(rng.normal(70, 8)), float(rng.uniform(0.3, 0.9)))
+        for i in range(n)
+    ]
+
+
+def test_threshold_for_budget_rejects_exactly_the_budget() -> None:
+    values = np.arange(100, dtype=float)
+    none = np.zeros(100, dtype=bool)
+    t = cal.threshold_for_budget(values, none, 0.05, reject_high=True)
+    assert (values > t).sum() == 5
+    t = cal.threshold_for_budget(values, none, 0.05, reject_high=False)
+    assert (values < t).sum() == 5
+    # Photos already rejected by another check spend the budget first.
+    already = np.zeros(100, dtype=bool)
+    already[:3] = True
+    t = cal.threshold_for_budget(values, already, 0.05, reject_high=True)
+    assert ((values > t) | already).sum() == 5
+
+
+def test_threshold_for_budget_never_rejects_everything() -> None:
+    values = np.array([1.0, 2.0, 3.0])
+    t = cal.threshold_for_budget(values, np.zeros(3, dtype=bool), 1.0, reject_high=True)
+    assert (values <= t).sum() >= 1
+
+
+def test_stat_thresholds_sit_outside_the_real_photos() -> None:
+    eyes = _eyes(400)
+    stats = cal.fit_stat_thresholds(eyes)
+    assert cal.MIN_SIDE_RANGE[0] <= stats["min_side"] <= cal.MIN_SIDE_RANGE[1]
+    b = [s.stats.brightness for s in eyes]
+    assert stats["min_brightness"] < min(b) and stats["max_brightness"] > max(b)
+    assert stats["min_contrast"] < min(s.stats.contrast for s in eyes)
+    gate = GateThresholds(**stats)
+    assert cal.rejected(eyes, gate).mean() <= 0.01
+    # A blank, dark or tiny image is rejected by them.
+    assert cal.rejected([_sig(side=20), _sig(brightness=0.01), _sig(contrast=0.001), _sig(sharpness=0.0)], gate).all()
+
+
+def test_distance_only_gate_meets_its_calibration_budget() -> None:
+    eyes, non = _eyes(400), _non_eyes(200)
+    gate = cal.fit_gate(eyes, eyes, target_false_reject=0.02, fused=False)
+    assert gate.max_ood_distance is not None
+    assert cal.rejected(eyes, gate).mean() <= 0.02
+    assert "eye_score" not in (gate.model_extra or {})
+    # The skinless look-alikes get through a distance threshold: that is why the fusion exists.
+    assert cal.rejected(non, gate).mean() < 0.8
+
+
+def test_fused_gate_rejects_more_non_eyes_at_the_same_budget() -> None:
+    eyes, non = _eyes(400), _non_eyes(200)
+    distance_only = cal.fit_gate(eyes, eyes, target_false_reject=0.02, fused=False)
+    fused = cal.fit_gate(eyes, eyes, non, target_false_reject=0.02)
+    assert cal.rejected(eyes, fused).mean() <= 0.02
+    assert cal.rejected(non, fused).mean() > cal.rejected(non, distance_only).mean()
+    assert cal.rejected(non, fused).mean() >= 0.9
+    block = fused.model_extra["eye_score"]
+    assert block["w_distance"] < 0 < block["w_skin"]  # farther is worse, more skin is better
+    # Fresh data from the same distributions: the rates hold.
+    assert cal.rejected(_eyes(400, seed=5), fused).mean() <= 0.05
+    assert cal.rejected(_non_eyes(200, seed=6), fused).mean() >= 0.85
+
+
+def test_fit_logistic_separates_separable_data() -> None:
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(-2, 1, (100, 2)), rng.normal(2, 1, (100, 2))]
+    y = np.r_[np.zeros(100), np.ones(100)]
+    w, b = cal.fit_logistic(x, y)
+    accuracy = (((x @ w + b) > 0) == (y > 0)).mean()
+    assert accuracy > 0.95
+
+
+def _embedded(n: int, direction: np.ndarray, seed: int) -> list[cal.Signals]:
+    rng = np.random.default_rng(seed)
+    return [_sig(embedding=(direction + rng.normal(0, 0.6, direction.size)).astype(np.float32)) for _ in range(n)]
+
+
+def test_probe_threshold_comes_from_out_of_fold_scores() -> None:
+    dim = 32
+    rng = np.random.default_rng(0)
+    eye_dir, other_dir = rng.normal(size=dim), rng.normal(size=dim)
+    eyes, non = _embedded(200, eye_dir, 1), _embedded(120, other_dir, 2)
+    groups = [f"e{i // 2}" for i in range(len(eyes))]  # pairs of near duplicates
+    non_groups = [f"n{i // 3}" for i in range(len(non))]
+    scored = [i % 2 == 0 for i in range(len(eyes))]
+    oof = cal.out_of_fold_probe_scores(eyes, groups, non, non_groups, scored)
+    assert oof.shape == (sum(scored),) and np.isfinite(oof).all()
+    block = cal.fit_eye_probe(eyes, non)
+    probe = quality.EyeProbe(
+        mean=np.asarray(block["mean"], np.float32),
+        weights=np.asarray(block["weights"], np.float32),
+        bias=block["bias"],
+        min_score=0.0,
+    )
+    in_sample = np.array([probe.score(s.embedding) for s, keep in zip(eyes, scored, strict=True) if keep])
+    # Out-of-fold scores are less flattering than in-sample ones: that is the point of cross-fitting.
+    assert oof.mean() < in_sample.mean()
+    assert np.mean([probe.score(s.embedding) for s in _embedded(100, other_dir, 9)]) < 0 < in_sample.mean()
+
+
+def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
+    dim = 16
+    rng = np.random.default_rng(3)
+    eye_dir, other_dir = rng.normal(size=dim), rng.normal(size=dim)
+    eyes = [
+        cal.Signals(s.stats, s.ood_distance, e.embedding)
+        for s, e in zip(_eyes(200), _embedded(200, eye_dir, 4), strict=True)
+    ]
+    non = [
+        cal.Signals(s.stats, s.ood_distance, e.embedding)
+        for s, e in zip(_non_eyes(100), _embedded(100, other_dir, 5), strict=True)
+    ]
+    probe_data = (eyes, [str(i) for i in range(200)], [str(i) for i in range(100)], [True] * 200)
+    gate = cal.fit_gate(eyes, eyes, non, target_false_reject=0.03, probe_data=probe_data)
+    assert "eye_probe" in gate.model_extra and len(gate.model_extra["eye_probe"]["weights"]) == dim
+    assert cal.rejected(eyes, gate).mean() <= 0.05
+    # Without the embedding the probe cannot run: a look-alike that only the probe catches passes.
+    kept = next(s for s, r in zip(eyes, cal.rejected(eyes, gate), strict=True) if not r)
+    sneaky = cal.Signals(kept.stats, kept.ood_distance, (other_dir * 3).astype(np.float32))
+    assert cal.rejected([sneaky], gate).all()
+    assert quality.assess(sneaky.stats, sneaky.ood_distance, gate).gradable
+
+
+def test_write_gate_replaces_only_the_gate_block(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    before = json.loads((model_dir / "model.json").read_text())
+    block = {
+        **GateThresholds(min_side=40, max_ood_distance=12.5).model_dump(),
+        "calibration": {"held_out": {"eye_false_reject": {"value": 0.01}}},
+    }
+    cal.write_gate(model_dir, block)
+    after = json.loads((model_dir / "model.json").read_text())
+    assert after["gate"] == block
+    assert {k: v for k, v in after.items() if k != "gate"} == {k: v for k, v in before.items() if k != "gate"}
+    manifest = load_manifest(model_dir / "model.json")
+    assert manifest.gate.min_side == 40 and manifest.gate.model_extra["calibration"]
+
+
+def test_write_gate_refuses_a_gate_serving_cannot_load(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    before = (model_dir / "model.json").read_text()
+    with pytest.raises(Exception, match="invalid"):
+        cal.write_gate(model_dir, {"min_side": "not a number"})
+    assert (model_dir / "model.json").read_text() == before
+
+
+def test_non_eye_set_is_varied_and_split_by_source() -> None:
+    items = cal.non_eye_items(seed=0, per_generator=2, variants=2)
+    kinds = {it.kind for it in items}
+    assert {"document", "landscape", "noise", "gradient", "shapes", "chart"} <= kinds
+    assert {"skimage", "matplotlib", "face_afar"} <= kinds  # the wheels' sample images, no downloads
+    assert all(not it.in_distribution for it in items)
+    parts = cal.split_non_eyes(items, seed=0)
+    side_of: dict[str, set[str]] = {}
+    for it, part in zip(items, parts, strict=True):
+        side_of.setdefault(it.group, set()).add(part)
+    assert all(len(sides) == 1 for sides in side_of.values())  # no source straddles the split
+    assert {cal.CALIBRATION, cal.HELD_OUT} == set(parts)
+    from cataract_inference.imaging import decode_image
+
+    for it in items[:: max(1, len(items) // 10)]:
+        assert min(decode_image(it.data).image.size) >= 64
+
+
+def test_eye_degradations_are_mild() -> None:
+    from cataract_inference.drawing import draw_eye  # a drawing only exercises the code; nothing is fitted on it
+
+    img = draw_eye("normal", size=(400, 300))
+    out = list(cal.eye_degradations(img))
+    assert {name for name, _, _ in out} == {"jpeg60", "half", "darker", "brighter", "soft"}
+    for _, degraded, quality_ in out:
+        assert 50 <= quality_ <= 95 and min(degraded.size) >= 150
+
+
+def test_wilson_rate_has_an_interval() -> None:
+    r = cal.rate(np.array([True] * 3 + [False] * 97))
+    assert r["k"] == 3 and r["n"] == 100 and math.isclose(r["value"], 0.03)
+    lo, hi = r["ci95"]
+    assert lo < 0.03 < hi
