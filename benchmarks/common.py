@@ -1,0 +1,199 @@
+"""Shared pieces of the benchmarks: timing statistics, markdown tables, the photos, and which model to measure.
+
+Every comparison runs its candidates in one process, interleaved round-robin, so the noise of a
+shared machine (other jobs, frequency scaling) lands on all of them alike; tables report ratios.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL_DIR = REPO / "functions" / "inference" / "model"
+RUNS_DIR = REPO / "runs"
+SHARED_TRAIN = REPO.parent / "shared" / "data" / "cataract-eyes" / "train"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Quiet, local Powertools, as the runtime-client tests run it.
+QUIET_ENV = {
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "CataractScreeningBench",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def quiet_environment() -> None:
+    """Set the Powertools environment before anything imports the handler."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of a list of durations in milliseconds."""
+
+    n: int
+    p50: float
+    p95: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> Stats:
+        """Percentiles of ``samples_ms`` (nearest-rank p95)."""
+        data = sorted(samples_ms)
+        if not data:
+            return cls(0, float("nan"), float("nan"), float("nan"), float("nan"))
+        p95 = data[min(len(data) - 1, round(0.95 * (len(data) - 1)))]
+        return cls(len(data), statistics.median(data), p95, data[0], data[-1])
+
+
+def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Time each candidate ``repeats`` times, round-robin, after ``warmup`` untimed calls each; ms per call."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1000.0)
+    return samples
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    """A number for a table cell."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def latency_table(samples: dict[str, list[float]], baseline: str, notes: dict[str, str] | None = None) -> str:
+    """Markdown: p50, p95, min–max per row and the p50 ratio to ``baseline``."""
+    notes = notes or {}
+    base = Stats.of(samples[baseline]).p50
+    lines = [
+        f"| what | n | p50 ms | p95 ms | min–max ms | p50 ÷ {baseline} |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, values in samples.items():
+        s = Stats.of(values)
+        label = f"{name} ({notes[name]})" if name in notes else name
+        lines.append(
+            f"| {label} | {s.n} | {fmt(s.p50)} | {fmt(s.p95)} | {fmt(s.lo)}–{fmt(s.hi)} | {fmt(s.p50 / base)}× |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    """A pass/fail mark for a target row."""
+    return "met" if ok else "NOT met"
+
+
+# --- photos -----------------------------------------------------------------------------------------
+
+
+def _noisy(img: Image.Image, sigma: float, seed: int) -> Image.Image:
+    """Sensor-like noise, so the JPEG is as dense as a real photo rather than a flat drawing."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(img, dtype=np.int16)
+    arr = arr + rng.normal(0.0, sigma, arr.shape).astype(np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def small_photo(kind: str = "cataract", seed: int = 0) -> bytes:
+    """A ≈300 px JPEG of a drawn eye (quality 90): the size of a cropped upload."""
+    from cataract_inference.drawing import draw_eye
+
+    img = _noisy(draw_eye(kind, size=(320, 240), seed=seed), 4.0, seed)
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def phone_photo(kind: str = "cataract", seed: int = 0) -> bytes:
+    """A 3000×2000 JPEG (quality 90): a drawn eye upscaled, with noise, about a phone camera's size and density."""
+    from cataract_inference.drawing import draw_eye
+
+    base = draw_eye(kind, size=(750, 500), seed=seed).resize((3000, 2000), Image.Resampling.BICUBIC)
+    img = _noisy(base, 6.0, seed)
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# --- which model ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model folder to measure and how it was found."""
+
+    directory: Path
+    description: str
+    is_proxy: bool
+
+
+def latest_run(runs: Path = RUNS_DIR) -> Path | None:
+    """The newest training run folder with a checkpoint (``model.pt``), or ``None``."""
+    candidates = sorted((p for p in runs.glob("*") if (p / "model.pt").is_file()), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def int8_variant(runs: Path = RUNS_DIR) -> tuple[Path, Path] | None:
+    """(fp32 folder, int8 folder) from the newest run whose export wrote both, or ``None``."""
+    found = sorted(
+        (
+            p
+            for p in runs.glob("*/export")
+            if (p / "int8" / "model.onnx").is_file() and (p / "fp32" / "model.onnx").is_file()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not found:
+        return None
+    return found[-1] / "fp32", found[-1] / "int8"
+
+
+def choose_model(explicit: Path | None, scratch: Path) -> ModelChoice:
+    """The bundled model when it exists; otherwise a proxy exported from the newest run (or random weights)."""
+    if explicit is not None:
+        return ModelChoice(explicit, f"{explicit}", is_proxy=False)
+    if (BUNDLED_MODEL_DIR / "model.onnx").is_file():
+        return ModelChoice(BUNDLED_MODEL_DIR, _describe(BUNDLED_MODEL_DIR), is_proxy=False)
+    from benchmarks.proxy_model import build_proxy_model
+
+    run = latest_run()
+    directory = build_proxy_model(scratch / "proxy-model", run)
+    where = f"weights of {run.name}" if run else "random weights"
+    print(
+        f"note: no bundled model yet; measuring a proxy export of the training architecture ({where})", file=sys.stderr
+    )
+    return ModelChoice(directory, f"proxy: MobileNetV2 serving graph exported here ({where})", is_proxy=True)
+
+
+def _describe(directory: Path) -> str:
+    import json
+
+    data = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+    size = (directory / "model.onnx").stat().st_size / 1e6
+    spec = data.get("input", {})
+    return (
+        f"{data.get('name')} {data.get('version')} ({data.get('precision', 'fp32')}, input {spec.get('size')} px, "
+        f"{size:.1f} MB)"
+    )

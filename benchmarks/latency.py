@@ -1,0 +1,263 @@
+"""Warm latency: the Lambda handler against bare ``session.run``, the reference-style app, PyTorch eager, int8.
+
+All candidates of one table run in this process, interleaved, on the same photo bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request  # at module level: FastAPI resolves the route's string annotations here
+
+from benchmarks.common import Stats, interleaved, latency_table, quiet_environment
+
+
+class BenchContext:
+    """The attributes of a Lambda context that the handler and Powertools read."""
+
+    function_name = "cataract-screening-bench"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1769
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cataract-screening-bench"
+    aws_request_id = "bench"
+    log_group_name = "/aws/lambda/bench"
+    log_stream_name = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def load_handler(model_dir: Path, threads: int = 1) -> Any:
+    """Import the real handler module on ``model_dir`` (the model loads at import, as on Lambda)."""
+    quiet_environment()
+    os.environ["MODEL_DIR"] = str(model_dir)
+    os.environ["ORT_INTRA_OP_THREADS"] = str(threads)
+    os.environ.pop("MODEL_S3_URI", None)
+    from cataract_inference import settings
+
+    settings.get_settings.cache_clear()
+    sys.modules.pop("cataract_inference.handler", None)
+    return importlib.import_module("cataract_inference.handler")
+
+
+def call(handler_fn: Callable[..., dict[str, Any]], event: dict[str, Any]) -> dict[str, Any]:
+    """Invoke a Lambda handler and insist on a 200 JSON response (a benchmark of errors is worthless)."""
+    response = handler_fn(event, BenchContext())
+    if response["statusCode"] != 200:
+        raise RuntimeError(f"benchmark request failed: {response['statusCode']} {response.get('body', '')[:300]}")
+    return response
+
+
+def reference_app(
+    model_path: Path, size: int, mean: tuple[float, ...], std: tuple[float, ...], threads: int | None = None
+) -> Any:
+    """The reference project's way: FastAPI, ``ort.InferenceSession(path)`` with default options, a full
+    decode and ``img.resize((size, size))``, behind the same Mangum adapter."""
+    import onnxruntime as ort
+    from fastapi import FastAPI
+    from mangum import Mangum
+    from PIL import Image
+
+    if threads is None:
+        session = ort.InferenceSession(str(model_path))  # default options: all cores, spinning
+    else:
+        opts = ort.SessionOptions()  # defaults, but as many threads as Lambda's vCPUs
+        opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), sess_options=opts)
+    input_name = session.get_inputs()[0].name
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        payload = await request.json()
+        img = Image.open(io.BytesIO(base64.b64decode(payload["image"]))).convert("RGB")
+        img = img.resize((size, size))
+        x = ((np.asarray(img, dtype=np.float32) / 255.0 - m) / s).transpose(2, 0, 1)[None]
+        logits = session.run(None, {input_name: x})[0][0]
+        e = np.exp(logits - logits.max())
+        p = e / e.sum()
+        return {"probabilities": {"cataract": float(p[0]), "normal": float(p[1])}}
+
+    return Mangum(app, lifespan="off")
+
+
+def torch_model(run: Path | None, backbone: str = "mobilenet_v2") -> tuple[Any, str]:
+    """The training network in eval mode, with the run's weights when there is a checkpoint."""
+    import torch
+
+    from cataract_training.backbones import CataractNet
+
+    if run is not None:
+        backbone = json.loads((run / "config.json").read_text(encoding="utf-8"))["backbone"]
+    net = CataractNet(backbone, n_classes=2, pretrained=False)
+    note = "random weights (no checkpoint)"
+    if run is not None:
+        net.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+        note = f"weights of {run.name}"
+    net.eval()
+    return net, note
+
+
+def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Per photo: bare ``session.run``, decode, preprocess, ``predict_bytes`` and the whole handler."""
+    from cataract_inference import events
+    from cataract_inference.imaging import decode_image, preprocess
+
+    clf = handler.classifier
+    spec = clf.manifest.input
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, data in photos.items():
+        event = events.predict_event(data)
+        decoded = decode_image(data, clf.limits, target_size=spec.size, fill=spec.fill_rgb)
+        tensor = preprocess(decoded.image, spec)[None]
+        out[name] = interleaved(
+            {
+                "bare session.run": lambda t=tensor: clf.run(t),
+                "decode (draft)": lambda d=data: decode_image(d, clf.limits, target_size=spec.size, fill=spec.fill_rgb),
+                "preprocess": lambda img=decoded.image: preprocess(img, spec),
+                "predict_bytes": lambda d=data: clf.predict_bytes(d),
+                "handler": lambda e=event: call(handler.lambda_handler, e),
+            },
+            repeats,
+        )
+    return out
+
+
+def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Our handler against the reference-style app, both behind Mangum, same events."""
+    from cataract_inference import events
+
+    clf = handler.classifier
+    spec = clf.manifest.input
+    ref = reference_app(clf.artifact.model_path, spec.size, spec.mean, spec.std)
+    ref1 = reference_app(clf.artifact.model_path, spec.size, spec.mean, spec.std, threads=1)
+    out = {}
+    for name, data in photos.items():
+        event = events.predict_event(data)
+        out[name] = interleaved(
+            {
+                "our handler": lambda e=event: call(handler.lambda_handler, e),
+                "reference-style app": lambda e=event: call(ref, e),
+                "reference-style app, 1 ORT thread": lambda e=event: call(ref1, e),
+            },
+            repeats,
+        )
+    return out
+
+
+def versus_torch(
+    handler: Any, photos: dict[str, bytes], run: Path | None, repeats: int
+) -> tuple[dict[str, dict[str, list[float]]], str]:
+    """ONNX Runtime against PyTorch eager (one thread each): the forward pass, and photo-to-probabilities."""
+    import torch
+    from PIL import Image
+
+    from cataract_inference import events
+    from cataract_inference.imaging import decode_image, preprocess
+
+    torch.set_num_threads(1)  # Lambda's one vCPU; ORT runs with one intra-op thread too
+    net, note = torch_model(run)
+    clf = handler.classifier
+    spec = clf.manifest.input
+    m = torch.tensor(spec.mean).view(3, 1, 1)
+    s = torch.tensor(spec.std).view(3, 1, 1)
+
+    @torch.inference_mode()
+    def torch_photo(data: bytes) -> np.ndarray:
+        # The obvious PyTorch path: full decode, resize, to tensor, forward.
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((spec.size, spec.size), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return torch.softmax(net(((x - m) / s)[None])[0], -1).numpy()
+
+    @torch.inference_mode()
+    def torch_forward(t: torch.Tensor) -> Any:
+        return net(t)
+
+    out = {}
+    for name, data in photos.items():
+        decoded = decode_image(data, clf.limits, target_size=spec.size, fill=spec.fill_rgb)
+        tensor = preprocess(decoded.image, spec)[None]
+        tt = torch.from_numpy(tensor.copy())
+        event = events.predict_event(data)
+        out[name] = interleaved(
+            {
+                "ORT session.run": lambda t=tensor: clf.run(t),
+                "torch eager forward": lambda t=tt: torch_forward(t),
+                "our handler": lambda e=event: call(handler.lambda_handler, e),
+                "torch photo→probabilities": lambda d=data: torch_photo(d),
+            },
+            repeats,
+        )
+    return out, note
+
+
+def int8_vs_fp32(fp32_dir: Path, int8_dir: Path, repeats: int) -> dict[str, list[float]]:
+    """Bare ``session.run`` of the two exported variants, one thread, serving's session options."""
+    import onnxruntime as ort
+
+    from cataract_inference.classifier import session_options
+
+    rng = np.random.default_rng(0)
+    sessions = {}
+    for name, folder in (("fp32", fp32_dir), ("int8", int8_dir)):
+        sessions[name] = ort.InferenceSession(
+            str(folder / "model.onnx"), sess_options=session_options(1), providers=["CPUExecutionProvider"]
+        )
+    size = sessions["fp32"].get_inputs()[0].shape[-1]
+    x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+    return interleaved(
+        {f"{k} session.run": (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, repeats
+    )
+
+
+def accuracy_on_validation(model_dirs: dict[str, Path], run: Path, data_root: Path) -> dict[str, dict[str, float]]:
+    """Accuracy of each model folder on ``run``'s validation split, through the serving classifier."""
+    from cataract_inference.classifier import load_classifier
+
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    files = [data_root / key for key in split["val"] if (data_root / key).is_file()]
+    truth = [Path(key).parent.name for key in split["val"] if (data_root / key).is_file()]
+    results: dict[str, dict[str, float]] = {}
+    for name, folder in model_dirs.items():
+        clf = load_classifier(folder, intra_op_threads=2)
+        correct = 0
+        for path, label in zip(files, truth, strict=True):
+            probs = clf.calibrated(clf.run(_tensor(clf, path.read_bytes()))["logits"])[0]
+            predicted, _ = clf.decide(probs)
+            correct += predicted == label
+        results[name] = {"n": len(files), "accuracy": 100.0 * correct / max(1, len(files))}
+    return results
+
+
+def _tensor(clf: Any, data: bytes) -> np.ndarray:
+    from cataract_inference.imaging import load_for_model
+
+    return load_for_model(data, clf.manifest.input, clf.limits)[1][None]
+
+
+def ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """p50 of ``numerator`` divided by p50 of ``denominator``."""
+    return Stats.of(samples[numerator]).p50 / Stats.of(samples[denominator]).p50
+
+
+__all__ = [
+    "accuracy_on_validation",
+    "handler_breakdown",
+    "int8_vs_fp32",
+    "latency_table",
+    "load_handler",
+    "ratio",
+    "versus_reference",
+    "versus_torch",
+]

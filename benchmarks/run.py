@@ -1,0 +1,277 @@
+"""Run every benchmark, print markdown tables, write benchmarks/results/latest.md.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--model DIR] [--skip deps,coldstart,...]
+
+Each comparison runs its candidates in this one process (or, for cold start and throughput, from
+this process against fresh subprocesses), interleaved, on the same machine; tables give p50, p95,
+min–max and ratios against the baseline measured alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import coldstart, depsize, latency, throughput, tuning
+from benchmarks.common import (
+    RESULTS,
+    SHARED_TRAIN,
+    Stats,
+    choose_model,
+    fmt,
+    int8_variant,
+    latency_table,
+    latest_run,
+    phone_photo,
+    quiet_environment,
+    small_photo,
+    verdict,
+)
+
+SECTIONS = ("latency", "reference", "torch", "int8", "tuning", "coldstart", "memory", "deps", "throughput")
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    load = os.getloadavg()
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared; load average {load[0]:.1f} at start), Python "
+        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the bundled model, else a proxy)")
+    parser.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
+    args = parser.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    reps = 30 if args.quick else 100
+    quiet_environment()
+
+    out: list[str] = []
+    targets: list[tuple[str, str, str, str]] = []  # (what, target, measured, verdict)
+
+    def emit(text: str = "") -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    model = choose_model(args.model, scratch)
+    run = latest_run()
+    photos = {"small photo (320×240 JPEG)": small_photo(), "phone photo (3000×2000 JPEG)": phone_photo()}
+    small_key, phone_key = list(photos)
+    emit(f"_Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {_machine()}._  ")
+    emit(
+        f"_Model: {model.description}. Photos: drawn eyes with noise, JPEG q90 "
+        f"({len(photos[small_key]) // 1024} KB and {len(photos[phone_key]) // 1024} KB)._"
+    )
+    emit()
+
+    handler = latency.load_handler(model.directory, threads=1)
+
+    if "latency" not in skip:
+        emit("### Warm latency through the Lambda handler (one ORT thread) vs bare `session.run`")
+        emit()
+        for name, samples in latency.handler_breakdown(handler, photos, reps).items():
+            emit(f"**{name}**")
+            emit()
+            emit(latency_table(samples, "bare session.run", {"handler": "base64 event in, JSON out"}))
+            emit()
+            r = latency.ratio(samples, "handler", "bare session.run")
+            limit = 1.2 if name == small_key else 2.0
+            targets.append((f"handler ÷ bare, {name}", f"≤ {limit}×", f"{fmt(r)}×", verdict(r <= limit)))
+
+    if "reference" not in skip:
+        emit("### Against the reference project's serving (FastAPI, default `InferenceSession`, PIL resize)")
+        emit()
+        emit(
+            "Both behind Mangum, same API Gateway event; the reference decodes the full image and calls "
+            "`img.resize((224, 224))`, with ORT's default session options (all cores, spinning)."
+        )
+        emit()
+        for name, samples in latency.versus_reference(handler, photos, max(20, reps // 2)).items():
+            emit(f"**{name}**")
+            emit()
+            emit(latency_table(samples, "our handler"))
+            emit()
+            r = latency.ratio(samples, "reference-style app", "our handler")
+            targets.append((f"reference-style ÷ ours, {name}", "> 1× (ours faster)", f"{fmt(r)}×", verdict(r > 1.0)))
+            r1 = latency.ratio(samples, "reference-style app, 1 ORT thread", "our handler")
+            targets.append(
+                (f"reference-style (1 thread, as on 1 vCPU) ÷ ours, {name}", "> 1×", f"{fmt(r1)}×", verdict(r1 > 1.0))
+            )
+
+    if "torch" not in skip:
+        emit("### Against PyTorch eager (one thread each)")
+        emit()
+        tables, note = latency.versus_torch(handler, photos, run, max(20, reps // 3))
+        emit(f"PyTorch: the training network (`CataractNet`), {note}, `torch.inference_mode()`, 1 thread.")
+        emit()
+        for name, samples in tables.items():
+            emit(f"**{name}**")
+            emit()
+            emit(latency_table(samples, "ORT session.run"))
+            emit()
+            r = latency.ratio(samples, "torch eager forward", "ORT session.run")
+            r2 = latency.ratio(samples, "torch photo→probabilities", "our handler")
+            targets.append((f"torch forward ÷ ORT run, {name}", "≥ 3×", f"{fmt(r)}×", verdict(r >= 3.0)))
+            targets.append((f"torch photo path ÷ our handler, {name}", "≥ 3×", f"{fmt(r2)}×", verdict(r2 >= 3.0)))
+
+    if "int8" not in skip:
+        emit("### int8 against fp32")
+        emit()
+        pair = int8_variant()
+        if pair is None:
+            emit("_Skipped: no run folder under runs/ has export/fp32 and export/int8 (run `cataract-train export`)._")
+        else:
+            fp32_dir, int8_dir = pair
+            emit(f"From `{fp32_dir.parent.relative_to(fp32_dir.parents[2])}` (training's export step).")
+            emit()
+            samples = latency.int8_vs_fp32(fp32_dir, int8_dir, reps)
+            emit(latency_table(samples, "fp32 session.run"))
+            emit()
+            speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
+            acc_text = "validation photos absent"
+            acc_ok = False
+            export_run = fp32_dir.parents[1]
+            if SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file():
+                acc = latency.accuracy_on_validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
+                emit("| variant | validation photos | accuracy |")
+                emit("|---|---:|---:|")
+                for k, v in acc.items():
+                    emit(f"| {k} | {v['n']} | {v['accuracy']:.1f}% |")
+                emit()
+                delta = acc["fp32"]["accuracy"] - acc["int8"]["accuracy"]
+                acc_text = f"{delta:+.1f} points (fp32 − int8)"
+                acc_ok = delta <= 1.0
+            else:
+                emit(f"_Accuracy row skipped: {SHARED_TRAIN} or the run's split.json is absent._")
+                emit()
+            targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(speed >= 1.5)))
+            targets.append(("int8 accuracy loss on validation", "≤ 1 point", acc_text, verdict(acc_ok)))
+
+    if "tuning" not in skip:
+        emit("### ONNX Runtime settings (bare `session.run`, same tensor)")
+        emit()
+        runs, creation = tuning.compare(handler.classifier.artifact.model_path, reps)
+        emit(latency_table(runs, "serving: 1 thread, ENABLE_ALL, no spin"))
+        emit()
+        emit("| session creation (cold-start share) | median ms |")
+        emit("|---|---:|")
+        for k, v in creation.items():
+            emit(f"| {k} | {fmt(v, 1)} |")
+        emit()
+
+    if "coldstart" not in skip:
+        emit("### Cold start: new process to first response, through awslambdaric and the Runtime API stub")
+        emit()
+        samples = coldstart.compare(model.directory, run, photos[small_key], 3 if args.quick else 7)
+        emit(latency_table(samples, "our handler (tracing off)"))
+        emit()
+        ours = Stats.of(samples["our handler (tracing off)"]).p50
+        traced = Stats.of(samples["our handler (tracing on, X-Ray SDK)"]).p50
+        torch_p50 = Stats.of(samples["PyTorch handler"]).p50
+        targets.append(("cold start, tracing off", "≤ 1500 ms", f"{fmt(ours, 0)} ms", verdict(ours <= 1500)))
+        targets.append(("cold start, tracing on", "≤ 1500 ms", f"{fmt(traced, 0)} ms", verdict(traced <= 1500)))
+        targets.append(
+            ("cold start ours ÷ PyTorch", "≤ 0.2", f"{fmt(ours / torch_p50)}", verdict(ours / torch_p50 <= 0.2))
+        )
+
+    if "memory" not in skip:
+        emit("### Memory: 1,000 warm requests in a fresh process (small, phone, explain and bad requests mixed)")
+        emit()
+        (scratch / "small.jpg").write_bytes(photos[small_key])
+        (scratch / "phone.jpg").write_bytes(photos[phone_key])
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.memory",
+                str(model.directory),
+                str(scratch / "small.jpg"),
+                str(scratch / "phone.jpg"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )
+        mem = json.loads(done.stdout.strip().splitlines()[-1])
+        emit("| RSS after init | after 100 (warm) | after 1,000 | peak | growth after warm-up | statuses |")
+        emit("|---:|---:|---:|---:|---:|---|")
+        emit(
+            f"| {mem['rss_init_mb']} MB | {mem['rss_warm_mb']} MB | {mem['rss_end_mb']} MB | {mem['peak_mb']} MB | "
+            f"{mem['growth_after_warm_up_mb']} MB | {mem['statuses']} |"
+        )
+        emit()
+        targets.append(
+            ("peak RSS after 1,000 requests", "≤ 350 MB", f"{mem['peak_mb']} MB", verdict(mem["peak_mb"] <= 350))
+        )
+        g = mem["growth_after_warm_up_mb"]
+        targets.append(("RSS growth after warm-up", "≤ 10 MB", f"{g} MB", verdict(g <= 10)))
+
+    if "deps" not in skip:
+        emit("### Installed runtime dependencies (`pip install --target`, Python 3.12 manylinux x86_64 wheels)")
+        emit()
+        total, groups = depsize.measure()
+        emit("| package folder | MB |")
+        emit("|---|---:|")
+        for name, size in groups[:10]:
+            emit(f"| {name} | {size / 1e6:.1f} |")
+        emit(f"| **total** | **{total / 1e6:.1f}** |")
+        emit()
+        boto = sum(size for name, size in groups if name in ("botocore", "boto3", "s3transfer"))
+        emit(f"botocore (pulled in by aws-xray-sdk; the Lambda base image already ships it): {boto / 1e6:.1f} MB.")
+        emit()
+        targets.append(("installed runtime dependencies", "≤ 250 MB", f"{total / 1e6:.1f} MB", verdict(total <= 250e6)))
+
+    if "throughput" not in skip:
+        emit("### `serve` throughput: 4 concurrent clients in a second process, loopback, small photo")
+        emit()
+        n = 100 if args.quick else 400
+        res = throughput.measure(model.directory, total=n, seconds=60.0)
+        s = Stats.of(res["latencies_ms"])
+        rps = res["requests"] / res["wall_s"]
+        emit("| requests | errors | wall s | requests/s | p50 ms | p95 ms | min–max ms |")
+        emit("|---:|---:|---:|---:|---:|---:|---:|")
+        emit(
+            f"| {res['requests']} | {res['errors']} | {res['wall_s']:.1f} | {rps:.1f} | {fmt(s.p50)} | {fmt(s.p95)} | "
+            f"{fmt(s.lo)}–{fmt(s.hi)} |"
+        )
+        emit()
+        targets.append(
+            ("serve, 4 clients", "zero errors", f"{rps:.1f} req/s, {res['errors']} errors", verdict(res["errors"] == 0))
+        )
+
+    summary = ["| what | target | measured | |", "|---|---|---|---|"]
+    summary += [f"| {w} | {t} | {m} | {v} |" for w, t, m, v in targets]
+    print("\n### Targets\n\n" + "\n".join(summary))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = ["## Benchmark results", "", "### Targets", "", *summary, "", *out]
+    args.output.write_text("\n".join(report) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""ONNX Runtime settings on one tensor: threads, spinning, graph optimisation, a pre-optimised model."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import interleaved
+
+
+def _options(threads: int | None, level: str, spin: bool) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def compare(model_path: Path, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """session.run per configuration (interleaved), and session creation time per way of loading."""
+    import onnxruntime as ort
+
+    from cataract_inference.classifier import session_options
+
+    configs = {
+        "serving: 1 thread, ENABLE_ALL, no spin": session_options(1),
+        "ORT defaults (all cores, spinning)": None,
+        "1 thread, ENABLE_BASIC": _options(1, "ORT_ENABLE_BASIC", False),
+        "1 thread, optimisation off": _options(1, "ORT_DISABLE_ALL", False),
+        "1 thread, spinning on": _options(1, "ORT_ENABLE_ALL", True),
+        "2 threads, no spin": _options(2, "ORT_ENABLE_ALL", False),
+    }
+    sessions = {
+        name: ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        if opts is not None
+        else ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        for name, opts in configs.items()
+    }
+    size = sessions["serving: 1 thread, ENABLE_ALL, no spin"].get_inputs()[0].shape[-1]
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    runs = interleaved({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, repeats)
+
+    creation: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        offline = _options(1, "ORT_ENABLE_EXTENDED", False)  # portable fusions only, as ORT advises offline
+        offline.optimized_model_filepath = str(pre)
+        ort.InferenceSession(str(model_path), sess_options=offline, providers=["CPUExecutionProvider"])
+        ways = {
+            "raw model, ENABLE_ALL at load (serving)": (model_path, session_options(1)),
+            "pre-optimised model (EXTENDED offline), ENABLE_ALL at load": (pre, session_options(1)),
+            "pre-optimised model, optimisation off at load": (pre, _options(1, "ORT_DISABLE_ALL", False)),
+        }
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        for _ in range(5):
+            for name, (path, opts) in ways.items():
+                t0 = time.perf_counter()
+                ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+        creation = {k: float(np.median(v)) for k, v in times.items()}
+    return runs, creation
