@@ -62,5 +62,7 @@ def overlay_png(img: Image.Image, cam: np.ndarray, spec: InputSpec, *, max_side:
     blended = np.asarray(photo, dtype=np.float32) * (1.0 - weight) + np.asarray(coloured, dtype=np.float32) * weight
     out = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
     buffer = io.BytesIO()
-    out.save(buffer, format="PNG", optimize=False)
+    # zlib level 1: measured 20 ms and 280 kB for a 512 px overlay against 103 ms and 242 kB at the
+    # default level 6; on Lambda's single vCPU the time matters more than the 16% in size.
+    out.save(buffer, format="PNG", compress_level=1)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
