@@ -164,6 +164,15 @@ def test_ood_distance_matches_numpy(model_dir: Path, data_dir: Path) -> None:
     assert clf.run(noise)["ood_distance"][0] > np.median(out["ood_distance"])
 
 
+def test_model_card(model_dir: Path) -> None:
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    manifest = load_manifest(model_dir / "model.json")
+    assert "not a diagnostic device" in card
+    assert manifest.sha256 in card and manifest.version in card
+    assert "grouped 2-fold CV, per distinct photo" in card and "Wilson" in card
+    assert "licence" in card.lower()
+
+
 def test_manifest_round_trip(model_dir: Path, tmp_path: Path) -> None:
     manifest = load_manifest(model_dir / "model.json")
     write_manifest(manifest, tmp_path / "model.json")

@@ -1,4 +1,4 @@
-"""``cataract-train``: audit, fit, cv, export, evaluate, publish, pull (and ``all``)."""
+"""``cataract-train``: audit, fit, cv, export, evaluate, publish, pull, card (and ``all``)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """(Re)write MODEL_CARD.md from a model folder's model.json."""
+    from cataract_inference.manifest import load_manifest
+
+    from .card import write_card
+
+    model_dir = Path(args.model_dir)
+    print(write_card(load_manifest(model_dir / "model.json"), model_dir))
+    return 0
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """audit -> fit -> cv -> export, in one go."""
     from .release import release
@@ -187,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="default: the version latest.json names")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("card", help=cmd_card.__doc__)
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("all", help=cmd_all.__doc__)
     _add_fit_args(p)

@@ -44,6 +44,26 @@ def cross_fitted(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, ta
     return report
 
 
+def per_photo(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Cross-fitted metrics counting each distinct photo (duplicate group) once, with its mean probability.
+
+    Per-file metrics weigh a photo by its number of copies; this view does not.
+    """
+    keys = sorted(set(groups.tolist()))
+    first = np.array([int(np.nonzero(groups == g)[0][0]) for g in keys])
+    mean_logits = np.stack([logits[groups == g].mean(0) for g in keys])
+    return cross_fitted(mean_logits, labels[first], fold_of[first])
+
+
+def summarise(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """The CV reports from out-of-fold logits: argmax at T=1, cross-fitted, and cross-fitted per distinct photo."""
+    return {
+        "argmax_T1": metrics.binary_report(labels == POS, logits.argmax(1) == POS, calibrate.softmax(logits)[:, POS]),
+        "cross_fitted": cross_fitted(logits, labels, fold_of),
+        "cross_fitted_per_photo": per_photo(logits, labels, fold_of, groups),
+    }
+
+
 def run_cv(
     cfg: FitConfig, k: int = 5, epochs: int | None = None, runs_dir: Path = Path("runs"), progress: bool = True
 ) -> Path:
@@ -94,8 +114,7 @@ def run_cv(
         "n_photos": len(labels),
         "n_groups": len(set(prep.groups)),
         "folds": per_fold,
-        "argmax_T1": metrics.binary_report(labels == POS, logits.argmax(1) == POS, calibrate.softmax(logits)[:, POS]),
-        "cross_fitted": cross_fitted(logits, labels, fold_of),
+        **summarise(logits, labels, fold_of, np.array(prep.groups)),
         "minutes": round((time.perf_counter() - t0) / 60, 2),
     }
     (run / "cv.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

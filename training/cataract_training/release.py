@@ -25,7 +25,7 @@ from cataract_inference.manifest import (
 )
 from cataract_inference.model_source import sha256_of
 
-from . import calibrate, evaluate, export
+from . import calibrate, card, evaluate, export
 from .train import CLASSES, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -195,7 +195,17 @@ def release(
         cv = json.loads(cv_json.read_text(encoding="utf-8"))
         metrics["grouped_cv"] = {
             k: cv[k]
-            for k in ("k", "epochs_per_fold", "n_photos", "n_groups", "cross_fitted", "argmax_T1", "minutes", "folds")
+            for k in (
+                "k",
+                "epochs_per_fold",
+                "n_photos",
+                "n_groups",
+                "cross_fitted",
+                "cross_fitted_per_photo",
+                "argmax_T1",
+                "minutes",
+                "folds",
+            )
             if k in cv
         }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +221,7 @@ def release(
         training_data=training_data,
     )
     write_manifest(manifest, out_dir / MANIFEST_FILENAME)
+    card.write_card(manifest, out_dir)
     (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
     return metrics
 

@@ -1,0 +1,173 @@
+"""Render ``MODEL_CARD.md`` from ``model.json``, so the card's numbers are always the manifest's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cataract_inference.manifest import Manifest
+
+CARD_FILENAME = "MODEL_CARD.md"
+
+
+def _ci(m: dict[str, Any]) -> str:
+    if m.get("value") is None:
+        return "n/a"
+    return f"{m['value'] * 100:.1f}% [{m['ci95'][0] * 100:.1f}, {m['ci95'][1] * 100:.1f}] ({m['k']}/{m['n']})"
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    names = list(rows)
+    out = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in (
+        ("accuracy", "accuracy"),
+        ("sensitivity", "sensitivity (cataract referred)"),
+        ("specificity", "specificity (normal passed)"),
+        ("ppv", "PPV"),
+        ("npv", "NPV"),
+    ):
+        out.append(f"| {label} | " + " | ".join(_ci(rows[n][key]) for n in names) + " |")
+    out.append("| ROC AUC | " + " | ".join(f"{rows[n]['roc_auc']:.3f}" for n in names) + " |")
+    out.append("| ECE (10 bins) | " + " | ".join(f"{rows[n]['ece']:.3f}" for n in names) + " |")
+    out.append(
+        "| confusion (tp/fn/fp/tn) | "
+        + " | ".join("{tp}/{fn}/{fp}/{tn}".format(**rows[n]["confusion"]) for n in names)
+        + " |"
+    )
+    return out
+
+
+def render(manifest: Manifest) -> str:
+    """The model card as Markdown."""
+    m = manifest.metrics
+    td = manifest.training_data
+    cv = m.get("grouped_cv", {})
+    rows: dict[str, dict[str, Any]] = {}
+    if cv.get("cross_fitted"):
+        rows[f"grouped {cv['k']}-fold CV, per file"] = cv["cross_fitted"]
+    if cv.get("cross_fitted_per_photo"):
+        rows[f"grouped {cv['k']}-fold CV, per distinct photo"] = cv["cross_fitted_per_photo"]
+    if m.get("validation"):
+        rows["validation split (fitted threshold)"] = m["validation"]
+    variants = m.get("variants", {})
+    choice = m.get("precision_choice", {})
+    run = m.get("training_run", {})
+    bb = manifest.backbone
+    lines = [
+        f"# Model card: {manifest.name} {manifest.version}",
+        "",
+        "> **A screening aid, not a diagnostic device.** It estimates whether an external photo of an eye shows a "
+        "cataract, so that a person can be referred to an eye-care professional. It does not diagnose, and a "
+        '"normal" result does not rule out cataract or any other eye disease.',
+        "",
+        "## Intended use",
+        "",
+        "- Input: a colour photo of the outside of one or both eyes (phone or web photo), decoded and letterboxed "
+        f"to {manifest.input.size}x{manifest.input.size} by the serving code.",
+        f"- Output: calibrated P(cataract) (softmax of logits / T, T = {manifest.temperature:.4f}); a referral when "
+        f"P(cataract) >= {manifest.threshold:.4f}, a threshold chosen for sensitivity >= 95% on held-out photos; a "
+        "class activation map and an out-of-distribution distance for the gradability gate.",
+        "- Users: screening programmes and individuals deciding whether to seek an eye examination.",
+        "- Not for: diagnosis, grading cataract severity, slit-lamp or fundus images, children's eyes (not "
+        "represented), or any decision without a clinician.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: {bb.architecture if bb else 'n/a'}; input {manifest.input.size} px, "
+        f"{manifest.input.resize}, ImageNet normalisation; precision shipped: **{manifest.precision}**.",
+        f"- Pretrained weights: {bb.weights if bb else 'n/a'}.",
+        f"- Weights licence: {bb.licence if bb else 'n/a'}",
+        "- Fine-tuning: the last backbone blocks and a linear head, cross-entropy with class- and "
+        "duplicate-balanced sampling, AdamW, warm-up + cosine, early stopping on validation loss; augmentation: "
+        "crops, zoom-out, flips, rotation, colour, and for both classes down-then-up scaling, blur and JPEG "
+        "re-compression (to defeat the image-size shortcut of the data).",
+        f"- Training time: {run.get('train_minutes', 'n/a')} min on {run.get('threads', 2)} CPU threads "
+        f"(best epoch {run.get('best_epoch', 'n/a')} of {run.get('epochs_run', 'n/a')}).",
+        "",
+        "## Data provenance and its flaws",
+        "",
+        f'- Source: the train split of the public Kaggle data set "cataract-image-dataset" (nandanp6), '
+        f"{td.get('files', 'n/a')} web-scraped photos ({td.get('counts', {})}). The Kaggle page grants no licence "
+        "for redistribution; the photos are not in this repository and never will be.",
+        f"- After grouping exact and near duplicates (sha256 of bytes, perceptual hashes): "
+        f"**{td.get('distinct_photos', 'n/a')} distinct photos** ({td.get('distinct_by_label', {})}), "
+        f"{td.get('exact_duplicate_groups', 'n/a')} exact and {td.get('near_duplicate_groups', 'n/a')} near-duplicate "
+        "groups. Every split (validation and CV folds) keeps a duplicate group on one side.",
+        f"- Excluded: the photo found in both classes ({', '.join(td.get('conflicts_excluded', [])) or 'none'}).",
+        f"- Size shortcut: median original width {td.get('median_original_width', {})}. A model could learn size "
+        "or blur instead of the eye; augmentation degrades resolution, sharpness and JPEG quality in both classes.",
+        "- Framing varies (one eye, both eyes, faces, stock photos with captions). Demographics, devices and "
+        "clinical ground truth are unknown: labels are the scraper's, not an ophthalmologist's.",
+        "",
+        "## Metrics (95% Wilson intervals)",
+        "",
+        *(_table(rows) if rows else ["no metrics recorded"]),
+        "",
+    ]
+    if cv:
+        lines += [
+            f"The grouped cross-validation ({cv.get('k')} folds over duplicate groups, {cv.get('n_photos')} photos in "
+            f"{cv.get('n_groups')} groups, {cv.get('epochs_per_fold')} epochs a fold) is the honest estimate: each "
+            "photo is scored by a model that saw neither it nor its duplicates, and each fold's temperature and "
+            "threshold are fitted on the other folds. Per file counts every copy of a duplicated photo; per distinct "
+            "photo counts each duplicate group once (mean of its logits). The validation column is optimistic: "
+            "those photos also chose the epoch and the threshold. Photos from other sources will likely do worse than either.",
+            "",
+        ]
+    cal = variants.get(manifest.precision, {}).get("calibration", {})
+    if cal:
+        lines += [f"Temperature and threshold were fitted on: {cal.get('source')}.", ""]
+    if variants:
+        lines += ["## fp32 and int8", "", "| | fp32 | int8 |", "|---|---|---|"]
+        f32, i8 = variants.get("fp32", {}), variants.get("int8", {})
+
+        def g(v: dict[str, Any], *path: str) -> Any:
+            for p in path:
+                v = v.get(p, {}) if isinstance(v, dict) else {}
+            return v if v != {} else "n/a"
+
+        lines += [
+            f"| size | {g(f32, 'size_bytes')} B | {g(i8, 'size_bytes')} B |",
+            f"| latency (1 thread, median) | {g(f32, 'latency', 'median_ms')} ms | "
+            f"{g(i8, 'latency', 'median_ms')} ms |",
+            f"| max abs logit diff vs torch | {g(f32, 'parity_vs_torch', 'max_abs_logits'):.2e} | "
+            f"{g(i8, 'parity_vs_torch', 'max_abs_logits'):.3f} |",
+            f"| validation accuracy | {_ci(f32['validation']['accuracy'])} | {_ci(i8['validation']['accuracy'])} |",
+            f"| validation ECE | {g(f32, 'validation', 'ece')} | {g(i8, 'validation', 'ece')} |",
+            "",
+            f"Shipped: **{choice.get('shipped')}**, because {choice.get('why')}.",
+            "",
+        ]
+    lines += [
+        "## Limitations",
+        "",
+        "- Small, duplicated, web-scraped training set: confidence intervals are wide, and the photos are not "
+        "representative of any screening population. Performance on phone photos taken in the field is unknown.",
+        "- Dense or mature cataracts dominate the cataract class; early cataract is likely missed.",
+        "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
+        "called either class. Poor photos should be caught by the gradability gate, whose OOD threshold is "
+        "calibrated separately (distribution of the OOD distance on training and validation photos is in "
+        "model.json under metrics.ood_distance).",
+        "- Probabilities were calibrated on held-out photos of the same source; on other sources they will be "
+        "less reliable.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "cataract-train audit ../shared/data/cataract-eyes/train",
+        "cataract-train fit ../shared/data/cataract-eyes/train",
+        "cataract-train cv ../shared/data/cataract-eyes/train --fold-epochs 6",
+        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model",
+        "```",
+        "",
+        f"sha256 of model.onnx: `{manifest.sha256}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(manifest: Manifest, model_dir: Path) -> Path:
+    """Write ``MODEL_CARD.md`` beside the model."""
+    path = Path(model_dir) / CARD_FILENAME
+    path.write_text(render(manifest), encoding="utf-8")
+    return path
