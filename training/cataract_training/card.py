@@ -111,7 +111,8 @@ def render(manifest: Manifest) -> str:
             "photo is scored by a model that saw neither it nor its duplicates, and each fold's temperature and "
             "threshold are fitted on the other folds. Per file counts every copy of a duplicated photo; per distinct "
             "photo counts each duplicate group once (mean of its logits). The validation column is optimistic: "
-            "those photos also chose the epoch and the threshold. Photos from other sources will likely do worse than either.",
+            "those photos also chose the epoch and the threshold. Photos from other sources will likely do worse "
+            "than either.",
             "",
         ]
     cal = variants.get(manifest.precision, {}).get("calibration", {})
