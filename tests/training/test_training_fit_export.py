@@ -203,6 +203,17 @@ def test_int8_quantization_of_a_small_graph(tmp_path: Path) -> None:
     assert rel < 0.5
 
 
+def test_evaluate_cli_with_degradations(model_dir: Path, run: Path, data_dir: Path, tmp_path: Path) -> None:
+    args = ["evaluate", str(data_dir), "--model-dir", str(model_dir), "--split-file", str(run / "split.json")]
+    assert cli.main([*args, "--degrade", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev/evaluation.json").read_text())
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert report["n"] == n_val
+    assert set(report["robustness"]) == {"shrunk_to_128px_jpeg50", "upscaled_to_1024px", "gaussian_blur_2px"}
+    assert (tmp_path / "ev/reliability.png").is_file() and (tmp_path / "ev/roc.png").is_file()
+    assert "robustness_validation" in load_manifest(model_dir / "model.json").metrics
+
+
 def test_audit_cli(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["audit", str(data_dir), "--out", str(tmp_path / "audit")]) == 0
     assert json.loads((tmp_path / "audit/audit.json").read_text())["n_files"] == 24

@@ -80,9 +80,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate an exported model folder on a labelled image folder, through the serving classifier."""
     from .data import discover
-    from .evaluate import evaluate_folder
+    from .evaluate import evaluate_folder, robustness
 
     samples = discover(Path(args.data), tuple(args.splits) if args.splits else None)
+    if args.split_file:
+        # Only the photos a run held out (e.g. its validation split), by their paths relative to DATA.
+        keep = set(json.loads(Path(args.split_file).read_text(encoding="utf-8"))[args.subset])
+        samples = [s for s in samples if s.key(Path(args.data)) in keep]
     report = evaluate_folder(
         Path(args.model_dir),
         [s.path for s in samples],
@@ -90,6 +94,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_dir=Path(args.out) if args.out else None,
     )
     print(_one_line("evaluation", report))
+    if args.degrade:
+        report["robustness"] = robustness(Path(args.model_dir), [s.path for s in samples], [s.label for s in samples])
+        for name, r in report["robustness"].items():
+            print(
+                f"  {name}: accuracy {r['accuracy']['value']} sensitivity {r['sensitivity']['value']} "
+                f"specificity {r['specificity']['value']}"
+            )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -186,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("--splits", nargs="*", help="only these split folders (e.g. test)")
     p.add_argument("--out", help="folder for evaluation.json and plots")
+    p.add_argument("--split-file", help="a run's split.json: evaluate only its --subset photos")
+    p.add_argument("--subset", default="val", choices=["train", "val"])
+    p.add_argument("--degrade", action="store_true", help="also score shrunk/JPEG, upscaled and blurred copies")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("publish", help=cmd_publish.__doc__)

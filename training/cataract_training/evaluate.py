@@ -6,32 +6,70 @@ loads them with ``cataract_inference.classifier.load_classifier``.
 
 from __future__ import annotations
 
+import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from cataract_inference.classifier import load_classifier
+from cataract_inference.imaging import load_for_model
 
 from . import metrics
 
 
-def score_folder(model_dir: Path, files: list[Path], labels: list[str]) -> dict[str, Any]:
-    """Run every file through the served classifier; collect raw logits, probabilities and gate verdicts."""
+def _encode(img: Image.Image, fmt: str = "PNG", quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=quality)
+    return buf.getvalue()
+
+
+def _shrink(img: Image.Image, side: int) -> Image.Image:
+    scale = side / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+
+
+# Degradations that probe the size/blur shortcut: a model that learned "large and sharp = cataract"
+# would lose its cataracts under the first and third, and call normals cataract under the second.
+DEGRADATIONS: dict[str, Callable[[bytes], bytes]] = {
+    "shrunk_to_128px_jpeg50": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 128), "JPEG", 50),
+    "upscaled_to_1024px": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 1024)),
+    "gaussian_blur_2px": lambda b: _encode(
+        Image.open(io.BytesIO(b)).convert("RGB").filter(ImageFilter.GaussianBlur(2))
+    ),
+}
+
+
+def robustness(model_dir: Path, files: list[Path], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, sensitivity and specificity (Wilson 95%) of the served model under each degradation."""
+    out: dict[str, Any] = {}
+    for name, fn in DEGRADATIONS.items():
+        s = score_folder(model_dir, files, labels, transform=fn)
+        pred = s["p_pos"] >= s["manifest"].threshold
+        rep = metrics.binary_report(s["is_pos"], pred, s["p_pos"])
+        out[name] = {k: rep[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")}
+    return out
+
+
+def score_folder(
+    model_dir: Path, files: list[Path], labels: list[str], transform: Callable[[bytes], bytes] | None = None
+) -> dict[str, Any]:
+    """Run every file (optionally transformed) through the served classifier; collect logits, probabilities, gate."""
     clf = load_classifier(Path(model_dir))
     man = clf.manifest
     pos = man.positive_index
     logits, probs, gradable, referral = [], [], [], []
     for path in files:
-        pred = clf.predict_bytes(path.read_bytes())
+        raw = path.read_bytes() if transform is None else transform(path.read_bytes())
+        pred = clf.predict_bytes(raw)
         probs.append(pred.probabilities[man.positive_class])
         gradable.append(pred.quality.gradable)
         referral.append(pred.referral)
         # Raw logits too (for temperature studies): the same tensor the classifier just ran on.
-        from cataract_inference.imaging import load_for_model
-
-        logits.append(clf.run(load_for_model(path.read_bytes(), man.input, clf.limits)[1][None])[man.outputs.logits][0])
+        logits.append(clf.run(load_for_model(raw, man.input, clf.limits)[1][None])[man.outputs.logits][0])
     is_pos = np.array([lab == man.positive_class for lab in labels])
     p_pos = np.array(probs)
     return {

@@ -191,6 +191,7 @@ def release(
         "training_run": json.loads((run / "metrics.json").read_text(encoding="utf-8")) | {"run": run.name},
     }
     metrics["training_run"].pop("history", None)
+    metrics["robustness_validation"] = evaluate.robustness(work / picked, val_files, val_labels)
     if cv_json is not None and cv_json.is_file():
         cv = json.loads(cv_json.read_text(encoding="utf-8"))
         metrics["grouped_cv"] = {
