@@ -20,13 +20,6 @@ from PIL import Image
 from cataract_inference.imaging import DecodeLimits, ImageError, decode_image, load_for_model
 from cataract_inference.manifest import InputSpec
 
-# imaging.ACCEPTED_FORMATS names "MPO", which Pillow 13 no longer registers as an opener of its own (its
-# JPEG opener reads MPO files), so Image.open(formats=...) raises KeyError('MPO') for every file. Until
-# imaging.py drops that name, alias it to the JPEG opener; this changes nothing else.
-Image.init()
-if "MPO" not in Image.OPEN and "JPEG" in Image.OPEN:
-    Image.OPEN["MPO"] = Image.OPEN["JPEG"]
-
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 CLASSES = ("cataract", "normal")
