@@ -228,3 +228,17 @@ def test_wilson_rate_has_an_interval() -> None:
     assert r["k"] == 3 and r["n"] == 100 and math.isclose(r["value"], 0.03)
     lo, hi = r["ci95"]
     assert lo < 0.03 < hi
+
+
+def test_bundled_gate_is_calibrated_for_the_bundled_model(bundled_model_dir: Path) -> None:
+    manifest = load_manifest(bundled_model_dir / "model.json")
+    record = (manifest.gate.model_extra or {}).get("calibration")
+    assert record, "model.json's gate has no calibration record: run python -m cataract_training.gate"
+    assert record["model_sha256"] == manifest.sha256, (
+        "the gate was calibrated for another model.onnx: rerun python -m cataract_training.gate"
+    )
+    held = record["held_out"]
+    assert held["non_eye_reject"]["value"] >= cal.TARGET_OOD_REJECT
+    assert held["eye_false_reject"]["value"] <= cal.TARGET_FALSE_REJECT
+    assert held["eye_false_reject"]["n"] > 0 and len(held["non_eye_reject"]["ci95"]) == 2
+    assert manifest.gate.max_ood_distance is not None

@@ -977,6 +977,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "date": report["date"],
         "tool": report["tool"],
+        # The thresholds belong to this model's distance: a re-exported model needs a new calibration.
+        "model_sha256": report["model"]["sha256"],
         "seed": report["seed"],
         "eye_photos_for_distance": report["eye_photos_for_distance"],
         "targets": report["targets"],
