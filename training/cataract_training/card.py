@@ -115,6 +115,17 @@ def render(manifest: Manifest) -> str:
             "than either.",
             "",
         ]
+    rob = m.get("robustness_validation", {})
+    if rob:
+        lines += [
+            "Size/blur shortcut probe (validation photos degraded before serving): "
+            + "; ".join(
+                f"{name.replace('_', ' ')}: accuracy {_ci(r['accuracy'])}, sensitivity {_ci(r['sensitivity'])}"
+                for name, r in rob.items()
+            )
+            + ". A model that had learned 'large and sharp means cataract' would lose its cataracts when shrunk.",
+            "",
+        ]
     cal = variants.get(manifest.precision, {}).get("calibration", {})
     if cal:
         lines += [f"Temperature and threshold were fitted on: {cal.get('source')}.", ""]
