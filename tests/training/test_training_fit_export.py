@@ -173,6 +173,35 @@ def test_model_card(model_dir: Path) -> None:
     assert "licence" in card.lower()
 
 
+def test_card_keeps_sections_others_appended(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    card = folder / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\n## Gradability gate\n\nCalibrated elsewhere.\n")
+    assert cli.main(["card", "--model-dir", str(folder)]) == 0
+    assert cli.main(["card", "--model-dir", str(folder)]) == 0
+    text = card.read_text()
+    assert text.count("## Gradability gate") == 1 and "Calibrated elsewhere." in text
+    assert text.count("## Intended use") == 1
+
+
+def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json: Path, model_dir: Path) -> None:
+    import shutil
+
+    folder = model_dir.parent / "model-regate"
+    shutil.copytree(model_dir, folder)
+    manifest = load_manifest(folder / "model.json")
+    gate = manifest.gate.model_copy(update={"max_ood_distance": 42.5, "min_side": 40})
+    write_manifest(manifest.model_copy(update={"gate": gate}), folder / "model.json")
+    args = ["export", str(run), "--out", str(folder), "--cv", str(cv_json), "--version", "test-1"]
+    assert cli.main(args) == 0
+    again = load_manifest(folder / "model.json")
+    assert again.sha256 == manifest.sha256  # the export is deterministic
+    assert again.gate.max_ood_distance == 42.5 and again.gate.min_side == 40
+
+
 def test_manifest_round_trip(model_dir: Path, tmp_path: Path) -> None:
     manifest = load_manifest(model_dir / "model.json")
     write_manifest(manifest, tmp_path / "model.json")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from cataract_inference.manifest import Manifest
 
 CARD_FILENAME = "MODEL_CARD.md"
+_BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 
 
 def _ci(m: dict[str, Any]) -> str:
@@ -178,8 +180,27 @@ def render(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
+def _sections(text: str) -> dict[str, str]:
+    """``## `` sections of a Markdown card by title (the text before the first one is dropped)."""
+    parts = text.split("\n## ")[1:]
+    return {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts}
+
+
 def write_card(manifest: Manifest, model_dir: Path) -> Path:
-    """Write ``MODEL_CARD.md`` beside the model."""
+    """Write ``MODEL_CARD.md`` beside the model, keeping what other tools appended to an existing card.
+
+    Kept verbatim: ``<!-- BEGIN name ... -->`` ... ``<!-- END name -->`` blocks (the gate calibration writes
+    one), and any other ``## `` section this renderer does not produce.
+    """
     path = Path(model_dir) / CARD_FILENAME
-    path.write_text(render(manifest), encoding="utf-8")
+    text = render(manifest)
+    if path.is_file():
+        old = path.read_text(encoding="utf-8")
+        blocks = [m.group(0) for m in _BLOCK.finditer(old)]
+        rest = _BLOCK.sub("", old)
+        ours = _sections(text)
+        extra = [body for title, body in _sections(rest).items() if title not in ours]
+        if extra or blocks:
+            text = text.rstrip() + "\n\n" + "\n".join([*extra, *(b + "\n" for b in blocks)])
+    path.write_text(text, encoding="utf-8")
     return path

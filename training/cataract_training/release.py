@@ -210,6 +210,7 @@ def release(
             if k in cv
         }
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _previous_manifest(out_dir)
     shutil.copyfile(work / picked / MODEL_FILENAME, out_dir / MODEL_FILENAME)
     manifest = build_manifest(
         out_dir / MODEL_FILENAME,
@@ -221,10 +222,23 @@ def release(
         metrics=metrics,
         training_data=training_data,
     )
+    if previous is not None and previous.sha256 == manifest.sha256:
+        # Same model bytes: a gradability gate calibrated for them stays valid, so keep it.
+        manifest = manifest.model_copy(update={"gate": previous.gate})
     write_manifest(manifest, out_dir / MANIFEST_FILENAME)
     card.write_card(manifest, out_dir)
     (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
     return metrics
+
+
+def _previous_manifest(out_dir: Path) -> Manifest | None:
+    """The manifest already in ``out_dir``, if any and readable."""
+    from cataract_inference.manifest import ManifestError, load_manifest
+
+    try:
+        return load_manifest(out_dir / MANIFEST_FILENAME)
+    except ManifestError:
+        return None
 
 
 def _load_oof(cv_json: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
