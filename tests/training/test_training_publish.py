@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -98,19 +101,26 @@ def test_missing_bucket_is_explained(tmp_path: Path, aws_env: None) -> None:
         publish.pull("s3://no-such-bucket/p", tmp_path / "out", client=s3)
 
 
-def test_missing_credentials_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
-    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
-    with pytest.raises(publish.PublishError, match="no AWS credentials"):
-        publish.publish(_model_dir(tmp_path / "m"), f"s3://{BUCKET}/p")
-    with pytest.raises(publish.PublishError, match="no AWS credentials"):
-        publish.pull(f"s3://{BUCKET}/p", tmp_path / "out")
+def test_missing_credentials_are_explained(tmp_path: Path) -> None:
+    # A fresh process: moto and botocore keep process-wide state that earlier tests may have touched.
+    model_dir = _model_dir(tmp_path / "m")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for call in (
+        f"publish.publish(Path({str(model_dir)!r}), 's3://{BUCKET}/p')",
+        f"publish.pull('s3://{BUCKET}/p', Path({str(tmp_path / 'out')!r}))",
+    ):
+        code = f"from pathlib import Path\nfrom cataract_training import publish\n{call}"
+        result = subprocess.run(
+            [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode != 0
+        assert "PublishError: no AWS credentials" in result.stderr, result.stderr[-2000:]
 
 
 def test_bad_uri() -> None:
