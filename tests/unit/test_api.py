@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -202,3 +203,12 @@ def test_non_http_event_fails_the_invocation(handler: Any) -> None:
 
     with pytest.raises(TypeError, match="API Gateway"):
         handler.lambda_handler({"hello": "world"}, FakeLambdaContext())
+
+
+def test_heat_map_is_drawn_on_a_sharp_copy_of_a_large_photo(invoke: Invoke) -> None:
+    # The model decodes a reduced JPEG draft (32 px input here); the overlay must not inherit that blur.
+    photo = encoded(gradient((1600, 1200)), "JPEG", quality=90)
+    status, _, body = invoke(_json_event({"image": _b64(photo), "explain": True}))
+    assert status == 200
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert overlay.size == (512, 384)

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from . import explanation, quality
-from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, load_for_model
+from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, decode_image, load_for_model
 from .manifest import Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
 
 UNGRADABLE = "ungradable"
+OVERLAY_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Classifier:
         t1 = time.perf_counter()
         outputs = self.run(tensor[None])
         t2 = time.perf_counter()
-        prediction = self._postprocess(decoded, outputs, explain)
+        prediction = self._postprocess(decoded, outputs, explain, data)
         t3 = time.perf_counter()
         timing = {
             "decode": round((t1 - t0) * 1000, 2),
@@ -163,7 +164,9 @@ class Classifier:
             heatmap_png=prediction.heatmap_png,
         )
 
-    def _postprocess(self, decoded: DecodedImage, outputs: dict[str, np.ndarray], explain: bool) -> Prediction:
+    def _postprocess(
+        self, decoded: DecodedImage, outputs: dict[str, np.ndarray], explain: bool, data: bytes
+    ) -> Prediction:
         names = self.manifest.outputs
         probs = self.calibrated(outputs[names.logits])[0]
         probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
@@ -177,7 +180,10 @@ class Classifier:
         heatmap = None
         if explain and names.cam:
             cam = outputs[names.cam][0, self.manifest.positive_index]
-            heatmap = explanation.overlay_png(decoded.image, cam, self.manifest.input)
+            # The model's decode may be a reduced JPEG draft; the overlay deserves a sharper copy.
+            spec = self.manifest.input
+            photo = decode_image(data, self.limits, target_size=OVERLAY_SIDE, fill=spec.fill_rgb).image
+            heatmap = explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
         return Prediction(label, probabilities, referral, verdict, {}, heatmap)
 
 
