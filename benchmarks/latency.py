@@ -19,21 +19,12 @@ import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the route's string annotations here
 
 from benchmarks.common import Stats, interleaved, latency_table, quiet_environment
+from cataract_inference.cli import LocalContext
 
 
-class BenchContext:
-    """The attributes of a Lambda context that the handler and Powertools read."""
-
-    function_name = "cataract-screening-bench"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 1769
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cataract-screening-bench"
-    aws_request_id = "bench"
-    log_group_name = "/aws/lambda/bench"
-    log_stream_name = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
+def bench_context() -> LocalContext:
+    """A Lambda context for the handler, with Lambda's one-vCPU memory size."""
+    return LocalContext(function_name="cataract-screening-bench", memory_limit_in_mb=1769)
 
 
 def load_handler(model_dir: Path, threads: int = 1) -> Any:
@@ -51,7 +42,7 @@ def load_handler(model_dir: Path, threads: int = 1) -> Any:
 
 def call(handler_fn: Callable[..., dict[str, Any]], event: dict[str, Any]) -> dict[str, Any]:
     """Invoke a Lambda handler and insist on a 200 JSON response (a benchmark of errors is worthless)."""
-    response = handler_fn(event, BenchContext())
+    response = handler_fn(event, bench_context())
     if response["statusCode"] != 200:
         raise RuntimeError(f"benchmark request failed: {response['statusCode']} {response.get('body', '')[:300]}")
     return response

@@ -32,7 +32,7 @@ def main(model_dir: str, small_path: str, phone_path: str) -> None:
     The photos are read from files the parent wrote: making a 3000×2000 photo here would put
     the generator's arrays (~1 GB) into this process's peak.
     """
-    from benchmarks.latency import BenchContext, load_handler
+    from benchmarks.latency import bench_context, load_handler
     from cataract_inference import events
 
     proc = psutil.Process()
@@ -50,7 +50,7 @@ def main(model_dir: str, small_path: str, phone_path: str) -> None:
     statuses: dict[int, int] = {}
     rss_warm = rss_init
     for i in range(REQUESTS):
-        status = handler.lambda_handler(mix[i % len(mix)], BenchContext())["statusCode"]
+        status = handler.lambda_handler(mix[i % len(mix)], bench_context())["statusCode"]
         statuses[status] = statuses.get(status, 0) + 1
         if i + 1 == WARM_UP:
             rss_warm = proc.memory_info().rss

@@ -8,11 +8,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cataract_inference.cli import LocalContext
 from tests.support.onnx_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,19 +27,12 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "CataractScreeningTest")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-class FakeLambdaContext:
-    """The attributes of a Lambda context object that the handler and Powertools read."""
+@dataclass
+class FakeLambdaContext(LocalContext):
+    """The local runner's Lambda context, with a fixed invocation id for tests."""
 
-    function_name = "cataract-screening-test"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cataract-screening-test"
-    aws_request_id = "test-invocation-id"
-    log_group_name = "/aws/lambda/cataract-screening-test"
-    log_stream_name = "test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
+    function_name: str = "cataract-screening-test"
+    aws_request_id: str = "test-invocation-id"
 
 
 @pytest.fixture(scope="session")
