@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cataract_inference.manifest import (
     MANIFEST_FILENAME,
@@ -103,6 +104,9 @@ def release(
 ) -> dict[str, Any]:
     """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
     cfg, net = load_run(run)
+    # The thread count changes float summation order, hence the OOD constants and the file's sha256:
+    # pin it, so exporting the same run twice gives the same bytes whatever ran before in this process.
+    torch.set_num_threads(cfg.threads)
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     prep = prepare(cfg, progress)
     where = {k: i for i, k in enumerate(prep.keys)}
