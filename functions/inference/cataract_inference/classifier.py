@@ -92,7 +92,7 @@ class Classifier:
                 f"the model's input shape {shape} does not match the manifest's 3x{spec.size}x{spec.size}"
             )
         outputs = {o.name: o for o in self.session.get_outputs()}
-        wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam) if n]
+        wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam, names.mid_distance) if n]
         missing = [n for n in wanted if n not in outputs]
         if missing:
             raise ModelLoadError(
@@ -171,7 +171,9 @@ class Classifier:
         probs = self.calibrated(outputs[names.logits])[0]
         probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
         ood = float(outputs[names.ood_distance].reshape(-1)[0]) if names.ood_distance else None
-        verdict = quality.assess(quality.image_stats(decoded.image, decoded.original_size), ood, self.manifest.gate)
+        mid = float(outputs[names.mid_distance].reshape(-1)[0]) if names.mid_distance else None
+        stats = quality.image_stats(decoded.image, decoded.original_size)
+        verdict = quality.assess(stats, ood, self.manifest.gate, mid_distance=mid)
         if verdict.gradable:
             label, referral = self.decide(probs)
         else:

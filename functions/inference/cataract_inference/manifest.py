@@ -52,6 +52,7 @@ class OutputNames(BaseModel):
     embedding: str | None = None
     ood_distance: str | None = None
     cam: str | None = None
+    mid_distance: str | None = None
 
 
 class GateThresholds(BaseModel):
@@ -65,6 +66,8 @@ class GateThresholds(BaseModel):
     min_contrast: float = 0.03
     min_sharpness: float = 0.0
     max_ood_distance: float | None = None
+    # Mahalanobis distance of mid-level trunk features from the training photos: the eye detector.
+    max_mid_distance: float | None = None
 
 
 class Provenance(BaseModel):

@@ -165,12 +165,18 @@ def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
 
 
 def assess(
-    stats: ImageStats, ood_distance: float | None, gate: GateThresholds, embedding: np.ndarray | None = None
+    stats: ImageStats,
+    ood_distance: float | None,
+    gate: GateThresholds,
+    embedding: np.ndarray | None = None,
+    *,
+    mid_distance: float | None = None,
 ) -> Quality:
     """Apply the manifest's thresholds. Each failed check adds a reason a person can act on.
 
     ``embedding`` (the graph's backbone embedding) feeds the optional eye probe; without it the
-    probe is not applied.
+    probe is not applied. ``mid_distance`` (the graph's mid-level feature distance) is checked
+    against ``gate.max_mid_distance`` when both are present.
     """
     reasons: list[str] = []
     if stats.min_side < gate.min_side:
@@ -190,7 +196,8 @@ def assess(
     probe_score = probe.score(embedding) if probe is not None and embedding is not None else None
     unlike = fused is not None and eye_score is not None and eye_score < fused.min_score
     undetected = probe is not None and probe_score is not None and probe_score < probe.min_score
-    if far or unlike or undetected:
+    unfamiliar = mid_distance is not None and gate.max_mid_distance is not None and mid_distance > gate.max_mid_distance
+    if far or unlike or undetected or unfamiliar:
         reasons.append(
             "not_an_eye: the photo does not look like a close-up of an eye like those the model was trained on"
         )
@@ -201,6 +208,8 @@ def assess(
     }
     if ood_distance is not None:
         scores["ood_distance"] = round(ood_distance, 3)
+    if mid_distance is not None:
+        scores["mid_distance"] = round(mid_distance, 3)
     if eye_score is not None:
         scores["skin_fraction"] = round(stats.skin_fraction, 4)
         scores["eye_score"] = round(eye_score, 3)
