@@ -20,7 +20,7 @@ def build_proxy_model(directory: Path, run: Path | None = None, backbone: str = 
     from cataract_inference.manifest import Manifest, write_manifest
     from cataract_inference.model_source import sha256_of
     from cataract_training.backbones import BACKBONES, CataractNet
-    from cataract_training.export import OodModel, ServingGraph, export_onnx
+    from cataract_training.export import FeatureGaussian, OodModel, ServingGraph, export_onnx
 
     size = 224
     if run is not None:
@@ -34,7 +34,7 @@ def build_proxy_model(directory: Path, run: Path | None = None, backbone: str = 
     dim = info.feat_dim
     ood = OodModel(np.zeros(dim), np.eye(dim)[:, :8].copy(), np.ones(8), 1.0)
     directory.mkdir(parents=True, exist_ok=True)
-    export_onnx(ServingGraph(net, ood), size, directory / "model.onnx")
+    export_onnx(ServingGraph(net, ood, FeatureGaussian.placeholder(net.mid_dim)), size, directory / "model.onnx")
     manifest = Manifest.model_validate(
         {
             "name": f"proxy-{backbone}",

@@ -58,3 +58,20 @@ def test_model_outputs_and_freezing() -> None:
     assert not net.features[0].training and net.features[18].training
     logits, emb, fmap = net.forward_all(torch.zeros(2, 3, 64, 64))
     assert logits.shape == (2, 2) and emb.shape == (2, 1280) and fmap.shape == (2, 1280, 2, 2)
+
+
+@pytest.mark.parametrize(("name", "mid_dim"), [("mobilenet_v2", 64 + 96 + 160), ("efficientnet_lite0", 80 + 112 + 192)])
+def test_serving_forward_taps_mid_level_stages_without_changing_the_output(name: str, mid_dim: int) -> None:
+    """The tapped pass is the same network: identical logits, plus the pooled mid-level features."""
+    torch.manual_seed(0)
+    net = backbones.CataractNet(name, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, emb, fmap = net.forward_all(x)
+        s_logits, s_emb, s_fmap, mid = net.forward_serving(x)
+    assert torch.allclose(logits, s_logits) and torch.allclose(emb, s_emb) and torch.allclose(fmap, s_fmap)
+    assert mid.shape == (2, mid_dim) == (2, net.mid_dim)
+    # the tapped features move with the input
+    with torch.no_grad():
+        other = net.forward_serving(torch.randn(2, 3, 64, 64))[3]
+    assert not torch.allclose(mid, other)

@@ -131,7 +131,7 @@ def test_export_serves_and_matches_torch(model_dir: Path, run: Path, data_dir: P
     assert out["ood_distance"].shape == (3,) and out["cam"].shape == (3, 2, 2, 2)
     if manifest.precision == "fp32":
         _, net = load_run(run)
-        ref = export.torch_outputs(export.ServingGraph(net, _ood_from(model_dir)), batch)
+        ref = export.torch_outputs(export.ServingGraph(net, _ood_from(model_dir), _mid_from(model_dir)), batch)
         assert np.abs(ref["logits"] - out["logits"]).max() <= 1e-4
         cam_mean = out["cam"].mean(axis=(2, 3))  # CAM averaged over space is the logit (linear head)
         assert np.allclose(cam_mean, out["logits"], atol=1e-4)
@@ -149,6 +149,17 @@ def _ood_from(model_dir: Path) -> export.OodModel:
         axes=inits["ood_axes"].astype(np.float64),
         variances=1.0 / inits["ood_inv_var"].astype(np.float64),
         residual_variance=float(1.0 / inits["ood_inv_res"]),
+    )
+
+
+def _mid_from(model_dir: Path) -> export.FeatureGaussian:
+    """The mid-level Gaussian, read back from the ONNX graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(model_dir / "model.onnx")).graph.initializer}
+    return export.FeatureGaussian(
+        mean=inits["mid_mean"].astype(np.float64), whitener=inits["mid_whitener"].astype(np.float64)
     )
 
 
@@ -217,7 +228,7 @@ def test_int8_quantization_of_a_small_graph(tmp_path: Path) -> None:
 
     net = CataractNet("mobilenet_v2", pretrained=True).eval()
     emb = np.random.default_rng(0).normal(size=(50, 1280))
-    graph = export.ServingGraph(net, export.fit_ood(emb, k=8))
+    graph = export.ServingGraph(net, export.fit_ood(emb, k=8), export.FeatureGaussian.placeholder(net.mid_dim))
     export.export_onnx(graph, 64, tmp_path / "fp32.onnx")
     x = np.random.default_rng(1).normal(size=(16, 3, 64, 64)).astype(np.float32)
     info = export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", x)
@@ -248,3 +259,34 @@ def test_audit_cli(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert json.loads((tmp_path / "audit/audit.json").read_text())["n_files"] == 24
     assert "Findings" in capsys.readouterr().out
     assert cli.main(["audit", str(tmp_path / "missing")]) == 2
+
+
+def test_mid_distance_matches_numpy_and_separates_noise(model_dir: Path, data_dir: Path) -> None:
+    """The graph's mid-level distance is the fitted Gaussian's, and noise is far from the training photos."""
+    from cataract_training.backbones import CataractNet
+
+    clf = load_classifier(model_dir)
+    assert clf.manifest.outputs.mid_distance == "mid_distance"
+    photos = sorted(data_dir.rglob("*.png"))[:4]
+    batch = np.stack([load_for_model(p.read_bytes(), clf.manifest.input)[1] for p in photos])
+    out = clf.run(batch)
+    gaussian = _mid_from(model_dir)
+    net = CataractNet("mobilenet_v2", pretrained=False).eval()
+    assert gaussian.mean.shape == (net.mid_dim,) and gaussian.whitener.shape == (net.mid_dim, net.mid_dim)
+    noise = np.random.default_rng(0).normal(0, 3, (1, 3, 64, 64)).astype(np.float32)
+    assert clf.run(noise)["mid_distance"][0] > out["mid_distance"].max()
+
+
+def test_feature_gaussian_is_the_shrunk_mahalanobis_distance() -> None:
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 5)) * np.array([1.0, 2.0, 3.0, 0.5, 1.0]) + 7.0
+    g = export.fit_feature_gaussian(feats, shrinkage=0.1)
+    cov = np.cov(feats, rowvar=False)
+    cov = 0.9 * cov + 0.1 * np.trace(cov) / 5 * np.eye(5)
+    x = rng.normal(size=(3, 5))
+    diff = x - feats.mean(0)
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+    assert np.allclose(g.distance(x), expected)
+    assert g.distance(feats.mean(0)[None])[0] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2 photos"):
+        export.fit_feature_gaussian(feats[:1])

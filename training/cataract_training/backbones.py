@@ -35,6 +35,9 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     feat_dim: int
+    # Trunk stages (see ``trunk_stages``) whose mean-pooled outputs feed the gate's mid-level distance:
+    # middle depth, where features still say what an image shows but not yet cataract or normal.
+    taps: tuple[int, ...] = ()
 
 
 BACKBONES: dict[str, BackboneInfo] = {
@@ -54,6 +57,7 @@ BACKBONES: dict[str, BackboneInfo] = {
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         feat_dim=1280,
+        taps=(10, 13, 16),  # inverted-residual blocks ending at 64, 96 and 160 channels
     ),
     "efficientnet_lite0": BackboneInfo(
         name="efficientnet_lite0",
@@ -68,6 +72,7 @@ BACKBONES: dict[str, BackboneInfo] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         feat_dim=1280,
+        taps=(5, 6, 7),  # the ends of block stages 3, 4 and 5 (80, 112 and 192 channels)
     ),
 }
 
@@ -156,9 +161,28 @@ class CataractNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]
 
+    @property
+    def mid_dim(self) -> int:
+        """How many pooled mid-level features ``forward_serving`` returns."""
+        with torch.no_grad():
+            return int(self.forward_serving(torch.zeros(1, 3, 32, 32))[3].shape[1])
+
+    def forward_serving(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, embedding, last feature map, and the mean-pooled tapped mid-level features (concatenated)."""
+        taps = set(self.info.taps)
+        pooled: list[torch.Tensor] = []
+        h = x
+        for i, stage in enumerate(trunk_stages(self.features)):
+            h = stage(h)
+            if i in taps:
+                pooled.append(h.mean(dim=(2, 3)))
+        emb = h.mean(dim=(2, 3))
+        mid = torch.cat(pooled, dim=1) if pooled else emb[:, :0]
+        return self.head(self.dropout(emb)), emb, h, mid
+
     def freeze_trunk(self, trainable_blocks: int) -> None:
         """Freeze all but the last ``trainable_blocks`` top-level blocks of the trunk (BN stays in eval there)."""
-        blocks = list(self.features.children()) if self.info.name == "mobilenet_v2" else _timm_blocks(self.features)
+        blocks = trunk_stages(self.features)
         cut = max(0, len(blocks) - trainable_blocks)
         self._frozen = blocks[:cut]
         for block in self._frozen:
@@ -173,6 +197,9 @@ class CataractNet(nn.Module):
         return self
 
 
-def _timm_blocks(features: nn.Module) -> list[nn.Module]:
-    m = features.model
-    return [m.conv_stem, m.bn1, *list(m.blocks.children()), m.conv_head, m.bn2]
+def trunk_stages(features: nn.Module) -> list[nn.Module]:
+    """The trunk as a list of top-level stages that, applied in order, equal ``features(x)``."""
+    if isinstance(features, _TimmFeatures):
+        m = features.model
+        return [m.conv_stem, m.bn1, *list(m.blocks.children()), m.conv_head, m.bn2]
+    return list(features.children())

@@ -2,7 +2,8 @@
 
 Graph interface (serving relies on it): input ``input`` float32 [N,3,S,S], outputs ``logits`` [N,2],
 ``embedding`` [N,D], ``ood_distance`` [N] (Mahalanobis distance from the training embeddings,
-computed in the graph) and ``cam`` [N,2,h,w] (class activation maps).
+computed in the graph), ``cam`` [N,2,h,w] (class activation maps) and ``mid_distance`` [N]
+(Mahalanobis distance of mid-level trunk features from the training photos; the gate's eye detector).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from .backbones import CataractNet
 
-OUTPUT_NAMES = ("logits", "embedding", "ood_distance", "cam")
+OUTPUT_NAMES = ("logits", "embedding", "ood_distance", "cam", "mid_distance")
 OPSET = 18
 
 
@@ -62,19 +63,57 @@ def fit_ood(emb: np.ndarray, k: int = 32) -> OodModel:
     )
 
 
-class ServingGraph(nn.Module):
-    """The trained network plus the OOD distance and CAM heads, as one graph."""
+@dataclass(frozen=True)
+class FeatureGaussian:
+    """A full-covariance Gaussian of pooled mid-level features, stored as its mean and a whitening matrix.
 
-    def __init__(self, net: CataractNet, ood: OodModel) -> None:
+    ``distance(x) = |(x - mean) @ whitener|``, the Mahalanobis distance under the covariance shrunk
+    towards a scaled identity (there are fewer photos than some feature counts allow a stable inverse for).
+    """
+
+    mean: np.ndarray  # (D,)
+    whitener: np.ndarray  # (D, D): L with L L^T = inverse covariance
+
+    def distance(self, feats: np.ndarray) -> np.ndarray:
+        """The Mahalanobis distance, in NumPy (the reference for the graph)."""
+        z = (np.asarray(feats, dtype=np.float64) - self.mean) @ self.whitener
+        return np.sqrt((z * z).sum(1))
+
+    @classmethod
+    def placeholder(cls, dim: int) -> FeatureGaussian:
+        """Zero mean, identity covariance: for graphs exported only to be timed or tested, never to gate."""
+        return cls(mean=np.zeros(dim), whitener=np.eye(dim))
+
+
+def fit_feature_gaussian(feats: np.ndarray, shrinkage: float = 0.1) -> FeatureGaussian:
+    """Fit the mid-level Gaussian on clean training photos' pooled features (Ledoit-Wolf-style fixed shrinkage)."""
+    feats = np.asarray(feats, dtype=np.float64)
+    n, d = feats.shape
+    if n < 2 or d < 1:
+        raise ValueError(f"need at least 2 photos with features to fit the mid-level Gaussian, got {feats.shape}")
+    mean = feats.mean(0)
+    cov = np.cov(feats - mean, rowvar=False).reshape(d, d)
+    scale = max(float(np.trace(cov)) / d, 1e-12)
+    cov = (1.0 - shrinkage) * cov + shrinkage * scale * np.eye(d)
+    whitener = np.linalg.cholesky(np.linalg.inv(cov))
+    return FeatureGaussian(mean=mean, whitener=whitener)
+
+
+class ServingGraph(nn.Module):
+    """The trained network plus the OOD distance, CAM and mid-level distance heads, as one graph."""
+
+    def __init__(self, net: CataractNet, ood: OodModel, mid: FeatureGaussian) -> None:
         super().__init__()
         self.net = net
+        self.register_buffer("mid_mean", torch.tensor(mid.mean, dtype=torch.float32))
+        self.register_buffer("mid_whitener", torch.tensor(mid.whitener, dtype=torch.float32))
         self.register_buffer("ood_mean", torch.tensor(ood.mean, dtype=torch.float32))
         self.register_buffer("ood_axes", torch.tensor(ood.axes, dtype=torch.float32))
         self.register_buffer("ood_inv_var", torch.tensor(1.0 / ood.variances, dtype=torch.float32))
         self.register_buffer("ood_inv_res", torch.tensor(1.0 / ood.residual_variance, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, emb, fmap = self.net.forward_all(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, emb, fmap, mid = self.net.forward_serving(x)
         diff = emb - self.ood_mean
         proj = diff @ self.ood_axes
         # The residual is formed explicitly: |diff|^2 - |proj|^2 would cancel badly in float32.
@@ -83,7 +122,9 @@ class ServingGraph(nn.Module):
         ood = torch.sqrt(torch.clamp(d2, min=0.0))
         w, b = self.net.head.weight, self.net.head.bias
         cam = torch.einsum("kc,nchw->nkhw", w, fmap) + b[None, :, None, None]
-        return logits, emb, ood, cam
+        z = (mid - self.mid_mean) @ self.mid_whitener
+        mid_distance = torch.sqrt((z * z).sum(1))
+        return logits, emb, ood, cam, mid_distance
 
 
 def export_onnx(graph: ServingGraph, size: int, path: Path) -> None:

@@ -61,7 +61,9 @@ def build_manifest(
         classes=CLASSES,
         positive_class="cataract",
         input=cfg.spec(),
-        outputs=OutputNames(logits="logits", embedding="embedding", ood_distance="ood_distance", cam="cam"),
+        outputs=OutputNames(
+            logits="logits", embedding="embedding", ood_distance="ood_distance", cam="cam", mid_distance="mid_distance"
+        ),
         temperature=temperature,
         threshold=threshold,
         precision=precision,  # type: ignore[arg-type]
@@ -113,9 +115,9 @@ def release(
     tr = [where[k] for k in split["train"] if k in where]
     va = [where[k] for k in split["val"] if k in where]
     oof = _load_oof(cv_json)
-    _, train_emb, _ = _embed(net, prep.tensors[tr])
+    _, train_emb, _, train_mid = _embed(net, prep.tensors[tr])
     ood = export.fit_ood(train_emb)
-    graph = export.ServingGraph(net, ood)
+    graph = export.ServingGraph(net, ood, export.fit_feature_gaussian(train_mid))
     work = run / "export"
     if work.exists():
         shutil.rmtree(work)
@@ -144,8 +146,9 @@ def release(
             info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
         info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof)
         temperature, threshold = info["calibration"]["temperature"], info["calibration"]["threshold"]
-        train_ood = export.onnx_outputs(model_path, prep.tensors[tr])["ood_distance"]
-        info["ood_distance"] = {"train": _percentiles(train_ood), "val": _percentiles(outs["ood_distance"])}
+        train_outs = export.onnx_outputs(model_path, prep.tensors[tr])
+        for head in ("ood_distance", "mid_distance"):
+            info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
         info["temperature"] = round(temperature, 5)
         info["threshold"] = round(threshold, 5)
         info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
@@ -190,8 +193,12 @@ def release(
         ),
         "export_parity": chosen["parity_vs_torch"],
         "ood_distance": chosen["ood_distance"],
+        "mid_distance": chosen["mid_distance"],
         "precision_choice": {"shipped": picked, "why": why},
-        "variants": {k: {kk: vv for kk, vv in v.items() if kk != "ood_distance"} for k, v in variants.items()},
+        "variants": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("ood_distance", "mid_distance")}
+            for k, v in variants.items()
+        },
         "training_run": json.loads((run / "metrics.json").read_text(encoding="utf-8")) | {"run": run.name},
     }
     metrics["training_run"].pop("history", None)
@@ -305,14 +312,15 @@ def _short(backbone: str) -> str:
     return {"mobilenet_v2": "mnv2", "efficientnet_lite0": "effl0"}.get(backbone, backbone)
 
 
-def _embed(net: Any, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _embed(net: Any, tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, embeddings, last feature maps and pooled mid-level features of ``tensors``."""
     import torch
 
     net.eval()
-    outs: list[list[np.ndarray]] = [[], [], []]
+    outs: list[list[np.ndarray]] = [[], [], [], []]
     with torch.no_grad():
         for i in range(0, len(tensors), 32):
-            for j, t in enumerate(net.forward_all(torch.from_numpy(tensors[i : i + 32]))):
+            for j, t in enumerate(net.forward_serving(torch.from_numpy(tensors[i : i + 32]))):
                 outs[j].append(t.numpy())
     return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
 
