@@ -77,7 +77,8 @@ def _encodable(event: dict[str, Any]) -> dict[str, Any]:
     """A text body with lone surrogates cannot be encoded by Mangum; pass its bytes on as binary instead,
     so the app answers 400 for the invalid UTF-8 rather than the adapter crashing."""
     body = event.get("body")
-    if isinstance(body, str) and not event.get("isBase64Encoded"):
+    # isascii() is O(1) on CPython's compact strings; encoding a phone photo's body to check it took 0.15 ms.
+    if isinstance(body, str) and not body.isascii() and not event.get("isBase64Encoded"):
         try:
             body.encode("utf-8")
         except UnicodeEncodeError:

@@ -163,7 +163,8 @@ def decode_image(
         if target_size is not None and fmt in ("JPEG", "MPO"):
             img.draft("RGB", (target_size, target_size))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        # In place: without an orientation tag the default returns a full copy of the pixels.
+        ImageOps.exif_transpose(img, in_place=True)
         # EXIF rotations by 90 degrees swap the sides of the original too.
         if img.size[0] != img.size[1] and (img.size[0] < img.size[1]) != (original_size[0] < original_size[1]):
             original_size = (original_size[1], original_size[0])

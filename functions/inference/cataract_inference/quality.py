@@ -134,19 +134,34 @@ class EyeProbe:
 _PROBES: dict[int, tuple[Any, EyeProbe]] = {}
 
 
+def _box_table(bounds: tuple[float, float]) -> np.ndarray:
+    levels = np.arange(256, dtype=np.float32)
+    return (levels >= bounds[0]) & (levels <= bounds[1])
+
+
+# The skin box as one lookup per 8-bit chroma value: the very comparisons on floats, made once, so a
+# photo costs two gathers instead of a float copy and four comparisons (0.40 -> 0.27 ms at 256 px).
+_SKIN_CB_TABLE = _box_table(SKIN_CB)
+_SKIN_CR_TABLE = _box_table(SKIN_CR)
+
+
 def skin_fraction(img: Image.Image) -> float:
     """The fraction of pixels whose chroma falls in the skin box (``img`` already small)."""
-    ycbcr = np.asarray(img.convert("YCbCr"), dtype=np.float32)
-    cb, cr = ycbcr[..., 1], ycbcr[..., 2]
-    inside = (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1])
-    return float(inside.mean()) if inside.size else 0.0
+    ycbcr = np.asarray(img.convert("YCbCr"))
+    if not ycbcr.size:
+        return 0.0
+    inside = np.take(_SKIN_CB_TABLE, ycbcr[..., 1], mode="clip")  # uint8 indices: "clip" never clips
+    inside &= np.take(_SKIN_CR_TABLE, ycbcr[..., 2], mode="clip")
+    # count / size is the float64 mean of the mask, to the last bit.
+    return float(np.count_nonzero(inside) / inside.size)
 
 
 def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
     """Brightness (mean), contrast (std), sharpness (variance of the Laplacian) and skin fraction of ``img``."""
-    small = img.convert("RGB")
+    small = img if img.mode == "RGB" else img.convert("RGB")
     if max(small.size) > STATS_SIDE:
-        small = small.copy()
+        if small is img:
+            small = small.copy()  # thumbnail() works in place; never on the caller's image
         small.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
     grey = small.convert("L")
     arr = np.asarray(grey, dtype=np.float32) / 255.0
