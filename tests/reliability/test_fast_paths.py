@@ -19,6 +19,7 @@ from cataract_inference.api import ClientError, decode_base64_image
 from cataract_inference.drawing import draw_eye, encode
 from cataract_inference.imaging import normalise
 from cataract_inference.manifest import InputSpec
+from cataract_inference.schemas import ErrorResponse as ErrorResponseModel
 from tests.conftest import FakeLambdaContext
 
 _PROBE = """
@@ -101,3 +102,56 @@ def test_lambda_invocations_predict_on_the_calling_thread(handler: Any, monkeypa
     response = handler.lambda_handler(events.predict_event(encode(draw_eye("normal"))), FakeLambdaContext())
     assert response["statusCode"] == 200
     assert threads == [threading.current_thread()], "no worker thread per invocation under Mangum"
+
+
+_V1_PROBE = """
+import json, sys
+import cataract_inference.handler as h
+from cataract_inference import events
+from tests.conftest import FakeLambdaContext
+for path in ("/health", "/model", "/openapi.json"):
+    assert h.lambda_handler(events.rest_event(path), FakeLambdaContext())["statusCode"] == 200
+print(json.dumps({"v1": "pydantic.v1" in sys.modules}))
+"""
+
+
+def test_cold_start_never_imports_pydantic_v1(tiny_model_dir: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
+    done = subprocess.run(
+        [sys.executable, "-c", _V1_PROBE],
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"v1": False}
+
+
+def test_fastapi_still_recognises_pydantic_v1_models_once_loaded() -> None:
+    import warnings
+
+    from fastapi._compat import shared
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class Old(v1.BaseModel):
+        x: int = 0
+
+    assert shared.is_pydantic_v1_model_class(Old) and shared.is_pydantic_v1_model_instance(Old())
+    assert not shared.is_pydantic_v1_model_class(ErrorResponseModel)
+
+
+def test_pybase64_fast_path_matches_the_standard_library() -> None:
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 3, 4, 5, 1000, 65_537):
+        raw = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        text = base64.b64encode(raw).decode()
+        if raw:
+            assert decode_base64_image(text) == raw
+    assert decode_base64_image("QQ==") == b"A" and decode_base64_image("AB\n==") == b"\x00"
+    for bad in ("AB=A", "A===", "====", "abc$", "QQ=\u00e9"):
+        with pytest.raises(ClientError):
+            decode_base64_image(bad)

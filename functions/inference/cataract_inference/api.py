@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import re
+import sys
 import time
 import uuid
 from typing import Any
 
+import pybase64
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -24,6 +27,34 @@ from .imaging import ImageError
 from .observability import logger, record_client_error, record_prediction
 from .schemas import ErrorResponse, HealthResponse, ModelInfo, PredictRequest, PredictResponse, QualityOut
 from .settings import Settings
+
+
+def _lean_pydantic_v1_probe() -> None:
+    """FastAPI asks of every response model "is this a pydantic.v1 model?" (only to refuse one) by importing
+    ``pydantic.v1``: 25-40 ms of cold start for a module we never use. A v1 model cannot exist before
+    ``pydantic.v1`` is imported, so the answer is "no" until it is; after that FastAPI's own check runs."""
+    from fastapi import encoders
+    from fastapi._compat import shared
+
+    is_class = getattr(shared, "is_pydantic_v1_model_class", None)
+    is_instance = getattr(shared, "is_pydantic_v1_model_instance", None)
+    if is_class is None or is_instance is None or getattr(is_class, "_lean", False):
+        return
+
+    def lean_class(cls: Any) -> bool:
+        return "pydantic.v1" in sys.modules and is_class(cls)
+
+    def lean_instance(obj: Any) -> bool:
+        return "pydantic.v1" in sys.modules and is_instance(obj)
+
+    lean_class._lean = True  # type: ignore[attr-defined]
+    shared.is_pydantic_v1_model_class = lean_class  # annotation_is_pydantic_v1 looks it up here
+    shared.is_pydantic_v1_model_instance = lean_instance
+    if getattr(encoders, "is_pydantic_v1_model_instance", None) is is_instance:
+        encoders.is_pydantic_v1_model_instance = lean_instance
+
+
+_lean_pydantic_v1_probe()
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
@@ -131,7 +162,9 @@ def decode_base64_image(text: str) -> bytes:
 def _strict_b64(payload: str) -> bytes | None:
     """Plain, padded, unwrapped base64 (what clients almost always send) decoded in one pass, or ``None``."""
     try:
-        return base64.b64decode(payload, validate=True)
+        # pybase64 is base64.b64decode(validate=True) with SIMD: the same bytes and the same refusals, but
+        # 0.1 ms instead of 4-5 ms for a 1.2 MB phone photo (the stdlib decodes a byte at a time).
+        return pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return None
 
@@ -169,6 +202,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _predict_openapi() -> dict[str, Any]:
+    error_schema = ErrorResponse.model_json_schema()  # once, not per status: JSON schemas cost ms at cold start
     return {
         "requestBody": {
             "required": True,
@@ -182,7 +216,7 @@ def _predict_openapi() -> dict[str, Any]:
         "responses": {
             str(code): {
                 "description": text,
-                "content": {"application/json": {"schema": ErrorResponse.model_json_schema()}},
+                "content": {"application/json": {"schema": copy.deepcopy(error_schema)}},
             }
             for code, text in (
                 (400, "Malformed JSON, bad base64, or a corrupt image"),
