@@ -62,14 +62,22 @@ class Stats:
         return cls(len(data), statistics.median(data), p95, data[0], data[-1])
 
 
-def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Time each candidate ``repeats`` times, round-robin, after ``warmup`` untimed calls each; ms per call."""
+def interleaved(
+    candidates: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3, pause_s: float = 0.0
+) -> dict[str, list[float]]:
+    """Time each candidate ``repeats`` times, round-robin, after ``warmup`` untimed calls each; ms per call.
+
+    ``pause_s`` sleeps (untimed) before each call, so threads a candidate leaves spinning (ORT's default
+    pool) are parked again before the next candidate is timed, instead of stealing its CPU.
+    """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - t0) * 1000.0)

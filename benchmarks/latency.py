@@ -101,8 +101,8 @@ def torch_model(run: Path | None, backbone: str = "mobilenet_v2") -> tuple[Any, 
 
 
 def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Per photo: bare ``session.run``, decode, preprocess, ``predict_bytes`` and the whole handler."""
-    from cataract_inference import events
+    """Per photo: bare ``session.run``, decode, preprocess, gate statistics, ``predict_bytes`` and the whole handler."""
+    from cataract_inference import events, quality
     from cataract_inference.imaging import decode_image, preprocess
 
     clf = handler.classifier
@@ -117,6 +117,7 @@ def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> d
                 "bare session.run": lambda t=tensor: clf.run(t),
                 "decode (draft)": lambda d=data: decode_image(d, clf.limits, target_size=spec.size, fill=spec.fill_rgb),
                 "preprocess": lambda img=decoded.image: preprocess(img, spec),
+                "gate statistics": lambda d=decoded: quality.image_stats(d.image, d.original_size),
                 "predict_bytes": lambda d=data: clf.predict_bytes(d),
                 "handler": lambda e=event: call(handler.lambda_handler, e),
             },
@@ -143,6 +144,9 @@ def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> di
                 "reference-style app, 1 ORT thread": lambda e=event: call(ref1, e),
             },
             repeats,
+            # The default session's spinning workers keep a core busy after each run; without a pause they
+            # slowed whichever candidate came next by 2-3x on a 2-core machine (ours: 16 ms -> 40 ms).
+            pause_s=0.01,
         )
     return out
 
