@@ -2,6 +2,8 @@
 
 A drawing is not a photo. Whatever the model says about one is not a clinical claim, and the
 model is never tuned to them; they exist so that events and tests need no patient photos.
+Flat-coloured drawings are refused by the gradability gate (their mid-level features are unlike any
+photo's), so each drawing gets a "photo finish": skin-like texture, lens vignetting and defocus.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ import io
 import math
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+TEXTURE_SCALES = (1, 4, 16)  # pixel noise, pores, blotches
+TEXTURE_AMPLITUDE = 16.0
+VIGNETTE = 0.5
+DEFOCUS = 2.0
 
 
 def draw_eye(
@@ -65,7 +73,24 @@ def draw_eye(
         x = cx - ew + 2 * ew * t
         y = cy - eh * (1 - (2 * t - 1) ** 2) ** 0.5
         draw.line((x, y, x + rng.uniform(-8, 8), y - rng.uniform(10, 22)), fill=(30, 20, 15), width=2)
-    return img.filter(ImageFilter.GaussianBlur(0.8))
+    return photo_finish(img, seed)
+
+
+def photo_finish(img: Image.Image, seed: int = 0) -> Image.Image:
+    """Multi-scale texture, a darker rim (vignetting) and defocus blur, so a drawing reads like a photo."""
+    rng = np.random.default_rng(seed)
+    width, height = img.size
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
+    noise = np.zeros((height, width), dtype=np.float32)
+    for scale in TEXTURE_SCALES:
+        coarse = rng.normal(0.0, 1.0, (max(1, height // scale), max(1, width // scale))).astype(np.float32)
+        noise += np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
+    pixels += TEXTURE_AMPLITUDE * noise[..., None] / math.sqrt(len(TEXTURE_SCALES))
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius = np.sqrt(((xx - width / 2) / (width / 2)) ** 2 + ((yy - height / 2) / (height / 2)) ** 2)
+    pixels *= (1.0 - VIGNETTE * np.clip(radius - 0.3, 0.0, None))[..., None]
+    out = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return out.filter(ImageFilter.GaussianBlur(DEFOCUS))
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **params: int) -> bytes:
