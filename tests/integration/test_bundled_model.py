@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 from cataract_inference.classifier import Classifier, load_classifier
 from cataract_inference.model_source import sha256_of
@@ -50,3 +52,30 @@ def test_predictions_on_real_photos(classifier: Classifier, shared_photos: Path)
     assert gradable >= 0.9 * len(sample), "real eye photos pass the gradability gate"
     assert correct / gradable >= 0.9, f"accuracy {correct}/{gradable} on photos it was trained on"
     assert referred_cataracts >= 0.9 * 30 * gradable / len(sample), "cataracts are referred"
+
+
+def _jpeg(array: Any) -> bytes:
+    from cataract_inference.drawing import encode
+
+    return encode(Image.fromarray(array).convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["chelsea", "astronaut", "coffee", "page", "rocket"])
+def test_the_issues_examples_are_ungradable_not_a_diagnosis(classifier: Classifier, name: str) -> None:
+    """A cat, a face, a cup, a document, a landscape: never "cataract, 0.99" (none of them fitted the gate)."""
+    import skimage.data
+
+    result = classifier.predict_bytes(_jpeg(getattr(skimage.data, name)()))
+    assert result.label == "ungradable" and result.referral
+    assert any(r.startswith("not_an_eye") for r in result.quality.reasons), result.quality.reasons
+    assert classifier.manifest.gate.max_mid_distance is not None
+    assert result.quality.scores["mid_distance"] > classifier.manifest.gate.max_mid_distance
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("cataract", 7), ("normal", 11)])
+def test_the_sample_events_drawings_pass_the_gate(classifier: Classifier, kind: str, seed: int) -> None:
+    """The drawn eyes in events/ (with their photo finish) are gradable, so the demo shows a screening result."""
+    from cataract_inference.drawing import draw_eye, encode
+
+    result = classifier.predict_bytes(encode(draw_eye(kind, seed=seed)))
+    assert result.label in ("cataract", "normal"), result.quality.reasons

@@ -242,3 +242,53 @@ def test_bundled_gate_is_calibrated_for_the_bundled_model(bundled_model_dir: Pat
     assert held["eye_false_reject"]["value"] <= cal.TARGET_FALSE_REJECT
     assert held["eye_false_reject"]["n"] > 0 and len(held["non_eye_reject"]["ci95"]) == 2
     assert manifest.gate.max_ood_distance is not None
+
+
+def _with_mid(signals: list[cal.Signals], centre: float, spread: float, seed: int) -> list[cal.Signals]:
+    rng = np.random.default_rng(seed)
+    return [cal.Signals(s.stats, s.ood_distance, s.embedding, float(abs(rng.normal(centre, spread)))) for s in signals]
+
+
+def test_mid_cap_sits_beyond_the_farthest_calibration_eye_and_catches_look_alikes() -> None:
+    """Non-eyes that the embedding distance and skin cannot tell apart are caught by the mid-level cap."""
+    eyes = _with_mid(_eyes(300), 15.0, 3.0, seed=3)
+    # Look-alikes to every other signal (same distance and skin as eyes), but unfamiliar mid-level features.
+    look_alikes = _with_mid(_eyes(100, seed=7), 40.0, 5.0, seed=4)
+    gate = cal.fit_gate(eyes, eyes, target_false_reject=0.02, fused=False, mid=True)
+    farthest = max(s.mid_distance for s in eyes)  # type: ignore[type-var]
+    assert gate.max_mid_distance == pytest.approx(math.ceil(farthest * cal.MID_CAP_FACTOR * 1000) / 1000)
+    # Capped, not thresholded at a budget: the embedding distance keeps every calibration eye too.
+    assert gate.max_ood_distance is not None and gate.max_ood_distance > max(s.ood_distance for s in eyes)  # type: ignore[type-var]
+    assert not cal.rejected(eyes, gate).any()
+    assert cal.rejected(look_alikes, gate).mean() >= 0.95
+    plain = cal.fit_gate(eyes, eyes, target_false_reject=0.02, fused=False)
+    assert plain.max_mid_distance is None and cal.rejected(look_alikes, plain).mean() < 0.1
+    reasons = cal.reasons_of(look_alikes, gate)
+    assert reasons["not_an_eye"] >= 95
+
+
+def test_mid_cap_needs_the_graph_output() -> None:
+    with pytest.raises(ValueError, match="mid_distance"):
+        cal.fit_gate(_eyes(50), _eyes(50), mid=True)
+
+
+def test_rule_text_names_what_the_gate_applies() -> None:
+    eyes = _with_mid(_eyes(100), 15.0, 3.0, seed=3)
+    text = cal.rule_text(cal.fit_gate(eyes, eyes, fused=False, mid=True), 0.015)
+    assert "mid_distance > max_mid_distance" in text and "eye_score" not in text
+    text = cal.rule_text(cal.fit_gate(eyes, eyes, _non_eyes(100), mid=True), 0.015)
+    assert "mid_distance" in text and "eye_score < eye_score.min_score" in text
+
+
+def test_card_block_is_replaced_not_duplicated(tmp_path: Path) -> None:
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card\n\n## Intended use\n\nScreening aid.\n", encoding="utf-8")
+    first = f"<!-- BEGIN {cal.CARD_BLOCK} (x) -->\n## Gradability gate\n\nold\n<!-- END {cal.CARD_BLOCK} -->"
+    cal.write_card_block(tmp_path, first)
+    second = first.replace("old", "new")
+    cal.write_card_block(tmp_path, second)
+    text = card.read_text(encoding="utf-8")
+    assert text.count("## Gradability gate") == 1 and "new" in text and "old" not in text
+    assert text.startswith("# Model card") and "Screening aid." in text
+    cal.write_card_block(tmp_path / "nowhere", second)  # no card there: nothing to do, no error
+    assert not (tmp_path / "nowhere").exists()

@@ -157,3 +157,16 @@ def test_eye_probe_is_parsed_once_per_gate() -> None:
     first = quality.EyeProbe.from_gate(gate)
     assert first is not None and first is quality.EyeProbe.from_gate(gate)
     assert first.weights.dtype == np.float32 and first.weights.shape == (1280,)
+
+
+def test_mid_distance_cap_rejects_the_unfamiliar_and_reports_the_distance() -> None:
+    gate = GateThresholds(**{**GATE.model_dump(), "max_mid_distance": 30.0})
+    eye = draw_eye("normal")
+    stats = quality.image_stats(eye, eye.size)
+    near = quality.assess(stats, None, gate, mid_distance=29.9)
+    assert near.gradable and near.scores["mid_distance"] == pytest.approx(29.9)
+    far = quality.assess(stats, None, gate, mid_distance=30.1)
+    assert not far.gradable and far.reasons == [far.reasons[0]] and far.reasons[0].startswith("not_an_eye")
+    # Without the graph output, or without a threshold, the check does not apply.
+    assert quality.assess(stats, None, gate).gradable
+    assert quality.assess(stats, None, GATE, mid_distance=1e6).gradable

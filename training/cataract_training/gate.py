@@ -65,6 +65,9 @@ MIN_SIDE_RANGE = (32, 64)
 # The hard cap on the distance sits this far beyond the farthest calibration eye photo; the fused
 # eye score does the fine work below it.
 DISTANCE_CAP_FACTOR = 1.2
+# The mid-level distance is thresholded the same way: this far beyond the farthest calibration eye
+# photo. It is fitted on eye photos only, so every non-eye image is out of sample for it.
+MID_CAP_FACTOR = 1.2
 SKIN_FLOOR = 0.01
 
 
@@ -89,6 +92,7 @@ class Signals:
     stats: quality.ImageStats
     ood_distance: float | None
     embedding: np.ndarray | None = None
+    mid_distance: float | None = None
 
 
 def measure(classifier: Classifier, data: bytes) -> Signals:
@@ -99,13 +103,19 @@ def measure(classifier: Classifier, data: bytes) -> Signals:
     ood = float(outputs[name].reshape(-1)[0]) if name else None
     emb_name = classifier.manifest.outputs.embedding
     emb = outputs[emb_name][0].astype(np.float32) if emb_name else None
-    return Signals(quality.image_stats(decoded.image, decoded.original_size), ood, emb)
+    mid_name = classifier.manifest.outputs.mid_distance
+    mid = float(outputs[mid_name].reshape(-1)[0]) if mid_name else None
+    return Signals(quality.image_stats(decoded.image, decoded.original_size), ood, emb, mid)
 
 
 def rejected(signals: Sequence[Signals], gate: GateThresholds) -> np.ndarray:
     """Boolean per item: does the serving rule (``quality.assess``) call it ungradable under ``gate``?"""
     return np.array(
-        [not quality.assess(s.stats, s.ood_distance, gate, s.embedding).gradable for s in signals], dtype=bool
+        [
+            not quality.assess(s.stats, s.ood_distance, gate, s.embedding, mid_distance=s.mid_distance).gradable
+            for s in signals
+        ],
+        dtype=bool,
     )
 
 
@@ -113,7 +123,7 @@ def reasons_of(signals: Sequence[Signals], gate: GateThresholds) -> Counter[str]
     """How often each reason fires (an item can have several)."""
     out: Counter[str] = Counter()
     for s in signals:
-        for r in quality.assess(s.stats, s.ood_distance, gate, s.embedding).reasons:
+        for r in quality.assess(s.stats, s.ood_distance, gate, s.embedding, mid_distance=s.mid_distance).reasons:
             out[r.split(":")[0]] += 1
     return out
 
@@ -281,6 +291,7 @@ def fit_gate(
     target_false_reject: float = DEFAULT_CALIBRATION_FALSE_REJECT,
     fused: bool = True,
     probe_data: tuple[Sequence[Signals], Sequence[str], Sequence[str], Sequence[bool]] | None = None,
+    mid: bool = False,
 ) -> GateThresholds:
     """Fit every threshold on the calibration part.
 
@@ -289,19 +300,28 @@ def fit_gate(
     ``non_eye_signals``: images that are not eye photos, for the fused score. Without them (or with
     ``fused=False``) the distance alone is thresholded. ``probe_data`` adds the embedding eye probe:
     (all calibration eye photos, their groups, the non-eye images' groups, which eye photos are
-    ``eye_signals``); its threshold comes from cross-fitted scores.
+    ``eye_signals``); its threshold comes from cross-fitted scores. ``mid`` adds the mid-level
+    distance cap (``MID_CAP_FACTOR`` times the farthest calibration eye photo); with it and without
+    the fused score, the embedding distance is capped the same way rather than thresholded.
     """
     if not eye_signals or any(s.ood_distance is None for s in eye_signals):
         raise ValueError("every calibration eye photo needs an ood_distance (does the graph export it?)")
-    stats = fit_stat_thresholds(stat_signals)
+    stats: dict[str, Any] = dict(fit_stat_thresholds(stat_signals))
+    if mid:
+        if any(s.mid_distance is None for s in eye_signals):
+            raise ValueError("the mid-level cap needs the graph's mid_distance output for every calibration eye photo")
+        farthest = max(float(s.mid_distance) for s in eye_signals)  # type: ignore[arg-type]
+        stats["max_mid_distance"] = math.ceil(farthest * MID_CAP_FACTOR * 1000) / 1000
     stat_gate = GateThresholds(**stats)
     by_stats = rejected(eye_signals, stat_gate)
     ood = np.array([s.ood_distance for s in eye_signals], dtype=np.float64)
+    cap = math.ceil(float(ood.max()) * DISTANCE_CAP_FACTOR * 1000) / 1000
     if not fused or not non_eye_signals:
+        if mid:
+            return GateThresholds(**stats, max_ood_distance=cap)
         t = threshold_for_budget(ood, by_stats, target_false_reject, reject_high=True)
         # Round up so the threshold keeps the photo it was set on.
         return GateThresholds(**stats, max_ood_distance=math.ceil(t * 1000) / 1000)
-    cap = math.ceil(float(ood.max()) * DISTANCE_CAP_FACTOR * 1000) / 1000
     weights = fit_eye_score(eye_signals, non_eye_signals)
     score = quality.EyeScore(**weights, min_score=0.0)
     values = np.array([score.score(s.ood_distance, s.stats.skin_fraction) for s in eye_signals])  # type: ignore[arg-type]
@@ -796,10 +816,16 @@ def calibrate(
     target_false_reject: float = DEFAULT_CALIBRATION_FALSE_REJECT,
     write: bool = True,
     progress: bool = True,
-    fused: bool = True,
+    fused: bool = False,
     probe: bool = False,
+    mid: bool = True,
 ) -> dict[str, Any]:
-    """Build both sets, fit the thresholds on calibration, measure held-out, write the gate and a report."""
+    """Build both sets, fit the thresholds on calibration, measure held-out, write the gate and a report.
+
+    The shipped gate: image statistics, the embedding-distance cap and (``mid``, when the graph has
+    it) the mid-level distance cap; ``fused`` adds the distance-and-skin eye score, ``probe`` the
+    embedding eye probe. The report compares all of them on the same held-out data.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(model_dir)
     manifest = classifier.manifest
@@ -826,9 +852,16 @@ def calibrate(
     cal_eye = select({CALIBRATION}, True)
     cal_non = select({CALIBRATION}, False)
     stat_sig, eye_sig, non_sig = ([sig[i] for i in idx] for idx in (stat_idx, cal_eye, cal_non))
-    fused_gate = fit_gate(stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject, fused=fused)
+    has_mid = all(s.mid_distance is not None for s in sig)
+    if mid and not has_mid:
+        raise ValueError("the model has no mid_distance output: re-export it, or calibrate with --no-mid")
+    fused_gate = fit_gate(stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject)
+    mid_gate = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, mid=True) if has_mid else None
+    both_gate = (
+        fit_gate(stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject, mid=True) if has_mid else None
+    )
     probe_gate = None
-    if fused and all(s.embedding is not None for s in sig):
+    if all(s.embedding is not None for s in sig):
         probe_idx = select({CALIBRATION, SEEN}, True)
         probe_data = (
             [sig[i] for i in probe_idx],
@@ -840,8 +873,15 @@ def calibrate(
             stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject, probe_data=probe_data
         )
     if probe and probe_gate is None:
-        raise ValueError("--probe needs the fused score and the graph's embedding output")
-    gate = probe_gate if probe and probe_gate is not None else fused_gate
+        raise ValueError("--probe needs the graph's embedding output")
+    if probe:
+        gate = probe_gate
+    elif mid:
+        gate = both_gate if fused else mid_gate
+    else:
+        plain = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, fused=False)
+        gate = fused_gate if fused else plain
+    assert gate is not None
     # Two simpler gates, fitted the same way, to show what each signal adds.
     stats_only = GateThresholds(**fit_stat_thresholds(stat_sig))
     distance_only = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, fused=False)
@@ -870,17 +910,7 @@ def calibrate(
         "eye_photos_for_distance": eyes.id_note,
         "targets": {"max_eye_false_reject": TARGET_FALSE_REJECT, "min_non_eye_reject": TARGET_OOD_REJECT},
         "calibration_target_false_reject": target_false_reject,
-        "rule": (
-            "ungradable if any: shorter side < min_side; grey mean outside [min_brightness, max_brightness]; "
-            "grey std < min_contrast; Laplacian variance < min_sharpness; ood_distance > max_ood_distance; "
-            "eye_score < eye_score.min_score, where eye_score = bias + w_distance*(ood_distance-centre)/scale "
-            "+ w_skin*log(skin_fraction+skin_floor). "
-            f"Image-statistics thresholds: the {STAT_QUANTILE:.1%} tails of real eye photos loosened by "
-            f"{STAT_MARGIN:.0%}; distance cap: {DISTANCE_CAP_FACTOR}x the farthest calibration eye photo; "
-            "eye-score weights: class-balanced logistic regression, calibration eye photos against calibration "
-            "non-eye images; min_score: the largest keeping calibration false rejects at most "
-            f"{target_false_reject:.1%}."
-        ),
+        "rule": rule_text(gate, target_false_reject),
         "sizes": {
             "calibration": {
                 "eye_items_for_statistics": len(stat_idx),
@@ -927,20 +957,25 @@ def calibrate(
                 ("image statistics only", stats_only),
                 ("statistics + distance threshold", distance_only),
                 ("statistics + distance cap + eye score (distance and skin)", fused_gate),
+                *([("statistics + distance cap + mid-level distance cap", mid_gate)] if mid_gate else []),
+                *([("statistics + distance cap + eye score + mid-level distance cap", both_gate)] if both_gate else []),
                 *(
                     [("statistics + distance cap + eye score + embedding eye probe", probe_gate)]
                     if probe_gate is not None
                     else []
                 ),
             )
+            if g is not None
         },
-        "shipped": "with the embedding eye probe" if gate is probe_gate else "without the embedding eye probe",
+        "shipped": _describe(gate),
         "distance_only_threshold": distance_only.max_ood_distance,
         # The issue's own examples, whichever part they fell in: a cat, and faces.
         "named_examples": {
             name: {
                 "part": parts[idx[0]],
                 "rejected": f"{int(flags.sum())}/{len(flags)} variants",
+                "rejected_variants": [items[i].source for i, f in zip(idx, flags, strict=True) if f],
+                "accepted_variants": [items[i].source for i, f in zip(idx, flags, strict=True) if not f],
             }
             for name in ("skimage:chelsea", "matplotlib:grace_hopper", "skimage:astronaut", "face_afar:astronaut")
             if (idx := [i for i, it in enumerate(items) if it.group == name])
@@ -948,6 +983,12 @@ def calibrate(
         },
         "seen_by_ood_fit_eye_false_reject": rate(rejected([sig[i] for i in seen_eye], gate)) if seen_eye else None,
     }
+    extra = gate.model_extra or {}
+    if "eye_score" not in extra and "eye_probe" not in extra:
+        # This gate was fitted on eye photos only: every non-eye image, calibration part included, is new to it.
+        all_non = select({CALIBRATION, HELD_OUT}, False)
+        report["all_non_eye_reject"] = rate(rejected([sig[i] for i in all_non], gate))
+        report["all_non_eye_sources"] = len({items[i].group for i in all_non})
     report["meets_targets"] = bool(
         report["held_out"]["eye_false_reject"]["value"] <= TARGET_FALSE_REJECT
         and report["held_out"]["non_eye_reject"]["value"] >= TARGET_OOD_REJECT
@@ -958,7 +999,149 @@ def calibrate(
     _signal_table(out_dir / "signals.csv", items, parts, sig)
     if write:
         write_gate(model_dir, gate_block)
+        write_card_block(model_dir, card_block(report, gate))
     return {"gate": gate_block, "report": report}
+
+
+CARD_BLOCK = "gradability-gate"
+
+
+def card_block(report: dict[str, Any], gate: GateThresholds) -> str:
+    """The model card's gate section: the shipped thresholds and their held-out rates."""
+    held, sizes = report["held_out"], report["sizes"]["held_out"]
+    rows = [
+        ("shorter side (`too_small`)", f"< {gate.min_side} px"),
+        ("grey mean (`too_dark` / `too_bright`)", f"< {gate.min_brightness} or > {gate.max_brightness}"),
+        ("grey std (`low_contrast`)", f"< {gate.min_contrast}"),
+        ("variance of the Laplacian (`too_blurry`)", f"< {gate.min_sharpness}"),
+    ]
+    if gate.max_ood_distance is not None:
+        rows.append(("embedding distance `ood_distance` (`not_an_eye`)", f"> {gate.max_ood_distance}"))
+    if gate.max_mid_distance is not None:
+        rows.append(("mid-level feature distance `mid_distance` (`not_an_eye`)", f"> {gate.max_mid_distance}"))
+    extra = gate.model_extra or {}
+    if "eye_score" in extra:
+        rows.append(("distance-and-skin eye score (`not_an_eye`)", f"< {extra['eye_score']['min_score']}"))
+    if "eye_probe" in extra:
+        rows.append(("embedding eye probe (`not_an_eye`)", f"< {extra['eye_probe']['min_score']}"))
+    table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    comparison = "\n".join(
+        f"| {name} | {_fmt(v['eye_false_reject'])} | {_fmt(v['non_eye_reject'])} |"
+        for name, v in report["held_out_comparison"].items()
+    )
+    named = "; ".join(_named(k, v) for k, v in report["named_examples"].items())
+    everything = (
+        f"\n\nThe shipped gate was fitted on eye photos only, so every non-eye image is new to it: it rejects "
+        f"{_fmt(report['all_non_eye_reject'])} of all of them ({report['all_non_eye_sources']} sources)."
+        if "all_non_eye_reject" in report
+        else ""
+    )
+    non_eye = f"**{_fmt(held['non_eye_reject'])}**, {sizes['non_eye_sources']} sources"
+    eyes = f"**{_fmt(held['eye_false_reject'])}**, {sizes['eye_photo_groups']} distinct photos"
+    origin = "written by the gate calibration, python -m cataract_training.gate; see docs/gate.md"
+    return f"""<!-- BEGIN {CARD_BLOCK} ({origin}) -->
+## Gradability gate
+
+A photo is called `ungradable` (HTTP 200, with `quality.reasons`, referral true) when any check fails.
+Shipped: {report["shipped"]}. Thresholds (model.json `gate`, fitted {report["date"][:10]} on calibration data only):
+
+| check | threshold |
+|---|---|
+{table}
+
+Held-out rates (photos and sources never used to fit anything), with 95% Wilson intervals:
+
+| | rate |
+|---|---|
+| non-eye images rejected (target ≥ {TARGET_OOD_REJECT:.0%}) | {non_eye} |
+| real eye photos rejected (target ≤ {TARGET_FALSE_REJECT:.0%}) | {eyes} |
+| real eye photos with phone-like degradations rejected | {_fmt(held["eye_degraded_false_reject"])} |
+
+Each gate fitted the same way, on the same held-out data:
+
+| gate | real eye photos rejected | non-eye images rejected |
+|---|---|---|
+{comparison}
+
+Named examples: {named}.{everything}
+
+Limits: {sizes["eye_photos"]} held-out eye photos cannot show a false-reject rate under 3% with confidence (see the
+upper bound above), and they come from the same collection as the training photos: eye photos from other cameras
+or clinics may sit farther from the training photos and be refused more often. Non-eye images were sample and
+generated images, not real-world uploads. Rates by skin tone are unmeasured.
+<!-- END {CARD_BLOCK} -->"""
+
+
+def _named(name: str, example: dict[str, Any]) -> str:
+    accepted = example.get("accepted_variants") or []
+    return f"{name}: rejected {example['rejected']}" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
+
+
+def write_card_block(model_dir: Path, block: str) -> None:
+    """Replace the gate block in ``MODEL_CARD.md`` (or append it); no card, nothing to do."""
+    import re
+
+    card = model_dir / "MODEL_CARD.md"
+    if not card.is_file():
+        return
+    text = card.read_text(encoding="utf-8")
+    pattern = re.compile(rf"<!-- BEGIN {CARD_BLOCK}\b.*?<!-- END {CARD_BLOCK} -->", re.S)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    card.write_text(text, encoding="utf-8")
+
+
+def _describe(gate: GateThresholds) -> str:
+    extra = gate.model_extra or {}
+    parts = ["image statistics", "embedding-distance cap" if gate.max_ood_distance is not None else ""]
+    if "eye_score" in extra:
+        parts.append("eye score (distance and skin)")
+    if gate.max_mid_distance is not None:
+        parts.append("mid-level distance cap")
+    if "eye_probe" in extra:
+        parts.append("embedding eye probe")
+    return " + ".join(p for p in parts if p)
+
+
+def rule_text(gate: GateThresholds, target_false_reject: float) -> str:
+    """The shipped rule and how each of its thresholds was fitted, in words."""
+    extra = gate.model_extra or {}
+    checks = [
+        "shorter side < min_side",
+        "grey mean outside [min_brightness, max_brightness]",
+        "grey std < min_contrast",
+        "Laplacian variance < min_sharpness",
+        "ood_distance > max_ood_distance",
+    ]
+    how = [
+        f"image-statistics thresholds: the {STAT_QUANTILE:.1%} tails of real eye photos loosened by {STAT_MARGIN:.0%}"
+    ]
+    if gate.max_mid_distance is not None:
+        checks.append(
+            "mid_distance > max_mid_distance (Mahalanobis distance of the trunk's mean-pooled mid-level features "
+            "from the training photos, computed in the graph)"
+        )
+        how.append(f"mid-level cap: {MID_CAP_FACTOR}x the farthest calibration eye photo")
+    if "eye_score" in extra:
+        checks.append(
+            "eye_score < eye_score.min_score, where eye_score = bias + w_distance*(ood_distance-centre)/scale "
+            "+ w_skin*log(skin_fraction+skin_floor)"
+        )
+        how.append(
+            "eye-score weights: class-balanced logistic regression, calibration eye photos against calibration "
+            "non-eye images; min_score: the largest keeping calibration false rejects at most "
+            f"{target_false_reject:.1%}"
+        )
+    if "eye_probe" in extra:
+        checks.append("eye_probe score < eye_probe.min_score")
+        how.append("probe threshold: from out-of-fold scores of the calibration eye photos")
+    if gate.max_ood_distance is not None:
+        capped = gate.max_mid_distance is not None or "eye_score" in extra
+        how.append(
+            f"distance cap: {DISTANCE_CAP_FACTOR}x the farthest calibration eye photo"
+            if capped
+            else f"distance threshold: the largest keeping calibration false rejects at most {target_false_reject:.1%}"
+        )
+    return "ungradable if any: " + "; ".join(checks) + ". " + "; ".join(how) + "."
 
 
 def _served_verdicts(model_dir: Path, gate: GateThresholds, items: Sequence[Item]) -> np.ndarray:
@@ -996,13 +1179,14 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _signal_table(path: Path, items: Sequence[Item], parts: Sequence[str], sig: Sequence[Signals]) -> None:
-    lines = ["part,in_distribution,kind,group,source,min_side,brightness,contrast,sharpness,ood_distance"]
+    lines = ["part,in_distribution,kind,group,source,min_side,brightness,contrast,sharpness,ood_distance,mid_distance"]
     for it, part, s in zip(items, parts, sig, strict=True):
         st = s.stats
         lines.append(
             f"{part},{int(it.in_distribution)},{it.kind},{it.group},{it.source},{st.min_side},"
             f"{st.brightness:.4f},{st.contrast:.4f},{st.sharpness:.6f},"
-            f"{s.ood_distance if s.ood_distance is not None else ''}"
+            f"{s.ood_distance if s.ood_distance is not None else ''},"
+            f"{s.mid_distance if s.mid_distance is not None else ''}"
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -1086,6 +1270,12 @@ The issue's examples under the shipped gate: {
         "; ".join(f"{k} ({v['part']}): rejected {v['rejected']}" for k, v in report["named_examples"].items())
     }.
 Reasons on non-eye images: {held["non_eye_reasons"]}.
+{
+        f"All non-eye images (the shipped gate fitted none of them): {_fmt(report['all_non_eye_reject'])}, "
+        f"{report['all_non_eye_sources']} sources."
+        if "all_non_eye_reject" in report
+        else ""
+    }
 
 ## Calibration part
 
@@ -1104,7 +1294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-false-reject", type=float, default=DEFAULT_CALIBRATION_FALSE_REJECT)
     p.add_argument("--dry-run", action="store_true", help="report only; leave model.json as it is")
-    p.add_argument("--distance-only", action="store_true", help="no fused eye score: threshold the distance alone")
+    p.add_argument(
+        "--distance-only", action="store_true", help="no mid-level cap: threshold the embedding distance alone"
+    )
+    p.add_argument("--eye-score", action="store_true", help="add the distance-and-skin eye score")
+    p.add_argument("--no-mid", action="store_true", help="leave out the mid-level distance cap (older graphs)")
     p.add_argument(
         "--probe",
         action="store_true",
@@ -1126,8 +1320,9 @@ def main(argv: list[str] | None = None) -> int:
         target_false_reject=args.target_false_reject,
         write=not args.dry_run,
         progress=not args.quiet,
-        fused=not args.distance_only,
+        fused=args.eye_score,
         probe=args.probe,
+        mid=not (args.no_mid or args.distance_only),
     )
     print(json.dumps({k: v for k, v in result["gate"].items() if k != "calibration"}, indent=2))
     print((args.out / "gate_report.md").read_text(encoding="utf-8"))
