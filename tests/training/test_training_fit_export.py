@@ -206,8 +206,9 @@ def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json
     manifest = load_manifest(folder / "model.json")
     gate = manifest.gate.model_copy(update={"max_ood_distance": 42.5, "min_side": 40})
     write_manifest(manifest.model_copy(update={"gate": gate}), folder / "model.json")
+    # The same precision as the first export: "auto" picks by a latency race, which machine load can flip.
     args = ["export", str(run), "--out", str(folder), "--cv", str(cv_json), "--version", "test-1"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--precision", manifest.precision]) == 0
     again = load_manifest(folder / "model.json")
     assert again.sha256 == manifest.sha256  # the export is deterministic
     assert again.gate.max_ood_distance == 42.5 and again.gate.min_side == 40
@@ -220,27 +221,6 @@ def test_manifest_round_trip(model_dir: Path, tmp_path: Path) -> None:
     assert again == manifest
     assert Manifest.model_validate_json((tmp_path / "model.json").read_text()) == manifest
     assert again.metrics["validation"]["accuracy"]["ci95"] == manifest.metrics["validation"]["accuracy"]["ci95"]
-
-
-def test_int8_quantization_of_a_small_graph(tmp_path: Path) -> None:
-    """Static per-channel QDQ on real-looking inputs keeps the model close to fp32."""
-    from cataract_training.backbones import CataractNet
-
-    net = CataractNet("mobilenet_v2", pretrained=True).eval()
-    emb = np.random.default_rng(0).normal(size=(50, 1280))
-    graph = export.ServingGraph(net, export.fit_ood(emb, k=8), export.FeatureGaussian.placeholder(net.mid_dim))
-    export.export_onnx(graph, 64, tmp_path / "fp32.onnx")
-    x = np.random.default_rng(1).normal(size=(16, 3, 64, 64)).astype(np.float32)
-    info = export.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", x)
-    assert info["per_channel"] and info["format"] == "QDQ"
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    a = export.onnx_outputs(tmp_path / "fp32.onnx", x)
-    b = export.onnx_outputs(tmp_path / "int8.onnx", x)
-    rel = np.abs(a["embedding"] - b["embedding"]).mean() / np.abs(a["embedding"]).mean()
-    assert rel < 0.5
 
 
 def test_evaluate_cli_with_degradations(model_dir: Path, run: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Export: the ONNX graph serving expects, its parity with torch, an int8 variant, and the manifest.
+"""Export: the ONNX graph serving expects and its parity with torch (the int8 variant is in ``quantize``).
 
 Graph interface (serving relies on it): input ``input`` float32 [N,3,S,S], outputs ``logits`` [N,2],
 ``embedding`` [N,D], ``ood_distance`` [N] (Mahalanobis distance from the training embeddings,
@@ -9,7 +9,6 @@ computed in the graph), ``cam`` [N,2,h,w] (class activation maps) and ``mid_dist
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,64 +187,3 @@ def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> di
     out["argmax_agreement"] = float((reference["logits"].argmax(1) == other["logits"].argmax(1)).mean())
     out["n"] = len(reference["logits"])
     return out
-
-
-class TensorReader:
-    """An onnxruntime ``CalibrationDataReader`` over preprocessed photos."""
-
-    def __init__(self, tensors: np.ndarray, batch: int = 8) -> None:
-        self._it: Iterator[dict[str, np.ndarray]] = iter(
-            {"input": tensors[i : i + batch]} for i in range(0, len(tensors), batch)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        """The next calibration batch, or ``None`` when done."""
-        return next(self._it, None)
-
-    def rewind(self) -> None:  # pragma: no cover - onnxruntime may call it; one pass is enough
-        """Not supported: a reader is used once."""
-
-
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> dict[str, Any]:
-    """Static int8 quantization (QDQ, per-channel weights) of the convolutions, calibrated on real photos.
-
-    Only full and pointwise Conv nodes are quantized. The pooled embedding, the OOD distance and the CAM
-    einsum stay in float (a quantized tail would shift the OOD distance and the heat maps for no speed
-    gain), and so do depthwise convolutions: their per-channel ranges are the least quantization-friendly
-    part of MobileNets, and onnxruntime's int8 depthwise kernels measured slower than float here.
-    """
-    import onnx
-
-    graph = onnx.load(str(fp32)).graph
-    depthwise = [
-        n.name for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
-    ]
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        source = pre
-    except Exception:  # pre-processing is an optimisation; quantize the raw graph if it fails
-        source = fp32
-    quantize_static(
-        str(source),
-        str(out),
-        TensorReader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv"],
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=depthwise,
-    )
-    pre.unlink(missing_ok=True)
-    return {
-        "format": "QDQ",
-        "per_channel": True,
-        "op_types": ["Conv"],
-        "calibration_photos": len(calibration),
-        "method": "MinMax",
-    }

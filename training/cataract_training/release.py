@@ -26,7 +26,7 @@ from cataract_inference.manifest import (
 )
 from cataract_inference.model_source import sha256_of
 
-from . import calibrate, card, evaluate, export
+from . import calibrate, card, evaluate, export, quantize
 from .train import CLASSES, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -138,8 +138,10 @@ def release(
         if name == "fp32":
             export.export_onnx(graph, cfg.size, model_path)
         else:
-            calib = prep.tensors[tr][np.random.default_rng(cfg.seed).permutation(len(tr))[:160]]
-            info["quantization"] = export.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, calib)
+            # Every training photo (never a validation one), preprocessed exactly as serving does.
+            train_files = [prep.audit.samples[prep.index[i]].path for i in tr]
+            calib = quantize.calibration_tensors(train_files, cfg.spec())
+            info["quantization"] = quantize.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, calib)
         outs = export.onnx_outputs(model_path, prep.tensors[va])
         info["parity_vs_torch"] = export.parity(ref, outs)
         if name == "int8":
