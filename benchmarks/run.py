@@ -17,9 +17,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import coldstart, depsize, latency, throughput, tuning
+from benchmarks import coldstart, depsize, int8, latency, throughput, tuning
 from benchmarks.common import (
     RESULTS,
     SHARED_TRAIN,
@@ -54,6 +55,51 @@ def _machine() -> str:
         f"{cpu}, {os.cpu_count()} cores (shared; load average {load[0]:.1f} at start), Python "
         f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}"
     )
+
+
+def int8_section(
+    pair: tuple[Path, Path],
+    photo: bytes,
+    reps: int,
+    emit: Callable[[str], None],
+    targets: list[tuple[str, str, str, str]],
+) -> None:
+    """int8 against fp32 from the same export: latency in this process, validation accuracy, head drift."""
+    from cataract_inference.imaging import load_for_model
+    from cataract_inference.manifest import load_manifest
+
+    fp32_dir, int8_dir = pair
+    export_run = fp32_dir.parents[1]
+    where = fp32_dir.parent.relative_to(fp32_dir.parents[2])
+    emit(f"From `{where}` (training's export step): {int8.recipe(export_run)}.")
+    emit("Both with serving's `session_options(1)` (ENABLE_ALL, one intra-op thread, no spinning), interleaved.")
+    emit()
+    tensor = load_for_model(photo, load_manifest(fp32_dir / "model.json").input)[1][None]
+    samples = int8.latency(fp32_dir, int8_dir, tensor, reps)
+    emit(latency_table(samples, "fp32 session.run"))
+    emit()
+    speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
+    targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(speed >= 1.5)))
+    if not (SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file()):
+        emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
+        emit()
+        targets.append(("int8 accuracy loss on validation", "≤ 1 point", "validation photos absent", verdict(False)))
+        return
+    val = int8.validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
+    emit("| variant | validation photos | accuracy | sensitivity (cataracts found) |")
+    emit("|---|---:|---:|---:|")
+    for k, v in val.items():
+        emit(f"| {k} | {v['n']} | {v['accuracy']:.1f}% | {v['sensitivity']:.1f}% of {v['positives']} |")
+    emit()
+    emit("| int8 drift from fp32 on validation | value |")
+    emit("|---|---:|")
+    for k, v in int8.drift(val["fp32"]["outputs"], val["int8"]["outputs"]).items():
+        emit(f"| {k} | {v:.3f} |")
+    emit()
+    delta = val["fp32"]["accuracy"] - val["int8"]["accuracy"]
+    lost = val["fp32"]["sensitivity"] - val["int8"]["sensitivity"]
+    text = f"{delta:+.1f} points (fp32 − int8); sensitivity {lost:+.1f}"
+    targets.append(("int8 accuracy loss on validation", "≤ 1 point", text, verdict(delta <= 1.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,31 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if pair is None:
             emit("_Skipped: no run folder under runs/ has export/fp32 and export/int8 (run `cataract-train export`)._")
         else:
-            fp32_dir, int8_dir = pair
-            emit(f"From `{fp32_dir.parent.relative_to(fp32_dir.parents[2])}` (training's export step).")
-            emit()
-            samples = latency.int8_vs_fp32(fp32_dir, int8_dir, reps)
-            emit(latency_table(samples, "fp32 session.run"))
-            emit()
-            speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
-            acc_text = "validation photos absent"
-            acc_ok = False
-            export_run = fp32_dir.parents[1]
-            if SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file():
-                acc = latency.accuracy_on_validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
-                emit("| variant | validation photos | accuracy |")
-                emit("|---|---:|---:|")
-                for k, v in acc.items():
-                    emit(f"| {k} | {v['n']} | {v['accuracy']:.1f}% |")
-                emit()
-                delta = acc["fp32"]["accuracy"] - acc["int8"]["accuracy"]
-                acc_text = f"{delta:+.1f} points (fp32 − int8)"
-                acc_ok = delta <= 1.0
-            else:
-                emit(f"_Accuracy row skipped: {SHARED_TRAIN} or the run's split.json is absent._")
-                emit()
-            targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(speed >= 1.5)))
-            targets.append(("int8 accuracy loss on validation", "≤ 1 point", acc_text, verdict(acc_ok)))
+            int8_section(pair, photos[small_key], reps, emit, targets)
 
     if "tuning" not in skip:
         emit("### ONNX Runtime settings (bare `session.run`, same tensor)")
