@@ -170,3 +170,46 @@ def test_mid_distance_cap_rejects_the_unfamiliar_and_reports_the_distance() -> N
     # Without the graph output, or without a threshold, the check does not apply.
     assert quality.assess(stats, None, gate).gradable
     assert quality.assess(stats, None, GATE, mid_distance=1e6).gradable
+
+
+@pytest.mark.parametrize("size", [(320, 240), (240, 320), (224, 224), (90, 400)])
+def test_statistics_are_read_inside_the_letterbox_only(size: tuple[int, int]) -> None:
+    """A flat grey photo is flat: the letterbox padding (another colour) must not count as contrast or edges."""
+    from cataract_inference.imaging import content_box, preprocess
+
+    spec = InputSpec()
+    img = Image.new("RGB", size, (200, 200, 200))
+    tensor = preprocess(img, spec)
+    left, top, right, bottom = content_box(*size, spec)
+    # The box is exactly where preprocess put the photo: inside it the tensor is the photo, outside the fill.
+    assert np.allclose(tensor[:, top:bottom, left:right], tensor[:, top, left][:, None, None], atol=1e-5)
+    if (right - left, bottom - top) != (spec.size, spec.size):
+        assert not np.allclose(tensor[:, 0, 0], tensor[:, top, left])
+    stats = quality.tensor_stats(tensor, spec, img, size)
+    assert stats.brightness == pytest.approx(200 / 255, abs=2e-3)
+    assert stats.contrast < 1e-3 and stats.sharpness < 1e-6
+    assert stats.min_side == min(size) and stats.skin_fraction == 0.0
+    assert quality.tensor_stats(tensor, spec, img, size, skin=True).skin_fraction == 0.0
+
+
+def test_tensor_statistics_match_the_photo_they_came_from() -> None:
+    eye = draw_eye("normal")
+    stats = quality.image_stats(eye, eye.size)
+    grey = np.asarray(eye.convert("L"), dtype=np.float32) / 255.0
+    assert stats.brightness == pytest.approx(float(grey.mean()), abs=0.01)
+    assert stats.contrast == pytest.approx(float(grey.std()), rel=0.1)
+    assert stats.skin_fraction == pytest.approx(quality.skin_fraction(eye), abs=0.03)
+    blurred = quality.image_stats(eye.filter(ImageFilter.GaussianBlur(4)), eye.size)
+    assert blurred.sharpness < stats.sharpness / 2
+
+
+def test_a_small_photo_is_measured_at_its_own_resolution_not_the_upscaled_one() -> None:
+    """Upscaling to the model's size blurs; a sharp thumbnail must not read as out of focus."""
+    eye = draw_eye("normal", size=(96, 64))
+    small = quality.image_stats(eye, eye.size)
+    grey = np.asarray(eye.convert("L"), dtype=np.float32) / 255.0
+    lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4.0 * grey[1:-1, 1:-1]
+    # Pillow's "L" rounds to whole grey levels; the gate does not.
+    assert small.sharpness == pytest.approx(float(lap.var()), rel=0.15)
+    upscaled = eye.resize((336, 224), Image.Resampling.BILINEAR)
+    assert quality.image_stats(upscaled, eye.size).sharpness < small.sharpness / 4

@@ -4,7 +4,7 @@
         --data ../shared/data/cataract-eyes/train --out runs/gate
 
 Two sets of images go through the SERVING path (``imaging.load_for_model`` → the ONNX graph →
-``quality.image_stats`` and ``quality.assess``, the functions ``Classifier.predict_bytes`` calls):
+``quality.tensor_stats`` and ``quality.assess``, the functions ``Classifier.predict_bytes`` calls):
 
 - real eye photos (in distribution): the data folder's photos plus phone-like degradations that must
   stay gradable (JPEG, downscaling, exposure, slight blur);
@@ -105,7 +105,9 @@ def measure(classifier: Classifier, data: bytes) -> Signals:
     emb = outputs[emb_name][0].astype(np.float32) if emb_name else None
     mid_name = classifier.manifest.outputs.mid_distance
     mid = float(outputs[mid_name].reshape(-1)[0]) if mid_name else None
-    return Signals(quality.image_stats(decoded.image, decoded.original_size), ood, emb, mid)
+    spec = classifier.manifest.input
+    stats = quality.tensor_stats(tensor, spec, decoded.image, decoded.original_size, skin=True)
+    return Signals(stats, ood, emb, mid)
 
 
 def rejected(signals: Sequence[Signals], gate: GateThresholds) -> np.ndarray:

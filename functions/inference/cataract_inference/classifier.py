@@ -147,7 +147,7 @@ class Classifier:
         t1 = time.perf_counter()
         outputs = self.run(tensor[None])
         t2 = time.perf_counter()
-        prediction = self._postprocess(decoded, outputs, explain, data)
+        prediction = self._postprocess(decoded, tensor, outputs, explain, data)
         t3 = time.perf_counter()
         timing = {
             "decode": round((t1 - t0) * 1000, 2),
@@ -165,14 +165,16 @@ class Classifier:
         )
 
     def _postprocess(
-        self, decoded: DecodedImage, outputs: dict[str, np.ndarray], explain: bool, data: bytes
+        self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], explain: bool, data: bytes
     ) -> Prediction:
         names = self.manifest.outputs
         probs = self.calibrated(outputs[names.logits])[0]
         probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
         ood = float(outputs[names.ood_distance].reshape(-1)[0]) if names.ood_distance else None
         mid = float(outputs[names.mid_distance].reshape(-1)[0]) if names.mid_distance else None
-        stats = quality.image_stats(decoded.image, decoded.original_size)
+        gate, spec = self.manifest.gate, self.manifest.input
+        skin = quality.EyeScore.from_gate(gate) is not None  # only the optional eye score reads it
+        stats = quality.tensor_stats(tensor, spec, decoded.image, decoded.original_size, skin=skin)
         verdict = quality.assess(stats, ood, self.manifest.gate, mid_distance=mid)
         if verdict.gradable:
             label, referral = self.decide(probs)

@@ -191,12 +191,25 @@ def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
         left = (new[0] - size) // 2
         top = (new[1] - size) // 2
         return img.crop((left, top, left + size, top + size))
+    left, top, right, bottom = content_box(width, height, spec)
+    resized = img.resize((right - left, bottom - top), resample, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), spec.fill_rgb)
+    canvas.paste(resized, (left, top))
+    return canvas
+
+
+def content_box(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` photo lies in the model's input square: (left, top, right, bottom).
+
+    The whole square unless the photo is letterboxed, when the padding around it is left out.
+    """
+    size = spec.size
+    if spec.resize != "letterbox":
+        return (0, 0, size, size)
     scale = size / max(width, height)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = img.resize(new, resample, reducing_gap=3.0)
-    canvas = Image.new("RGB", (size, size), spec.fill_rgb)
-    canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
-    return canvas
+    left, top = (size - new[0]) // 2, (size - new[1]) // 2
+    return (left, top, left + new[0], top + new[1])
 
 
 def normalise(img: Image.Image, spec: InputSpec) -> np.ndarray:

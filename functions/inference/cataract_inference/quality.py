@@ -1,10 +1,10 @@
 """The gradability gate: can this photo be judged at all?
 
 Two kinds of signal, both measured: simple image statistics (size, exposure, contrast,
-sharpness, and the fraction of skin-coloured pixels) computed on a small copy, and the model's own
-out-of-distribution distance (Mahalanobis distance of the backbone embedding from the training
-photos, computed inside the ONNX graph). Thresholds come from the manifest, fitted on data by
-``cataract_training.gate``.
+sharpness) read off the model's own input tensor, and the model's out-of-distribution distances,
+computed inside the ONNX graph: the Mahalanobis distance of the backbone embedding from the
+training photos, and that of the trunk's mid-level features (the eye detector). Thresholds come
+from the manifest, fitted on data by ``cataract_training.gate``.
 
 An optional fused "eye score" (manifest ``gate.eye_score``) combines the distance with the skin
 fraction in a logistic model: a close-up of an eye has skin around it *and* looks like the training
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .manifest import GateThresholds
+from .imaging import content_box, preprocess
+from .manifest import GateThresholds, InputSpec
 
-STATS_SIDE = 256
 # Skin in YCbCr (Chai & Ngan 1999): a chroma box that holds for light and dark skin alike, because
 # it ignores luma. Eye close-ups are mostly eyelid and face skin; documents, skies and noise are not.
 SKIN_CB = (77.0, 127.0)
@@ -134,49 +134,81 @@ class EyeProbe:
 _PROBES: dict[int, tuple[Any, EyeProbe]] = {}
 
 
-def _box_table(bounds: tuple[float, float]) -> np.ndarray:
-    levels = np.arange(256, dtype=np.float32)
-    return (levels >= bounds[0]) & (levels <= bounds[1])
+# ITU-R 601 luma, as Pillow's "L" conversion, and the JPEG YCbCr chroma rows (R, G, B on 0..255).
+LUMA = (0.299, 0.587, 0.114)
+CHROMA_CB = (-0.168736, -0.331264, 0.5)
+CHROMA_CR = (0.5, -0.418688, -0.081312)
 
 
-# The skin box as one lookup per 8-bit chroma value: the very comparisons on floats, made once, so a
-# photo costs two gathers instead of a float copy and four comparisons (0.40 -> 0.27 ms at 256 px).
-_SKIN_CB_TABLE = _box_table(SKIN_CB)
-_SKIN_CR_TABLE = _box_table(SKIN_CR)
-
-
-def skin_fraction(img: Image.Image) -> float:
-    """The fraction of pixels whose chroma falls in the skin box (``img`` already small)."""
-    ycbcr = np.asarray(img.convert("YCbCr"))
-    if not ycbcr.size:
+def _skin_fraction_rgb(rgb: np.ndarray) -> float:
+    """The fraction of pixels of an RGB array (channels first, 0..255) whose chroma is in the skin box."""
+    if not rgb[0].size:
         return 0.0
-    inside = np.take(_SKIN_CB_TABLE, ycbcr[..., 1], mode="clip")  # uint8 indices: "clip" never clips
-    inside &= np.take(_SKIN_CR_TABLE, ycbcr[..., 2], mode="clip")
-    # count / size is the float64 mean of the mask, to the last bit.
+    cb = np.tensordot(np.asarray(CHROMA_CB, dtype=np.float32), rgb, axes=1) + 128.0
+    cr = np.tensordot(np.asarray(CHROMA_CR, dtype=np.float32), rgb, axes=1) + 128.0
+    inside = (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1])
     return float(np.count_nonzero(inside) / inside.size)
 
 
-def image_stats(img: Image.Image, original_size: tuple[int, int]) -> ImageStats:
-    """Brightness (mean), contrast (std), sharpness (variance of the Laplacian) and skin fraction of ``img``."""
-    small = img if img.mode == "RGB" else img.convert("RGB")
-    if max(small.size) > STATS_SIDE:
-        if small is img:
-            small = small.copy()  # thumbnail() works in place; never on the caller's image
-        small.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
-    grey = small.convert("L")
-    arr = np.asarray(grey, dtype=np.float32) / 255.0
-    if min(arr.shape) >= 3:
-        lap = arr[1:-1, :-2] + arr[1:-1, 2:] + arr[:-2, 1:-1] + arr[2:, 1:-1] - 4.0 * arr[1:-1, 1:-1]
+def skin_fraction(img: Image.Image) -> float:
+    """The fraction of pixels of ``img`` whose chroma falls in the skin box."""
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    return _skin_fraction_rgb(rgb)
+
+
+def tensor_stats(
+    tensor: np.ndarray,
+    spec: InputSpec,
+    image: Image.Image,
+    original_size: tuple[int, int],
+    *,
+    skin: bool = False,
+) -> ImageStats:
+    """The gate's image statistics, read off the model's own input (CHW, normalised) inside the photo's box.
+
+    Reusing the tensor the model sees costs ~0.2 ms instead of ~1.2 ms for a second resize of the photo, and
+    the statistics describe what was classified. ``image`` is what was preprocessed: its size locates the
+    letterbox padding, which is left out, and a photo smaller than the box is measured at its own resolution
+    (upscaling would blur it, and sharpness would then measure the interpolation). ``skin`` adds the skin
+    fraction, which only the optional eye score needs.
+    """
+    left, top, right, bottom = content_box(image.width, image.height, spec)
+    luma = np.asarray(LUMA, dtype=np.float32)
+    if right - left > image.width or bottom - top > image.height:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)  # 0..255
+        grey = np.tensordot(luma / 255.0, rgb, axes=1)
+    else:
+        crop = tensor[:, top:bottom, left:right]
+        std = np.asarray(spec.std, dtype=np.float32)
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        # Back to 0..1 RGB (x * std + mean) and to luma in one weighted sum over the channels.
+        grey = np.tensordot(luma * std, crop, axes=1)
+        grey += float(np.dot(LUMA, mean))
+        rgb = None
+    if min(grey.shape) >= 3:
+        lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4.0 * grey[1:-1, 1:-1]
         sharpness = float(lap.var())
     else:
         sharpness = 0.0
+    fraction = 0.0
+    if skin:
+        if rgb is None:
+            rgb = crop * (255.0 * std)[:, None, None] + (255.0 * mean)[:, None, None]
+        fraction = _skin_fraction_rgb(rgb)
     return ImageStats(
         min_side=min(original_size),
-        brightness=float(arr.mean()),
-        contrast=float(arr.std()),
+        brightness=float(grey.mean()),
+        contrast=float(grey.std()),
         sharpness=sharpness,
-        skin_fraction=skin_fraction(small),
+        skin_fraction=fraction,
     )
+
+
+def image_stats(img: Image.Image, original_size: tuple[int, int], spec: InputSpec | None = None) -> ImageStats:
+    """The gate's statistics of a photo, through the model's preprocessing (``spec``: the default input)."""
+    spec = spec or InputSpec()
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return tensor_stats(preprocess(rgb, spec), spec, rgb, original_size, skin=True)
 
 
 def assess(
