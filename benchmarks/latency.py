@@ -117,7 +117,9 @@ def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> d
                 "bare session.run": lambda t=tensor: clf.run(t),
                 "decode (draft)": lambda d=data: decode_image(d, clf.limits, target_size=spec.size, fill=spec.fill_rgb),
                 "preprocess": lambda img=decoded.image: preprocess(img, spec),
-                "gate statistics": lambda d=decoded: quality.image_stats(d.image, d.original_size),
+                "gate statistics": lambda d=decoded, t=tensor[0]: quality.tensor_stats(
+                    t, spec, d.image, d.original_size
+                ),
                 "predict_bytes": lambda d=data: clf.predict_bytes(d),
                 "handler": lambda e=event: call(handler.lambda_handler, e),
             },
@@ -197,59 +199,13 @@ def versus_torch(
     return out, note
 
 
-def int8_vs_fp32(fp32_dir: Path, int8_dir: Path, repeats: int) -> dict[str, list[float]]:
-    """Bare ``session.run`` of the two exported variants, one thread, serving's session options."""
-    import onnxruntime as ort
-
-    from cataract_inference.classifier import session_options
-
-    rng = np.random.default_rng(0)
-    sessions = {}
-    for name, folder in (("fp32", fp32_dir), ("int8", int8_dir)):
-        sessions[name] = ort.InferenceSession(
-            str(folder / "model.onnx"), sess_options=session_options(1), providers=["CPUExecutionProvider"]
-        )
-    size = sessions["fp32"].get_inputs()[0].shape[-1]
-    x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
-    return interleaved(
-        {f"{k} session.run": (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, repeats
-    )
-
-
-def accuracy_on_validation(model_dirs: dict[str, Path], run: Path, data_root: Path) -> dict[str, dict[str, float]]:
-    """Accuracy of each model folder on ``run``'s validation split, through the serving classifier."""
-    from cataract_inference.classifier import load_classifier
-
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
-    files = [data_root / key for key in split["val"] if (data_root / key).is_file()]
-    truth = [Path(key).parent.name for key in split["val"] if (data_root / key).is_file()]
-    results: dict[str, dict[str, float]] = {}
-    for name, folder in model_dirs.items():
-        clf = load_classifier(folder, intra_op_threads=2)
-        correct = 0
-        for path, label in zip(files, truth, strict=True):
-            probs = clf.calibrated(clf.run(_tensor(clf, path.read_bytes()))["logits"])[0]
-            predicted, _ = clf.decide(probs)
-            correct += predicted == label
-        results[name] = {"n": len(files), "accuracy": 100.0 * correct / max(1, len(files))}
-    return results
-
-
-def _tensor(clf: Any, data: bytes) -> np.ndarray:
-    from cataract_inference.imaging import load_for_model
-
-    return load_for_model(data, clf.manifest.input, clf.limits)[1][None]
-
-
 def ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
     """p50 of ``numerator`` divided by p50 of ``denominator``."""
     return Stats.of(samples[numerator]).p50 / Stats.of(samples[denominator]).p50
 
 
 __all__ = [
-    "accuracy_on_validation",
     "handler_breakdown",
-    "int8_vs_fp32",
     "latency_table",
     "load_handler",
     "ratio",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,16 @@ def release(
     if previous is not None and previous.sha256 == manifest.sha256:
         # Same model bytes: a gradability gate calibrated for them stays valid, so keep it.
         manifest = manifest.model_copy(update={"gate": previous.gate})
+    elif previous is not None and (previous.gate.model_extra or {}).get("calibration"):
+        # New bytes (new weights, or int8): the old thresholds belong to the old distances. Say so loudly,
+        # since the default gate has no "not an eye" check at all.
+        print(
+            f"WARNING: {out_dir / MANIFEST_FILENAME} had a gradability gate calibrated for model "
+            f"{previous.sha256[:12]}; the new model ({manifest.sha256[:12]}) gets the default gate, which does not "
+            f"refuse non-eye photos. Recalibrate before shipping: python -m cataract_training.gate "
+            f"--model-dir {out_dir} --data <photos>",
+            file=sys.stderr,
+        )
     write_manifest(manifest, out_dir / MANIFEST_FILENAME)
     card.write_card(manifest, out_dir)
     (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
