@@ -215,6 +215,9 @@ def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json
     again = load_manifest(folder / "model.json")
     assert again.sha256 == manifest.sha256  # the export is deterministic
     assert again.gate.max_ood_distance == 42.5 and again.gate.min_side == 40
+    # A user's precision is recorded as such, beside what the measurements alone would have shipped.
+    why = again.metrics["precision_choice"]["why"]
+    assert why.startswith("chosen by the user (no reason given); by the measurements alone: ")
 
 
 def test_re_export_of_other_bytes_drops_the_old_gate_loudly(

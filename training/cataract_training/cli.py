@@ -70,7 +70,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a run as ONNX fp32 + int8, calibrate, evaluate, write the chosen model and manifest."""
     from .release import release
 
-    metrics = release(Path(args.run), Path(args.out), precision=args.precision, cv_json=args.cv, version=args.version)
+    metrics = release(
+        Path(args.run),
+        Path(args.out),
+        precision=args.precision,
+        cv_json=args.cv,
+        version=args.version,
+        reason=args.reason,
+    )
     print(_one_line("validation", metrics["validation"]))
     print(f"shipped {metrics['precision_choice']['shipped']}: {metrics['precision_choice']['why']}")
     print(f"model: {Path(args.out) / 'model.onnx'}")
@@ -188,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder made by `fit`")
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--reason", help="why --precision overrides the measured choice (recorded in the card)")
     p.add_argument("--cv", type=Path, help="cv.json from `cv`, recorded in the manifest")
     p.add_argument("--version")
     p.set_defaults(func=cmd_export)

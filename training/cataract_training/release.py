@@ -104,6 +104,7 @@ def release(
     cv_json: Path | None = None,
     version: str | None = None,
     progress: bool = True,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
     cfg, net = load_run(run)
@@ -184,9 +185,11 @@ def release(
     del train_ref
     for v in variants.values():
         v.pop("_outs")
-    picked, why = (
-        choose(variants["fp32"], variants["int8"]) if precision == "auto" else (precision, "chosen by the user")
-    )
+    picked, why = choose(variants["fp32"], variants["int8"])
+    if precision != "auto":
+        # Record what the measurements alone would have shipped, beside the user's choice and reason.
+        why = f"chosen by the user ({reason or 'no reason given'}); by the measurements alone: {picked}, as {why}"
+        picked = precision
     chosen = variants[picked]
     metrics: dict[str, Any] = {
         "validation": chosen["validation"],
