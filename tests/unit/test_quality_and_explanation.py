@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,16 @@ def test_a_small_photo_is_measured_at_its_own_resolution_not_the_upscaled_one() 
     assert small.sharpness == pytest.approx(float(lap.var()), rel=0.15)
     upscaled = eye.resize((336, 224), Image.Resampling.BILINEAR)
     assert quality.image_stats(upscaled, eye.size).sharpness < small.sharpness / 4
+
+
+def test_the_classifier_measures_skin_only_when_its_gate_has_an_eye_score(tmp_path: Path) -> None:
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.drawing import encode
+    from tests.support.onnx_models import build_tiny_model
+
+    fused = {k: v for k, v in FUSED.model_dump().items() if k != "max_ood_distance"} | {"max_ood_distance": 1e9}
+    photo = encode(draw_eye("normal"))
+    with_score = load_classifier(build_tiny_model(tmp_path / "fused", gate=fused)).predict_bytes(photo)
+    assert with_score.quality.scores["skin_fraction"] > 0.2  # the drawn eye sits on skin
+    plain = load_classifier(build_tiny_model(tmp_path / "plain", gate=GATE.model_dump())).predict_bytes(photo)
+    assert "skin_fraction" not in plain.quality.scores

@@ -78,6 +78,8 @@ class Classifier:
                 f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model."
             ) from exc
         self._outputs = self._check_against_manifest()
+        # Only the optional eye score reads the skin fraction: skip it per request unless the gate has one.
+        self._stats_need_skin = quality.EyeScore.from_gate(self.manifest.gate) is not None
         self.warm_up()
 
     def _check_against_manifest(self) -> list[str]:
@@ -172,9 +174,9 @@ class Classifier:
         probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
         ood = float(outputs[names.ood_distance].reshape(-1)[0]) if names.ood_distance else None
         mid = float(outputs[names.mid_distance].reshape(-1)[0]) if names.mid_distance else None
-        gate, spec = self.manifest.gate, self.manifest.input
-        skin = quality.EyeScore.from_gate(gate) is not None  # only the optional eye score reads it
-        stats = quality.tensor_stats(tensor, spec, decoded.image, decoded.original_size, skin=skin)
+        stats = quality.tensor_stats(
+            tensor, self.manifest.input, decoded.image, decoded.original_size, skin=self._stats_need_skin
+        )
         verdict = quality.assess(stats, ood, self.manifest.gate, mid_distance=mid)
         if verdict.gradable:
             label, referral = self.decide(probs)
