@@ -126,5 +126,7 @@ def test_missing_credentials_are_explained(tmp_path: Path) -> None:
 def test_bad_uri() -> None:
     with pytest.raises(publish.PublishError, match="s3://"):
         publish.split_uri("https://example.com/x")
+    with pytest.raises(publish.PublishError, match="names no bucket"):
+        publish.split_uri("s3:///models")
     assert publish.split_uri("s3://b") == ("b", "")
     assert publish.split_uri("s3://b/a/c/") == ("b", "a/c/")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cataract_inference.manifest import MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
-from cataract_inference.model_source import sha256_of
+from cataract_inference.model_source import ModelLoadError, parse_s3_uri, sha256_of
 
 LATEST = "latest.json"
 
@@ -27,13 +27,12 @@ class PublishError(RuntimeError):
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` to bucket and a prefix that is empty or ends with '/'."""
-    if not uri.startswith("s3://"):
-        raise PublishError(f"expected an s3://BUCKET/PREFIX URI, got {uri!r}")
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise PublishError(f"the URI {uri!r} names no bucket")
-    prefix = prefix.strip("/")
+    """``s3://bucket/prefix`` to bucket and a prefix that is empty or ends with '/' (serving's parser)."""
+    try:
+        bucket, key = parse_s3_uri(uri)
+    except ModelLoadError as exc:
+        raise PublishError(f"expected an s3://BUCKET/PREFIX URI: {exc}") from exc
+    prefix = key.strip("/")
     return bucket, (prefix + "/" if prefix else "")
 
 
