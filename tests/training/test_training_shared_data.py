@@ -39,3 +39,24 @@ def test_size_shortcut(report: dict) -> None:
     widths = {k: v["width"]["median"] for k, v in report["sizes"].items()}
     assert widths["cataract"] > 2 * widths["normal"]
     assert any(f.startswith("SIZE SHORTCUT") for f in report["findings"])
+
+
+def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> None:
+    """Rerun the gate calibration on ../shared: the same thresholds as model.json, and the issue's targets met."""
+    if not (DATA / "cataract").is_dir():
+        pytest.skip(f"the training photos are not here ({DATA}); they live outside the repo in ../shared")
+    from cataract_inference.manifest import load_manifest
+    from cataract_training import gate
+
+    model_dir = Path(__file__).resolve().parents[2] / "functions" / "inference" / "model"
+    result = gate.calibrate(model_dir, DATA, tmp_path, write=False, progress=False)
+    shipped = load_manifest(model_dir / "model.json").gate
+    fields = ("min_side", "min_brightness", "max_brightness", "min_contrast", "min_sharpness")
+    for field in (*fields, "max_ood_distance", "max_mid_distance"):
+        assert result["gate"][field] == getattr(shipped, field), field
+    report = result["report"]
+    assert report["meets_targets"]
+    assert "validation photos of 20261127-050604-mobilenet_v2 (95)" in report["eye_photos_for_distance"]
+    assert report["held_out"]["eye_false_reject"]["value"] <= 0.03
+    assert report["held_out"]["non_eye_reject"]["value"] >= 0.9
+    assert "chelsea/orig" in report["named_examples"]["skimage:chelsea"]["rejected_variants"]

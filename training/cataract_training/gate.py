@@ -53,6 +53,7 @@ from cataract_inference.manifest import MANIFEST_FILENAME, MODEL_FILENAME, GateT
 from . import metrics
 
 CALIBRATION, HELD_OUT, SEEN = "calibration", "held_out", "seen_by_ood_fit"
+SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"  # training/splits/<run>.json
 TARGET_FALSE_REJECT = 0.03  # the ceiling on rejected real eye photos
 TARGET_OOD_REJECT = 0.90  # the floor on rejected non-eye images
 # Calibrate below the ceiling: the held-out estimate will wander from the calibration one.
@@ -684,7 +685,9 @@ def _find_split(model_dir: Path, explicit: Path | None) -> Path | None:
     for base in (Path.cwd() / "runs", Path(__file__).resolve().parents[2] / "runs"):
         if (base / run / "split.json").is_file():
             return base / run / "split.json"
-    return None
+    # The shipped model's split is committed (file names only), so its gate can be recalibrated from a clone.
+    committed = SPLITS_DIR / f"{run}.json"
+    return committed if committed.is_file() else None
 
 
 def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int, progress: bool) -> EyeSet:
