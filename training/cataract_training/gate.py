@@ -690,6 +690,11 @@ def _find_split(model_dir: Path, explicit: Path | None) -> Path | None:
     return committed if committed.is_file() else None
 
 
+def _run_name(split_path: Path) -> str:
+    """The training run a split belongs to: runs/<run>/split.json or training/splits/<run>.json."""
+    return split_path.parent.name if split_path.name == "split.json" else split_path.stem
+
+
 def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int, progress: bool) -> EyeSet:
     """Real eye photos with duplicate groups (training's audit) and calibration/held-out parts."""
     from . import audit, splits
@@ -707,7 +712,7 @@ def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int,
         unseen = set(split.get("val", []))
         fresh = [i for i, k in enumerate(keys) if k in unseen]
         note = (
-            f"validation photos of {split_path.parent.name} ({len(fresh)}), never seen by the ood_distance fit; "
+            f"validation photos of {_run_name(split_path)} ({len(fresh)}), never seen by the ood_distance fit; "
             "its train photos set only the image-statistics thresholds"
         )
         for i, k in enumerate(keys):
