@@ -159,9 +159,11 @@ def render(manifest: Manifest) -> str:
         "representative of any screening population. Performance on phone photos taken in the field is unknown.",
         "- Dense or mature cataracts dominate the cataract class; early cataract is likely missed.",
         "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
-        "called either class. Poor photos should be caught by the gradability gate, whose OOD threshold is "
-        "calibrated separately (distribution of the OOD distance on training and validation photos is in "
-        "model.json under metrics.ood_distance).",
+        "called either class. Poor photos and non-eye images should be caught by the gradability gate, "
+        "calibrated separately (below); the distributions of its two distances on training and validation photos "
+        "are in model.json under metrics.ood_distance and metrics.mid_distance. Photos blurred beyond the "
+        "training photos are refused as too blurry, and eye photos from other cameras may sit farther from the "
+        "training photos than ours: watch the ungradable rate.",
         "- Probabilities were calibrated on held-out photos of the same source; on other sources they will be "
         "less reliable.",
         "",
