@@ -10,7 +10,6 @@ import base64
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import QUIET_ENV, REPO
+from tests.support.serve import running_serve
 
 CLIENTS = 4
 
@@ -75,35 +75,11 @@ def client_main(port: int, total: int, seconds: float) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def measure(model_dir: Path, total: int = 400, seconds: float = 60.0) -> dict:
     """Start `serve` on the model, run the client process against it, stop the server."""
-    port = _free_port()
     env = {**os.environ, **QUIET_ENV, "MODEL_DIR": str(model_dir), "ORT_INTRA_OP_THREADS": "1"}
     env.pop("MODEL_S3_URI", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cataract_inference.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("serve did not come up") from None
-                time.sleep(0.1)
+    with running_serve(env) as port:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.throughput", str(port), str(total), str(seconds)],
             cwd=REPO,
@@ -114,12 +90,6 @@ def measure(model_dir: Path, total: int = 400, seconds: float = 60.0) -> dict:
             timeout=seconds + 60,
         )
         return json.loads(done.stdout.strip().splitlines()[-1])
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 if __name__ == "__main__":

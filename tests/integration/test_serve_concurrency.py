@@ -11,9 +11,6 @@ import base64
 import http.client
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,50 +21,19 @@ from PIL import Image
 
 from cataract_inference.classifier import load_classifier
 from tests.support.images import encoded
+from tests.support.serve import running_serve
 
 CLIENTS = 8
 PER_CLIENT = 25
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tiny_model_dir: Path) -> Iterator[int]:
     """`cataract-screen serve` in a subprocess on a free loopback port; yields the port."""
-    port = _free_port()
     env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_TRACE_DISABLED": "true"}
     env.pop("MODEL_S3_URI", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cataract_inference.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else "serve exited"
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve did not answer /health within 60 s"
-            time.sleep(0.1)
+    with running_serve(env) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _image(level: int) -> bytes:
@@ -121,3 +87,15 @@ def test_each_concurrent_request_gets_exactly_its_own_answer(server: int, tiny_m
         want = expected[level]
         assert payload["label"] == want.label, (rid, payload["label"], want.label)
         assert payload["probabilities"] == pytest.approx(want.probabilities, abs=1e-6), (rid, level)
+
+
+def test_a_serve_that_cannot_start_is_reported_with_its_error(tmp_path: Path) -> None:
+    """The helper the tests and the benchmark share fails fast, with serve's own message, when init fails."""
+    from tests.support.serve import ServeFailedError
+
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "no-model-here"), "POWERTOOLS_TRACE_DISABLED": "true"}
+    env.pop("MODEL_S3_URI", None)
+    started = time.monotonic()
+    with pytest.raises(ServeFailedError, match="no-model-here"), running_serve(env, timeout_s=60):
+        pass
+    assert time.monotonic() - started < 30, "a dead serve is noticed at once, not at the deadline"
