@@ -51,6 +51,11 @@ def test_trunk_runs_on_integer_kernels(graphs: tuple[Path, Path, np.ndarray, dic
     init = {i.name: i for i in onnx.load(str(int8)).graph.initializer}
     assert all(init[n.input[0]].data_type == onnx.TensorProto.INT8 for n in weights)
     assert any(len(init[n.input[1]].dims) == 1 and init[n.input[1]].dims[0] > 1 for n in weights)
+    # 7-bit weights by default: two u8·w products sum to at most 2·255·64 = 32640, inside the int16
+    # that AVX2's u8·s8 instruction saturates at, on CPUs without VNNI.
+    assert info["reduce_range"] and info["weights"] == "7-bit per-channel"
+    values = np.concatenate([onnx.numpy_helper.to_array(init[n.input[0]]).ravel() for n in weights])
+    assert np.abs(values.astype(np.int32)).max() == 64
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -112,3 +117,30 @@ def test_calibration_tensors_use_serving_preprocessing(eye_folder: Path) -> None
     got = quantize.calibration_tensors(files, spec)
     assert got.shape == (3, 3, spec.size, spec.size) and got.dtype == np.float32
     assert np.array_equal(got[0], load_for_model(files[0].read_bytes(), spec)[1])
+
+
+def test_gate_heads_are_refitted_on_the_quantized_features(
+    graphs: tuple[Path, Path, np.ndarray, dict], tmp_path: Path
+) -> None:
+    """After the refit, the graph's distances are those of Gaussians fitted on what its own trunk computes."""
+    _, int8, x, _ = graphs
+    path = tmp_path / "refit.onnx"
+    path.write_bytes(int8.read_bytes())
+    train = np.random.default_rng(2).normal(size=(40, 3, SIZE, SIZE)).astype(np.float32)
+    before = export.onnx_outputs(path, x)
+    report = export.refit_gate_heads(path, train)
+    after = export.onnx_outputs(path, x)
+    # The trunk, the logits and the CAM are untouched; only the distance heads' constants changed.
+    for name in ("logits", "embedding", "cam"):
+        assert np.array_equal(before[name], after[name]), name
+    emb, mid = export.gate_features(path, train)
+    emb_x, mid_x = export.gate_features(path, x)
+    np.testing.assert_allclose(after["ood_distance"], export.fit_ood(emb, k=8).distance(emb_x), rtol=1e-3)
+    np.testing.assert_allclose(after["mid_distance"], export.fit_feature_gaussian(mid).distance(mid_x), rtol=1e-3)
+    # The fixture's Gaussians were fitted on random embeddings and a placeholder: both heads moved,
+    # and the report gives the graph's own medians on the photos it was refitted on.
+    assert not np.allclose(before["ood_distance"], after["ood_distance"])
+    assert not np.allclose(before["mid_distance"], after["mid_distance"])
+    on_train = export.onnx_outputs(path, train)
+    for head in ("ood_distance", "mid_distance"):
+        assert report[f"{head}_median_on_train"]["after"] == round(float(np.median(on_train[head])), 3)
