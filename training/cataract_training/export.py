@@ -104,12 +104,10 @@ class ServingGraph(nn.Module):
     def __init__(self, net: CataractNet, ood: OodModel, mid: FeatureGaussian) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mid_mean", torch.tensor(mid.mean, dtype=torch.float32))
-        self.register_buffer("mid_whitener", torch.tensor(mid.whitener, dtype=torch.float32))
-        self.register_buffer("ood_mean", torch.tensor(ood.mean, dtype=torch.float32))
-        self.register_buffer("ood_axes", torch.tensor(ood.axes, dtype=torch.float32))
-        self.register_buffer("ood_inv_var", torch.tensor(1.0 / ood.variances, dtype=torch.float32))
-        self.register_buffer("ood_inv_res", torch.tensor(1.0 / ood.residual_variance, dtype=torch.float32))
+        arrays = gate_head_arrays(ood, mid)
+        # Registration order fixes the initializers' order in the file, hence its bytes: keep it.
+        for name in ("mid_mean", "mid_whitener", *GATE_HEAD_INITIALIZERS[:4]):
+            self.register_buffer(name, torch.tensor(arrays[name], dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, emb, fmap, mid = self.net.forward_serving(x)
@@ -124,6 +122,82 @@ class ServingGraph(nn.Module):
         z = (mid - self.mid_mean) @ self.mid_whitener
         mid_distance = torch.sqrt((z * z).sum(1))
         return logits, emb, ood, cam, mid_distance
+
+
+# The ServingGraph buffers, as they are named in the exported file.
+GATE_HEAD_INITIALIZERS = ("ood_mean", "ood_axes", "ood_inv_var", "ood_inv_res", "mid_mean", "mid_whitener")
+
+
+def gate_head_arrays(ood: OodModel, mid: FeatureGaussian) -> dict[str, np.ndarray]:
+    """The distance heads' constants, as ``ServingGraph`` stores them (float32)."""
+    return {
+        "ood_mean": ood.mean,
+        "ood_axes": ood.axes,
+        "ood_inv_var": 1.0 / ood.variances,
+        "ood_inv_res": np.asarray(1.0 / ood.residual_variance),
+        "mid_mean": mid.mean,
+        "mid_whitener": mid.whitener,
+    }
+
+
+def gate_features(path: Path, tensors: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding and the pooled mid-level features an ONNX serving graph computes for ``tensors``."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    mid_name = next(n.input[0] for n in model.graph.node if n.op_type == "Sub" and "mid_mean" in n.input[1:])
+    model.graph.output.append(onnx.helper.make_tensor_value_info(mid_name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    emb, mid = [], []
+    for i in range(0, len(tensors), batch):
+        e, m = sess.run(["embedding", mid_name], {"input": tensors[i : i + batch]})
+        emb.append(e)
+        mid.append(m)
+    return np.concatenate(emb), np.concatenate(mid)
+
+
+def refit_gate_heads(path: Path, train_tensors: np.ndarray) -> dict[str, Any]:
+    """Refit the OOD and mid-level Gaussians of the ONNX file at ``path`` on its own features, in place.
+
+    A quantized trunk computes slightly different features than the float one the Gaussians were
+    fitted on; refitted on what the shipped bytes compute, the distances mean what they say again.
+    The heads themselves stay float. Returns the median shift of each distance on ``train_tensors``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    before = onnx_outputs(path, train_tensors)
+    emb, mid = gate_features(path, train_tensors)
+    model = onnx.load(str(path))
+    init = {i.name: i for i in model.graph.initializer}
+    # Same number of principal axes as the graph was built with, so every constant keeps its shape.
+    arrays = gate_head_arrays(fit_ood(emb, k=int(init["ood_axes"].dims[1])), fit_feature_gaussian(mid))
+    old_axes = numpy_helper.to_array(init["ood_axes"])
+    # The exporter folds ``ood_axes.t()`` into a constant of its own: find it by value, and refit it too.
+    folded = [
+        name
+        for name, i in init.items()
+        if tuple(i.dims) == old_axes.T.shape and np.array_equal(numpy_helper.to_array(i), old_axes.T)
+    ]
+    if len(folded) != 1:
+        raise ValueError(f"{path}: expected one folded transpose of ood_axes in the graph, found {len(folded)}")
+    arrays[folded[0]] = arrays["ood_axes"].T
+    for name in (*GATE_HEAD_INITIALIZERS, folded[0]):
+        old = numpy_helper.to_array(init[name])
+        value = np.ascontiguousarray(arrays[name], dtype=np.float32).reshape(old.shape)
+        init[name].CopyFrom(numpy_helper.from_array(value, name))
+    onnx.save(model, str(path))
+    after = onnx_outputs(path, train_tensors)
+    return {
+        f"{head}_median_on_train": {
+            "before": round(float(np.median(before[head])), 3),
+            "after": round(float(np.median(after[head])), 3),
+        }
+        for head in ("ood_distance", "mid_distance")
+    }
 
 
 def export_onnx(graph: ServingGraph, size: int, path: Path) -> None:

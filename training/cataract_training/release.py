@@ -144,6 +144,8 @@ def release(
             train_files = [prep.audit.samples[prep.index[i]].path for i in tr]
             calib = quantize.calibration_tensors(train_files, cfg.spec())
             info["quantization"] = quantize.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, calib)
+            # The gate's distances must describe the features these bytes compute, not the float trunk's.
+            info["gate_heads_refit"] = export.refit_gate_heads(model_path, prep.tensors[tr])
         outs = export.onnx_outputs(model_path, prep.tensors[va])
         info["parity_vs_torch"] = export.parity(ref, outs)
         if name == "int8":
