@@ -152,6 +152,21 @@ def render(manifest: Manifest) -> str:
             f"Shipped: **{choice.get('shipped')}**, because {choice.get('why')}.",
             "",
         ]
+        q = i8.get("quantization", {})
+        if q:
+            recipe = (
+                f"int8 recipe: onnxruntime static {q.get('format')} quantization, {q.get('weights')} weights, "
+                f"{q.get('activations')} activations, MinMax over {q.get('calibration_photos')} training photos; "
+                "stem and heads in float."
+            )
+            if q.get("reduce_range"):
+                recipe += (
+                    " 7-bit weights keep AVX2's 16-bit u8·s8 sums from saturating, so CPUs with and without VNNI "
+                    "compute the same integers."
+                )
+            if i8.get("gate_heads_refit"):
+                recipe += " The gate's two Gaussians were refitted on the int8 trunk's features."
+            lines += [recipe, ""]
     lines += [
         "## Limitations",
         "",
