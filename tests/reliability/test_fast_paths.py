@@ -128,6 +128,51 @@ def test_cold_start_never_imports_pydantic_v1(tiny_model_dir: Path) -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"v1": False}
 
 
+_OPENAPI_PROBE = """
+import json, sys
+if sys.argv[1] == "plain":
+    import fastapi  # imported before the app: the ordinary, eager build
+import cataract_inference.handler as h
+from cataract_inference import events, lean_fastapi, schemas
+from fastapi.openapi import models
+from pydantic._internal._config import config_defaults
+from tests.conftest import FakeLambdaContext
+before = models.OpenAPI.__pydantic_complete__
+response = h.lambda_handler(events.rest_event("/openapi.json"), FakeLambdaContext())
+print(json.dumps({
+    "deferred": lean_fastapi.DEFERRED, "built_before": before, "built_after": models.OpenAPI.__pydantic_complete__,
+    "ours_built": schemas.PredictResponse.__pydantic_complete__,
+    "default_restored": config_defaults["defer_build"] is False,
+    "status": response["statusCode"], "document": json.loads(response["body"]),
+}))
+"""
+
+
+def _openapi_probe(tiny_model_dir: Path, mode: str) -> dict[str, Any]:
+    env = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OPENAPI_PROBE, mode],
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_openapi_models_build_on_first_use_and_the_document_is_unchanged(tiny_model_dir: Path) -> None:
+    """FastAPI's OpenAPI models are built when /openapi.json is first asked for, not at cold start."""
+    lean = _openapi_probe(tiny_model_dir, "lean")
+    assert lean["deferred"] and not lean["built_before"] and lean["built_after"]
+    assert lean["ours_built"] and lean["default_restored"], "only FastAPI's own models are deferred"
+    plain = _openapi_probe(tiny_model_dir, "plain")
+    assert not plain["deferred"] and plain["built_before"]
+    assert lean["status"] == plain["status"] == 200
+    assert "/predict" in lean["document"]["paths"]
+    assert lean["document"] == plain["document"]
+
+
 def test_fastapi_still_recognises_pydantic_v1_models_once_loaded() -> None:
     import warnings
 

@@ -7,15 +7,11 @@ import binascii
 import copy
 import json
 import re
-import sys
 import time
 import uuid
 from typing import Any
 
 import pybase64
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,37 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import page
 from .classifier import Classifier
 from .imaging import ImageError
+from .lean_fastapi import FastAPI, HTMLResponse, JSONResponse, Request, RequestValidationError
 from .observability import logger, record_client_error, record_prediction
 from .schemas import ErrorResponse, HealthResponse, ModelInfo, PredictRequest, PredictResponse, QualityOut
 from .settings import Settings
-
-
-def _lean_pydantic_v1_probe() -> None:
-    """FastAPI asks of every response model "is this a pydantic.v1 model?" (only to refuse one) by importing
-    ``pydantic.v1``: 25-40 ms of cold start for a module we never use. A v1 model cannot exist before
-    ``pydantic.v1`` is imported, so the answer is "no" until it is; after that FastAPI's own check runs."""
-    from fastapi import encoders
-    from fastapi._compat import shared
-
-    is_class = getattr(shared, "is_pydantic_v1_model_class", None)
-    is_instance = getattr(shared, "is_pydantic_v1_model_instance", None)
-    if is_class is None or is_instance is None or getattr(is_class, "_lean", False):
-        return
-
-    def lean_class(cls: Any) -> bool:
-        return "pydantic.v1" in sys.modules and is_class(cls)
-
-    def lean_instance(obj: Any) -> bool:
-        return "pydantic.v1" in sys.modules and is_instance(obj)
-
-    lean_class._lean = True  # type: ignore[attr-defined]
-    shared.is_pydantic_v1_model_class = lean_class  # annotation_is_pydantic_v1 looks it up here
-    shared.is_pydantic_v1_model_instance = lean_instance
-    if getattr(encoders, "is_pydantic_v1_model_instance", None) is is_instance:
-        encoders.is_pydantic_v1_model_instance = lean_instance
-
-
-_lean_pydantic_v1_probe()
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
