@@ -47,6 +47,8 @@ def test_tracing_off_loads_no_xray_sdk_and_no_botocore(tiny_model_dir: Path) -> 
 def test_tracing_on_in_lambda_still_uses_the_xray_recorder(tiny_model_dir: Path) -> None:
     seen = _probe(tiny_model_dir, LAMBDA_TASK_ROOT="/var/task")
     assert seen["xray"] is True and seen["provider"].startswith("aws_xray_sdk") and seen["disabled"] is False
+    # No auto-patching: no request calls botocore, and patching it cost ~120 ms of cold start.
+    assert seen["botocore"] is False
 
 
 RAW = bytes(range(256)) * 7

@@ -77,11 +77,14 @@ def tracing_disabled(env: Any = None) -> bool:
     return not env.get("LAMBDA_TASK_ROOT") or bool(env.get("AWS_SAM_LOCAL") or env.get("AWS_CHALICE_CLI_MODE"))
 
 
-# With tracing on (Lambda, Tracing: Active) the X-Ray SDK is loaded as usual; with it off, nothing is.
+# With tracing on (Lambda, Tracing: Active) the X-Ray SDK is loaded; with it off, nothing is. auto_patch is
+# off: it patches botocore, requests and others for subsegments, but a request makes no such call (the only
+# AWS call, the S3 model download, runs at init, outside any segment), and the patching cost ~120 ms of
+# every traced cold start.
 tracer = (
     Tracer(service=SERVICE, disabled=True, provider=_NoTraceProvider())
     if tracing_disabled()
-    else Tracer(service=SERVICE)
+    else Tracer(service=SERVICE, auto_patch=False)
 )
 
 
