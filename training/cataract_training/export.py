@@ -105,8 +105,7 @@ class ServingGraph(nn.Module):
         super().__init__()
         self.net = net
         arrays = gate_head_arrays(ood, mid)
-        # Registration order fixes the initializers' order in the file, hence its bytes: keep it.
-        for name in ("mid_mean", "mid_whitener", *GATE_HEAD_INITIALIZERS[:4]):
+        for name in GATE_HEAD_INITIALIZERS:
             self.register_buffer(name, torch.tensor(arrays[name], dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -124,8 +123,9 @@ class ServingGraph(nn.Module):
         return logits, emb, ood, cam, mid_distance
 
 
-# The ServingGraph buffers, as they are named in the exported file.
-GATE_HEAD_INITIALIZERS = ("ood_mean", "ood_axes", "ood_inv_var", "ood_inv_res", "mid_mean", "mid_whitener")
+# The ServingGraph buffers, as they are named in the exported file. Registration order fixes the
+# initializers' order in the file, hence its bytes and sha256: keep it.
+GATE_HEAD_INITIALIZERS = ("mid_mean", "mid_whitener", "ood_mean", "ood_axes", "ood_inv_var", "ood_inv_res")
 
 
 def gate_head_arrays(ood: OodModel, mid: FeatureGaussian) -> dict[str, np.ndarray]:
@@ -164,7 +164,7 @@ def refit_gate_heads(path: Path, train_tensors: np.ndarray) -> dict[str, Any]:
 
     A quantized trunk computes slightly different features than the float one the Gaussians were
     fitted on; refitted on what the shipped bytes compute, the distances mean what they say again.
-    The heads themselves stay float. Returns the median shift of each distance on ``train_tensors``.
+    The heads themselves stay float. Returns each distance's median on ``train_tensors``, before and after.
     """
     import onnx
     from onnx import numpy_helper
