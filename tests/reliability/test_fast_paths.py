@@ -30,12 +30,27 @@ print(json.dumps({"xray": "aws_xray_sdk.core" in sys.modules, "botocore": "botoc
 """
 
 
-def _probe(tiny_model_dir: Path, **env: str) -> dict[str, Any]:
-    base = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
+def _run_probe(script: str, tiny_model_dir: Path, *args: str, **env: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter (a cold start) on the tiny model; its last line, as JSON."""
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "MODEL_DIR": str(tiny_model_dir),
+        "POWERTOOLS_METRICS_NAMESPACE": "T",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env={**base, **env}, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script, *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _probe(tiny_model_dir: Path, **env: str) -> dict[str, Any]:
+    return _run_probe(_PROBE, tiny_model_dir, **env)
 
 
 def test_tracing_off_loads_no_xray_sdk_and_no_botocore(tiny_model_dir: Path) -> None:
@@ -118,16 +133,7 @@ print(json.dumps({"v1": "pydantic.v1" in sys.modules}))
 
 
 def test_cold_start_never_imports_pydantic_v1(tiny_model_dir: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
-    done = subprocess.run(
-        [sys.executable, "-c", _V1_PROBE],
-        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"v1": False}
+    assert _run_probe(_V1_PROBE, tiny_model_dir) == {"v1": False}
 
 
 _OPENAPI_PROBE = """
@@ -150,25 +156,12 @@ print(json.dumps({
 """
 
 
-def _openapi_probe(tiny_model_dir: Path, mode: str) -> dict[str, Any]:
-    env = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_METRICS_NAMESPACE": "T"}
-    done = subprocess.run(
-        [sys.executable, "-c", _OPENAPI_PROBE, mode],
-        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_openapi_models_build_on_first_use_and_the_document_is_unchanged(tiny_model_dir: Path) -> None:
     """FastAPI's OpenAPI models are built when /openapi.json is first asked for, not at cold start."""
-    lean = _openapi_probe(tiny_model_dir, "lean")
+    lean = _run_probe(_OPENAPI_PROBE, tiny_model_dir, "lean")
     assert lean["deferred"] and not lean["built_before"] and lean["built_after"]
     assert lean["ours_built"] and lean["default_restored"], "only FastAPI's own models are deferred"
-    plain = _openapi_probe(tiny_model_dir, "plain")
+    plain = _run_probe(_OPENAPI_PROBE, tiny_model_dir, "plain")
     assert not plain["deferred"] and plain["built_before"]
     assert lean["status"] == plain["status"] == 200
     assert "/predict" in lean["document"]["paths"]
