@@ -8,6 +8,7 @@ The image cannot be built here (no Docker), so this checks the Dockerfile agains
 from __future__ import annotations
 
 import ast
+import re
 import importlib.util
 import json
 import os
@@ -133,3 +134,26 @@ def test_handler_imports_and_is_callable_as_at_cold_start(handler_target: tuple[
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"callable": True, "params": 2}
+
+
+def test_image_requirements_pin_the_serving_dependencies_of_pyproject() -> None:
+    """The image installs requirements.txt and the tests install pyproject.toml: the same versions, so what is
+    tested is what ships (only the local runner's uvicorn and the boto3 that Lambda provides stay out)."""
+    import tomllib
+
+    context, _ = docker_paths()
+    image = {}
+    for line in (context / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.txt must pin exactly: {line!r}"
+            image[name.split("[")[0].lower()] = version
+    serving = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in serving:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+        version = requirement.partition("==")[2]
+        if name in ("uvicorn", "boto3"):
+            assert name not in image, f"{name} is for the local runner or provided by Lambda, not the image"
+            continue
+        assert image.get(name) == version, f"{name}: pyproject pins {version!r}, requirements.txt {image.get(name)!r}"

@@ -212,3 +212,50 @@ def test_heat_map_is_drawn_on_a_sharp_copy_of_a_large_photo(invoke: Invoke) -> N
     assert status == 200
     overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
     assert overlay.size == (512, 384)
+
+
+# Bodies orjson refuses or reads differently from the stdlib: each must get the answer the stdlib parser gives.
+JSON_EDGE_BODIES: list[tuple[str, bytes]] = [
+    ("plain", b'{"image": "aGk=", "explain": true}'),
+    ("NaN", b'{"image": "aGk=", "explain": NaN}'),
+    ("integer over 64 bits", b'{"image": "aGk=", "explain": 123456789012345678901234567890}'),
+    ("escaped lone surrogate", b'{"image": "\\ud800"}'),
+    ("UTF-8 byte-order mark", b'\xef\xbb\xbf{"image": "aGk="}'),
+    ("UTF-16", '{"image": "aGk="}'.encode("utf-16-le")),
+    ("duplicate keys", b'{"image": "a", "image": "aGk="}'),
+    ("nested 2,000 deep", b"[" * 2000 + b"]" * 2000),
+    ("truncated", b'{"image": '),
+    ("invalid UTF-8", b'{"image": "\xff"}'),
+]
+
+
+@pytest.mark.parametrize("body", [b for _, b in JSON_EDGE_BODIES], ids=[n for n, _ in JSON_EDGE_BODIES])
+def test_json_fast_path_answers_as_the_stdlib_does(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    """Same status and error code with orjson in front as with the stdlib alone."""
+    from cataract_inference import api
+
+    event = events.rest_event(
+        "/predict", "POST", body=base64.b64encode(body).decode(), content_type="application/json"
+    )
+    event["isBase64Encoded"] = True
+    fast_status, _, fast = invoke(event)
+    monkeypatch.setattr(api, "_load_json", json.loads)
+    slow_status, _, slow = invoke(event)
+    assert fast_status == slow_status
+    assert (fast.get("error") or {}).get("code") == (slow.get("error") or {}).get("code")
+    assert fast_status == 200 or 400 <= fast_status < 500
+
+
+def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A well-formed body never reaches the stdlib parser; a NaN, which orjson refuses, does."""
+    from cataract_inference import api
+
+    stdlib_loads = json.loads
+    calls: list[bytes] = []
+    monkeypatch.setattr(api.json, "loads", lambda b: calls.append(b) or stdlib_loads(b))
+    assert api._load_json(b'{"image": "aGk="}') == {"image": "aGk="}
+    assert calls == []
+    assert api._load_json(b'{"x": NaN}')["x"] != 0
+    assert calls == [b'{"x": NaN}']

