@@ -6,8 +6,13 @@ an event queued before the start: interpreter, imports, model load and warm-up, 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.common import REPO
@@ -15,6 +20,7 @@ from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtim
 
 OUR_HANDLER = "cataract_inference.handler.lambda_handler"
 TORCH_HANDLER = "benchmarks.torch_handler.lambda_handler"
+S3_CANDIDATE = "our handler, model from S3 (moto on loopback)"
 
 
 def cold_start_ms(handler: str, env: dict[str, str], event: dict) -> float:
@@ -36,8 +42,49 @@ def cold_start_ms(handler: str, env: dict[str, str], event: dict) -> float:
         stub.close()
 
 
+@contextlib.contextmanager
+def model_in_s3(model_dir: Path) -> Iterator[dict[str, str]]:
+    """The model folder published to a moto S3 server on loopback; yields the handler's S3 settings."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from cataract_inference.model_source import sha256_of
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="models")
+        digest = sha256_of(model_dir / "model.onnx")
+        s3.put_object(
+            Bucket="models",
+            Key="bench/model.onnx",
+            Body=(model_dir / "model.onnx").read_bytes(),
+            Metadata={"sha256": digest},
+        )
+        s3.put_object(Bucket="models", Key="bench/model.json", Body=(model_dir / "model.json").read_bytes())
+        yield {**env, "MODEL_S3_URI": "s3://models/bench/", "MODEL_SHA256": digest}
+    finally:
+        server.stop()
+
+
 def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> dict[str, list[float]]:
-    """Cold starts of our handler (tracing off, and on as with Tracing: Active) and a PyTorch handler, interleaved."""
+    """Cold starts of our handler (tracing off, on as with Tracing: Active, and loading the model from S3) and a
+    PyTorch handler, interleaved."""
     from cataract_inference import events
 
     event = events.predict_event(photo)
@@ -49,16 +96,21 @@ def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> di
         "BENCH_TORCH_RUN": str(run) if run else "",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "training")]),
     }
-    candidates = {
-        "our handler (tracing off)": (OUR_HANDLER, quiet),
-        "our handler (tracing on, X-Ray SDK)": (OUR_HANDLER, traced),
-        "PyTorch handler": (TORCH_HANDLER, torch_env),
-    }
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for name, (handler, env) in candidates.items():  # one untimed start each fills the page cache
-        cold_start_ms(handler, env, event)
-        del name
-    for _ in range(repeats):
-        for name, (handler, env) in candidates.items():
-            samples[name].append(cold_start_ms(handler, env, event))
+    with model_in_s3(model_dir) as s3_env, tempfile.TemporaryDirectory() as scratch:
+        cache = Path(scratch) / "cache"
+        # No baked model, and an empty /tmp cache before every start, as in a new Lambda environment.
+        from_s3 = {**quiet, **s3_env, "MODEL_DIR": str(Path(scratch) / "no-baked-model"), "MODEL_CACHE_DIR": str(cache)}
+        candidates = {
+            "our handler (tracing off)": (OUR_HANDLER, quiet),
+            "our handler (tracing on, X-Ray SDK)": (OUR_HANDLER, traced),
+            S3_CANDIDATE: (OUR_HANDLER, from_s3),
+            "PyTorch handler": (TORCH_HANDLER, torch_env),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in candidates}
+        for round_ in range(repeats + 1):  # the first, untimed round fills the page cache
+            for name, (handler, env) in candidates.items():
+                shutil.rmtree(cache, ignore_errors=True)
+                elapsed = cold_start_ms(handler, env, event)
+                if round_:
+                    samples[name].append(elapsed)
     return samples
