@@ -8,13 +8,14 @@ The image cannot be built here (no Docker), so this checks the Dockerfile agains
 from __future__ import annotations
 
 import ast
-import re
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +140,10 @@ def test_handler_imports_and_is_callable_as_at_cold_start(handler_target: tuple[
 def test_image_requirements_pin_the_serving_dependencies_of_pyproject() -> None:
     """The image installs requirements.txt and the tests install pyproject.toml: the same versions, so what is
     tested is what ships (only the local runner's uvicorn and the boto3 that Lambda provides stay out)."""
-    import tomllib
-
     context, _ = docker_paths()
     image = {}
-    for line in (context / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
+    for raw in (context / "requirements.txt").read_text().splitlines():
+        line = raw.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
             assert version, f"requirements.txt must pin exactly: {line!r}"

@@ -236,9 +236,7 @@ def test_json_fast_path_answers_as_the_stdlib_does(
     """Same status and error code with orjson in front as with the stdlib alone."""
     from cataract_inference import api
 
-    event = events.rest_event(
-        "/predict", "POST", body=base64.b64encode(body).decode(), content_type="application/json"
-    )
+    event = events.rest_event("/predict", "POST", body=base64.b64encode(body).decode(), content_type="application/json")
     event["isBase64Encoded"] = True
     fast_status, _, fast = invoke(event)
     monkeypatch.setattr(api, "_load_json", json.loads)
