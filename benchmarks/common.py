@@ -145,6 +145,16 @@ def phone_photo(kind: str = "cataract", seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def downscaled(data: bytes, side: int, quality: int = 92) -> bytes:
+    """``data`` as a client would send it after downscaling: longest side ``side`` px, re-encoded as JPEG
+    (what the web page does before upload)."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 # --- which model ------------------------------------------------------------------------------------
 
 

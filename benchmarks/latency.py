@@ -128,6 +128,16 @@ def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> d
     return out
 
 
+def client_downscaling(handler: Any, phone: bytes, sides: tuple[int, ...], repeats: int) -> dict[str, list[float]]:
+    """The handler on a phone photo as taken and as a client downscaled it before upload (same event shape)."""
+    from benchmarks.common import downscaled
+    from cataract_inference import events
+
+    photos = {"as taken": phone} | {f"downscaled to {side} px, JPEG q92": downscaled(phone, side) for side in sides}
+    evs = {f"{name} ({len(data) // 1024} KB)": events.predict_event(data) for name, data in photos.items()}
+    return interleaved({name: (lambda e=e: call(handler.lambda_handler, e)) for name, e in evs.items()}, repeats)
+
+
 def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
     """Our handler against the reference-style app, both behind Mangum, same events."""
     from cataract_inference import events

@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             r = latency.ratio(samples, "handler", "bare session.run")
             limit = 1.2 if name == small_key else 2.0
             targets.append((f"handler ÷ bare, {name}", f"≤ {limit}×", f"{fmt(r)}×", verdict(r <= limit)))
+        emit("**The phone photo downscaled by the client before upload** (as the web page does; handler, base64 in)")
+        emit()
+        samples = latency.client_downscaling(handler, photos[phone_key], (1600, 1024), reps)
+        emit(latency_table(samples, next(iter(samples))))
+        emit()
 
     if "reference" not in skip:
         emit("### Against the reference project's serving (FastAPI, default `InferenceSession`, PIL resize)")
