@@ -7,7 +7,6 @@ an event queued before the start: interpreter, imports, model load and warm-up, 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.common import REPO
+from tests.support import s3 as s3_support
 from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
 
 OUR_HANDLER = "cataract_inference.handler.lambda_handler"
@@ -45,41 +45,16 @@ def cold_start_ms(handler: str, env: dict[str, str], event: dict) -> float:
 @contextlib.contextmanager
 def model_in_s3(model_dir: Path) -> Iterator[dict[str, str]]:
     """The model folder published to a moto S3 server on loopback; yields the handler's S3 settings."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from cataract_inference.model_source import sha256_of
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
+    with s3_support.moto_server() as endpoint:
+        client = s3_support.client_for(endpoint)
+        client.create_bucket(Bucket="models")
+        digest = s3_support.publish_model_folder(client, "models", "bench/", model_dir)
+        yield {
+            **s3_support.FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": endpoint,
+            "MODEL_S3_URI": "s3://models/bench/",
+            "MODEL_SHA256": digest,
         }
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket="models")
-        digest = sha256_of(model_dir / "model.onnx")
-        s3.put_object(
-            Bucket="models",
-            Key="bench/model.onnx",
-            Body=(model_dir / "model.onnx").read_bytes(),
-            Metadata={"sha256": digest},
-        )
-        s3.put_object(Bucket="models", Key="bench/model.json", Body=(model_dir / "model.json").read_bytes())
-        yield {**env, "MODEL_S3_URI": "s3://models/bench/", "MODEL_SHA256": digest}
-    finally:
-        server.stop()
 
 
 def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> dict[str, list[float]]:

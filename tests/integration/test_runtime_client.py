@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from cataract_inference import events
 from cataract_inference.drawing import draw_eye, encode
-from cataract_inference.model_source import sha256_of
 from tests.conftest import REPO
+from tests.support import s3 as s3_support
 from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
+from tests.support.s3 import FAKE_CREDENTIALS
 
 
 def dockerfile_handler() -> str:
@@ -103,35 +103,18 @@ def test_init_error_on_a_checksum_mismatch(stub: RuntimeApiStub, tiny_model_dir:
 
 @pytest.fixture
 def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for key, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    yield endpoint
-    server.stop()
+    with s3_support.moto_server() as endpoint:
+        yield endpoint
 
 
 def test_model_from_s3_through_the_runtime(
     stub: RuntimeApiStub, tiny_model_dir: Path, tmp_path: Path, moto_server: str
 ) -> None:
-    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3 = s3_support.client_for(moto_server)
     s3.create_bucket(Bucket="models")
-    digest = sha256_of(tiny_model_dir / "model.onnx")
-    s3.put_object(
-        Bucket="models",
-        Key="cataract/v7/model.onnx",
-        Body=(tiny_model_dir / "model.onnx").read_bytes(),
-        Metadata={"sha256": digest},
-    )
-    s3.put_object(Bucket="models", Key="cataract/v7/model.json", Body=(tiny_model_dir / "model.json").read_bytes())
+    digest = s3_support.publish_model_folder(s3, "models", "cataract/v7/", tiny_model_dir)
     env = {
         "MODEL_DIR": str(tmp_path / "no-baked-model"),
         "MODEL_S3_URI": "s3://models/cataract/v7/",

@@ -18,6 +18,7 @@ from cataract_inference.classifier import Classifier, softmax
 from cataract_inference.model_source import ModelLoadError, load_baked, parse_s3_uri, resolve_model, sha256_of
 from cataract_inference.settings import ConfigError, Settings
 from tests.support.onnx_models import build_tiny_model, rewrite_manifest, tiny_graph
+from tests.support.s3 import publish_model_folder
 
 BUCKET = "models-bucket"
 
@@ -27,14 +28,7 @@ def _settings(tmp_path: Path, **env: str) -> Settings:
 
 
 def _publish(client: object, model_dir: Path, prefix: str = "cataract/v1/", sha: str | None = None) -> None:
-    digest = sha or sha256_of(model_dir / "model.onnx")
-    client.put_object(  # type: ignore[attr-defined]
-        Bucket=BUCKET,
-        Key=prefix + "model.onnx",
-        Body=(model_dir / "model.onnx").read_bytes(),
-        Metadata={"sha256": digest},
-    )
-    client.put_object(Bucket=BUCKET, Key=prefix + "model.json", Body=(model_dir / "model.json").read_bytes())  # type: ignore[attr-defined]
+    publish_model_folder(client, BUCKET, prefix, model_dir, sha)
 
 
 @pytest.fixture
