@@ -156,3 +156,50 @@ def test_image_requirements_pin_the_serving_dependencies_of_pyproject() -> None:
             assert name not in image, f"{name} is for the local runner or provided by Lambda, not the image"
             continue
         assert image.get(name) == version, f"{name}: pyproject pins {version!r}, requirements.txt {image.get(name)!r}"
+
+
+def _pip_resolve(requirements: list[str], platform_args: list[str], report: Path) -> subprocess.CompletedProcess[str]:
+    """``pip install --dry-run --target`` (what the Dockerfile runs, without installing), with a JSON report."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:",
+         "--target", str(report.parent / "target"), "--report", str(report), *platform_args, *requirements],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+# The Lambda base image: CPython 3.12 on Amazon Linux 2023, glibc 2.34, so manylinux_2_17 up to _2_34.
+LAMBDA_PYTHON = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312"]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_image_requirements_resolve_to_wheels_for_lambda_on_both_architectures(arch: str, tmp_path: Path) -> None:
+    """The Dockerfile's `pip install --only-binary=:all: -r requirements.txt` finds a wheel of every pin for Lambda's
+    Python 3.12 on x86_64 and on arm64 (template parameter Architecture), and the lock is complete: it resolves to
+    exactly the pinned packages, nothing unpinned pulled in. Checked against the package index without Docker."""
+    context, _ = docker_paths()
+    pins: dict[str, str] = {}
+    for raw in (context / "requirements.txt").read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version
+    probe = _pip_resolve(["six"], [], tmp_path / "probe.json")  # any pure wheel: is an index there?
+    if probe.returncode != 0:
+        message = f"no package index is reachable from here (pip: {probe.stderr.strip()[-300:]})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(17, 35)] + [f"manylinux2014_{arch}"]
+    report = tmp_path / f"{arch}.json"
+    result = _pip_resolve(
+        ["-r", str(context / "requirements.txt")],
+        [*LAMBDA_PYTHON, *(arg for p in platforms for arg in ("--platform", p))],
+        report,
+    )
+    assert result.returncode == 0, f"no wheel for Lambda's Python 3.12 on {arch}:\n{result.stderr[-2000:]}"
+    installs = json.loads(report.read_text())["install"]
+    resolved = {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"] for i in installs}
+    assert resolved == pins, f"not pinned: {resolved.keys() - pins.keys()}; not needed: {pins.keys() - resolved.keys()}"
+    wheels = [i["download_info"]["url"].rsplit("/", 1)[-1] for i in installs]
+    compiled = [w for w in wheels if "none-any" not in w]
+    assert compiled and all(arch in w for w in compiled), compiled
