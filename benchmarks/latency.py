@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the route's string annotations here
 
-from benchmarks.common import Stats, interleaved, latency_table, quiet_environment
+from benchmarks.common import Stats, in_blocks, interleaved, latency_table, quiet_environment
 from cataract_inference.cli import LocalContext
 
 
@@ -160,6 +160,57 @@ def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> di
             # slowed whichever candidate came next by 2-3x on a 2-core machine (ours: 16 ms -> 40 ms).
             pause_s=0.01,
         )
+    return out
+
+
+def at_two_threads(model_dir: Path, photos: dict[str, bytes], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Both apps with two ORT threads: our handler as ``ORT_INTRA_OP_THREADS=2`` deploys it (helpers spin), the
+    same without spinning, and the reference-style app with ORT's defaults (as many threads as cores, spinning).
+
+    Each block builds its app (and its thread pool) afresh and drops it, so one pool runs at a time.
+    """
+    from benchmarks.tuning import options
+    from cataract_inference import events
+
+    def ours(threads: int, spin: bool | None, event: dict[str, Any]) -> Callable[[], Callable[[], Any]]:
+        def build() -> Callable[[], Any]:
+            handler = load_handler(model_dir, threads=threads)
+            if spin is False:
+                clf = handler.classifier
+                clf.session = type(clf.session)(
+                    str(clf.artifact.model_path),
+                    sess_options=options(threads, "ORT_ENABLE_ALL", spin=False),
+                    providers=["CPUExecutionProvider"],
+                )
+            return lambda: call(handler.lambda_handler, event)
+
+        return build
+
+    def reference(event: dict[str, Any]) -> Callable[[], Callable[[], Any]]:
+        def build() -> Callable[[], Any]:
+            clf = load_handler(model_dir, threads=1).classifier
+            spec = clf.manifest.input
+            app = reference_app(clf.artifact.model_path, spec.size, spec.mean, spec.std)
+            return lambda: call(app, event)
+
+        return build
+
+    out = {}
+    try:
+        for name, data in photos.items():
+            event = events.predict_event(data)
+            out[name] = in_blocks(
+                {
+                    "our handler, 1 thread (the default)": ours(1, None, event),
+                    "our handler, 2 threads (ORT_INTRA_OP_THREADS=2: helpers spin)": ours(2, None, event),
+                    "our handler, 2 threads, no spinning": ours(2, False, event),
+                    "reference-style app (ORT defaults: 2 threads here, spinning)": reference(event),
+                },
+                rounds,
+                per_block=10,
+            )
+    finally:
+        os.environ["ORT_INTRA_OP_THREADS"] = "1"
     return out
 
 

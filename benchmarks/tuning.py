@@ -12,7 +12,8 @@ import numpy as np
 from benchmarks.common import interleaved
 
 
-def _options(threads: int | None, level: str, spin: bool) -> Any:
+def options(threads: int | None, level: str, spin: bool) -> Any:
+    """Session options with ``threads`` intra-op threads (``None``: ORT's default), a graph level, and spinning."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -35,10 +36,10 @@ def compare(model_path: Path, repeats: int) -> tuple[dict[str, list[float]], dic
     configs = {
         "serving: 1 thread, ENABLE_ALL, no spin": session_options(1),
         "ORT defaults (all cores, spinning)": None,
-        "1 thread, ENABLE_BASIC": _options(1, "ORT_ENABLE_BASIC", False),
-        "1 thread, optimisation off": _options(1, "ORT_DISABLE_ALL", False),
-        "1 thread, spinning on": _options(1, "ORT_ENABLE_ALL", True),
-        "2 threads, no spin": _options(2, "ORT_ENABLE_ALL", False),
+        "1 thread, ENABLE_BASIC": options(1, "ORT_ENABLE_BASIC", False),
+        "1 thread, optimisation off": options(1, "ORT_DISABLE_ALL", False),
+        "1 thread, spinning on": options(1, "ORT_ENABLE_ALL", True),
+        "2 threads, no spin": options(2, "ORT_ENABLE_ALL", False),
     }
     sessions = {
         name: ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -53,13 +54,13 @@ def compare(model_path: Path, repeats: int) -> tuple[dict[str, list[float]], dic
     creation: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        offline = _options(1, "ORT_ENABLE_EXTENDED", False)  # portable fusions only, as ORT advises offline
+        offline = options(1, "ORT_ENABLE_EXTENDED", False)  # portable fusions only, as ORT advises offline
         offline.optimized_model_filepath = str(pre)
         ort.InferenceSession(str(model_path), sess_options=offline, providers=["CPUExecutionProvider"])
         ways = {
             "raw model, ENABLE_ALL at load (serving)": (model_path, session_options(1)),
             "pre-optimised model (EXTENDED offline), ENABLE_ALL at load": (pre, session_options(1)),
-            "pre-optimised model, optimisation off at load": (pre, _options(1, "ORT_DISABLE_ALL", False)),
+            "pre-optimised model, optimisation off at load": (pre, options(1, "ORT_DISABLE_ALL", False)),
         }
         times: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(5):

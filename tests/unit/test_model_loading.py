@@ -254,6 +254,23 @@ def test_settings_defaults() -> None:
     assert Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f"}).on_lambda
 
 
+@pytest.mark.parametrize(("threads", "spinning"), [(1, "0"), (2, "1"), (4, "1")])
+def test_session_spins_only_with_helper_threads(threads: int, spinning: str) -> None:
+    """ORT_INTRA_OP_THREADS reaches the session; helpers spin between parallel sections, a lone thread has none."""
+    from cataract_inference.classifier import session_options
+
+    opts = session_options(threads)
+    assert opts.intra_op_num_threads == threads and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_classifier_session_uses_the_configured_threads(tiny_model_dir: Path) -> None:
+    clf = Classifier(load_baked(tiny_model_dir), intra_op_threads=2)
+    assert clf.session.get_session_options().intra_op_num_threads == 2
+    assert clf.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)

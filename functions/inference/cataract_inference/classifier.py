@@ -41,7 +41,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def session_options(intra_op_threads: int) -> Any:
-    """ONNX Runtime options for Lambda: fixed threads, no spinning, full graph optimisation."""
+    """ONNX Runtime options for Lambda: fixed threads, full graph optimisation, spinning only with helper threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -49,8 +49,10 @@ def session_options(intra_op_threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads burn the vCPU Lambda bills for while waiting; off.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # One thread has no helpers to spin. With more, the helpers spin between the graph's parallel sections
+    # instead of sleeping and being woken for each one: through the handler, 2 threads took 8.1 ms per small
+    # photo without spinning and 6.7 ms with it (1 thread: 9.8 ms). More threads only where the vCPUs are.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_threads > 1 else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
