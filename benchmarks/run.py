@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import coldstart, depsize, int8, latency, throughput, tuning
+from benchmarks import coldstart, depsize, int8, latency, quota, throughput, tuning
 from benchmarks.common import (
     RESULTS,
     SHARED_TRAIN,
@@ -36,7 +36,7 @@ from benchmarks.common import (
     verdict,
 )
 
-SECTIONS = ("latency", "reference", "torch", "int8", "tuning", "coldstart", "memory", "deps", "throughput")
+SECTIONS = ("latency", "reference", "torch", "int8", "tuning", "quota", "coldstart", "memory", "deps", "throughput")
 
 
 def _machine() -> str:
@@ -225,6 +225,24 @@ def main(argv: list[str] | None = None) -> int:
         emit("|---|---:|")
         for k, v in creation.items():
             emit(f"| {k} | {fmt(v, 1)} |")
+        emit()
+
+    if "quota" not in skip:
+        emit("### Lambda's CPU share, emulated: a CFS quota of memory ÷ 1769 vCPU per 100 ms, one ORT thread or two")
+        emit()
+        try:
+            shares = quota.compare(model.directory, 2 if args.quick else 4, 20 if args.quick else 40)
+        except quota.QuotaUnavailable as exc:
+            emit(f"Not measured here: {exc}.")
+        else:
+            emit(
+                "The handler in a child process inside a cgroup whose CPU quota is Lambda's share at that memory "
+                "size (it still sees every core, as a function sees two vCPUs). Lambda's own throttling period is "
+                "not published; 100 ms is the kernel's default. Blocks of calls per thread count, back to back "
+                "(sustained traffic) or 10 ms apart."
+            )
+            emit()
+            emit(quota.table(shares))
         emit()
 
     if "coldstart" not in skip:

@@ -1,0 +1,149 @@
+"""Lambda's CPU share, emulated: the handler under a CFS CPU quota, with one ORT thread and with two.
+
+Lambda gives a function CPU in proportion to its memory (one vCPU's worth at 1,769 MB) while it sees
+two vCPUs, so a short burst may run on both and sustained use beyond the share is throttled. Here a
+cgroup whose CPU quota is ``memory / 1769`` of a CPU per 100 ms period stands in for that. Lambda does
+not publish its own period or mechanism: this approximates Lambda, it is not Lambda. It needs root and
+a writable cgroup CPU controller (v1 ``cpu.cfs_quota_us`` or v2 ``cpu.max``); without them the section
+says why and is left out.
+
+    .venv/bin/python -m benchmarks.quota            # the table alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.common import BUNDLED_MODEL_DIR, REPO, Stats, fmt
+
+MEMORY_SIZES = (2048, 3538)  # the template's default; two full vCPUs' worth
+ONE_VCPU_MB = 1769
+PERIOD_US = 100_000
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+MODES = {"back to back": 0.0, "10 ms apart": 0.01}
+THREADS = (1, 2)
+
+
+class QuotaUnavailable(RuntimeError):
+    """No cgroup CPU controller this process may configure."""
+
+
+@contextlib.contextmanager
+def cpu_quota(memory_mb: int) -> Iterator[Path]:
+    """A cgroup limited to Lambda's CPU share at ``memory_mb``; yields its ``cgroup.procs`` file."""
+    share = memory_mb / ONE_VCPU_MB
+    quota_us = round(share * PERIOD_US)
+    name = f"cataract-bench-{memory_mb}mb-{os.getpid()}"
+    if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        group = CGROUP_V1 / name
+        settings = {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota_us)}
+    elif "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text(encoding="utf-8", errors="replace").split():
+        group = CGROUP_V2 / name
+        settings = {"cpu.max": f"{quota_us} {PERIOD_US}"}
+    else:
+        raise QuotaUnavailable("no cgroup CPU controller is mounted")
+    try:
+        group.mkdir()
+        for key, value in settings.items():
+            (group / key).write_text(value, encoding="ascii")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        raise QuotaUnavailable(f"cannot configure {group}: {exc} (root and a writable cgroup are needed)") from exc
+    try:
+        yield group / "cgroup.procs"
+    finally:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def measure_in_quota(memory_mb: int, model_dir: Path, rounds: int, per_block: int) -> dict[str, list[float]]:
+    """Run ``--child`` inside a quota for ``memory_mb``: samples keyed ``photo|mode|threads``."""
+    with cpu_quota(memory_mb) as procs:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
+             "--rounds", str(rounds), "--per-block", str(per_block)],
+            cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the quota child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(model_dir: Path, rounds: int, per_block: int) -> dict[int, dict[str, list[float]]]:
+    """Samples per memory size (see ``measure_in_quota``). Raises ``QuotaUnavailable`` where it cannot run."""
+    return {mb: measure_in_quota(mb, model_dir, rounds, per_block) for mb in MEMORY_SIZES}
+
+
+def table(results: dict[int, dict[str, list[float]]]) -> str:
+    """Markdown: one row per memory size, photo, traffic pattern and thread count."""
+    lines = [
+        "| memory (CPU share) | photo | requests | ORT threads | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for mb, samples in results.items():
+        for key, values in samples.items():
+            photo, mode, threads = key.split("|")
+            s = Stats.of(values)
+            lines.append(
+                f"| {mb} MB ({mb / ONE_VCPU_MB:.2f} vCPU) | {photo} | {mode} | {threads} | "
+                f"{fmt(s.p50)} | {fmt(s.p95)} | {fmt(s.hi)} |"
+            )
+    return "\n".join(lines)
+
+
+def _child(procs: Path, model_dir: Path, rounds: int, per_block: int) -> None:
+    # Join the quota first: every thread started from here on (ORT's pool among them) shares it.
+    procs.write_text(str(os.getpid()), encoding="ascii")
+    from benchmarks.common import in_blocks, phone_photo, small_photo
+    from benchmarks.latency import call, load_handler
+    from cataract_inference import events
+
+    def build(threads: int, event: dict) -> object:
+        def make() -> object:
+            handler = load_handler(model_dir, threads=threads)
+            return lambda: call(handler.lambda_handler, event)
+
+        return make
+
+    out: dict[str, list[float]] = {}
+    for photo, data in (("small", small_photo()), ("phone", phone_photo())):
+        event = events.predict_event(data)
+        for mode, pause in MODES.items():
+            samples = in_blocks(
+                {str(t): build(t, event) for t in THREADS},  # type: ignore[misc]
+                rounds,
+                per_block,
+                pause_s=pause,
+            )
+            out.update({f"{photo}|{mode}|{t}": v for t, v in samples.items()})
+    print(json.dumps(out))
+
+
+def main() -> None:
+    """The quota table on the bundled model, or the measuring child (``--child``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", type=Path, metavar="CGROUP_PROCS", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL_DIR)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--per-block", type=int, default=40)
+    args = parser.parse_args()
+    if args.child is not None:
+        _child(args.child, args.model, args.rounds, args.per_block)
+        return
+    try:
+        print(table(compare(args.model, args.rounds, args.per_block)))
+    except QuotaUnavailable as exc:
+        sys.exit(f"cannot emulate Lambda's CPU share here: {exc}")
+
+
+if __name__ == "__main__":
+    main()
