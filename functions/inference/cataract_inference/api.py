@@ -142,8 +142,8 @@ def _strict_b64(payload: str) -> bytes | None:
 def _load_json(body: bytes) -> Any:
     """``json.loads(body)``, through orjson when it can parse the body.
 
-    The stdlib scanner walks a phone photo's 1.6 MB base64 string a character at a time (1.2 ms);
-    orjson takes 0.2 ms. It is stricter (no NaN, no lone surrogates, no BOM or UTF-16), so whatever
+    For a phone photo's 1.6 MB of base64 the stdlib took 1.2 ms, plus 0.1 ms to decode the bytes
+    to text first; orjson parses the bytes in 0.8 ms. It is stricter (no NaN, no lone surrogates, no BOM or UTF-16), so whatever
     it refuses is parsed again by the stdlib. It reads integers over 64 bits as floats, which changes
     no answer: no field of the request takes a number. A test holds the two to the same responses.
     """
