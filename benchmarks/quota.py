@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import BUNDLED_MODEL_DIR, REPO, Stats, fmt
 
-MEMORY_SIZES = (2048, 3538)  # the template's default; two full vCPUs' worth
+MEMORY_SIZES = (1769, 2048, 3538)  # one vCPU's worth; the template's default; two vCPUs' worth
 ONE_VCPU_MB = 1769
 PERIOD_US = 100_000
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
