@@ -163,34 +163,45 @@ def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> di
     return out
 
 
+def handler_factory(
+    model_dir: Path, threads: int, event: dict[str, Any], *, spin: bool | None = None
+) -> Callable[[], Callable[[], Any]]:
+    """For ``in_blocks``: builds the handler as ``ORT_INTRA_OP_THREADS=threads`` deploys it and returns a call of
+    it on ``event``. ``spin=False`` swaps in a session whose helper threads sleep instead of spinning."""
+
+    def build() -> Callable[[], Any]:
+        handler = load_handler(model_dir, threads=threads)
+        if spin is False:
+            from benchmarks.tuning import options
+
+            clf = handler.classifier
+            clf.session = type(clf.session)(
+                str(clf.artifact.model_path),
+                sess_options=options(threads, "ORT_ENABLE_ALL", spin=False),
+                providers=["CPUExecutionProvider"],
+            )
+        return lambda: call(handler.lambda_handler, event)
+
+    return build
+
+
 def at_two_threads(model_dir: Path, photos: dict[str, bytes], rounds: int) -> dict[str, dict[str, list[float]]]:
     """Both apps with two ORT threads: our handler as ``ORT_INTRA_OP_THREADS=2`` deploys it (helpers spin), the
     same without spinning, and the reference-style app with ORT's defaults (as many threads as cores, spinning).
 
     Each block builds its app (and its thread pool) afresh and drops it, so one pool runs at a time.
     """
-    from benchmarks.tuning import options
     from cataract_inference import events
+    from cataract_inference.manifest import load_manifest
 
     def ours(threads: int, spin: bool | None, event: dict[str, Any]) -> Callable[[], Callable[[], Any]]:
-        def build() -> Callable[[], Any]:
-            handler = load_handler(model_dir, threads=threads)
-            if spin is False:
-                clf = handler.classifier
-                clf.session = type(clf.session)(
-                    str(clf.artifact.model_path),
-                    sess_options=options(threads, "ORT_ENABLE_ALL", spin=False),
-                    providers=["CPUExecutionProvider"],
-                )
-            return lambda: call(handler.lambda_handler, event)
+        return handler_factory(model_dir, threads, event, spin=spin)
 
-        return build
+    spec = load_manifest(model_dir / "model.json").input
 
     def reference(event: dict[str, Any]) -> Callable[[], Callable[[], Any]]:
         def build() -> Callable[[], Any]:
-            clf = load_handler(model_dir, threads=1).classifier
-            spec = clf.manifest.input
-            app = reference_app(clf.artifact.model_path, spec.size, spec.mean, spec.std)
+            app = reference_app(model_dir / "model.onnx", spec.size, spec.mean, spec.std)
             return lambda: call(app, event)
 
         return build

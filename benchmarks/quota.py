@@ -104,22 +104,15 @@ def _child(procs: Path, model_dir: Path, rounds: int, per_block: int) -> None:
     # Join the quota first: every thread started from here on (ORT's pool among them) shares it.
     procs.write_text(str(os.getpid()), encoding="ascii")
     from benchmarks.common import in_blocks, phone_photo, small_photo
-    from benchmarks.latency import call, load_handler
+    from benchmarks.latency import handler_factory
     from cataract_inference import events
-
-    def build(threads: int, event: dict) -> object:
-        def make() -> object:
-            handler = load_handler(model_dir, threads=threads)
-            return lambda: call(handler.lambda_handler, event)
-
-        return make
 
     out: dict[str, list[float]] = {}
     for photo, data in (("small", small_photo()), ("phone", phone_photo())):
         event = events.predict_event(data)
         for mode, pause in MODES.items():
             samples = in_blocks(
-                {str(t): build(t, event) for t in THREADS},  # type: ignore[misc]
+                {str(t): handler_factory(model_dir, t, event) for t in THREADS},
                 rounds,
                 per_block,
                 pause_s=pause,

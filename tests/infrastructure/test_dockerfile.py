@@ -137,20 +137,31 @@ def test_handler_imports_and_is_callable_as_at_cold_start(handler_target: tuple[
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"callable": True, "params": 2}
 
 
-def test_image_requirements_pin_the_serving_dependencies_of_pyproject() -> None:
-    """The image installs requirements.txt and the tests install pyproject.toml: the same versions, so what is
-    tested is what ships (only the local runner's uvicorn and the boto3 that Lambda provides stay out)."""
+def _canonical(name: str) -> str:
+    """A distribution name as PEP 503 compares them (case, and runs of ``-_.``, do not matter)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_pins() -> dict[str, str]:
+    """The image's requirements.txt as {canonical name: pinned version}; every line must pin exactly."""
     context, _ = docker_paths()
-    image = {}
+    pins: dict[str, str] = {}
     for raw in (context / "requirements.txt").read_text().splitlines():
         line = raw.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
             assert version, f"requirements.txt must pin exactly: {line!r}"
-            image[name.split("[")[0].lower()] = version
+            pins[_canonical(name.split("[")[0])] = version
+    return pins
+
+
+def test_image_requirements_pin_the_serving_dependencies_of_pyproject() -> None:
+    """The image installs requirements.txt and the tests install pyproject.toml: the same versions, so what is
+    tested is what ships (only the local runner's uvicorn and the boto3 that Lambda provides stay out)."""
+    image = image_pins()
     serving = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for requirement in serving:
-        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+        name = _canonical(re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0])
         version = requirement.partition("==")[2]
         if name in ("uvicorn", "boto3"):
             assert name not in image, f"{name} is for the local runner or provided by Lambda, not the image"
@@ -177,12 +188,7 @@ def test_image_requirements_resolve_to_wheels_for_lambda_on_both_architectures(a
     Python 3.12 on x86_64 and on arm64 (template parameter Architecture), and the lock is complete: it resolves to
     exactly the pinned packages, nothing unpinned pulled in. Checked against the package index without Docker."""
     context, _ = docker_paths()
-    pins: dict[str, str] = {}
-    for raw in (context / "requirements.txt").read_text().splitlines():
-        line = raw.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version
+    pins = image_pins()
     probe = _pip_resolve(["six"], [], tmp_path / "probe.json")  # any pure wheel: is an index there?
     if probe.returncode != 0:
         message = f"no package index is reachable from here (pip: {probe.stderr.strip()[-300:]})"
@@ -198,7 +204,7 @@ def test_image_requirements_resolve_to_wheels_for_lambda_on_both_architectures(a
     )
     assert result.returncode == 0, f"no wheel for Lambda's Python 3.12 on {arch}:\n{result.stderr[-2000:]}"
     installs = json.loads(report.read_text())["install"]
-    resolved = {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"] for i in installs}
+    resolved = {_canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
     assert resolved == pins, f"not pinned: {resolved.keys() - pins.keys()}; not needed: {pins.keys() - resolved.keys()}"
     wheels = [i["download_info"]["url"].rsplit("/", 1)[-1] for i in installs]
     compiled = [w for w in wheels if "none-any" not in w]
