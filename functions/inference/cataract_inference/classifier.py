@@ -50,8 +50,9 @@ def session_options(intra_op_threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One thread has no helpers to spin. With more, the helpers spin between the graph's parallel sections
-    # instead of sleeping and being woken for each one: through the handler, 2 threads took 8.1 ms per small
-    # photo without spinning and 6.7 ms with it (1 thread: 9.8 ms). More threads only where the vCPUs are.
+    # instead of sleeping and being woken for each one: without spinning, 2 threads were ~20% slower per small
+    # photo through the handler (benchmarks: "Two ORT threads each"). More threads only where the vCPUs are:
+    # under Lambda's CPU share at 2048 MB they throttle (benchmarks/quota.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_threads > 1 else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
