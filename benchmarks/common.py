@@ -188,6 +188,15 @@ def downscaled(data: bytes, side: int, quality: int = 92) -> bytes:
     return buffer.getvalue()
 
 
+def photo_for(choice: str) -> bytes:
+    """The photo a command-line tool sends: ``small``, ``phone``, or the path of a photo of the user's own."""
+    if choice == "small":
+        return small_photo()
+    if choice == "phone":
+        return phone_photo()
+    return Path(choice).read_bytes()
+
+
 # --- which model ------------------------------------------------------------------------------------
 
 

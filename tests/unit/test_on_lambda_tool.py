@@ -1,0 +1,275 @@
+"""The on-Lambda sweep (benchmarks/on_lambda.py) against botocore's Stubber: every call is checked against the
+Lambda API model, in order, with the parameters the sweep must send; REPORT lines in both log formats."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+
+from benchmarks import on_lambda
+
+FUNCTION = "cataract-screening-InferenceFunction-abc"
+ORIGINAL_VARIABLES = {
+    "POWERTOOLS_SERVICE_NAME": "cataract-screening",
+    "POWERTOOLS_METRICS_NAMESPACE": "CataractScreening",
+    "ORT_INTRA_OP_THREADS": "1",
+    "MODEL_CACHE_DIR": "/tmp/cataract-model",
+}
+PAYLOAD = b'{"httpMethod": "POST", "path": "/predict"}'
+
+
+def text_report(duration: float, billed: int, memory: int, used: int, init: float | None = None) -> str:
+    """A REPORT line as Lambda writes it in the text log format (with X-Ray on, as the template sets)."""
+    line = (
+        f"REPORT RequestId: 8f5c0c1e-1d2b-4a4e-9d1e-3a3c7f0b9e11\tDuration: {duration} ms\tBilled Duration: {billed} ms"
+        f"\tMemory Size: {memory} MB\tMax Memory Used: {used} MB\t"
+    )
+    if init is not None:
+        line += f"Init Duration: {init} ms\t"
+    return line + "\nXRAY TraceId: 1-5e1b4151-5ac6c58f5b0fb0a9b1e8e1ae\tSegmentId: 6b1ad0d2e2d3f3a1\tSampled: true\t"
+
+
+def json_report(duration: float, billed: int, memory: int, used: int, init: float | None = None) -> str:
+    """The same figures as a platform.report record (LoggingConfig.LogFormat: JSON)."""
+    metrics: dict[str, Any] = {
+        "durationMs": duration,
+        "billedDurationMs": billed,
+        "memorySizeMB": memory,
+        "maxMemoryUsedMB": used,
+    }
+    if init is not None:
+        metrics["initDurationMs"] = init
+    record = {"requestId": "8f5c0c1e", "metrics": metrics, "status": "success"}
+    return json.dumps({"time": "2026-11-27T12:00:00.000Z", "type": "platform.report", "record": record})
+
+
+def invoke_response(report: str, body: dict[str, Any] | None = None, function_error: str | None = None) -> dict:
+    data = json.dumps(body if body is not None else {"statusCode": 200, "body": "{}"}).encode()
+    tail = '{"level":"INFO","message":"screened"}\nEND RequestId: 8f5c0c1e\n' + report
+    response: dict[str, Any] = {
+        "StatusCode": 200,
+        "LogResult": base64.b64encode(tail.encode()).decode(),
+        "Payload": StreamingBody(io.BytesIO(data), len(data)),
+        "ExecutedVersion": "$LATEST",
+    }
+    if function_error:
+        response["FunctionError"] = function_error
+    return response
+
+
+@pytest.fixture
+def stubbed() -> Iterator[tuple[Any, Stubber]]:
+    client = boto3.client(
+        "lambda", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+def expect_configuration(stubber: Stubber, architecture: str = "x86_64", memory: int = 2048) -> None:
+    stubber.add_response(
+        "get_function_configuration",
+        {"MemorySize": memory, "Architectures": [architecture], "Environment": {"Variables": dict(ORIGINAL_VARIABLES)}},
+        {"FunctionName": FUNCTION},
+    )
+
+
+def expect_update(stubber: Stubber, memory: int, variables: dict[str, str]) -> None:
+    stubber.add_response(
+        "update_function_configuration",
+        {"MemorySize": memory, "LastUpdateStatus": "InProgress"},
+        {"FunctionName": FUNCTION, "MemorySize": memory, "Environment": {"Variables": variables}},
+    )
+    stubber.add_response(
+        "get_function", {"Configuration": {"LastUpdateStatus": "Successful"}}, {"FunctionName": FUNCTION}
+    )
+
+
+def expect_invoke(stubber: Stubber, response: dict) -> None:
+    stubber.add_response("invoke", response, {"FunctionName": FUNCTION, "Payload": ANY, "LogType": "Tail"})
+
+
+def swept_variables(threads: int) -> dict[str, str]:
+    return {
+        **ORIGINAL_VARIABLES,
+        "ORT_INTRA_OP_THREADS": str(threads),
+        "POWERTOOLS_METRICS_NAMESPACE": "CataractScreeningBenchmark",
+    }
+
+
+def test_sweep_sets_each_configuration_measures_cold_and_warm_and_restores(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber, architecture="arm64")
+    plan = {
+        (1769, 1): (480.5, (11.0, 12.0, 30.0)),
+        (1769, 2): (470.0, (10.0, 10.5, 11.0)),
+        (3538, 1): (460.0, (9.0, 9.5, 9.0)),
+        (3538, 2): (455.0, (7.0, 6.5, 8.0)),
+    }
+    for (memory, threads), (cold, warm) in plan.items():  # memory outer, threads inner, as the sweep goes
+        expect_update(stubber, memory, swept_variables(threads))
+        expect_invoke(stubber, invoke_response(text_report(40.0, 521, memory, 170, init=cold)))
+        for duration in warm:
+            expect_invoke(stubber, invoke_response(text_report(duration, round(duration + 0.5), memory, 171)))
+    expect_update(stubber, 2048, ORIGINAL_VARIABLES)  # the original, exactly: no benchmark namespace left behind
+
+    progress: list[str] = []
+    architecture, results = on_lambda.sweep(
+        client, FUNCTION, [1769, 3538], [1, 2], PAYLOAD, invocations=3, progress=progress.append
+    )
+
+    assert architecture == "arm64"
+    assert [(r.memory_mb, r.threads) for r in results] == list(plan)
+    first, last = results[0], results[-1]
+    assert first.cold is not None and first.cold.init_ms == pytest.approx(480.5)
+    assert [r.duration_ms for r in first.warm] == [11.0, 12.0, 30.0]
+    assert all(r.init_ms is None for r in first.warm)
+    assert not any(r.errors for r in results)
+    assert progress[-1] == "restoring 2048 MB and the original environment"
+    # arm64 price: median billed 12 ms at 1769 MB, plus the request charge.
+    expected = 1e6 * (0.012 * 1769 / 1024 * on_lambda.PRICE_PER_GB_SECOND["arm64"] + 0.20 / 1e6)
+    assert first.cost_per_million("arm64") == pytest.approx(expected)
+    assert last.cost_per_million("arm64") > 0
+
+    rows = [line for line in on_lambda.table(architecture, results).splitlines() if line[2:3].isdigit()]
+    assert len(rows) == 4
+    assert rows[0].startswith("| 1769 | 1 | 480.50 | 40.00 | 3 | 12.00 | 30.00 | 11.00–30.00 | 1.00× | 171 | 0 |")
+    assert rows[3].startswith("| 3538 | 2 | 455.00 | 40.00 | 3 | 7.00 | 8.00 | 6.50–8.00 | 0.58× | 171 | 0 |")
+
+
+def test_failed_invocations_are_counted_not_hidden(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_invoke(
+        stubber,
+        invoke_response(
+            text_report(900.0, 901, 2048, 120, init=300.0), {"errorType": "InitError"}, function_error="Unhandled"
+        ),
+    )
+    expect_invoke(stubber, invoke_response(text_report(5.0, 5, 2048, 121), {"statusCode": 413, "body": "{}"}))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 121)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 121), body=["not", "a", "response"]))  # type: ignore[arg-type]
+    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+
+    _, (result,) = on_lambda.sweep(client, FUNCTION, [2048], [1], PAYLOAD, invocations=3)
+
+    assert len(result.warm) == 3
+    assert len(result.errors) == 3
+    assert result.errors[0].startswith("function error (Unhandled)")
+    assert result.errors[1].startswith("HTTP 413")
+    assert result.errors[2].startswith("not an API Gateway response")
+    assert "| 3 |" in on_lambda.table("x86_64", [result])
+
+
+def test_an_invocation_that_raises_ends_the_sweep_and_still_restores(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 3538, swept_variables(2))
+    stubber.add_client_error("invoke", "TooManyRequestsException", "Rate exceeded", 429)
+    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+
+    with pytest.raises(on_lambda.SweepError, match="Rate exceeded"):
+        on_lambda.sweep(client, FUNCTION, [3538], [2], PAYLOAD, invocations=2)
+
+
+def test_a_failed_restore_says_what_to_restore_by_hand(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress")
+    stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress")
+
+    with pytest.raises(on_lambda.SweepError) as raised:
+        on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    assert "Restore it by hand: MemorySize 2048" in str(raised.value)
+    assert "'ORT_INTRA_OP_THREADS': '1'" in str(raised.value)
+
+
+def test_a_missing_function_is_a_clear_error(stubbed: tuple[Any, Stubber], capsys: pytest.CaptureFixture) -> None:
+    client, stubber = stubbed
+    stubber.add_client_error("get_function_configuration", "ResourceNotFoundException", "Function not found", 404)
+
+    assert on_lambda.main(["--function", FUNCTION, "--invocations", "1"], client=client) == 2
+    assert "cannot read the configuration" in capsys.readouterr().err
+
+
+def test_main_prints_and_writes_the_table_for_a_photo_of_your_own(
+    stubbed: tuple[Any, Stubber], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    client, stubber = stubbed
+    photo = tmp_path / "eye.jpg"
+    photo.write_bytes(b"\xff\xd8 not decoded by the tool, only carried")
+    expect_configuration(stubber)
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_invoke(stubber, invoke_response(json_report(35.0, 35, 2048, 150, init=410.0)))
+    expect_invoke(stubber, invoke_response(json_report(8.0, 8, 2048, 151)))
+    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+    output = tmp_path / "lambda.md"
+
+    code = on_lambda.main(
+        [
+            "--function",
+            FUNCTION,
+            "--memory",
+            "2048",
+            "--threads",
+            "1",
+            "--invocations",
+            "1",
+            "--photo",
+            str(photo),
+            "--output",
+            str(output),
+        ],
+        client=client,
+    )
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| 2048 | 1 | 410.00 | 35.00 | 1 | 8.00 |" in printed
+    assert output.read_text(encoding="utf-8").strip() == printed.strip()
+
+
+def test_an_event_over_lambdas_limit_is_refused_before_any_call(tmp_path: Path) -> None:
+    photo = tmp_path / "huge.jpg"
+    photo.write_bytes(b"\0" * (5 * 1024 * 1024))  # 6.7 MB once base64-encoded in the event
+
+    class NoCalls:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the tool called {name} for an event Lambda would refuse")
+
+    with pytest.raises(SystemExit) as raised:
+        on_lambda.main(["--function", FUNCTION, "--photo", str(photo)], client=NoCalls())
+    assert raised.value.code == 2
+
+
+@pytest.mark.parametrize("formatter", [text_report, json_report])
+def test_reports_parse_in_both_log_formats(formatter: Any) -> None:
+    cold = on_lambda.parse_report("START RequestId: x\n" + formatter(12.5, 13, 2048, 160, init=455.25))
+    assert cold == on_lambda.Report(12.5, 13.0, 2048, 160, 455.25)
+    warm = on_lambda.parse_report(formatter(7.25, 8, 1769, 161))
+    assert warm == on_lambda.Report(7.25, 8.0, 1769, 161, None)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",
+        "START RequestId: x\nEND RequestId: x\n",
+        "REPORT RequestId: x\tDuration: 5.0 ms\tMemory Size: 2048 MB\tMax Memory Used: 100 MB",  # no billed duration
+        '{"type": "platform.report", "record": {"metrics": {"durationMs": 5.0}}}',
+    ],
+)
+def test_a_tail_without_a_complete_report_is_an_error(tail: str) -> None:
+    with pytest.raises(ValueError):
+        on_lambda.parse_report(tail)
