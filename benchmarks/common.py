@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -115,6 +117,28 @@ def in_blocks(
             del fn
             gc.collect()  # the session, and with it its thread pool, goes before the next block starts
     return samples
+
+
+def json_from_child(
+    module: str, *args: str, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,), timeout: float = 900
+) -> Any:
+    """Run ``python -m module *args`` from the repository and parse the JSON line it prints last.
+
+    ``ok`` lists the exit codes that still carry a result; any other code, or no output, raises with the
+    child's stderr.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode not in ok or not done.stdout.strip():
+        raise RuntimeError(f"python -m {module} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def fmt(value: float, digits: int = 2) -> str:

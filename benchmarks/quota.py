@@ -16,12 +16,11 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import BUNDLED_MODEL_DIR, REPO, Stats, fmt
+from benchmarks.common import BUNDLED_MODEL_DIR, Stats, fmt, json_from_child
 
 MEMORY_SIZES = (1769, 2048, 3538)  # one vCPU's worth; the template's default; two vCPUs' worth
 ONE_VCPU_MB = 1769
@@ -68,14 +67,10 @@ def cpu_quota(memory_mb: int) -> Iterator[Path]:
 def measure_in_quota(memory_mb: int, model_dir: Path, rounds: int, per_block: int) -> dict[str, list[float]]:
     """Run ``--child`` inside a quota for ``memory_mb``: samples keyed ``photo|mode|threads``."""
     with cpu_quota(memory_mb) as procs:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
-             "--rounds", str(rounds), "--per-block", str(per_block)],
-            cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+        return json_from_child(
+            "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
+            "--rounds", str(rounds), "--per-block", str(per_block),
         )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"the quota child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(model_dir: Path, rounds: int, per_block: int) -> dict[int, dict[str, list[float]]]:

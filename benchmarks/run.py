@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from benchmarks.common import (
     choose_model,
     fmt,
     int8_variant,
+    json_from_child,
     latency_table,
     latest_run,
     phone_photo,
@@ -269,21 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         emit()
         (scratch / "small.jpg").write_bytes(photos[small_key])
         (scratch / "phone.jpg").write_bytes(photos[phone_key])
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.memory",
-                str(model.directory),
-                str(scratch / "small.jpg"),
-                str(scratch / "phone.jpg"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        mem = json_from_child(
+            "benchmarks.memory", str(model.directory), str(scratch / "small.jpg"), str(scratch / "phone.jpg")
         )
-        mem = json.loads(done.stdout.strip().splitlines()[-1])
         emit("| RSS after init | after 100 (warm) | after 1,000 | peak | growth after warm-up | statuses |")
         emit("|---:|---:|---:|---:|---:|---|")
         emit(
