@@ -150,10 +150,14 @@ def _skin_fraction_rgb(rgb: np.ndarray) -> float:
     return float(np.count_nonzero(inside) / inside.size)
 
 
+def _rgb_chw(img: Image.Image) -> np.ndarray:
+    """``img`` as float32 RGB, channels first, 0..255."""
+    return np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+
+
 def skin_fraction(img: Image.Image) -> float:
     """The fraction of pixels of ``img`` whose chroma falls in the skin box."""
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-    return _skin_fraction_rgb(rgb)
+    return _skin_fraction_rgb(_rgb_chw(img))
 
 
 def tensor_stats(
@@ -175,7 +179,7 @@ def tensor_stats(
     left, top, right, bottom = content_box(image.width, image.height, spec)
     luma = np.asarray(LUMA, dtype=np.float32)
     if right - left > image.width or bottom - top > image.height:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)  # 0..255
+        rgb = _rgb_chw(image)
         grey = np.tensordot(luma / 255.0, rgb, axes=1)
     else:
         crop = tensor[:, top:bottom, left:right]
