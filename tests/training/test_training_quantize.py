@@ -109,14 +109,17 @@ def test_equalisation_is_exact_in_float(graphs: tuple[Path, Path, np.ndarray, di
 
 
 def test_calibration_tensors_use_serving_preprocessing(eye_folder: Path) -> None:
+    """Release calibrates int8 on ``prepare``'s tensors: they must be serving's preprocessing of each photo."""
     from cataract_inference.imaging import load_for_model
-    from cataract_training.train import FitConfig
+    from cataract_training.train import FitConfig, prepare
 
-    spec = FitConfig(data=str(eye_folder)).spec()
-    files = sorted(eye_folder.rglob("*.png"))[:3]
-    got = quantize.calibration_tensors(files, spec)
+    cfg = FitConfig(data=str(eye_folder))
+    spec = cfg.spec()
+    prep = prepare(cfg, progress=False)
+    got = prep.tensors[:3]
     assert got.shape == (3, 3, spec.size, spec.size) and got.dtype == np.float32
-    assert np.array_equal(got[0], load_for_model(files[0].read_bytes(), spec)[1])
+    for row, i in zip(got, prep.index[:3], strict=True):
+        assert np.array_equal(row, load_for_model(prep.audit.samples[i].path.read_bytes(), spec)[1])
 
 
 def test_gate_heads_are_refitted_on_the_quantized_features(

@@ -20,7 +20,7 @@ The recipe (measured on the MobileNetV2 run, see docs/training.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,13 +74,6 @@ class TensorReader:
 
     def rewind(self) -> None:  # pragma: no cover - onnxruntime may call it; one pass is enough
         """Not supported: a reader is used once."""
-
-
-def calibration_tensors(files: Sequence[Path], spec: Any) -> np.ndarray:
-    """Photos as serving sees them (decode, resize, normalise of ``cataract_inference.imaging``)."""
-    from cataract_inference.imaging import load_for_model
-
-    return np.stack([load_for_model(Path(f).read_bytes(), spec)[1] for f in files]).astype(np.float32)
 
 
 def trunk_nodes(model: Any) -> set[str]:

@@ -140,10 +140,8 @@ def release(
         if name == "fp32":
             export.export_onnx(graph, cfg.size, model_path)
         else:
-            # Every training photo (never a validation one), preprocessed exactly as serving does.
-            train_files = [prep.audit.samples[prep.index[i]].path for i in tr]
-            calib = quantize.calibration_tensors(train_files, cfg.spec())
-            info["quantization"] = quantize.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, calib)
+            # Every training photo (never a validation one): prepare's tensors are serving's preprocessing.
+            info["quantization"] = quantize.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, prep.tensors[tr])
             # The gate's distances must describe the features these bytes compute, not the float trunk's.
             info["gate_heads_refit"] = export.refit_gate_heads(model_path, prep.tensors[tr])
         outs = export.onnx_outputs(model_path, prep.tensors[va])
