@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from cataract_inference.schemas import ErrorResponse
+from cataract_inference.settings import DEFAULT_DISCLAIMER
+
 from .conftest import REPO, deployed, parameter_values
 
 API_SOURCE = REPO / "functions" / "inference" / "cataract_inference" / "api.py"
@@ -195,9 +198,12 @@ def test_gateway_errors_use_the_apps_error_shape(default_deploy: dict[str, Any],
     assert response.get("statusCode") == status
     # API Gateway renders $context.error.messageString as a quoted JSON string.
     rendered = response["responseTemplates"]["application/json"].replace("$context.error.messageString", '"Forbidden"')
-    error = json.loads(rendered)["error"]
-    assert set(error) == {"code", "message"}
-    assert re.fullmatch(r"[a-z_]+", error["code"])
+    body = json.loads(rendered)
+    assert set(body) == {"error", "disclaimer"}
+    assert set(body["error"]) == {"code", "message"}
+    assert re.fullmatch(r"[a-z_]+", body["error"]["code"])
+    # The same shape and words as the function's own errors: every response says it is not a diagnosis.
+    assert ErrorResponse.model_validate(body).disclaimer == DEFAULT_DISCLAIMER
 
 
 # ---------------------------------------------------------------- model bucket

@@ -49,6 +49,7 @@ def test_event_replays(bundled_handler: Any, path: Path) -> None:
     if "invalid" in path.name:
         assert response["statusCode"] == 400
         assert payload["error"]["code"] == "invalid_base64"
+        assert "diagnosis" in payload["disclaimer"].lower()
         return
     assert response["statusCode"] == 200, payload
     if "predict" in path.name:

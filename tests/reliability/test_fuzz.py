@@ -62,6 +62,7 @@ def check(handler: Any, event: dict[str, Any], *, predict: bool = True) -> int:
             status,
             payload,
         )
+    assert "not a diagnosis" in payload["disclaimer"].lower(), payload  # every answer, errors too
     return status
 
 
@@ -294,5 +295,7 @@ def test_regression_a_flagged_base64_body_that_is_not_base64_is_a_400(handler: A
     event = events.rest_event("/predict", "POST", body=body, content_type="image/jpeg", is_base64=True)
     response = handler.lambda_handler(event, FakeLambdaContext())
     assert response["statusCode"] == 400
-    assert json.loads(response["body"])["error"]["code"] == "invalid_base64"
+    payload = json.loads(response["body"])
+    assert payload["error"]["code"] == "invalid_base64"
+    assert "not a diagnosis" in payload["disclaimer"].lower()
     assert response["headers"]["x-request-id"] == event["requestContext"]["requestId"]

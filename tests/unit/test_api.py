@@ -112,6 +112,7 @@ def test_http_api_v2_named_stage(invoke: Invoke) -> None:
 def test_health_and_model(invoke: Invoke) -> None:
     status, _, health = invoke(events.rest_event("/health"))
     assert status == 200 and health["status"] == "ok" and health["model"]["version"] == "0.0.1-test"
+    assert "not a diagnosis" in health["disclaimer"].lower()
     status, _, model = invoke(events.rest_event("/model"))
     assert status == 200
     assert model["classes"] == ["cataract", "normal"]
@@ -182,12 +183,33 @@ def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, A
     assert headers["content-type"].startswith("application/json")
     assert body["error"]["code"] == code
     assert body["error"]["message"]
+    assert "not a diagnosis" in body["disclaimer"].lower()
 
 
 def test_body_over_the_lambda_limit_is_413(invoke: Invoke) -> None:
     big = "A" * (6 * 1024 * 1024 + 10)
     status, _, body = invoke(_json_event({"image": big}))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+def test_a_configured_disclaimer_is_on_every_kind_of_response(
+    tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import FakeLambdaContext, load_handler
+
+    words = "Clinic pilot: a screening aid only, never a diagnosis."
+    module = load_handler(tiny_model_dir, monkeypatch, DISCLAIMER=words)
+    flagged = events.rest_event("/predict", "POST", body="ab$=", content_type="image/jpeg", is_base64=True)
+    cases = {
+        "prediction": _json_event({"image": _b64(BRIGHT)}),
+        "health": events.rest_event("/health"),
+        "app error": _json_event({"image": "not base64 at all!!"}),
+        "handler error": flagged,
+        "unknown route": events.rest_event("/nope"),
+    }
+    for case, event in cases.items():
+        response = module.lambda_handler(event, FakeLambdaContext())
+        assert json.loads(response["body"])["disclaimer"] == words, case
 
 
 def test_body_limit_is_configurable(tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,8 +39,10 @@ class ClientError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str, request_id: str | None) -> JSONResponse:
-    body = ErrorResponse.model_validate({"error": {"code": code, "message": message}, "request_id": request_id})
+def _error(status: int, code: str, message: str, request_id: str | None, disclaimer: str) -> JSONResponse:
+    body = ErrorResponse.model_validate(
+        {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
+    )
     headers = {"Cache-Control": "no-store"}
     if request_id:
         headers["X-Request-Id"] = request_id
@@ -233,23 +235,26 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
         record_client_error(exc.code)
         logger.info("request refused", extra={"status": exc.status, "code": exc.code})
-        return _error(exc.status, exc.code, exc.message, request.scope["state"].get("request_id"))
+        return _error(exc.status, exc.code, exc.message, request.scope["state"].get("request_id"), settings.disclaimer)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc.errors()), request.scope["state"].get("request_id"))
+        return _error(
+            422, "invalid_request", str(exc.errors()), request.scope["state"].get("request_id"), settings.disclaimer
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), request.scope.get("state", {}).get("request_id"))
+        rid = request.scope.get("state", {}).get("request_id")
+        return _error(exc.status_code, code, str(exc.detail), rid, settings.disclaimer)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         rid = request.scope.get("state", {}).get("request_id")
-        return _error(500, "internal_error", "the service failed; it has been logged", rid)
+        return _error(500, "internal_error", "the service failed; it has been logged", rid, settings.disclaimer)
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_predict_openapi())
     async def predict(request: Request) -> JSONResponse:
@@ -315,7 +320,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
-        return HealthResponse(status="ok", model=model_info)
+        return HealthResponse(status="ok", model=model_info, disclaimer=settings.disclaimer)
 
     @app.get("/model")
     async def model() -> dict[str, Any]:

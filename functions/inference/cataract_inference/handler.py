@@ -64,7 +64,8 @@ def _invalid_base64_response(event: dict[str, Any]) -> dict[str, Any]:
     record_client_error("invalid_base64")
     logger.info("request refused", extra={"status": 400, "code": "invalid_base64"})
     body: dict[str, Any] = {
-        "error": {"code": "invalid_base64", "message": "the request body is flagged as base64 but is not valid base64"}
+        "error": {"code": "invalid_base64", "message": "the request body is flagged as base64 but is not valid base64"},
+        "disclaimer": settings.disclaimer,
     }
     headers = {"content-type": "application/json", "cache-control": "no-store"}
     if isinstance(request_id, str) and request_id:

@@ -57,6 +57,7 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok"]
     model: ModelInfo
+    disclaimer: str
 
 
 class ErrorBody(BaseModel):
@@ -71,3 +72,4 @@ class ErrorResponse(BaseModel):
 
     error: ErrorBody
     request_id: str | None = None
+    disclaimer: str

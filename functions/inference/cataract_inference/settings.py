@@ -18,6 +18,9 @@ DEFAULT_MODEL_DIR = PACKAGE_DIR.parent / "model"
 
 LAMBDA_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
 
+# Every response carries it, errors included; template.yaml's gateway responses repeat it verbatim.
+DEFAULT_DISCLAIMER = "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis."
+
 
 class ConfigError(ValueError):
     """A setting in the environment is malformed."""
@@ -83,8 +86,7 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_image_side=_int(env, "MAX_IMAGE_SIDE", 12_000, minimum=1),
-            disclaimer=env.get("DISCLAIMER", "").strip()
-            or "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis.",
+            disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
             on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not _bool(env, "LOCAL_RUN", False),
         )
 
