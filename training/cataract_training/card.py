@@ -8,6 +8,8 @@ from typing import Any
 
 from cataract_inference.manifest import Manifest
 
+from .backbones import BACKBONES
+
 CARD_FILENAME = "MODEL_CARD.md"
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 
@@ -79,6 +81,12 @@ def render(manifest: Manifest) -> str:
         f"{manifest.input.resize}, ImageNet normalisation; precision shipped: **{manifest.precision}**.",
         f"- Pretrained weights: {bb.weights if bb else 'n/a'}.",
         f"- Weights licence: {bb.licence if bb else 'n/a'}",
+        *(
+            f"- Also offered by `cataract-train fit --backbone {other.name}`, not in this model: {other.weights}. "
+            f"Licence: {other.licence}"
+            for other in BACKBONES.values()
+            if bb is None or other.architecture != bb.architecture
+        ),
         "- Fine-tuning: the last backbone blocks and a linear head, cross-entropy with class- and "
         "duplicate-balanced sampling, AdamW, warm-up + cosine, early stopping on validation loss; augmentation: "
         "crops, zoom-out, flips, rotation, colour, and for both classes down-then-up scaling, blur and JPEG "
