@@ -279,3 +279,18 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
     assert calls == []
     assert api._load_json(b'{"x": NaN}')["x"] != 0
     assert calls == [b'{"x": NaN}']
+
+
+def test_our_own_fault_is_a_json_500_that_keeps_the_detail_in_the_log(
+    handler: Any, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a detail the client must not see")
+
+    monkeypatch.setattr(handler.classifier, "predict_bytes", broken)
+    event = _json_event({"image": _b64(BRIGHT)})
+    status, headers, body = invoke(event)
+    assert status == 500
+    assert body["error"]["code"] == "internal_error" and "detail" not in json.dumps(body)
+    assert body["request_id"] == event["requestContext"]["requestId"] == headers["x-request-id"]
+    assert "not a diagnosis" in body["disclaimer"].lower()

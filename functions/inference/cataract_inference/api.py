@@ -231,30 +231,30 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     )
     app.add_middleware(GatewayScopeMiddleware)
 
+    def refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
+        # The 500 handler runs outside GatewayScopeMiddleware, which may not have set the state yet.
+        request_id = request.scope.get("state", {}).get("request_id")
+        return _error(status, code, message, request_id, settings.disclaimer)
+
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
         record_client_error(exc.code)
         logger.info("request refused", extra={"status": exc.status, "code": exc.code})
-        return _error(exc.status, exc.code, exc.message, request.scope["state"].get("request_id"), settings.disclaimer)
+        return refuse(request, exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(
-            422, "invalid_request", str(exc.errors()), request.scope["state"].get("request_id"), settings.disclaimer
-        )
+        return refuse(request, 422, "invalid_request", str(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        code = codes.get(exc.status_code, "http_error")
-        rid = request.scope.get("state", {}).get("request_id")
-        return _error(exc.status_code, code, str(exc.detail), rid, settings.disclaimer)
+        return refuse(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        rid = request.scope.get("state", {}).get("request_id")
-        return _error(500, "internal_error", "the service failed; it has been logged", rid, settings.disclaimer)
+        return refuse(request, 500, "internal_error", "the service failed; it has been logged")
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_predict_openapi())
     async def predict(request: Request) -> JSONResponse:
