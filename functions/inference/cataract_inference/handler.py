@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -18,6 +17,7 @@ from mangum import Mangum
 from .api import create_app
 from .classifier import Classifier
 from .observability import logger, metrics, record_client_error, tracer
+from .schemas import ErrorBody, ErrorResponse
 from .settings import get_settings
 
 settings = get_settings()
@@ -60,18 +60,24 @@ def _undecodable_body(event: dict[str, Any]) -> bool:
 
 def _invalid_base64_response(event: dict[str, Any]) -> dict[str, Any]:
     """The API's 400 error, built here because the request never reached the app."""
-    request_id = (event.get("requestContext") or {}).get("requestId")
     record_client_error("invalid_base64")
     logger.info("request refused", extra={"status": 400, "code": "invalid_base64"})
-    body: dict[str, Any] = {
-        "error": {"code": "invalid_base64", "message": "the request body is flagged as base64 but is not valid base64"},
-        "disclaimer": settings.disclaimer,
-    }
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    request_id = request_id if isinstance(request_id, str) and request_id else None
+    body = ErrorResponse(
+        error=ErrorBody(code="invalid_base64", message="the request body is flagged as base64 but is not valid base64"),
+        request_id=request_id,
+        disclaimer=settings.disclaimer,
+    )
     headers = {"content-type": "application/json", "cache-control": "no-store"}
-    if isinstance(request_id, str) and request_id:
-        body["request_id"] = request_id
+    if request_id:
         headers["x-request-id"] = request_id
-    return {"statusCode": 400, "headers": headers, "body": json.dumps(body), "isBase64Encoded": False}
+    return {
+        "statusCode": 400,
+        "headers": headers,
+        "body": body.model_dump_json(exclude_none=True),
+        "isBase64Encoded": False,
+    }
 
 
 def _encodable(event: dict[str, Any]) -> dict[str, Any]:
