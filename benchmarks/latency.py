@@ -138,6 +138,29 @@ def client_downscaling(handler: Any, phone: bytes, sides: tuple[int, ...], repea
     return interleaved({name: (lambda e=e: call(handler.lambda_handler, e)) for name, e in evs.items()}, repeats)
 
 
+def explain_cost(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Per photo: the handler without and with ``explain`` (the web page's request), and the heat map alone."""
+    from cataract_inference import events
+    from cataract_inference.imaging import load_for_model
+
+    clf = handler.classifier
+    spec = clf.manifest.input
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, data in photos.items():
+        tensor = load_for_model(data, spec, clf.limits)[1]
+        outputs = clf.run(tensor[None])
+        plain, explained = events.predict_event(data), events.predict_event(data, explain=True)
+        out[name] = interleaved(
+            {
+                "handler": lambda e=plain: call(handler.lambda_handler, e),
+                "handler, explain=true": lambda e=explained: call(handler.lambda_handler, e),
+                "heat map alone (second decode, overlay, PNG)": lambda d=data, o=outputs: clf.heatmap(d, o),
+            },
+            repeats,
+        )
+    return out
+
+
 def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
     """Our handler against the reference-style app, both behind Mangum, same events."""
     from cataract_inference import events

@@ -24,6 +24,7 @@ from benchmarks.common import (
     SHARED_TRAIN,
     Stats,
     choose_model,
+    downscaled,
     fmt,
     int8_variant,
     json_from_child,
@@ -150,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         samples = latency.client_downscaling(handler, photos[phone_key], (1600, 1024), reps)
         emit(latency_table(samples, next(iter(samples))))
         emit()
+        emit("### The heat map (`explain=true`, as the web page asks)")
+        emit()
+        explained = photos | {"phone photo downscaled to 1024 px": downscaled(photos[phone_key], 1024)}
+        for name, samples in latency.explain_cost(handler, explained, reps).items():
+            emit(f"**{name}**")
+            emit()
+            emit(latency_table(samples, "handler"))
+            emit()
 
     if "reference" not in skip:
         emit("### Against the reference project's serving (FastAPI, default `InferenceSession`, PIL resize)")

@@ -186,14 +186,19 @@ class Classifier:
         else:
             # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
             label, referral = UNGRADABLE, True
-        heatmap = None
-        if explain and names.cam:
-            cam = outputs[names.cam][0, self.manifest.positive_index]
-            # The model's decode may be a reduced JPEG draft; the overlay deserves a sharper copy.
-            spec = self.manifest.input
-            photo = decode_image(data, self.limits, target_size=OVERLAY_SIDE, fill=spec.fill_rgb).image
-            heatmap = explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
+        heatmap = self.heatmap(data, outputs) if explain else None
         return Prediction(label, probabilities, referral, verdict, {}, heatmap)
+
+    def heatmap(self, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
+        """The class-activation map of ``outputs`` over the photo ``data``, as a base64 PNG (``None`` without CAM)."""
+        names = self.manifest.outputs
+        if not names.cam:
+            return None
+        cam = outputs[names.cam][0, self.manifest.positive_index]
+        # The model's decode may be a reduced JPEG draft; the overlay deserves a sharper copy.
+        spec = self.manifest.input
+        photo = decode_image(data, self.limits, target_size=OVERLAY_SIDE, fill=spec.fill_rgb).image
+        return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
 
 
 def load_classifier(model_dir: Path, *, intra_op_threads: int = 1) -> Classifier:
