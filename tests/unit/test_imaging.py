@@ -86,6 +86,31 @@ def test_large_jpeg_decodes_in_draft_mode_but_stays_large_enough() -> None:
     assert full.image.size == (3000, 2000)
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((3000, 2000), (750, 500)), ((2000, 3000), (500, 750)), ((1024, 683), (512, 342)), ((4000, 300), (1000, 75))],
+)
+def test_preview_decodes_at_the_smallest_scale_that_keeps_the_longer_side(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    # The heat map is shown at most 512 px long: only its longer side has to survive the DCT scaling.
+    data = encoded(gradient(size), "JPEG", quality=85)
+    decoded = imaging.decode_image(data, longest_side=512)
+    assert decoded.image.size == expected
+    assert decoded.original_size == size
+    assert max(imaging.decode_image(data, target_size=512).image.size) > max(expected)  # both sides: a finer scale
+
+
+def test_preview_leaves_small_and_non_jpeg_images_whole() -> None:
+    assert imaging.decode_image(encoded(gradient((600, 400)), "JPEG"), longest_side=512).image.size == (600, 400)
+    assert imaging.decode_image(encoded(gradient((1600, 1200)), "PNG"), longest_side=512).image.size == (1600, 1200)
+
+
+def test_target_size_and_longest_side_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        imaging.decode_image(encoded(gradient((64, 64)), "JPEG"), target_size=32, longest_side=32)
+
+
 def test_declared_bomb_is_refused_before_decoding() -> None:
     bomb = png_with_declared_size(60_000, 60_000)
     started = time.perf_counter()

@@ -197,7 +197,7 @@ class Classifier:
         cam = outputs[names.cam][0, self.manifest.positive_index]
         # The model's decode may be a reduced JPEG draft; the overlay deserves a sharper copy.
         spec = self.manifest.input
-        photo = decode_image(data, self.limits, target_size=OVERLAY_SIDE, fill=spec.fill_rgb).image
+        photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
         return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
 
 

@@ -54,8 +54,11 @@ def map_to_image_grid(heat: np.ndarray, image_size: tuple[int, int], spec: Input
 
 def overlay_png(img: Image.Image, cam: np.ndarray, spec: InputSpec, *, max_side: int = 512, alpha: float = 0.45) -> str:
     """The heat map blended over the photo, as a base64 PNG (longest side at most ``max_side``)."""
-    photo = img.copy()
-    photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    photo = img
+    scale = max_side / max(img.size)
+    if scale < 1.0:  # shrink only, as thumbnail() would, but without first copying the full image
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        photo = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     heat = map_to_image_grid(normalised_map(cam), photo.size, spec)
     coloured = Image.fromarray(_jet(heat), mode="RGB")
     weight = (alpha * heat)[..., None]

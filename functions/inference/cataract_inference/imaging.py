@@ -8,6 +8,7 @@ turns that image into the model's input tensor; training calls the very same fun
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -143,25 +144,41 @@ def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+def _draft(img: Image.Image, target_size: int | None, longest_side: int | None) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale that keeps the requested sides."""
+    if target_size is not None:
+        img.draft("RGB", (target_size, target_size))
+    elif longest_side is not None:
+        width, height = img.size
+        scale = longest_side / max(width, height)
+        if scale < 1.0:
+            # Pillow keeps both sides at least this box: the photo's own shape, its longer side exact.
+            img.draft("RGB", (max(1, math.floor(width * scale)), max(1, math.floor(height * scale))))
+
+
 def decode_image(
     data: bytes,
     limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     target_size: int | None = None,
+    longest_side: int | None = None,
     fill: tuple[int, int, int] = (124, 116, 104),
 ) -> DecodedImage:
     """Decode ``data`` into an upright 8-bit RGB image.
 
     ``target_size`` lets JPEG decode at a reduced scale (DCT draft mode) while keeping both sides
-    at least that large; it only ever drops resolution the model would throw away. ``fill`` is the
-    colour transparent pixels are composited onto.
+    at least that large; it only ever drops resolution the model would throw away. ``longest_side``
+    does the same for a picture shown at most that large (the heat map): only the longer side is kept
+    at least that long. ``fill`` is the colour transparent pixels are composited onto.
     """
+    if target_size is not None and longest_side is not None:
+        raise ValueError("give target_size or longest_side, not both")
     img = _open(data, limits)
     original_size = img.size
     fmt = img.format or "unknown"
     try:
-        if target_size is not None and fmt in ("JPEG", "MPO"):
-            img.draft("RGB", (target_size, target_size))
+        if fmt in ("JPEG", "MPO"):
+            _draft(img, target_size, longest_side)
         img.load()
         # In place: without an orientation tag the default returns a full copy of the pixels.
         ImageOps.exif_transpose(img, in_place=True)
