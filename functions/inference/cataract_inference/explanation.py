@@ -7,12 +7,12 @@ map. Turning it into a picture (upsample, colour, blend, PNG) happens only when 
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 from PIL import Image
 
 from .manifest import InputSpec
+from .png_encoder import encode_rgb
 
 
 def normalised_map(cam: np.ndarray) -> np.ndarray:
@@ -60,12 +60,9 @@ def overlay_png(img: Image.Image, cam: np.ndarray, spec: InputSpec, *, max_side:
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         photo = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     heat = map_to_image_grid(normalised_map(cam), photo.size, spec)
-    coloured = Image.fromarray(_jet(heat), mode="RGB")
     weight = (alpha * heat)[..., None]
-    blended = np.asarray(photo, dtype=np.float32) * (1.0 - weight) + np.asarray(coloured, dtype=np.float32) * weight
-    out = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
-    buffer = io.BytesIO()
-    # zlib level 1: measured 20 ms and 280 kB for a 512 px overlay against 103 ms and 242 kB at the
-    # default level 6; on Lambda's single vCPU the time matters more than the 16% in size.
-    out.save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    # photo * (1 - w) + colour * w, in place on one float copy of the photo.
+    blended = np.asarray(photo, dtype=np.float32)
+    blended += (_jet(heat) - blended) * weight
+    np.clip(blended, 0, 255, out=blended)
+    return base64.b64encode(encode_rgb(blended.astype(np.uint8))).decode("ascii")
