@@ -202,13 +202,13 @@ def phone_photo(kind: str = "cataract", seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def downscaled(data: bytes, side: int, quality: int = 92) -> bytes:
+def downscaled(data: bytes, side: int, quality: int = 92, fmt: str = "JPEG") -> bytes:
     """``data`` as a client would send it after downscaling: longest side ``side`` px, re-encoded as JPEG
-    (what the web page does before upload)."""
+    (what the web page does before upload) or ``fmt``."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=quality)
+    img.save(buffer, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
     return buffer.getvalue()
 
 

@@ -6,6 +6,7 @@ All candidates of one table run in this process, interleaved, on the same photo 
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import io
 import json
@@ -147,14 +148,14 @@ def explain_cost(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[s
     spec = clf.manifest.input
     out: dict[str, dict[str, list[float]]] = {}
     for name, data in photos.items():
-        tensor = load_for_model(data, spec, clf.limits)[1]
+        decoded, tensor = load_for_model(data, spec, clf.limits)
         outputs = clf.run(tensor[None])
         plain, explained = events.predict_event(data), events.predict_event(data, explain=True)
         out[name] = interleaved(
             {
                 "handler": lambda e=plain: call(handler.lambda_handler, e),
                 "handler, explain=true": lambda e=explained: call(handler.lambda_handler, e),
-                "heat map alone (second decode, overlay, PNG)": lambda d=data, o=outputs: clf.heatmap(d, o),
+                "heat map alone (sharper decode, overlay, PNG)": functools.partial(clf.heatmap, decoded, data, outputs),
             },
             repeats,
         )

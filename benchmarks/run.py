@@ -153,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         emit()
         emit("### The heat map (`explain=true`, as the web page asks)")
         emit()
-        explained = photos | {"phone photo downscaled to 1024 px": downscaled(photos[phone_key], 1024)}
+        explained = photos | {
+            "phone photo downscaled to 1024 px": downscaled(photos[phone_key], 1024),
+            "the same as PNG (the overlay reuses the model's full-size decode)": downscaled(
+                photos[phone_key], 1024, fmt="PNG"
+            ),
+        }
         for name, samples in latency.explain_cost(handler, explained, reps).items():
             emit(f"**{name}**")
             emit()

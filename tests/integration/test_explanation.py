@@ -7,6 +7,8 @@ functions the service uses; the PNG is never decoded here.
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from pathlib import Path
 
@@ -160,3 +162,32 @@ def test_explain_costs_nothing_when_not_asked(tiny: Classifier, monkeypatch: pyt
     assert result.heatmap_png is None and calls == []
     assert tiny.predict_bytes(data, explain=True).heatmap_png and calls == [1]
     assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "second_decodes"),
+    # The tiny model's input is 32 px: a JPEG keeps full size only while its shorter side is under 64 px.
+    [("PNG", (900, 600), 0), ("WEBP", (900, 600), 0), ("JPEG", (90, 60), 0), ("JPEG", (1600, 1200), 1)],
+)
+def test_overlay_decodes_the_photo_again_only_when_the_model_saw_a_reduced_draft(
+    tiny: Classifier, monkeypatch: pytest.MonkeyPatch, fmt: str, size: tuple[int, int], second_decodes: int
+) -> None:
+    """A second decode is for sharpness only: where the model's decode was full size, the overlay reuses it."""
+    from cataract_inference import classifier as classifier_module
+
+    calls: list[int] = []
+    original = classifier_module.decode_image  # the model's own decode goes through imaging.load_for_model
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(classifier_module, "decode_image", counting)
+    img, _ = place(Image.new("RGB", (200, 200), (220, 200, 180)), "left", (90, 90, 90))
+    data = encoded(img.resize(size), fmt)
+    overlay = tiny.predict_bytes(data, explain=True).heatmap_png
+    assert overlay
+    assert len(calls) == second_decodes
+    scale = min(1.0, 512 / size[0])  # the overlay shrinks to 512 px, never grows
+    assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (round(size[0] * scale), round(size[1] * scale))
+    assert tiny.predict_bytes(data).probabilities == tiny.predict_bytes(data, explain=True).probabilities

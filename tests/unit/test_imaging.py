@@ -82,8 +82,10 @@ def test_large_jpeg_decodes_in_draft_mode_but_stays_large_enough() -> None:
     decoded = imaging.decode_image(data, target_size=224)
     assert decoded.original_size == (3000, 2000)
     assert 224 <= min(decoded.image.size) < 1000
+    assert decoded.reduced
     full = imaging.decode_image(data)
     assert full.image.size == (3000, 2000)
+    assert not full.reduced
 
 
 @pytest.mark.parametrize(
@@ -102,8 +104,10 @@ def test_preview_decodes_at_the_smallest_scale_that_keeps_the_longer_side(
 
 
 def test_preview_leaves_small_and_non_jpeg_images_whole() -> None:
-    assert imaging.decode_image(encoded(gradient((600, 400)), "JPEG"), longest_side=512).image.size == (600, 400)
-    assert imaging.decode_image(encoded(gradient((1600, 1200)), "PNG"), longest_side=512).image.size == (1600, 1200)
+    for fmt, size in (("JPEG", (600, 400)), ("PNG", (1600, 1200))):
+        decoded = imaging.decode_image(encoded(gradient(size), fmt), longest_side=512)
+        assert decoded.image.size == size
+        assert not decoded.reduced
 
 
 def test_target_size_and_longest_side_are_exclusive() -> None:

@@ -186,18 +186,22 @@ class Classifier:
         else:
             # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
             label, referral = UNGRADABLE, True
-        heatmap = self.heatmap(data, outputs) if explain else None
+        heatmap = self.heatmap(decoded, data, outputs) if explain else None
         return Prediction(label, probabilities, referral, verdict, {}, heatmap)
 
-    def heatmap(self, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
-        """The class-activation map of ``outputs`` over the photo ``data``, as a base64 PNG (``None`` without CAM)."""
+    def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
+        """The class-activation map of ``outputs`` over the photo, as a base64 PNG (``None`` without CAM).
+
+        ``decoded`` is the model's decode of ``data``; the overlay reuses it unless it is a reduced JPEG draft.
+        """
         names = self.manifest.outputs
         if not names.cam:
             return None
         cam = outputs[names.cam][0, self.manifest.positive_index]
-        # The model's decode may be a reduced JPEG draft; the overlay deserves a sharper copy.
         spec = self.manifest.input
-        photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
+        photo = decoded.image
+        if decoded.reduced:  # the model's ⅛ draft would blur the overlay: decode a sharper copy
+            photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
         return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
 
 

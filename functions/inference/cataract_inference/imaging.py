@@ -88,6 +88,7 @@ class DecodedImage:
     image: Image.Image
     original_size: tuple[int, int]
     format: str
+    reduced: bool = False  # decoded at a reduced JPEG scale: sharper pixels exist in the file
 
 
 def _sniff_unsupported(data: bytes) -> str | None:
@@ -180,6 +181,7 @@ def decode_image(
         if fmt in ("JPEG", "MPO"):
             _draft(img, target_size, longest_side)
         img.load()
+        reduced = img.size != original_size
         # In place: without an orientation tag the default returns a full copy of the pixels.
         ImageOps.exif_transpose(img, in_place=True)
         # EXIF rotations by 90 degrees swap the sides of the original too.
@@ -190,7 +192,7 @@ def decode_image(
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from exc
-    return DecodedImage(image=rgb, original_size=original_size, format=fmt)
+    return DecodedImage(image=rgb, original_size=original_size, format=fmt, reduced=reduced)
 
 
 def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
