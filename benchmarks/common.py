@@ -191,11 +191,11 @@ def small_photo(kind: str = "cataract", seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def phone_photo(kind: str = "cataract", seed: int = 0) -> bytes:
+def phone_photo(kind: str = "cataract", seed: int = 0, size: tuple[int, int] = (3000, 2000)) -> bytes:
     """A 3000×2000 JPEG (quality 90): a drawn eye upscaled, with noise, about a phone camera's size and density."""
     from cataract_inference.drawing import draw_eye
 
-    base = draw_eye(kind, size=(750, 500), seed=seed).resize((3000, 2000), Image.Resampling.BICUBIC)
+    base = draw_eye(kind, size=(size[0] // 4, size[1] // 4), seed=seed).resize(size, Image.Resampling.BICUBIC)
     img = _noisy(base, 6.0, seed)
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=90)

@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         emit("### The heat map (`explain=true`, as the web page asks)")
         emit()
         explained = photos | {
+            "12 MP phone photo (4032×3024 JPEG: the model's ⅛ draft, 504 px, is drawn on)": phone_photo(
+                size=(4032, 3024)
+            ),
             "phone photo downscaled to 1024 px": downscaled(photos[phone_key], 1024),
             "the same as PNG (the overlay reuses the model's full-size decode)": downscaled(
                 photos[phone_key], 1024, fmt="PNG"

@@ -165,14 +165,26 @@ def test_explain_costs_nothing_when_not_asked(tiny: Classifier, monkeypatch: pyt
 
 
 @pytest.mark.parametrize(
-    ("fmt", "size", "second_decodes"),
-    # The tiny model's input is 32 px: a JPEG keeps full size only while its shorter side is under 64 px.
-    [("PNG", (900, 600), 0), ("WEBP", (900, 600), 0), ("JPEG", (90, 60), 0), ("JPEG", (1600, 1200), 1)],
+    ("fmt", "size", "expected"),
+    # The tiny model's input is 32 px: a JPEG keeps full size only while its shorter side is under 64 px, and its
+    # ⅛ draft reaches the overlay's 448 px minimum from 3584 px on.
+    [
+        # (second decodes, overlay size)
+        ("PNG", (900, 600), (0, (512, 341))),
+        ("WEBP", (900, 600), (0, (512, 341))),
+        ("JPEG", (90, 60), (0, (90, 60))),
+        ("JPEG", (1600, 1200), (1, (512, 384))),  # draft 200×150: too blurry, decoded again at 800×600
+        ("JPEG", (3600, 2700), (0, (450, 338))),  # draft 450×338: drawn on as it is
+    ],
 )
-def test_overlay_decodes_the_photo_again_only_when_the_model_saw_a_reduced_draft(
-    tiny: Classifier, monkeypatch: pytest.MonkeyPatch, fmt: str, size: tuple[int, int], second_decodes: int
+def test_overlay_decodes_the_photo_again_only_when_the_model_saw_a_blurry_draft(
+    tiny: Classifier,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    size: tuple[int, int],
+    expected: tuple[int, tuple[int, int]],
 ) -> None:
-    """A second decode is for sharpness only: where the model's decode was full size, the overlay reuses it."""
+    """A second decode is for sharpness only: where the model's decode is sharp enough, the overlay reuses it."""
     from cataract_inference import classifier as classifier_module
 
     calls: list[int] = []
@@ -185,9 +197,9 @@ def test_overlay_decodes_the_photo_again_only_when_the_model_saw_a_reduced_draft
     monkeypatch.setattr(classifier_module, "decode_image", counting)
     img, _ = place(Image.new("RGB", (200, 200), (220, 200, 180)), "left", (90, 90, 90))
     data = encoded(img.resize(size), fmt)
-    overlay = tiny.predict_bytes(data, explain=True).heatmap_png
-    assert overlay
+    second_decodes, overlay = expected
+    heatmap = tiny.predict_bytes(data, explain=True).heatmap_png
+    assert heatmap
     assert len(calls) == second_decodes
-    scale = min(1.0, 512 / size[0])  # the overlay shrinks to 512 px, never grows
-    assert Image.open(io.BytesIO(base64.b64decode(overlay))).size == (round(size[0] * scale), round(size[1] * scale))
+    assert Image.open(io.BytesIO(base64.b64decode(heatmap))).size == overlay
     assert tiny.predict_bytes(data).probabilities == tiny.predict_bytes(data, explain=True).probabilities

@@ -17,6 +17,9 @@ from .settings import Settings
 
 UNGRADABLE = "ungradable"
 OVERLAY_SIDE = 512
+# A decode whose longer side reaches this is sharp enough for the overlay. 12 MP phone photos (4032×3024) leave
+# the model's ⅛ draft at 504 px: decoding them again for 8 more pixels would cost a full entropy pass (~38 ms).
+OVERLAY_MIN_SIDE = 448
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,8 @@ class Classifier:
     def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
         """The class-activation map of ``outputs`` over the photo, as a base64 PNG (``None`` without CAM).
 
-        ``decoded`` is the model's decode of ``data``; the overlay reuses it unless it is a reduced JPEG draft.
+        ``decoded`` is the model's decode of ``data``; the overlay reuses it unless it is a reduced JPEG draft
+        too small to draw on.
         """
         names = self.manifest.outputs
         if not names.cam:
@@ -200,7 +204,7 @@ class Classifier:
         cam = outputs[names.cam][0, self.manifest.positive_index]
         spec = self.manifest.input
         photo = decoded.image
-        if decoded.reduced:  # the model's ⅛ draft would blur the overlay: decode a sharper copy
+        if decoded.reduced and max(photo.size) < OVERLAY_MIN_SIDE:  # a blurry draft: decode a sharper copy
             photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
         return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
 
