@@ -155,7 +155,7 @@ def explain_cost(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[s
             {
                 "handler": lambda e=plain: call(handler.lambda_handler, e),
                 "handler, explain=true": lambda e=explained: call(handler.lambda_handler, e),
-                "heat map alone (sharper decode, overlay, PNG)": functools.partial(clf.heatmap, decoded, data, outputs),
+                "heat map alone (Classifier.heatmap)": functools.partial(clf.heatmap, decoded, data, outputs),
             },
             repeats,
         )

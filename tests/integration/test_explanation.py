@@ -2,7 +2,8 @@
 
 The map comes from the graph's ``cam`` output (the classifier weights applied to the last
 convolutional feature map), through ``Classifier.run`` and ``explanation.map_to_image_grid``, the
-functions the service uses; the PNG is never decoded here.
+functions the service uses. Where the map is followed, the PNG is never decoded; the last test decodes it
+only for its size, to check which decode the overlay was drawn on.
 """
 
 from __future__ import annotations
