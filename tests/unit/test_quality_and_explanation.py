@@ -86,6 +86,30 @@ def test_overlay_is_a_png_the_size_of_the_photo() -> None:
     assert overlay.format == "PNG" and overlay.size == (512, 256)
 
 
+def test_overlay_blends_the_colour_map_by_the_heat_and_leaves_cold_pixels_alone() -> None:
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    spec = InputSpec(size=32, resize="squash")
+    cam = np.zeros((4, 4), dtype=np.float32)
+    cam[:, 0] = 1.0  # evidence in the left column only
+    alpha = 0.45
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(explanation.overlay_png(img, cam, spec, alpha=alpha)))))
+    photo = np.asarray(img)
+    # The same blend in float: photo * (1 - alpha * heat) + jet(heat) * alpha * heat.
+    heat = explanation.map_to_image_grid(explanation.normalised_map(cam), img.size, spec)
+    weight = (alpha * heat)[..., None]
+    expected = photo * (1.0 - weight) + explanation._jet(heat).astype(np.float32) * weight
+    assert np.abs(out.astype(np.float32) - expected).max() <= 2.5  # the heat is quantised to 8 bits
+    cold = heat == 0.0
+    assert cold[:, -40:].all() and np.array_equal(out[cold], photo[cold])
+    hot = heat > 0.9
+    assert hot[:, :5].all()
+    # Where the evidence is strongest the map is dark red (127, 0, 0): green and blue keep about 1 - alpha.
+    for channel in (1, 2):
+        kept = out[hot][:, channel].mean() / photo[hot][:, channel].mean()
+        assert 1 - alpha - 0.05 < kept < 1 - alpha + 0.1
+
+
 def test_skin_fraction_tells_skin_from_paper_sky_and_grass() -> None:
     for skin in [(224, 172, 140), (141, 85, 60), (90, 56, 37)]:  # light, brown and dark skin tones
         assert quality.skin_fraction(Image.new("RGB", (32, 32), skin)) == 1.0
