@@ -39,6 +39,8 @@ def _model_dir(path: Path, version: str = "2026.01.01-test-1", payload: bytes = 
         classes=("cataract", "normal"),
     )
     write_manifest(manifest, path / "model.json")
+    card = f"# Model card: cataract-screen {version}\n\nfor {payload!r}\n"
+    (path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return path
 
 
@@ -58,10 +60,14 @@ def test_publish_then_pull_latest_and_version(tmp_path: Path, aws_env: None) -> 
     dest = tmp_path / "function-model"
     got = publish.pull(f"s3://{BUCKET}/cataract", dest, client=s3)
     assert got["version"] == "v2"
+    assert got["model_card"] == "published"
     assert (dest / "model.onnx").read_bytes() == b"second model"
     assert load_manifest(dest / "model.json").version == "v2"
+    # The image bakes in the whole folder: the card must be the pulled model's, not the one before.
+    assert (dest / "MODEL_CARD.md").read_text(encoding="utf-8").startswith("# Model card: cataract-screen v2\n")
     got = publish.pull(f"s3://{BUCKET}/cataract", dest, version="v1", client=s3)
     assert (dest / "model.onnx").read_bytes() == b"first model"
+    assert "b'first model'" in (dest / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert not [p for p in dest.iterdir() if p.name.startswith(".pull-")]
 
     # The function's own S3 loader reads what publish wrote, metadata check included.
@@ -83,6 +89,50 @@ def test_pull_refuses_a_checksum_mismatch(tmp_path: Path, aws_env: None) -> None
     with pytest.raises(publish.PublishError, match="checksum mismatch"):
         publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
     assert (dest / "model.onnx").read_bytes() == b"the model we had"  # untouched
+
+
+@mock_aws
+def test_pull_of_a_version_published_without_a_card_renders_one(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    s3.delete_object(Bucket=BUCKET, Key="p/v1/MODEL_CARD.md")  # as versions published before cards travelled
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    got = publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert got["model_card"].startswith("rendered")
+    card = (dest / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card.startswith("# Model card: cataract-screen v1\n")
+    assert "v0" not in card and "the model we had" not in card
+
+
+@mock_aws
+def test_pull_refuses_a_card_of_another_version(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    s3.put_object(Bucket=BUCKET, Key="p/v1/MODEL_CARD.md", Body=b"# Model card: cataract-screen v9\n")
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    with pytest.raises(publish.PublishError, match="does not describe version v1"):
+        publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert (dest / "model.onnx").read_bytes() == b"the model we had"  # untouched
+    assert load_manifest(dest / "model.json").version == "v0"
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        (None, "no MODEL_CARD.md"),
+        ("# Model card: cataract-screen 2025.01.01-old\n", "describes version 2025.01.01-old"),
+    ],
+)
+def test_publish_refuses_a_missing_or_stale_card(tmp_path: Path, card: str | None, message: str) -> None:
+    src = _model_dir(tmp_path / "m")
+    if card is None:
+        (src / "MODEL_CARD.md").unlink()
+    else:
+        (src / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    with pytest.raises(publish.PublishError, match=message):
+        publish.publish(src, f"s3://{BUCKET}/p", client=object())
 
 
 def test_publish_refuses_a_stale_manifest(tmp_path: Path) -> None:

@@ -6,11 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cataract_inference.manifest import Manifest
+from cataract_inference.manifest import CARD_FILENAME, Manifest
 
 from .backbones import BACKBONES
 
-CARD_FILENAME = "MODEL_CARD.md"
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 
 

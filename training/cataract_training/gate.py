@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 from cataract_inference import quality
 from cataract_inference.classifier import Classifier, load_classifier
 from cataract_inference.imaging import ImageError, load_for_model
-from cataract_inference.manifest import MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
+from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
 
 from . import metrics
 
@@ -1091,7 +1091,7 @@ def write_card_block(model_dir: Path, block: str) -> None:
     """Replace the gate block in ``MODEL_CARD.md`` (or append it); no card, nothing to do."""
     import re
 
-    card = model_dir / "MODEL_CARD.md"
+    card = model_dir / CARD_FILENAME
     if not card.is_file():
         return
     text = card.read_text(encoding="utf-8")

@@ -4,7 +4,11 @@ Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
 
     s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>)
     s3://BUCKET/PREFIX/<version>/model.json
+    s3://BUCKET/PREFIX/<version>/MODEL_CARD.md
     s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256"}
+
+The card travels with the model because the image bakes in the whole model folder: a pull that
+replaced only the model and its manifest would ship the previous model's card.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cataract_inference.manifest import MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
+from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
 from cataract_inference.model_source import ModelLoadError, parse_s3_uri, sha256_of
 
 LATEST = "latest.json"
@@ -59,11 +63,21 @@ def _explain(exc: Exception, what: str) -> PublishError:
     return PublishError(f"cannot {what}: {exc}")
 
 
-def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, str]:
-    """Upload ``model.onnx`` (sha256 in its metadata) and ``model.json``, then move ``latest.json``.
+def _card_version(card: Path) -> str | None:
+    """The version a model card's title names (``# Model card: NAME VERSION``), or None."""
+    with card.open(encoding="utf-8") as fh:
+        title = fh.readline().strip()
+    if not title.startswith("# Model card: "):
+        return None
+    return title.rsplit(" ", 1)[-1]
 
-    The manifest is checked against the file first, so a stale pair is never published. The pointer
-    moves last, so readers of ``latest.json`` never see a half-published version.
+
+def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, str]:
+    """Upload ``model.onnx`` (sha256 in its metadata), ``model.json`` and ``MODEL_CARD.md``, then move ``latest.json``.
+
+    The manifest is checked against the file, and the card against the manifest's version, first, so a
+    stale set is never published. The pointer moves last, so readers of ``latest.json`` never see a
+    half-published version.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -78,6 +92,14 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
     digest = sha256_of(model)
     if digest != manifest.sha256:
         raise PublishError(f"checksum mismatch: {model} hashes to {digest} but model.json says {manifest.sha256}")
+    card = model_dir / CARD_FILENAME
+    if not card.is_file():
+        raise PublishError(f"no {CARD_FILENAME} in {model_dir}; run `cataract-train card {model_dir}` first")
+    if _card_version(card) != manifest.version:
+        raise PublishError(
+            f"{card} describes version {_card_version(card)}, not {manifest.version}; "
+            f"run `cataract-train card {model_dir}` (and the gate calibration) first"
+        )
     bucket, prefix = split_uri(uri)
     folder = f"{prefix}{manifest.version}/"
     client = client or _client()
@@ -89,6 +111,9 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
             bucket,
             folder + MANIFEST_FILENAME,
             ExtraArgs={"Metadata": {"sha256": sha256_of(manifest_path)}, "ContentType": "application/json"},
+        )
+        client.upload_file(
+            str(card), bucket, folder + CARD_FILENAME, ExtraArgs={"ContentType": "text/markdown; charset=utf-8"}
         )
         pointer = {
             "version": manifest.version,
@@ -114,7 +139,8 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
     """Fetch ``version`` (or the one ``latest.json`` names) into ``dest`` and verify it.
 
     The files land in a temporary folder first and replace ``dest``'s only after the sha256 in the
-    object metadata, the manifest and the bytes all agree.
+    object metadata, the manifest and the bytes all agree. The model card comes too; a version
+    published without one gets a card rendered from its manifest, never the previous model's.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -131,6 +157,7 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
             tmp_dir = Path(tmp)
             meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
             _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            card_published = _pull_card(client, bucket, folder, tmp_dir)
             digest = sha256_of(tmp_dir / MODEL_FILENAME)
             try:
                 manifest = load_manifest(tmp_dir / MANIFEST_FILENAME)
@@ -144,10 +171,37 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
                     f"checksum mismatch for s3://{bucket}/{folder}: bytes {digest}, metadata {published}, "
                     f"manifest {manifest.sha256}; nothing was written to {dest}"
                 )
-            for name in (MODEL_FILENAME, MANIFEST_FILENAME):
+            if not card_published:
+                from .card import write_card  # imports torch (through the backbones): only when needed
+
+                write_card(manifest, tmp_dir)
+            elif _card_version(tmp_dir / CARD_FILENAME) != manifest.version:
+                raise PublishError(
+                    f"s3://{bucket}/{folder}{CARD_FILENAME} does not describe version {manifest.version}; "
+                    f"re-publish it; nothing was written to {dest}"
+                )
+            for name in (MODEL_FILENAME, MANIFEST_FILENAME, CARD_FILENAME):
                 os.replace(tmp_dir / name, dest / name)
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, f"pull from s3://{bucket}/{prefix}") from exc
     except (KeyError, json.JSONDecodeError) as exc:
         raise PublishError(f"s3://{bucket}/{prefix}{LATEST} is not a valid pointer: {exc}") from exc
-    return {"version": str(version), "sha256": digest, "dest": str(dest)}
+    return {
+        "version": str(version),
+        "sha256": digest,
+        "dest": str(dest),
+        "model_card": "published" if card_published else "rendered from model.json (none was published)",
+    }
+
+
+def _pull_card(client: Any, bucket: str, folder: str, tmp_dir: Path) -> bool:
+    """Fetch the version's model card into ``tmp_dir``; False when it was published without one."""
+    from botocore.exceptions import ClientError
+
+    try:
+        _get(client, bucket, folder + CARD_FILENAME, tmp_dir / CARD_FILENAME)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return False
+        raise
+    return True

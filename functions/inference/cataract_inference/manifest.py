@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MANIFEST_FILENAME = "model.json"
 MODEL_FILENAME = "model.onnx"
+CARD_FILENAME = "MODEL_CARD.md"  # baked in beside the model; serving never reads it
 SCHEMA_VERSION = 1
 
 
