@@ -250,8 +250,8 @@ def test_settings_defaults() -> None:
     assert settings.max_body_bytes == 6 * 1024 * 1024
     assert settings.model_s3_uri is None
     assert settings.model_dir.name == "model"
-    assert not settings.on_lambda
-    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f"}).on_lambda
+    assert settings.model_cache_dir == Path("/tmp/cataract-model")
+    assert settings.disclaimer.startswith("Screening aid, not a diagnosis.")
 
 
 @pytest.mark.parametrize(("threads", "spinning"), [(1, "0"), (2, "1"), (4, "1")])

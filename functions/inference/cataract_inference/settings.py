@@ -39,17 +39,6 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
 @dataclass(frozen=True)
 class Settings:
     """The function's configuration."""
@@ -64,7 +53,6 @@ class Settings:
     max_image_pixels: int
     max_image_side: int
     disclaimer: str
-    on_lambda: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,7 +75,6 @@ class Settings:
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_image_side=_int(env, "MAX_IMAGE_SIDE", 12_000, minimum=1),
             disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
-            on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not _bool(env, "LOCAL_RUN", False),
         )
 
 
