@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ def test_a_drawn_eye_is_gradable() -> None:
 def test_each_check_names_its_reason(img: Image.Image, reason: str) -> None:
     verdict = _verdict(img)
     assert not verdict.gradable
-    assert any(r.startswith(reason) for r in verdict.reasons), verdict.reasons
+    # The documented contract: "code: explanation", the code one of the six the README lists.
+    codes = "too_small|too_dark|too_bright|low_contrast|too_blurry|not_an_eye"
+    assert all(re.fullmatch(rf"({codes}): \S.*", r) for r in verdict.reasons), verdict.reasons
+    assert reason in [r.split(":", 1)[0] for r in verdict.reasons], verdict.reasons
 
 
 def test_out_of_distribution_is_not_an_eye() -> None:

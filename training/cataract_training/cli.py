@@ -144,7 +144,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    """audit -> fit -> cv -> export, in one go."""
+    """fit (which audits the data first) -> cv -> export, in one go."""
     from .release import release
     from .train import fit
 

@@ -23,7 +23,7 @@ class QualityOut(BaseModel):
     """The gradability gate's verdict."""
 
     gradable: bool
-    reasons: list[str]
+    reasons: list[str] = Field(description='One "code: explanation" each, e.g. "too_dark: the photo is underexposed".')
     scores: dict[str, float] = Field(default_factory=dict)
 
 
