@@ -137,6 +137,36 @@ def test_truncated_and_corrupted_images(
     check(handler, _send(mutate(SEEDS[fmt], ops), as_json, media=f"image/{fmt.lower()}"))
 
 
+# 2b. corrupted EXIF on an intact image: the pixels decode, the metadata is hostile ----------------------
+
+
+def _exif_block() -> bytes:
+    """A big-endian EXIF block: orientation 6 and a Make string, the tags a phone writes."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Phone"
+    return exif.tobytes()
+
+
+EXIF = _exif_block()
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    fmt=st.sampled_from(["JPEG", "PNG", "WEBP"]),
+    exif=st.one_of(
+        st.lists(mutation, min_size=1, max_size=4).map(lambda ops: mutate(EXIF, ops)),
+        st.binary(max_size=64).map(lambda tail: b"Exif\x00\x00" + tail),
+    ),
+)
+def test_corrupted_exif(handler: Any, fmt: str, exif: bytes) -> None:
+    img = draw_eye("normal", size=(72, 48), seed=5)
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, exif=exif)
+    status = check(handler, _send(buffer.getvalue(), as_json=False, media=f"image/{fmt.lower()}"))
+    assert status == 200, "the pixels are intact: a broken EXIF block is no reason to refuse the photo"
+
+
 # 3. huge declared dimensions (decompression bombs and lies) -----------------------------------------
 
 
@@ -280,6 +310,7 @@ def test_the_fuzz_budget_is_at_least_2000_examples() -> None:
     tests = [
         test_random_bytes,
         test_truncated_and_corrupted_images,
+        test_corrupted_exif,
         test_huge_declared_dimensions,
         test_wrong_json_types_and_unicode,
         test_deep_nesting,

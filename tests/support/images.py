@@ -53,3 +53,55 @@ def animated_gif(frames: int = 3, size: tuple[int, int] = (40, 30)) -> bytes:
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
     return buffer.getvalue()
+
+
+def progressive_jpeg_with_scans(extra_scans: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A progressive JPEG from Pillow (about 10 scans) with its last scan repeated ``extra_scans`` times:
+    the shape of a scan bomb, where every scan walks every block of the image."""
+    data = encoded(gradient(size), "JPEG", progressive=True, quality=90)
+    last_sos = data.rindex(b"\xff\xda")
+    eoi = data.rindex(b"\xff\xd9")
+    return data[:eoi] + data[last_sos:eoi] * extra_scans + data[eoi:]
+
+
+def bmp_rle8(size: tuple[int, int] = (16, 8)) -> bytes:
+    """An 8-bit run-length-encoded BMP: each row one run of palette index 1, then end-of-line."""
+    width, height = size
+    body = (bytes([width, 1]) + b"\x00\x00") * height + b"\x00\x01"
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 2835, 2835, 256, 0)
+    offset = 14 + len(dib) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + dib + palette + body
+
+
+def tiff_with_huge_strip_offset() -> bytes:
+    """An 8x8 grey TIFF whose StripOffsets is a LONG8 (BigTIFF's type 16) of 2**64 - 1."""
+    short = struct.Struct("<HH")
+    entries = [
+        (256, 3, short.pack(8, 0)),  # width
+        (257, 3, short.pack(8, 0)),  # height
+        (258, 3, short.pack(8, 0)),  # bits per sample
+        (259, 3, short.pack(1, 0)),  # no compression
+        (262, 3, short.pack(1, 0)),  # black is zero
+        (273, 16, None),  # strip offsets: LONG8, stored after the IFD
+        (277, 3, short.pack(1, 0)),  # samples per pixel
+        (278, 3, short.pack(8, 0)),  # rows per strip
+        (279, 4, struct.pack("<I", 64)),  # strip byte counts
+    ]
+    after_ifd = 8 + 2 + 12 * len(entries) + 4
+    data = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+    for tag, kind, value in entries:
+        data += struct.pack("<HHI", tag, kind, 1) + (value if value is not None else struct.pack("<I", after_ifd))
+    return data + b"\x00" * 4 + struct.pack("<Q", 2**64 - 1) + bytes(64)
+
+
+def jpeg_with_malformed_exif(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG whose EXIF says "rotate by 90 degrees" beside a Make tag typed DOUBLE: Pillow reads the
+    orientation, then fails to re-serialise the block after applying it."""
+    ifd = bytes.fromhex("4d4d002a000000080002010f000c000000010000002601120003000000010006000000000000")
+    return encoded(gradient(size), "JPEG", quality=95, exif=b"Exif\x00\x00" + ifd + bytes(8))
+
+
+def png_with_truncated_exif(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A PNG whose eXIf chunk stops right after the TIFF header."""
+    return encoded(gradient(size), "PNG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00")

@@ -13,7 +13,16 @@ from PIL import Image
 
 from cataract_inference import events
 from cataract_inference.drawing import draw_eye, encode
-from tests.support.images import encoded, gradient, png_with_declared_size
+from tests.support.images import (
+    bmp_rle8,
+    encoded,
+    gradient,
+    jpeg_with_malformed_exif,
+    png_with_declared_size,
+    png_with_truncated_exif,
+    progressive_jpeg_with_scans,
+    tiff_with_huge_strip_offset,
+)
 
 Invoke = Callable[[dict[str, Any]], tuple[int, dict[str, str], Any]]
 
@@ -29,6 +38,18 @@ def _b64(data: bytes) -> str:
 
 BRIGHT = encoded(Image.new("RGB", (80, 60), (250, 250, 250)), "PNG")
 DARK = encoded(Image.new("RGB", (80, 60), (20, 20, 20)), "PNG")
+
+
+def _raw_event(data: bytes, query: dict[str, str] | None = None, media: str = "image/png") -> dict[str, Any]:
+    return events.rest_event("/predict", "POST", body=_b64(data), content_type=media, is_base64=True, query=query)
+
+
+def _with_header(event: dict[str, Any], name: str, value: str) -> dict[str, Any]:
+    return {
+        **event,
+        "headers": {**event["headers"], name: value},
+        "multiValueHeaders": {**event["multiValueHeaders"], name: [value]},
+    }
 
 
 def test_predict_returns_the_contract(invoke: Invoke) -> None:
@@ -173,7 +194,37 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("get predict", events.rest_event("/predict", "GET"), 405, "method_not_allowed"),
     ("unknown route", events.rest_event("/nope"), 404, "not_found"),
+    # A redirect would answer 307 with an empty body, no disclaimer, and the photo to send again.
+    ("trailing slash", {**_raw_event(BRIGHT), "path": "/predict/", "resource": "/predict/"}, 404, "not_found"),
+    # orjson refuses the number and the stdlib raises ValueError (not JSONDecodeError) over 4300 digits.
+    ("json integer over 4300 digits", _json_event('{"image": "AAAA", "n": ' + "1" * 4301 + "}"), 400, "malformed_json"),
+    ("explain query not a yes or no", _raw_event(BRIGHT, {"explain": "maybe"}), 422, "invalid_request"),
+    ("jpeg scan bomb", _raw_event(progressive_jpeg_with_scans(150), media="image/jpeg"), 413, "image_too_large"),
+    ("run-length-encoded bmp", _raw_event(bmp_rle8(), media="image/bmp"), 415, "unsupported_format"),
+    ("tiff offset beyond 2**63", _raw_event(tiff_with_huge_strip_offset(), media="image/tiff"), 400, "corrupt_image"),
+    ("lone surrogate in a header", _with_header(_raw_event(BRIGHT), "X-Note", "\udcff"), 400, "invalid_encoding"),
+    ("lone surrogate in the query", _raw_event(BRIGHT, {"q": "\ud800"}), 400, "invalid_encoding"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("value", "explained"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("", False)],
+)
+def test_explain_query_reads_yes_and_no(invoke: Invoke, value: str, explained: bool) -> None:
+    status, _, body = invoke(_raw_event(BRIGHT, {"explain": value}))
+    assert status == 200
+    assert ("heatmap_png" in body) is explained
+
+
+@pytest.mark.parametrize(
+    ("data", "media"),
+    [(jpeg_with_malformed_exif(), "image/jpeg"), (png_with_truncated_exif(), "image/png")],
+    ids=["jpeg", "png"],
+)
+def test_a_photo_with_malformed_exif_is_screened(invoke: Invoke, data: bytes, media: str) -> None:
+    status, _, body = invoke(_raw_event(data, media=media))
+    assert status == 200 and body["label"] in ("cataract", "normal", "ungradable")
 
 
 @pytest.mark.parametrize(("case", "event", "status", "code"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])

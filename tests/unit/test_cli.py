@@ -94,6 +94,27 @@ def test_missing_model_exits_with_a_message(
     assert "no model at" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{}", "not an API Gateway proxy event"),
+        (b"[]", "not an API Gateway proxy event"),
+        (b'{"Records": [{"s3": {}}]}', "not an API Gateway proxy event"),
+        (b'{"httpMethod": ', "Expecting value"),
+        (b"\xff\xfe not utf-8", "utf-8"),
+    ],
+    ids=["empty", "list", "s3-event", "truncated", "not-utf8"],
+)
+def test_invoke_refuses_a_file_that_is_not_an_event_with_a_message(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    path = tmp_path / "event.json"
+    path.write_bytes(content)
+    assert cli.main(["invoke", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_draw_eye(tmp_path: Path) -> None:
     out = tmp_path / "eye.png"
     assert cli.main(["draw-eye", "cataract", "-o", str(out), "--seed", "3"]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
@@ -10,7 +11,18 @@ from PIL import Image
 
 from cataract_inference import imaging
 from cataract_inference.manifest import InputSpec
-from tests.support.images import animated_gif, encoded, gradient, jpeg_with_orientation, png_with_declared_size
+from tests.support.images import (
+    animated_gif,
+    bmp_rle8,
+    encoded,
+    gradient,
+    jpeg_with_malformed_exif,
+    jpeg_with_orientation,
+    png_with_declared_size,
+    png_with_truncated_exif,
+    progressive_jpeg_with_scans,
+    tiff_with_huge_strip_offset,
+)
 
 SPEC = InputSpec(size=32)
 
@@ -139,6 +151,80 @@ def test_truncated_image_is_corrupt(fmt: str) -> None:
     with pytest.raises(imaging.CorruptImageError) as info:
         imaging.decode_image(data[: len(data) // 2])
     assert info.value.status == 400
+
+
+def test_a_progressive_jpeg_decodes_but_a_scan_bomb_is_refused_before_decoding() -> None:
+    ordinary = progressive_jpeg_with_scans(0)
+    assert 1 < ordinary.count(b"\xff\xda") <= 20, "Pillow writes libjpeg's progressive script"
+    assert imaging.decode_image(ordinary).image.size == (64, 48)
+    bomb = progressive_jpeg_with_scans(150)
+    with pytest.raises(imaging.ImageTooLargeError, match="scans") as info:
+        imaging.decode_image(bomb)
+    assert info.value.status == 413
+    assert imaging.decode_image(bomb, imaging.DecodeLimits(max_scans=200)).image.size == (64, 48)
+
+
+def test_a_run_length_encoded_bmp_is_refused_as_unsupported() -> None:
+    data = bmp_rle8()
+    with Image.open(io.BytesIO(data)) as img:  # Pillow would read it, in pure Python
+        assert img.tile[0][0] == "bmp_rle"
+    with pytest.raises(imaging.UnsupportedFormatError, match="RLE") as info:
+        imaging.decode_image(data)
+    assert info.value.status == 415
+
+
+def test_an_out_of_range_tiff_offset_is_corrupt_not_a_crash() -> None:
+    with pytest.raises(imaging.CorruptImageError) as info:  # Pillow raises OverflowError
+        imaging.decode_image(tiff_with_huge_strip_offset())
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [(jpeg_with_malformed_exif(), (48, 64)), (png_with_truncated_exif(), (64, 48))],
+    ids=["jpeg-bad-tag-type", "png-truncated-exif"],
+)
+def test_malformed_exif_is_ignored_and_the_photo_decodes(data: bytes, size: tuple[int, int]) -> None:
+    """Pillow raises AttributeError / struct.error on these; a viewer shows the photo, and so do we."""
+    decoded = imaging.decode_image(data)
+    assert decoded.image.size == size  # the JPEG's orientation 6 still turns it upright
+    assert decoded.original_size == size
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_wide_greyscale_converts_in_blocks_exactly_as_in_one_pass(mode: str) -> None:
+    """Row blocks bound the float64 working set; the pixels must equal the whole-image formula."""
+    rng = np.random.default_rng(7)
+    rows = (imaging._BLOCK_PIXELS // 1000) * 2 + 7  # three blocks, the last one short
+    top = {"I;16": 65535, "I": 70000, "F": 300.0}[mode]
+    values = rng.uniform(-5 if mode == "F" else 0, top, size=(rows, 1000))
+    values[0, :5] = [0, 257, 257 * 100, 65535 % top, top]  # exact multiples, where float rounding bites
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    img = Image.fromarray(values.astype(dtype))
+    assert img.mode == mode
+    src = np.asarray(img, dtype=np.float64)
+    scale = 65535.0 if mode == "I;16" or src.max() > 255 else 255.0
+    expected = np.clip(src * (255.0 / scale), 0, 255).astype(np.uint8)
+    out = np.asarray(imaging._wide_to_rgb(img))
+    assert out.shape == (rows, 1000, 3)
+    np.testing.assert_array_equal(out[..., 0], expected)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBa", "PA"])
+def test_alpha_composites_in_strips_exactly_as_in_one_pass(mode: str) -> None:
+    """Strips bound the RGBA working set; the pixels must equal one alpha_composite of the whole image."""
+    rng = np.random.default_rng(11)
+    width = 1000
+    rows = (imaging._BLOCK_PIXELS // width) * 2 + 5  # three strips, the last one short
+    rgba = Image.fromarray(rng.integers(0, 256, size=(rows, width, 4), dtype=np.uint8), "RGBA")
+    img = rgba.convert("P") if mode == "PA" else rgba.convert(mode)
+    if mode == "PA":
+        img = Image.merge("PA", (img, rgba.getchannel("A")))
+    whole = img if mode == "RGBA" else img.convert("RGBA")
+    expected = Image.alpha_composite(Image.new("RGBA", img.size, (1, 2, 3, 255)), whole).convert("RGB")
+    out = imaging._composite_onto(img, (1, 2, 3))
+    assert out.mode == "RGB" and out.size == img.size
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
 
 
 @pytest.mark.parametrize("data", [b"hello, world", b"\x00" * 100, b'{"image": 1}', b"GIF89"])

@@ -156,10 +156,23 @@ def _load_json(body: bytes) -> Any:
         return json.loads(body)
 
 
+def _query_flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter: true/false, 1/0 or yes/no in any case; absent or empty is false.
+
+    Anything else is refused, as the JSON field refuses a non-boolean, rather than silently read as false.
+    """
+    raw = request.query_params.get(name, "").strip().lower()
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("", "0", "false", "no"):
+        return False
+    raise ClientError(422, "invalid_request", f"query parameter {name!r} must be true or false, got {raw[:40]!r}")
+
+
 def _parse_json(body: bytes) -> PredictRequest:
     try:
         raw = _load_json(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and the stdlib's 4300-digit integer limit
         raise ClientError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ClientError(400, "malformed_json", "the JSON is nested too deeply") from exc
@@ -222,6 +235,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     manifest = classifier.manifest
     model_info = ModelInfo(**classifier.model_info)
     app = FastAPI(
+        # A redirect for "/predict/" would answer 307 with an empty body (no error, no disclaimer), and a
+        # client would have to send the photo again; the JSON 404 says what is wrong.
+        redirect_slashes=False,
         title="Cataract screening",
         version=manifest.version,
         description=(
@@ -268,7 +284,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             parsed = _parse_json(body)
             image_bytes, explain = decode_base64_image(parsed.image), parsed.explain
         elif content_type.startswith(RAW_IMAGE_TYPES) or not content_type:
-            image_bytes, explain = body, request.query_params.get("explain", "").lower() in ("1", "true", "yes")
+            image_bytes, explain = body, _query_flag(request, "explain")
         else:
             raise ClientError(
                 415,

@@ -75,6 +75,13 @@ def _print_response(response: dict[str, Any], body_only: bool) -> None:
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
     event = json.loads(Path(args.event).read_text(encoding="utf-8"))
+    if not events.is_api_gateway_event(event):
+        print(
+            f"cataract-screen: {args.event} is not an API Gateway proxy event (REST v1 or HTTP API v2); "
+            "make one with `cataract-screen make-event IMAGE`",
+            file=sys.stderr,
+        )
+        return 2
     response = invoke_event(event)
     _print_response(response, args.body)
     return 0 if int(response.get("statusCode", 500)) < 500 else 1
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ConfigError) as exc:
         print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
         return 3
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         print(f"cataract-screen: {exc}", file=sys.stderr)
         return 2
 

@@ -110,3 +110,10 @@ def predict_event(
     if http_api:
         return http_api_event("/predict", "POST", **kwargs)
     return rest_event("/predict", "POST", **kwargs, query={"explain": "true"} if raw and explain else None)
+
+
+def is_api_gateway_event(event: object) -> bool:
+    """True for the REST (v1) and HTTP API (v2) proxy event shapes Mangum understands."""
+    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
+        return False
+    return "httpMethod" in event or event.get("version") == "2.0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -16,6 +17,7 @@ from mangum import Mangum
 
 from .api import create_app
 from .classifier import Classifier
+from .events import is_api_gateway_event
 from .observability import logger, metrics, record_client_error, tracer
 from .schemas import ErrorBody, ErrorResponse
 from .settings import get_settings
@@ -38,12 +40,27 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         raise TypeError("this function expects an API Gateway proxy event (REST v1 or HTTP API v2)")
     try:
         return asgi_handler(_encodable(event), context)
+    except UnicodeEncodeError:
+        # Mangum encodes the path, headers and query to bytes; a lone surrogate there would escape as an
+        # invocation error (a 502 at the gateway), as an undecodable body would (below).
+        if _encodes(event):
+            raise
+        return _refusal(event, "invalid_encoding", "the path, a header or the query string is not valid UTF-8")
     except (binascii.Error, ValueError):
         # Mangum base64-decodes a flagged body before the app runs; a body that is not base64 would
         # escape as an invocation error (a 502 at the gateway). It is the client's bad request.
         if not _undecodable_body(event):
             raise
-        return _invalid_base64_response(event)
+        return _refusal(event, "invalid_base64", "the request body is flagged as base64 but is not valid base64")
+
+
+def _encodes(event: dict[str, Any]) -> bool:
+    """True when every string in the event encodes to UTF-8 (no lone surrogates)."""
+    try:
+        json.dumps(event, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _undecodable_body(event: dict[str, Any]) -> bool:
@@ -58,14 +75,14 @@ def _undecodable_body(event: dict[str, Any]) -> bool:
     return False
 
 
-def _invalid_base64_response(event: dict[str, Any]) -> dict[str, Any]:
+def _refusal(event: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     """The API's 400 error, built here because the request never reached the app."""
-    record_client_error("invalid_base64")
-    logger.info("request refused", extra={"status": 400, "code": "invalid_base64"})
+    record_client_error(code)
+    logger.info("request refused", extra={"status": 400, "code": code})
     request_id = (event.get("requestContext") or {}).get("requestId")
     request_id = request_id if isinstance(request_id, str) and request_id else None
     body = ErrorResponse(
-        error=ErrorBody(code="invalid_base64", message="the request body is flagged as base64 but is not valid base64"),
+        error=ErrorBody(code=code, message=message),
         request_id=request_id,
         disclaimer=settings.disclaimer,
     )
@@ -92,10 +109,3 @@ def _encodable(event: dict[str, Any]) -> dict[str, Any]:
             raw = body.encode("utf-8", "surrogatepass")
             return {**event, "body": base64.b64encode(raw).decode("ascii"), "isBase64Encoded": True}
     return event
-
-
-def is_api_gateway_event(event: object) -> bool:
-    """True for the REST (v1) and HTTP API (v2) proxy event shapes Mangum understands."""
-    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
-        return False
-    return "httpMethod" in event or event.get("version") == "2.0"

@@ -72,10 +72,16 @@ class ImageTooLargeError(ImageError):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Refuse images whose declared size exceeds these, before decoding any pixel."""
+    """Refuse images whose declared size exceeds these, before decoding any pixel.
+
+    ``max_scans`` bounds a progressive JPEG's scans: each one walks every block of the image, so a
+    few hundred kilobytes of empty scans at 40 MP would keep the decoder busy past Lambda's timeout.
+    Encoders write about 10 (libjpeg's default script) and rarely more than 20.
+    """
 
     max_pixels: int = 40_000_000
     max_side: int = 12_000
+    max_scans: int = 100
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -113,7 +119,9 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many types on hostile headers
         raise CorruptImageError(f"the image header is corrupt: {exc}") from exc
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -122,6 +130,16 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageTooLargeError(
             f"the image is {width}x{height}; the limit is {limits.max_side} px a side and {limits.max_pixels} pixels"
         )
+    if img.format == "BMP" and img.tile and img.tile[0][0] == "bmp_rle":
+        # Pillow decodes RLE bitmaps in pure Python: seconds and hundreds of MB from a 14 kB file.
+        raise UnsupportedFormatError("RLE-compressed BMP images are not supported; send JPEG, PNG or WebP")
+    if img.format in ("JPEG", "MPO") and img.info.get("progressive"):
+        # Every scan starts with an SOS marker, and entropy-coded data cannot hold one (0xFF is stuffed).
+        scans = data.count(b"\xff\xda")
+        if scans > limits.max_scans:
+            raise ImageTooLargeError(
+                f"the progressive JPEG has {scans} scans; the limit is {limits.max_scans} (re-save it as baseline)"
+            )
     return img
 
 
@@ -130,19 +148,54 @@ def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        # 16-bit data spans 0..65535; 'I' and 'F' are scaled by their own range.
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        return _wide_to_rgb(img)
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*fill, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _composite_onto(img, fill)
     return img.convert("RGB")
+
+
+# Rows are converted this many pixels at a time, so that a 40 MP image never has several full-size
+# working copies (float64, or RGBA) alive at once.
+_BLOCK_PIXELS = 1 << 20
+
+
+def _composite_onto(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """An image with alpha composited onto ``fill``, a strip of rows at a time.
+
+    The pixels are what one ``alpha_composite`` of the whole image gives (it is per pixel); the
+    working set is one strip instead of three full-size RGBA copies (≈ 480 MB at 40 MP).
+    """
+    out = Image.new("RGB", img.size)
+    rows = max(1, _BLOCK_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        box = (0, top, img.width, min(img.height, top + rows))
+        strip = img.crop(box)
+        rgba = strip if strip.mode == "RGBA" else strip.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*fill, 255))
+        out.paste(Image.alpha_composite(background, rgba).convert("RGB"), box[:2])
+    return out
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale to 8-bit RGB: 16-bit data spans 0..65535, 'I' and 'F' their own range.
+
+    Converted a block of rows at a time, with the same float64 arithmetic as one whole-image pass: a
+    40 MP image no longer needs three float64 copies of itself (≈ 1 GB).
+    """
+    src = np.asarray(img)
+    top = 65535.0 if img.mode.startswith("I;16") or src.max(initial=0) > 255 else 255.0
+    out = np.empty(src.shape, dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(1, src.shape[1]))
+    for start in range(0, src.shape[0], rows):
+        block = src[start : start + rows].astype(np.float64)
+        np.multiply(block, 255.0 / top, out=block)
+        np.clip(block, 0, 255, out=block)
+        out[start : start + rows] = block  # the unsafe float-to-uint8 cast, as astype(np.uint8)
+    del src  # a full-size copy of the wide pixels: gone before the RGB image is made
+    return Image.fromarray(out).convert("RGB")
 
 
 def _draft(img: Image.Image, target_size: int | None, longest_side: int | None) -> None:
@@ -182,17 +235,32 @@ def decode_image(
             _draft(img, target_size, longest_side)
         img.load()
         reduced = img.size != original_size
-        # In place: without an orientation tag the default returns a full copy of the pixels.
-        ImageOps.exif_transpose(img, in_place=True)
+        _upright(img)
         # EXIF rotations by 90 degrees swap the sides of the original too.
         if img.size[0] != img.size[1] and (img.size[0] < img.size[1]) != (original_size[0] < original_size[1]):
             original_size = (original_size[1], original_size[0])
         rgb = _to_rgb(img, fill)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # hostile pixel data reaches C decoders and Python plugins alike
         raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from exc
     return DecodedImage(image=rgb, original_size=original_size, format=fmt, reduced=reduced)
+
+
+def _upright(img: Image.Image) -> None:
+    """Apply the EXIF orientation in place; a malformed EXIF block is ignored, as viewers ignore it.
+
+    The pixels decoded fine, so a broken tag is no reason to refuse the photo.
+    """
+    try:
+        # In place: without an orientation tag the default returns a full copy of the pixels.
+        ImageOps.exif_transpose(img, in_place=True)
+    except MemoryError:
+        raise
+    except Exception:  # struct.error, AttributeError, ... from a bad tag type
+        pass
 
 
 def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
