@@ -17,7 +17,7 @@ REQUESTS = 1_000
 WARM_UP = 100
 
 
-def _vm_hwm() -> int:
+def peak_rss_bytes() -> int:
     """Peak resident bytes of this process image (VmHWM). Not ru_maxrss: Linux carries that across exec,
     so it would report the parent's peak (which made the 3000×2000 photo)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -55,7 +55,7 @@ def main(model_dir: str, small_path: str, phone_path: str) -> None:
         if i + 1 == WARM_UP:
             rss_warm = proc.memory_info().rss
     rss_end = proc.memory_info().rss
-    peak = _vm_hwm()
+    peak = peak_rss_bytes()
     mb = 2**20
     print(
         json.dumps(

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import coldstart, depsize, int8, latency, quota, throughput, tuning
+from benchmarks import coldstart, depsize, hostile, int8, latency, quota, throughput, tuning
 from benchmarks.common import (
     RESULTS,
     SHARED_TRAIN,
@@ -36,7 +36,19 @@ from benchmarks.common import (
     verdict,
 )
 
-SECTIONS = ("latency", "reference", "torch", "int8", "tuning", "quota", "coldstart", "memory", "deps", "throughput")
+SECTIONS = (
+    "latency",
+    "reference",
+    "torch",
+    "int8",
+    "tuning",
+    "quota",
+    "coldstart",
+    "memory",
+    "hostile",
+    "deps",
+    "throughput",
+)
 
 
 def _machine() -> str:
@@ -300,6 +312,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         g = mem["growth_after_warm_up_mb"]
         targets.append(("RSS growth after warm-up", "≤ 10 MB", f"{g} MB", verdict(g <= 10)))
+
+    if "hostile" not in skip:
+        emit("### Hostile images: one request each in a fresh process (after one small warm-up request)")
+        emit()
+        emit(
+            f"40 MP ({hostile.SIDE}×{hostile.SIDE}, the default pixel limit) in each layout the decoder converts, "
+            "and two CPU bombs' shapes. Peak is the process's VmHWM; the function needs it under `MemorySize`."
+        )
+        emit()
+        emit("| image | file kB | status | ms | peak RSS MB | peak ÷ reference |")
+        emit("|---|---:|---|---:|---:|---:|")
+        rows = {
+            name: json_from_child("benchmarks.hostile", str(model.directory), str(path), media)
+            for name, (path, media) in hostile.write_images(scratch).items()
+        }
+        reference = rows[hostile.REFERENCE]["peak_mb"]
+        for name, row in rows.items():
+            emit(
+                f"| {name} | {row['bytes'] / 1024:.0f} | {row['status']} {row['code']} | {row['ms']:.0f} | "
+                f"{row['peak_mb']:.0f} | {row['peak_mb'] / reference:.2f}× |"
+            )
+        emit()
 
     if "deps" not in skip:
         emit("### Installed runtime dependencies (`pip install --target`, Python 3.12 manylinux x86_64 wheels)")
