@@ -20,18 +20,23 @@ FAKE_CREDENTIALS = {
 
 
 def publish_model_folder(client: Any, bucket: str, prefix: str, model_dir: Path, sha: str | None = None) -> str:
-    """Put ``model.onnx`` (its sha256 in the object metadata, or ``sha``) and ``model.json`` under ``prefix``.
-
-    Returns the sha256 of the model's bytes.
+    """Put ``model.onnx`` (its sha256, or ``sha``, and model.json's in the object metadata) and ``model.json``
+    under ``prefix``. Returns the sha256 of the model's bytes.
     """
     digest = sha256_of(model_dir / "model.onnx")
+    manifest_digest = sha256_of(model_dir / "model.json")
     client.put_object(
         Bucket=bucket,
         Key=prefix + "model.onnx",
         Body=(model_dir / "model.onnx").read_bytes(),
-        Metadata={"sha256": sha or digest},
+        Metadata={"sha256": sha or digest, "manifest-sha256": manifest_digest},
     )
-    client.put_object(Bucket=bucket, Key=prefix + "model.json", Body=(model_dir / "model.json").read_bytes())
+    client.put_object(
+        Bucket=bucket,
+        Key=prefix + "model.json",
+        Body=(model_dir / "model.json").read_bytes(),
+        Metadata={"sha256": manifest_digest},
+    )
     return digest
 
 

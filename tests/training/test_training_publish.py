@@ -180,3 +180,52 @@ def test_bad_uri() -> None:
         publish.split_uri("s3:///models")
     assert publish.split_uri("s3://b") == ("b", "")
     assert publish.split_uri("s3://b/a/c/") == ("b", "a/c/")
+
+
+@mock_aws
+def test_a_published_version_is_immutable_but_a_retry_is_fine(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "a", "v1", b"first model"), f"s3://{BUCKET}/p", client=s3)
+    publish.publish(_model_dir(tmp_path / "a", "v1", b"first model"), f"s3://{BUCKET}/p", client=s3)  # a retry
+    with pytest.raises(publish.PublishError, match="immutable"):
+        publish.publish(_model_dir(tmp_path / "b", "v1", b"retrained"), f"s3://{BUCKET}/p", client=s3)
+    got = s3.get_object(Bucket=BUCKET, Key="p/v1/model.onnx")
+    assert got["Body"].read() == b"first model"
+    assert got["Metadata"]["manifest-sha256"] == sha256_of(tmp_path / "a" / "model.json")
+
+
+@mock_aws
+def test_pull_refuses_a_model_json_overwritten_after_publication(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    meta = s3.head_object(Bucket=BUCKET, Key="p/v1/model.json")["Metadata"]
+    s3.put_object(Bucket=BUCKET, Key="p/v1/model.json", Body=b'{"threshold": 0.99}', Metadata=meta)
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    with pytest.raises(publish.PublishError, match="overwritten"):
+        publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert (dest / "model.onnx").read_bytes() == b"the model we had"
+
+
+@mock_aws
+@pytest.mark.parametrize("pointer", [b"[1]", b'{"version": null}', b'{"version": 5}', b'{"version": "/"}'])
+def test_pull_explains_a_pointer_that_names_no_version(tmp_path: Path, aws_env: None, pointer: bytes) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="p/latest.json", Body=pointer)
+    with pytest.raises(publish.PublishError, match="names no version"):
+        publish.pull(f"s3://{BUCKET}/p", tmp_path / "out", client=s3)
+
+
+@mock_aws
+def test_pull_into_a_file_and_publish_to_a_missing_bucket_are_explained(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(publish.PublishError, match="is a file"):
+        publish.pull(f"s3://{BUCKET}/p", afile, client=s3)
+    with pytest.raises(publish.PublishError, match="bucket nobucket does not exist"):
+        publish.publish(_model_dir(tmp_path / "m", "v1"), "s3://nobucket/p", client=s3)

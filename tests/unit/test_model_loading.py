@@ -276,3 +276,150 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
     shutil.copytree(tiny_model_dir, copy)
     assert load_baked(copy).sha256 == load_baked(tiny_model_dir).sha256
     onnx.checker.check_model(str(copy / "model.onnx"))
+
+
+# --- model.json is strict: a typo, a stray key or an impossible value is refused, never defaulted -----------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threshhold": 0.3}, "threshhold"),  # misspelt: would have served the default 0.5
+        ({"gate": {"min_side": 8, "max_mid_distnce": 30.0}}, "max_mid_distnce"),  # the eye check silently off
+        ({"schema_version": 99}, "schema_version 99"),
+        ({"threshold": True}, "threshold"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"input": {"size": 32, "std": [0.0, 0.2, 0.2]}}, "std"),
+        ({"outputs": {"logits": "logits"}, "gate": {"max_ood_distance": 3.0}}, "outputs.ood_distance"),
+    ],
+    ids=["misspelt", "misspelt-gate", "schema", "bool-threshold", "inf-temperature", "zero-std", "cap-no-output"],
+)
+def test_a_manifest_that_would_serve_wrongly_is_refused(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    rewrite_manifest(model_dir, **change)
+    with pytest.raises(ModelLoadError, match=message):
+        load_baked(model_dir)
+
+
+# --- what runs is what was hashed ----------------------------------------------------------------------------
+
+
+def test_the_session_runs_the_verified_bytes_not_the_file_as_it_is_later(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    artifact = load_baked(model_dir)
+    flipped = tiny_graph(32)
+    for init in flipped.graph.initializer:  # the opposite classifier: dark -> cataract
+        init.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(init), init.name))
+    onnx.save(flipped, model_dir / "model.onnx")  # swapped after the hash, before the session
+    classifier = Classifier(artifact)
+    bright = np.ones((1, 3, 32, 32), dtype=np.float32)
+    assert classifier.run(bright)["logits"][0, 0] > 0, "the verified model scores bright as cataract"
+
+
+def test_a_model_with_external_weight_files_is_refused(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    model = onnx.load(model_dir / "model.onnx")
+    onnx.save_model(model, model_dir / "model.onnx", save_as_external_data=True, size_threshold=0, location="w.bin")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    with pytest.raises(ModelLoadError, match="external files"):
+        Classifier(load_baked(model_dir))
+
+
+def test_symbolic_input_sides_are_accepted_and_a_non_float_input_is_refused(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    model = onnx.load(model_dir / "model.onnx")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    Classifier(load_baked(model_dir))  # [N, 3, H, W] takes the manifest's 32x32
+    # A valid graph that takes uint8 pixels and casts them itself: serving would feed it float32.
+    model.graph.input[0].name = "pixels"
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["pixels"], ["input"], to=onnx.TensorProto.FLOAT))
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, input={"name": "pixels", "size": 32})
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    with pytest.raises(ModelLoadError, match="float32"):
+        Classifier(load_baked(model_dir))
+
+
+# --- S3: the right model.json, a bounded wait, the right object named ----------------------------------------
+
+
+def test_s3_model_json_overwritten_after_publication_is_refused(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    _publish(s3, tiny_model_dir)
+    key = "cataract/v1/model.json"
+    tampered = (tiny_model_dir / "model.json").read_text().replace('"threshold": 0.5', '"threshold": 0.99')
+    assert tampered != (tiny_model_dir / "model.json").read_text()
+    meta = s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]  # type: ignore[attr-defined]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=tampered.encode(), Metadata=meta)  # type: ignore[attr-defined]
+    with pytest.raises(ModelLoadError, match=r"not the model\.json published with this model\.onnx"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
+def test_s3_names_the_missing_model_json_and_accepts_a_folder_without_its_slash(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    _publish(s3, tiny_model_dir)
+    artifact = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1"))
+    assert artifact.source == f"s3://{BUCKET}/cataract/v1/model.onnx"
+    s3.delete_object(Bucket=BUCKET, Key="cataract/v1/model.json")  # type: ignore[attr-defined]
+    with pytest.raises(ModelLoadError, match=r"cataract/v1/model\.json does not exist"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
+def test_s3_upper_case_checksum_metadata_is_the_same_checksum(s3: object, tiny_model_dir: Path, tmp_path: Path) -> None:
+    _publish(s3, tiny_model_dir, sha=sha256_of(tiny_model_dir / "model.onnx").upper())
+    resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
+class _StallingBody:
+    """A response body that delivers one byte, then stalls as a dying connection does."""
+
+    def iter_chunks(self, _size: int) -> object:
+        import time
+
+        while True:
+            yield b"x"
+            time.sleep(0.05)
+
+
+class _StallingS3:
+    def get_object(self, **_kwargs: object) -> dict[str, object]:
+        return {"Body": _StallingBody(), "Metadata": {}}
+
+
+def test_a_stalled_s3_download_fails_init_within_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cataract_inference import model_source
+
+    monkeypatch.setattr(model_source, "S3_DEADLINE_S", 0.3)
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    with pytest.raises(ModelLoadError, match="did not deliver"):
+        model_source.load_from_s3(settings, _StallingS3())
+
+
+def test_concurrent_cold_starts_sharing_a_cache_each_serve_their_own_model(s3: object, tmp_path: Path) -> None:
+    first, second = build_tiny_model(tmp_path / "a"), build_tiny_model(tmp_path / "b", threshold=0.2)
+    _publish(s3, first, prefix="cataract/v1/")
+    _publish(s3, second, prefix="cataract/v2/")
+    one = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+    two = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v2/"))  # same cache folder
+    assert Classifier(one).manifest.threshold == 0.5 and Classifier(two).manifest.threshold == 0.2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model.json", "model.onnx"], "no probe left"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ORT_INTRA_OP_THREADS": "5000"}, "<= 64"),
+        ({"MODEL_S3_VERSION_ID": "abc"}, "needs MODEL_S3_URI"),
+    ],
+)
+def test_settings_that_would_misbehave_at_init_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

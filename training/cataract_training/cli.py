@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (PublishError, FileNotFoundError, ValueError) as exc:
+    except (PublishError, OSError, ValueError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

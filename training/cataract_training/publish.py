@@ -2,13 +2,15 @@
 
 Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
 
-    s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>)
-    s3://BUCKET/PREFIX/<version>/model.json
+    s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>, manifest-sha256=<hex of model.json>)
+    s3://BUCKET/PREFIX/<version>/model.json   (object metadata sha256=<hex>)
     s3://BUCKET/PREFIX/<version>/MODEL_CARD.md
     s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256"}
 
 The card travels with the model because the image bakes in the whole model folder: a pull that
-replaced only the model and its manifest would ship the previous model's card.
+replaced only the model and its manifest would ship the previous model's card. A published version
+is immutable: publishing other bytes under the same version is refused, so a pinned model and the
+model.json it was published with always stay together.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
-from cataract_inference.model_source import ModelLoadError, parse_s3_uri, sha256_of
+from cataract_inference.model_source import ModelLoadError, check_manifest_bytes, parse_s3_uri, sha256_of
 
 LATEST = "latest.json"
 
@@ -102,15 +104,27 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
         )
     bucket, prefix = split_uri(uri)
     folder = f"{prefix}{manifest.version}/"
+    manifest_digest = sha256_of(manifest_path)
     client = client or _client()
     try:
-        client.head_bucket(Bucket=bucket)
-        client.upload_file(str(model), bucket, folder + MODEL_FILENAME, ExtraArgs={"Metadata": {"sha256": digest}})
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                raise PublishError(f"cannot publish: the bucket {bucket} does not exist (check the name)") from exc
+            raise
+        _refuse_a_different_publication(client, bucket, folder, digest, manifest_digest)
+        client.upload_file(
+            str(model),
+            bucket,
+            folder + MODEL_FILENAME,
+            ExtraArgs={"Metadata": {"sha256": digest, "manifest-sha256": manifest_digest}},
+        )
         client.upload_file(
             str(manifest_path),
             bucket,
             folder + MANIFEST_FILENAME,
-            ExtraArgs={"Metadata": {"sha256": sha256_of(manifest_path)}, "ContentType": "application/json"},
+            ExtraArgs={"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
         )
         client.upload_file(
             str(card), bucket, folder + CARD_FILENAME, ExtraArgs={"ContentType": "text/markdown; charset=utf-8"}
@@ -126,6 +140,23 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, f"publish to s3://{bucket}/{folder}") from exc
     return pointer
+
+
+def _refuse_a_different_publication(client: Any, bucket: str, folder: str, digest: str, manifest_digest: str) -> None:
+    """A version already published with other bytes stays as it is: re-publishing the same is a no-op retry."""
+    from botocore.exceptions import ClientError
+
+    try:
+        meta = client.head_object(Bucket=bucket, Key=folder + MODEL_FILENAME).get("Metadata") or {}
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return
+        raise
+    if meta.get("sha256") != digest or meta.get("manifest-sha256") != manifest_digest:
+        raise PublishError(
+            f"s3://{bucket}/{folder} is already published with a different model or model.json; published versions "
+            "are immutable (functions may pin them): export under a new version instead"
+        )
 
 
 def _get(client: Any, bucket: str, key: str, dest: Path) -> dict[str, str]:
@@ -149,14 +180,25 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
     try:
         if version is None:
             body = client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read()
-            version = json.loads(body)["version"]
+            pointer = json.loads(body)
+            version = pointer.get("version") if isinstance(pointer, dict) else None
+            if not isinstance(version, str) or not version.strip("/"):
+                raise PublishError(f"s3://{bucket}/{prefix}{LATEST} names no version: {body[:200]!r}; re-publish")
         folder = f"{prefix}{version}/"
         dest = Path(dest)
+        if dest.exists() and not dest.is_dir():
+            raise PublishError(f"--model-dir {dest} is a file, not a folder")
         dest.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
             meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
-            _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            try:
+                check_manifest_bytes(
+                    (tmp_dir / MANIFEST_FILENAME).read_bytes(), meta, manifest_meta, f"s3://{bucket}/{folder}"
+                )
+            except ModelLoadError as exc:
+                raise PublishError(f"{exc}; nothing was written to {dest}") from exc
             card_published = _pull_card(client, bucket, folder, tmp_dir)
             digest = sha256_of(tmp_dir / MODEL_FILENAME)
             try:

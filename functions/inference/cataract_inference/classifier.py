@@ -73,20 +73,28 @@ class Classifier:
         self.artifact = artifact
         self.manifest: Manifest = artifact.manifest
         self.limits = limits
+        options = session_options(intra_op_threads)
         try:
+            # From the hashed bytes, not the path: what runs is what was verified (and a graph that points
+            # at external weight files cannot load them unverified).
             self.session = ort.InferenceSession(
-                str(artifact.model_path),
-                sess_options=session_options(intra_op_threads),
-                providers=["CPUExecutionProvider"],
+                artifact.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for every parse failure.
             raise ModelLoadError(
-                f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model."
+                f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model "
+                "(or keeps its weights in external files: export it as one file)."
             ) from exc
         self._outputs = self._check_against_manifest()
         # Only the optional eye score reads the skin fraction: skip it per request unless the gate has one.
         self._stats_need_skin = quality.EyeScore.from_gate(self.manifest.gate) is not None
-        self.warm_up()
+        try:
+            self.warm_up()
+        except Exception as exc:  # the graph loaded but cannot run on the manifest's input
+            raise ModelLoadError(
+                f"{artifact.source} does not run on the manifest's input (1x3x{self.manifest.input.size}x"
+                f"{self.manifest.input.size} float32): {exc}"
+            ) from exc
 
     def _check_against_manifest(self) -> list[str]:
         spec, names = self.manifest.input, self.manifest.outputs
@@ -94,10 +102,15 @@ class Classifier:
         if spec.name not in inputs:
             raise ModelLoadError(f"the manifest's input {spec.name!r} is not in the model (it has {sorted(inputs)})")
         shape = inputs[spec.name].shape
-        fixed = [d for d in shape[1:] if isinstance(d, int)]
-        if len(shape) != 4 or (fixed and tuple(shape[1:]) != (3, spec.size, spec.size)):
+        expected = (3, spec.size, spec.size)
+        # Symbolic dimensions ("N", "H") accept any size; only fixed ones must agree.
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
             raise ModelLoadError(
                 f"the model's input shape {shape} does not match the manifest's 3x{spec.size}x{spec.size}"
+            )
+        if inputs[spec.name].type != "tensor(float)":
+            raise ModelLoadError(
+                f"the model's input {spec.name!r} is {inputs[spec.name].type}; serving feeds float32 (tensor(float))"
             )
         outputs = {o.name: o for o in self.session.get_outputs()}
         wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam, names.mid_distance) if n]

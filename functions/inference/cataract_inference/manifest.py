@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_FILENAME = "model.json"
 MODEL_FILENAME = "model.onnx"
 CARD_FILENAME = "MODEL_CARD.md"  # baked in beside the model; serving never reads it
 SCHEMA_VERSION = 1
+# Keys the gate block may carry besides its thresholds (written by `python -m cataract_training.gate`).
+GATE_EXTRAS = frozenset({"calibration", "eye_score", "eye_probe"})
+
+# A number in model.json: an int or a float, never a bool or a string, never NaN or infinite.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class ManifestError(ValueError):
@@ -25,7 +30,7 @@ class ManifestError(ValueError):
 class InputSpec(BaseModel):
     """How an RGB image becomes the model's input tensor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = "input"
     size: int = Field(224, ge=16, le=1024)
@@ -36,6 +41,13 @@ class InputSpec(BaseModel):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     layout: Literal["NCHW"] = "NCHW"
     color: Literal["RGB"] = "RGB"
+
+    @field_validator("std")
+    @classmethod
+    def _std_is_positive(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(std) <= 0:
+            raise ValueError("every std must be above 0 (the input is divided by it)")
+        return std
 
     @property
     def fill_rgb(self) -> tuple[int, int, int]:
@@ -57,9 +69,13 @@ class OutputNames(BaseModel):
 
 
 class GateThresholds(BaseModel):
-    """Gradability gate thresholds, fitted on data at training time."""
+    """Gradability gate thresholds, fitted on data at training time.
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    Besides the thresholds only the blocks in ``GATE_EXTRAS`` are allowed: a misspelt threshold must not
+    pass as an extra and leave its check silently off.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     min_side: int = 64
     min_brightness: float = 0.08
@@ -69,6 +85,13 @@ class GateThresholds(BaseModel):
     max_ood_distance: float | None = None
     # Mahalanobis distance of mid-level trunk features from the training photos: the eye detector.
     max_mid_distance: float | None = None
+
+    @model_validator(mode="after")
+    def _only_known_extras(self) -> GateThresholds:
+        unknown = sorted(set(self.model_extra or {}) - GATE_EXTRAS)
+        if unknown:
+            raise ValueError(f"unknown gate keys {unknown} (misspelt thresholds?); known extras: {sorted(GATE_EXTRAS)}")
+        return self
 
 
 class Provenance(BaseModel):
@@ -84,7 +107,7 @@ class Provenance(BaseModel):
 class Manifest(BaseModel):
     """The contents of ``model.json``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -95,13 +118,31 @@ class Manifest(BaseModel):
     positive_class: str = "cataract"
     input: InputSpec = InputSpec()
     outputs: OutputNames = OutputNames()
-    temperature: float = Field(1.0, gt=0.0)
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: Number = Field(1.0, gt=0.0)
+    threshold: Number = Field(0.5, ge=0.0, le=1.0)
     precision: Literal["fp32", "int8"] = "fp32"
     gate: GateThresholds = GateThresholds()
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_data: dict[str, Any] = Field(default_factory=dict)
     backbone: Provenance | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {version} is not {SCHEMA_VERSION}, the one this code reads: "
+                "serve it with the code that exported it"
+            )
+        return version
+
+    @model_validator(mode="after")
+    def _gate_caps_have_their_outputs(self) -> Manifest:
+        # A cap on a distance the graph does not output would leave that check silently off.
+        for cap, output in (("max_ood_distance", "ood_distance"), ("max_mid_distance", "mid_distance")):
+            if getattr(self.gate, cap) is not None and getattr(self.outputs, output) is None:
+                raise ValueError(f"gate.{cap} is set but outputs.{output} names no graph output")
+        return self
 
     @model_validator(mode="after")
     def _positive_class_is_a_class(self) -> Manifest:

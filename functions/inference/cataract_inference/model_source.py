@@ -1,8 +1,9 @@
 """Where the model comes from: the baked-in folder, or S3 verified by sha256 and cached in /tmp.
 
 Whatever the source, the bytes of ``model.onnx`` are hashed and must match the manifest (and
-``MODEL_SHA256`` when set) before a session is ever built: the function never serves an
-unverified model.
+``MODEL_SHA256`` when set) before a session is ever built, and the session is built from those very
+bytes, not by reopening a path: the function never serves an unverified model. From S3, ``model.json``
+must also be the one published with the model (its hash is in ``model.onnx``'s object metadata).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from .manifest import MANIFEST_FILENAME, MODEL_FILENAME, Manifest, ManifestError
 from .settings import Settings
 
 _CHUNK = 1024 * 1024
+# Lambda gives init 10 s. S3 in the same region delivers a 10 MB model in well under a second; a stalled
+# connection must fail init with our message while there is time to report it, not run into the limit.
+S3_DEADLINE_S = 6.0
 
 
 class ModelLoadError(RuntimeError):
@@ -26,12 +31,13 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """A verified model file and its manifest."""
+    """A verified model and its manifest: ``model_bytes`` are the bytes that were hashed."""
 
     model_path: Path
     manifest: Manifest
     sha256: str
     source: str
+    model_bytes: bytes
 
 
 def sha256_of(path: Path) -> str:
@@ -54,7 +60,9 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def _model_and_manifest_keys(key: str) -> tuple[str, str]:
-    """Accept a version folder (``…/v1/``) or the model object itself (``…/v1/model.onnx``)."""
+    """Accept a version folder (``…/v1/``, or ``…/v1`` without the slash) or the model itself (``…/v1/model.onnx``)."""
+    if key and not key.endswith(".onnx") and not key.endswith("/"):
+        key += "/"
     if not key or key.endswith("/"):
         return key + MODEL_FILENAME, key + MANIFEST_FILENAME
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
@@ -62,10 +70,18 @@ def _model_and_manifest_keys(key: str) -> tuple[str, str]:
 
 
 def verify(model_path: Path, manifest: Manifest, expected_sha256: str | None, source: str) -> ModelArtifact:
-    """Hash ``model_path`` and check it against the manifest and the pinned checksum."""
-    if not model_path.is_file():
-        raise ModelLoadError(f"model file not found: {model_path} ({source})")
-    actual = sha256_of(model_path)
+    """Read ``model_path`` once, hash the bytes and check them against the manifest and the pinned checksum."""
+    try:
+        data = model_path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model file {model_path} ({source}): {exc}") from exc
+    return _verified_bytes(data, model_path, manifest, expected_sha256, source)
+
+
+def _verified_bytes(
+    data: bytes, model_path: Path, manifest: Manifest, expected_sha256: str | None, source: str
+) -> ModelArtifact:
+    actual = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ModelLoadError(
             f"checksum mismatch for {source}: MODEL_SHA256 is {expected_sha256} but the file hashes to "
@@ -76,7 +92,7 @@ def verify(model_path: Path, manifest: Manifest, expected_sha256: str | None, so
             f"checksum mismatch for {source}: the manifest says {manifest.sha256} but model.onnx hashes to "
             f"{actual}. The model and its model.json do not belong together; re-run `pull` or `export`."
         )
-    return ModelArtifact(model_path=model_path, manifest=manifest, sha256=actual, source=source)
+    return ModelArtifact(model_path=model_path, manifest=manifest, sha256=actual, source=source, model_bytes=data)
 
 
 def load_baked(model_dir: Path, expected_sha256: str | None = None) -> ModelArtifact:
@@ -98,8 +114,9 @@ def _s3_client() -> Any:
     import boto3  # Imported here: only the S3 path pays for it at cold start.
     from botocore.config import Config
 
+    # Two tries of a GET, each bounded by its timeouts, fit S3_DEADLINE_S; the download loop checks it too.
     return boto3.client(
-        "s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+        "s3", config=Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=3)
     )
 
 
@@ -112,6 +129,8 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket",):
             return f"bucket of {uri} does not exist (check MODEL_S3_URI and the region)"
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
+            return f"the bucket of {uri} is in another region ({code}); set AWS_REGION to the bucket's region"
         if code in ("NoSuchKey", "404", "NotFound"):
             return f"{uri} does not exist (check the version folder; `publish` prints the URI)"
         if code in ("AccessDenied", "403", "Forbidden"):
@@ -122,35 +141,49 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
     return f"cannot reach S3 for {uri}: {exc}"
 
 
-def _download(client: Any, bucket: str, key: str, dest: Path, version_id: str | None) -> dict[str, str]:
-    """Download to a temporary file beside ``dest`` and rename, so a partial file never lands."""
+def _download(
+    client: Any, bucket: str, key: str, version_id: str | None, deadline: float
+) -> tuple[bytes, dict[str, str]]:
+    """The object's bytes and lower-cased metadata, or ``ModelLoadError`` once ``deadline`` (monotonic) passes."""
+    if time.monotonic() > deadline:
+        raise ModelLoadError(f"S3 did not deliver the model within {S3_DEADLINE_S:.0f} s; check the function's network")
     extra: dict[str, str] = {"VersionId": version_id} if version_id else {}
     response = client.get_object(Bucket=bucket, Key=key, **extra)
+    chunks = []
+    for chunk in response["Body"].iter_chunks(_CHUNK):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise ModelLoadError(
+                f"S3 did not deliver s3://{bucket}/{key} within {S3_DEADLINE_S:.0f} s; check the function's network"
+            )
+    return b"".join(chunks), {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
+
+def _write_atomically(data: bytes, dest: Path) -> None:
+    """Write beside ``dest`` under a name of this process's own, then rename: readers see whole files only."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".")
     try:
         with os.fdopen(fd, "wb") as fh:
-            for chunk in response["Body"].iter_chunks(_CHUNK):
-                fh.write(chunk)
+            fh.write(data)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
 
 def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact:
-    """Download ``MODEL_S3_URI`` (and its ``model.json``) into the cache folder and verify it."""
+    """Download ``MODEL_S3_URI`` and its ``model.json``, verify both, and keep a copy in the cache folder."""
     uri = settings.model_s3_uri
     if uri is None:
         raise ModelLoadError("MODEL_S3_URI is not set")
     bucket, key = parse_s3_uri(uri)
     model_key, manifest_key = _model_and_manifest_keys(key)
+    model_uri, manifest_uri = f"s3://{bucket}/{model_key}", f"s3://{bucket}/{manifest_key}"
     cache = settings.model_cache_dir
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        probe = cache / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=cache):  # a name of our own: concurrent cold starts must not collide
+            pass
     except OSError as exc:
         raise ModelLoadError(
             f"cannot write the model cache {cache}: {exc}. Set MODEL_CACHE_DIR to a writable folder (/tmp on Lambda)."
@@ -158,26 +191,54 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
 
     from botocore.exceptions import BotoCoreError, ClientError
 
+    deadline = time.monotonic() + S3_DEADLINE_S
+    client = client or _s3_client()
+    fetched: dict[str, tuple[bytes, dict[str, str]]] = {}
+    for name, object_key, object_uri, version_id in (
+        (MODEL_FILENAME, model_key, model_uri, settings.model_s3_version_id),
+        (MANIFEST_FILENAME, manifest_key, manifest_uri, None),
+    ):
+        try:
+            fetched[name] = _download(client, bucket, object_key, version_id, deadline)
+        except (BotoCoreError, ClientError) as exc:
+            raise ModelLoadError(_describe_s3_error(exc, object_uri)) from exc
+    (model_data, model_meta), (manifest_data, manifest_meta) = fetched[MODEL_FILENAME], fetched[MANIFEST_FILENAME]
+    check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri)
     try:
-        client = client or _s3_client()
-        meta = _download(client, bucket, model_key, cache / MODEL_FILENAME, settings.model_s3_version_id)
-        _download(client, bucket, manifest_key, cache / MANIFEST_FILENAME, None)
-    except (BotoCoreError, ClientError) as exc:
-        raise ModelLoadError(_describe_s3_error(exc, f"s3://{bucket}/{model_key}")) from exc
+        _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
+        _write_atomically(model_data, cache / MODEL_FILENAME)
     except OSError as exc:
         raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
     try:
         manifest = load_manifest(cache / MANIFEST_FILENAME)
     except ManifestError as exc:
         raise ModelLoadError(str(exc)) from exc
-    artifact = verify(cache / MODEL_FILENAME, manifest, settings.model_sha256, f"s3://{bucket}/{model_key}")
-    published = meta.get("sha256")
-    if published is not None and published != artifact.sha256:
+    artifact = _verified_bytes(model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri)
+    published = model_meta.get("sha256")
+    if published is not None and published.lower() != artifact.sha256:
         raise ModelLoadError(
-            f"checksum mismatch for s3://{bucket}/{model_key}: its object metadata says {published} but the "
+            f"checksum mismatch for {model_uri}: its object metadata says {published} but the "
             f"bytes hash to {artifact.sha256}. The object was overwritten or corrupted; re-publish it."
         )
     return artifact
+
+
+def check_manifest_bytes(data: bytes, model_meta: dict[str, str], manifest_meta: dict[str, str], uri: str) -> None:
+    """``model.json`` must be the one published with this ``model.onnx``: the thresholds live in it, not in the
+    hashed model. ``publish`` records its sha256 in the model's metadata (and in its own); raises ``ModelLoadError``."""
+    actual = hashlib.sha256(data).hexdigest()
+    expected = model_meta.get("manifest-sha256")
+    if expected is not None and expected.lower() != actual:
+        raise ModelLoadError(
+            f"{uri} is not the model.json published with this model.onnx (sha256 {actual}, the model's metadata "
+            f"says {expected}): it was overwritten. Published versions are immutable: publish a new version."
+        )
+    own = manifest_meta.get("sha256")
+    if own is not None and own.lower() != actual:
+        raise ModelLoadError(
+            f"checksum mismatch for {uri}: its object metadata says {own} but the bytes hash to {actual}. "
+            "It was overwritten or corrupted; re-publish the version."
+        )
 
 
 def resolve_model(settings: Settings, s3_client: Any | None = None) -> ModelArtifact:

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A setting in the environment is malformed."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -36,6 +36,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -61,6 +63,8 @@ class Settings:
         s3_uri = env.get("MODEL_S3_URI", "").strip() or None
         if s3_uri is not None and not s3_uri.startswith("s3://"):
             raise ConfigError(f"MODEL_S3_URI must start with s3://, got {s3_uri!r}")
+        if env.get("MODEL_S3_VERSION_ID", "").strip() and s3_uri is None:
+            raise ConfigError("MODEL_S3_VERSION_ID pins an S3 object version, so it needs MODEL_S3_URI")
         sha = env.get("MODEL_SHA256", "").strip().lower() or None
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ConfigError("MODEL_SHA256 must be 64 hex characters")
@@ -70,7 +74,8 @@ class Settings:
             model_sha256=sha,
             model_s3_version_id=env.get("MODEL_S3_VERSION_ID", "").strip() or None,
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR", "").strip() or "/tmp/cataract-model"),
-            ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1),
+            # Lambda has at most 6 vCPUs; thousands of threads would take minutes to start.
+            ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1, maximum=64),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_image_side=_int(env, "MAX_IMAGE_SIDE", 12_000, minimum=1),
