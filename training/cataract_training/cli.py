@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,18 +20,31 @@ def _fit_config(args: argparse.Namespace):  # -> FitConfig
     return FitConfig(**values)
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder: DATA/<class>/* or DATA/[processed_images/]{train,test}/<class>/*")
     p.add_argument("--backbone", choices=["mobilenet_v2", "efficientnet_lite0"])
     p.add_argument("--size", type=int, help="input side in pixels (default 224)")
     p.add_argument("--resize", choices=["letterbox", "squash", "center_crop"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--trainable-blocks", dest="trainable_blocks", type=int)
+    p.add_argument("--epochs", type=_at_least(1))
+    p.add_argument("--patience", type=_at_least(1))
+    p.add_argument("--batch-size", dest="batch_size", type=_at_least(1))
+    p.add_argument("--trainable-blocks", dest="trainable_blocks", type=_at_least(0))
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
 
 
@@ -86,7 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate an exported model folder on a labelled image folder, through the serving classifier."""
-    from .data import discover
+    from .data import check_classes, discover
     from .evaluate import evaluate_folder, robustness
 
     samples = discover(Path(args.data), tuple(args.splits) if args.splits else None)
@@ -94,6 +108,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # Only the photos a run held out (e.g. its validation split), by their paths relative to DATA.
         keep = set(json.loads(Path(args.split_file).read_text(encoding="utf-8"))[args.subset])
         samples = [s for s in samples if s.key(Path(args.data)) in keep]
+    if not samples:
+        raise ValueError(f"no photos to evaluate in {args.data} (check --splits, --split-file and DATA)")
+    check_classes(samples)  # a folder named otherwise would be scored as "normal"
     report = evaluate_folder(
         Path(args.model_dir),
         [s.path for s in samples],
@@ -149,6 +166,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     from .train import fit
 
     cfg = _fit_config(args)
+    if args.folds == 1:
+        raise ValueError("--folds must be 0 (no cross-validation) or at least 2")
     run = fit(cfg, args.runs)
     cv_json = None
     if args.folds > 1:
@@ -187,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv", help=cmd_cv.__doc__)
     _add_fit_args(p)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--fold-epochs", dest="fold_epochs", type=int, default=10)
+    p.add_argument("--folds", type=_at_least(2), default=5)
+    p.add_argument("--fold-epochs", dest="fold_epochs", type=_at_least(1), default=10)
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
@@ -227,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("all", help=cmd_all.__doc__)
     _add_fit_args(p)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--fold-epochs", dest="fold_epochs", type=int, default=10)
+    p.add_argument("--folds", type=_at_least(0), default=5, help="cross-validation folds; 0 skips it")
+    p.add_argument("--fold-epochs", dest="fold_epochs", type=_at_least(1), default=10)
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     p.set_defaults(func=cmd_all)
     return parser
@@ -237,13 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cataract-train``."""
     args = build_parser().parse_args(argv)
+    from cataract_inference.model_source import ModelLoadError
+
     from .publish import PublishError
 
     try:
         return int(args.func(args))
-    except (PublishError, OSError, ValueError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
+    except (PublishError, ModelLoadError, OSError, ValueError) as exc:
+        # OSError: a missing folder, an --out that is a file, ...; ValueError: data or arguments that cannot work.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .backbones import WeightsUnavailableError  # only a run that imported torch can raise it
+
+        if not isinstance(exc, WeightsUnavailableError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: an unfinished run folder has no model.pt, and export refuses it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

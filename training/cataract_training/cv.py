@@ -69,10 +69,18 @@ def run_cv(
 ) -> Path:
     """Grouped k-fold CV of the recipe in ``cfg``; writes ``cv.json`` and ``cv_oof.npz`` in a run folder."""
     t0 = time.perf_counter()
-    run = new_run_dir(runs_dir, f"cv{k}-{cfg.backbone}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--fold-epochs must be at least 1, got {epochs}")
     prep = prepare(cfg, progress)
     labels = prep.labels
+    for c, name in enumerate(CLASSES):
+        distinct = len({g for g, lab in zip(prep.groups, labels.tolist(), strict=True) if lab == c})
+        if distinct < k:
+            raise ValueError(
+                f"--folds {k} needs at least {k} distinct {name} photos (duplicates count once); there are {distinct}"
+            )
     folds = grouped_kfold(prep.groups, labels.tolist(), k, cfg.seed)
+    run = new_run_dir(runs_dir, f"cv{k}-{cfg.backbone}")
     fold_of = np.zeros(len(labels), dtype=np.int64)
     logits = np.zeros((len(labels), len(CLASSES)), dtype=np.float64)
     per_fold = []

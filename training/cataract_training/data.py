@@ -22,6 +22,7 @@ from cataract_inference.manifest import InputSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+HELD_OUT_SPLITS = frozenset({"test"})  # audited, evaluated, never trained on
 CLASSES = ("cataract", "normal")
 
 

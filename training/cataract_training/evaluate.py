@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cataract_inference.classifier import load_classifier
-from cataract_inference.imaging import load_for_model
+from cataract_inference.imaging import ImageError, load_for_model
 
 from . import metrics
 
@@ -64,7 +64,10 @@ def score_folder(
     logits, probs, gradable, referral = [], [], [], []
     for path in files:
         raw = path.read_bytes() if transform is None else transform(path.read_bytes())
-        pred = clf.predict_bytes(raw)
+        try:
+            pred = clf.predict_bytes(raw)
+        except ImageError as exc:
+            raise ValueError(f"{path}: {exc} (fix or remove it; `cataract-train audit` lists them)") from exc
         probs.append(pred.probabilities[man.positive_class])
         gradable.append(pred.quality.gradable)
         referral.append(pred.referral)

@@ -307,7 +307,12 @@ def fit_gate(
     distance cap (``MID_CAP_FACTOR`` times the farthest calibration eye photo); with it and without
     the fused score, the embedding distance is capped the same way rather than thresholded.
     """
-    if not eye_signals or any(s.ood_distance is None for s in eye_signals):
+    if not eye_signals:
+        raise ValueError(
+            "no held-out eye photos to calibrate the distances on: the run's validation split is empty here "
+            "(check --data and --split, or use more photos)"
+        )
+    if any(s.ood_distance is None for s in eye_signals):
         raise ValueError("every calibration eye photo needs an ood_distance (does the graph export it?)")
     stats: dict[str, Any] = dict(fit_stat_thresholds(stat_signals))
     if mid:
@@ -1321,19 +1326,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    result = calibrate(
-        args.model_dir,
-        args.data,
-        args.out,
-        split_json=args.split,
-        seed=args.seed,
-        target_false_reject=args.target_false_reject,
-        write=not args.dry_run,
-        progress=not args.quiet,
-        fused=args.eye_score,
-        probe=args.probe,
-        mid=not (args.no_mid or args.distance_only),
-    )
+    from cataract_inference.model_source import ModelLoadError
+
+    try:
+        result = calibrate(
+            args.model_dir,
+            args.data,
+            args.out,
+            split_json=args.split,
+            seed=args.seed,
+            target_false_reject=args.target_false_reject,
+            write=not args.dry_run,
+            progress=not args.quiet,
+            fused=args.eye_score,
+            probe=args.probe,
+            mid=not (args.no_mid or args.distance_only),
+        )
+    except (ModelLoadError, OSError, ValueError) as exc:  # a missing folder, a model that won't load, too few photos
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in result["gate"].items() if k != "calibration"}, indent=2))
     print((args.out / "gate_report.md").read_text(encoding="utf-8"))
     return 0 if result["report"]["meets_targets"] else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -96,6 +97,12 @@ def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
     return "fp32", "; ".join(reasons)
 
 
+def _run_stamp(run: Path) -> str:
+    """The time of day in a ``<date>-<time>-<backbone>`` run name, or the whole name of a renamed run."""
+    parts = run.name.split("-")
+    return parts[1] if len(parts) > 2 and parts[1].isdigit() else run.name
+
+
 def release(
     run: Path,
     out_dir: Path,
@@ -114,8 +121,14 @@ def release(
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     prep = prepare(cfg, progress)
     where = {k: i for i, k in enumerate(prep.keys)}
-    tr = [where[k] for k in split["train"] if k in where]
-    va = [where[k] for k in split["val"] if k in where]
+    gone = [k for k in (*split["train"], *split["val"]) if k not in where]
+    if gone:
+        raise ValueError(
+            f"{len(gone)} photos of the run's split are no longer usable in {cfg.data} (e.g. {gone[0]}): "
+            "export needs the data the run was fitted on"
+        )
+    tr = [where[k] for k in split["train"]]
+    va = [where[k] for k in split["val"]]
     oof = _load_oof(cv_json)
     _, train_emb, _, train_mid = _embed(net, prep.tensors[tr])
     ood = export.fit_ood(train_emb)
@@ -128,9 +141,7 @@ def release(
     ref = export.torch_outputs(graph, prep.tensors[va])
     train_ref = export.torch_outputs(graph, prep.tensors[tr])
     variants: dict[str, dict[str, Any]] = {}
-    version = (
-        version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{run.name.split('-')[1]}"
-    )
+    version = version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{_run_stamp(run)}"
     training_data = _training_data(prep, tr, va, cfg)
     for name in ("fp32", "int8"):
         folder = work / name
@@ -154,7 +165,8 @@ def release(
         for head in ("ood_distance", "mid_distance"):
             info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
         info["temperature"] = round(temperature, 5)
-        info["threshold"] = round(threshold, 5)
+        # Down, never up: rounding up could move the threshold past the deciding cataract photo's score.
+        info["threshold"] = math.floor(threshold * 1e5) / 1e5
         info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
         info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
         info["size_bytes"] = model_path.stat().st_size

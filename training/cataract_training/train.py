@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -58,6 +59,23 @@ class FitConfig:
     pretrained: bool = True
     augment: dict[str, Any] = field(default_factory=lambda: AugmentConfig().to_dict())
 
+    def __post_init__(self) -> None:
+        # Refuse what would train nothing, or badly, without saying so (epochs 0 used to ship an untrained head).
+        positive = {"epochs": self.epochs, "patience": self.patience, "batch_size": self.batch_size}
+        positive |= {"threads": self.threads, "cache_side": self.cache_side}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.trainable_blocks < 0:
+            raise ValueError(f"trainable_blocks must be 0 or more, got {self.trainable_blocks}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("lr_head", "lr_trunk"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        # Absolute, so that `export` finds the data from any working directory.
+        self.data = str(Path(self.data).expanduser().resolve())
+
     def spec(self) -> InputSpec:
         """The input spec this run trains for (and the manifest will carry)."""
         info = BACKBONES[self.backbone]
@@ -93,10 +111,24 @@ class Prepared:
 
 
 def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
-    """Audit the data folder, drop unreadable and conflicting photos, and cache every photo once."""
+    """Audit the data folder, drop unreadable and conflicting photos, and cache every photo once.
+
+    A ``test`` split folder (Kaggle's layout) is audited but never trained on: it stays held out for
+    ``evaluate --splits test``.
+    """
     result = run_audit(Path(cfg.data), progress=progress)
+    index = [i for i in result.usable() if result.samples[i].split not in data.HELD_OUT_SPLITS]
+    held_out = sum(1 for s in result.samples if s.split in data.HELD_OUT_SPLITS)
+    if progress and held_out:
+        print(f"held out: {held_out} photos in test split folders (evaluate them with --splits test)", flush=True)
     data.check_classes([result.samples[i] for i in range(len(result.samples)) if result.readable[i]], CLASSES)
-    index = result.usable()
+    # After unreadable, conflicting and held-out photos are gone: a class with none left cannot be learnt.
+    for name in CLASSES:
+        if not any(result.samples[i].label == name for i in index):
+            raise ValueError(
+                f"no usable {name} photos: every one is unreadable, also filed under another class, or in a "
+                "test split folder (see `cataract-train audit`)"
+            )
     spec = cfg.spec()
     images, tensors = [], []
     for i in tqdm(index, desc="cache", disable=not progress, unit="img"):
@@ -263,21 +295,41 @@ def plot_curves(history: list[dict[str, float]], path: Path, best_epoch: int | N
 
 
 def new_run_dir(base: Path, tag: str) -> Path:
-    """A fresh ``runs/<timestamp>-<tag>`` folder."""
-    run = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
-    run.mkdir(parents=True, exist_ok=False)
-    return run
+    """A fresh ``runs/<timestamp>-<tag>`` folder (``-2``, ``-3``, ... when two runs start in the same second)."""
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+    base.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 100):
+        run = base / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            run.mkdir()
+        except FileExistsError:
+            continue
+        return run
+    raise FileExistsError(f"too many runs named {stem} in {base}")
+
+
+def check_split(labels: np.ndarray, train: list[int], val: list[int]) -> None:
+    """Both sides of the split need every class: a validation split without normals cannot pick a threshold."""
+    for k, name in enumerate(CLASSES):
+        n_train, n_val = int((labels[train] == k).sum()), int((labels[val] == k).sum())
+        if n_train == 0 or n_val == 0:
+            raise ValueError(
+                f"too few {name} photos to split: {n_train} for training and {n_val} for validation "
+                "(duplicates stay on one side); add distinct photos of each class, at least 2 and ideally 30+"
+            )
 
 
 def fit(cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
     """Audit, split (grouped, stratified), train with early stopping, and save the run folder."""
     t_start = time.perf_counter()
-    run = new_run_dir(runs_dir, cfg.backbone)
-    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     prep = prepare(cfg, progress)
-    (run / "audit.json").write_text(json.dumps(prep.audit.report, indent=2) + "\n", encoding="utf-8")
     tr, va = grouped_split(prep.groups, prep.labels.tolist(), cfg.val_fraction, cfg.seed)
     assert not {prep.groups[i] for i in tr} & {prep.groups[i] for i in va}, "a duplicate group straddles the split"
+    check_split(prep.labels, tr, va)
+    # The run folder only once the data can be trained on: a refused run leaves nothing behind.
+    run = new_run_dir(runs_dir, cfg.backbone)
+    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    (run / "audit.json").write_text(json.dumps(prep.audit.report, indent=2) + "\n", encoding="utf-8")
     split = {"train": [prep.keys[i] for i in tr], "val": [prep.keys[i] for i in va]}
     (run / "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
     t_train = time.perf_counter()
@@ -291,7 +343,8 @@ def fit(cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True) ->
         progress=progress,
     )
     minutes = (time.perf_counter() - t_train) / 60
-    torch.save(model.state_dict(), run / "model.pt")
+    # Weights last and by rename: a run interrupted before this has no model.pt, and export refuses it.
+    torch.save(model.state_dict(), run / "model.pt.partial")
     plot_curves(history, run / "curves.png", best)
     metrics = {
         "best_epoch": best,
@@ -312,13 +365,28 @@ def fit(cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True) ->
         "history": history,
     }
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    os.replace(run / "model.pt.partial", run / "model.pt")
+    if progress:
+        left_out = {k: len(v) for k, v in metrics["excluded"].items() if v}
+        if left_out:
+            print(f"left out: {left_out} (names in {run / 'metrics.json'})", flush=True)
     return run
+
+
+RUN_FILES = ("config.json", "split.json", "metrics.json", "model.pt")  # what a finished `fit` leaves
 
 
 def load_run(run: Path) -> tuple[FitConfig, CataractNet]:
     """The config and trained model of a run folder (weights are loaded, no pretrained file needed)."""
+    missing = [name for name in RUN_FILES if not (run / name).is_file()]
+    if missing:
+        raise ValueError(f"{run} is not a finished `fit` run (missing {', '.join(missing)}); run `cataract-train fit`")
     cfg = FitConfig(**json.loads((run / "config.json").read_text(encoding="utf-8")))
     model = CataractNet(cfg.backbone, n_classes=len(CLASSES), dropout=cfg.dropout, pretrained=False)
-    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{run / 'model.pt'} cannot be read ({exc}); the run did not finish: fit again") from exc
+    model.load_state_dict(state)
     model.eval()
     return cfg, model

@@ -1,0 +1,109 @@
+"""Training refuses, early and in one line, what would otherwise train nothing, or train on the wrong photos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from synthetic_eyes import make_folder
+
+from cataract_training import cli
+from cataract_training.release import _run_stamp
+from cataract_training.train import FitConfig, load_run, new_run_dir, prepare
+
+QUICK = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--trainable-blocks", "1"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("patience", 0),
+        ("batch_size", 0),
+        ("threads", 0),
+        ("trainable_blocks", -1),
+        ("val_fraction", 0.0),
+    ],
+)
+def test_a_config_that_would_train_nothing_is_refused(tmp_path: Path, field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        FitConfig(data=str(tmp_path), **{field: value})
+
+
+def test_the_data_path_is_kept_absolute_so_export_works_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert FitConfig(data="eyes").data == str(tmp_path / "eyes")
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-4"], ["--threads", "0"]])
+def test_the_cli_refuses_bad_numbers_before_any_work(tmp_path: Path, flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fit", str(tmp_path), "--runs", str(tmp_path / "runs"), *flags])
+    assert info.value.code == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_kaggle_test_split_is_held_out_from_training(tmp_path: Path) -> None:
+    root = tmp_path / "processed_images"
+    make_folder(root / "train", n_per_class=4, seed=1)
+    make_folder(root / "test", n_per_class=3, seed=2)
+    prep = prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
+    assert len(prep.keys) == 8
+    assert all(key.startswith("processed_images/train/") for key in prep.keys), prep.keys
+
+
+def test_a_class_whose_every_photo_is_also_in_the_other_is_refused(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "eyes", n_per_class=3)
+    for i, normal in enumerate(sorted((data / "normal").iterdir())):
+        shutil.copy(data / "cataract" / f"cataract_{i}.png", normal)  # every normal photo is a cataract photo
+    with pytest.raises(ValueError, match=r"no usable (cataract|normal) photos"):  # a conflict drops both copies
+        prepare(FitConfig(data=str(data), size=32), progress=False)
+
+
+def test_fit_without_enough_photos_to_validate_refuses_and_leaves_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_folder(tmp_path / "eyes", n_per_class=1)
+    runs = tmp_path / "runs"
+    assert cli.main(["fit", str(data), "--runs", str(runs), *QUICK]) == 2
+    assert "too few" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_cv_with_more_folds_than_photos_refuses_and_leaves_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_folder(tmp_path / "eyes", n_per_class=3)
+    runs = tmp_path / "runs"
+    assert cli.main(["cv", str(data), "--folds", "5", "--fold-epochs", "1", "--runs", str(runs), *QUICK]) == 2
+    assert "needs at least 5 distinct" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
+    run = tmp_path / "20260101-120000-mobilenet_v2"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a finished `fit` run"):
+        load_run(run)
+
+
+def test_run_folders_started_in_the_same_second_do_not_collide(tmp_path: Path) -> None:
+    first, second = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "x")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_a_renamed_run_still_names_its_version() -> None:
+    assert _run_stamp(Path("runs/20261127-050604-mobilenet_v2")) == "050604"
+    assert _run_stamp(Path("runs/best")) == "best"
+
+
+def test_evaluate_refuses_unknown_class_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=1)
+    (data / "cataract").rename(data / "foo")
+    assert cli.main(["evaluate", str(data), "--model-dir", str(tmp_path / "no-model")]) == 2
+    assert "class folders must be exactly" in capsys.readouterr().err
