@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class Classifier:
                 f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model "
                 "(or keeps its weights in external files: export it as one file)."
             ) from exc
+        # The session holds its own copy of the weights; ours would only add ~10 MB to every request's RSS.
+        self.artifact = dataclasses.replace(artifact, model_bytes=b"")
         self._outputs = self._check_against_manifest()
         # Only the optional eye score reads the skin fraction: skip it per request unless the gate has one.
         self._stats_need_skin = quality.EyeScore.from_gate(self.manifest.gate) is not None
