@@ -71,7 +71,6 @@ class Classifier:
     ) -> None:
         import onnxruntime as ort
 
-        self.artifact = artifact
         self.manifest: Manifest = artifact.manifest
         self.limits = limits
         options = session_options(intra_op_threads)

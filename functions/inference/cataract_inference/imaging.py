@@ -162,6 +162,10 @@ def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
 _BLOCK_PIXELS = 1 << 20
 
 
+def _rows_per_block(width: int) -> int:
+    return max(1, _BLOCK_PIXELS // max(1, width))
+
+
 def _composite_onto(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     """An image with alpha composited onto ``fill``, a strip of rows at a time.
 
@@ -169,7 +173,7 @@ def _composite_onto(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     working set is one strip instead of three full-size RGBA copies (≈ 480 MB at 40 MP).
     """
     out = Image.new("RGB", img.size)
-    rows = max(1, _BLOCK_PIXELS // max(1, img.width))
+    rows = _rows_per_block(img.width)
     for top in range(0, img.height, rows):
         box = (0, top, img.width, min(img.height, top + rows))
         strip = img.crop(box)
@@ -188,7 +192,7 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     src = np.asarray(img)
     top = 65535.0 if img.mode.startswith("I;16") or src.max(initial=0) > 255 else 255.0
     out = np.empty(src.shape, dtype=np.uint8)
-    rows = max(1, _BLOCK_PIXELS // max(1, src.shape[1]))
+    rows = _rows_per_block(src.shape[1])
     for start in range(0, src.shape[0], rows):
         block = src[start : start + rows].astype(np.float64)
         np.multiply(block, 255.0 / top, out=block)

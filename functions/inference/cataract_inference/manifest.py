@@ -165,15 +165,24 @@ class Manifest(BaseModel):
 def load_manifest(path: Path) -> Manifest:
     """Read and validate ``model.json``; raise ``ManifestError`` with an actionable message."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ManifestError(f"model manifest not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise ManifestError(f"model manifest {path} is not readable JSON: {exc}") from exc
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, source: str) -> Manifest:
+    """Validate the bytes of a ``model.json`` read from ``source``; raise ``ManifestError`` naming it."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"model manifest {source} is not readable JSON: {exc}") from exc
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise ManifestError(f"model manifest {path} is invalid: {exc}") from exc
+        raise ManifestError(f"model manifest {source} is invalid: {exc}") from exc
 
 
 def write_manifest(manifest: Manifest, path: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import MANIFEST_FILENAME, MODEL_FILENAME, Manifest, ManifestError, load_manifest
+from .manifest import MANIFEST_FILENAME, MODEL_FILENAME, Manifest, ManifestError, load_manifest, parse_manifest
 from .settings import Settings
 
 _CHUNK = 1024 * 1024
@@ -145,17 +145,20 @@ def _download(
     client: Any, bucket: str, key: str, version_id: str | None, deadline: float
 ) -> tuple[bytes, dict[str, str]]:
     """The object's bytes and lower-cased metadata, or ``ModelLoadError`` once ``deadline`` (monotonic) passes."""
-    if time.monotonic() > deadline:
-        raise ModelLoadError(f"S3 did not deliver the model within {S3_DEADLINE_S:.0f} s; check the function's network")
+
+    def check_deadline() -> None:
+        if time.monotonic() > deadline:
+            raise ModelLoadError(
+                f"S3 did not deliver s3://{bucket}/{key} within {S3_DEADLINE_S:.0f} s; check the function's network"
+            )
+
+    check_deadline()
     extra: dict[str, str] = {"VersionId": version_id} if version_id else {}
     response = client.get_object(Bucket=bucket, Key=key, **extra)
     chunks = []
     for chunk in response["Body"].iter_chunks(_CHUNK):
         chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise ModelLoadError(
-                f"S3 did not deliver s3://{bucket}/{key} within {S3_DEADLINE_S:.0f} s; check the function's network"
-            )
+        check_deadline()
     return b"".join(chunks), {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
 
@@ -193,26 +196,25 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
 
     deadline = time.monotonic() + S3_DEADLINE_S
     client = client or _s3_client()
-    fetched: dict[str, tuple[bytes, dict[str, str]]] = {}
-    for name, object_key, object_uri, version_id in (
-        (MODEL_FILENAME, model_key, model_uri, settings.model_s3_version_id),
-        (MANIFEST_FILENAME, manifest_key, manifest_uri, None),
-    ):
+
+    def fetch(object_key: str, object_uri: str, version_id: str | None) -> tuple[bytes, dict[str, str]]:
         try:
-            fetched[name] = _download(client, bucket, object_key, version_id, deadline)
+            return _download(client, bucket, object_key, version_id, deadline)
         except (BotoCoreError, ClientError) as exc:
             raise ModelLoadError(_describe_s3_error(exc, object_uri)) from exc
-    (model_data, model_meta), (manifest_data, manifest_meta) = fetched[MODEL_FILENAME], fetched[MANIFEST_FILENAME]
+
+    model_data, model_meta = fetch(model_key, model_uri, settings.model_s3_version_id)
+    manifest_data, manifest_meta = fetch(manifest_key, manifest_uri, None)
     check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri)
+    try:
+        manifest = parse_manifest(manifest_data, manifest_uri)
+    except ManifestError as exc:
+        raise ModelLoadError(str(exc)) from exc
     try:
         _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
         _write_atomically(model_data, cache / MODEL_FILENAME)
     except OSError as exc:
         raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
-    try:
-        manifest = load_manifest(cache / MANIFEST_FILENAME)
-    except ManifestError as exc:
-        raise ModelLoadError(str(exc)) from exc
     artifact = _verified_bytes(model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri)
     published = model_meta.get("sha256")
     if published is not None and published.lower() != artifact.sha256:
