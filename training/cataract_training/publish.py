@@ -65,6 +65,14 @@ def _explain(exc: Exception, what: str) -> PublishError:
     return PublishError(f"cannot {what}: {exc}")
 
 
+# What S3 answers for a bucket or key that is not there (HEAD requests carry only the status).
+_NOT_FOUND = frozenset({"404", "NotFound", "NoSuchKey", "NoSuchBucket"})
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") in _NOT_FOUND
+
+
 def _card_version(card: Path) -> str | None:
     """The version a model card's title names (``# Model card: NAME VERSION``), or None."""
     with card.open(encoding="utf-8") as fh:
@@ -110,7 +118,7 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
         try:
             client.head_bucket(Bucket=bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            if _not_found(exc):
                 raise PublishError(f"cannot publish: the bucket {bucket} does not exist (check the name)") from exc
             raise
         _refuse_a_different_publication(client, bucket, folder, digest, manifest_digest)
@@ -149,7 +157,7 @@ def _refuse_a_different_publication(client: Any, bucket: str, folder: str, diges
     try:
         meta = client.head_object(Bucket=bucket, Key=folder + MODEL_FILENAME).get("Metadata") or {}
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _not_found(exc):
             return
         raise
     if meta.get("sha256") != digest or meta.get("manifest-sha256") != manifest_digest:
@@ -243,7 +251,7 @@ def _pull_card(client: Any, bucket: str, folder: str, tmp_dir: Path) -> bool:
     try:
         _get(client, bucket, folder + CARD_FILENAME, tmp_dir / CARD_FILENAME)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if _not_found(exc):
             return False
         raise
     return True
