@@ -93,6 +93,20 @@ def test_wrong_class_folders_are_refused(tmp_path: Path) -> None:
         data.check_classes(data.discover(tmp_path / "x"))
 
 
+def test_audit_says_what_fit_will_refuse_and_counts_only_readable_files(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "x", n_per_class=3)
+    shutil.rmtree(root / "normal")  # one class only: fit refuses it, so the audit must not say "none"
+    (root / "cataract" / "empty_a.png").write_bytes(b"")
+    (root / "cataract" / "empty_b.png").write_bytes(b"")  # two unreadable files, not "copies" of each other
+    shutil.copyfile(root / "cataract/cataract_0.png", root / "cataract/copy.png")
+    rep = audit.run_audit(root, progress=False).report
+    assert any(f.startswith("CLASSES:") and "missing: ['normal']" in f for f in rep["findings"]), rep["findings"]
+    exact = [sorted(g["files"]) for g in rep["exact_duplicate_groups"]]
+    assert exact == [["cataract/cataract_0.png", "cataract/copy.png"]]
+    near = next(f for f in rep["findings"] if f.startswith("NEAR DUPLICATES"))
+    assert "3 distinct photos of 4" in near, near  # 4 readable files, not 6
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_grouped_splits_keep_groups_together(seed: int) -> None:
     import random

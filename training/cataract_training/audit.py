@@ -112,6 +112,8 @@ def run_audit(
     near = hashing.UnionFind(n)
     first_of: dict[str, int] = {}
     for i, digest in enumerate(shas):
+        if not readable[i]:  # unreadable files are reported once, as unreadable, not as copies of each other
+            continue
         if digest in first_of:
             exact.union(first_of[digest], i)
             near.union(first_of[digest], i)
@@ -149,7 +151,9 @@ def run_audit(
         }
         for label, vals in sorted(sizes.items())
     }
-    findings = _findings(samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, n)
+    findings = _findings(
+        samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, int(ok.sum())
+    )
     report = {
         "root": str(root),
         "layout": sorted(data.resolve_layout(root)),
@@ -183,8 +187,12 @@ def _findings(  # noqa: PLR0917 - one argument per report section
     sizes: dict[str, dict[str, dict[str, float]]],
     n: int,
 ) -> list[str]:
-    """Readable warnings, one per problem a trainer must know about."""
+    """Readable warnings, one per problem a trainer must know about (``n``: the readable files)."""
     out: list[str] = []
+    try:
+        data.check_classes(samples)
+    except ValueError as exc:
+        out.append(f"CLASSES: {exc} `fit` will refuse this folder")
     if unreadable:
         out.append(f"UNREADABLE: {len(unreadable)} file(s) cannot be decoded and are skipped")
     if exact_groups:
