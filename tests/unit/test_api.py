@@ -155,6 +155,23 @@ def test_page_links_carry_the_stage(invoke: Invoke) -> None:
     assert 'data-root="/Prod"' in html
 
 
+@pytest.mark.parametrize("outer", ["//evil.example/", "/Prod/../x/", "/Pr od/"])
+def test_a_stage_path_that_is_not_plain_segments_is_not_used_as_the_page_root(invoke: Invoke, outer: str) -> None:
+    event = events.rest_event("/")
+    event["requestContext"]["path"] = outer  # the page would fetch root + "/predict": never another host
+    status, _, html = invoke(event)
+    assert status == 200 and 'data-root=""' in html
+
+
+def test_errors_do_not_send_client_input_back(invoke: Invoke) -> None:
+    photo = _b64(BRIGHT)
+    status, _, body = invoke(_json_event({"image": photo, photo: True, **{f"k{i}": 1 for i in range(20)}}))
+    assert status == 422 and photo not in body["error"]["message"]
+    assert len(body["error"]["message"]) < 600 and "more" in body["error"]["message"]
+    status, _, body = invoke(_json_event({"image": "x"}, content_type="text/" + "x" * 3000))
+    assert status == 415 and len(body["error"]["message"]) < 200
+
+
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed json", _json_event('{"image": '), 400, "malformed_json"),
     ("json not utf-8", _json_event("\udcff"), 400, "malformed_json"),

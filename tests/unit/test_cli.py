@@ -119,3 +119,13 @@ def test_draw_eye(tmp_path: Path) -> None:
     out = tmp_path / "eye.png"
     assert cli.main(["draw-eye", "cataract", "-o", str(out), "--seed", "3"]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_serve_prints_no_access_log(model_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's access log would print client addresses and whole query strings."""
+    import uvicorn
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    assert cli.main(["-v", "serve", "--port", "0"]) == 0
+    assert seen["access_log"] is False and seen["log_level"] == "info"

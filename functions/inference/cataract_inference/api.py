@@ -9,6 +9,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -22,13 +23,14 @@ from . import page
 from .classifier import Classifier
 from .imaging import ImageError
 from .lean_fastapi import FastAPI, HTMLResponse, JSONResponse, Request, RequestValidationError
-from .observability import logger, record_client_error, record_prediction
+from .observability import logger, record_client_error, record_prediction, record_server_error, stack_summary
 from .schemas import ErrorResponse, HealthResponse, ModelInfo, PredictRequest, PredictResponse, QualityOut
 from .settings import Settings
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PREFIX_OK = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # path segments, none of them "." or ".."
 
 
 class ClientError(Exception):
@@ -78,7 +80,10 @@ def stage_prefix(scope: Scope) -> str:
         return prefix if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ""
     outer, inner = context.get("path"), event.get("path")
     if isinstance(outer, str) and isinstance(inner, str) and outer != inner and outer.endswith(inner):
-        return outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
+        prefix = outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
+        # The page fetches root + "/predict": "//host" would send the photo elsewhere. Stages and base paths
+        # are plain path segments.
+        return prefix if _PREFIX_OK.fullmatch(prefix) else ""
     return ""
 
 
@@ -166,7 +171,7 @@ def _query_flag(request: Request, name: str) -> bool:
         return True
     if raw in ("", "0", "false", "no"):
         return False
-    raise ClientError(422, "invalid_request", f"query parameter {name!r} must be true or false, got {raw[:40]!r}")
+    raise ClientError(422, "invalid_request", f"query parameter {name!r} must be true or false, got {_clip(raw, 20)!r}")
 
 
 def _parse_json(body: bytes) -> PredictRequest:
@@ -181,10 +186,19 @@ def _parse_json(body: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate(raw)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise ClientError(422, "invalid_request", details) from exc
+        raise ClientError(422, "invalid_request", validation_details(exc.errors(include_url=False))) from exc
+
+
+def _clip(text: str, limit: int) -> str:
+    """Client-supplied text echoed in an error: short, so a key of base64 or a long header is not sent back."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def validation_details(errors: Sequence[Any]) -> str:
+    """Where and what, for each validation error; never the submitted values, and at most a few."""
+    parts = [f"{_clip('.'.join(str(p) for p in err['loc']) or 'body', 40)}: {err['msg']}" for err in errors[:5]]
+    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -260,7 +274,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return refuse(request, 422, "invalid_request", str(exc.errors()))
+        return refuse(request, 422, "invalid_request", validation_details(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -269,7 +283,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
+        # Where it failed, without the exception's message: that could quote the request (an image, a header).
+        record_server_error()
+        logger.error("unhandled error", extra={"error_type": type(exc).__name__, "stack": stack_summary(exc)})
         return refuse(request, 500, "internal_error", "the service failed; it has been logged")
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_predict_openapi())
@@ -289,7 +305,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             raise ClientError(
                 415,
                 "unsupported_media_type",
-                f"Content-Type {content_type!r} is not accepted; use application/json or image/*",
+                f"Content-Type {_clip(content_type, 60)!r} is not accepted; use application/json or image/*",
             )
         parsed_at = time.perf_counter()
         try:
@@ -305,16 +321,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         timing = {"parse": round((parsed_at - started) * 1000, 2), **result.timing_ms}
         timing["total"] = round((time.perf_counter() - started) * 1000, 2)
         record_prediction(result.label, timing["total"], result.quality.gradable)
-        logger.info(
-            "screened",
-            extra={
-                "label": result.label,
-                "p_positive": result.probabilities.get(manifest.positive_class),
-                "gradable": result.quality.gradable,
-                "timing_ms": timing,
-                "image_bytes": len(image_bytes),
-            },
-        )
+        # The result stays out of the log: with the request id it could be joined to the access log's client IP
+        # and key. Dashboards get the counts per label from the metrics above.
+        logger.info("screened", extra={"timing_ms": timing, "image_bytes": len(image_bytes)})
         response = PredictResponse(
             label=result.label,
             probabilities=result.probabilities,

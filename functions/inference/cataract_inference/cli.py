@@ -120,7 +120,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from .handler import app
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
+    # No access log: it prints client addresses and whole query strings; the app logs each request itself.
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info", access_log=False
+    )
     return 0
 
 

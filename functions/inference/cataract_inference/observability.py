@@ -7,7 +7,9 @@ or off); the defaults below apply when they are unset, e.g. on a laptop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -100,3 +102,26 @@ def record_prediction(label: str, latency_ms: float, gradable: bool) -> None:
 def record_client_error(code: str) -> None:
     """Count a refused request by error code, so a spike of bad input shows on a dashboard."""
     metrics.add_metric(name=f"ClientError_{code}", unit=MetricUnit.Count, value=1)
+
+
+def record_server_error() -> None:
+    """Count an answer of 500: the invocation itself succeeds, so Lambda's Errors metric never sees it."""
+    metrics.add_metric(name="ServerError", unit=MetricUnit.Count, value=1)
+
+
+def stack_summary(exc: BaseException, frames: int = 12) -> list[str]:
+    """``file:line in function`` for the innermost frames of ``exc``: where it failed, without its message,
+    which could quote request data."""
+    return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)[-frames:]]
+
+
+class _NoExceptionText(logging.Filter):
+    """Mangum logs the exception Starlette re-raises after our 500 handler has answered and logged it: keep
+    its one line, drop the traceback, whose message could quote the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("mangum.http").addFilter(_NoExceptionText())
