@@ -149,6 +149,38 @@ def test_docs_and_openapi_work_under_the_stage_path(invoke: Invoke) -> None:
     assert "image/png" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
+def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) -> None:
+    """Clients are generated from it: it must validate, and every error a client can get must have a schema."""
+    import jsonschema
+    from openapi_spec_validator import validate
+
+    _, _, spec = invoke(events.rest_event("/openapi.json"))
+    validate(spec)  # a $ref to nowhere (the error schema's own $defs) used to fail here
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"application/json", "image/jpeg", "application/octet-stream"} <= set(predict["requestBody"]["content"])
+    assert [p["name"] for p in predict["parameters"]] == ["explain"]
+    assert {"400", "413", "415", "422", "default"} <= set(predict["responses"])
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            assert "default" in operation["responses"], path
+            assert (operation.get("security") == [{"ApiKey": []}]) == (path in ("/predict", "/model")), path
+    assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "x-api-key"
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse", "components": spec["components"]}
+    for event in (
+        _json_event("{"),
+        _raw_event(BRIGHT, {"explain": "maybe"}),
+        events.rest_event("/predict", "GET"),
+        events.rest_event("/nope"),
+    ):
+        _, _, body = invoke(event)
+        jsonschema.validate(body, error_schema)
+
+
+def test_405_says_which_methods_are_allowed(invoke: Invoke) -> None:
+    status, headers, _ = invoke(events.rest_event("/predict", "GET"))
+    assert status == 405 and headers["allow"] == "POST"
+
+
 def test_page_links_carry_the_stage(invoke: Invoke) -> None:
     status, headers, html = invoke(events.rest_event("/", stage="Prod"))
     assert status == 200 and headers["content-type"].startswith("text/html")
@@ -216,6 +248,12 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     # orjson refuses the number and the stdlib raises ValueError (not JSONDecodeError) over 4300 digits.
     ("json integer over 4300 digits", _json_event('{"image": "AAAA", "n": ' + "1" * 4301 + "}"), 400, "malformed_json"),
     ("explain query not a yes or no", _raw_event(BRIGHT, {"explain": "maybe"}), 422, "invalid_request"),
+    (
+        "explain in the query beside a json body",
+        {**_json_event({"image": _b64(BRIGHT)}), "queryStringParameters": {"explain": "true"}},
+        422,
+        "invalid_request",
+    ),
     ("jpeg scan bomb", _raw_event(progressive_jpeg_with_scans(150), media="image/jpeg"), 413, "image_too_large"),
     ("run-length-encoded bmp", _raw_event(bmp_rle8(), media="image/bmp"), 415, "unsupported_format"),
     ("tiff offset beyond 2**63", _raw_event(tiff_with_huge_strip_offset(), media="image/tiff"), 400, "corrupt_image"),

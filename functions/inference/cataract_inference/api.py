@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import json
 import re
 import time
@@ -30,6 +29,8 @@ from .settings import Settings
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The routes template.yaml puts behind the API key (unless ApiKeyRequired=false).
+KEYED_PATHS = frozenset({"/predict", "/model"})
 _PREFIX_OK = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # path segments, none of them "." or ".."
 
 
@@ -41,11 +42,19 @@ class ClientError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str, request_id: str | None, disclaimer: str) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str | None,
+    disclaimer: str,
+    *,
+    extra: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse.model_validate(
         {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
     )
-    headers = {"Cache-Control": "no-store"}
+    headers = {**(extra or {}), "Cache-Control": "no-store"}
     if request_id:
         headers["X-Request-Id"] = request_id
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
@@ -217,31 +226,76 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+_ERROR_DEFAULT = {
+    "description": "An error, from the app or API Gateway",
+    "content": {"application/json": {"schema": _ERROR_REF}},
+}
+
+
 def _predict_openapi() -> dict[str, Any]:
-    error_schema = ErrorResponse.model_json_schema()  # once, not per status: JSON schemas cost ms at cold start
+    raw = {"schema": {"type": "string", "format": "binary"}}
     return {
+        "parameters": [
+            {
+                "name": "explain",
+                "in": "query",
+                "required": False,
+                "description": "Raw image bodies only: true/false, 1/0 or yes/no (any case) to add the heat map. "
+                "With a JSON body, use its explain field instead.",
+                "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": PredictRequest.model_json_schema()},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                **{media: raw for media in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")},
             },
         },
         "responses": {
-            str(code): {
-                "description": text,
-                "content": {"application/json": {"schema": copy.deepcopy(error_schema)}},
-            }
+            str(code): {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
             for code, text in (
-                (400, "Malformed JSON, bad base64, or a corrupt image"),
+                (
+                    400,
+                    "Malformed JSON, bad base64, an empty body or image, a corrupt image, or a non-UTF-8 header",
+                ),
                 (413, "Body or image over the limits"),
-                (415, "Not an image, or a format we don't read"),
-                (422, "Wrong or missing fields"),
+                (415, "Not an image, or a format or Content-Type we don't read"),
+                (422, "Wrong or missing fields, or an explain value that is not yes or no"),
             )
         },
     }
+
+
+def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """What FastAPI's generated document leaves out: the error schema as a shared component, the API key, and a
+    default error response on every operation (404, 405, 500 and API Gateway's own 403, 429, 504)."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error.pop("$defs", {}))
+    schemas["ErrorResponse"] = error
+    document["components"]["securitySchemes"] = {
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "x-api-key",
+            "description": "The stack's API key (template parameter ApiKeyRequired, true by default); "
+            "the local runner needs none.",
+        }
+    }
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            operation.setdefault("responses", {}).setdefault(
+                "default",
+                {
+                    "description": "An error, from the app or API Gateway",
+                    "content": {"application/json": {"schema": _ERROR_REF}},
+                },
+            )
+            if path in KEYED_PATHS:
+                operation["security"] = [{"ApiKey": []}]
+    return document
 
 
 def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
@@ -260,11 +314,21 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         ),
     )
     app.add_middleware(GatewayScopeMiddleware)
+    generate = app.openapi  # built on the first /openapi.json, not at cold start
 
-    def refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    def openapi_document() -> dict[str, Any]:
+        first = app.openapi_schema is None
+        document = generate()
+        return complete_openapi(document) if first else document
+
+    app.openapi = openapi_document  # type: ignore[method-assign]
+
+    def refuse(
+        request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
         # The 500 handler runs outside GatewayScopeMiddleware, which may not have set the state yet.
         request_id = request.scope.get("state", {}).get("request_id")
-        return _error(status, code, message, request_id, settings.disclaimer)
+        return _error(status, code, message, request_id, settings.disclaimer, extra=headers)
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
@@ -279,7 +343,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return refuse(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        # Starlette's 405 carries the Allow header a client needs.
+        code = codes.get(exc.status_code, "http_error")
+        return refuse(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -297,6 +363,8 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             raise ClientError(400, "empty_body", 'the body is empty; send {"image": "<base64>"} or raw image bytes')
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json" or (not content_type and body.lstrip()[:1] == b"{"):
+            if "explain" in request.query_params:  # two places to say it, and they could disagree
+                raise ClientError(422, "invalid_request", "with a JSON body, send explain in the body, not the query")
             parsed = _parse_json(body)
             image_bytes, explain = decode_base64_image(parsed.image), parsed.explain
         elif content_type.startswith(RAW_IMAGE_TYPES) or not content_type:
@@ -305,7 +373,8 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             raise ClientError(
                 415,
                 "unsupported_media_type",
-                f"Content-Type {_clip(content_type, 60)!r} is not accepted; use application/json or image/*",
+                f"Content-Type {_clip(content_type, 60)!r} is not accepted; send application/json, or the raw bytes "
+                "as image/jpeg, image/png, image/webp or application/octet-stream",
             )
         parsed_at = time.perf_counter()
         try:
