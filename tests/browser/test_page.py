@@ -236,5 +236,88 @@ def test_the_api_key_is_sent_and_remembered(page: Page, page_url: str, tmp_path:
     page.get_by_role("button", name="Screen this photo").click()
     page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
     assert sent == ["k-123"]
-    page.reload()
+    page.reload()  # the same tab keeps it (session storage), nothing keeps it for good
     assert page.get_by_label("API key").input_value() == "k-123"
+    assert page.evaluate("() => localStorage.length") == 0
+    page.get_by_role("button", name="Forget the key").click()
+    page.reload()
+    assert page.get_by_label("API key").input_value() == ""
+
+
+A_RESULT = {
+    "label": "cataract",
+    "probabilities": {"cataract": 0.9, "normal": 0.1},
+    "referral": True,
+    "threshold": 0.3,
+    "quality": {"gradable": True, "reasons": [], "scores": {}},
+    "model": {"name": "m", "version": "1", "sha256": "0" * 64},
+    "request_id": "r",
+    "timing_ms": {},
+    "disclaimer": "Screening aid, not a diagnosis.",
+}
+
+
+def _choose_and_submit(page: Page, page_url: str, tmp_path: Path) -> None:
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encoded(draw_eye("normal", size=(300, 200)), "PNG"))
+    page.goto(page_url)
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+
+
+@pytest.mark.parametrize("body", ["{}", "[]", '{"message": "Endpoint request timed out"}', '{"label": "maybe"}'])
+def test_an_answer_that_is_not_a_result_is_never_shown_as_one(
+    page: Page, page_url: str, tmp_path: Path, body: str
+) -> None:
+    """A 200 without a known label used to read "No cataract seen"."""
+    page.route("**/predict", lambda route: route.fulfill(status=200, content_type="application/json", body=body))
+    _choose_and_submit(page, page_url, tmp_path)
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert "cannot read" in error.inner_text()
+    assert page.locator("#result").is_hidden()
+
+
+def test_an_answer_for_an_earlier_photo_is_not_shown_against_a_new_one(
+    page: Page, page_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # answered later, after another photo is chosen
+        held.append(route)
+
+    page.route("**/predict", hold)
+    _choose_and_submit(page, page_url, tmp_path)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page did not send the photo"
+    other = tmp_path / "other.png"
+    other.write_bytes(encoded(draw_eye("cataract", size=(300, 200), seed=9), "PNG"))
+    page.locator("#photo").set_input_files(str(other))  # chosen while the first answer is on its way
+    held[0].fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
+    page.wait_for_timeout(500)
+    assert page.locator("#result").is_hidden()
+    assert page.locator("#filename").inner_text() == "other.png"
+    assert page.get_by_role("button", name="Screen this photo").is_enabled()
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(429, "busy (429)"), (504, "failed (504)"), (413, "too large (413)"), (403, "check the API key")],
+)
+def test_gateway_refusals_say_what_to_do(page: Page, page_url: str, tmp_path: Path, status: int, words: str) -> None:
+    body = '{"error": {"code": "x", "message": "from the gateway"}, "disclaimer": "d"}'
+    page.route("**/predict", lambda route: route.fulfill(status=status, content_type="application/json", body=body))
+    _choose_and_submit(page, page_url, tmp_path)
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert words in error.inner_text() and "from the gateway" in error.inner_text()
+
+
+def test_the_result_takes_the_focus_so_screen_readers_announce_it(page: Page, page_url: str, tmp_path: Path) -> None:
+    _choose_and_submit(page, page_url, tmp_path)
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert page.evaluate("() => document.activeElement && document.activeElement.id") == "result-title"
