@@ -234,6 +234,7 @@ _ERROR_DEFAULT = {
 
 
 def _predict_openapi() -> dict[str, Any]:
+    """The parts of ``POST /predict``'s operation FastAPI cannot infer from a route that reads the raw request."""
     raw = {"schema": {"type": "string", "format": "binary"}}
     return {
         "parameters": [
@@ -284,15 +285,14 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
             "the local runner needs none.",
         }
     }
+    predict = document.get("paths", {}).get("/predict", {}).get("post")
+    if predict is not None:
+        extra = _predict_openapi()
+        predict["parameters"], predict["requestBody"] = extra["parameters"], extra["requestBody"]
+        predict.setdefault("responses", {}).update(extra["responses"])
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
-            operation.setdefault("responses", {}).setdefault(
-                "default",
-                {
-                    "description": "An error, from the app or API Gateway",
-                    "content": {"application/json": {"schema": _ERROR_REF}},
-                },
-            )
+            operation.setdefault("responses", {}).setdefault("default", _ERROR_DEFAULT)
             if path in KEYED_PATHS:
                 operation["security"] = [{"ApiKey": []}]
     return document
@@ -354,7 +354,8 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         logger.error("unhandled error", extra={"error_type": type(exc).__name__, "stack": stack_summary(exc)})
         return refuse(request, 500, "internal_error", "the service failed; it has been logged")
 
-    @app.post("/predict", response_model=PredictResponse, openapi_extra=_predict_openapi())
+    # The route takes the raw Request; complete_openapi documents its bodies, on the first /openapi.json only.
+    @app.post("/predict", response_model=PredictResponse)
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
         request_id: str = request.scope["state"]["request_id"]
