@@ -74,6 +74,12 @@ def app_routes() -> set[tuple[str, str]]:
                 and isinstance(node.args[0], ast.Constant)
             ):
                 routes.add((node.args[0].value, method))
+            if isinstance(target, ast.Name) and target.id == "app" and method == "add_api_route":
+                (methods,) = [kw.value for kw in node.keywords if kw.arg == "methods"]
+                assert isinstance(methods, ast.List) and isinstance(node.args[0], ast.Constant)
+                routes.update(
+                    (node.args[0].value, m.value.lower()) for m in methods.elts if isinstance(m, ast.Constant)
+                )
     routes.update((path, "get") for path in docs.values() if path)
     assert ("/predict", "post") in routes, f"could not read the app's routes from {API_SOURCE}"
     return routes

@@ -141,6 +141,11 @@ def test_health_and_model(invoke: Invoke) -> None:
     assert "not a diagnosis" in model["disclaimer"].lower()
 
 
+def test_health_answers_head_for_uptime_probes(invoke: Invoke) -> None:
+    status, headers, _ = invoke(events.rest_event("/health", "HEAD"))
+    assert status == 200 and headers["content-type"] == "application/json"
+
+
 def test_docs_and_openapi_work_under_the_stage_path(invoke: Invoke) -> None:
     status, _, html = invoke(events.rest_event("/docs", stage="Prod"))
     assert status == 200 and "/Prod/openapi.json" in html
@@ -166,6 +171,13 @@ def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) ->
             assert (operation.get("security") == [{"ApiKey": []}]) == (path in ("/predict", "/model")), path
     assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "x-api-key"
     error_schema = {"$ref": "#/components/schemas/ErrorResponse", "components": spec["components"]}
+    # Typed, not free-form objects, and the real answers fit their types.
+    for path, field in (("/health", "status"), ("/model", "classes")):
+        schema = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        component = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        assert field in component["properties"] and "disclaimer" in component["required"], path
+        _, _, body = invoke(events.rest_event(path))
+        jsonschema.validate(body, {**schema, "components": spec["components"]})
     for event in (
         _json_event("{"),
         _raw_event(BRIGHT, {"explain": "maybe"}),

@@ -23,7 +23,15 @@ from .classifier import Classifier
 from .imaging import ImageError
 from .lean_fastapi import FastAPI, HTMLResponse, JSONResponse, Request, RequestValidationError
 from .observability import logger, record_client_error, record_prediction, record_server_error, stack_summary
-from .schemas import ErrorResponse, HealthResponse, ModelInfo, PredictRequest, PredictResponse, QualityOut
+from .schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ModelDescription,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    QualityOut,
+)
 from .settings import Settings
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -417,9 +425,15 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", model=model_info, disclaimer=settings.disclaimer)
 
-    @app.get("/model")
-    async def model() -> dict[str, Any]:
-        return {**manifest.public_view(), "disclaimer": settings.disclaimer}
+    # Uptime checkers and load balancers often probe with HEAD; FastAPI, unlike Starlette, does not add it.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+    model_view = {**manifest.public_view(), "disclaimer": settings.disclaimer}
+
+    # Returned as built: the manifest was validated when it was loaded, and the schema is for the document.
+    @app.get("/model", response_model=ModelDescription)
+    async def model() -> JSONResponse:
+        return JSONResponse(model_view)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .manifest import Manifest
+
 
 class PredictRequest(BaseModel):
     """``POST /predict`` with ``Content-Type: application/json``."""
@@ -60,6 +62,12 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok"]
     model: ModelInfo
+    disclaimer: str
+
+
+class ModelDescription(Manifest):
+    """``GET /model``: the served model's manifest (``model.json``), as training wrote it."""
+
     disclaimer: str
 
 
