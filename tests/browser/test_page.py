@@ -7,19 +7,15 @@ uploads a drawn eye and must see the result render; a text file must show the se
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cataract_inference.drawing import draw_eye
+from tests.support.browser import TIMEOUT_MS, StagePrefix, serving
 from tests.support.images import encoded
 
 if TYPE_CHECKING:
@@ -27,117 +23,18 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-# No downloads, no background traffic: the page must work with nothing outside 127.0.0.1.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 STAGE = "/Prod"
-TIMEOUT_MS = 15_000
-
-
-def _chromium_or_skip() -> str:
-    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError as exc:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"the playwright package is missing in CI: {exc}")
-            pytest.skip(f"the playwright package is not installed: {exc}")
-        return CHROMIUM
-    message = f"Debian chromium not found at {CHROMIUM}; `make setup-browser` installs it"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)  # CI installs it; a missing browser there is a broken pipeline, not a skip.
-    pytest.skip(message)
-
-
-class StagePrefix:
-    """An ASGI wrapper that serves the app only under ``prefix``, as API Gateway serves a stage.
-
-    Requests outside the prefix get 403, as the gateway answers them; requests inside it reach the app
-    with ``root_path`` set, which is what the app's gateway middleware does on Lambda.
-    """
-
-    def __init__(self, app: Any, prefix: str) -> None:
-        self.app, self.prefix = app, prefix
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if not (path == self.prefix or path.startswith(self.prefix + "/")):
-                await send(
-                    {"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]}
-                )
-                await send({"type": "http.response.body", "body": b"Forbidden"})
-                return
-            scope = {**scope, "root_path": self.prefix}
-        await self.app(scope, receive, send)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def app(tiny_model_dir: Path) -> Any:
-    """The real FastAPI app on the tiny model (fast), with the default settings."""
-    from cataract_inference.api import create_app
-    from cataract_inference.classifier import load_classifier
-    from cataract_inference.settings import Settings
-
-    settings = replace(Settings.from_env({}), model_dir=tiny_model_dir)
-    return create_app(load_classifier(tiny_model_dir), settings)
 
 
 @pytest.fixture(scope="module", params=["local", "stage"])
 def page_url(request: pytest.FixtureRequest, app: Any) -> Iterator[str]:
     """The page's URL: at the root (``cataract-screen serve``) or under ``/Prod/`` (API Gateway)."""
     if request.param == "local":
-        yield from (f"{base}/" for base in _serve(app))
+        with serving(app) as base:
+            yield f"{base}/"
     else:
-        yield from (f"{base}{STAGE}/" for base in _serve(StagePrefix(app, STAGE)))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless chromium for the module."""
-    executable = _chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+        with serving(StagePrefix(app, STAGE)) as base:
+            yield f"{base}{STAGE}/"
 
 
 @pytest.fixture

@@ -154,6 +154,21 @@ def test_docs_and_openapi_work_under_the_stage_path(invoke: Invoke) -> None:
     assert "image/png" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_docs_pages_load_only_pinned_files_checked_by_hash(invoke: Invoke, path: str) -> None:
+    """The browser half, and the hashes against npm, are in tests/browser/test_docs_pages.py."""
+    import re
+
+    status, headers, html = invoke(events.rest_event(path))
+    assert status == 200 and "default-src 'none'" in headers["content-security-policy"]
+    external = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"[^>]*>', html)
+    tags = re.findall(r"<(?:script|link)[^>]*https?://[^>]*>", html)
+    assert external and len(tags) == len(external)
+    for url, tag in zip(external, tags, strict=True):
+        assert re.search(r"@\d+\.\d+\.\d+/", url), f"{url} is not one release"
+        assert 'integrity="sha384-' in tag and 'crossorigin="anonymous"' in tag, tag
+
+
 def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) -> None:
     """Clients are generated from it: it must validate, and every error a client can get must have a schema."""
     import jsonschema

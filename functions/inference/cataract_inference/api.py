@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import page
+from . import docs_pages, page
 from .classifier import Classifier
 from .imaging import ImageError
 from .lean_fastapi import FastAPI, HTMLResponse, JSONResponse, Request, RequestValidationError
@@ -314,6 +314,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         # A redirect for "/predict/" would answer 307 with an empty body (no error, no disclaimer), and a
         # client would have to send the photo again; the JSON 404 says what is wrong.
         redirect_slashes=False,
+        # FastAPI's docs pages load floating CDN releases unchecked; ours pin each file by hash (docs_pages).
+        docs_url=None,
+        redoc_url=None,
         title="Cataract screening",
         version=manifest.version,
         description=(
@@ -434,6 +437,17 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     @app.get("/model", response_model=ModelDescription)
     async def model() -> JSONResponse:
         return JSONResponse(model_view)
+
+    def docs_response(page: docs_pages.DocsPage) -> HTMLResponse:
+        return HTMLResponse(page.html, headers={"Content-Security-Policy": page.csp})
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        return docs_response(docs_pages.swagger_ui(request.scope.get("root_path", "") + "/openapi.json", app.title))
+
+    @app.get("/redoc", response_class=HTMLResponse, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return docs_response(docs_pages.redoc(request.scope.get("root_path", "") + "/openapi.json", app.title))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
