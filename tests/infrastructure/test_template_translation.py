@@ -14,7 +14,7 @@ import pytest
 from cataract_inference.schemas import ErrorResponse
 from cataract_inference.settings import DEFAULT_DISCLAIMER
 
-from .conftest import REPO, deployed, parameter_values
+from .conftest import REPO, deployed, parameter_values, resolve
 
 API_SOURCE = REPO / "functions" / "inference" / "cataract_inference" / "api.py"
 KEYED_ROUTES = {("/predict", "post"), ("/model", "get")}
@@ -167,6 +167,10 @@ def test_stage_throttles_traces_and_logs_access_without_bodies(template: dict[st
     assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
     fields = json.loads(access["Format"])
     assert {"requestId", "status", "ip", "responseLatency", "apiKeyId"} <= set(fields)
+    # Each row must parse once API Gateway fills it in; *String variables arrive already quoted.
+    row = re.sub(r"\$context\.[A-Za-z.]+String", '"quoted"', access["Format"])
+    row = re.sub(r"\$context\.[A-Za-z.]+", "Forbidden", row)
+    assert json.loads(row)["errorMessage"] == "Forbidden"
 
 
 def test_stage_name_is_the_url_path_and_no_extra_stage_is_made(template: dict[str, Any]) -> None:
@@ -182,7 +186,8 @@ def test_stage_name_is_the_url_path_and_no_extra_stage_is_made(template: dict[st
 def test_binary_media_types_cover_raw_images_but_not_json(default_deploy: dict[str, Any]) -> None:
     body = api_body(default_deploy["Resources"])
     types = set(body["x-amazon-apigateway-binary-media-types"])
-    assert {"image/jpeg", "image/png", "image/webp"} <= types
+    # Every image type the app decodes: API Gateway mangles a binary body whose type is not listed.
+    assert {"image/*", "application/octet-stream"} <= types
     assert not types & {"*/*", "application/json", "application/*", "text/html"}
 
 
@@ -357,8 +362,10 @@ def test_function_traces_and_publishes_a_live_alias(default_deploy: dict[str, An
     assert function["Properties"]["TracingConfig"] == {"Mode": "Active"}
     alias = only(default_deploy["Resources"], "AWS::Lambda::Alias")["Properties"]
     assert alias["Name"] == "live"
-    version_id = next(iter(of_type(default_deploy["Resources"], "AWS::Lambda::Version")))
+    ((version_id, version),) = of_type(default_deploy["Resources"], "AWS::Lambda::Version").items()
     assert alias["FunctionVersion"] == {"Fn::GetAtt": [version_id, "Version"]}
+    # A parameter-only deploy replaces the version: the one the alias leaves must stay, to roll back to.
+    assert version["DeletionPolicy"] == "Retain" and version["UpdateReplacePolicy"] == "Retain"
     assert "ProvisionedConcurrencyConfig" not in alias, "provisioned concurrency is opt-in (it bills while idle)"
 
 
@@ -368,9 +375,10 @@ def test_a_parameter_only_change_publishes_a_new_version(template: dict[str, Any
     source = template["Resources"]["InferenceFunction"]["Properties"]
     configured = refs({k: source[k] for k in ("Environment", "MemorySize")})
     assert {"ModelS3Uri", "ModelSha256", "MemorySize", "LogLevel"} <= configured
-    assert configured <= refs(source["VersionDescription"])
+    # A pinned S3 version id comes with its sha256 (a rule), which stands for it in the description.
+    assert configured - {"ModelS3VersionId"} <= refs(source["VersionDescription"])
     baseline = only(deployed(template)["Resources"], "AWS::Lambda::Version")["Properties"]["Description"]
-    changes = {"ModelS3Uri": "s3://b/models/cataract/v9/", "ModelSha256": "e" * 64, "ModelS3VersionId": "v" * 32,
+    changes = {"ModelS3Uri": "s3://b/models/cataract/v9/", "ModelSha256": "e" * 64,
                "MemorySize": "3008", "OrtIntraOpThreads": "2", "LogLevel": "DEBUG"}  # fmt: skip
     for name, value in changes.items():
         version = only(deployed(template, {name: value})["Resources"], "AWS::Lambda::Version")["Properties"]
@@ -382,7 +390,7 @@ def test_version_description_fits_lambdas_256_characters(template: dict[str, Any
     longest = {
         "ModelS3Uri": "s3://" + "b" * 63 + "/" + "k" * (params["ModelS3Uri"]["MaxLength"] - 69),
         "ModelSha256": "f" * 64,
-        "ModelS3VersionId": "v" * params["ModelS3VersionId"]["MaxLength"],
+        "ModelS3VersionId": "v" * params["ModelS3VersionId"]["MaxLength"],  # not in the description
         "MemorySize": str(params["MemorySize"]["MaxValue"]),
         "OrtIntraOpThreads": str(params["OrtIntraOpThreads"]["MaxValue"]),
         "LogLevel": max(params["LogLevel"]["AllowedValues"], key=len),
@@ -551,3 +559,42 @@ def test_template_names_no_account_region_or_bucket(template: dict[str, Any]) ->
     assert not re.search(r"\b\d{12}\b", text), "no account ids"
     assert not re.search(r"\b(us|eu|ap|sa|ca|me|af)-(east|west|north|south|central|northeast|southeast)-\d\b", text)
     assert not re.search(r"^\s+BucketName:", text, re.MULTILINE), "bucket names come from the stack"
+
+
+def broken_rules(template: dict[str, Any], overrides: dict[str, str]) -> set[str]:
+    """The template Rules a deploy with ``overrides`` would fail, as CloudFormation checks them before any change."""
+    params = parameter_values(template, overrides)
+    broken = set()
+    for name, rule in template["Rules"].items():
+        if "RuleCondition" in rule and not resolve(rule["RuleCondition"], template, params):
+            continue
+        if not all(resolve(assertion["Assert"], template, params) for assertion in rule["Assertions"]):
+            broken.add(name)
+    return broken
+
+
+URI, SHA = "s3://bucket-abc/models/cataract/v1/", "a" * 64
+# The version id S3's documentation gives as an example: 64 characters, with "+".
+LONG_VERSION_ID = "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUMLUo"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "broken"),
+    [
+        ({}, set()),
+        ({"ModelS3Uri": URI}, set()),
+        ({"ModelS3Uri": URI, "ModelSha256": SHA, "ModelS3VersionId": LONG_VERSION_ID}, set()),
+        ({"ModelSha256": SHA}, {"Sha256NeedsS3Uri"}),
+        ({"ModelS3VersionId": "abc"}, {"VersionIdNeedsS3Uri", "VersionIdNeedsSha256"}),
+        ({"ModelS3Uri": URI, "ModelS3VersionId": "abc"}, {"VersionIdNeedsSha256"}),
+    ],
+    ids=["baked", "s3", "s3-pinned", "sha-alone", "version-alone", "version-without-sha"],
+)
+def test_rules_refuse_model_settings_that_cannot_work(template: dict[str, Any], overrides: dict, broken: set) -> None:
+    assert broken_rules(template, overrides) == broken
+
+
+def test_s3_version_ids_as_s3_issues_them_are_accepted(template: dict[str, Any]) -> None:
+    spec = template["Parameters"]["ModelS3VersionId"]
+    for version_id in (LONG_VERSION_ID, "Lx9wqWXT3Lbj.Txvy0cq7l1BCdStOlUZ", "null"):
+        assert re.fullmatch(spec["AllowedPattern"], version_id) and len(version_id) <= spec["MaxLength"]

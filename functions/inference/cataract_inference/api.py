@@ -386,7 +386,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
                 415,
                 "unsupported_media_type",
                 f"Content-Type {_clip(content_type, 60)!r} is not accepted; send application/json, or the raw bytes "
-                "as image/jpeg, image/png, image/webp or application/octet-stream",
+                "as image/jpeg (or another image/*) or application/octet-stream",
             )
         parsed_at = time.perf_counter()
         try:
