@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import os
 import re
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
+import anyio
 import orjson
 import pybase64
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import docs_pages, page
@@ -39,6 +43,9 @@ _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The routes template.yaml puts behind the API key (unless ApiKeyRequired=false).
 KEYED_PATHS = frozenset({"/predict", "/model"})
+BODY_DEADLINE_S = 60.0  # the whole body, from its first byte; 6 MB at 100 kB/s
+# `serve` screens this many photos at once, the rest wait their turn: each may decode to hundreds of MB.
+SERVE_CONCURRENT_PREDICTIONS = max(2, os.cpu_count() or 1)
 _PREFIX_OK = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # path segments, none of them "." or ".."
 
 
@@ -224,12 +231,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise ClientError(413, "payload_too_large", f"the body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, "payload_too_large", f"the body is over the {limit}-byte limit")
-        if chunk:
-            chunks.append(chunk)
+    try:
+        # Under Mangum the body is already here. Under `serve`, a client that stalls or trickles would hold its
+        # connection, and its share of memory, for as long as it liked.
+        async with asyncio.timeout(BODY_DEADLINE_S):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ClientError(
+                        413,
+                        "payload_too_large",
+                        f"the body is over the {limit}-byte limit (base64 JSON is 4/3 of the photo: downscale it)",
+                    )
+                if chunk:
+                    chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ClientError(408, "request_timeout", f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from exc
+    except ClientDisconnect as exc:  # nobody is left to answer: not a server error
+        raise ClientError(499, "client_closed_request", "the client closed the connection mid-body") from exc
     # Under Mangum the body is one chunk (and an empty one after it): joining would copy 1.6 MB for nothing.
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -325,6 +344,13 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         ),
     )
     app.add_middleware(GatewayScopeMiddleware)
+    slots: list[anyio.CapacityLimiter] = []
+
+    def prediction_slots() -> anyio.CapacityLimiter:
+        if not slots:  # made on first use: it belongs to the running event loop
+            slots.append(anyio.CapacityLimiter(SERVE_CONCURRENT_PREDICTIONS))
+        return slots[0]
+
     generate = app.openapi  # built on the first /openapi.json, not at cold start
 
     def openapi_document() -> dict[str, Any]:
@@ -395,8 +421,11 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
                 # task, so a worker thread would be started per invocation only to be waited on.
                 result = classifier.predict_bytes(image_bytes, explain=explain)
             else:
-                # Under uvicorn (`serve`), concurrent requests overlap in threads: ORT releases the GIL.
-                result = await run_in_threadpool(classifier.predict_bytes, image_bytes, explain=explain)
+                # Under uvicorn (`serve`), concurrent requests overlap in threads (ORT releases the GIL), a few
+                # at a time: starlette's own pool would run 40, and 40 hostile 40 MP photos need ~10 GB.
+                result = await anyio.to_thread.run_sync(
+                    partial(classifier.predict_bytes, image_bytes, explain=explain), limiter=prediction_slots()
+                )
         except ImageError as exc:
             raise ClientError(exc.status, exc.code, str(exc)) from exc
         timing = {"parse": round((parsed_at - started) * 1000, 2), **result.timing_ms}
