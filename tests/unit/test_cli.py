@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from cataract_inference import cli
-from cataract_inference.drawing import draw_eye
+from cataract_inference.drawing import draw_eye, encode
 
 
 @pytest.fixture
@@ -102,8 +105,12 @@ def test_missing_model_exits_with_a_message(
         (b'{"Records": [{"s3": {}}]}', "not an API Gateway proxy event"),
         (b'{"httpMethod": ', "Expecting value"),
         (b"\xff\xfe not utf-8", "utf-8"),
+        (b'{"requestContext": {}, "httpMethod": "GET"}', "path must be a string"),
+        (b'{"requestContext": {}, "version": "2.0"}', "requestContext.http needs method and path"),
+        (b'{"requestContext": {}, "httpMethod": "POST", "path": "/predict", "body": {"image": "x"}}', "body must be"),
+        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": ["a"]}', "headers must be"),
     ],
-    ids=["empty", "list", "s3-event", "truncated", "not-utf8"],
+    ids=["empty", "list", "s3-event", "truncated", "not-utf8", "v1-no-path", "v2-no-http", "body-object", "headers"],
 )
 def test_invoke_refuses_a_file_that_is_not_an_event_with_a_message(
     model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
@@ -112,7 +119,50 @@ def test_invoke_refuses_a_file_that_is_not_an_event_with_a_message(
     path.write_bytes(content)
     assert cli.main(["invoke", str(path)]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and str(path) in err
+
+
+def test_invoke_reads_standard_input(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cataract_inference import events
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(events.rest_event("/health")).encode())))
+    assert cli.main(["invoke", "-", "--body"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
+def test_predict_screens_every_file_and_reports_the_unreadable_ones(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encode(draw_eye("cataract", size=(96, 64))))
+    missing = tmp_path / "missing.jpg"
+    assert cli.main(["predict", "--compact", str(photo), str(missing), str(photo)]) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(photo), str(missing), str(photo)]
+    assert lines[0]["status"] == lines[2]["status"] == 200
+    assert lines[1]["error"]["code"] == "unreadable" and "No such file" in lines[1]["error"]["message"]
+
+
+def test_make_event_warns_when_lambda_would_refuse_the_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.jpg"
+    big.write_bytes(os.urandom(5_000_000))  # 6.7 MB as base64
+    assert cli.main(["make-event", str(big), "--raw", "-o", str(tmp_path / "e.json")]) == 0
+    assert "over Lambda's 6,291,456-byte invocation limit" in capsys.readouterr().err
+    small = tmp_path / "small.jpg"
+    small.write_bytes(os.urandom(1000))
+    assert cli.main(["make-event", str(small), "-o", str(tmp_path / "s.json")]) == 0
+    assert "limit" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_serve_refuses_a_port_that_is_not_one(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--port", port])
+    assert exit_info.value.code == 2 and "is not a port (1-65535)" in capsys.readouterr().err
 
 
 def test_draw_eye(tmp_path: Path) -> None:
@@ -127,5 +177,45 @@ def test_serve_prints_no_access_log(model_env: None, monkeypatch: pytest.MonkeyP
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
-    assert cli.main(["-v", "serve", "--port", "0"]) == 0
+    assert cli.main(["-v", "serve", "--port", "8123"]) == 0
     assert seen["access_log"] is False and seen["log_level"] == "info"
+
+
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("::1", False), ("0.0.0.0", True)])
+def test_serve_says_where_it_listens_and_bounds_its_clients(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], host: str, warned: bool
+) -> None:
+    import uvicorn
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    assert cli.main(["serve", "--host", host, "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    shown = f"[{host}]" if ":" in host else host
+    assert f"serving on http://{shown}:8123/" in err
+    assert ("no API key" in err) == warned
+    # A client that stalls cannot hold Ctrl-C, and a crowd gets 503s instead of piling up uploads.
+    assert seen["timeout_graceful_shutdown"] == 5 and seen["limit_concurrency"] == 64
+
+
+@pytest.mark.parametrize(("flags", "cold_start_metric"), [([], False), (["-v"], True)], ids=["quiet", "verbose"])
+def test_the_runner_prints_metrics_only_when_asked(
+    tiny_model_dir: Path, flags: list[str], cold_start_metric: bool
+) -> None:
+    """Quiet, the demo's stderr is free of EMF lines and warnings; verbose shows what Lambda would log."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")}
+    env["MODEL_DIR"] = str(tiny_model_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", *flags, "invoke", str(REPO / "events" / "rest-health.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout)["body"]["status"] == "ok"
+    assert ('"ColdStart"' in result.stderr) == cold_start_metric, result.stderr
+    assert "UserWarning" not in result.stderr

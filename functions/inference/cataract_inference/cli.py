@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import events
+from .settings import LAMBDA_SYNC_PAYLOAD_BYTES
 
 
 @dataclass
@@ -73,15 +75,33 @@ def _print_response(response: dict[str, Any], body_only: bool) -> None:
     print(json.dumps(shown, indent=2))
 
 
+class UsageError(Exception):
+    """A mistake in what was asked of the runner: one line, exit 2."""
+
+
+def _read(name: str) -> bytes:
+    """A file's bytes, or standard input's for ``-``."""
+    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+
+
 def _cmd_invoke(args: argparse.Namespace) -> int:
-    event = json.loads(Path(args.event).read_text(encoding="utf-8"))
-    if not events.is_api_gateway_event(event):
+    data = _read(args.event)
+    try:
+        event = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{args.event} is not JSON: {exc}") from exc
+    problem = events.event_problem(event)
+    if problem:
+        raise UsageError(
+            f"{args.event} is not an API Gateway proxy event (REST v1 or HTTP API v2): {problem}; "
+            "make one with `cataract-screen make-event IMAGE`"
+        )
+    if len(data) > LAMBDA_SYNC_PAYLOAD_BYTES:
         print(
-            f"cataract-screen: {args.event} is not an API Gateway proxy event (REST v1 or HTTP API v2); "
-            "make one with `cataract-screen make-event IMAGE`",
+            f"cataract-screen: note: {args.event} is {len(data):,} bytes; Lambda refuses an invocation over "
+            f"{LAMBDA_SYNC_PAYLOAD_BYTES:,}, so on AWS this request would never reach the function",
             file=sys.stderr,
         )
-        return 2
     response = invoke_event(event)
     _print_response(response, args.body)
     return 0 if int(response.get("statusCode", 500)) < 500 else 1
@@ -89,23 +109,36 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     worst = 0
+    indent = None if args.compact else 2
     for name in args.images:
-        data = Path(name).read_bytes()
+        try:
+            data = _read(name)
+        except OSError as exc:  # report it and go on: the other files still get screened
+            print(json.dumps({"file": name, "error": {"code": "unreadable", "message": str(exc)}}, indent=indent))
+            worst = 2
+            continue
         response = invoke_event(events.predict_event(data, explain=False))
         body = json.loads(response["body"])
-        print(json.dumps({"file": name, "status": response["statusCode"], **body}, indent=None if args.compact else 2))
+        print(json.dumps({"file": name, "status": response["statusCode"], **body}, indent=indent))
         worst = max(worst, 0 if response["statusCode"] == 200 else 2)
     return worst
 
 
 def _cmd_make_event(args: argparse.Namespace) -> int:
-    data = Path(args.image).read_bytes()
+    data = _read(args.image)
     suffix = Path(args.image).suffix.lower().lstrip(".")
     media = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}.get(
         suffix, "image/jpeg"
     )
     event = events.predict_event(data, explain=args.explain, http_api=args.http_api, raw=args.raw, media_type=media)
     text = json.dumps(event, indent=2) + "\n"
+    if len(text) > LAMBDA_SYNC_PAYLOAD_BYTES:
+        print(
+            f"cataract-screen: note: the event is {len(text):,} bytes, over Lambda's "
+            f"{LAMBDA_SYNC_PAYLOAD_BYTES:,}-byte invocation limit: AWS would refuse it. Downscale the photo "
+            "(a 1600 px JPEG is about 200 kB).",
+            file=sys.stderr,
+        )
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output} ({len(text)} bytes)", file=sys.stderr)
@@ -114,15 +147,36 @@ def _cmd_make_event(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     with contextlib.redirect_stdout(sys.stderr):
         from .handler import app
 
-    # No access log: it prints client addresses and whole query strings; the app logs each request itself.
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    if not _is_loopback(args.host):
+        print(
+            "cataract-screen: warning: reachable from other machines, with no API key (API Gateway checks keys, "
+            "the runner does not) and no TLS; for a trusted network only",
+            file=sys.stderr,
+        )
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info", access_log=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning" if not args.verbose else "info",
+        access_log=False,  # it prints client addresses and whole query strings; the app logs each request
+        limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload
     )
     return 0
 
@@ -135,6 +189,16 @@ def _cmd_draw_eye(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -144,17 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("invoke", help="replay an API Gateway event through the handler")
-    p.add_argument("event")
+    p.add_argument("event", help="an event file, or - for standard input")
     p.add_argument("--body", action="store_true", help="print only the response body")
     p.set_defaults(func=_cmd_invoke)
 
     p = sub.add_parser("serve", help="run the app on 127.0.0.1 with uvicorn")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("predict", help="screen image files")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or - for standard input")
     p.add_argument("--compact", action="store_true", help="one JSON line per image")
     p.set_defaults(func=_cmd_predict)
 
@@ -186,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ConfigError) as exc:
         print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
         return 3
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    except (UsageError, OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         print(f"cataract-screen: {exc}", file=sys.stderr)
         return 2
 

@@ -10,7 +10,7 @@ from typing import Any
 DEFAULT_STAGE = "Prod"
 
 
-def _request_context(path: str, method: str, stage: str) -> dict[str, Any]:
+def _request_context(path: str, method: str, stage: str, request_id: str | None) -> dict[str, Any]:
     return {
         "accountId": "123456789012",
         "apiId": "local",
@@ -19,7 +19,7 @@ def _request_context(path: str, method: str, stage: str) -> dict[str, Any]:
         "identity": {"sourceIp": "127.0.0.1", "userAgent": "cataract-screen"},
         "path": f"/{stage}{path}",
         "protocol": "HTTP/1.1",
-        "requestId": str(uuid.uuid4()),
+        "requestId": request_id or str(uuid.uuid4()),
         "requestTimeEpoch": 0,
         "resourcePath": path,
         "stage": stage,
@@ -35,6 +35,7 @@ def rest_event(
     is_base64: bool = False,
     stage: str = DEFAULT_STAGE,
     query: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """A REST API (v1) proxy event, as API Gateway sends it to the function."""
     headers = {"Host": "localhost", "Accept": "application/json"}
@@ -50,7 +51,7 @@ def rest_event(
         "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
         "pathParameters": None,
         "stageVariables": None,
-        "requestContext": _request_context(path, method, stage),
+        "requestContext": _request_context(path, method, stage, request_id),
         "body": body,
         "isBase64Encoded": is_base64,
     }
@@ -64,6 +65,7 @@ def http_api_event(
     content_type: str | None = None,
     is_base64: bool = False,
     stage: str = "$default",
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """An HTTP API (v2) event."""
     raw_path = path if stage == "$default" else f"/{stage}{path}"
@@ -87,7 +89,7 @@ def http_api_event(
                 "sourceIp": "127.0.0.1",
                 "userAgent": "cataract-screen",
             },
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id or str(uuid.uuid4()),
             "routeKey": f"{method} {path}",
             "stage": stage,
             "time": "27/Nov/2026:00:00:00 +0000",
@@ -99,21 +101,47 @@ def http_api_event(
 
 
 def predict_event(
-    image: bytes, *, explain: bool = False, http_api: bool = False, raw: bool = False, media_type: str = "image/jpeg"
+    image: bytes,
+    *,
+    explain: bool = False,
+    http_api: bool = False,
+    raw: bool = False,
+    media_type: str = "image/jpeg",
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """A ``POST /predict`` event carrying ``image``: JSON with base64 by default, or a raw binary body."""
     encoded = base64.b64encode(image).decode("ascii")
+    kwargs: dict[str, Any] = {"request_id": request_id}
     if raw:
-        kwargs: dict[str, Any] = {"body": encoded, "content_type": media_type, "is_base64": True}
+        kwargs.update(body=encoded, content_type=media_type, is_base64=True)
     else:
-        kwargs = {"body": json.dumps({"image": encoded, "explain": explain}), "content_type": "application/json"}
+        kwargs.update(body=json.dumps({"image": encoded, "explain": explain}), content_type="application/json")
     if http_api:
         return http_api_event("/predict", "POST", **kwargs)
     return rest_event("/predict", "POST", **kwargs, query={"explain": "true"} if raw and explain else None)
 
 
-def is_api_gateway_event(event: object) -> bool:
-    """True for the REST (v1) and HTTP API (v2) proxy event shapes Mangum understands."""
-    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
-        return False
-    return "httpMethod" in event or event.get("version") == "2.0"
+def event_problem(event: object) -> str | None:
+    """What keeps ``event`` from being a REST (v1) or HTTP API (v2) proxy event Mangum can run, or None."""
+    if not isinstance(event, dict):
+        return f"it is a JSON {type(event).__name__}, not an object"
+    context = event.get("requestContext")
+    if not isinstance(context, dict):
+        return "it has no requestContext object"
+    if event.get("version") == "2.0":
+        http = context.get("http")
+        if not isinstance(http, dict) or not all(isinstance(http.get(k), str) for k in ("method", "path")):
+            return "requestContext.http needs method and path strings"
+        if not isinstance(event.get("rawPath"), str):
+            return "rawPath must be a string"
+    else:
+        if not isinstance(event.get("httpMethod"), str):
+            return "httpMethod must be a string (or version 2.0, for an HTTP API event)"
+        if not isinstance(event.get("path"), str):
+            return "path must be a string"
+    for name in ("headers", "queryStringParameters", "multiValueHeaders", "multiValueQueryStringParameters"):
+        if event.get(name) is not None and not isinstance(event[name], dict):
+            return f"{name} must be an object or null"
+    if event.get("body") is not None and not isinstance(event["body"], str):
+        return "body must be a string or null (JSON goes in as text)"
+    return None

@@ -17,8 +17,8 @@ from mangum import Mangum
 
 from .api import create_app
 from .classifier import Classifier
-from .events import is_api_gateway_event
-from .observability import logger, metrics, record_client_error, tracer
+from .events import event_problem
+from .observability import CAPTURE_COLD_START_METRIC, logger, metrics, record_client_error, tracer
 from .schemas import ErrorBody, ErrorResponse
 from .settings import get_settings
 
@@ -32,12 +32,13 @@ asgi_handler = Mangum(app, lifespan="off")
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@metrics.log_metrics(capture_cold_start_metric=CAPTURE_COLD_START_METRIC)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Serve one API Gateway event (REST v1 or HTTP API v2)."""
-    if not is_api_gateway_event(event):
+    problem = event_problem(event)
+    if problem:
         # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.
-        raise TypeError("this function expects an API Gateway proxy event (REST v1 or HTTP API v2)")
+        raise TypeError(f"this function expects an API Gateway proxy event (REST v1 or HTTP API v2): {problem}")
     try:
         return asgi_handler(_encodable(event), context)
     except UnicodeEncodeError:

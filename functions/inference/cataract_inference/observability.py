@@ -10,11 +10,13 @@ import contextlib
 import logging
 import os
 import traceback
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "cataract-screening")
@@ -22,6 +24,10 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+# Powertools prints the cold-start metric even with metrics disabled (the local runner disables them).
+CAPTURE_COLD_START_METRIC = not is_metrics_disabled()
+# A request that records no metric (/health, /model: every uptime probe) is normal, not worth a log line each.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 
 class _NoTraceSegment(BaseSegment):
