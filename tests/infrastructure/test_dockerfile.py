@@ -68,7 +68,7 @@ def handler_target(dockerfile: list[tuple[str, str]]) -> tuple[str, str]:
 
 def test_base_image_is_the_lambda_python_312_image(dockerfile: list[tuple[str, str]]) -> None:
     froms = [args for keyword, args in dockerfile if keyword == "FROM"]
-    assert froms == ["public.ecr.aws/lambda/python:3.12"]
+    assert len(froms) == 1 and re.fullmatch(r"public\.ecr\.aws/lambda/python:3\.12(@sha256:[0-9a-f]{64})?", froms[0])
 
 
 def test_cmd_is_the_handler_the_tests_import(handler_target: tuple[str, str]) -> None:
