@@ -64,6 +64,12 @@ def progressive_jpeg_with_scans(extra_scans: int, size: tuple[int, int] = (64, 4
     return data[:eoi] + data[last_sos:eoi] * extra_scans + data[eoi:]
 
 
+def jpeg_with_empty_segments(count: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG with ``count`` empty APP1 segments (4 bytes each) after its SOI: cheap to send, slow to parse."""
+    data = encoded(gradient(size), "JPEG")
+    return data[:2] + b"\xff\xe1\x00\x02" * count + data[2:]
+
+
 def bmp_rle8(size: tuple[int, int] = (16, 8)) -> bytes:
     """An 8-bit run-length-encoded BMP: each row one run of palette index 1, then end-of-line."""
     width, height = size

@@ -16,6 +16,7 @@ from tests.support.images import (
     bmp_rle8,
     encoded,
     gradient,
+    jpeg_with_empty_segments,
     jpeg_with_malformed_exif,
     jpeg_with_orientation,
     png_with_declared_size,
@@ -162,6 +163,30 @@ def test_a_progressive_jpeg_decodes_but_a_scan_bomb_is_refused_before_decoding()
         imaging.decode_image(bomb)
     assert info.value.status == 413
     assert imaging.decode_image(bomb, imaging.DecodeLimits(max_scans=200)).image.size == (64, 48)
+
+
+def test_a_jpeg_of_thousands_of_empty_segments_is_refused_before_pillow_parses_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bomb = jpeg_with_empty_segments(1_100_000)  # 4.4 MB: Pillow took 1.7 s to walk its headers
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.Image, "open", lambda *a, **k: pytest.fail("Pillow was handed the segment bomb"))
+        with pytest.raises(imaging.ImageTooLargeError, match="marker segments") as info:
+            imaging.decode_image(bomb)
+    assert info.value.status == 413
+    assert imaging.decode_image(jpeg_with_empty_segments(100)).image.size == (64, 48)
+
+
+def test_metadata_rich_jpegs_are_not_mistaken_for_segment_bombs() -> None:
+    """EXIF with a thumbnail, XMP-sized comments and an ICC profile in the most chunks a viewer would write."""
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    exif[0x0112] = 1
+    icc = bytes(range(256)) * 4_000  # ~1 MB: Pillow splits it into 16 APP2 chunks
+    for progressive in (False, True):
+        data = encoded(gradient(), "JPEG", exif=exif.tobytes(), icc_profile=icc, progressive=progressive)
+        assert data.count(b"\xff\xe2") >= 16
+        assert imaging.decode_image(data).image.size == (64, 48)
 
 
 def test_a_run_length_encoded_bmp_is_refused_as_unsupported() -> None:

@@ -77,11 +77,16 @@ class DecodeLimits:
     ``max_scans`` bounds a progressive JPEG's scans: each one walks every block of the image, so a
     few hundred kilobytes of empty scans at 40 MP would keep the decoder busy past Lambda's timeout.
     Encoders write about 10 (libjpeg's default script) and rarely more than 20.
+
+    ``max_jpeg_segments`` bounds the marker segments before a JPEG's first scan, which Pillow parses one
+    at a time in Python: 4 bytes each, so 4 MB of empty APP1 markers held it for 1.7 s. Cameras write a
+    handful; even an ICC profile split into its most chunks (255) fits.
     """
 
     max_pixels: int = 40_000_000
     max_side: int = 12_000
     max_scans: int = 100
+    max_jpeg_segments: int = 1_000
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -105,9 +110,38 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_segments_over(data: bytes, limit: int) -> bool:
+    """True when a JPEG has more than ``limit`` marker segments (or fill bytes) before its first scan.
+
+    Walks segment headers only, skipping each payload by its length: a few steps for a camera's file.
+    Anything malformed is left to Pillow to judge.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    pos, steps, end = 2, 0, len(data) - 4
+    while pos <= end:
+        if data[pos] != 0xFF:
+            return False
+        steps += 1
+        if steps > limit:
+            return True
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: the image data begins
+            return False
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # a fill byte, or a marker with no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+    return False
+
+
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if not data:
         raise NotAnImageError("the image is empty")
+    if _jpeg_segments_over(data, limits.max_jpeg_segments):
+        raise ImageTooLargeError(
+            f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
