@@ -151,8 +151,10 @@ def run_audit(
         }
         for label, vals in sorted(sizes.items())
     }
+    # Classes and their balance as `fit` sees them: over the files it can read.
+    readable_samples = [s for s, can_read in zip(samples, readable, strict=True) if can_read]
     findings = _findings(
-        samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, int(ok.sum())
+        readable_samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, int(ok.sum())
     )
     report = {
         "root": str(root),
@@ -187,7 +189,7 @@ def _findings(  # noqa: PLR0917 - one argument per report section
     sizes: dict[str, dict[str, dict[str, float]]],
     n: int,
 ) -> list[str]:
-    """Readable warnings, one per problem a trainer must know about (``n``: the readable files)."""
+    """Readable warnings, one per problem a trainer must know about (``samples``, ``n``: the readable files)."""
     out: list[str] = []
     try:
         data.check_classes(samples)
