@@ -78,12 +78,20 @@ def invoke(handler: Any) -> Callable[[dict[str, Any]], tuple[int, dict[str, str]
     return _invoke
 
 
+def require_shared_data() -> Path:
+    """The training photos in ../shared: a skip with the reason in a user's clone, a failure in CI (which has them)."""
+    if not (SHARED_DATA / "cataract").is_dir():
+        message = f"../shared training photos not found at {SHARED_DATA} (present in CI, absent in a user's clone)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
 @pytest.fixture
 def shared_photos() -> Iterator[Path]:
-    """The training photos in ../shared, or a skip with the reason when this clone has none."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"../shared training photos not found at {SHARED_DATA} (present in CI, absent in a user's clone)")
-    yield SHARED_DATA
+    """The training photos in ../shared (see ``require_shared_data``)."""
+    yield require_shared_data()
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,13 @@ from pathlib import Path
 import pytest
 
 from cataract_training import audit
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cataract-eyes" / "train"
+from tests.conftest import SHARED_DATA as DATA
+from tests.conftest import require_shared_data
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    if not (DATA / "cataract").is_dir():
-        pytest.skip(f"the training photos are not here ({DATA}); they live outside the repo in ../shared")
-    return audit.run_audit(DATA, progress=False).report
+    return audit.run_audit(require_shared_data(), progress=False).report
 
 
 def test_counts(report: dict) -> None:
@@ -43,8 +41,7 @@ def test_size_shortcut(report: dict) -> None:
 
 def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> None:
     """Rerun the gate calibration on ../shared: the same thresholds as model.json, and the issue's targets met."""
-    if not (DATA / "cataract").is_dir():
-        pytest.skip(f"the training photos are not here ({DATA}); they live outside the repo in ../shared")
+    require_shared_data()
     from cataract_inference.manifest import load_manifest
     from cataract_training import gate
 

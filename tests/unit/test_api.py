@@ -74,6 +74,7 @@ def test_predict_returns_the_contract(invoke: Invoke) -> None:
     assert {"decode", "inference", "total"} <= set(body["timing_ms"])
     assert "not a diagnosis" in body["disclaimer"].lower()
     assert "heatmap_png" not in body
+    assert headers["cache-control"] == "no-store"  # a screening result is health data: no cache keeps it
 
 
 def test_label_and_referral_follow_the_threshold(invoke: Invoke) -> None:
@@ -314,6 +315,7 @@ def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, A
     got, headers, body = invoke(event)
     assert got == status, body
     assert headers["content-type"].startswith("application/json")
+    assert headers["cache-control"] == "no-store"
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     assert "not a diagnosis" in body["disclaimer"].lower()
@@ -336,6 +338,7 @@ def test_a_configured_disclaimer_is_on_every_kind_of_response(
     cases = {
         "prediction": _json_event({"image": _b64(BRIGHT)}),
         "health": events.rest_event("/health"),
+        "model": events.rest_event("/model"),
         "app error": _json_event({"image": "not base64 at all!!"}),
         "handler error": flagged,
         "unknown route": events.rest_event("/nope"),
@@ -343,6 +346,29 @@ def test_a_configured_disclaimer_is_on_every_kind_of_response(
     for case, event in cases.items():
         response = module.lambda_handler(event, FakeLambdaContext())
         assert json.loads(response["body"])["disclaimer"] == words, case
+
+
+def test_the_response_reports_the_models_own_threshold(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import FakeLambdaContext, load_handler
+    from tests.support.onnx_models import build_tiny_model
+
+    module = load_handler(build_tiny_model(tmp_path / "m", threshold=0.2), monkeypatch)
+    response = module.lambda_handler(_json_event({"image": _b64(BRIGHT)}), FakeLambdaContext())
+    assert json.loads(response["body"])["threshold"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("req-42.a:b_c", True), ("has space", False), ("<script>", False), ("x" * 129, False), ("", False)],
+)
+def test_a_client_request_id_is_used_only_when_it_is_plain(sent: str, echoed: bool) -> None:
+    """Under `serve` there is no gateway id: the client's X-Request-Id is echoed into headers and logs, so only
+    a plain token is; anything else gets a fresh id."""
+    from cataract_inference.api import request_id_of
+
+    got = request_id_of({"type": "http", "headers": [(b"x-request-id", sent.encode())]})
+    assert (got == sent) == echoed
+    assert echoed or len(got) == 36  # a uuid4
 
 
 def test_body_limit_is_configurable(tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch) -> None:

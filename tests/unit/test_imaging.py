@@ -303,6 +303,27 @@ def test_normalisation_uses_the_manifest_mean_and_std() -> None:
     assert np.allclose(tensor[2], (128 / 255 - 0.5) / 1.0, atol=1e-6)
 
 
+def test_center_crop_keeps_the_centre_and_drops_the_sides() -> None:
+    spec = InputSpec(size=32, resize="center_crop", crop_fraction=0.875, mean=(0, 0, 0), std=(1, 1, 1))
+    img = Image.new("RGB", (128, 64), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 24, 64))  # a band at each far side, outside a centred crop
+    img.paste((255, 255, 255), (104, 0, 128, 64))
+    img.paste((120, 120, 120), (60, 28, 68, 36))  # a grey dot at the centre
+    rgb = imaging.resize_for_model(img, spec)
+    assert np.asarray(rgb).max() < 200, "a side band leaked into the crop"
+    centre = np.asarray(rgb)[14:18, 14:18]
+    assert centre.mean() > 60, "the centre is not in the middle of the crop"
+
+
+def test_squash_maps_the_whole_photo_onto_the_square_without_shifting_it() -> None:
+    spec = InputSpec(size=32, resize="squash")
+    img = Image.new("RGB", (128, 64), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 64, 64))  # left half white
+    rgb = np.asarray(imaging.resize_for_model(img, spec))
+    assert rgb.shape == (32, 32, 3)
+    assert rgb[:, :15].min() == 255 and rgb[:, 17:].max() == 0  # the edge lands at the middle column
+
+
 def test_letterbox_pads_with_the_colour_that_normalises_to_zero() -> None:
     spec = InputSpec(size=32, resize="letterbox")
     tensor = imaging.preprocess(Image.new("RGB", (64, 16), (255, 255, 255)), spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -342,7 +343,7 @@ def test_symbolic_input_sides_are_accepted_and_a_non_float_input_is_refused(tmp_
     onnx.save(model, model_dir / "model.onnx")
     rewrite_manifest(model_dir, input={"name": "pixels", "size": 32})
     rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
-    with pytest.raises(ModelLoadError, match="float32"):
+    with pytest.raises(ModelLoadError, match=r"input 'pixels' is tensor\(uint8\); serving feeds float32"):
         Classifier(load_baked(model_dir))
 
 
@@ -362,6 +363,18 @@ def test_s3_model_json_overwritten_after_publication_is_refused(
         resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
 
 
+def test_model_json_must_match_its_own_checksum_metadata_too() -> None:
+    """A publication older than the model's manifest-sha256 still carries model.json's own sha256."""
+    from cataract_inference.model_source import check_manifest_bytes
+
+    data = b'{"name": "m"}'
+    digest = hashlib.sha256(data).hexdigest()
+    check_manifest_bytes(data, {}, {"sha256": digest.upper()}, "s3://b/v1/model.json")
+    check_manifest_bytes(data, {"manifest-sha256": digest}, {}, "s3://b/v1/model.json")
+    with pytest.raises(ModelLoadError, match=r"checksum mismatch for s3://b/v1/model\.json"):
+        check_manifest_bytes(data, {}, {"sha256": "0" * 64}, "s3://b/v1/model.json")
+
+
 def test_s3_names_the_missing_model_json_and_accepts_a_folder_without_its_slash(
     s3: object, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -379,12 +392,13 @@ def test_s3_upper_case_checksum_metadata_is_the_same_checksum(s3: object, tiny_m
 
 
 class _StallingBody:
-    """A response body that delivers one byte, then stalls as a dying connection does."""
+    """A response body that trickles a byte at a time, as a dying connection does. It gives up after 5 s
+    (a broken deadline then fails the test on the checksum, instead of hanging the suite)."""
 
     def iter_chunks(self, _size: int) -> object:
         import time
 
-        while True:
+        for _ in range(100):
             yield b"x"
             time.sleep(0.05)
 

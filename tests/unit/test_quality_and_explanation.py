@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,35 @@ def test_eye_probe_is_parsed_once_per_gate() -> None:
     first = quality.EyeProbe.from_gate(gate)
     assert first is not None and first is quality.EyeProbe.from_gate(gate)
     assert first.weights.dtype == np.float32 and first.weights.shape == (1280,)
+
+
+GOOD = quality.ImageStats(min_side=200, brightness=0.5, contrast=0.2, sharpness=0.01)
+EPS = 1e-6
+
+
+@pytest.mark.parametrize(
+    ("field", "at", "outside", "reason"),
+    [
+        ("min_side", GATE.min_side, GATE.min_side - 1, "too_small"),
+        ("brightness", GATE.min_brightness, GATE.min_brightness - EPS, "too_dark"),
+        ("brightness", GATE.max_brightness, GATE.max_brightness + EPS, "too_bright"),
+        ("contrast", GATE.min_contrast, GATE.min_contrast - EPS, "low_contrast"),
+        ("sharpness", GATE.min_sharpness, GATE.min_sharpness - EPS, "too_blurry"),
+        ("ood_distance", GATE.max_ood_distance, GATE.max_ood_distance + EPS, "not_an_eye"),
+    ],
+    ids=["side", "dark", "bright", "contrast", "blur", "ood"],
+)
+def test_each_gate_check_flips_exactly_at_its_threshold(field: str, at: float, outside: float, reason: str) -> None:
+    """On the threshold a photo passes; just beyond it, it is refused with that check's reason only."""
+
+    def verdict(value: float) -> quality.Quality:
+        if field == "ood_distance":
+            return quality.assess(GOOD, value, GATE)
+        return quality.assess(replace(GOOD, **{field: value}), 1.0, GATE)
+
+    assert verdict(at).gradable
+    refused = verdict(outside)
+    assert not refused.gradable and [r.split(":")[0] for r in refused.reasons] == [reason]
 
 
 def test_mid_distance_cap_rejects_the_unfamiliar_and_reports_the_distance() -> None:

@@ -1,0 +1,82 @@
+"""What the classifier decides from the model's outputs: calibration, the threshold, the positive class, the heat map.
+
+The tiny test model scores brightness (bright → its first class) and its CAM applies the same weights per cell,
+so each check here knows the answer without a trained model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cataract_inference import explanation
+from cataract_inference.classifier import load_classifier, softmax
+from cataract_inference.imaging import load_for_model
+from cataract_inference.manifest import InputSpec
+from tests.support.images import encoded
+from tests.support.onnx_models import build_tiny_model
+
+GREY = encoded(Image.new("RGB", (80, 60), (170, 170, 170)), "PNG")
+
+
+def test_served_probabilities_are_temperature_scaled(tmp_path: Path) -> None:
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", temperature=3.0))
+    _, tensor = load_for_model(GREY, classifier.manifest.input)
+    logits = classifier.run(tensor[None])["logits"]
+    scaled, raw = softmax(logits / 3.0)[0], softmax(logits)[0]
+    assert abs(scaled[0] - raw[0]) > 0.01, "the photo must tell a temperature of 3 from 1"
+    served = classifier.predict_bytes(GREY).probabilities
+    assert served["cataract"] == pytest.approx(scaled[0], abs=1e-6)
+    assert served["normal"] == pytest.approx(scaled[1], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cataract_probability", "expected"),
+    [(0.2499, ("normal", False)), (0.25, ("cataract", True)), (0.2501, ("cataract", True))],
+)
+def test_a_probability_at_the_threshold_is_referred(
+    tmp_path: Path, cataract_probability: float, expected: tuple[str, bool]
+) -> None:
+    """Sensitivity first: "at or above the threshold" refers, as the README and the response's field say."""
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", threshold=0.25))
+    assert classifier.decide(np.array([cataract_probability, 1 - cataract_probability])) == expected
+
+
+def test_the_positive_class_is_found_by_name_not_position(tmp_path: Path) -> None:
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", classes=["normal", "cataract"], threshold=0.4))
+    assert classifier.decide(np.array([0.55, 0.45])) == ("cataract", True)
+    assert classifier.decide(np.array([0.65, 0.35])) == ("normal", False)
+
+
+def _tint(overlay_b64: str, photo: Image.Image) -> np.ndarray:
+    """How far each pixel of the overlay moved from the photo: where the heat map was drawn."""
+    overlay = Image.open(io.BytesIO(base64.b64decode(overlay_b64))).convert("RGB").resize(photo.size)
+    return np.abs(np.asarray(overlay, dtype=np.int32) - np.asarray(photo, dtype=np.int32)).sum(axis=2)
+
+
+@pytest.mark.parametrize("classes", [["cataract", "normal"], ["normal", "cataract"]])
+def test_the_served_heat_map_is_the_positive_class_map(tmp_path: Path, classes: list[str]) -> None:
+    """Bright is the first class's evidence: the cataract map lights it when cataract is first, and the dark
+    side when cataract is second (its weights are the first class's, negated)."""
+    classifier = load_classifier(
+        build_tiny_model(tmp_path / "m", classes=classes, input={"size": 32, "resize": "squash"})
+    )
+    photo = Image.new("RGB", (200, 100), (40, 40, 40))
+    photo.paste((230, 230, 230), (0, 0, 60, 100))  # bright band at the left
+    heatmap = classifier.predict_bytes(encoded(photo, "PNG"), explain=True).heatmap_png
+    assert heatmap is not None
+    tint = _tint(heatmap, photo)
+    left, right = tint[:, :50].mean(), tint[:, 150:].mean()
+    assert (left > 2 * right) if classes[0] == "cataract" else (right > 2 * left), (left, right)
+
+
+def test_the_heat_map_keeps_up_up() -> None:
+    cam = np.zeros((4, 4), dtype=np.float32)
+    cam[0, :] = 1.0  # evidence in the top row only
+    grid = explanation.map_to_image_grid(cam, (100, 100), InputSpec(size=32, resize="squash"))
+    assert grid[:30].mean() > 3 * grid[70:].mean()
