@@ -84,6 +84,16 @@ def _read(name: str) -> bytes:
     return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
 
 
+def _note_if_lambda_would_refuse(what: str, size: int) -> None:
+    if size > LAMBDA_SYNC_PAYLOAD_BYTES:
+        print(
+            f"cataract-screen: note: {what} is {size:,} bytes, over Lambda's {LAMBDA_SYNC_PAYLOAD_BYTES:,}-byte "
+            "invocation limit: on AWS it would never reach the function. Downscale the photo (a 1600 px JPEG is "
+            "about 200 kB).",
+            file=sys.stderr,
+        )
+
+
 def _cmd_invoke(args: argparse.Namespace) -> int:
     data = _read(args.event)
     try:
@@ -96,12 +106,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
             f"{args.event} is not an API Gateway proxy event (REST v1 or HTTP API v2): {problem}; "
             "make one with `cataract-screen make-event IMAGE`"
         )
-    if len(data) > LAMBDA_SYNC_PAYLOAD_BYTES:
-        print(
-            f"cataract-screen: note: {args.event} is {len(data):,} bytes; Lambda refuses an invocation over "
-            f"{LAMBDA_SYNC_PAYLOAD_BYTES:,}, so on AWS this request would never reach the function",
-            file=sys.stderr,
-        )
+    _note_if_lambda_would_refuse(args.event, len(data))
     response = invoke_event(event)
     _print_response(response, args.body)
     return 0 if int(response.get("statusCode", 500)) < 500 else 1
@@ -132,13 +137,7 @@ def _cmd_make_event(args: argparse.Namespace) -> int:
     )
     event = events.predict_event(data, explain=args.explain, http_api=args.http_api, raw=args.raw, media_type=media)
     text = json.dumps(event, indent=2) + "\n"
-    if len(text) > LAMBDA_SYNC_PAYLOAD_BYTES:
-        print(
-            f"cataract-screen: note: the event is {len(text):,} bytes, over Lambda's "
-            f"{LAMBDA_SYNC_PAYLOAD_BYTES:,}-byte invocation limit: AWS would refuse it. Downscale the photo "
-            "(a 1600 px JPEG is about 200 kB).",
-            file=sys.stderr,
-        )
+    _note_if_lambda_would_refuse("the event", len(text))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output} ({len(text)} bytes)", file=sys.stderr)
