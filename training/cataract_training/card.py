@@ -9,6 +9,7 @@ from typing import Any
 from cataract_inference.manifest import CARD_FILENAME, Manifest
 
 from .backbones import BACKBONES
+from .metrics import wilson
 
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 
@@ -16,7 +17,40 @@ _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 def _ci(m: dict[str, Any]) -> str:
     if m.get("value") is None:
         return "n/a"
-    return f"{m['value'] * 100:.1f}% [{m['ci95'][0] * 100:.1f}, {m['ci95'][1] * 100:.1f}] ({m['k']}/{m['n']})"
+    # The value from its counts: model.json keeps 4 decimals, and rounding those again can turn 98.947% into 99.0%.
+    value = m["k"] / m["n"] if m.get("n") else m["value"]
+    low, high = wilson(m["k"], m["n"]) if m.get("n") else m["ci95"]
+    return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
+
+
+def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any]) -> list[str]:
+    """How the temperature and threshold were chosen, and what held-out data says of each."""
+    target = cal.get("sensitivity_target")
+    crossed = cv.get("cross_fitted", {}).get("sensitivity", {})
+    lines = []
+    if "threshold_oof" in cal:
+        lines.append(
+            f"The temperature (T = {manifest.temperature:.4f}) was fitted on the grouped-CV out-of-fold "
+            f"predictions. The threshold is the lower of two: where those predictions reach sensitivity "
+            f">= {target:.0%} ({cal['threshold_oof']:.4f}) and where the validation split does "
+            f"({cal['threshold_val']:.4f}); the lower one only refers more."
+        )
+        if crossed.get("n"):
+            lines[-1] += (
+                f" The {target:.0%} is met on the photos the threshold was chosen on. Cross-fitted (each fold's "
+                f"threshold chosen on the other folds) the same rule gives {_ci(crossed)}: expect somewhat below "
+                f"{target:.0%} on new photos."
+            )
+    elif cal:
+        lines.append(f"Temperature and threshold were fitted on: {cal.get('source')}.")
+    nll = manifest.metrics.get("variants", {}).get(manifest.precision, {})
+    if "nll_val_T" in nll and "nll_val_T1" in nll and nll["nll_val_T"] > nll["nll_val_T1"]:
+        lines.append(
+            f"On this model's own validation photos the temperature does not help: log loss {nll['nll_val_T']} "
+            f"with it against {nll['nll_val_T1']} without (a small split the model nearly always gets right). "
+            "Read P(cataract) as a ranked score that is roughly calibrated, not as an exact frequency."
+        )
+    return [line for text in lines for line in (text, "")]
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -67,9 +101,10 @@ def render(manifest: Manifest) -> str:
         "",
         "- Input: a colour photo of the outside of one or both eyes (phone or web photo), decoded and letterboxed "
         f"to {manifest.input.size}x{manifest.input.size} by the serving code.",
-        f"- Output: calibrated P(cataract) (softmax of logits / T, T = {manifest.temperature:.4f}); a referral when "
-        f"P(cataract) >= {manifest.threshold:.4f}, a threshold chosen for sensitivity >= 95% on held-out photos; a "
-        "class activation map and an out-of-distribution distance for the gradability gate.",
+        f"- Output: P(cataract), temperature-scaled (softmax of logits / T, T = {manifest.temperature:.4f}); a "
+        f"referral when P(cataract) >= {manifest.threshold:.4f}, a threshold that favours sensitivity (how it was "
+        "chosen, and what held-out photos say of it, under Metrics); a class activation map and two distances "
+        "for the gradability gate.",
         "- Users: screening programmes and individuals deciding whether to seek an eye examination.",
         "- Not for: diagnosis, grading cataract severity, slit-lamp or fundus images, children's eyes (not "
         "represented), or any decision without a clinician.",
@@ -79,10 +114,10 @@ def render(manifest: Manifest) -> str:
         f"- Architecture: {bb.architecture if bb else 'n/a'}; input {manifest.input.size} px, "
         f"{manifest.input.resize}, ImageNet normalisation; precision shipped: **{manifest.precision}**.",
         f"- Pretrained weights: {bb.weights if bb else 'n/a'}.",
-        f"- Weights licence: {bb.licence if bb else 'n/a'}",
+        f"- Licences: {bb.licence if bb else 'n/a'}",
         *(
             f"- Also offered by `cataract-train fit --backbone {other.name}`, not in this model: {other.weights}. "
-            f"Licence: {other.licence}"
+            f"Licences: {other.licence}"
             for other in BACKBONES.values()
             if bb is None or other.architecture != bb.architecture
         ),
@@ -105,6 +140,8 @@ def render(manifest: Manifest) -> str:
         f"- Excluded: the photo found in both classes ({', '.join(td.get('conflicts_excluded', [])) or 'none'}).",
         f"- Size shortcut: median original width {td.get('median_original_width', {})}. A model could learn size "
         "or blur instead of the eye; augmentation degrades resolution, sharpness and JPEG quality in both classes.",
+        "- The data set's copies were downscaled to at most 512 px, and its 15 photos of 4 MiB or more are "
+        "missing; the size-shortcut widths above are those of the originals.",
         "- Framing varies (one eye, both eyes, faces, stock photos with captions). Demographics, devices and "
         "clinical ground truth are unknown: labels are the scraper's, not an ophthalmologist's.",
         "",
@@ -120,8 +157,8 @@ def render(manifest: Manifest) -> str:
             "photo is scored by a model that saw neither it nor its duplicates, and each fold's temperature and "
             "threshold are fitted on the other folds. Per file counts every copy of a duplicated photo; per distinct "
             "photo counts each duplicate group once (mean of its logits). The validation column is optimistic: "
-            "those photos also chose the epoch and the threshold. Photos from other sources will likely do worse "
-            "than either.",
+            "those photos also chose the training epoch (early stopping). Photos from other sources will likely do "
+            "worse than either.",
             "",
         ]
     rob = m.get("robustness_validation", {})
@@ -135,9 +172,7 @@ def render(manifest: Manifest) -> str:
             + ". A model that had learned 'large and sharp means cataract' would lose its cataracts when shrunk.",
             "",
         ]
-    cal = variants.get(manifest.precision, {}).get("calibration", {})
-    if cal:
-        lines += [f"Temperature and threshold were fitted on: {cal.get('source')}.", ""]
+    lines += _decision_lines(manifest, variants.get(manifest.precision, {}).get("calibration", {}), cv)
     if variants:
         lines += ["## fp32 and int8", "", "| | fp32 | int8 |", "|---|---|---|"]
         f32, i8 = variants.get("fp32", {}), variants.get("int8", {})
@@ -195,8 +230,19 @@ def render(manifest: Manifest) -> str:
         "cataract-train audit ../shared/data/cataract-eyes/train",
         "cataract-train fit ../shared/data/cataract-eyes/train",
         "cataract-train cv ../shared/data/cataract-eyes/train --fold-epochs 6",
-        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model",
+        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model "
+        + (
+            f'--precision {manifest.precision} --reason "<why>"'
+            if "chosen by the user" in str(choice.get("why", ""))
+            else "--precision auto"
+        ),
+        "python -m cataract_training.gate --model-dir functions/inference/model "
+        "--data ../shared/data/cataract-eyes/train",
         "```",
+        "",
+        "The run folders (`runs/`) stay on the training machine; the split each run used is committed under "
+        "`training/splits/`. Retraining gives a similar model, not these bytes: the sha256 below names the one "
+        "served.",
         "",
         f"sha256 of model.onnx: `{manifest.sha256}`",
         "",
