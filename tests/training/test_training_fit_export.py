@@ -220,6 +220,8 @@ def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json
     # A user's precision is recorded as such, beside what the measurements alone would have shipped.
     why = again.metrics["precision_choice"]["why"]
     assert why.startswith("chosen by the user (no reason given); by the measurements alone: ")
+    assert again.metrics["precision_choice"]["by_user"] is True
+    assert f"--precision {manifest.precision} --reason" in (folder / "MODEL_CARD.md").read_text()
 
 
 def test_re_export_of_other_bytes_drops_the_old_gate_loudly(

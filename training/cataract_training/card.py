@@ -18,8 +18,7 @@ def _ci(m: dict[str, Any]) -> str:
     if m.get("value") is None:
         return "n/a"
     # The value from its counts: model.json keeps 4 decimals, and rounding those again can turn 98.947% into 99.0%.
-    value = m["k"] / m["n"] if m.get("n") else m["value"]
-    low, high = wilson(m["k"], m["n"]) if m.get("n") else m["ci95"]
+    value, (low, high) = (m["k"] / m["n"], wilson(m["k"], m["n"])) if m.get("n") else (m["value"], m["ci95"])
     return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
 
 
@@ -43,11 +42,11 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
             )
     elif cal:
         lines.append(f"Temperature and threshold were fitted on: {cal.get('source')}.")
-    nll = manifest.metrics.get("variants", {}).get(manifest.precision, {})
-    if "nll_val_T" in nll and "nll_val_T1" in nll and nll["nll_val_T"] > nll["nll_val_T1"]:
+    shipped = manifest.metrics.get("variants", {}).get(manifest.precision, {})
+    if "nll_val_T" in shipped and "nll_val_T1" in shipped and shipped["nll_val_T"] > shipped["nll_val_T1"]:
         lines.append(
-            f"On this model's own validation photos the temperature does not help: log loss {nll['nll_val_T']} "
-            f"with it against {nll['nll_val_T1']} without (a small split the model nearly always gets right). "
+            f"On this model's own validation photos the temperature does not help: log loss {shipped['nll_val_T']} "
+            f"with it against {shipped['nll_val_T1']} without (a small split the model nearly always gets right). "
             "Read P(cataract) as a ranked score that is roughly calibrated, not as an exact frequency."
         )
     return [line for text in lines for line in (text, "")]
@@ -231,11 +230,7 @@ def render(manifest: Manifest) -> str:
         "cataract-train fit ../shared/data/cataract-eyes/train",
         "cataract-train cv ../shared/data/cataract-eyes/train --fold-epochs 6",
         "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model "
-        + (
-            f'--precision {manifest.precision} --reason "<why>"'
-            if "chosen by the user" in str(choice.get("why", ""))
-            else "--precision auto"
-        ),
+        + (f'--precision {manifest.precision} --reason "<why>"' if choice.get("by_user") else "--precision auto"),
         "python -m cataract_training.gate --model-dir functions/inference/model "
         "--data ../shared/data/cataract-eyes/train",
         "```",

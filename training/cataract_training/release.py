@@ -206,13 +206,18 @@ def release(
     metrics: dict[str, Any] = {
         "validation": chosen["validation"],
         "validation_note": (
-            "held-out validation photos (grouped by duplicates, never trained on) that also fitted the temperature "
-            "and threshold and chose the epoch; the cross-validated estimate below is the honest one"
+            "held-out validation photos (grouped by duplicates, never trained on) that also chose the epoch and "
+            + (
+                "could only lower the threshold (the lower of theirs and the out-of-fold one)"
+                if "threshold_oof" in chosen["calibration"]
+                else "fitted the temperature and threshold"
+            )
+            + "; the cross-validated estimate below is the honest one"
         ),
         "export_parity": chosen["parity_vs_torch"],
         "ood_distance": chosen["ood_distance"],
         "mid_distance": chosen["mid_distance"],
-        "precision_choice": {"shipped": picked, "why": why},
+        "precision_choice": {"shipped": picked, "why": why, "by_user": precision != "auto"},
         "variants": {
             k: {kk: vv for kk, vv in v.items() if kk not in ("ood_distance", "mid_distance")}
             for k, v in variants.items()
