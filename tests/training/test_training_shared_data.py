@@ -57,3 +57,12 @@ def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> No
     assert report["held_out"]["eye_false_reject"]["value"] <= 0.03
     assert report["held_out"]["non_eye_reject"]["value"] >= 0.9
     assert "chelsea/orig" in report["named_examples"]["skimage:chelsea"]["rejected_variants"]
+    # The image statistics were widened from the model's measured competence on degraded photos.
+    competent = result["gate"]["calibration"]["competence"]["competent_levels"]
+    assert competent == shipped.model_extra["calibration"]["competence"]["competent_levels"]
+    assert competent["blur"] is not None
+    held_blur = next(
+        r for r in report["competence"]["held_out"] if r["axis"] == "blur" and r["level"] == competent["blur"]
+    )
+    assert held_blur["refused"]["k"] < held_blur["refused_tails_only"]["k"]
+    assert held_blur["model_right"]["value"] >= 0.9

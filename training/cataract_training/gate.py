@@ -50,7 +50,7 @@ from cataract_inference.classifier import Classifier, load_classifier
 from cataract_inference.imaging import ImageError, load_for_model
 from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
 
-from . import metrics
+from . import competence, metrics
 
 CALIBRATION, HELD_OUT, SEEN = "calibration", "held_out", "seen_by_ood_fit"
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"  # training/splits/<run>.json
@@ -94,6 +94,7 @@ class Signals:
     ood_distance: float | None
     embedding: np.ndarray | None = None
     mid_distance: float | None = None
+    referral: bool | None = None  # the model's decision, the gate ignored (for the competence sweep)
 
 
 def measure(classifier: Classifier, data: bytes) -> Signals:
@@ -108,7 +109,8 @@ def measure(classifier: Classifier, data: bytes) -> Signals:
     mid = float(outputs[mid_name].reshape(-1)[0]) if mid_name else None
     spec = classifier.manifest.input
     stats = quality.tensor_stats(tensor, spec, decoded.image, decoded.original_size, skin=True)
-    return Signals(stats, ood, emb, mid)
+    _, referral = classifier.decide(classifier.calibrated(outputs[classifier.manifest.outputs.logits])[0])
+    return Signals(stats, ood, emb, mid, referral)
 
 
 def rejected(signals: Sequence[Signals], gate: GateThresholds) -> np.ndarray:
@@ -138,10 +140,26 @@ def _low(values: np.ndarray, q: float, margin: float) -> float:
     return float(np.quantile(values, q)) * (1.0 - margin)
 
 
+def _floor(value: float, digits: int) -> float:
+    return math.floor(value * 10**digits) / 10**digits
+
+
+def _ceil(value: float, digits: int) -> float:
+    return math.ceil(value * 10**digits) / 10**digits
+
+
 def fit_stat_thresholds(
-    signals: Sequence[Signals], *, q: float = STAT_QUANTILE, margin: float = STAT_MARGIN
+    signals: Sequence[Signals],
+    *,
+    q: float = STAT_QUANTILE,
+    margin: float = STAT_MARGIN,
+    admit: Sequence[Signals] = (),
 ) -> dict[str, float]:
-    """Image-statistics thresholds outside the tails of real eye photos (``q`` quantiles, loosened by ``margin``)."""
+    """Image-statistics thresholds outside the tails of real eye photos (``q`` quantiles, loosened by ``margin``).
+
+    ``admit``: degraded photos the model was measured to screen correctly (``competence``); the
+    thresholds are widened, never narrowed, until every one of them passes.
+    """
     if not signals:
         raise ValueError("no real eye photos to fit the image-statistics thresholds on")
     side = np.array([s.stats.min_side for s in signals], dtype=np.float64)
@@ -150,13 +168,20 @@ def fit_stat_thresholds(
     sh = np.array([s.stats.sharpness for s in signals])
     hi = float(np.quantile(b, 1.0 - q))
     lo_side, hi_side = MIN_SIDE_RANGE
-    return {
+    out: dict[str, float] = {
         "min_side": int(np.clip(math.floor(_low(side, q, margin)), lo_side, hi_side)),
         "min_brightness": round(_low(b, q, margin), 4),
         "max_brightness": round(min(1.0, hi + margin * (1.0 - hi)), 4),
         "min_contrast": round(_low(c, q, margin), 4),
         "min_sharpness": round(_low(sh, q, margin), 6),
     }
+    if admit:
+        # Rounded outwards, so the photo that set a threshold passes it.
+        out["min_brightness"] = min(out["min_brightness"], _floor(min(s.stats.brightness for s in admit), 4))
+        out["max_brightness"] = max(out["max_brightness"], min(1.0, _ceil(max(s.stats.brightness for s in admit), 4)))
+        out["min_contrast"] = min(out["min_contrast"], _floor(min(s.stats.contrast for s in admit), 4))
+        out["min_sharpness"] = min(out["min_sharpness"], _floor(min(s.stats.sharpness for s in admit), 6))
+    return out
 
 
 def _features(signals: Sequence[Signals], centre: float, scale: float) -> np.ndarray:
@@ -295,6 +320,7 @@ def fit_gate(
     fused: bool = True,
     probe_data: tuple[Sequence[Signals], Sequence[str], Sequence[str], Sequence[bool]] | None = None,
     mid: bool = False,
+    admit: Sequence[Signals] = (),
 ) -> GateThresholds:
     """Fit every threshold on the calibration part.
 
@@ -305,7 +331,8 @@ def fit_gate(
     (all calibration eye photos, their groups, the non-eye images' groups, which eye photos are
     ``eye_signals``); its threshold comes from cross-fitted scores. ``mid`` adds the mid-level
     distance cap (``MID_CAP_FACTOR`` times the farthest calibration eye photo); with it and without
-    the fused score, the embedding distance is capped the same way rather than thresholded.
+    the fused score, the embedding distance is capped the same way rather than thresholded. ``admit``
+    widens the image statistics (``fit_stat_thresholds``).
     """
     if not eye_signals:
         raise ValueError(
@@ -314,7 +341,7 @@ def fit_gate(
         )
     if any(s.ood_distance is None for s in eye_signals):
         raise ValueError("every calibration eye photo needs an ood_distance (does the graph export it?)")
-    stats: dict[str, Any] = dict(fit_stat_thresholds(stat_signals))
+    stats: dict[str, Any] = dict(fit_stat_thresholds(stat_signals, admit=admit))
     if mid:
         if any(s.mid_distance is None for s in eye_signals):
             raise ValueError("the mid-level cap needs the graph's mid_distance output for every calibration eye photo")
@@ -599,10 +626,10 @@ GENERATORS: dict[str, Callable[[random.Random], Image.Image]] = {
 def _variants(img: Image.Image, rng: random.Random, n: int) -> Iterator[tuple[str, Image.Image]]:
     """The image itself and ``n`` cheap variants: crops, rotations, flips, tiling, colour."""
     yield "orig", img
-    ops = ["crop", "crop", "rot90", "flip", "tile", "grey", "rot180"]
+    ops = ["crop", "crop2", "rot90", "flip", "tile", "grey", "rot180"]
     rng.shuffle(ops)
     for op in ops[:n]:
-        if op == "crop":
+        if op in ("crop", "crop2"):
             w, h = img.size
             f = rng.uniform(0.35, 0.7)
             cw, ch = max(64, int(w * f)), max(64, int(h * f))
@@ -610,7 +637,7 @@ def _variants(img: Image.Image, rng: random.Random, n: int) -> Iterator[tuple[st
             out = img.crop((x, y, x + cw, y + ch))
             if max(out.size) < 320:
                 out = out.resize((out.width * 2, out.height * 2), Image.Resampling.BICUBIC)
-            yield "crop", out
+            yield op, out
         elif op == "rot90":
             yield "rot90", img.transpose(Image.Transpose.ROTATE_90)
         elif op == "rot180":
@@ -800,6 +827,36 @@ def _measure_all(classifier: Classifier, items: Sequence[Item], progress: bool) 
     return out
 
 
+def _photos(eyes: EyeSet, part: str) -> list[competence.Photo]:
+    """The eye photos of one part, as stored (no degradations), for the competence sweep."""
+    return [
+        competence.Photo(Image.open(path).convert("RGB"), label == "cataract", f"{path.parent.name}/{path.name}")
+        for path, label, p in zip(eyes.paths, eyes.labels, eyes.parts, strict=True)
+        if p == part
+    ]
+
+
+def _competence_held_out(
+    steps: Sequence[competence.Step], gate: GateThresholds, tails_only: GateThresholds
+) -> list[dict[str, Any]]:
+    """Per degradation step of the held-out photos: the model's accuracy, and refusals by each gate."""
+    out = []
+    for step in steps:
+        right = np.array([s.referral == t for s, t in zip(step.signals, step.truth, strict=True)], dtype=bool)
+        refused = rejected(step.signals, gate)
+        out.append(
+            {
+                "axis": step.axis,
+                "level": step.level,
+                "model_right": rate(right),
+                "refused": rate(refused),
+                "refused_tails_only": rate(rejected(step.signals, tails_only)),
+                "served_right": rate(right & ~refused),
+            }
+        )
+    return out
+
+
 def _rates_by_kind(items: Sequence[Item], flags: np.ndarray) -> dict[str, dict[str, Any]]:
     kinds = sorted({i.kind for i in items})
     return {k: rate(flags[[i.kind == k for i in items]]) for k in kinds}
@@ -870,11 +927,18 @@ def calibrate(
     has_mid = all(s.mid_distance is not None for s in sig)
     if mid and not has_mid:
         raise ValueError("the model has no mid_distance output: re-export it, or calibrate with --no-mid")
-    fused_gate = fit_gate(stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject)
-    mid_gate = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, mid=True) if has_mid else None
-    both_gate = (
-        fit_gate(stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject, mid=True) if has_mid else None
-    )
+
+    def screen(data: bytes) -> Signals:
+        return measure(classifier, data)
+
+    say = (lambda msg: print(f"competence: {msg}", file=sys.stderr, flush=True)) if progress else None
+    cal_steps = competence.sweep(_photos(eyes, CALIBRATION), screen, say)
+    levels = competence.competent_levels(cal_steps)
+    admit = competence.admitted(cal_steps, levels)
+    budget: dict[str, Any] = {"target_false_reject": target_false_reject, "admit": admit}
+    fused_gate = fit_gate(stat_sig, eye_sig, non_sig, **budget)
+    mid_gate = fit_gate(stat_sig, eye_sig, mid=True, **budget) if has_mid else None
+    both_gate = fit_gate(stat_sig, eye_sig, non_sig, mid=True, **budget) if has_mid else None
     probe_gate = None
     if all(s.embedding is not None for s in sig):
         probe_idx = select({CALIBRATION, SEEN}, True)
@@ -884,9 +948,7 @@ def calibrate(
             [items[i].group for i in cal_non],
             [parts[i] == CALIBRATION for i in probe_idx],
         )
-        probe_gate = fit_gate(
-            stat_sig, eye_sig, non_sig, target_false_reject=target_false_reject, probe_data=probe_data
-        )
+        probe_gate = fit_gate(stat_sig, eye_sig, non_sig, probe_data=probe_data, **budget)
     if probe and probe_gate is None:
         raise ValueError("--probe needs the graph's embedding output")
     if probe:
@@ -894,12 +956,15 @@ def calibrate(
     elif mid:
         gate = both_gate if fused else mid_gate
     else:
-        plain = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, fused=False)
+        plain = fit_gate(stat_sig, eye_sig, fused=False, **budget)
         gate = fused_gate if fused else plain
     assert gate is not None
     # Two simpler gates, fitted the same way, to show what each signal adds.
-    stats_only = GateThresholds(**fit_stat_thresholds(stat_sig))
-    distance_only = fit_gate(stat_sig, eye_sig, target_false_reject=target_false_reject, fused=False)
+    stats_only = GateThresholds(**fit_stat_thresholds(stat_sig, admit=admit))
+    distance_only = fit_gate(stat_sig, eye_sig, fused=False, **budget)
+    # The same gate with the image statistics at the training photos' tails only: what the sweep changed.
+    tails_only = gate.model_copy(update=fit_stat_thresholds(stat_sig))
+    held_steps = competence.sweep(_photos(eyes, HELD_OUT), screen, say)
     held_eye = select({HELD_OUT}, True, lambda k: k == "eye")
     held_eye_deg = select({HELD_OUT}, True, lambda k: k != "eye")
     held_non = select({HELD_OUT}, False)
@@ -925,7 +990,7 @@ def calibrate(
         "eye_photos_for_distance": eyes.id_note,
         "targets": {"max_eye_false_reject": TARGET_FALSE_REJECT, "min_non_eye_reject": TARGET_OOD_REJECT},
         "calibration_target_false_reject": target_false_reject,
-        "rule": rule_text(gate, target_false_reject),
+        "rule": rule_text(gate, target_false_reject, levels),
         "sizes": {
             "calibration": {
                 "eye_items_for_statistics": len(stat_idx),
@@ -997,6 +1062,10 @@ def calibrate(
             and (flags := rejected([sig[i] for i in idx], gate)) is not None
         },
         "seen_by_ood_fit_eye_false_reject": rate(rejected([sig[i] for i in seen_eye], gate)) if seen_eye else None,
+        "competence": {
+            **competence.summary(cal_steps, levels),
+            "held_out": _competence_held_out(held_steps, gate, tails_only),
+        },
     }
     extra = gate.model_extra or {}
     if "eye_score" not in extra and "eye_probe" not in extra:
@@ -1045,6 +1114,16 @@ def card_block(report: dict[str, Any], gate: GateThresholds) -> str:
         for name, v in report["held_out_comparison"].items()
     )
     named = "; ".join(_named(k, v) for k, v in report["named_examples"].items())
+    competent = "\n".join(
+        f"| {axis} | {report['competence']['axes'][axis]['description']} | "
+        + (
+            f"{row['level']:g} | {_fmt(row['model_right'])} | "
+            f"{_fmt(row['refused_tails_only'])} | {_fmt(row['refused'])} |"
+            if row
+            else "none: the mildest step already did worse | | | |"
+        )
+        for axis, row in _at_competent_level(report).items()
+    )
     everything = (
         f"\n\nThe shipped gate was fitted on eye photos only, so every non-eye image is new to it: it rejects "
         f"{_fmt(report['all_non_eye_reject'])} of all of them ({report['all_non_eye_sources']} sources)."
@@ -1080,10 +1159,19 @@ Each gate fitted the same way, on the same held-out data:
 
 Named examples: {named}.{everything}
 
+The image statistics refuse only what the model cannot screen. Calibration eye photos were degraded step by
+step; each axis's limit is the last step at which the model still screened them as well as the originals
+({report["competence"]["rule"]}), and the thresholds pass every photo up to it. Held-out photos at that limit:
+
+| degradation | how | limit | model right (gate ignored) | refused: training tails alone | refused: shipped |
+|---|---|---|---|---|---|
+{competent}
+
 Limits: {sizes["eye_photos"]} held-out eye photos cannot show a false-reject rate under 3% with confidence (see the
 upper bound above), and they come from the same collection as the training photos: eye photos from other cameras
 or clinics may sit farther from the training photos and be refused more often. Non-eye images were sample and
-generated images, not real-world uploads. Rates by skin tone are unmeasured.
+generated images, not real-world uploads. The degradations are synthetic (uniform blur, exposure, contrast);
+real defocus, motion blur and low-light noise differ. Rates by skin tone are unmeasured.
 <!-- END {CARD_BLOCK} -->"""
 
 
@@ -1117,8 +1205,8 @@ def _describe(gate: GateThresholds) -> str:
     return " + ".join(p for p in parts if p)
 
 
-def rule_text(gate: GateThresholds, target_false_reject: float) -> str:
-    """The shipped rule and how each of its thresholds was fitted, in words."""
+def rule_text(gate: GateThresholds, target_false_reject: float, levels: dict[str, float | None] | None = None) -> str:
+    """The shipped rule and how each of its thresholds was fitted, in words (``levels``: the competence sweep's)."""
     extra = gate.model_extra or {}
     checks = [
         "shorter side < min_side",
@@ -1129,6 +1217,14 @@ def rule_text(gate: GateThresholds, target_false_reject: float) -> str:
     ]
     how = [
         f"image-statistics thresholds: the {STAT_QUANTILE:.1%} tails of real eye photos loosened by {STAT_MARGIN:.0%}"
+        + (
+            ", then widened to pass every calibration photo degraded up to the last step at which the model "
+            "still screened them as well as the originals ("
+            + ", ".join(f"{k} {'none' if v is None else f'{v:g}'}" for k, v in levels.items())
+            + ")"
+            if levels
+            else ""
+        )
     ]
     if gate.max_mid_distance is not None:
         checks.append(
@@ -1190,7 +1286,26 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
             "non_eye_reject_by_kind": {k: v["value"] for k, v in held["non_eye_reject_by_kind"].items()},
         },
         "meets_targets": report["meets_targets"],
+        "competence": {
+            "rule": report["competence"]["rule"],
+            "competent_levels": {k: v["competent_level"] for k, v in report["competence"]["axes"].items()},
+            "held_out_at_competent_level": {
+                axis: {k: row[k]["value"] for k in ("model_right", "refused", "refused_tails_only")}
+                for axis, row in _at_competent_level(report).items()
+                if row is not None
+            },
+        },
     }
+
+
+def _at_competent_level(report: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Per axis, the held-out row at the level the calibration photos set (``None``: no level was competent)."""
+    comp = report["competence"]
+    out: dict[str, dict[str, Any] | None] = {}
+    for axis, block in comp["axes"].items():
+        level = block["competent_level"]
+        out[axis] = next((r for r in comp["held_out"] if r["axis"] == axis and r["level"] == level), None)
+    return out
 
 
 def _signal_table(path: Path, items: Sequence[Item], parts: Sequence[str], sig: Sequence[Signals]) -> None:
@@ -1292,11 +1407,37 @@ Reasons on non-eye images: {held["non_eye_reasons"]}.
         else ""
     }
 
+## The model's competence on degraded photos
+
+{_competence_markdown(report)}
+
 ## Calibration part
 
 Real eye photos rejected {_fmt(cal["eye_false_reject"])}; non-eye images rejected {_fmt(cal["non_eye_reject"])}.
 Photos the distance was fitted on, rejected: {_fmt(report["seen_by_ood_fit_eye_false_reject"] or {})}.
 """
+
+
+def _competence_markdown(report: dict[str, Any]) -> str:
+    comp = report["competence"]
+    original = comp["original"]
+    rows = []
+    for row in comp["held_out"]:
+        axis = comp["axes"].get(row["axis"])
+        cal = next((c for c in axis["levels"] if c["level"] == row["level"]), None) if axis else original
+        mark = " (competent limit)" if axis and axis["competent_level"] == row["level"] else ""
+        rows.append(
+            f"| {row['axis']} {row['level']:g}{mark} | {cal['errors']}/{cal['n']}, {cal['misses']} missed | "
+            f"{_fmt(row['model_right'])} | {_fmt(row['refused_tails_only'])} | {_fmt(row['refused'])} | "
+            f"{_fmt(row['served_right'])} |"
+        )
+    axes = "; ".join(f"{k}: {v['description']}" for k, v in comp["axes"].items())
+    return f"""Each calibration and held-out eye photo degraded step by step ({axes}), sent as a JPEG through the
+serving path. Rule: {comp["rule"]}. Calibration photos set each axis's limit; held-out photos show what follows.
+
+| step | calibration: errors, missed | held out: model right | refused: tails only | refused: shipped | kept, right |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
 
 
 def build_parser() -> argparse.ArgumentParser:
