@@ -162,7 +162,8 @@ def test_stage_throttles_traces_and_logs_access_without_bodies(template: dict[st
     assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
     assert (setting["ThrottlingRateLimit"], setting["ThrottlingBurstLimit"]) == ("3", "5")
     assert setting["DataTraceEnabled"] is False, "bodies are eye photos: never log them"
-    assert setting["MetricsEnabled"] is True
+    # Per-method metrics are billed as custom metrics; the alarms read the free API-and-stage ones.
+    assert setting["MetricsEnabled"] is False
     access = stage["AccessLogSetting"]
     assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
     fields = json.loads(access["Format"])
@@ -493,10 +494,11 @@ ALARMED_METRICS = {
     ("AWS/ApiGateway", "Latency", "p99"),
     ("AWS/Lambda", "Errors", "Sum"),
     ("AWS/Lambda", "Throttles", "Sum"),
+    ("CataractScreening", "ServerError", "Sum"),
 }
 
 
-def test_alarms_watch_5xx_latency_errors_and_throttles(default_deploy: dict[str, Any]) -> None:
+def test_alarms_watch_5xx_latency_errors_throttles_and_our_500s(default_deploy: dict[str, Any]) -> None:
     resources = default_deploy["Resources"]
     alarms = [a["Properties"] for a in of_type(resources, "AWS::CloudWatch::Alarm").values()]
     watched = {(a["Namespace"], a["MetricName"], a.get("Statistic") or a.get("ExtendedStatistic")) for a in alarms}
@@ -508,8 +510,14 @@ def test_alarms_watch_5xx_latency_errors_and_throttles(default_deploy: dict[str,
         dims = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
         if alarm["Namespace"] == "AWS/ApiGateway":
             assert dims == {"ApiName": api_name, "Stage": "Prod"}, "API metrics are keyed by the API's name"
-        else:
+        elif alarm["Namespace"] == "AWS/Lambda":
             assert dims == {"FunctionName": {"Ref": "InferenceFunction"}}
+        else:
+            # Our EMF metrics: the namespace and the one dimension the function's Powertools writes.
+            env = only(resources, "AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+            assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
+            assert dims == {"service": env["POWERTOOLS_SERVICE_NAME"]}
+            assert alarm["Threshold"] == 1, "one internal error is a bug worth knowing about"
 
 
 @pytest.mark.parametrize(("email", "subscribed"), [("", False), ("oncall@example.org", True)])

@@ -52,15 +52,47 @@ def test_logs_are_json_correlated_and_free_of_image_bytes(handler: Any, log_stre
     assert encoded_image[:200] not in text and '"body"' not in text, "never log image bytes or whole events"
 
 
-def test_metrics_are_emf(handler: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _emf(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if '"_aws"' in line]
+
+
+def _metric_names(blobs: list[dict[str, Any]]) -> set[str]:
+    return {m["Name"] for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+
+
+def test_metrics_are_emf_and_carry_no_result(
+    handler: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMF blobs are log lines in the invocation's stream, beside its request id: no label, no probability."""
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     capsys.readouterr()
-    handler.lambda_handler(events.predict_event(encode(draw_eye("normal"))), FakeLambdaContext())
-    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-    names = {m["Name"] for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
-    assert "PredictLatency" in names
-    assert any(n.startswith("Prediction_") for n in names)
-    assert all(blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CataractScreeningTest" for blob in blobs)
+    response = handler.lambda_handler(events.predict_event(encode(draw_eye("normal"))), FakeLambdaContext())
+    result = json.loads(response["body"])
+    out = capsys.readouterr().out
+    blobs = _emf(out)
+    assert len(blobs) == 1
+    assert _metric_names(blobs) == {"PredictLatency"}
+    assert set(blobs[0]) == {"_aws", "service", "PredictLatency"}
+    assert blobs[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CataractScreeningTest"
+    for value in result["probabilities"].values():
+        assert json.dumps(value) not in out, "a probability reached the function's log stream"
+    assert result["label"] not in {k.lower() for k in blobs[0]} | _metric_names(blobs)
+
+
+def test_disabled_metrics_are_not_collected(
+    handler: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `serve` nothing flushes them, and Powertools would print a full set of 100 even when disabled."""
+    from cataract_inference import observability
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    observability.metrics.clear_metrics()
+    capsys.readouterr()
+    for _ in range(150):
+        observability.record_screening(1.0)
+        observability.record_client_error("invalid_base64")
+    assert observability.metrics.metric_set == {}
+    assert '"_aws"' not in capsys.readouterr().out
 
 
 def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
@@ -75,6 +107,10 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"failed on {secret}")  # an exception that quotes request data
 
+    from cataract_inference.observability import tracer
+
+    annotations: list[tuple[str, Any]] = []
+    monkeypatch.setattr(tracer, "put_annotation", lambda key, value: annotations.append((key, value)))
     monkeypatch.setattr(handler.classifier, "predict_bytes", broken)
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     capsys.readouterr()
@@ -91,6 +127,69 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
     assert secret not in caplog.text
     out = capsys.readouterr().out
     assert secret not in out
-    blobs = [json.loads(line) for line in out.splitlines() if '"_aws"' in line]
-    names = {m["Name"] for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
-    assert "ServerError" in names
+    assert "ServerError" in _metric_names(_emf(out))
+    assert annotations == [("error_type", "RuntimeError")], "the trace shows the answered 500"
+
+
+def test_refusals_of_every_kind_are_logged_and_counted(
+    handler: Any, log_stream: io.StringIO, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    capsys.readouterr()
+    cases = {
+        "not_found": events.rest_event("/nope", "GET"),
+        "method_not_allowed": events.rest_event("/predict", "PUT"),
+        "invalid_request": events.rest_event("/predict", "POST", body='{"image": 5}', content_type="application/json"),
+    }
+    for event in cases.values():
+        handler.lambda_handler(event, FakeLambdaContext())
+    records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    refused = {r["code"]: r for r in records if r["message"] == "request refused"}
+    assert set(refused) == set(cases)
+    assert all(r["request_id"] == r["correlation_id"] and r["model_version"] for r in refused.values())
+    assert {f"ClientError_{code}" for code in cases} <= _metric_names(_emf(capsys.readouterr().out))
+
+
+def test_concurrent_requests_keep_their_own_request_id_in_the_logs(handler: Any, log_stream: io.StringIO) -> None:
+    """Under `serve` (no Lambda context) the id comes from X-Request-Id, per request, however they interleave."""
+    import asyncio
+
+    import httpx
+
+    image = encode(draw_eye("normal"))
+
+    async def send(client: httpx.AsyncClient, rid: str) -> str:
+        response = await client.post(
+            "/predict", content=image, headers={"content-type": "image/jpeg", "x-request-id": rid}
+        )
+        assert response.status_code == 200
+        return response.headers["x-request-id"]
+
+    async def main() -> list[str]:
+        transport = httpx.ASGITransport(app=handler.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return await asyncio.gather(*(send(client, f"req-{i}") for i in range(6)))
+
+    assert asyncio.run(main()) == [f"req-{i}" for i in range(6)]
+    screened = [json.loads(line) for line in log_stream.getvalue().splitlines() if '"screened"' in line]
+    assert sorted(r["request_id"] for r in screened) == [f"req-{i}" for i in range(6)]
+
+
+def test_uvicorn_loses_the_traceback_of_a_500_but_keeps_other_tracebacks() -> None:
+    """Under `serve`, uvicorn logs the re-raised exception (whose message could quote the request)."""
+    import cataract_inference.observability  # noqa: F401  (installs the filter)
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise RuntimeError("SECRET pixels")
+        except RuntimeError:
+            import sys
+
+            return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, message, None, sys.exc_info())
+
+    asgi, startup = record("Exception in ASGI application\n"), record("Traceback during startup")
+    for r in (asgi, startup):
+        for f in logging.getLogger("uvicorn.error").filters:
+            f.filter(r)
+    assert asgi.exc_info is None and "SECRET" not in logging.Formatter().format(asgi)
+    assert startup.exc_info is not None

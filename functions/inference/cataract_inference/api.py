@@ -26,7 +26,14 @@ from . import docs_pages, page
 from .classifier import Classifier
 from .imaging import ImageError
 from .lean_fastapi import FastAPI, HTMLResponse, JSONResponse, Request, RequestValidationError
-from .observability import logger, record_client_error, record_prediction, record_server_error, stack_summary
+from .observability import (
+    annotate_server_error,
+    logger,
+    record_client_error,
+    record_screening,
+    record_server_error,
+    stack_summary,
+)
 from .schemas import (
     ErrorResponse,
     HealthResponse,
@@ -125,6 +132,8 @@ class GatewayScopeMiddleware:
         if scope["type"] == "http":
             scope["state"] = dict(scope.get("state") or {})
             scope["state"]["request_id"] = request_id_of(scope)
+            # Per task (a context variable): under `serve`, concurrent requests keep their own ids in the logs.
+            logger.thread_safe_append_keys(request_id=scope["state"]["request_id"])
             prefix = stage_prefix(scope)
             path = scope["path"]
             if prefix and path.startswith(prefix + "/"):
@@ -367,27 +376,34 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         request_id = request.scope.get("state", {}).get("request_id")
         return _error(status, code, message, request_id, settings.disclaimer, extra=headers)
 
+    def refused(
+        request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        # Every refusal is logged and counted by its code (a fixed set), never by what the client sent.
+        record_client_error(code)
+        logger.info("request refused", extra={"status": status, "code": code})
+        return refuse(request, status, code, message, headers)
+
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
-        record_client_error(exc.code)
-        logger.info("request refused", extra={"status": exc.status, "code": exc.code})
-        return refuse(request, exc.status, exc.code, exc.message)
+        return refused(request, exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return refuse(request, 422, "invalid_request", validation_details(exc.errors()))
+        return refused(request, 422, "invalid_request", validation_details(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         # Starlette's 405 carries the Allow header a client needs.
         code = codes.get(exc.status_code, "http_error")
-        return refuse(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return refused(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Where it failed, without the exception's message: that could quote the request (an image, a header).
         record_server_error()
+        annotate_server_error(exc)
         logger.error("unhandled error", extra={"error_type": type(exc).__name__, "stack": stack_summary(exc)})
         return refuse(request, 500, "internal_error", "the service failed; it has been logged")
 
@@ -430,9 +446,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             raise ClientError(exc.status, exc.code, str(exc)) from exc
         timing = {"parse": round((parsed_at - started) * 1000, 2), **result.timing_ms}
         timing["total"] = round((time.perf_counter() - started) * 1000, 2)
-        record_prediction(result.label, timing["total"], result.quality.gradable)
-        # The result stays out of the log: with the request id it could be joined to the access log's client IP
-        # and key. Dashboards get the counts per label from the metrics above.
+        record_screening(timing["total"])
+        # The result stays out of the log, and out of the metrics, which are log lines in the same stream: with
+        # the request id it could be joined to the access log's client IP and key.
         logger.info("screened", extra={"timing_ms": timing, "image_bytes": len(image_bytes)})
         response = PredictResponse(
             label=result.label,

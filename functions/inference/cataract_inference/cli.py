@@ -172,7 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="warning" if not args.verbose else "info",
-        access_log=False,  # it prints client addresses and whole query strings; the app logs each request
+        access_log=False,  # it prints client addresses and whole query strings; -v logs screenings and refusals
         limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload

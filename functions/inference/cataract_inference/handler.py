@@ -24,6 +24,8 @@ from .settings import get_settings
 
 settings = get_settings()
 classifier = Classifier.from_settings(settings)
+# Every later line names the model, so logs can be filtered by version across a rollout or a rollback.
+logger.append_keys(model_version=classifier.manifest.version)
 logger.info("model loaded", extra={"model": classifier.model_info, "source": classifier.artifact.source})
 app = create_app(classifier, settings)
 # lifespan off: Mangum would otherwise run startup and shutdown on every invocation.

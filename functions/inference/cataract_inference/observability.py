@@ -96,23 +96,36 @@ tracer = (
 )
 
 
-def record_prediction(label: str, latency_ms: float, gradable: bool) -> None:
-    """EMF metrics for one screened photo: latency, and a count per label."""
-    metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
-    if not gradable:
-        metrics.add_metric(name="Ungradable", unit=MetricUnit.Count, value=1)
-    # One metric name per label: single_metric would print even when metrics are disabled.
-    metrics.add_metric(name=f"Prediction_{label}", unit=MetricUnit.Count, value=1)
+def _count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
+    # Disabled, metrics are not even collected: under `serve` nothing flushes them, and Powertools prints a
+    # full set of 100 values whether or not metrics are disabled. Read per call, as Powertools reads it.
+    if not is_metrics_disabled():
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def record_screening(latency_ms: float) -> None:
+    """EMF metric for one screened photo: its latency, and nothing of its result.
+
+    EMF metrics are log lines, written in the invocation's own log stream beside its request id; a count
+    per label there would put each client's result in the logs.
+    """
+    _count("PredictLatency", latency_ms, MetricUnit.Milliseconds)
 
 
 def record_client_error(code: str) -> None:
-    """Count a refused request by error code, so a spike of bad input shows on a dashboard."""
-    metrics.add_metric(name=f"ClientError_{code}", unit=MetricUnit.Count, value=1)
+    """Count a refused request by error code, so a spike of bad input shows in CloudWatch."""
+    _count(f"ClientError_{code}")
 
 
 def record_server_error() -> None:
     """Count an answer of 500: the invocation itself succeeds, so Lambda's Errors metric never sees it."""
-    metrics.add_metric(name="ServerError", unit=MetricUnit.Count, value=1)
+    _count("ServerError")
+
+
+def annotate_server_error(exc: BaseException) -> None:
+    """Mark the trace of an answered 500 with the error's type (not its message, which could quote the request):
+    Mangum answers it, so X-Ray would otherwise show a successful invocation."""
+    tracer.put_annotation(key="error_type", value=type(exc).__name__)
 
 
 def stack_summary(exc: BaseException, frames: int = 12) -> list[str]:
@@ -130,4 +143,14 @@ class _NoExceptionText(logging.Filter):
         return True
 
 
+class _NoAsgiExceptionText(logging.Filter):
+    """Under ``serve``, uvicorn logs the same re-raised exception with its traceback: keep the line only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Exception in ASGI application"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 logging.getLogger("mangum.http").addFilter(_NoExceptionText())
+logging.getLogger("uvicorn.error").addFilter(_NoAsgiExceptionText())
