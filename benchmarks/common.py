@@ -64,7 +64,7 @@ class Stats:
         data = sorted(samples_ms)
         if not data:
             return cls(0, float("nan"), float("nan"), float("nan"), float("nan"))
-        p95 = data[min(len(data) - 1, round(0.95 * (len(data) - 1)))]
+        p95 = data[math.ceil(0.95 * len(data)) - 1]
         return cls(len(data), statistics.median(data), p95, data[0], data[-1])
 
 
@@ -170,6 +170,17 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+# Two p50s within 5% of each other are run-to-run noise on this shared machine, not a win or a loss.
+LEVEL_BAND = 0.05
+
+
+def faster_verdict(ratio: float) -> str:
+    """For "ours faster" (a ratio of theirs to ours): met only beyond the noise band, "level" inside it."""
+    if ratio > 1.0 + LEVEL_BAND:
+        return "met"
+    return "level (within 5%: noise)" if ratio >= 1.0 - LEVEL_BAND else "NOT met"
+
+
 # --- photos -----------------------------------------------------------------------------------------
 
 
@@ -233,25 +244,40 @@ class ModelChoice:
     is_proxy: bool
 
 
+def shipped_run(runs: Path = RUNS_DIR, model_dir: Path | None = None) -> Path | None:
+    """The training run the bundled model names (``metrics.training_run.run``), if its checkpoint is here.
+
+    Not simply the newest run: a later experiment would otherwise be measured as if it were the shipped model.
+    """
+    import json
+
+    try:
+        manifest = json.loads(((model_dir or BUNDLED_MODEL_DIR) / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = ((manifest.get("metrics") or {}).get("training_run") or {}).get("run")
+    run = runs / name if isinstance(name, str) and name else None
+    return run if run is not None and (run / "model.pt").is_file() else None
+
+
 def latest_run(runs: Path = RUNS_DIR) -> Path | None:
-    """The newest training run folder with a checkpoint (``model.pt``), or ``None``."""
+    """The bundled model's run when it is here, else the newest run with a checkpoint (``model.pt``), or ``None``."""
+    shipped = shipped_run(runs)
+    if shipped is not None:
+        return shipped
     candidates = sorted((p for p in runs.glob("*") if (p / "model.pt").is_file()), key=lambda p: p.stat().st_mtime)
     return candidates[-1] if candidates else None
 
 
 def int8_variant(runs: Path = RUNS_DIR) -> tuple[Path, Path] | None:
-    """(fp32 folder, int8 folder) from the newest run whose export wrote both, or ``None``."""
-    found = sorted(
-        (
-            p
-            for p in runs.glob("*/export")
-            if (p / "int8" / "model.onnx").is_file() and (p / "fp32" / "model.onnx").is_file()
-        ),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not found:
+    """(fp32 folder, int8 folder) of the run ``latest_run`` picks, when its export wrote both, or ``None``."""
+    run = latest_run(runs)
+    if run is None:
         return None
-    return found[-1] / "fp32", found[-1] / "int8"
+    export = run / "export"
+    if (export / "int8" / "model.onnx").is_file() and (export / "fp32" / "model.onnx").is_file():
+        return export / "fp32", export / "int8"
+    return None
 
 
 def choose_model(explicit: Path | None, scratch: Path) -> ModelChoice:

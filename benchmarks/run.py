@@ -20,11 +20,13 @@ from pathlib import Path
 
 from benchmarks import coldstart, depsize, hostile, int8, latency, quota, throughput, tuning
 from benchmarks.common import (
+    REPO,
     RESULTS,
     SHARED_TRAIN,
     Stats,
     choose_model,
     downscaled,
+    faster_verdict,
     fmt,
     int8_variant,
     json_from_child,
@@ -67,6 +69,44 @@ def _machine() -> str:
         f"{cpu}, {os.cpu_count()} cores (shared; load average {load[0]:.1f} at start), Python "
         f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}"
     )
+
+
+def _provenance(model_dir: Path) -> str:
+    """The commit measured (with "+ changes" when the tree differs) and the manifest's own sha256."""
+    import hashlib
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        commit = head + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (not a git checkout)"
+    manifest = model_dir / "model.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.is_file() else "none"
+    return f"Commit {commit}; model.json sha256 {digest}… (its gate thresholds are part of what is measured)."
+
+
+def _torch_build() -> str:
+    """torch's version and whether it is a CUDA build, without importing it in this process."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+    # The CUDA wheels pull in nvidia-* packages; torch's own metadata version does not say which build it is.
+    cuda = any((d.metadata["Name"] or "").lower().startswith("nvidia-") for d in metadata.distributions())
+    return f"torch {version}" + (" (a CUDA build)" if cuda else " (CPU-only)")
 
 
 def int8_section(
@@ -141,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"_Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {_machine()}._  ")
     emit(
         f"_Model: {model.description}. Photos: drawn eyes with noise, JPEG q90 "
-        f"({len(photos[small_key]) // 1024} KB and {len(photos[phone_key]) // 1024} KB)._"
+        f"({len(photos[small_key]) // 1024} KB and {len(photos[phone_key]) // 1024} KB)._  "
+    )
+    emit(f"_{_provenance(model.directory)}_  ")
+    emit(
+        "_Powertools as the local runner sets it (tracing off, metrics off, log level WARNING). Deployed, each "
+        "request also writes INFO log lines and one EMF metrics line: about 2% more handler time in one "
+        "measurement._"
     )
     emit()
 
@@ -194,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             emit(latency_table(samples, "our handler"))
             emit()
             r = latency.ratio(samples, "reference-style app", "our handler")
-            targets.append((f"reference-style ÷ ours, {name}", "> 1× (ours faster)", f"{fmt(r)}×", verdict(r > 1.0)))
+            targets.append((f"reference-style ÷ ours, {name}", "> 1× (ours faster)", f"{fmt(r)}×", faster_verdict(r)))
             r1 = latency.ratio(samples, "reference-style app, 1 ORT thread", "our handler")
             targets.append(
-                (f"reference-style (1 thread, as on 1 vCPU) ÷ ours, {name}", "> 1×", f"{fmt(r1)}×", verdict(r1 > 1.0))
+                (f"reference-style (1 thread, as on 1 vCPU) ÷ ours, {name}", "> 1×", f"{fmt(r1)}×", faster_verdict(r1))
             )
 
         emit("### Two ORT threads each (`ORT_INTRA_OP_THREADS=2`, for functions with two vCPUs)")
@@ -215,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             emit()
             r2 = latency.ratio(samples, "reference-style app (ORT defaults: 2 threads here, spinning)", baseline)
             targets.append(
-                (f"reference-style ÷ ours, both 2 threads, {name}", "> 1×", f"{fmt(r2)}×", verdict(r2 > 1.0))
+                (f"reference-style ÷ ours, both 2 threads, {name}", "> 1×", f"{fmt(r2)}×", faster_verdict(r2))
             )
 
     if "torch" not in skip:
@@ -232,7 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             r = latency.ratio(samples, "torch eager forward", "ORT session.run")
             r2 = latency.ratio(samples, "torch photo→probabilities", "our handler")
             targets.append((f"torch forward ÷ ORT run, {name}", "≥ 3×", f"{fmt(r)}×", verdict(r >= 3.0)))
-            targets.append((f"torch photo path ÷ our handler, {name}", "≥ 3×", f"{fmt(r2)}×", verdict(r2 >= 3.0)))
+            # Not a framework comparison: the torch app decodes the full JPEG, ours a reduced draft.
+            targets.append(
+                (
+                    f"torch app (full decode) ÷ our handler (draft decode), {name}",
+                    "≥ 3×",
+                    f"{fmt(r2)}×",
+                    verdict(r2 >= 3.0),
+                )
+            )
 
     if "int8" not in skip:
         emit("### int8 against fp32")
@@ -277,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         emit("### Cold start: new process to first response, through awslambdaric and the Runtime API stub")
         emit()
         samples = coldstart.compare(model.directory, run, photos[small_key], 3 if args.quick else 7)
+        emit(
+            f"The PyTorch handler imports the torch installed here, {_torch_build()}: a CUDA build loads its CUDA "
+            "libraries at import (about 0.1 s here), which a CPU-only build on Lambda would not."
+        )
+        emit()
         emit(latency_table(samples, "our handler (tracing off)"))
         emit()
         ours = Stats.of(samples["our handler (tracing off)"]).p50
