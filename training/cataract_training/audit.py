@@ -1,7 +1,9 @@
 """Audit an image-folder data set: counts, sizes, unreadable files, duplicates, conflicts, leaks.
 
 The audit also produces the duplicate groups that every split in training respects, so "no near
-duplicate of a validation photo is in training" is enforced by construction.
+duplicate of a validation photo is in training" is enforced by construction. A group joins byte-identical
+files, near duplicates by perceptual hash (resized, re-encoded) and reframed copies by matched keypoints
+(cropped, bordered, mirrored, recoloured: ``matching``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import data, hashing
+from . import data, hashing, matching
 
 # A class whose median original width is this many times another's is a shortcut a model can learn.
 SIZE_GAP_RATIO = 1.5
+# Reframed-copy pairs by the files' digests: the keypoint matching takes about a minute for 500 photos, and
+# training, the gate calibration and the tests audit one folder several times in a process.
+_REFRAMED_CACHE: dict[tuple[str, ...], list[tuple[str, str, int]]] = {}
 
 
 @dataclass
@@ -74,8 +79,9 @@ def run_audit(
     max_dhash: int = 12,
     hash_side: int = 256,
     progress: bool = True,
+    reframed: bool = True,
 ) -> AuditResult:
-    """Audit the image folder at ``root``; see the module docstring."""
+    """Audit the image folder at ``root``; see the module docstring (``reframed``: match keypoints too)."""
     root = Path(root)
     samples = data.discover(root)
     keys = [s.key(root) for s in samples]
@@ -124,6 +130,10 @@ def run_audit(
     pairs = hashing.near_duplicate_pairs(np.array(ph)[idx_ok], np.array(dh)[idx_ok], max_phash, max_dhash)
     for a, b, _, _ in pairs:
         near.union(int(idx_ok[a]), int(idx_ok[b]))
+    hash_groups = near.groups()
+    reframed_pairs = _reframed(samples, shas, [int(i) for i in idx_ok], progress) if reframed else []
+    for a, b, _ in reframed_pairs:
+        near.union(a, b)
     groups = [g if readable[i] else -1 for i, g in enumerate(near.groups())]
 
     exact_members: dict[int, list[int]] = defaultdict(list)
@@ -156,6 +166,12 @@ def run_audit(
     findings = _findings(
         readable_samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, int(ok.sum())
     )
+    joined = {(hash_groups[a], hash_groups[b]) for a, b, _ in reframed_pairs if hash_groups[a] != hash_groups[b]}
+    if joined:
+        findings.append(
+            f"REFRAMED COPIES: {len(joined)} pairs of photo groups are crops, borders, mirror images or recolourings "
+            "of each other (matched keypoints); they are grouped together, so no split separates them"
+        )
     report = {
         "root": str(root),
         "layout": sorted(data.resolve_layout(root)),
@@ -167,6 +183,12 @@ def run_audit(
         "unreadable": unreadable,
         "sizes": size_report,
         "near_duplicate_thresholds": {"phash_max_bits": max_phash, "dhash_max_bits": max_dhash},
+        "reframed_copies": {
+            "checked": reframed,
+            "min_inliers": matching.MIN_INLIERS,
+            "pairs": len(reframed_pairs),
+            "pairs_joining_hash_groups": len(joined),
+        },
         "exact_duplicate_groups": exact_groups,
         "near_duplicate_groups": near_groups,
         "files_in_exact_duplicate_groups": sum(g["size"] for g in exact_groups),
@@ -177,6 +199,24 @@ def run_audit(
         "findings": findings,
     }
     return AuditResult(root=root, samples=samples, keys=keys, groups=groups, readable=readable, report=report)
+
+
+def _reframed(
+    samples: list[data.Sample], shas: list[str], readable: list[int], progress: bool
+) -> list[tuple[int, int, int]]:
+    """Pairs ``(i, j, inliers)`` of readable files that are reframed copies of each other (``matching``)."""
+    key = tuple(shas[i] for i in readable)
+    if key not in _REFRAMED_CACHE:
+        feats = [
+            matching.features(data.load_pil(samples[i].path))
+            for i in tqdm(readable, desc="keypoints", disable=not progress, unit="img")
+        ]
+        _REFRAMED_CACHE[key] = [(shas[readable[a]], shas[readable[b]], n) for a, b, n in matching.reframed_pairs(feats)]
+    first = {}
+    for i in readable:
+        first.setdefault(shas[i], i)
+    # By digest, so byte-identical files (already one group) and a reordered folder reuse the result.
+    return [(first[a], first[b], n) for a, b, n in _REFRAMED_CACHE[key]]
 
 
 def _findings(  # noqa: PLR0917 - one argument per report section

@@ -1,0 +1,84 @@
+"""Reframed copies (cropped, bordered, mirrored, recoloured) are found; different photos are not joined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from cataract_training import audit, matching
+
+skimage_data = pytest.importorskip("skimage.data", reason="the sample photos ship in scikit-image (dev extra)")
+
+
+def _photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
+
+
+def _reframed(img: Image.Image) -> Image.Image:
+    """A stock-photo edit: cropped off-centre, mirrored, warmer, scaled down, a black border added."""
+    w, h = img.size
+    out = img.crop((w // 8, h // 10, w - w // 5, h - h // 6))
+    out = ImageOps.mirror(out)
+    out = ImageEnhance.Color(out).enhance(1.4)
+    out = out.resize((out.width * 2 // 3, out.height * 2 // 3), Image.Resampling.BILINEAR)
+    return ImageOps.expand(out, border=(0, 24), fill=(0, 0, 0))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee"])
+def test_a_reframed_copy_is_the_same_photo(name: str) -> None:
+    original = matching.features(_photo(name))
+    copy = matching.features(_reframed(_photo(name)))
+    assert matching.inliers(original, copy) >= matching.MIN_INLIERS
+    assert matching.inliers(copy, original) >= matching.MIN_INLIERS
+
+
+def test_different_photos_are_not_the_same() -> None:
+    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"]
+    feats = [matching.features(_photo(n)) for n in names]
+    for i in range(len(feats)):
+        for j in range(len(feats)):
+            if i != j:
+                assert matching.inliers(feats[i], feats[j]) < matching.MIN_INLIERS, (names[i], names[j])
+
+
+def test_candidates_are_each_photos_nearest_by_colour() -> None:
+    def flat(rgb: tuple[int, int, int]) -> matching.Features:
+        return matching.features(Image.new("RGB", (64, 64), rgb))
+
+    grey, greyish, red, reddish = flat((120, 120, 120)), flat((112, 118, 124)), flat((220, 30, 30)), flat((200, 20, 25))
+    assert matching.candidate_pairs([grey, red, greyish, reddish], k=1) == [(0, 2), (1, 3)]
+    assert matching.candidate_pairs([grey]) == []
+
+
+def test_a_flat_image_has_no_keypoints_and_matches_nothing() -> None:
+    flat = matching.features(Image.new("RGB", (40, 30), (90, 90, 90)))
+    assert len(flat.keypoints[0]) == 0
+    assert matching.inliers(flat, matching.features(_photo("astronaut"))) == 0
+
+
+def test_the_audit_groups_reframed_copies_that_hashes_miss(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for label in ("cataract", "normal"):
+        (root / label).mkdir(parents=True)
+    _photo("chelsea").save(root / "cataract/a.png")
+    _reframed(_photo("chelsea")).save(root / "cataract/b.png")
+    _photo("astronaut").save(root / "normal/c.png")
+    _photo("coffee").save(root / "normal/d.png")
+    hashes_only = audit.run_audit(root, progress=False, reframed=False)
+    assert len(set(hashes_only.groups)) == 4, "the perceptual hashes alone see four photos"
+    result = audit.run_audit(root, progress=False)
+    groups = dict(zip(result.keys, result.groups, strict=True))
+    assert groups["cataract/a.png"] == groups["cataract/b.png"]
+    assert len(set(groups.values())) == 3
+    rep = result.report
+    assert rep["reframed_copies"]["pairs_joining_hash_groups"] == 1 and rep["distinct_photos"] == 3
+    assert any(f.startswith("REFRAMED COPIES: 1 pairs") for f in rep["findings"])
+
+
+def test_matching_is_deterministic() -> None:
+    a, b = matching.features(_photo("coffee")), matching.features(_reframed(_photo("coffee")))
+    assert len({matching.inliers(a, b) for _ in range(3)}) == 1
+    assert np.array_equal(matching.features(_photo("coffee")).descriptors[0], a.descriptors[0])
