@@ -181,3 +181,49 @@ def test_summary_reports_counts_and_the_rule() -> None:
     assert blur["competent_level"] == competence.AXES[0].levels[1]
     assert blur["levels"][1] == {"level": competence.AXES[0].levels[1], "n": 6, "errors": 1, "misses": 0}
     assert "no more missed cataracts" in block["rule"]
+
+
+def _eye(brightness: float, contrast: float, sharpness: float) -> cal.Signals:
+    return cal.Signals(quality.ImageStats(300, brightness, contrast, sharpness, 0.5), 10.0, None, 5.0, True)
+
+
+def test_a_missed_cataract_the_widening_would_admit_is_refused_again() -> None:
+    rng = np.random.default_rng(1)
+    eyes = [
+        _eye(float(b), 0.2, float(s))
+        for b, s in zip(rng.uniform(0.3, 0.7, 300), rng.uniform(0.002, 0.05, 300), strict=True)
+    ]
+    tails = cal.fit_stat_thresholds(eyes)
+    blurred = [_eye(0.5, 0.2, s) for s in (3e-5, 5e-5, 8e-5)]  # admitted: the model screened them right
+    missed = _eye(0.5, 0.2, 6e-5)  # as blurred, and the model called this cataract normal
+    widened = cal.fit_stat_thresholds(eyes, admit=blurred)
+    assert not cal.fails_statistics(missed.stats, widened)  # the plain widening would serve it
+    safe = cal.fit_stat_thresholds(eyes, admit=blurred, keep_refused=[missed])
+    assert cal.fails_statistics(missed.stats, safe)
+    assert widened["min_sharpness"] < safe["min_sharpness"] <= tails["min_sharpness"]
+    assert safe["min_sharpness"] == 6.1e-5  # just past the miss, no further
+    assert not cal.fails_statistics(blurred[2].stats, safe)  # the sharper admitted photo still passes
+    # A miss the tails let through anyway is not the widening's doing: nothing moves for it.
+    sharp_miss = _eye(0.5, 0.2, 0.04)
+    assert cal.fit_stat_thresholds(eyes, admit=blurred, keep_refused=[sharp_miss]) == widened
+
+
+def test_the_cheapest_threshold_is_moved_back() -> None:
+    """A dark, flat photo the model missed: moving contrast back costs fewer admitted photos than sharpness."""
+    eyes = [_eye(0.5, 0.2 + 0.001 * i, 0.01 + 1e-4 * i) for i in range(200)]
+    tails = cal.fit_stat_thresholds(eyes)
+    admitted = [_eye(0.5, 0.2, s) for s in (2e-5, 4e-5, 6e-5, 8e-5, 5e-3)] + [_eye(0.5, 0.05, 0.02)]
+    missed = _eye(0.5, 0.06, 1e-4)
+    safe = cal.fit_stat_thresholds(eyes, admit=admitted, keep_refused=[missed])
+    assert cal.fails_statistics(missed.stats, safe)
+    assert safe["min_contrast"] == 0.0601 and safe["min_sharpness"] < tails["min_sharpness"]
+
+
+def test_new_misses_are_the_cataracts_lost_to_degradation_only() -> None:
+    original = _step("original", 0.0, [True, False, True, False, False, False])  # photo 1: missed already
+    blur = _step("blur", 1, [False, False, True, False, False, False])  # photo 0: lost to blur
+    dark = _step("darker", 0.6, [True, False, False, True, False, False])  # photo 2 lost; photo 3 a false alarm
+    misses = competence.new_misses([original, blur, dark])
+    assert [id(m) for m in misses] == [id(blur.signals[0]), id(dark.signals[2])]
+    with pytest.raises(ValueError, match="original"):
+        competence.new_misses([blur])

@@ -153,6 +153,20 @@ def admitted(steps: Sequence[Step], levels: dict[str, float | None]) -> list[Sig
     return out
 
 
+def new_misses(steps: Sequence[Step]) -> list[Signals]:
+    """Degraded cataract photos the model misses though it caught them undegraded: the gate must refuse these."""
+    original = next((s for s in steps if s.axis == "original"), None)
+    if original is None:
+        raise ValueError("the sweep has no step for the original photos")
+    return [
+        signals
+        for step in steps
+        if step.axis != "original"
+        for signals, truth, before in zip(step.signals, step.truth, original.signals, strict=True)
+        if truth and not signals.referral and before.referral
+    ]
+
+
 def summary(steps: Sequence[Step], levels: dict[str, float | None]) -> dict[str, Any]:
     """JSON-able counts per axis and level, and each axis's competent level."""
     return {
