@@ -114,7 +114,14 @@ def run_cv(
         )
         if progress:
             print(f"fold {f + 1}/{k}: n={len(test)} acc@argmax={acc:.3f}", flush=True)
-    np.savez(run / "cv_oof.npz", logits=logits, labels=labels, fold=fold_of, groups=np.array(prep.groups))
+    np.savez(
+        run / "cv_oof.npz",
+        logits=logits,
+        labels=labels,
+        fold=fold_of,
+        groups=np.array(prep.groups),
+        keys=np.array(prep.keys),  # so export can leave out the photos its own validation reports on
+    )
     result = {
         "k": k,
         "epochs_per_fold": epochs or cfg.epochs,

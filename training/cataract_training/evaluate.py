@@ -33,7 +33,8 @@ def _shrink(img: Image.Image, side: int) -> Image.Image:
 
 
 # Degradations that probe the size/blur shortcut: a model that learned "large and sharp = cataract"
-# would lose its cataracts under the first and third, and call normals cataract under the second.
+# would lose its cataracts under the first and third. The second mostly checks that serving is
+# resolution-invariant: the letterbox resizes the upscaled photo back to the input size.
 DEGRADATIONS: dict[str, Callable[[bytes], bytes]] = {
     "shrunk_to_128px_jpeg50": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 128), "JPEG", 50),
     "upscaled_to_1024px": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 1024)),

@@ -33,6 +33,9 @@ from .train import CLASSES, load_run, prepare
 
 POS = CLASSES.index("cataract")
 SENSITIVITY_TARGET = 0.95
+# P(cataract) >= 0.5 is the model's own argmax at any temperature: a referral threshold above it would
+# refer fewer cataracts than the bare model does.
+MAX_THRESHOLD = 0.5
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
@@ -129,7 +132,9 @@ def release(
         )
     tr = [where[k] for k in split["train"]]
     va = [where[k] for k in split["val"]]
-    oof = _load_oof(cv_json)
+    oof_all = _load_oof(cv_json)
+    oof = _load_oof(cv_json, leave_out=frozenset(split["val"]))
+    left_out = 0 if oof is None or oof_all is None else len(oof_all[1]) - len(oof[1])
     _, train_emb, _, train_mid = _embed(net, prep.tensors[tr])
     ood = export.fit_ood(train_emb)
     graph = export.ServingGraph(net, ood, export.fit_feature_gaussian(train_mid))
@@ -159,7 +164,7 @@ def release(
         info["parity_vs_torch"] = export.parity(ref, outs)
         if name == "int8":
             info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
-        info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof)
+        info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof, left_out)
         temperature, threshold = info["calibration"]["temperature"], info["calibration"]["threshold"]
         train_outs = export.onnx_outputs(model_path, prep.tensors[tr])
         for head in ("ood_distance", "mid_distance"):
@@ -206,11 +211,14 @@ def release(
     metrics: dict[str, Any] = {
         "validation": chosen["validation"],
         "validation_note": (
-            "held-out validation photos (grouped by duplicates, never trained on) that also chose the epoch and "
+            "held-out validation photos (grouped by duplicates and reframed copies, never trained on) that also "
+            "chose the epoch; "
             + (
-                "could only lower the threshold (the lower of theirs and the out-of-fold one)"
-                if "threshold_oof" in chosen["calibration"]
-                else "fitted the temperature and threshold"
+                "the temperature and threshold were fitted without them (on the other photos' out-of-fold predictions)"
+                if chosen["calibration"].get("validation_left_out")
+                else "they also fitted the temperature and threshold"
+                if "threshold_oof" not in chosen["calibration"]
+                else "their out-of-fold predictions were among those the temperature and threshold were fitted on"
             )
             + "; the cross-validated estimate below is the honest one"
         ),
@@ -285,28 +293,39 @@ def _previous_manifest(out_dir: Path) -> Manifest | None:
         return None
 
 
-def _load_oof(cv_json: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given."""
+def _load_oof(cv_json: Path | None, leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray] | None:
+    """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given, without the ``leave_out`` photos.
+
+    ``cv`` records each prediction's file (older runs did not: then nothing can be left out).
+    """
     if cv_json is None:
         return None
     npz = Path(cv_json).with_name("cv_oof.npz")
     if not npz.is_file():
         raise FileNotFoundError(f"{npz} not found: pass the cv.json of a finished `cv` run")
     with np.load(npz) as z:
-        return z["logits"], z["labels"]
+        logits, labels = z["logits"], z["labels"]
+        if "keys" not in z.files or not leave_out:
+            return logits, labels
+        keep = ~np.isin(z["keys"], sorted(leave_out))
+        return logits[keep], labels[keep]
 
 
 def fit_calibration(
-    val_logits: np.ndarray, val_labels: np.ndarray, oof: tuple[np.ndarray, np.ndarray] | None = None
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    oof: tuple[np.ndarray, np.ndarray] | None = None,
+    left_out: int = 0,
 ) -> dict[str, Any]:
     """Temperature and threshold (sensitivity >= 0.95) from held-out predictions.
 
     With grouped-CV out-of-fold predictions (every photo scored by a model that never saw it nor its
-    duplicates) the temperature is fitted on them: a small validation split is often perfectly
-    separated, and then the NLL-optimal temperature runs to zero (certainty that will not hold on new
-    photos). The threshold is the lower of the thresholds that reach the target on the out-of-fold
-    predictions and on the validation split, so sensitivity is favoured. Without CV, both come from the
-    validation split, and a perfectly separated split cannot sharpen the model (temperature >= 1).
+    duplicates) both are fitted on them, the validation photos left out (``left_out`` of them), so the
+    validation split reports on a threshold and temperature it did not help choose. A small validation
+    split is often perfectly separated, and then the NLL-optimal temperature runs to zero (certainty that
+    will not hold on new photos). The threshold never exceeds 0.5: whatever the fit, a referral is at
+    least as sensitive as the model's own argmax. Without CV, both come from the validation split, and a
+    perfectly separated split cannot sharpen the model (temperature >= 1).
     """
     val_pos = val_labels == POS
     if oof is not None:
@@ -315,18 +334,21 @@ def fit_calibration(
         thr_oof = calibrate.threshold_for_sensitivity(
             calibrate.softmax(logits, t)[:, POS], labels == POS, SENSITIVITY_TARGET
         )
+        # For the record only: what the validation photos alone would have asked for.
         thr_val = calibrate.threshold_for_sensitivity(
             calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET
         )
         return {
             "source": (
-                f"grouped-CV out-of-fold predictions ({len(labels)} photos) "
-                f"and the validation split ({len(val_labels)})"
+                f"grouped-CV out-of-fold predictions ({len(labels)} photos"
+                + (f"; the {left_out} validation photos left out" if left_out else "")
+                + ")"
             ),
             "temperature": t,
-            "threshold": min(thr_oof, thr_val),
+            "threshold": min(thr_oof, MAX_THRESHOLD),
             "threshold_oof": thr_oof,
             "threshold_val": thr_val,
+            "validation_left_out": left_out,
             "sensitivity_target": SENSITIVITY_TARGET,
         }
     separable = bool((val_logits.argmax(1) == val_labels).all())
@@ -336,7 +358,7 @@ def fit_calibration(
         "source": f"validation split ({len(val_labels)} photos)"
         + (", perfectly separated: temperature kept >= 1" if separable else ""),
         "temperature": t,
-        "threshold": thr,
+        "threshold": min(thr, MAX_THRESHOLD),
         "sensitivity_target": SENSITIVITY_TARGET,
     }
 
