@@ -1,8 +1,9 @@
 """Regenerate the sample events (`make events`). Their images are drawn eyes, never patient photos.
 
 A drawing is not a photo: what the model says about these is a smoke test of the plumbing, not a
-clinical claim. Drawn "normal" eyes are ambiguous to the model (12 of seeds 0-23 read as cataract), so
-the normal sample's seed is one it reads as normal with a clear margin; the tests hold both labels.
+clinical claim. Drawn "normal" eyes are ambiguous to the model, and more so at a threshold that favours
+sensitivity: 364 of seeds 30-399 read as cataract at the shipped 0.209. So the normal sample's seed is
+the one it reads as most normal (P(cataract) 0.159); the tests hold both labels.
 
 To try your own photo, write its event outside the repository (it is health data):
 `cataract-screen make-event photo.jpg -o /tmp/my-eye.json`.
@@ -20,7 +21,7 @@ from cataract_inference import events
 from cataract_inference.drawing import draw_eye, encode
 
 HERE = Path(__file__).resolve().parent
-CATARACT_SEED, NORMAL_SEED = 7, 4
+CATARACT_SEED, NORMAL_SEED = 7, 234
 
 
 def _id(name: str) -> str:

@@ -53,7 +53,7 @@ def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> No
         assert result["gate"][field] == getattr(shipped, field), field
     report = result["report"]
     assert report["meets_targets"]
-    assert "validation photos of 20261127-050604-mobilenet_v2 (95)" in report["eye_photos_for_distance"]
+    assert "validation photos of 20261127-195611-mobilenet_v2 (97)" in report["eye_photos_for_distance"]
     assert report["held_out"]["eye_false_reject"]["value"] <= 0.03
     assert report["held_out"]["non_eye_reject"]["value"] >= 0.9
     assert "chelsea/orig" in report["named_examples"]["skimage:chelsea"]["rejected_variants"]
