@@ -66,3 +66,20 @@ def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> No
     )
     assert held_blur["refused"]["k"] < held_blur["refused_tails_only"]["k"]
     assert held_blur["model_right"]["value"] >= 0.9
+
+
+def test_the_manifests_validation_counts_are_the_shipped_gates() -> None:
+    """GET /model serves these: they must count what the served model, gate included, answers today."""
+    import json
+
+    from cataract_inference.manifest import load_manifest
+    from cataract_training import gate
+
+    data = require_shared_data()
+    model_dir = Path(__file__).resolve().parents[2] / "functions" / "inference" / "model"
+    manifest = load_manifest(model_dir / "model.json")
+    split = json.loads((gate.SPLITS_DIR / f"{manifest.metrics['training_run']['run']}.json").read_text())
+    counts = gate.served_counts(model_dir, [data / key for key in split["val"]])
+    validation = manifest.metrics["validation"]
+    assert validation["n"] == len(split["val"])
+    assert {k: validation[k] for k in counts} == counts

@@ -1141,7 +1141,41 @@ def calibrate(
     if write:
         write_gate(model_dir, gate_block)
         write_card_block(model_dir, card_block(report, gate))
+        if SEEN in eyes.parts:  # the run's split was found: the other photos are its validation photos
+            val_photos = [path for path, part in zip(eyes.paths, eyes.parts, strict=True) if part != SEEN]
+            refresh_validation_counts(model_dir, val_photos)
     return {"gate": gate_block, "report": report}
+
+
+def served_counts(model_dir: Path, photos: Sequence[Path]) -> dict[str, int]:
+    """How the model folder, as served, answers ``photos``: ungradable ones and referrals."""
+    served = load_classifier(model_dir)
+    results = [served.predict_bytes(path.read_bytes()) for path in photos]
+    return {
+        "gate_ungradable": sum(r.label == "ungradable" for r in results),
+        "served_referrals": sum(r.referral for r in results),
+    }
+
+
+def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> None:
+    """Re-count model.json's validation ``gate_ungradable`` and ``served_referrals`` under the gate just written.
+
+    Export counted them under the gate it had (the default one, for new bytes); left alone, ``GET /model``
+    would serve counts of a gate that no longer exists.
+    """
+    path = model_dir / MANIFEST_FILENAME
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    counts = served_counts(model_dir, val_photos)
+    metrics_block = raw.get("metrics", {})
+    precision = raw.get("precision")
+    for block in (
+        metrics_block.get("validation"),
+        metrics_block.get("variants", {}).get(precision, {}).get("validation"),
+    ):
+        if isinstance(block, dict) and block.get("n") == len(val_photos):
+            block.update(counts)
+    path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    load_manifest(path)
 
 
 CARD_BLOCK = "gradability-gate"
