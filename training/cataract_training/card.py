@@ -144,7 +144,8 @@ def render(manifest: Manifest) -> str:
         f'- Source: the train split of the public Kaggle data set "cataract-image-dataset" (nandanp6), '
         f"{td.get('files', 'n/a')} web-scraped photos ({td.get('counts', {})}). The Kaggle page grants no licence "
         "for redistribution; the photos are not in this repository and never will be.",
-        f"- After grouping exact and near duplicates (sha256 of bytes, perceptual hashes): "
+        "- After grouping exact, near and reframed duplicates (sha256 of bytes; perceptual hashes; matched "
+        "keypoints for crops, borders, mirror images and recolourings): "
         f"**{td.get('distinct_photos', 'n/a')} distinct photos** ({td.get('distinct_by_label', {})}), "
         f"{td.get('exact_duplicate_groups', 'n/a')} exact and {td.get('near_duplicate_groups', 'n/a')} near-duplicate "
         "groups. Every split (validation and CV folds) keeps a duplicate group on one side.",
@@ -232,9 +233,9 @@ def render(manifest: Manifest) -> str:
         "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
         "called either class. Poor photos and non-eye images should be caught by the gradability gate, "
         "calibrated separately (below); the distributions of its two distances on training and validation photos "
-        "are in model.json under metrics.ood_distance and metrics.mid_distance. Photos blurred beyond the "
-        "training photos are refused as too blurry, and eye photos from other cameras may sit farther from the "
-        "training photos than ours: watch the ungradable rate.",
+        "are in model.json under metrics.ood_distance and metrics.mid_distance. Photos blurred, darkened or "
+        "flattened beyond what the model was measured to still screen are refused, and eye photos from other "
+        "cameras may sit farther from the training photos than ours: watch the ungradable rate.",
         "- Probabilities were calibrated on held-out photos of the same source; on other sources they will be "
         "less reliable.",
         "",
