@@ -154,18 +154,22 @@ def _ceil(value: float, digits: int) -> float:
 
 # Digits each image-statistics threshold is rounded to, and the statistic it bounds.
 STAT_DIGITS = {"min_brightness": 4, "max_brightness": 4, "min_contrast": 4, "min_sharpness": 6}
-STAT_OF = {"min_brightness": "brightness", "max_brightness": "brightness", "min_contrast": "contrast"}
-STAT_OF["min_sharpness"] = "sharpness"
+STAT_OF = {
+    "min_brightness": "brightness",
+    "max_brightness": "brightness",
+    "min_contrast": "contrast",
+    "min_sharpness": "sharpness",
+}
 
 
 def fails_statistics(stats: quality.ImageStats, t: dict[str, float]) -> bool:
-    """Does ``stats`` fail any image-statistics threshold of ``t`` (the distances aside)?"""
-    return (
-        stats.min_side < t["min_side"]
-        or not t["min_brightness"] <= stats.brightness <= t["max_brightness"]
-        or stats.contrast < t["min_contrast"]
-        or stats.sharpness < t["min_sharpness"]
-    )
+    """Does the serving rule (``quality.assess``) refuse ``stats`` under the image-statistics thresholds ``t``?"""
+    return _refused_by([stats], GateThresholds(**t)) == 1
+
+
+def _refused_by(stats: Sequence[quality.ImageStats], gate: GateThresholds) -> int:
+    # No distances passed: only the image statistics decide.
+    return sum(not quality.assess(st, None, gate).gradable for st in stats)
 
 
 def _refuse_again(out: dict[str, float], tails: dict[str, float], miss: Signals, admit: Sequence[Signals]) -> None:
@@ -178,8 +182,9 @@ def _refuse_again(out: dict[str, float], tails: dict[str, float], miss: Signals,
     value = miss.stats.brightness
     if tails["max_brightness"] < value <= out["max_brightness"]:
         options.append(("max_brightness", round(max(_ceil(value, 4) - 1e-4, tails["max_brightness"]), 4)))
+    admitted = [s.stats for s in admit]
     if options:
-        key, t = min(options, key=lambda o: sum(fails_statistics(s.stats, {**out, o[0]: o[1]}) for s in admit))
+        key, t = min(options, key=lambda o: _refused_by(admitted, GateThresholds(**{**out, o[0]: o[1]})))
         out[key] = t
 
 

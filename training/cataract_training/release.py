@@ -132,9 +132,8 @@ def release(
         )
     tr = [where[k] for k in split["train"]]
     va = [where[k] for k in split["val"]]
-    oof_all = _load_oof(cv_json)
-    oof = _load_oof(cv_json, leave_out=frozenset(split["val"]))
-    left_out = 0 if oof is None or oof_all is None else len(oof_all[1]) - len(oof[1])
+    loaded = _load_oof(cv_json, leave_out=frozenset(split["val"]))
+    oof, left_out = loaded if loaded is not None else (None, 0)
     _, train_emb, _, train_mid = _embed(net, prep.tensors[tr])
     ood = export.fit_ood(train_emb)
     graph = export.ServingGraph(net, ood, export.fit_feature_gaussian(train_mid))
@@ -293,8 +292,11 @@ def _previous_manifest(out_dir: Path) -> Manifest | None:
         return None
 
 
-def _load_oof(cv_json: Path | None, leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray] | None:
-    """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given, without the ``leave_out`` photos.
+def _load_oof(
+    cv_json: Path | None, leave_out: frozenset[str] = frozenset()
+) -> tuple[tuple[np.ndarray, np.ndarray], int] | None:
+    """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given, without the ``leave_out`` photos,
+    and how many were left out.
 
     ``cv`` records each prediction's file (older runs did not: then nothing can be left out).
     """
@@ -306,9 +308,9 @@ def _load_oof(cv_json: Path | None, leave_out: frozenset[str] = frozenset()) -> 
     with np.load(npz) as z:
         logits, labels = z["logits"], z["labels"]
         if "keys" not in z.files or not leave_out:
-            return logits, labels
+            return (logits, labels), 0
         keep = ~np.isin(z["keys"], sorted(leave_out))
-        return logits[keep], labels[keep]
+        return (logits[keep], labels[keep]), int((~keep).sum())
 
 
 def fit_calibration(
