@@ -83,3 +83,8 @@ def test_the_manifests_validation_counts_are_the_shipped_gates() -> None:
     validation = manifest.metrics["validation"]
     assert validation["n"] == len(split["val"])
     assert {k: validation[k] for k in counts} == counts
+    shipped = manifest.metrics["variants"][manifest.precision]["validation"]
+    assert {k: shipped[k] for k in counts} == counts
+    for name, variant in manifest.metrics["variants"].items():
+        if name != manifest.precision:  # no gate was calibrated for it: no gate counts to serve
+            assert not set(counts) & set(variant["validation"]), name

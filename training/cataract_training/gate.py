@@ -1173,12 +1173,15 @@ def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> No
     counts = served_counts(model_dir, val_photos)
     metrics_block = raw.get("metrics", {})
     precision = raw.get("precision")
-    for block in (
-        metrics_block.get("validation"),
-        metrics_block.get("variants", {}).get(precision, {}).get("validation"),
-    ):
+    variants = metrics_block.get("variants", {})
+    for block in (metrics_block.get("validation"), variants.get(precision, {}).get("validation")):
         if isinstance(block, dict) and block.get("n") == len(val_photos):
             block.update(counts)
+    # The variants not shipped have no calibrated gate: export's counts under the default gate describe none.
+    for name, variant in variants.items():
+        if name != precision and isinstance(variant.get("validation"), dict):
+            for key in counts:
+                variant["validation"].pop(key, None)
     path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     load_manifest(path)
 
