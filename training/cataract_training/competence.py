@@ -2,14 +2,15 @@
 
 The gate's image statistics (grey mean, grey std, variance of the Laplacian) were first set at the tails
 of the training photos: refuse what looks unlike them. Measured, the model keeps screening photos
-correctly well past those tails: a 2 px Gaussian blur of a 512 px photo made the gate refuse 6 of the 95
-validation photos, all of which the model still classified correctly. Each refusal is a needless
-"ungradable" and a needless referral.
+correctly well past those tails: on the first model it was measured on, a 2 px Gaussian blur of a 512 px
+photo made the gate refuse 6 of the 95 validation photos, all of which the model still classified
+correctly. Each refusal is a needless "ungradable" and a needless referral.
 
 This module degrades eye photos the model never trained on, one axis at a time and one step at a time,
 and finds the most severe step at which the model still screens them as well as the originals. The
-gate then admits every photo up to that step (``gate.fit_stat_thresholds(admit=...)``), and refuses
-only beyond it, where the model's own accuracy is no longer shown.
+gate then admits the photos up to that step (``gate.fit_stat_thresholds(admit=...)``), except that every
+degraded cataract the model missed (``new_misses``) stays refused where the training photos' tails
+refused it (``keep_refused=...``).
 """
 
 from __future__ import annotations
@@ -120,15 +121,21 @@ def sweep(
     return steps
 
 
+def _original(steps: Sequence[Step]) -> Step:
+    """The sweep's step of the undegraded photos, which every other step is judged against."""
+    original = next((s for s in steps if s.axis == "original"), None)
+    if original is None:
+        raise ValueError("the sweep has no step for the original photos")
+    return original
+
+
 def competent_levels(steps: Sequence[Step], *, slack: int = ERROR_SLACK) -> dict[str, float | None]:
     """Per axis, the most severe level the model screens as well as the originals (``None``: not even the mildest).
 
     As well: no more missed cataracts, and at most ``slack`` more errors. The first level that fails
     ends the axis; a later level that happens to pass does not count.
     """
-    original = next((s for s in steps if s.axis == "original"), None)
-    if original is None:
-        raise ValueError("the sweep has no step for the original photos")
+    original = _original(steps)
     out: dict[str, float | None] = {}
     for axis in AXES:
         best: float | None = None
@@ -155,9 +162,7 @@ def admitted(steps: Sequence[Step], levels: dict[str, float | None]) -> list[Sig
 
 def new_misses(steps: Sequence[Step]) -> list[Signals]:
     """Degraded cataract photos the model misses though it caught them undegraded: the gate must refuse these."""
-    original = next((s for s in steps if s.axis == "original"), None)
-    if original is None:
-        raise ValueError("the sweep has no step for the original photos")
+    original = _original(steps)
     return [
         signals
         for step in steps
