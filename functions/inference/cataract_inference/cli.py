@@ -157,7 +157,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     with contextlib.redirect_stdout(sys.stderr):
-        from .handler import app
+        from .handler import app, settings
+    from .serve_protocol import with_header_deadline
 
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
@@ -171,6 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
+        http=with_header_deadline(settings.disclaimer),  # uvicorn puts no deadline on a request's headers
         log_level="warning" if not args.verbose else "info",
         access_log=False,  # it prints client addresses and whole query strings; -v logs screenings and refusals
         limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads

@@ -78,8 +78,9 @@ class ErrorBody(BaseModel):
         description="Stable and machine-readable. From the app: malformed_json, invalid_base64, invalid_encoding, "
         "empty_body, empty_image, corrupt_image (400); payload_too_large, image_too_large (413); not_an_image, "
         "unsupported_format, unsupported_media_type (415); invalid_request (422); not_found (404); "
-        "method_not_allowed (405); request_timeout (408, the local runner only: the body stalled); "
-        "internal_error (500). From API Gateway: invalid_api_key, gateway_error (403); "
+        "method_not_allowed (405); request_timeout (408, the local runner only: the headers or the body stalled); "
+        "internal_error (500); overloaded (503, the local runner only: too many open connections, retry). "
+        "From API Gateway: invalid_api_key, gateway_error (403); "
         "throttled, quota_exceeded (429); timeout (504). New codes may be added: treat unknown ones by status."
     )
     message: str = Field(description="For people: what was wrong and what to do.")

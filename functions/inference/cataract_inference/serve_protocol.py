@@ -1,0 +1,122 @@
+"""uvicorn's HTTP/1.1 protocol for `serve`, with a deadline on each request's line and headers.
+
+uvicorn times out idle keep-alive connections but not a request's head: a client that connects and
+sends nothing, or trickles its headers, holds its connection for ever. `serve` caps connections at
+``limit_concurrency``, so that many such clients (one script on the network) locked everyone else out
+with 503s until they left. The body has its own deadline in the app (``api.BODY_DEADLINE_S``).
+The protocol also answers uvicorn's "too many connections" 503 in the API's JSON error shape, not as
+plain text, so a client reads every error the same way.
+
+Used by `serve` only; uvicorn is not in the Lambda image (API Gateway fronts the function there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .schemas import ErrorResponse
+
+HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
+
+
+def _error_json(code: str, message: str, disclaimer: str) -> bytes:
+    body = ErrorResponse.model_validate({"error": {"code": code, "message": message}, "disclaimer": disclaimer})
+    return json.dumps(body.model_dump(exclude_none=True)).encode()
+
+
+def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
+    message = f"the request line and headers did not arrive within {deadline_s:g} s"
+    payload = _error_json("request_timeout", message, disclaimer)
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\n"
+        "cache-control: no-store\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
+def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S) -> type[H11Protocol]:
+    """An ``H11Protocol`` that cuts off a client whose request head takes longer than ``deadline_s``.
+
+    The clock starts when the connection opens, and again at the first byte of each later request on it.
+    A client that sent part of a head gets a JSON 408 before the connection closes; one that sent
+    nothing is closed silently (browsers open spare connections they may never use), and so is one
+    still trickling the body of a request already answered (an early 413: its answer is out).
+    """
+    timeout_response = _timeout_response(deadline_s, disclaimer)
+    busy_body = _error_json("overloaded", "the local runner has too many open connections; retry shortly", disclaimer)
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # uvicorn's own limit check answers in plain text; the same check, made by _app, answers in JSON.
+            self._limit, self.limit_concurrency = self.limit_concurrency, None
+            self._inner_app, self.app = self.app, self._app
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._cycle_when_armed: object = None
+            self._head_bytes = 0
+
+        async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+            # This request's task is already in self.tasks here (uvicorn checks before adding it): hence ">".
+            over = self._limit is not None and (len(self.connections) >= self._limit or len(self.tasks) > self._limit)
+            if not over or scope["type"] != "http":
+                await self._inner_app(scope, receive, send)
+                return
+            self.logger.warning("Exceeded concurrency limit: 503.")
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(busy_body)).encode()),
+                (b"retry-after", b"1"),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": busy_body})
+
+        def _awaiting_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._cycle_when_armed = self.cycle
+            self._head_bytes = 0
+            self._head_timer = self.loop.call_later(deadline_s, self._head_deadline_passed)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self._awaiting_head():
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            if self._head_timer is not None:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self.cycle is not self._cycle_when_armed:
+                self._disarm()  # the head is complete: a new request cycle began
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _head_deadline_passed(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.cycle is not self._cycle_when_armed:
+                return
+            if self._head_bytes and self.conn.their_state is h11.IDLE:  # IDLE: h11 has not parsed a head yet
+                self.logger.warning("Request head not complete within %g s: 408, connection closed.", deadline_s)
+                self.transport.write(timeout_response)
+            self.transport.close()  # connection_lost then tells h11 and uvicorn
+
+    return HeaderDeadlineProtocol

@@ -1,0 +1,207 @@
+"""`serve`'s HTTP protocol: a deadline on each request's head, and uvicorn's connection limit answered in JSON.
+
+A real uvicorn server on a loopback port, in a thread, with the protocol under a short deadline and a
+small app whose ``/slow`` route outlasts the deadline (a request being answered is never cut off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cataract_inference.serve_protocol import with_header_deadline
+from tests.support.serve import free_port
+
+DEADLINE_S = 0.6
+LIMIT = 4
+DISCLAIMER = "Screening aid (test)."
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/early":  # answers before reading the body, as the app's 413 for a declared length does
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/slow":
+        await asyncio.sleep(DEADLINE_S * 2.5)
+    payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    chosen = free_port()
+    config = uvicorn.Config(
+        _app,
+        host="127.0.0.1",
+        port=chosen,
+        http=with_header_deadline(DISCLAIMER, deadline_s=DEADLINE_S),
+        limit_concurrency=LIMIT,
+        timeout_keep_alive=30,  # longer than the test: only the head deadline closes connections here
+        log_level="error",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield chosen
+    server.should_exit = True
+    thread.join(10)
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S * 8)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or the socket times out)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_response(reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """The next HTTP response from ``sock.makefile("rb")`` (buffered: pipelined answers can share one read)."""
+    status_line = reader.readline().decode("latin-1")
+    assert status_line, "closed before a response"
+    headers: dict[str, str] = {}
+    while (line := reader.readline().decode("latin-1").strip()) != "":
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, reader.read(int(headers["content-length"]))
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+
+
+def test_a_client_that_sends_nothing_is_closed_silently_after_the_deadline(port: int) -> None:
+    with _connect(port) as sock:
+        start = time.monotonic()
+        assert _read_all(sock) == b""  # closed, with no response to a request never made
+        assert DEADLINE_S * 0.8 <= time.monotonic() - start <= DEADLINE_S * 5
+
+
+def test_a_head_that_trickles_gets_a_json_408_and_the_connection_closes(port: int) -> None:
+    with _connect(port) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\n")
+        time.sleep(DEADLINE_S / 2)
+        sock.sendall(b"X-Slow: 1\r\n")  # bytes keep coming, but the head is never finished
+        raw = _read_all(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"content-type: application/json" in head.lower()
+    answer = json.loads(body)
+    assert answer["error"]["code"] == "request_timeout"
+    assert f"{DEADLINE_S:g} s" in answer["error"]["message"]
+    assert answer["disclaimer"] == DISCLAIMER
+
+
+def test_a_request_being_answered_is_not_cut_off_by_the_head_deadline(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get("/slow"))  # the app takes 2.5 deadlines to answer
+        status, _, body = _read_response(reader)
+        assert status == 200 and json.loads(body)["path"] == "/slow"
+        # The connection stays usable: the next request on it is answered too.
+        sock.sendall(_get("/again"))
+        status, _, body = _read_response(reader)
+        assert status == 200 and json.loads(body)["path"] == "/again"
+
+
+def test_a_body_slower_than_the_head_deadline_is_left_to_the_app(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 6\r\n\r\nabc")
+        time.sleep(DEADLINE_S * 2)  # past the head deadline, mid-body
+        sock.sendall(b"def")
+        status, _, body = _read_response(reader)
+    assert status == 200 and json.loads(body) == {"path": "/upload", "body_bytes": 6}
+
+
+def test_the_deadline_applies_again_to_each_later_request_on_a_kept_alive_connection(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get("/first"))
+        assert _read_response(reader)[0] == 200
+        time.sleep(DEADLINE_S * 1.5)  # idle between requests: the keep-alive timeout's business, not ours
+        sock.sendall(b"GET /second HTTP/1.1\r\n")  # then a head that never ends
+        raw = reader.read()  # to the close
+    assert raw.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_client_still_sending_an_answered_body_is_closed_with_nothing_more_written(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n")
+        assert _read_response(reader)[0] == 413
+        start = time.monotonic()
+        with contextlib.suppress(OSError):  # the server may close while a byte is in flight
+            while time.monotonic() - start < DEADLINE_S * 5:
+                sock.sendall(b"x" * 10)  # the rest of the refused body, slowly
+                time.sleep(DEADLINE_S / 4)
+        rest = reader.read()  # to the close
+        waited = time.monotonic() - start
+    assert rest == b"", "no second answer after the 413"
+    assert waited < DEADLINE_S * 4, "closed at the deadline, not held open by the trickle"
+
+
+def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get("/one") + _get("/two"))
+        answers = [json.loads(_read_response(reader)[2])["path"] for _ in range(2)]
+    assert answers == ["/one", "/two"]
+
+
+def test_over_the_connection_limit_the_answer_is_json_503_and_idle_clients_cannot_hold_it(port: int) -> None:
+    idle = [_connect(port) for _ in range(LIMIT)]
+    try:
+        time.sleep(0.1)
+        with _connect(port) as sock, sock.makefile("rb") as reader:
+            sock.sendall(_get("/health"))
+            status, headers, body = _read_response(reader)
+        assert status == 503
+        assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["code"] == "overloaded"
+        time.sleep(DEADLINE_S * 2)  # the idle clients are cut off at the deadline...
+        with _connect(port) as sock, sock.makefile("rb") as reader:
+            sock.sendall(_get("/health"))
+            assert _read_response(reader)[0] == 200  # ...and the service is back
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
+    from cataract_inference import cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, app=app))
+    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=False)) == 0
+    assert seen["app"] is handler.app
+    protocol = seen["http"]
+    assert isinstance(protocol, type) and issubclass(protocol, H11Protocol)
+    assert protocol.__name__ == "HeaderDeadlineProtocol"
+    assert seen["limit_concurrency"] == 64
