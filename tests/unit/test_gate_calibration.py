@@ -302,3 +302,12 @@ def test_run_name_of_a_split_in_runs_or_committed() -> None:
     assert cal._run_name(Path("runs/20261127-050604-mobilenet_v2/split.json")) == "20261127-050604-mobilenet_v2"
     assert cal._run_name(cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json") == "20261127-195611-mobilenet_v2"
     assert (cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json").is_file(), "the shipped run's split is committed"
+
+
+@pytest.mark.parametrize("other", ["--eye-score", "--probe"])
+def test_distance_only_refuses_a_second_gate(other: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to ship the fused gate when given --eye-score, against its own help text.
+    with pytest.raises(SystemExit) as exited:
+        cal.main(["--model-dir", "m", "--data", "d", "--distance-only", other])
+    assert exited.value.code == 2
+    assert "embedding distance alone" in capsys.readouterr().err

@@ -285,3 +285,44 @@ def test_the_classifier_measures_skin_only_when_its_gate_has_an_eye_score(tmp_pa
     assert with_score.quality.scores["skin_fraction"] > 0.2  # the drawn eye sits on skin
     plain = load_classifier(build_tiny_model(tmp_path / "plain", gate=GATE.model_dump())).predict_bytes(photo)
     assert "skin_fraction" not in plain.quality.scores
+
+
+def _probe(bias: float, size: int = 3) -> dict[str, object]:
+    return {"mean": [0.0] * size, "weights": [0.0] * size, "bias": bias, "min_score": 0.0}
+
+
+@pytest.mark.parametrize(("bias", "gradable"), [(-1.0, False), (1.0, True)])
+def test_a_manifest_eye_probe_is_applied_when_screening(tmp_path: Path, bias: float, gradable: bool) -> None:
+    # The probe reads the embedding, which predict_bytes once measured but did not pass to the gate:
+    # a calibrated probe was then silently ignored.
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.drawing import encode
+    from tests.support.onnx_models import build_tiny_model
+
+    gate = {**GATE.model_dump(), "max_ood_distance": 1e9, "eye_probe": _probe(bias)}
+    result = load_classifier(build_tiny_model(tmp_path / "probed", gate=gate)).predict_bytes(encode(draw_eye("normal")))
+    assert result.quality.scores["eye_probe"] == bias
+    assert result.quality.gradable is gradable
+    assert (result.label == "ungradable") is not gradable
+    assert any(r.startswith("not_an_eye:") for r in result.quality.reasons) is not gradable
+
+
+@pytest.mark.parametrize(
+    ("probe", "outputs", "message"),
+    [
+        (_probe(1.0, size=5), None, "5 weights; the model's embedding has 3 values"),
+        ({"mean": [0.0] * 3}, None, "eye_probe is malformed"),
+        (_probe(1.0), {"logits": "logits", "ood_distance": "ood_distance"}, "names no embedding output"),
+    ],
+)
+def test_an_eye_probe_the_model_cannot_feed_fails_at_load(
+    tmp_path: Path, probe: dict[str, object], outputs: dict[str, str] | None, message: str
+) -> None:
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.model_source import ModelLoadError
+    from tests.support.onnx_models import build_tiny_model
+
+    extra = {"outputs": outputs} if outputs else {}
+    gate = {**GATE.model_dump(), "eye_probe": probe}
+    with pytest.raises(ModelLoadError, match=message):
+        load_classifier(build_tiny_model(tmp_path / "bad", gate=gate, **extra))

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from cataract_inference import quality
 from cataract_inference.classifier import Classifier, load_classifier
-from cataract_inference.imaging import ImageError, load_for_model
+from cataract_inference.imaging import ImageError
 from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
 
 from . import competence, metrics
@@ -102,19 +102,10 @@ class Signals:
 
 
 def measure(classifier: Classifier, data: bytes) -> Signals:
-    """The gate's inputs for ``data``, computed by the functions ``Classifier.predict_bytes`` uses."""
-    decoded, tensor = load_for_model(data, classifier.manifest.input, classifier.limits)
-    outputs = classifier.run(tensor[None])
-    name = classifier.manifest.outputs.ood_distance
-    ood = float(outputs[name].reshape(-1)[0]) if name else None
-    emb_name = classifier.manifest.outputs.embedding
-    emb = outputs[emb_name][0].astype(np.float32) if emb_name else None
-    mid_name = classifier.manifest.outputs.mid_distance
-    mid = float(outputs[mid_name].reshape(-1)[0]) if mid_name else None
-    spec = classifier.manifest.input
-    stats = quality.tensor_stats(tensor, spec, decoded.image, decoded.original_size, skin=True)
-    _, referral = classifier.decide(classifier.calibrated(outputs[classifier.manifest.outputs.logits])[0])
-    return Signals(stats, ood, emb, mid, referral)
+    """The gate's inputs for ``data``: ``Classifier.measure``, the serving path's own measurement."""
+    m = classifier.measure(data, skin=True)
+    _, referral = classifier.decide(m.probabilities)
+    return Signals(m.stats, m.ood_distance, m.embedding, m.mid_distance, referral)
 
 
 def rejected(signals: Sequence[Signals], gate: GateThresholds) -> np.ndarray:
@@ -1037,7 +1028,7 @@ def calibrate(
     if not np.array_equal(computed, served):
         raise RuntimeError(
             "the served verdicts differ from the calibration's: the gate is not what was fitted "
-            "(with --probe: does classifier._postprocess pass the embedding to quality.assess?)"
+            "(does Classifier.predict_bytes still judge by Classifier.gate_verdict?)"
         )
 
     held_non_items = [items[i] for i in held_non]
@@ -1574,7 +1565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probe",
         action="store_true",
-        help="add the embedding eye probe (needs the classifier to pass the embedding to quality.assess)",
+        help="add the embedding eye probe (it learns from the calibration half of the non-eye images)",
     )
     p.add_argument("--quiet", action="store_true")
     return p
@@ -1582,7 +1573,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.distance_only and (args.eye_score or args.probe):
+        parser.error("--distance-only thresholds the embedding distance alone: drop --eye-score and --probe")
     from cataract_inference.model_source import ModelLoadError
 
     try:

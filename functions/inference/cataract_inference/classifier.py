@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from . import explanation, quality
 from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, decode_image, load_for_model
-from .manifest import Manifest
+from .manifest import GateThresholds, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
 
@@ -33,7 +33,17 @@ class Prediction:
     quality: quality.Quality
     timing_ms: dict[str, float]
     heatmap_png: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the model and the photo's statistics say about one photo: everything the gate and the decision read."""
+
+    probabilities: np.ndarray  # calibrated, in the manifest's class order
+    stats: quality.ImageStats
+    ood_distance: float | None
+    mid_distance: float | None
+    embedding: np.ndarray | None  # the backbone embedding, for a gate with an eye probe
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -126,7 +136,25 @@ class Classifier:
             raise ModelLoadError(
                 f"the model has {width} logits but the manifest lists {len(self.manifest.classes)} classes"
             )
+        self._check_eye_probe({name: o.shape for name, o in outputs.items()})
         return wanted
+
+    def _check_eye_probe(self, shapes: dict[str, Any]) -> None:
+        # Checked here, not per request: a probe the embedding cannot feed would fail every screening.
+        try:
+            probe = quality.EyeProbe.from_gate(self.manifest.gate)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"the manifest's gate.eye_probe is malformed: {exc!r}") from exc
+        if probe is None:
+            return
+        embedding = self.manifest.outputs.embedding
+        if not embedding:
+            raise ModelLoadError("the manifest's gate has an eye_probe but names no embedding output to feed it")
+        dim = shapes[embedding][-1]
+        if isinstance(dim, int) and dim != probe.mean.size:
+            raise ModelLoadError(
+                f"the manifest's gate.eye_probe has {probe.mean.size} weights; the model's embedding has {dim} values"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, s3_client: Any | None = None) -> Classifier:
@@ -163,6 +191,24 @@ class Classifier:
         others = [i for i in range(len(probs)) if i != pos]
         return self.manifest.classes[max(others, key=lambda i: probs[i])], False
 
+    def measure(self, data: bytes, *, skin: bool = True) -> Measurement:
+        """The serving path's measurement of one encoded image (the gate calibration screens with this).
+
+        ``skin`` computes the skin-colour fraction, which only a gate with an eye score reads.
+        """
+        decoded, tensor = load_for_model(data, self.manifest.input, self.limits)
+        return self._measurement(decoded, tensor, self.run(tensor[None]), skin=skin)
+
+    def gate_verdict(self, measured: Measurement, gate: GateThresholds | None = None) -> quality.Quality:
+        """Gradable or not, by ``gate`` (the manifest's by default): the serving rule, ``quality.assess``."""
+        return quality.assess(
+            measured.stats,
+            measured.ood_distance,
+            self.manifest.gate if gate is None else gate,
+            measured.embedding,
+            mid_distance=measured.mid_distance,
+        )
+
     def predict_bytes(self, data: bytes, *, explain: bool = False) -> Prediction:
         """Screen one encoded image. Raises ``imaging.ImageError`` for input that is not a usable image."""
         t0 = time.perf_counter()
@@ -170,7 +216,14 @@ class Classifier:
         t1 = time.perf_counter()
         outputs = self.run(tensor[None])
         t2 = time.perf_counter()
-        prediction = self._postprocess(decoded, tensor, outputs, explain, data)
+        measured = self._measurement(decoded, tensor, outputs, skin=self._stats_need_skin)
+        verdict = self.gate_verdict(measured)
+        if verdict.gradable:
+            label, referral = self.decide(measured.probabilities)
+        else:
+            # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
+            label, referral = UNGRADABLE, True
+        heatmap = self.heatmap(decoded, data, outputs) if explain else None
         t3 = time.perf_counter()
         timing = {
             "decode": round((t1 - t0) * 1000, 2),
@@ -178,34 +231,26 @@ class Classifier:
             "postprocess": round((t3 - t2) * 1000, 2),
             "total": round((t3 - t0) * 1000, 2),
         }
-        return Prediction(
-            label=prediction.label,
-            probabilities=prediction.probabilities,
-            referral=prediction.referral,
-            quality=prediction.quality,
-            timing_ms=timing,
-            heatmap_png=prediction.heatmap_png,
-        )
+        probabilities = {
+            c: round(float(p), 6) for c, p in zip(self.manifest.classes, measured.probabilities, strict=True)
+        }
+        return Prediction(label, probabilities, referral, verdict, timing, heatmap)
 
-    def _postprocess(
-        self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], explain: bool, data: bytes
-    ) -> Prediction:
+    def _measurement(
+        self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], *, skin: bool
+    ) -> Measurement:
         names = self.manifest.outputs
-        probs = self.calibrated(outputs[names.logits])[0]
-        probabilities = {c: round(float(p), 6) for c, p in zip(self.manifest.classes, probs, strict=True)}
-        ood = float(outputs[names.ood_distance].reshape(-1)[0]) if names.ood_distance else None
-        mid = float(outputs[names.mid_distance].reshape(-1)[0]) if names.mid_distance else None
-        stats = quality.tensor_stats(
-            tensor, self.manifest.input, decoded.image, decoded.original_size, skin=self._stats_need_skin
+
+        def scalar(name: str | None) -> float | None:
+            return float(outputs[name].reshape(-1)[0]) if name else None
+
+        return Measurement(
+            probabilities=self.calibrated(outputs[names.logits])[0],
+            stats=quality.tensor_stats(tensor, self.manifest.input, decoded.image, decoded.original_size, skin=skin),
+            ood_distance=scalar(names.ood_distance),
+            mid_distance=scalar(names.mid_distance),
+            embedding=outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
         )
-        verdict = quality.assess(stats, ood, self.manifest.gate, mid_distance=mid)
-        if verdict.gradable:
-            label, referral = self.decide(probs)
-        else:
-            # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
-            label, referral = UNGRADABLE, True
-        heatmap = self.heatmap(decoded, data, outputs) if explain else None
-        return Prediction(label, probabilities, referral, verdict, {}, heatmap)
 
     def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
         """The class-activation map of ``outputs`` over the photo, as a base64 PNG (``None`` without CAM).
