@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -415,6 +417,34 @@ def test_a_stalled_s3_download_fails_init_within_the_deadline(tmp_path: Path, mo
     settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
     with pytest.raises(ModelLoadError, match="did not deliver"):
         model_source.load_from_s3(settings, _StallingS3())
+
+
+class _S3StalledBeforeTheFirstByte:
+    """A GET that never answers: connected, then silence (botocore's read timeout, retried, outlasts init)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def get_object(self, **_kwargs: object) -> dict[str, object]:
+        self.released.wait(5)  # released by the test; 5 s caps it if the deadline is broken
+        return {"Body": _StallingBody(), "Metadata": {}}
+
+
+def test_a_get_stalled_before_its_first_byte_fails_init_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cataract_inference import model_source
+
+    monkeypatch.setattr(model_source, "S3_DEADLINE_S", 0.3)
+    client = _S3StalledBeforeTheFirstByte()
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    start = time.monotonic()
+    try:
+        with pytest.raises(ModelLoadError, match=r"did not deliver s3://.*/cataract/v1/model\.onnx .*within 0\.3 s"):
+            model_source.load_from_s3(settings, client)
+        assert time.monotonic() - start < 3, "init waited for the stalled GET instead of failing at the deadline"
+    finally:
+        client.released.set()
 
 
 def test_concurrent_cold_starts_sharing_a_cache_each_serve_their_own_model(s3: object, tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .manifest import MANIFEST_FILENAME, MODEL_FILENAME, Manifest, ManifestError, load_manifest, parse_manifest
 from .settings import Settings
@@ -114,7 +116,7 @@ def _s3_client() -> Any:
     import boto3  # Imported here: only the S3 path pays for it at cold start.
     from botocore.config import Config
 
-    # Two tries of a GET, each bounded by its timeouts, fit S3_DEADLINE_S; the download loop checks it too.
+    # These bound each try of a GET; S3_DEADLINE_S bounds them all together (_by_deadline).
     return boto3.client(
         "s3", config=Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=3)
     )
@@ -141,6 +143,35 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
     return f"cannot reach S3 for {uri}: {exc}"
 
 
+_T = TypeVar("_T")
+
+
+def _by_deadline(work: Callable[[], _T], deadline: float, what: str) -> _T:
+    """``work()``'s result, or ``ModelLoadError`` once ``deadline`` (monotonic) passes, whatever ``work`` is doing.
+
+    botocore's timeouts bound each try, not the tries, the retries' back-off and two objects together,
+    and a GET stalled before its first byte never reaches the download loop's own check. ``work`` runs
+    in a daemon thread: a stalled one is left behind, and the failed init ends the process.
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="model-download", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if not outcome:
+        raise ModelLoadError(f"S3 did not deliver {what} within {S3_DEADLINE_S:g} s; check the function's network")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def _download(
     client: Any, bucket: str, key: str, version_id: str | None, deadline: float
 ) -> tuple[bytes, dict[str, str]]:
@@ -149,7 +180,7 @@ def _download(
     def check_deadline() -> None:
         if time.monotonic() > deadline:
             raise ModelLoadError(
-                f"S3 did not deliver s3://{bucket}/{key} within {S3_DEADLINE_S:.0f} s; check the function's network"
+                f"S3 did not deliver s3://{bucket}/{key} within {S3_DEADLINE_S:g} s; check the function's network"
             )
 
     check_deadline()
@@ -203,8 +234,12 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         except (BotoCoreError, ClientError) as exc:
             raise ModelLoadError(_describe_s3_error(exc, object_uri)) from exc
 
-    model_data, model_meta = fetch(model_key, model_uri, settings.model_s3_version_id)
-    manifest_data, manifest_meta = fetch(manifest_key, manifest_uri, None)
+    def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]]]:
+        return fetch(model_key, model_uri, settings.model_s3_version_id), fetch(manifest_key, manifest_uri, None)
+
+    (model_data, model_meta), (manifest_data, manifest_meta) = _by_deadline(
+        fetch_both, deadline, f"{model_uri} and its model.json"
+    )
     check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri)
     try:
         manifest = parse_manifest(manifest_data, manifest_uri)
