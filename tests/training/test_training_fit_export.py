@@ -331,3 +331,28 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
     assert "Cross-fitted (each fold's threshold chosen on the other folds) the same rule gives 95.7%" in written
     assert "the 97 validation photos left out" in written
     assert "--precision fp32" in written and "python -m cataract_training.gate" in written
+
+
+@pytest.mark.parametrize(
+    ("input_fields", "said", "unsaid"),
+    [
+        ({}, ["letterboxed (padded, never cropped)", "ImageNet normalisation"], ["squashed"]),
+        (
+            {"resize": "squash", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+            ["squashed (stretched to a square)", "normalised by mean [0.5, 0.5, 0.5] and std [0.5, 0.5, 0.5]"],
+            ["letterboxed", "ImageNet normalisation"],
+        ),
+    ],
+)
+def test_the_card_describes_the_input_the_manifest_declares(
+    input_fields: dict[str, object], said: list[str], unsaid: list[str]
+) -> None:
+    # It used to say "letterboxed" and "ImageNet normalisation" whatever the fit's --resize and backbone.
+    from cataract_training.card import render
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    bundled = load_manifest(BUNDLED_MODEL_DIR / "model.json")
+    manifest = bundled.model_copy(update={"input": bundled.input.model_copy(update=input_fields)})
+    text = render(manifest)
+    assert all(phrase in text for phrase in said), [p for p in said if p not in text]
+    assert not any(phrase in text for phrase in unsaid), [p for p in unsaid if p in text]

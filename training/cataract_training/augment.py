@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from cataract_inference.imaging import DEFAULT_FILL
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -112,7 +114,7 @@ def augment(
     img: Image.Image,
     rng: random.Random,
     cfg: AugmentConfig = AugmentConfig(),
-    fill: tuple[int, int, int] = (124, 116, 104),
+    fill: tuple[int, int, int] = DEFAULT_FILL,
 ) -> Image.Image:
     """One random variant of an RGB image; the result still goes through ``imaging.preprocess``."""
     if rng.random() < cfg.crop_p:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cataract_inference.classifier import softmax  # serving's own: what is fitted is what is served
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Temperature-scaled softmax over the last axis (same formula serving uses)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+# The share of cataracts the referral threshold must catch: a missed cataract costs more than a referral.
+SENSITIVITY_TARGET = 0.95
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -41,7 +38,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi
     return float(np.exp((a + b) / 2))
 
 
-def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: float = 0.95) -> float:
+def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: float = SENSITIVITY_TARGET) -> float:
     """The highest threshold on P(positive) whose sensitivity is still >= ``target``.
 
     The highest such threshold keeps specificity as high as the target allows. It is set just below

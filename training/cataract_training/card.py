@@ -6,12 +6,26 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cataract_inference.manifest import CARD_FILENAME, Manifest
+from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
 from .metrics import wilson
 
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
+
+
+_RESIZE_WORDS = {
+    "letterbox": "letterboxed (padded, never cropped)",
+    "squash": "squashed (stretched to a square)",
+    "center_crop": "centre-cropped",
+}
+_IMAGENET = InputSpec()  # the default normalisation is ImageNet's
+
+
+def _normalisation(spec: InputSpec) -> str:
+    if (spec.mean, spec.std) == (_IMAGENET.mean, _IMAGENET.std):
+        return "ImageNet normalisation"
+    return f"normalised by mean {list(spec.mean)} and std {list(spec.std)}"
 
 
 def _ci(m: dict[str, Any]) -> str:
@@ -110,8 +124,8 @@ def render(manifest: Manifest) -> str:
         "",
         "## Intended use",
         "",
-        "- Input: a colour photo of the outside of one or both eyes (phone or web photo), decoded and letterboxed "
-        f"to {manifest.input.size}x{manifest.input.size} by the serving code.",
+        "- Input: a colour photo of the outside of one or both eyes (phone or web photo), decoded and "
+        f"{_RESIZE_WORDS[manifest.input.resize]} to {manifest.input.size}x{manifest.input.size} by the serving code.",
         f"- Output: P(cataract), temperature-scaled (softmax of logits / T, T = {manifest.temperature:.4f}); a "
         f"referral when P(cataract) >= {manifest.threshold:.4f}, a threshold that favours sensitivity (how it was "
         "chosen, and what held-out photos say of it, under Metrics); a class activation map and two distances "
@@ -123,7 +137,7 @@ def render(manifest: Manifest) -> str:
         "## Model",
         "",
         f"- Architecture: {bb.architecture if bb else 'n/a'}; input {manifest.input.size} px, "
-        f"{manifest.input.resize}, ImageNet normalisation; precision shipped: **{manifest.precision}**.",
+        f"{manifest.input.resize}, {_normalisation(manifest.input)}; precision shipped: **{manifest.precision}**.",
         f"- Pretrained weights: {bb.weights if bb else 'n/a'}.",
         f"- Licences: {bb.licence if bb else 'n/a'}",
         *(

@@ -23,7 +23,9 @@ from .train import CLASSES, FitConfig, new_run_dir, predict_logits, prepare, tra
 POS = CLASSES.index("cataract")
 
 
-def cross_fitted(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float = 0.95) -> dict[str, Any]:
+def cross_fitted(
+    logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float = calibrate.SENSITIVITY_TARGET
+) -> dict[str, Any]:
     """Per-fold temperature and threshold fitted on the other folds; pooled metrics on all photos."""
     p_pos = np.zeros(len(labels))
     temps, thresholds = [], []

@@ -5,8 +5,11 @@ Two layouts are understood:
 - one folder per class: ``ROOT/<class>/*.png``;
 - the Kaggle layout: ``ROOT/[processed_images/]{train,test}/<class>/*``.
 
-Every photo is decoded by ``cataract_inference.imaging.decode_image``, the function serving uses,
-so training sees exactly what the service would.
+Every photo is decoded by ``cataract_inference.imaging.decode_image``, the function serving uses.
+Validation, cross-validation and evaluation tensors are then exactly the served ones
+(``serving_tensor``). Training batches are not quite: each decode is cached shrunk to the fit's
+``cache_side`` (Lanczos) before augmentation and the serving ``preprocess``, a second resize that
+serving does not make (a speed-up; the augmentation varies scale and blur far more than it does).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from cataract_inference.imaging import DecodeLimits, ImageError, decode_image, load_for_model
+from cataract_inference.imaging import DEFAULT_FILL, DecodeLimits, decode_image, load_for_model
 from cataract_inference.manifest import InputSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -106,7 +110,7 @@ def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def load_pil(path: Path, max_side: int | None = None, fill: tuple[int, int, int] = (124, 116, 104)) -> Image.Image:
+def load_pil(path: Path, max_side: int | None = None, fill: tuple[int, int, int] = DEFAULT_FILL) -> Image.Image:
     """Decode a photo with the serving decoder; optionally shrink it so its long side is ``max_side``."""
     decoded = decode_image(path.read_bytes(), DecodeLimits(), target_size=max_side, fill=fill)
     img = decoded.image
@@ -116,15 +120,6 @@ def load_pil(path: Path, max_side: int | None = None, fill: tuple[int, int, int]
     return img
 
 
-def serving_tensor(path: Path, spec: InputSpec):  # -> np.ndarray
+def serving_tensor(path: Path, spec: InputSpec) -> np.ndarray:
     """The model input for a photo, computed exactly as serving computes it."""
     return load_for_model(path.read_bytes(), spec)[1]
-
-
-def readable(path: Path) -> str | None:
-    """``None`` when the serving decoder accepts the file, else the reason it refuses it."""
-    try:
-        decode_image(path.read_bytes())
-    except (ImageError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None

@@ -433,12 +433,6 @@ def _jpeg(img: Image.Image, q: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def _png(img: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _to_pil(arr: np.ndarray) -> Image.Image:
     a = np.asarray(arr)
     if a.dtype != np.uint8:

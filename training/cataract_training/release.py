@@ -32,7 +32,7 @@ from . import calibrate, card, evaluate, export, quantize
 from .train import CLASSES, load_run, prepare
 
 POS = CLASSES.index("cataract")
-SENSITIVITY_TARGET = 0.95
+SENSITIVITY_TARGET = calibrate.SENSITIVITY_TARGET
 # P(cataract) >= 0.5 is the model's own argmax at any temperature: a referral threshold above it would
 # refer fewer cataracts than the bare model does.
 MAX_THRESHOLD = 0.5

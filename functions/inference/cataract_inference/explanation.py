@@ -11,6 +11,7 @@ import base64
 import numpy as np
 from PIL import Image
 
+from .imaging import center_crop_scaled_size, content_box
 from .manifest import InputSpec
 from .png_encoder import encode_rgb
 
@@ -41,15 +42,10 @@ def map_to_image_grid(heat: np.ndarray, image_size: tuple[int, int], spec: Input
     size = spec.size
     grid = Image.fromarray(heat.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
     if spec.resize == "letterbox":
-        scale = size / max(width, height)
-        w, h = max(1, round(width * scale)), max(1, round(height * scale))
-        left, top = (size - w) // 2, (size - h) // 2
-        grid = grid.crop((left, top, left + w, top + h))
+        grid = grid.crop(content_box(width, height, spec))
     elif spec.resize == "center_crop":
         # The crop saw only the centre; outside it there is no evidence either way.
-        short = max(size, round(size / spec.crop_fraction))
-        scale = short / min(width, height)
-        full_w, full_h = max(size, round(width * scale)), max(size, round(height * scale))
+        full_w, full_h = center_crop_scaled_size(width, height, spec)
         full = Image.new("F", (full_w, full_h), 0.0)
         full.paste(grid, ((full_w - size) // 2, (full_h - size) // 2))
         grid = full

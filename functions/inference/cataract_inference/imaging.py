@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .manifest import InputSpec
+from .settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
 
 # The decoders we accept (JPEG covers MPO, which phones write). Anything else is refused
 # before Pillow tries its other plugins.
@@ -83,13 +84,14 @@ class DecodeLimits:
     handful; even an ICC profile split into its most chunks (255) fits.
     """
 
-    max_pixels: int = 40_000_000
-    max_side: int = 12_000
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_side: int = DEFAULT_MAX_IMAGE_SIDE
     max_scans: int = 100
     max_jpeg_segments: int = 1_000
 
 
 DEFAULT_LIMITS = DecodeLimits()
+DEFAULT_FILL = InputSpec().fill_rgb  # the default normalisation's zero: what padding and transparency become
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def decode_image(
     *,
     target_size: int | None = None,
     longest_side: int | None = None,
-    fill: tuple[int, int, int] = (124, 116, 104),
+    fill: tuple[int, int, int] = DEFAULT_FILL,
 ) -> DecodedImage:
     """Decode ``data`` into an upright 8-bit RGB image.
 
@@ -309,9 +311,7 @@ def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
     if spec.resize == "squash":
         return img.resize((size, size), resample, reducing_gap=3.0)
     if spec.resize == "center_crop":
-        short = max(size, round(size / spec.crop_fraction))
-        scale = short / min(width, height)
-        new = (max(size, round(width * scale)), max(size, round(height * scale)))
+        new = center_crop_scaled_size(width, height, spec)
         img = img.resize(new, resample, reducing_gap=3.0)
         left = (new[0] - size) // 2
         top = (new[1] - size) // 2
@@ -321,6 +321,14 @@ def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
     canvas = Image.new("RGB", (size, size), spec.fill_rgb)
     canvas.paste(resized, (left, top))
     return canvas
+
+
+def center_crop_scaled_size(width: int, height: int, spec: InputSpec) -> tuple[int, int]:
+    """The size a ``width`` x ``height`` photo is scaled to before ``center_crop`` takes the centre square."""
+    size = spec.size
+    short = max(size, round(size / spec.crop_fraction))
+    scale = short / min(width, height)
+    return (max(size, round(width * scale)), max(size, round(height * scale)))
 
 
 def content_box(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
