@@ -453,3 +453,13 @@ def test_our_own_fault_is_a_json_500_that_keeps_the_detail_in_the_log(
     assert body["error"]["code"] == "internal_error" and "detail" not in json.dumps(body)
     assert body["request_id"] == event["requestContext"]["requestId"] == headers["x-request-id"]
     assert "not a diagnosis" in body["disclaimer"].lower()
+
+
+def test_a_wide_photo_reports_the_views_it_was_screened_as(invoke: Invoke) -> None:
+    wide = Image.new("RGB", (200, 50), (20, 20, 20))
+    wide.paste((250, 250, 250), (150, 0, 200, 50))
+    _, _, body = invoke(_raw_event(encoded(wide, "PNG")))
+    assert set(body["views"]) == {"whole", "left", "right"}
+    assert body["label"] == "cataract" and body["probabilities"]["cataract"] == body["views"]["right"]
+    _, _, narrow = invoke(_raw_event(DARK))
+    assert "views" not in narrow

@@ -80,3 +80,45 @@ def test_the_heat_map_keeps_up_up() -> None:
     cam[0, :] = 1.0  # evidence in the top row only
     grid = explanation.map_to_image_grid(cam, (100, 100), InputSpec(size=32, resize="squash"))
     assert grid[:30].mean() > 3 * grid[70:].mean()
+
+
+def _two_eyes(width: int, height: int, suspicious: str) -> Image.Image:
+    """A dark (normal-looking) photo with one bright (cataract-looking) square patch in the named half."""
+    photo = Image.new("RGB", (width, height), (40, 40, 40))
+    side = min(width, height)
+    corner = {
+        "left": (0, 0),
+        "right": (width - side, 0),
+        "top": (0, 0),
+        "bottom": (0, height - side),
+    }[suspicious]
+    photo.paste((200, 200, 200), (*corner, corner[0] + side, corner[1] + side))
+    return photo
+
+
+@pytest.mark.parametrize(
+    ("size", "half"), [((160, 40), "left"), ((160, 40), "right"), ((40, 160), "top"), ((40, 160), "bottom")]
+)
+def test_a_wide_photo_is_referred_when_either_half_is(tmp_path: Path, size: tuple[int, int], half: str) -> None:
+    # One clear eye can outvote a cataract in the other when both are in the photo: each half is screened too.
+    classifier = load_classifier(build_tiny_model(tmp_path / "m"))
+    result = classifier.predict_bytes(encoded(_two_eyes(*size, half), "PNG"))
+    views = result.views
+    assert views is not None and set(views) == {
+        "whole",
+        *(("left", "right") if size[0] > size[1] else ("top", "bottom")),
+    }
+    others = [v for name, v in views.items() if name not in ("whole", half)]
+    assert views["whole"] < 0.5 <= views[half] and all(v < 0.5 for v in others), views
+    assert result.label == "cataract" and result.referral is True
+    assert result.probabilities["cataract"] == views[half]  # the most suspicious view's probabilities
+
+
+def test_only_photos_at_least_twice_as_long_as_high_are_split(tmp_path: Path) -> None:
+    classifier = load_classifier(build_tiny_model(tmp_path / "m"))
+    assert classifier.predict_bytes(encoded(_two_eyes(159, 80, "left"), "PNG")).views is None
+    assert classifier.predict_bytes(encoded(_two_eyes(80, 159, "top"), "PNG")).views is None
+    assert classifier.predict_bytes(encoded(_two_eyes(160, 80, "left"), "PNG")).views is not None
+    plain = classifier.predict_bytes(encoded(Image.new("RGB", (200, 50), (40, 40, 40)), "PNG"))
+    assert plain.views is not None and plain.label == "normal" and plain.referral is False
+    assert plain.probabilities["cataract"] == max(plain.views.values())

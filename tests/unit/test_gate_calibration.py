@@ -299,8 +299,8 @@ def test_card_block_is_replaced_not_duplicated(tmp_path: Path) -> None:
 
 
 def test_run_name_of_a_split_in_runs_or_committed() -> None:
-    assert cal._run_name(Path("runs/20261127-050604-mobilenet_v2/split.json")) == "20261127-050604-mobilenet_v2"
-    assert cal._run_name(cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json") == "20261127-195611-mobilenet_v2"
+    assert cal.run_name(Path("runs/20261127-050604-mobilenet_v2/split.json")) == "20261127-050604-mobilenet_v2"
+    assert cal.run_name(cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json") == "20261127-195611-mobilenet_v2"
     assert (cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json").is_file(), "the shipped run's split is committed"
 
 

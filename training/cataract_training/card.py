@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cataract_inference.classifier import SPLIT_ASPECT
 from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
@@ -125,7 +126,9 @@ def render(manifest: Manifest) -> str:
         "## Intended use",
         "",
         "- Input: a colour photo of the outside of one or both eyes (phone or web photo), decoded and "
-        f"{_RESIZE_WORDS[manifest.input.resize]} to {manifest.input.size}x{manifest.input.size} by the serving code.",
+        f"{_RESIZE_WORDS[manifest.input.resize]} to {manifest.input.size}x{manifest.input.size} by the serving code. "
+        f"A photo at least {SPLIT_ASPECT:g}:1 (often both eyes) is also screened as its two halves, and the most "
+        "suspicious view decides: one clear eye could otherwise outvote a cataract in the other.",
         f"- Output: P(cataract), temperature-scaled (softmax of logits / T, T = {manifest.temperature:.4f}); a "
         f"referral when P(cataract) >= {manifest.threshold:.4f}, a threshold that favours sensitivity (how it was "
         "chosen, and what held-out photos say of it, under Metrics); a class activation map and two distances "

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cataract_inference.classifier import load_classifier
-from cataract_inference.imaging import ImageError, load_for_model
+from cataract_inference.imaging import ImageError
 
 from . import metrics
 
@@ -66,14 +66,16 @@ def score_folder(
     for path in files:
         raw = path.read_bytes() if transform is None else transform(path.read_bytes())
         try:
-            pred = clf.predict_bytes(raw)
+            # predict_bytes's own measurement and gate, unrounded (a probability rounded for the response
+            # could land on the threshold), with the whole photo's raw logits for temperature studies.
+            measured = clf.measure(raw, skin=True)
         except ImageError as exc:
             raise ValueError(f"{path}: {exc} (fix or remove it; `cataract-train audit` lists them)") from exc
-        probs.append(pred.probabilities[man.positive_class])
-        gradable.append(pred.quality.gradable)
-        referral.append(pred.referral)
-        # Raw logits too (for temperature studies): the same tensor the classifier just ran on.
-        logits.append(clf.run(load_for_model(raw, man.input, clf.limits)[1][None])[man.outputs.logits][0])
+        is_gradable = clf.gate_verdict(measured).gradable
+        probs.append(float(measured.probabilities[pos]))
+        gradable.append(is_gradable)
+        referral.append(not is_gradable or clf.decide(measured.probabilities)[1])
+        logits.append(measured.logits)
     is_pos = np.array([lab == man.positive_class for lab in labels])
     p_pos = np.array(probs)
     return {

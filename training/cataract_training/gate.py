@@ -741,7 +741,8 @@ class EyeSet:
     id_note: str
 
 
-def _find_split(model_dir: Path, explicit: Path | None) -> Path | None:
+def find_split(model_dir: Path, explicit: Path | None) -> Path | None:
+    """The model's training split: ``explicit``, else the one its manifest's run names (runs/ or training/splits/)."""
     if explicit is not None:
         return explicit
     manifest = load_manifest(model_dir / MANIFEST_FILENAME)
@@ -756,7 +757,7 @@ def _find_split(model_dir: Path, explicit: Path | None) -> Path | None:
     return committed if committed.is_file() else None
 
 
-def _run_name(split_path: Path) -> str:
+def run_name(split_path: Path) -> str:
     """The training run a split belongs to: runs/<run>/split.json or training/splits/<run>.json."""
     return split_path.parent.name if split_path.name == "split.json" else split_path.stem
 
@@ -771,14 +772,14 @@ def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int,
     paths = [result.samples[i].path for i in usable]
     labels = [result.samples[i].label for i in usable]
     groups = [result.groups[i] for i in usable]
-    split_path = _find_split(model_dir, split_json)
+    split_path = find_split(model_dir, split_json)
     parts = [CALIBRATION] * len(usable)
     if split_path is not None:
         split = json.loads(split_path.read_text(encoding="utf-8"))
         unseen = set(split.get("val", []))
         fresh = [i for i, k in enumerate(keys) if k in unseen]
         note = (
-            f"validation photos of {_run_name(split_path)} ({len(fresh)}), never seen by the ood_distance fit; "
+            f"validation photos of {run_name(split_path)} ({len(fresh)}), never seen by the ood_distance fit; "
             "its train photos set only the image-statistics thresholds"
         )
         for i, k in enumerate(keys):

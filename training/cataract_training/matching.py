@@ -65,7 +65,9 @@ def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Index pairs of mutual nearest descriptors that pass the ratio test."""
     if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    dist = a @ (1.0 - b).T + (1.0 - a) @ b.T  # Hamming distances of 0/1 vectors
+    # Hamming distances of 0/1 vectors, |a| + |b| - 2 a.b: one product instead of a.(1-b) + (1-a).b, the same
+    # integers (exact in float32), in half the time (the product is nearly all of the audit's matching).
+    dist = a.sum(axis=1)[:, None] + b.sum(axis=1)[None, :] - 2.0 * (a @ b.T)
     best = dist.argmin(axis=1)
     back = dist.argmin(axis=0)
     two = np.partition(dist, 1, axis=1)[:, :2]

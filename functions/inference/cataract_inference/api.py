@@ -462,6 +462,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             request_id=request_id,
             timing_ms=timing,
             heatmap_png=result.heatmap_png,
+            views=result.views,
             disclaimer=settings.disclaimer,
         )
         return JSONResponse(

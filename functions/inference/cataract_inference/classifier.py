@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from . import explanation, quality
-from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, decode_image, load_for_model
+from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, decode_image, load_for_model, preprocess
 from .manifest import GateThresholds, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
@@ -21,6 +22,11 @@ OVERLAY_SIDE = 512
 # A decode whose longer side reaches this is sharp enough for the overlay. 12 MP phone photos (4032×3024) leave
 # the model's ⅛ draft at 504 px: decoding them again for 8 more pixels would cost a full entropy pass (~38 ms).
 OVERLAY_MIN_SIDE = 448
+# A photo at least this elongated may show both eyes, and one clear eye can outvote a cataract in the other
+# (beside one particular normal photo, 7-17 of 43 composites lost their referral). Each half is screened too,
+# and the most suspicious view decides: no referral lost then, and no verdict changed on the 40 real photos
+# this wide (docs/training.md, "Photos of both eyes"; python -m cataract_training.two_eyes).
+SPLIT_ASPECT = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,16 @@ class Prediction:
     quality: quality.Quality
     timing_ms: dict[str, float]
     heatmap_png: str | None = None
+    views: dict[str, float] | None = None  # P(positive) of each view, when a wide photo was also split
 
 
 @dataclass(frozen=True)
 class Measurement:
     """What the model and the photo's statistics say about one photo: everything the gate and the decision read."""
 
-    probabilities: np.ndarray  # calibrated, in the manifest's class order
+    probabilities: np.ndarray  # calibrated, in the manifest's class order: the most suspicious view's
+    logits: np.ndarray  # the whole photo's, uncalibrated
+    views: dict[str, float] | None  # P(positive) of the whole photo and of each half, for a photo split in two
     stats: quality.ImageStats
     ood_distance: float | None
     mid_distance: float | None
@@ -234,7 +243,7 @@ class Classifier:
         probabilities = {
             c: round(float(p), 6) for c, p in zip(self.manifest.classes, measured.probabilities, strict=True)
         }
-        return Prediction(label, probabilities, referral, verdict, timing, heatmap)
+        return Prediction(label, probabilities, referral, verdict, timing, heatmap, measured.views)
 
     def _measurement(
         self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], *, skin: bool
@@ -244,13 +253,29 @@ class Classifier:
         def scalar(name: str | None) -> float | None:
             return float(outputs[name].reshape(-1)[0]) if name else None
 
+        probabilities, views = self._most_suspicious_view(decoded, outputs[names.logits])
         return Measurement(
-            probabilities=self.calibrated(outputs[names.logits])[0],
+            probabilities=probabilities,
+            logits=outputs[names.logits][0],
+            views=views,
             stats=quality.tensor_stats(tensor, self.manifest.input, decoded.image, decoded.original_size, skin=skin),
             ood_distance=scalar(names.ood_distance),
             mid_distance=scalar(names.mid_distance),
             embedding=outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
         )
+
+    def _most_suspicious_view(
+        self, decoded: DecodedImage, logits: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, float] | None]:
+        whole = self.calibrated(logits)[0]
+        halves = split_in_two(decoded.image)
+        if not halves:
+            return whole, None
+        spec, pos = self.manifest.input, self.manifest.positive_index
+        batch = np.stack([preprocess(half, spec) for half in halves.values()])
+        probs = [whole, *self.calibrated(self.run(batch)[self.manifest.outputs.logits])]
+        views = {name: round(float(p[pos]), 6) for name, p in zip(["whole", *halves], probs, strict=True)}
+        return max(probs, key=lambda p: p[pos]), views
 
     def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
         """The class-activation map of ``outputs`` over the photo, as a base64 PNG (``None`` without CAM).
@@ -267,6 +292,23 @@ class Classifier:
         if decoded.reduced and max(photo.size) < OVERLAY_MIN_SIDE:  # a blurry draft: decode a sharper copy
             photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
         return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
+
+
+def split_in_two(image: Image.Image) -> dict[str, Image.Image]:
+    """The two halves of a photo at least ``SPLIT_ASPECT`` times as long as it is high (left and right of the
+    photo, or top and bottom), each likely to frame one eye; no halves for a photo less elongated."""
+    width, height = image.size
+    if max(width, height) < SPLIT_ASPECT * min(width, height):
+        return {}
+    if width >= height:
+        return {
+            "left": image.crop((0, 0, width // 2, height)),
+            "right": image.crop((width - width // 2, 0, width, height)),
+        }
+    return {
+        "top": image.crop((0, 0, width, height // 2)),
+        "bottom": image.crop((0, height - height // 2, width, height)),
+    }
 
 
 def load_classifier(model_dir: Path, *, intra_op_threads: int = 1) -> Classifier:

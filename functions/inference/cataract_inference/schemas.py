@@ -53,7 +53,15 @@ class PredictResponse(BaseModel):
     model: ModelInfo
     request_id: str
     timing_ms: dict[str, float]
-    heatmap_png: str | None = Field(None, description="With explain=true: base64 PNG of the heat map over the photo.")
+    heatmap_png: str | None = Field(
+        None, description="With explain=true: base64 PNG of the heat map over the photo (the whole photo's map)."
+    )
+    views: dict[str, float] | None = Field(
+        None,
+        description="Only for a photo at least twice as long as it is high, which may show both eyes: the cataract "
+        "probability of the whole photo and of each half (left and right, or top and bottom). Each half is "
+        "screened too, and probabilities are those of the most suspicious view.",
+    )
     disclaimer: str
 
 
