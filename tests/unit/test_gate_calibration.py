@@ -311,3 +311,40 @@ def test_distance_only_refuses_a_second_gate(other: str, capsys: pytest.CaptureF
         cal.main(["--model-dir", "m", "--data", "d", "--distance-only", other])
     assert exited.value.code == 2
     assert "embedding distance alone" in capsys.readouterr().err
+
+
+def test_refreshing_the_validation_counts_recounts_the_shipped_variant_and_drops_the_others(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.support.images import encoded
+
+    photos = []
+    for name, img in {
+        "bright": Image.new("RGB", (40, 30), (250, 250, 250)),  # the tiny model refers it
+        "dark": Image.new("RGB", (40, 30), (20, 20, 20)),  # not referred
+        "tiny": Image.new("RGB", (5, 5), (20, 20, 20)),  # under min_side: ungradable, so referred
+    }.items():
+        photos.append(tmp_path / f"{name}.png")
+        photos[-1].write_bytes(encoded(img, "PNG"))
+    stale = {"gate_ungradable": 9, "served_referrals": 9}
+    model = build_tiny_model(
+        tmp_path / "m",
+        precision="fp32",
+        metrics={
+            "validation": {"n": 3, **stale, "accuracy": 0.9},
+            "variants": {
+                "fp32": {"validation": {"n": 3, **stale}},
+                "int8": {"validation": {"n": 3, **stale, "accuracy": 0.8}},
+            },
+        },
+    )
+    cal.refresh_validation_counts(model, photos)
+    metrics = load_manifest(model / "model.json").metrics
+    counts = {"gate_ungradable": 1, "served_referrals": 2}
+    assert cal.served_counts(model, photos) == counts
+    assert metrics["validation"] == {"n": 3, **counts, "accuracy": 0.9}
+    assert metrics["variants"]["fp32"]["validation"] == {"n": 3, **counts}
+    assert metrics["variants"]["int8"]["validation"] == {"n": 3, "accuracy": 0.8}, "no gate was fitted for int8"
+    # Counts over another set of photos are not overwritten with these.
+    cal.refresh_validation_counts(model, photos[:2])
+    assert load_manifest(model / "model.json").metrics["validation"]["gate_ungradable"] == 1

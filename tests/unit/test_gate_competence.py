@@ -149,7 +149,7 @@ def test_admitted_photos_widen_the_thresholds_and_pass_them() -> None:
 
 
 def test_the_sweep_measures_every_level_of_every_axis() -> None:
-    photos = [competence.Photo(_photo(i), i % 2 == 0, f"p{i}") for i in range(3)]
+    photos = [competence.Photo(_photo(i), i == 0, f"p{i}") for i in range(3)]
     seen: list[bytes] = []
 
     def measure(data: bytes) -> cal.Signals:
@@ -159,7 +159,7 @@ def test_the_sweep_measures_every_level_of_every_axis() -> None:
     steps = competence.sweep(photos, measure)
     assert [(s.axis, s.level) for s in steps][:2] == [("original", 0.0), ("blur", competence.AXES[0].levels[0])]
     assert len(steps) == 1 + sum(len(a.levels) for a in competence.AXES)
-    assert all(s.n == 3 and s.truth == [True, False, True] for s in steps)
+    assert all(s.n == 3 and s.truth == [True, False, False] for s in steps)
     assert len(seen) == 3 * len(steps) and all(d[:2] == b"\xff\xd8" for d in seen)  # sent as JPEG
 
 
@@ -227,3 +227,17 @@ def test_new_misses_are_the_cataracts_lost_to_degradation_only() -> None:
     assert [id(m) for m in misses] == [id(blur.signals[0]), id(dark.signals[2])]
     with pytest.raises(ValueError, match="original"):
         competence.new_misses([blur])
+
+
+def test_an_over_bright_missed_cataract_the_widening_would_admit_is_refused_again() -> None:
+    rng = np.random.default_rng(2)
+    eyes = [_eye(float(b), 0.2, 0.01) for b in rng.uniform(0.3, 0.7, 300)]
+    tails = cal.fit_stat_thresholds(eyes)
+    bright = [_eye(b, 0.2, 0.01) for b in (0.86, 0.9, 0.93)]  # admitted: the model screened them right
+    missed = _eye(0.91234, 0.2, 0.01)  # as bright, and the model called this cataract normal
+    widened = cal.fit_stat_thresholds(eyes, admit=bright)
+    assert tails["max_brightness"] < missed.stats.brightness <= widened["max_brightness"]
+    safe = cal.fit_stat_thresholds(eyes, admit=bright, keep_refused=[missed])
+    assert cal.fails_statistics(missed.stats, safe)
+    assert safe["max_brightness"] == 0.9123  # just under the miss, no further
+    assert not cal.fails_statistics(bright[1].stats, safe)  # the darker admitted photo still passes

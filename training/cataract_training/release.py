@@ -78,6 +78,12 @@ def build_manifest(
     )
 
 
+def shipped_threshold(threshold: float) -> float:
+    """The threshold as model.json keeps it, at 5 decimals: rounded down, never up, which could move it past
+    the score of the cataract photo that decided it."""
+    return math.floor(threshold * 1e5) / 1e5
+
+
 def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
     """Ship int8 only when it is clearly faster and loses nothing that matters on validation."""
     f, q = fp32["validation"], int8["validation"]
@@ -169,8 +175,7 @@ def release(
         for head in ("ood_distance", "mid_distance"):
             info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
         info["temperature"] = round(temperature, 5)
-        # Down, never up: rounding up could move the threshold past the deciding cataract photo's score.
-        info["threshold"] = math.floor(threshold * 1e5) / 1e5
+        info["threshold"] = shipped_threshold(threshold)
         info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
         info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
         info["size_bytes"] = model_path.stat().st_size

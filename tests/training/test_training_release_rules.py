@@ -1,0 +1,98 @@
+"""release.py's rules, on synthetic logits: where the temperature and the threshold come from, the cap, the
+rounding and the choice of precision (each one was a surviving mutation)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cataract_training import calibrate, release
+
+POS = release.POS
+
+
+def _logits(p_pos: np.ndarray) -> np.ndarray:
+    """Two-class logits whose softmax at T = 1 gives ``p_pos`` for the positive class."""
+    out = np.zeros((len(p_pos), 2))
+    out[:, POS] = np.log(p_pos / (1 - p_pos))
+    return out
+
+
+def _separated(n: int, seed: int, *, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positives scored in [hi, 0.99], negatives in [0.01, lo]: 95% sensitivity needs a threshold near hi."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([POS] * n + [1 - POS] * n)
+    p = np.concatenate([rng.uniform(hi, 0.99, n), rng.uniform(0.01, lo, n)])
+    return _logits(p), labels
+
+
+@pytest.mark.parametrize("with_oof", [True, False])
+def test_the_threshold_never_exceeds_the_models_own_argmax(with_oof: bool) -> None:
+    val_logits, val_labels = _separated(40, 0, lo=0.2, hi=0.8)
+    oof = _separated(200, 1, lo=0.2, hi=0.8) if with_oof else None
+    fitted = release.fit_calibration(val_logits, val_labels, oof)
+    assert fitted["threshold"] == release.MAX_THRESHOLD == 0.5
+    if with_oof:
+        assert fitted["threshold_oof"] > 0.5, "the case must be one the cap decides"
+
+
+def test_temperature_and_threshold_are_fitted_on_the_out_of_fold_predictions_at_the_served_temperature() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 600)
+    truth = rng.normal(0, 1.5, 600) + np.where(labels == POS, 1.0, -1.0)
+    oof_logits = np.zeros((600, 2))
+    oof_logits[:, POS] = 3.0 * truth  # overconfident: the fitted temperature should come out near 3
+    val_logits, val_labels = _separated(30, 3, lo=0.3, hi=0.7)  # calibrated differently
+    fitted = release.fit_calibration(val_logits, val_labels, (oof_logits, labels), left_out=30)
+    t = calibrate.fit_temperature(oof_logits, labels)
+    assert fitted["temperature"] == t and t > 2.0
+    assert abs(t - calibrate.fit_temperature(val_logits, val_labels)) > 0.5, "validation would give another T"
+    at_t = calibrate.softmax(oof_logits, t)[:, POS]
+    assert fitted["threshold_oof"] == calibrate.threshold_for_sensitivity(at_t, labels == POS)
+    at_1 = calibrate.softmax(oof_logits, 1.0)[:, POS]
+    assert fitted["threshold_oof"] != calibrate.threshold_for_sensitivity(at_1, labels == POS)
+    assert fitted["validation_left_out"] == 30
+
+
+def test_a_perfectly_separated_validation_split_cannot_sharpen_the_model() -> None:
+    val_logits, val_labels = _separated(40, 4, lo=0.3, hi=0.7)
+    assert calibrate.fit_temperature(val_logits, val_labels) < 1.0, "unconstrained, it would sharpen"
+    assert release.fit_calibration(val_logits, val_labels)["temperature"] >= 1.0
+
+
+@pytest.mark.parametrize("threshold", [0.2092649, 0.2092651, 0.123456789, 0.5])
+def test_the_shipped_threshold_is_rounded_down_never_up(threshold: float) -> None:
+    shipped = release.shipped_threshold(threshold)
+    assert shipped <= threshold < shipped + 1e-5
+    assert shipped == round(shipped, 5)
+
+
+def _variant(median_ms: float, accuracy: float, sensitivity: float, ece: float, agreement: float) -> dict[str, Any]:
+    return {
+        "latency": {"median_ms": median_ms},
+        "validation": {"accuracy": {"value": accuracy}, "sensitivity": {"value": sensitivity}, "ece": ece},
+        "parity_vs_fp32": {"argmax_agreement": agreement},
+    }
+
+
+FP32 = _variant(10.0, 0.95, 0.96, 0.03, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("int8", "picked"),
+    [
+        (_variant(7.9, 0.95, 0.96, 0.035, 0.995), "int8"),  # clearly faster, as good
+        (_variant(8.1, 0.95, 0.96, 0.03, 1.0), "fp32"),  # under 20% faster
+        (_variant(5.0, 0.94, 0.96, 0.03, 1.0), "fp32"),  # loses accuracy
+        (_variant(5.0, 0.95, 0.94, 0.03, 1.0), "fp32"),  # loses sensitivity
+        (_variant(5.0, 0.95, 0.96, 0.05, 1.0), "fp32"),  # worse calibration
+        (_variant(5.0, 0.95, 0.96, 0.03, 0.98), "fp32"),  # disagrees with fp32 too often
+    ],
+)
+def test_int8_ships_only_when_clearly_faster_and_as_good(int8: dict[str, Any], picked: str) -> None:
+    choice, reason = release.choose(copy.deepcopy(FP32), int8)
+    assert choice == picked
+    assert reason
