@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,11 +266,23 @@ def test_empty_bytes_are_not_an_image() -> None:
         imaging.decode_image(b"")
 
 
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
+
+
 @pytest.mark.parametrize(
     ("head", "name"),
     [
-        (b"\x00\x00\x00\x18ftypheic", "HEIC"),
-        (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+        (_ftyp(b"heic", b"mif1", b"heic"), "HEIC"),
+        (_ftyp(b"mif1", b"mif1", b"heic"), "HEIC"),  # an iPhone's major brand can be the generic one
+        (_ftyp(b"msf1", b"iso8", b"hevc"), "HEIC"),  # a HEIF sequence (Live Photo, burst)
+        (_ftyp(b"heix"), "HEIC"),
+        (_ftyp(b"avif", b"mif1", b"miaf"), "AVIF"),
+        (_ftyp(b"mif1", b"avif", b"mif1"), "AVIF"),
+        (_ftyp(b"avis", b"avif", b"msf1"), "AVIF"),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+        (b"\xff\x4f\xff\x51\x00\x2f", "JPEG 2000"),
         (b"%PDF-1.7", "PDF"),
         (b"8BPS\x00\x01", "PSD"),
     ],
@@ -276,6 +290,38 @@ def test_empty_bytes_are_not_an_image() -> None:
 def test_known_unsupported_formats_are_named(head: bytes, name: str) -> None:
     with pytest.raises(imaging.UnsupportedFormatError, match=name):
         imaging.decode_image(head + b"\x00" * 64)
+
+
+def test_a_heic_refusal_says_how_to_get_a_jpeg_from_an_iphone() -> None:
+    with pytest.raises(imaging.UnsupportedFormatError, match="Most Compatible"):
+        imaging.decode_image(_ftyp(b"mif1", b"heic") + b"\x00" * 64)
+
+
+def test_an_mp4_is_not_mistaken_for_heif() -> None:
+    with pytest.raises(imaging.NotAnImageError):
+        imaging.decode_image(_ftyp(b"isom", b"iso2", b"mp41") + b"\x00" * 64)
+
+
+@pytest.mark.parametrize("target_size", [None, 224])
+def test_an_arithmetic_coded_jpeg_over_64_kb_decodes(target_size: int | None) -> None:
+    # libjpeg's arithmetic decoder cannot resume between Pillow's 64 kB reads: such files failed as corrupt.
+    jpeglib = pytest.importorskip("jpeglib", reason="jpeglib writes arithmetic JPEGs (dev extra)")
+    rng = np.random.default_rng(0)
+    pixels = np.clip(np.asarray(gradient((900, 600)), dtype=np.float64) + rng.normal(0, 20, (600, 900, 3)), 0, 255)
+    pixels = np.ascontiguousarray(pixels.astype(np.uint8))
+    files = {}
+    with tempfile.TemporaryDirectory() as folder, jpeglib.version("9e"):
+        for name, flags in (("arithmetic", ["+ARITH_CODE"]), ("huffman", [])):
+            jpeglib.from_spatial(pixels).write_spatial(f"{folder}/{name}.jpg", qt=90, flags=flags)
+            files[name] = Path(f"{folder}/{name}.jpg").read_bytes()
+    assert len(files["arithmetic"]) > 100_000 and imaging._is_arithmetic_jpeg(files["arithmetic"])
+    assert not imaging._is_arithmetic_jpeg(files["huffman"])
+    # The entropy coding is lossless: the same coefficients, coded either way, decode to the same pixels.
+    arithmetic = imaging.decode_image(files["arithmetic"], target_size=target_size).image
+    assert np.array_equal(
+        np.asarray(arithmetic), np.asarray(imaging.decode_image(files["huffman"], target_size=target_size).image)
+    )
+    assert not imaging._is_arithmetic_jpeg(encoded(Image.fromarray(pixels), "JPEG"))
 
 
 def test_formats_we_do_not_accept_are_refused_even_if_pillow_reads_them() -> None:
@@ -337,3 +383,58 @@ def test_load_for_model_equals_decode_then_preprocess() -> None:
     again = imaging.preprocess(imaging.decode_image(data, target_size=SPEC.size, fill=SPEC.fill_rgb).image, SPEC)
     assert np.array_equal(tensor, again)
     assert decoded.original_size == (300, 200)
+
+
+def _tagged(img: Image.Image, fmt: str, profile: bytes) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, icc_profile=profile, **({"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _srgb_encode(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055) * 255
+
+
+def test_a_display_p3_photo_is_converted_to_the_srgb_colours_the_model_knows() -> None:
+    from tests.support.icc import DISPLAY_P3_PRIMARIES, SRGB_PRIMARIES, columns_d50, rgb_profile
+
+    colour = (200, 60, 50)
+    # What the stored values mean: P3 primaries, gamma 2.2; in sRGB, by the matrices alone (no lcms).
+    linear = (np.array(colour) / 255.0) ** 2.2
+    expected = _srgb_encode(np.linalg.solve(columns_d50(SRGB_PRIMARIES), columns_d50(DISPLAY_P3_PRIMARIES) @ linear))
+    profile = rgb_profile("Display P3 (test)", DISPLAY_P3_PRIMARIES, 2.2)
+    for fmt in ("PNG", "JPEG"):
+        data = _tagged(Image.new("RGB", (64, 48), colour), fmt, profile)
+        for decoded in (imaging.decode_image(data), imaging.decode_image(data, target_size=16)):
+            got = np.array(decoded.image.getpixel((10, 10)), dtype=float)
+            assert np.abs(got - expected).max() <= 2.0, (fmt, got, expected)
+    assert abs(expected[0] - colour[0]) > 15, "the test colour must tell a converted photo from a raw one"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_linear_profile_is_honoured_whatever_the_mode(mode: str) -> None:
+    from tests.support.icc import SRGB_PRIMARIES, rgb_profile
+
+    data = _tagged(
+        Image.new(mode, (40, 30), (128, 128, 128, 255)[: len(mode)]), "PNG", rgb_profile("linear", SRGB_PRIMARIES, 1.0)
+    )
+    assert imaging.decode_image(data).image.getpixel((5, 5)) == pytest.approx((188, 188, 188), abs=1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "profile_kind"),
+    [("RGB", "srgb"), ("RGB", "garbage"), ("L", "linear")],
+)
+def test_profiles_that_need_no_conversion_or_cannot_be_used_leave_the_pixels_as_stored(
+    mode: str, profile_kind: str
+) -> None:
+    from tests.support.icc import SRGB_PRIMARIES, rgb_profile
+
+    profile = {
+        "srgb": rgb_profile("sRGB IEC61966-2.1", SRGB_PRIMARIES, 1.0),  # already sRGB, by its name: not converted
+        "garbage": b"not an ICC profile" * 8,  # ignored, as browsers ignore it
+        "linear": rgb_profile("linear", SRGB_PRIMARIES, 1.0),  # an RGB profile on grey pixels: not applicable
+    }[profile_kind]
+    img = Image.new(mode, (40, 30), 128 if mode == "L" else (128, 128, 128))
+    assert imaging.decode_image(_tagged(img, "PNG", profile)).image.getpixel((5, 5)) == (128, 128, 128)

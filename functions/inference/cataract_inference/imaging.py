@@ -7,10 +7,13 @@ turns that image into the model's input tensor; training calls the very same fun
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,10 +27,8 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"
 
 # Magic numbers of image formats we recognise but do not read, so the client hears "convert it".
 _KNOWN_UNSUPPORTED: tuple[tuple[bytes, int, str], ...] = (
-    (b"ftypheic", 4, "HEIC"),
-    (b"ftypheix", 4, "HEIC"),
-    (b"ftypmif1", 4, "HEIF"),
-    (b"ftypavif", 4, "AVIF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
     (b"8BPS", 0, "PSD"),
     (b"\x00\x00\x01\x00", 0, "ICO"),
     (b"%PDF", 0, "PDF"),
@@ -104,7 +105,31 @@ class DecodedImage:
     reduced: bool = False  # decoded at a reduced JPEG scale: sharper pixels exist in the file
 
 
+# ISO base media files (HEIF, AVIF) name what they hold in their first box's brands: the major brand, then
+# a list of compatible ones (an iPhone's HEIC may say "mif1" first and "heic" later).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"mif2", b"msf1", b"MiHE"})
+UNSUPPORTED_ADVICE = {
+    "HEIC": "on an iPhone, choose Settings > Camera > Formats > Most Compatible, or share the photo as JPEG",
+}
+
+
+def _heif_kind(data: bytes) -> str | None:
+    if data[4:8] != b"ftyp":
+        return None
+    box = data[8 : min(int.from_bytes(data[0:4], "big"), 512)]
+    brands = {box[0:4], *(box[i : i + 4] for i in range(8, len(box) - 3, 4))}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIC"
+    return None
+
+
 def _sniff_unsupported(data: bytes) -> str | None:
+    kind = _heif_kind(data)
+    if kind is not None:
+        return kind
     head = data[:64].lstrip() if data[:1] in (b" ", b"\n", b"\r", b"\t") else data[:64]
     for magic, offset, name in _KNOWN_UNSUPPORTED:
         if head[offset : offset + len(magic)] == magic:
@@ -112,29 +137,37 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
-def _jpeg_segments_over(data: bytes, limit: int) -> bool:
-    """True when a JPEG has more than ``limit`` marker segments (or fill bytes) before its first scan.
+def _jpeg_markers(data: bytes) -> Iterator[int]:
+    """The markers of a JPEG's segments (and fill bytes) before its first scan, in order.
 
     Walks segment headers only, skipping each payload by its length: a few steps for a camera's file.
-    Anything malformed is left to Pillow to judge.
+    Stops at anything malformed, which is left to Pillow to judge.
     """
     if not data.startswith(b"\xff\xd8"):
-        return False
-    pos, steps, end = 2, 0, len(data) - 4
-    while pos <= end:
-        if data[pos] != 0xFF:
-            return False
-        steps += 1
-        if steps > limit:
-            return True
+        return
+    pos, end = 2, len(data) - 4
+    while pos <= end and data[pos] == 0xFF:
         marker = data[pos + 1]
+        yield marker
         if marker == 0xDA:  # start of scan: the image data begins
-            return False
+            return
         if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # a fill byte, or a marker with no length
             pos += 1 if marker == 0xFF else 2
             continue
         pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
-    return False
+
+
+def _jpeg_segments_over(data: bytes, limit: int) -> bool:
+    """True when a JPEG has more than ``limit`` marker segments (or fill bytes) before its first scan."""
+    return any(i >= limit for i, _ in enumerate(_jpeg_markers(data)))
+
+
+# Start-of-frame markers of arithmetic-coded JPEGs (SOF9-11, SOF13-15).
+_ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _is_arithmetic_jpeg(data: bytes) -> bool:
+    return any(marker in _ARITHMETIC_FRAMES for marker in _jpeg_markers(data))
 
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
@@ -151,7 +184,8 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     except UnidentifiedImageError as exc:
         other = _sniff_unsupported(data)
         if other is not None:
-            raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP") from exc
+            advice = f" ({UNSUPPORTED_ADVICE[other]})" if other in UNSUPPORTED_ADVICE else ""
+            raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP{advice}") from exc
         raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
@@ -273,6 +307,10 @@ def decode_image(
     try:
         if fmt in ("JPEG", "MPO"):
             _draft(img, target_size, longest_side)
+            if _is_arithmetic_jpeg(data):
+                # libjpeg's arithmetic decoder cannot resume mid-stream: fed in Pillow's 64 kB blocks, a valid
+                # file over 64 kB failed as corrupt. The whole file at once (it is in memory already).
+                img.decodermaxblock = max(img.decodermaxblock, len(data))
         img.load()
         reduced = img.size != original_size
         _upright(img)
@@ -280,6 +318,9 @@ def decode_image(
         if img.size[0] != img.size[1] and (img.size[0] < img.size[1]) != (original_size[0] < original_size[1]):
             original_size = (original_size[1], original_size[0])
         rgb = _to_rgb(img, fill)
+        profile = img.info.get("icc_profile")
+        if isinstance(profile, bytes) and img.mode in ("RGB", "RGBA", "P"):
+            rgb = _to_srgb(rgb, profile)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
     except MemoryError:
@@ -287,6 +328,44 @@ def decode_image(
     except Exception as exc:  # hostile pixel data reaches C decoders and Python plugins alike
         raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from exc
     return DecodedImage(image=rgb, original_size=original_size, format=fmt, reduced=reduced)
+
+
+@functools.cache
+def _srgb_profile() -> Any:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=16)
+def _srgb_transform(profile: bytes, mode: str) -> Any:
+    """A transform from ``profile`` to sRGB for ``mode`` pixels, or ``None``: already sRGB, not an RGB profile
+    for RGB pixels (CMYK and grey profiles are left to Pillow's conversion), or a profile lcms cannot read
+    (ignored then, as browsers ignore it)."""
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        space = source.profile.xcolor_space.strip()
+        if (mode, space) not in (
+            ("RGB", "RGB"),
+            ("CMYK", "CMYK"),
+        ) or "srgb" in source.profile.profile_description.lower():
+            return None
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _to_srgb(img: Image.Image, profile: bytes) -> Image.Image:
+    """An RGB ``img`` in sRGB, the colours the model was trained on, converted in place: phones tag their photos
+    with wider spaces (iPhones: Display P3), whose raw values are more saturated than the same colours in sRGB."""
+    transform = _srgb_transform(profile, img.mode)
+    if transform is not None:
+        from PIL import ImageCms
+
+        ImageCms.applyTransform(img, transform, inPlace=True)
+    return img
 
 
 def _upright(img: Image.Image) -> None:
