@@ -1522,7 +1522,8 @@ def _competence_markdown(report: dict[str, Any]) -> str:
     rows = []
     for row in comp["held_out"]:
         axis = comp["axes"].get(row["axis"])
-        cal = next((c for c in axis["levels"] if c["level"] == row["level"]), None) if axis else original
+        # Both sides are swept over the same AXES: every held-out step has its calibration step.
+        cal = {c["level"]: c for c in axis["levels"]}[row["level"]] if axis else original
         mark = " (competent limit)" if axis and axis["competent_level"] == row["level"] else ""
         rows.append(
             f"| {row['axis']} {row['level']:g}{mark} | {cal['errors']}/{cal['n']}, {cal['misses']} missed | "

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class FitConfig:
     data: str
     backbone: str = "mobilenet_v2"
     size: int = 224
-    resize: str = "letterbox"
+    resize: Literal["letterbox", "squash", "center_crop"] = "letterbox"
     epochs: int = 18
     patience: int = 5
     batch_size: int = 32
@@ -79,7 +79,7 @@ class FitConfig:
     def spec(self) -> InputSpec:
         """The input spec this run trains for (and the manifest will carry)."""
         info = BACKBONES[self.backbone]
-        return InputSpec(size=self.size, resize=self.resize, mean=info.mean, std=info.std)  # type: ignore[arg-type]
+        return InputSpec(size=self.size, resize=self.resize, mean=info.mean, std=info.std)
 
     def augment_config(self) -> AugmentConfig:
         """The augmentation settings as a dataclass."""

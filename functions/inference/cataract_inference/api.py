@@ -64,6 +64,25 @@ class ClientError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def error_content(
+    code: str, message: str, request_id: str | None, disclaimer: str, extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and the headers of every error answer (the app's, and the handler's own 400)."""
+    body = ErrorResponse.model_validate(
+        {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
+    )
+    headers = {**(extra or {}), "Cache-Control": "no-store"}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return body.model_dump(exclude_none=True), headers
+
+
+def note_refusal(status: int, code: str) -> None:
+    """Every refusal is logged and counted by its code (a fixed set), never by what the client sent."""
+    record_client_error(code)
+    logger.info("request refused", extra={"status": status, "code": code})
+
+
 def _error(
     status: int,
     code: str,
@@ -73,13 +92,8 @@ def _error(
     *,
     extra: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = ErrorResponse.model_validate(
-        {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
-    )
-    headers = {**(extra or {}), "Cache-Control": "no-store"}
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+    body, headers = error_content(code, message, request_id, disclaimer, extra)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def request_id_of(scope: Scope) -> str:
@@ -379,9 +393,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     def refused(
         request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> JSONResponse:
-        # Every refusal is logged and counted by its code (a fixed set), never by what the client sent.
-        record_client_error(code)
-        logger.info("request refused", extra={"status": status, "code": code})
+        note_refusal(status, code)
         return refuse(request, status, code, message, headers)
 
     @app.exception_handler(ClientError)

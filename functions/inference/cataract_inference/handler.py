@@ -15,11 +15,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
-from .api import create_app
+from .api import create_app, error_content, note_refusal
 from .classifier import Classifier
 from .events import event_problem
-from .observability import CAPTURE_COLD_START_METRIC, logger, metrics, record_client_error, tracer
-from .schemas import ErrorBody, ErrorResponse
+from .observability import CAPTURE_COLD_START_METRIC, logger, metrics, tracer
 from .settings import get_settings
 
 settings = get_settings()
@@ -80,22 +79,15 @@ def _undecodable_body(event: dict[str, Any]) -> bool:
 
 def _refusal(event: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     """The API's 400 error, built here because the request never reached the app."""
-    record_client_error(code)
-    logger.info("request refused", extra={"status": 400, "code": code})
+    note_refusal(400, code)
     request_id = (event.get("requestContext") or {}).get("requestId")
-    request_id = request_id if isinstance(request_id, str) and request_id else None
-    body = ErrorResponse(
-        error=ErrorBody(code=code, message=message),
-        request_id=request_id,
-        disclaimer=settings.disclaimer,
+    body, headers = error_content(
+        code, message, request_id if isinstance(request_id, str) and request_id else None, settings.disclaimer
     )
-    headers = {"content-type": "application/json", "cache-control": "no-store"}
-    if request_id:
-        headers["x-request-id"] = request_id
     return {
         "statusCode": 400,
-        "headers": headers,
-        "body": body.model_dump_json(exclude_none=True),
+        "headers": {"Content-Type": "application/json", **headers},
+        "body": json.dumps(body),
         "isBase64Encoded": False,
     }
 
