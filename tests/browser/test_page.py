@@ -80,6 +80,7 @@ def test_upload_a_drawn_eye_and_see_the_result(page: Page, page_url: str, tmp_pa
     title = page.locator("#result-title").inner_text()
     assert title in {"Cataract suspected", "No cataract seen", "Ungradable photo"}
     assert page.locator("#probability").inner_text().split(" %")[0].replace(".", "", 1).isdigit()
+    assert "each half" not in page.locator("#probability").inner_text()  # 640x420: not split
     assert page.locator("#referral").inner_text().startswith(("Yes", "No"))
     assert "not a diagnosis" in page.locator("#result-disclaimer").inner_text()
     heatmap = page.locator("#heatmap")
@@ -105,6 +106,21 @@ def test_an_ungradable_photo_shows_its_reasons(page: Page, page_url: str, tmp_pa
     assert page.locator("#result-title").inner_text() == "Ungradable photo"
     assert page.locator("#reasons li").first.inner_text().startswith("too_small")
     assert page.locator("#referral").inner_text().startswith("Yes: retake")
+
+
+def test_a_wide_photo_says_its_halves_were_screened_too(page: Page, page_url: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    wide = Image.new("RGB", (640, 200))
+    wide.paste(draw_eye("cataract", size=(320, 200), seed=1), (0, 0))
+    wide.paste(draw_eye("normal", size=(320, 200), seed=2), (320, 0))
+    photo = tmp_path / "both-eyes.jpg"
+    photo.write_bytes(encoded(wide, "JPEG", quality=92))
+    page.goto(page_url)
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert "each half" in page.locator("#probability").inner_text()
 
 
 def test_a_text_file_shows_the_services_error(page: Page, page_url: str, tmp_path: Path) -> None:
