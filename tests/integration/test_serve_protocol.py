@@ -168,6 +168,15 @@ def test_a_client_still_sending_an_answered_body_is_closed_with_nothing_more_wri
     assert waited < DEADLINE_S * 4, "closed at the deadline, not held open by the trickle"
 
 
+def test_a_refused_body_sent_in_full_afterwards_gets_no_second_answer(port: int) -> None:
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: test\r\nContent-Length: 30\r\n\r\n")
+        assert _read_response(reader)[0] == 413
+        sock.sendall(b"x" * 30)  # the rest of the body: h11 is then idle, with nothing buffered
+        rest = reader.read()  # to the close, at the deadline
+    assert rest == b"", "a 408 for headers that never began was written after the 413"
+
+
 def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
     with _connect(port) as sock, sock.makefile("rb") as reader:
         sock.sendall(_get("/one") + _get("/two"))

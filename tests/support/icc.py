@@ -35,8 +35,14 @@ def _desc(text: str) -> bytes:
     return b"desc\0\0\0\0" + struct.pack(">I", len(ascii_text)) + ascii_text + b"\0" * 78
 
 
-def rgb_profile(description: str, primaries: tuple[tuple[float, float], ...], gamma: float) -> bytes:
-    """An ICC profile for RGB values with these primaries (D65 white) and a pure power-law curve."""
+def rgb_profile(
+    description: str,
+    primaries: tuple[tuple[float, float], ...],
+    gamma: float,
+    extra_tags: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """An ICC profile for RGB values with these primaries (D65 white) and a pure power-law curve, plus
+    ``extra_tags`` (signature, data) as they are."""
     matrix = columns_d50(primaries)
     curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
     tags = [
@@ -49,6 +55,7 @@ def rgb_profile(description: str, primaries: tuple[tuple[float, float], ...], ga
         (b"gTRC", curve),
         (b"bTRC", curve),
         (b"cprt", b"text\0\0\0\0test\0"),
+        *extra_tags,
     ]
     offset = 128 + 4 + 12 * len(tags)
     table, body = b"", b""

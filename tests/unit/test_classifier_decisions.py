@@ -122,3 +122,31 @@ def test_only_photos_at_least_twice_as_long_as_high_are_split(tmp_path: Path) ->
     plain = classifier.predict_bytes(encoded(Image.new("RGB", (200, 50), (40, 40, 40)), "PNG"))
     assert plain.views is not None and plain.label == "normal" and plain.referral is False
     assert plain.probabilities["cataract"] == max(plain.views.values())
+
+
+def test_a_model_with_a_fixed_batch_of_one_screens_wide_photos_too(tmp_path: Path) -> None:
+    # The halves once ran as a batch of 2: such a model loaded fine, then failed every wide photo with a 500.
+    import onnx
+
+    from cataract_inference.model_source import sha256_of
+    from tests.support.onnx_models import rewrite_manifest
+
+    folder = build_tiny_model(tmp_path / "m")
+    graph = onnx.load(folder / "model.onnx")
+    for value in [*graph.graph.input, *graph.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(graph, folder / "model.onnx")
+    rewrite_manifest(folder, sha256=sha256_of(folder / "model.onnx"))
+    classifier = load_classifier(folder)
+    assert classifier.session.get_inputs()[0].shape[0] == 1
+    result = classifier.predict_bytes(encoded(_two_eyes(160, 40, "left"), "PNG"))
+    assert result.views is not None and result.label == "cataract"
+
+
+def test_a_large_wide_photo_is_reduced_before_it_is_split() -> None:
+    from cataract_inference.classifier import split_in_two
+
+    halves = split_in_two(Image.new("RGB", (12000, 3000)), model_side=224)
+    assert set(halves) == {"left", "right"}
+    assert all(448 <= max(h.size) < 1000 for h in halves.values()), [h.size for h in halves.values()]
+    assert [h.size for h in split_in_two(Image.new("RGB", (800, 400)), model_side=224).values()] == [(400, 400)] * 2

@@ -278,6 +278,8 @@ def _ftyp(major: bytes, *compatible: bytes) -> bytes:
         (_ftyp(b"mif1", b"mif1", b"heic"), "HEIC"),  # an iPhone's major brand can be the generic one
         (_ftyp(b"msf1", b"iso8", b"hevc"), "HEIC"),  # a HEIF sequence (Live Photo, burst)
         (_ftyp(b"heix"), "HEIC"),
+        (b"\x00\x00\x00\x01ftyp" + (24).to_bytes(8, "big") + b"heic\x00\x00\x00\x00mif1", "HEIC"),  # 64-bit size
+        (b"\x00\x00\x00\x00ftypmif1\x00\x00\x00\x00heic", "HEIC"),  # size 0: to the end of the file
         (_ftyp(b"avif", b"mif1", b"miaf"), "AVIF"),
         (_ftyp(b"mif1", b"avif", b"mif1"), "AVIF"),
         (_ftyp(b"avis", b"avif", b"msf1"), "AVIF"),
@@ -424,7 +426,7 @@ def test_a_linear_profile_is_honoured_whatever_the_mode(mode: str) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "profile_kind"),
-    [("RGB", "srgb"), ("RGB", "garbage"), ("L", "linear")],
+    [("RGB", "srgb"), ("RGB", "garbage"), ("L", "linear"), ("RGB", "lut"), ("RGB", "large")],
 )
 def test_profiles_that_need_no_conversion_or_cannot_be_used_leave_the_pixels_as_stored(
     mode: str, profile_kind: str
@@ -435,6 +437,21 @@ def test_profiles_that_need_no_conversion_or_cannot_be_used_leave_the_pixels_as_
         "srgb": rgb_profile("sRGB IEC61966-2.1", SRGB_PRIMARIES, 1.0),  # already sRGB, by its name: not converted
         "garbage": b"not an ICC profile" * 8,  # ignored, as browsers ignore it
         "linear": rgb_profile("linear", SRGB_PRIMARIES, 1.0),  # an RGB profile on grey pixels: not applicable
+        # Lookup-table profiles are not converted: lcms would prefer the table, whose cost a crafted one sets.
+        "lut": rgb_profile("linear", SRGB_PRIMARIES, 1.0, extra_tags=((b"D2B0", b"mpet" + b"\0" * 20),)),
+        "large": rgb_profile("linear", SRGB_PRIMARIES, 1.0, extra_tags=((b"zzzz", b"\0" * 70_000),)),
     }[profile_kind]
     img = Image.new(mode, (40, 30), 128 if mode == "L" else (128, 128, 128))
     assert imaging.decode_image(_tagged(img, "PNG", profile)).image.getpixel((5, 5)) == (128, 128, 128)
+
+
+def test_only_small_matrix_profiles_are_converted() -> None:
+    # A lookup-table tag (A2B*, B2A*, D2B*, B2D*) is what lcms would build from, at a cost the file sets.
+    from tests.support.icc import SRGB_PRIMARIES, rgb_profile
+
+    assert imaging._matrix_profile(rgb_profile("matrix", SRGB_PRIMARIES, 2.2))
+    for tag in (b"A2B0", b"B2A0", b"D2B0", b"B2D1"):
+        assert not imaging._matrix_profile(rgb_profile("lut", SRGB_PRIMARIES, 2.2, extra_tags=((tag, b"\0" * 32),)))
+    large = rgb_profile("large", SRGB_PRIMARIES, 2.2, extra_tags=((b"zzzz", b"\0" * imaging.MAX_PROFILE_BYTES),))
+    assert not imaging._matrix_profile(large)
+    assert not imaging._matrix_profile(b"\0" * 200)  # no matrix tags at all

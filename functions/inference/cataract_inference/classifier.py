@@ -268,12 +268,13 @@ class Classifier:
         self, decoded: DecodedImage, logits: np.ndarray
     ) -> tuple[np.ndarray, dict[str, float] | None]:
         whole = self.calibrated(logits)[0]
-        halves = split_in_two(decoded.image)
+        spec, pos = self.manifest.input, self.manifest.positive_index
+        halves = split_in_two(decoded.image, model_side=spec.size)
         if not halves:
             return whole, None
-        spec, pos = self.manifest.input, self.manifest.positive_index
-        batch = np.stack([preprocess(half, spec) for half in halves.values()])
-        probs = [whole, *self.calibrated(self.run(batch)[self.manifest.outputs.logits])]
+        # One at a time: a model exported with a fixed batch of 1 runs them too.
+        logits = self.manifest.outputs.logits
+        probs = [whole, *(self.calibrated(self.run(preprocess(h, spec)[None])[logits])[0] for h in halves.values())]
         views = {name: round(float(p[pos]), 6) for name, p in zip(["whole", *halves], probs, strict=True)}
         return max(probs, key=lambda p: p[pos]), views
 
@@ -294,12 +295,21 @@ class Classifier:
         return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
 
 
-def split_in_two(image: Image.Image) -> dict[str, Image.Image]:
+def split_in_two(image: Image.Image, *, model_side: int | None = None) -> dict[str, Image.Image]:
     """The two halves of a photo at least ``SPLIT_ASPECT`` times as long as it is high (left and right of the
-    photo, or top and bottom), each likely to frame one eye; no halves for a photo less elongated."""
+    photo, or top and bottom), each likely to frame one eye; no halves for a photo less elongated.
+
+    With ``model_side``, a photo far larger than the model needs is first reduced (box filter, no full-size
+    copy), so that each half keeps at least twice the model's side: the crops stay small.
+    """
     width, height = image.size
     if max(width, height) < SPLIT_ASPECT * min(width, height):
         return {}
+    if model_side is not None:
+        factor = max(width, height) // 2 // (2 * model_side)
+        if factor >= 2:
+            image = image.reduce(factor)
+            width, height = image.size
     if width >= height:
         return {
             "left": image.crop((0, 0, width // 2, height)),

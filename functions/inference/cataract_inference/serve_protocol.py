@@ -51,41 +51,48 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
     still trickling the body of a request already answered (an early 413: its answer is out).
     """
     timeout_response = _timeout_response(deadline_s, disclaimer)
-    busy_body = _error_json("overloaded", "the local runner has too many open connections; retry shortly", disclaimer)
+    busy_body = _error_json(
+        "overloaded", "the local runner has too many open connections or requests; retry shortly", disclaimer
+    )
+    busy_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(busy_body)).encode()),
+        (b"retry-after", b"1"),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+    ]
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": busy_headers})
+        await send({"type": "http.response.body", "body": busy_body})
 
     class HeaderDeadlineProtocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._inner_app: Any = None
             super().__init__(*args, **kwargs)
-            # uvicorn's own limit check answers in plain text; the same check, made by _app, answers in JSON.
+            # uvicorn's own limit check answers in plain text; the same check, made by the app property, in JSON.
             self._limit, self.limit_concurrency = self.limit_concurrency, None
-            self._inner_app, self.app = self.app, self._app
             self._head_timer: asyncio.TimerHandle | None = None
             self._cycle_when_armed: object = None
-            self._head_bytes = 0
 
-        async def _app(self, scope: Any, receive: Any, send: Any) -> None:
-            # This request's task is already in self.tasks here (uvicorn checks before adding it): hence ">".
-            over = self._limit is not None and (len(self.connections) >= self._limit or len(self.tasks) > self._limit)
-            if not over or scope["type"] != "http":
-                await self._inner_app(scope, receive, send)
-                return
-            self.logger.warning("Exceeded concurrency limit: 503.")
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(busy_body)).encode()),
-                (b"retry-after", b"1"),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
-            ]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": busy_body})
+        @property
+        def app(self) -> Any:
+            # Read by handle_events as each head completes, before its task exists: uvicorn's own moment and test.
+            limit = self._limit
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                self.logger.warning("Exceeded concurrency limit: 503.")
+                return busy
+            return self._inner_app
+
+        @app.setter
+        def app(self, value: Any) -> None:
+            self._inner_app = value
 
         def _awaiting_head(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
 
         def _arm(self) -> None:
             self._cycle_when_armed = self.cycle
-            self._head_bytes = 0
             self._head_timer = self.loop.call_later(deadline_s, self._head_deadline_passed)
 
         def _disarm(self) -> None:
@@ -100,8 +107,6 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
         def data_received(self, data: bytes) -> None:
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
-            if self._head_timer is not None:
-                self._head_bytes += len(data)
             super().data_received(data)
             if self.cycle is not self._cycle_when_armed:
                 self._disarm()  # the head is complete: a new request cycle began
@@ -114,7 +119,9 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
             self._head_timer = None
             if self.transport.is_closing() or self.cycle is not self._cycle_when_armed:
                 return
-            if self._head_bytes and self.conn.their_state is h11.IDLE:  # IDLE: h11 has not parsed a head yet
+            # Part of a head is waiting in h11's buffer (it has not parsed one: IDLE). Otherwise the client sent
+            # nothing, or is still sending the body of a request already answered: no 408 for either.
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
                 self.logger.warning("Request head not complete within %g s: 408, connection closed.", deadline_s)
                 self.transport.write(timeout_response)
             self.transport.close()  # connection_lost then tells h11 and uvicorn
