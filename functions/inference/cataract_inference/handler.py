@@ -86,7 +86,8 @@ def _refusal(event: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     )
     return {
         "statusCode": 400,
-        "headers": {"Content-Type": "application/json", **headers},
+        # Lower-case, as Mangum writes the app's own answers.
+        "headers": {"content-type": "application/json", **{k.lower(): v for k, v in headers.items()}},
         "body": json.dumps(body),
         "isBase64Encoded": False,
     }
