@@ -71,10 +71,10 @@ def score_folder(
             measured = clf.measure(raw, skin=True)
         except ImageError as exc:
             raise ValueError(f"{path}: {exc} (fix or remove it; `cataract-train audit` lists them)") from exc
-        is_gradable = clf.gate_verdict(measured).gradable
+        _, refer, verdict = clf.judge(measured)
         probs.append(float(measured.probabilities[pos]))
-        gradable.append(is_gradable)
-        referral.append(not is_gradable or clf.decide(measured.probabilities)[1])
+        gradable.append(verdict.gradable)
+        referral.append(refer)
         logits.append(measured.logits)
     is_pos = np.array([lab == man.positive_class for lab in labels])
     p_pos = np.array(probs)

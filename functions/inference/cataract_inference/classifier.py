@@ -218,6 +218,15 @@ class Classifier:
             mid_distance=measured.mid_distance,
         )
 
+    def judge(self, measured: Measurement) -> tuple[str, bool, quality.Quality]:
+        """Label, referral and the gate's verdict for a measured photo, as the service answers."""
+        verdict = self.gate_verdict(measured)
+        if not verdict.gradable:
+            # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
+            return UNGRADABLE, True, verdict
+        label, referral = self.decide(measured.probabilities)
+        return label, referral, verdict
+
     def predict_bytes(self, data: bytes, *, explain: bool = False) -> Prediction:
         """Screen one encoded image. Raises ``imaging.ImageError`` for input that is not a usable image."""
         t0 = time.perf_counter()
@@ -226,12 +235,7 @@ class Classifier:
         outputs = self.run(tensor[None])
         t2 = time.perf_counter()
         measured = self._measurement(decoded, tensor, outputs, skin=self._stats_need_skin)
-        verdict = self.gate_verdict(measured)
-        if verdict.gradable:
-            label, referral = self.decide(measured.probabilities)
-        else:
-            # An ungradable photo is not evidence of health: it is referred for a better photo or an exam.
-            label, referral = UNGRADABLE, True
+        label, referral, verdict = self.judge(measured)
         heatmap = self.heatmap(decoded, data, outputs) if explain else None
         t3 = time.perf_counter()
         timing = {
