@@ -374,10 +374,7 @@ def _srgb_transform(profile: bytes, mode: str) -> Any:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
         space = source.profile.xcolor_space.strip()
-        if (mode, space) not in (
-            ("RGB", "RGB"),
-            ("CMYK", "CMYK"),
-        ) or "srgb" in source.profile.profile_description.lower():
+        if mode != "RGB" or space != "RGB" or "srgb" in source.profile.profile_description.lower():
             return None
         return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
