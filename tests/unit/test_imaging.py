@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cataract_inference import imaging
+from cataract_inference import imaging, settings
 from cataract_inference.manifest import InputSpec
 from tests.support.images import (
     animated_gif,
@@ -146,6 +147,22 @@ def test_limits_are_configurable() -> None:
         )
     with pytest.raises(imaging.ImageTooLargeError):
         imaging.decode_image(encoded(gradient((200, 100)), "PNG"), imaging.DecodeLimits(max_side=150))
+
+
+def test_a_pixel_limit_above_pillows_warning_is_honoured() -> None:
+    # 95 MP: over Pillow's 89.5 MP warning, under its error. The IDAT holds one row, so decoding fails fast.
+    data = png_with_declared_size(10_000, 9_500)
+    limits = imaging.DecodeLimits(max_pixels=100_000_000, max_side=20_000)
+    with warnings.catch_warnings(record=True) as seen:
+        with pytest.raises(imaging.CorruptImageError):  # past the size checks, into the pixel data
+            imaging.decode_image(data, limits)
+        with pytest.raises(imaging.ImageTooLargeError):
+            imaging.decode_image(data)  # the default limit still refuses it before decoding
+    assert {w.category for w in seen} == {Image.DecompressionBombWarning}
+
+
+def test_the_pixel_setting_stops_where_pillow_refuses() -> None:
+    assert settings.PILLOW_PIXEL_CEILING == 2 * Image.MAX_IMAGE_PIXELS
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])

@@ -240,6 +240,7 @@ def test_cache_not_writable(tmp_path: Path) -> None:
         ({"ORT_INTRA_OP_THREADS": "zero"}, "integer"),
         ({"ORT_INTRA_OP_THREADS": "0"}, ">= 1"),
         ({"MAX_BODY_BYTES": "-5"}, ">= 1"),
+        ({"MAX_IMAGE_PIXELS": "200000000"}, "<= 178956970"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -181,9 +180,10 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        # Our own limits (below) refuse before any pixel is read. Pillow's warning is left alone: turning it
+        # into an error here meant changing the process-wide warning filters on every call, which threads
+        # of `serve` undid for each other, and it refused a configured limit above 89.5 MP.
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
         other = _sniff_unsupported(data)
         if other is not None:

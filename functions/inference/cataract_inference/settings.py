@@ -20,6 +20,8 @@ LAMBDA_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
 # The decoder's default limits (MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE): a 40 MP RGB decode is ~120 MB.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_SIDE = 12_000
+# Pillow refuses any image over twice its MAX_IMAGE_PIXELS (89,478,485), whatever we allow.
+PILLOW_PIXEL_CEILING = 2 * 89_478_485
 
 # Every response carries it, errors included; template.yaml's gateway responses repeat it verbatim.
 DEFAULT_DISCLAIMER = "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis."
@@ -80,7 +82,9 @@ class Settings:
             # Lambda has at most 6 vCPUs; thousands of threads would take minutes to start.
             ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1, maximum=64),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
-            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+            max_image_pixels=_int(
+                env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1, maximum=PILLOW_PIXEL_CEILING
+            ),
             max_image_side=_int(env, "MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE, minimum=1),
             disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
         )
