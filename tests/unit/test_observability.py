@@ -144,6 +144,9 @@ def test_refusals_of_every_kind_are_logged_and_counted(
         "not_found": events.rest_event("/nope", "GET"),
         "method_not_allowed": events.rest_event("/predict", "PUT"),
         "invalid_request": events.rest_event("/predict", "POST", body='{"image": 5}', content_type="application/json"),
+        # Refused by the handler itself, before Mangum: its log line must carry the same keys.
+        "invalid_base64": events.rest_event("/predict", "POST", body="abc", is_base64=True, content_type="image/png"),
+        "invalid_encoding": events.rest_event("/predict", "POST", body="x", query={"q": "\ud800"}),
     }
     for event in cases.values():
         handler.lambda_handler(event, FakeLambdaContext())

@@ -77,10 +77,16 @@ def error_content(
     return body.model_dump(exclude_none=True), headers
 
 
-def note_refusal(status: int, code: str) -> None:
-    """Every refusal is logged and counted by its code (a fixed set), never by what the client sent."""
+def note_refusal(status: int, code: str, request_id: str | None = None) -> None:
+    """Every refusal is logged and counted by its code (a fixed set), never by what the client sent.
+
+    ``request_id`` is for refusals made before the app, whose middleware otherwise adds it to the log.
+    """
     record_client_error(code)
-    logger.info("request refused", extra={"status": status, "code": code})
+    extra: dict[str, object] = {"status": status, "code": code}
+    if request_id:
+        extra["request_id"] = request_id
+    logger.info("request refused", extra=extra)
 
 
 def _error(

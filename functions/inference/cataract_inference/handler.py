@@ -79,11 +79,10 @@ def _undecodable_body(event: dict[str, Any]) -> bool:
 
 def _refusal(event: dict[str, Any], code: str, message: str) -> dict[str, Any]:
     """The API's 400 error, built here because the request never reached the app."""
-    note_refusal(400, code)
     request_id = (event.get("requestContext") or {}).get("requestId")
-    body, headers = error_content(
-        code, message, request_id if isinstance(request_id, str) and request_id else None, settings.disclaimer
-    )
+    request_id = request_id if isinstance(request_id, str) and request_id else None
+    note_refusal(400, code, request_id)
+    body, headers = error_content(code, message, request_id, settings.disclaimer)
     return {
         "statusCode": 400,
         # Lower-case, as Mangum writes the app's own answers.
