@@ -349,6 +349,7 @@ def test_a_large_file_the_browser_cannot_read_is_named_not_sent(page: Page, page
 def test_an_answer_that_never_comes_ends_in_an_error_not_a_spinner(page: Page, page_url: str, tmp_path: Path) -> None:
     page.clock.install()
     held: list[Route] = []
+
     def hold(route: Route) -> None:  # never answered (playwright cannot take a bound builtin as a handler)
         held.append(route)
 
