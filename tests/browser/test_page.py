@@ -57,12 +57,15 @@ def page(browser: Browser) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     try:
         yield page
     finally:
         context.close()
     assert not outside, f"the page fetched external resources: {outside}"
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not blocked, f"the page's own Content-Security-Policy blocked it: {blocked}"
 
 
 def test_upload_a_drawn_eye_and_see_the_result(page: Page, page_url: str, tmp_path: Path) -> None:
@@ -364,3 +367,27 @@ def test_an_answer_that_never_comes_ends_in_an_error_not_a_spinner(page: Page, p
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert "No answer from the service" in error.inner_text()
     assert page.get_by_role("button", name="Screen this photo").is_enabled()
+
+
+def test_the_page_may_not_be_framed_and_runs_only_its_own_script(browser: Browser, page_url: str) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        blocked: list[str] = []
+        page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+        response = page.goto(page_url)
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+        page.locator("#photo").set_input_files(
+            files=[{"name": "eye.png", "mimeType": "image/png", "buffer": encoded(draw_eye("normal"), "PNG")}]
+        )
+        assert page.locator("#submit").is_enabled()  # the page's own (hashed) script ran
+        assert not blocked
+        ran = page.evaluate(  # an injected inline script is refused
+            "() => new Promise((done) => { window.__ran = false; const s = document.createElement('script');"
+            " s.textContent = 'window.__ran = true'; document.body.appendChild(s);"
+            " setTimeout(() => done(window.__ran), 50); })"
+        )
+        assert ran is False and blocked
+    finally:
+        context.close()

@@ -515,6 +515,9 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
-        return HTMLResponse(page.render(request.scope.get("root_path", ""), settings.disclaimer))
+        return HTMLResponse(
+            page.render(request.scope.get("root_path", ""), settings.disclaimer),
+            headers={"Content-Security-Policy": page.csp()},
+        )
 
     return app
