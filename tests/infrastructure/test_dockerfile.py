@@ -127,14 +127,28 @@ def test_handler_imports_and_is_callable_as_at_cold_start(handler_target: tuple[
         print(json.dumps({"callable": callable(fn), "params": len(inspect.signature(fn).parameters)}))
         """
     )
-    env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AWS_LAMBDA"))}
-    env.update(POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_METRICS_NAMESPACE="Test", AWS_DEFAULT_REGION="us-east-1")
+    env: dict[str, Any] = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AWS_LAMBDA", "ORT_DISABLE_TELEMETRY"))
+    }
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(
+        POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_METRICS_NAMESPACE="Test", AWS_DEFAULT_REGION="us-east-1",
+        HOME=str(home),
+    )  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", script, module, attribute, str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"callable": True, "params": 2}
+    # ONNX Runtime's telemetry (a device id under $HOME, and reports to Microsoft) stays off.
+    assert not list(home.rglob("*")), sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+
+
+def test_image_turns_off_onnxruntime_telemetry(dockerfile: list[tuple[str, str]]) -> None:
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    assert re.search(r"\bORT_DISABLE_TELEMETRY=1\b", env), env
 
 
 def _canonical(name: str) -> str:
