@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cataract_inference.classifier import load_classifier
-from cataract_inference.imaging import ImageError
+from cataract_inference.imaging import ImageError, decode_image
 
 from . import metrics
 
@@ -35,12 +35,15 @@ def _shrink(img: Image.Image, side: int) -> Image.Image:
 # Degradations that probe the size/blur shortcut: a model that learned "large and sharp = cataract"
 # would lose its cataracts under the first and third. The second mostly checks that serving is
 # resolution-invariant: the letterbox resizes the upscaled photo back to the input size.
+def _decoded(data: bytes) -> Image.Image:
+    """The photo as the service decodes it (upright, 8-bit, sRGB), for a degradation to start from."""
+    return decode_image(data).image
+
+
 DEGRADATIONS: dict[str, Callable[[bytes], bytes]] = {
-    "shrunk_to_128px_jpeg50": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 128), "JPEG", 50),
-    "upscaled_to_1024px": lambda b: _encode(_shrink(Image.open(io.BytesIO(b)).convert("RGB"), 1024)),
-    "gaussian_blur_2px": lambda b: _encode(
-        Image.open(io.BytesIO(b)).convert("RGB").filter(ImageFilter.GaussianBlur(2))
-    ),
+    "shrunk_to_128px_jpeg50": lambda b: _encode(_shrink(_decoded(b), 128), "JPEG", 50),
+    "upscaled_to_1024px": lambda b: _encode(_shrink(_decoded(b), 1024)),
+    "gaussian_blur_2px": lambda b: _encode(_decoded(b).filter(ImageFilter.GaussianBlur(2))),
 }
 
 

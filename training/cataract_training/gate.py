@@ -47,10 +47,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from cataract_inference import quality
 from cataract_inference.classifier import Classifier, load_classifier
-from cataract_inference.imaging import ImageError
+from cataract_inference.imaging import ImageError, decode_image
 from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
 
 from . import competence, metrics
+from .data import load_pil
 
 CALIBRATION, HELD_OUT, SEEN = "calibration", "held_out", "seen_by_ood_fit"
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"  # training/splits/<run>.json
@@ -791,6 +792,11 @@ def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int,
             "no split.json found: ALL photos, including those the ood_distance was fitted on "
             "(the held-out false-reject rate is then optimistic)"
         )
+        # Only ./runs and the repository's runs/ are searched: a run fitted with --runs elsewhere needs --split.
+        print(
+            f"warning: {note}; pass --split <runs dir>/<run>/split.json for the model's own training split",
+            file=sys.stderr,
+        )
     label_ids = [0 if labels[i] == "cataract" else 1 for i in fresh]
     _, held = splits.grouped_split([groups[i] for i in fresh], label_ids, val_fraction=0.5, seed=seed)
     for j in held:
@@ -806,7 +812,7 @@ def eye_items(eyes: EyeSet, degradations: bool = True) -> Iterator[tuple[str, It
         yield part, Item(raw, True, "eye", f"eye:{group}", name)
         if not degradations:
             continue
-        img = Image.open(io.BytesIO(raw)).convert("RGB")
+        img = decode_image(raw).image  # as the service decodes it: upright, 8-bit, sRGB
         for variant, out, q in eye_degradations(img):
             yield part, Item(_jpeg(out, q), True, f"eye/{variant}", f"eye:{group}", f"{name}/{variant}")
 
@@ -820,7 +826,7 @@ def eye_afar_items(eyes: EyeSet, seed: int, per_part: int = 24) -> Iterator[tupl
         by_part[CALIBRATION if part == SEEN else part].append(i)
     for part, idx in by_part.items():
         for i in rng.sample(idx, min(per_part, len(idx))):
-            eye = Image.open(eyes.paths[i]).convert("RGB")
+            eye = load_pil(eyes.paths[i])
             scene = rng.choice(scenes) if rng.random() < 0.5 else _landscape(rng)
             out = _from_afar(eye, scene, rng, rng.uniform(0.06, 0.15))
             yield part, Item(_jpeg(out), False, "eye_afar", f"eye_afar:{eyes.groups[i]}", f"{eyes.paths[i].name}-afar")
@@ -865,7 +871,7 @@ def _measure_all(classifier: Classifier, items: Sequence[Item], progress: bool) 
 def _photos(eyes: EyeSet, part: str) -> list[competence.Photo]:
     """The eye photos of one part, as stored (no degradations), for the competence sweep."""
     return [
-        competence.Photo(Image.open(path).convert("RGB"), label == "cataract", f"{path.parent.name}/{path.name}")
+        competence.Photo(load_pil(path), label == "cataract", f"{path.parent.name}/{path.name}")
         for path, label, p in zip(eyes.paths, eyes.labels, eyes.parts, strict=True)
         if p == part
     ]
