@@ -57,9 +57,9 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
     elif "threshold_oof" in cal:
         lines.append(
             f"The temperature (T = {manifest.temperature:.4f}) was fitted on the grouped-CV out-of-fold "
-            f"predictions. The threshold is the lower of two: where those predictions reach sensitivity "
-            f">= {target:.0%} ({cal['threshold_oof']:.4f}) and where the validation split does "
-            f"({cal['threshold_val']:.4f}); the lower one only refers more."
+            f"predictions. The threshold is where those predictions reach sensitivity >= {target:.0%} "
+            f"({cal['threshold_oof']:.4f}), capped at 0.5, the model's own argmax. The validation split alone would "
+            f"have asked for {cal['threshold_val']:.4f}; it is recorded, not used."
         )
         if crossed.get("n"):
             lines[-1] += (

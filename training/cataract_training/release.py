@@ -29,7 +29,7 @@ from cataract_inference.manifest import (
 from cataract_inference.model_source import sha256_of
 
 from . import calibrate, card, evaluate, export, quantize
-from .train import CLASSES, load_run, prepare
+from .train import CLASSES, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
 SENSITIVITY_TARGET = calibrate.SENSITIVITY_TARGET
@@ -124,6 +124,8 @@ def release(
 ) -> dict[str, Any]:
     """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
     cfg, net = load_run(run)
+    if cv_json is not None:
+        check_cv_matches(Path(cv_json), cfg)
     # The thread count changes float summation order, hence the OOD constants and the file's sha256:
     # pin it, so exporting the same run twice gives the same bytes whatever ran before in this process.
     torch.set_num_threads(cfg.threads)
@@ -138,7 +140,7 @@ def release(
         )
     tr = [where[k] for k in split["train"]]
     va = [where[k] for k in split["val"]]
-    loaded = _load_oof(cv_json, leave_out=frozenset(split["val"]))
+    loaded = _load_oof(cv_json, leave_out=frozenset(split["val"]), known=frozenset(where))
     oof, left_out = loaded if loaded is not None else (None, 0)
     _, train_emb, _, train_mid = _embed(net, prep.tensors[tr])
     ood = export.fit_ood(train_emb)
@@ -297,13 +299,34 @@ def _previous_manifest(out_dir: Path) -> Manifest | None:
         return None
 
 
+# What a CV run must share with the fitted run for its predictions to calibrate it.
+CV_MUST_MATCH = ("backbone", "size", "resize")
+
+
+def check_cv_matches(cv_json: Path, cfg: FitConfig) -> None:
+    """Refuse a ``cv.json`` from another data folder or recipe: its temperature and threshold would be another
+    model's, and the card would call them this one's honest estimate."""
+    if not cv_json.is_file():
+        raise FileNotFoundError(f"{cv_json} not found: pass the cv.json of a finished `cv` run")
+    cv_cfg = json.loads(cv_json.read_text(encoding="utf-8")).get("config", {})
+    if Path(cv_cfg.get("data", "")).expanduser().resolve() != Path(cfg.data).resolve():
+        raise ValueError(f"{cv_json} cross-validated {cv_cfg.get('data')!r}, but the run was fitted on {cfg.data!r}")
+    differ = {k: (cv_cfg.get(k), getattr(cfg, k)) for k in CV_MUST_MATCH if cv_cfg.get(k) != getattr(cfg, k)}
+    if differ:
+        raise ValueError(
+            f"{cv_json} used another recipe than the run: "
+            + ", ".join(f"{k} {a!r} against {b!r}" for k, (a, b) in differ.items())
+        )
+
+
 def _load_oof(
-    cv_json: Path | None, leave_out: frozenset[str] = frozenset()
+    cv_json: Path | None, leave_out: frozenset[str] = frozenset(), known: frozenset[str] | None = None
 ) -> tuple[tuple[np.ndarray, np.ndarray], int] | None:
     """Out-of-fold logits and labels saved by ``cv`` beside its cv.json, if given, without the ``leave_out`` photos,
     and how many were left out.
 
-    ``cv`` records each prediction's file (older runs did not: then nothing can be left out).
+    ``cv`` records each prediction's file (older runs did not: then nothing can be left out). With ``known`` (the
+    photos usable now), a prediction for any other photo is refused: the CV was run on other data.
     """
     if cv_json is None:
         return None
@@ -312,6 +335,13 @@ def _load_oof(
         raise FileNotFoundError(f"{npz} not found: pass the cv.json of a finished `cv` run")
     with np.load(npz) as z:
         logits, labels = z["logits"], z["labels"]
+        if "keys" in z.files and known is not None:
+            strangers = sorted(set(z["keys"].tolist()) - known)
+            if strangers:
+                raise ValueError(
+                    f"{npz} holds predictions for {len(strangers)} photos that are not in the run's data "
+                    f"(e.g. {strangers[0]}): pass the cv.json of a CV on the same data"
+                )
         if "keys" not in z.files or not leave_out:
             return (logits, labels), 0
         keep = ~np.isin(z["keys"], sorted(leave_out))
