@@ -107,14 +107,15 @@ def test_audit_says_what_fit_will_refuse_and_counts_only_readable_files(tmp_path
     assert "3 distinct photos of 4" in near, near  # 4 readable files, not 6
 
 
-def test_a_class_whose_every_file_is_unreadable_is_a_classes_finding(tmp_path: Path) -> None:
-    """`fit` checks the classes over readable files; the audit must say the same, not only UNREADABLE."""
+def test_a_class_whose_every_file_is_unreadable_is_its_own_finding(tmp_path: Path) -> None:
+    """`fit` refuses such a folder; the audit must say why (not "rename the folders": the names are right)."""
     root = make_folder(tmp_path / "x", n_per_class=3)
     for path in (root / "normal").iterdir():
         path.write_bytes(b"not an image")
     findings = audit.run_audit(root, progress=False).report["findings"]
-    assert any(f.startswith("CLASSES:") and "missing: ['normal']" in f for f in findings), findings
-    assert any(f.startswith("UNREADABLE: 3") for f in findings), findings
+    assert not any(f.startswith("CLASSES:") for f in findings), findings
+    assert any(f.startswith("NO READABLE PHOTO: every 'normal' photo") for f in findings), findings
+    assert any(f.startswith("UNREADABLE: 3") and "normal/normal_0.png (NotAnImageError" in f for f in findings)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -95,10 +95,18 @@ def run_audit(
     file_sizes: dict[str, list[int]] = defaultdict(list)
     blank = np.zeros(hashing.HASH_SIDE**2, dtype=bool)
     for sample, key in tqdm(list(zip(samples, keys, strict=True)), desc="audit", disable=not progress, unit="img"):
-        raw = sample.path.read_bytes()
+        try:
+            raw = sample.path.read_bytes()
+        except OSError as exc:  # a broken link, a file that went away, no permission
+            raw = b""
+            error: Exception | None = exc
+        else:
+            error = None
         shas.append(hashing.sha256_bytes(raw))
         file_sizes[sample.label].append(len(raw))
         try:
+            if error is not None:
+                raise error
             img = data.load_pil(sample.path)
         except Exception as exc:  # The serving decoder's errors and anything Pillow throws.
             readable.append(False)
@@ -161,11 +169,7 @@ def run_audit(
         }
         for label, vals in sorted(sizes.items())
     }
-    # Classes and their balance as `fit` sees them: over the files it can read.
-    readable_samples = [s for s, can_read in zip(samples, readable, strict=True) if can_read]
-    findings = _findings(
-        readable_samples, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report, int(ok.sum())
-    )
+    findings = _findings(samples, readable, exact_groups, near_groups, conflicts, cross_split, unreadable, size_report)
     joined = {(hash_groups[a], hash_groups[b]) for a, b, _ in reframed_pairs if hash_groups[a] != hash_groups[b]}
     if joined:
         findings.append(
@@ -220,23 +224,30 @@ def _reframed(
 
 
 def _findings(  # noqa: PLR0917 - one argument per report section
-    samples: list[data.Sample],
+    all_samples: list[data.Sample],
+    readable: list[bool],
     exact_groups: list[dict[str, Any]],
     near_groups: list[dict[str, Any]],
     conflicts: list[dict[str, Any]],
     cross_split: list[dict[str, Any]],
     unreadable: list[dict[str, str]],
     sizes: dict[str, dict[str, dict[str, float]]],
-    n: int,
 ) -> list[str]:
-    """Readable warnings, one per problem a trainer must know about (``samples``, ``n``: the readable files)."""
+    """Readable warnings, one per problem a trainer must know about."""
     out: list[str] = []
     try:
-        data.check_classes(samples)
+        data.check_classes(all_samples)  # the folder names, whether or not their photos can be read
     except ValueError as exc:
         out.append(f"CLASSES: {exc} `fit` will refuse this folder")
+    # Balance and duplicates as `fit` sees them: over the files it can read.
+    samples = [s for s, can_read in zip(all_samples, readable, strict=True) if can_read]
+    n = len(samples)
+    for label in sorted({s.label for s in all_samples} - {s.label for s in samples}):
+        out.append(f"NO READABLE PHOTO: every '{label}' photo is unreadable; `fit` will refuse this folder")
     if unreadable:
-        out.append(f"UNREADABLE: {len(unreadable)} file(s) cannot be decoded and are skipped")
+        shown = "; ".join(f"{u['file']} ({u['error'][:160]})" for u in unreadable[:3])
+        more = f"; and {len(unreadable) - 3} more in audit.json" if len(unreadable) > 3 else ""
+        out.append(f"UNREADABLE: {len(unreadable)} file(s) cannot be decoded and are skipped: {shown}{more}")
     if exact_groups:
         extra = sum(g["size"] - 1 for g in exact_groups)
         out.append(f"EXACT DUPLICATES: {len(exact_groups)} groups of byte-identical files ({extra} redundant copies)")
@@ -285,7 +296,8 @@ def summary_text(report: dict[str, Any]) -> str:
     lines.append(f"  sizes from: {report['original_sizes_from']}")
     lines.append("Findings:" if report["findings"] else "Findings: none")
     lines.extend(f"  - {f}" for f in report["findings"])
-    return "\n".join(lines)
+    # A file name that is not valid UTF-8 reaches us with surrogates in it: escape them, for files and terminals.
+    return "\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_report(result: AuditResult, out_dir: Path) -> tuple[Path, Path]:

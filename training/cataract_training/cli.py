@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import check_classes, discover
     from .evaluate import evaluate_folder, robustness
 
-    samples = discover(Path(args.data), tuple(args.splits) if args.splits else None)
+    samples = discover(Path(args.data), tuple(s.lower() for s in args.splits) if args.splits else None)
     if args.split_file:
         # Only the photos a run held out (e.g. its validation split), by their paths relative to DATA.
         keep = set(json.loads(Path(args.split_file).read_text(encoding="utf-8"))[args.subset])
@@ -162,18 +162,21 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_all(args: argparse.Namespace) -> int:
     """fit (which audits the data first) -> cv -> export, in one go."""
+    from .cv import check_folds, run_cv
     from .release import release
-    from .train import fit
+    from .train import fit, prepare
 
     cfg = _fit_config(args)
     if args.folds == 1:
         raise ValueError("--folds must be 0 (no cross-validation) or at least 2")
-    run = fit(cfg, args.runs)
+    # Audited once, and the folds checked before a fit's minutes are spent.
+    prep = prepare(cfg)
+    if args.folds > 1:
+        check_folds(prep, args.folds)
+    run = fit(cfg, args.runs, prepared=prep)
     cv_json = None
     if args.folds > 1:
-        from .cv import run_cv
-
-        cv_json = run_cv(cfg, k=args.folds, epochs=args.fold_epochs, runs_dir=args.runs) / "cv.json"
+        cv_json = run_cv(cfg, k=args.folds, epochs=args.fold_epochs, runs_dir=args.runs, prepared=prep) / "cv.json"
     metrics = release(run, Path(args.out), cv_json=cv_json)
     print(_one_line("validation", metrics["validation"]))
     if "grouped_cv" in metrics:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import calibrate, metrics
 from .splits import grouped_kfold
-from .train import CLASSES, FitConfig, new_run_dir, predict_logits, prepare, train_model
+from .train import CLASSES, FitConfig, Prepared, new_run_dir, predict_logits, prepare, train_model
 
 POS = CLASSES.index("cataract")
 
@@ -66,21 +66,35 @@ def summarise(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, group
     }
 
 
-def run_cv(
-    cfg: FitConfig, k: int = 5, epochs: int | None = None, runs_dir: Path = Path("runs"), progress: bool = True
-) -> Path:
-    """Grouped k-fold CV of the recipe in ``cfg``; writes ``cv.json`` and ``cv_oof.npz`` in a run folder."""
-    t0 = time.perf_counter()
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"--fold-epochs must be at least 1, got {epochs}")
-    prep = prepare(cfg, progress)
-    labels = prep.labels
+def check_folds(prep: Prepared, k: int) -> None:
+    """Refuse ``k`` folds when a class has fewer than ``k`` distinct photos (a fold would lack it)."""
     for c, name in enumerate(CLASSES):
-        distinct = len({g for g, lab in zip(prep.groups, labels.tolist(), strict=True) if lab == c})
+        distinct = len({g for g, lab in zip(prep.groups, prep.labels.tolist(), strict=True) if lab == c})
         if distinct < k:
             raise ValueError(
                 f"--folds {k} needs at least {k} distinct {name} photos (duplicates count once); there are {distinct}"
             )
+
+
+def run_cv(
+    cfg: FitConfig,
+    k: int = 5,
+    epochs: int | None = None,
+    runs_dir: Path = Path("runs"),
+    progress: bool = True,
+    *,
+    prepared: Prepared | None = None,
+) -> Path:
+    """Grouped k-fold CV of the recipe in ``cfg``; writes ``cv.json`` and ``cv_oof.npz`` in a run folder.
+
+    ``prepared``: the data as ``prepare(cfg)`` returns it, when the caller has it already.
+    """
+    t0 = time.perf_counter()
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--fold-epochs must be at least 1, got {epochs}")
+    prep = prepared if prepared is not None else prepare(cfg, progress)
+    labels = prep.labels
+    check_folds(prep, k)
     folds = grouped_kfold(prep.groups, labels.tolist(), k, cfg.seed)
     run = new_run_dir(runs_dir, f"cv{k}-{cfg.backbone}")
     fold_of = np.zeros(len(labels), dtype=np.int64)

@@ -15,6 +15,7 @@ serving does not make (a speed-up; the augmentation varies scale and blur far mo
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from PIL import Image
 from cataract_inference.imaging import DEFAULT_FILL, DecodeLimits, decode_image, load_for_model
 from cataract_inference.manifest import InputSpec
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Photo formats the service refuses with advice (HEIC: how to make an iPhone save JPEG). They are collected too,
+# so the audit lists them as unreadable with that advice instead of leaving them out unseen.
+REFUSED_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".psd"})
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 HELD_OUT_SPLITS = frozenset({"test"})  # audited, evaluated, never trained on
 CLASSES = ("cataract", "normal")
@@ -48,7 +52,22 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Photos under ``folder``, through symlinked folders (each real folder once) and broken links included,
+    so that an unreadable photo is reported rather than missed."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            dirnames.clear()
+            continue
+        seen.add(real)
+        found.extend(
+            Path(dirpath, name)
+            for name in filenames
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES | REFUSED_PHOTO_SUFFIXES
+        )
+    return sorted(found)
 
 
 def resolve_layout(root: Path) -> dict[str, Path]:
@@ -60,8 +79,22 @@ def resolve_layout(root: Path) -> dict[str, Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     base = root / "processed_images" if (root / "processed_images").is_dir() else root
-    splits = {p.name: p for p in _class_dirs(base) if p.name.lower() in SPLIT_NAMES}
+    folders = _class_dirs(base)
+    # Split names are matched in any case and recorded in lower case: `Test/` is held out as `test/` is.
+    splits: dict[str, Path] = {}
+    for p in folders:
+        name = p.name.lower()
+        if name in SPLIT_NAMES:
+            if name in splits:
+                raise ValueError(f"{base} has two split folders named {name!r}: {splits[name].name}, {p.name}")
+            splits[name] = p
     if splits:
+        others = [p.name for p in folders if p.name.lower() not in SPLIT_NAMES and _images_in(p)]
+        if others:
+            raise ValueError(
+                f"{base} mixes split folders {sorted(splits)} with other folders of photos {others}, which would "
+                "be left out: put every class folder inside a split folder (train/<class>/), or use no split folders"
+            )
         return splits
     if not _class_dirs(base):
         raise ValueError(f"{root} has no class folders: expected ROOT/<class>/* or ROOT/{{train,test}}/<class>/*")
@@ -69,7 +102,7 @@ def resolve_layout(root: Path) -> dict[str, Path]:
 
 
 def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
-    """All photos under ``root`` with their class (the folder name) and split."""
+    """All photos under ``root`` with their class (the folder name) and split (a lower-case split folder name)."""
     samples: list[Sample] = []
     for split, folder in resolve_layout(root).items():
         if splits is not None and split not in splits:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from torch import nn
 from tqdm import tqdm
 
@@ -73,6 +74,13 @@ class FitConfig:
         for name in ("lr_head", "lr_trunk"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        try:
+            self.spec()
+        except ValidationError as exc:  # one line naming the setting, not pydantic's report
+            err = exc.errors()[0]
+            raise ValueError(f"{err['loc'][0]} {err['input']!r}: {err['msg']}") from None
         # Absolute, so that `export` finds the data from any working directory.
         self.data = str(Path(self.data).expanduser().resolve())
 
@@ -114,20 +122,32 @@ def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
     """Audit the data folder, drop unreadable and conflicting photos, and cache every photo once.
 
     A ``test`` split folder (Kaggle's layout) is audited but never trained on: it stays held out for
-    ``evaluate --splits test``.
+    ``evaluate --splits test``. Photos in other split folders (``val/``...) join the training pool, from
+    which ``fit`` draws its own grouped validation split.
     """
+    # Folder names first: a misnamed class is refused before a minute of auditing.
+    data.check_classes(data.discover(Path(cfg.data)), CLASSES)
     result = run_audit(Path(cfg.data), progress=progress)
     index = [i for i in result.usable() if result.samples[i].split not in data.HELD_OUT_SPLITS]
     held_out = sum(1 for s in result.samples if s.split in data.HELD_OUT_SPLITS)
     if progress and held_out:
         print(f"held out: {held_out} photos in test split folders (evaluate them with --splits test)", flush=True)
-    data.check_classes([result.samples[i] for i in range(len(result.samples)) if result.readable[i]], CLASSES)
+    pooled = Counter(result.samples[i].split for i in index if result.samples[i].split != "train")
+    if progress and pooled:
+        print(
+            f"pooled for training: {dict(pooled)} photos from split folders other than train/ "
+            "(fit draws its own grouped validation split from the pool)",
+            flush=True,
+        )
     # After unreadable, conflicting and held-out photos are gone: a class with none left cannot be learnt.
+    label_of = dict(zip(result.keys, (s.label for s in result.samples), strict=True))
     for name in CLASSES:
         if not any(result.samples[i].label == name for i in index):
+            unreadable = [u for u in result.report["unreadable"] if label_of[u["file"]] == name]
             raise ValueError(
                 f"no usable {name} photos: every one is unreadable, also filed under another class, or in a "
                 "test split folder (see `cataract-train audit`)"
+                + (f"; unreadable, e.g. {unreadable[0]['file']}: {unreadable[0]['error']}" if unreadable else "")
             )
     spec = cfg.spec()
     images, tensors = [], []
@@ -319,10 +339,15 @@ def check_split(labels: np.ndarray, train: list[int], val: list[int]) -> None:
             )
 
 
-def fit(cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
-    """Audit, split (grouped, stratified), train with early stopping, and save the run folder."""
+def fit(
+    cfg: FitConfig, runs_dir: Path = Path("runs"), progress: bool = True, *, prepared: Prepared | None = None
+) -> Path:
+    """Audit, split (grouped, stratified), train with early stopping, and save the run folder.
+
+    ``prepared``: the data as ``prepare(cfg)`` returns it, when the caller has it already.
+    """
     t_start = time.perf_counter()
-    prep = prepare(cfg, progress)
+    prep = prepared if prepared is not None else prepare(cfg, progress)
     tr, va = grouped_split(prep.groups, prep.labels.tolist(), cfg.val_fraction, cfg.seed)
     assert not {prep.groups[i] for i in tr} & {prep.groups[i] for i in va}, "a duplicate group straddles the split"
     check_split(prep.labels, tr, va)
