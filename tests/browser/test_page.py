@@ -184,6 +184,22 @@ def _choose_and_submit(page: Page, page_url: str, tmp_path: Path) -> None:
     page.get_by_role("button", name="Screen this photo").click()
 
 
+def _submit_and_hold(page: Page, page_url: str, tmp_path: Path) -> list[Route]:
+    """Submit a photo and hold its request unanswered: the held route is returned for the test to answer."""
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # a plain function: playwright cannot take a bound builtin as a handler
+        held.append(route)
+
+    page.route("**/predict", hold)
+    _choose_and_submit(page, page_url, tmp_path)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page did not send the photo"
+    return held
+
+
 @pytest.mark.parametrize("body", ["{}", "[]", '{"message": "Endpoint request timed out"}', '{"label": "maybe"}'])
 def test_an_answer_that_is_not_a_result_is_never_shown_as_one(
     page: Page, page_url: str, tmp_path: Path, body: str
@@ -202,17 +218,7 @@ def test_an_answer_for_an_earlier_photo_is_not_shown_against_a_new_one(
 ) -> None:
     import json
 
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:  # answered later, after another photo is chosen
-        held.append(route)
-
-    page.route("**/predict", hold)
-    _choose_and_submit(page, page_url, tmp_path)
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
-    assert held, "the page did not send the photo"
+    held = _submit_and_hold(page, page_url, tmp_path)  # answered later, after another photo is chosen
     other = tmp_path / "other.png"
     other.write_bytes(encoded(draw_eye("cataract", size=(300, 200), seed=9), "PNG"))
     page.locator("#photo").set_input_files(str(other))  # chosen while the first answer is on its way
@@ -351,17 +357,7 @@ def test_a_large_file_the_browser_cannot_read_is_named_not_sent(page: Page, page
 
 def test_an_answer_that_never_comes_ends_in_an_error_not_a_spinner(page: Page, page_url: str, tmp_path: Path) -> None:
     page.clock.install()
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:  # never answered (playwright cannot take a bound builtin as a handler)
-        held.append(route)
-
-    page.route("**/predict", hold)
-    _choose_and_submit(page, page_url, tmp_path)
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
-    assert held, "the page did not send the photo"
+    _submit_and_hold(page, page_url, tmp_path)  # never answered
     page.clock.run_for(46_000)
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
