@@ -353,12 +353,27 @@ def test_a_large_file_the_browser_cannot_read_is_named_not_sent(page: Page, page
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert "HEIC" in error.inner_text() and "Most Compatible" in error.inner_text()
     assert sent == []
+    # Any other file the browser cannot draw is sent: the service may take more than the default body limit.
+    other = tmp_path / "scan.tif"
+    other.write_bytes(b"II*\x00" + b"\x00" * (5 * 1024 * 1024))
+    page.locator("#photo").set_input_files(str(other))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#error").filter(has_text="(413)").wait_for(timeout=TIMEOUT_MS)
+    assert len(sent) == 1
+
+
+def test_a_browser_without_newer_abortsignal_methods_still_screens(page: Page, page_url: str, tmp_path: Path) -> None:
+    """AbortController exists since Chrome 66 and Safari 12.1; throwIfAborted only since Chrome 100, Safari 15.4."""
+    page.add_init_script("delete AbortSignal.prototype.throwIfAborted; delete AbortSignal.timeout;")
+    _choose_and_submit(page, page_url, tmp_path)
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert page.locator("#error").is_hidden()
 
 
 def test_an_answer_that_never_comes_ends_in_an_error_not_a_spinner(page: Page, page_url: str, tmp_path: Path) -> None:
     page.clock.install()
     _submit_and_hold(page, page_url, tmp_path)  # never answered
-    page.clock.run_for(46_000)
+    page.clock.run_for(101_000)
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert "No answer from the service" in error.inner_text()
