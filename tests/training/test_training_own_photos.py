@@ -136,6 +136,8 @@ def test_export_refuses_a_cv_run_of_other_data_or_another_recipe(tmp_path: Path)
     release.check_cv_matches(_cv_run(tmp_path / "ok", same, ["cataract/a.png"]), cfg)  # the same: accepted
     with pytest.raises(ValueError, match="cross-validated"):
         release.check_cv_matches(_cv_run(tmp_path / "other", {**same, "data": str(tmp_path / "x")}, []), cfg)
+    relative = {**same, "data": "../somewhere/as/typed"}  # older runs kept the path as typed: keys decide
+    release.check_cv_matches(_cv_run(tmp_path / "old", relative, ["cataract/a.png"]), cfg)
     with pytest.raises(ValueError, match="size 64 against 32"):
         release.check_cv_matches(_cv_run(tmp_path / "big", {**same, "size": 64}, []), cfg)
     cv_json = _cv_run(tmp_path / "strangers", same, ["cataract/a.png", "normal/zzz.png"])

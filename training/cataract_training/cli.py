@@ -169,7 +169,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     cfg = _fit_config(args)
     if args.folds == 1:
         raise ValueError("--folds must be 0 (no cross-validation) or at least 2")
-    # Audited once, and the folds checked before a fit's minutes are spent.
+    # The folds are checked before a fit's minutes are spent; fit and cv share this audit (export audits again).
     prep = prepare(cfg)
     if args.folds > 1:
         check_folds(prep, args.folds)

@@ -309,7 +309,9 @@ def check_cv_matches(cv_json: Path, cfg: FitConfig) -> None:
     if not cv_json.is_file():
         raise FileNotFoundError(f"{cv_json} not found: pass the cv.json of a finished `cv` run")
     cv_cfg = json.loads(cv_json.read_text(encoding="utf-8")).get("config", {})
-    if Path(cv_cfg.get("data", "")).expanduser().resolve() != Path(cfg.data).resolve():
+    cv_data = Path(cv_cfg.get("data", "")).expanduser()
+    # Older runs kept the path as typed, relative to a directory unknown now: the photo keys are checked instead.
+    if cv_data.is_absolute() and cv_data.resolve() != Path(cfg.data).resolve():
         raise ValueError(f"{cv_json} cross-validated {cv_cfg.get('data')!r}, but the run was fitted on {cfg.data!r}")
     differ = {k: (cv_cfg.get(k), getattr(cfg, k)) for k in CV_MUST_MATCH if cv_cfg.get(k) != getattr(cfg, k)}
     if differ:
