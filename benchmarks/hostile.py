@@ -42,6 +42,8 @@ def write_images(folder: Path) -> dict[str, tuple[Path, str]]:
             "image/tiff",
         ),
         "lossless RGBA WebP": (lambda: _encoded(Image.new("RGBA", size), "WEBP", lossless=True), "image/webp"),
+        # Not hostile at all: an ordinary lossy photo, and the worst accepted peak (the WebP animation decoder).
+        "lossy RGB WebP": (lambda: _encoded(Image.new("RGB", size, (120, 90, 80)), "WEBP", quality=80), "image/webp"),
         "progressive JPEG of 3,000+ scans": (lambda: progressive_jpeg_with_scans(3000), "image/jpeg"),
         "run-length-encoded BMP": (bmp_rle8, "image/bmp"),
     }

@@ -241,11 +241,21 @@ def test_cache_not_writable(tmp_path: Path) -> None:
         ({"ORT_INTRA_OP_THREADS": "0"}, ">= 1"),
         ({"MAX_BODY_BYTES": "-5"}, ">= 1"),
         ({"MAX_IMAGE_PIXELS": "200000000"}, "<= 178956970"),
+        # 89 MP of WebP peaked at 1501 MiB: more than a 1024 MB function has.
+        ({"MAX_IMAGE_PIXELS": "89478485", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, "at most 50724864"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_the_default_pixel_limit_fits_the_smallest_memory_the_template_allows() -> None:
+    from tests.infrastructure.conftest import load_template
+
+    smallest = load_template()["Parameters"]["MemorySize"]["MinValue"]
+    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(smallest)}).max_image_pixels == 40_000_000
+    assert Settings.from_env({"MAX_IMAGE_PIXELS": "89478485", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048"})
 
 
 def test_settings_defaults() -> None:

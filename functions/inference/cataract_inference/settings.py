@@ -17,11 +17,16 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR.parent / "model"
 
 LAMBDA_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
-# The decoder's default limits (MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE): a 40 MP RGB decode is ~120 MB.
+# The decoder's default limits (MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE). Pillow keeps RGB at 4 bytes a pixel (a 40 MP
+# decode is ~160 MB), and any WebP goes through its animation decoder: measured, 16 bytes a pixel at peak.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_SIDE = 12_000
 # Pillow refuses any image over twice its MAX_IMAGE_PIXELS (89,478,485), whatever we allow.
 PILLOW_PIXEL_CEILING = 2 * 89_478_485
+# Sizing on Lambda: the worst accepted photo (a WebP) peaks at this many bytes a pixel, over the warm process
+# (~140 MiB) and the runtime's own (~100 MiB). A limit the memory cannot decode would end in an out-of-memory kill.
+WORST_BYTES_PER_PIXEL = 16
+PROCESS_OVERHEAD_MIB = 250
 
 # Every response carries it, errors included; template.yaml's gateway responses repeat it verbatim.
 DEFAULT_DISCLAIMER = "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis."
@@ -73,6 +78,18 @@ class Settings:
         sha = env.get("MODEL_SHA256", "").strip().lower() or None
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ConfigError("MODEL_SHA256 must be 64 hex characters")
+        max_image_pixels = _int(
+            env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1, maximum=PILLOW_PIXEL_CEILING
+        )
+        memory_mib = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
+        if memory_mib.isdigit():
+            fits = pixels_that_fit(int(memory_mib))
+            if max_image_pixels > fits:
+                raise ConfigError(
+                    f"MAX_IMAGE_PIXELS={max_image_pixels} cannot be decoded in this function's {memory_mib} MB "
+                    f"(a WebP peaks at {WORST_BYTES_PER_PIXEL} bytes a pixel): set it to at most {fits}, or raise "
+                    "MemorySize"
+                )
         return cls(
             model_dir=Path(env.get("MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR),
             model_s3_uri=s3_uri,
@@ -82,12 +99,15 @@ class Settings:
             # Lambda has at most 6 vCPUs; thousands of threads would take minutes to start.
             ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1, maximum=64),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
-            max_image_pixels=_int(
-                env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1, maximum=PILLOW_PIXEL_CEILING
-            ),
+            max_image_pixels=max_image_pixels,
             max_image_side=_int(env, "MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE, minimum=1),
             disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
         )
+
+
+def pixels_that_fit(memory_mib: int) -> int:
+    """The largest MAX_IMAGE_PIXELS a function of ``memory_mib`` can decode in its worst case (a WebP)."""
+    return max(0, (memory_mib - PROCESS_OVERHEAD_MIB) * 2**20 // WORST_BYTES_PER_PIXEL)
 
 
 @lru_cache(maxsize=1)
