@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".
 # Photo formats the service refuses with advice (HEIC: how to make an iPhone save JPEG). They are collected too,
 # so the audit lists them as unreadable with that advice instead of leaving them out unseen.
 REFUSED_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".psd"})
+_COLLECTED_SUFFIXES = IMAGE_SUFFIXES | REFUSED_PHOTO_SUFFIXES
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 HELD_OUT_SPLITS = frozenset({"test"})  # audited, evaluated, never trained on
 CLASSES = ("cataract", "normal")
@@ -62,11 +63,7 @@ def _images_in(folder: Path) -> list[Path]:
             dirnames.clear()
             continue
         seen.add(real)
-        found.extend(
-            Path(dirpath, name)
-            for name in filenames
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES | REFUSED_PHOTO_SUFFIXES
-        )
+        found.extend(Path(dirpath, name) for name in filenames if Path(name).suffix.lower() in _COLLECTED_SUFFIXES)
     return sorted(found)
 
 
