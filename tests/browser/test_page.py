@@ -290,6 +290,7 @@ def test_an_ungradable_result_shows_no_score_and_no_heat_map(page: Page, page_ur
     assert "90" not in page.locator("#probability").inner_text()
     assert page.locator("#probability").inner_text().startswith("not given")
     assert page.locator("#heatmap-figure").is_hidden()
+    assert page.locator("#caveat").is_hidden()  # the normal result's caveat: this photo was not judged at all
     assert page.locator("#reasons li").all_inner_texts() == ["the photo is too dark"]
 
 
@@ -353,13 +354,20 @@ def test_a_large_file_the_browser_cannot_read_is_named_not_sent(page: Page, page
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert "HEIC" in error.inner_text() and "Most Compatible" in error.inner_text()
     assert sent == []
+    # A small HEIC is sent: the service answers it with the same advice.
+    small = tmp_path / "IMG_0002.HEIC"
+    small.write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 2048)
+    page.locator("#photo").set_input_files(str(small))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#error").filter(has_text="(415)").wait_for(timeout=TIMEOUT_MS)
+    assert len(sent) == 1 and "Most Compatible" in page.locator("#error").inner_text()
     # Any other file the browser cannot draw is sent: the service may take more than the default body limit.
     other = tmp_path / "scan.tif"
     other.write_bytes(b"II*\x00" + b"\x00" * (5 * 1024 * 1024))
     page.locator("#photo").set_input_files(str(other))
     page.get_by_role("button", name="Screen this photo").click()
     page.locator("#error").filter(has_text="(413)").wait_for(timeout=TIMEOUT_MS)
-    assert len(sent) == 1
+    assert len(sent) == 2
 
 
 def test_a_browser_without_newer_abortsignal_methods_still_screens(page: Page, page_url: str, tmp_path: Path) -> None:
@@ -373,7 +381,9 @@ def test_a_browser_without_newer_abortsignal_methods_still_screens(page: Page, p
 def test_an_answer_that_never_comes_ends_in_an_error_not_a_spinner(page: Page, page_url: str, tmp_path: Path) -> None:
     page.clock.install()
     _submit_and_hold(page, page_url, tmp_path)  # never answered
-    page.clock.run_for(101_000)
+    page.clock.run_for(60_000)  # a slow upload may still be under way: the service allows 60 s for the body
+    assert page.locator("#error").is_hidden()
+    page.clock.run_for(41_000)
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert "No answer from the service" in error.inner_text()
@@ -389,6 +399,7 @@ def test_the_page_may_not_be_framed_and_runs_only_its_own_script(browser: Browse
         response = page.goto(page_url)
         policy = response.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+        assert "base-uri 'none'" in policy and "form-action 'none'" in policy
         page.locator("#photo").set_input_files(
             files=[{"name": "eye.png", "mimeType": "image/png", "buffer": encoded(draw_eye("normal"), "PNG")}]
         )
@@ -402,3 +413,11 @@ def test_the_page_may_not_be_framed_and_runs_only_its_own_script(browser: Browse
         assert ran is False and blocked
     finally:
         context.close()
+
+
+def test_a_refused_connection_says_so_at_once(page: Page, page_url: str, tmp_path: Path) -> None:
+    page.route("**/predict", lambda route: route.abort("connectionrefused"))
+    _choose_and_submit(page, page_url, tmp_path)
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert error.inner_text().startswith("Could not reach the service"), error.inner_text()

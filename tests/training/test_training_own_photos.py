@@ -162,6 +162,10 @@ def test_evaluations_degradations_start_from_the_photo_as_served(tmp_path: Path)
     assert upscaled.width < upscaled.height  # upright, as served; it was 1024x768 before
     blurred = Image.open(io.BytesIO(evaluate.DEGRADATIONS["gaussian_blur_2px"](grey16.read_bytes())))
     assert np.asarray(blurred).mean() < 250  # it was all white: 16-bit values clipped by convert("RGB")
+    shrunk = Image.open(io.BytesIO(evaluate.DEGRADATIONS["shrunk_to_128px_jpeg50"](rotated.read_bytes())))
+    assert shrunk.width < shrunk.height
+    shrunk = Image.open(io.BytesIO(evaluate.DEGRADATIONS["shrunk_to_128px_jpeg50"](grey16.read_bytes())))
+    assert np.asarray(shrunk).mean() < 250
 
 
 def test_the_gates_degraded_eyes_start_from_the_photo_as_served(tmp_path: Path) -> None:
@@ -174,3 +178,88 @@ def test_the_gates_degraded_eyes_start_from_the_photo_as_served(tmp_path: Path) 
     assert np.asarray(grey).mean() < 250
     photos = gate._photos(eyes, gate.CALIBRATION)
     assert photos[0].image.width < photos[0].image.height and np.asarray(photos[1].image).mean() < 250
+
+
+def test_two_split_folders_differing_in_case_are_refused_and_empty_folders_are_not_photos(tmp_path: Path) -> None:
+    make_folder(tmp_path / "a" / "train", n_per_class=1)
+    make_folder(tmp_path / "a" / "Train", n_per_class=1, seed=1)
+    with pytest.raises(ValueError, match="two split folders named 'train'"):
+        data.discover(tmp_path / "a")
+    make_folder(tmp_path / "b" / "train", n_per_class=1)
+    (tmp_path / "b" / "notes").mkdir()  # no photos in it: nothing would be left out
+    assert set(data.resolve_layout(tmp_path / "b")) == {"train"}
+
+
+def test_any_unreadable_file_is_reported_and_the_finding_counts_the_rest(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "eyes", n_per_class=2)
+    (root / "normal" / "self.png").symlink_to(root / "normal" / "self.png")  # ELOOP, not "file not found"
+    for i in range(4):
+        (root / "cataract" / f"bad_{i}.png").write_bytes(b"not a photo")
+    result = audit.run_audit(root, progress=False, reframed=False)
+    unreadable = {u["file"] for u in result.report["unreadable"]}
+    assert "normal/self.png" in unreadable and len(unreadable) == 5
+    finding = next(f for f in result.report["findings"] if f.startswith("UNREADABLE"))
+    assert finding.endswith("and 2 more in audit.json"), finding
+
+
+def test_the_fold_check_stops_exactly_at_the_distinct_photos(tmp_path: Path) -> None:
+    from cataract_training.cv import check_folds
+
+    prep = prepare(FitConfig(data=str(make_folder(tmp_path / "eyes", n_per_class=2)), size=32), progress=False)
+    check_folds(prep, 2)
+    with pytest.raises(ValueError, match="--folds 3 needs at least 3 distinct"):
+        check_folds(prep, 3)
+
+
+def test_evaluate_finds_a_capitalised_split_named_in_any_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_folder(tmp_path / "Train", n_per_class=1)
+    make_folder(tmp_path / "Test", n_per_class=1, seed=1)
+    code = cli.main(["evaluate", str(tmp_path), "--splits", "Test", "--model-dir", str(tmp_path / "no-model")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-model" in err  # it got as far as the model: the photos were found
+    assert "no images found" not in err and "no photos to evaluate" not in err
+
+
+def test_export_compares_resize_and_says_what_to_pass_for_a_missing_cv_json(tmp_path: Path) -> None:
+    cfg = FitConfig(data=str(tmp_path / "eyes"), size=32)
+    same = {"data": cfg.data, "backbone": cfg.backbone, "size": 32, "resize": cfg.resize}
+    with pytest.raises(ValueError, match="resize 'squash' against 'letterbox'"):
+        release.check_cv_matches(_cv_run(tmp_path / "squash", {**same, "resize": "squash"}, []), cfg)
+    with pytest.raises(FileNotFoundError, match="finished `cv` run"):
+        release.check_cv_matches(tmp_path / "nope.json", cfg)
+
+
+def test_export_itself_applies_both_cv_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    cfg = FitConfig(data=str(tmp_path / "eyes"), size=32)
+    same = {"data": cfg.data, "backbone": cfg.backbone, "size": 32, "resize": cfg.resize}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"train": ["cataract/a.png"], "val": []}))
+    monkeypatch.setattr(release, "load_run", lambda _: (cfg, None))
+    monkeypatch.setattr(release, "prepare", lambda *a, **k: SimpleNamespace(keys=["cataract/a.png"]))
+    with pytest.raises(ValueError, match="size 64 against 32"):
+        release.release(run, tmp_path / "out", cv_json=_cv_run(tmp_path / "big", {**same, "size": 64}, []))
+    strangers = _cv_run(tmp_path / "other", same, ["cataract/a.png", "normal/zzz.png"])
+    with pytest.raises(ValueError, match="not in the run's data"):
+        release.release(run, tmp_path / "out", cv_json=strangers)
+
+
+def test_the_gates_eyes_from_afar_start_from_the_photo_as_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotated, grey16 = _rotated_16bit_pair(tmp_path)
+    eyes = gate.EyeSet([rotated, grey16], ["cataract", "normal"], [0, 1], [gate.CALIBRATION] * 2, "test")
+    decoded: list[Path] = []
+    served = gate.load_pil
+
+    def recording(path: Path, *args: object, **kwargs: object) -> Image.Image:
+        decoded.append(path)
+        return served(path, *args, **kwargs)
+
+    monkeypatch.setattr(gate, "load_pil", recording)
+    items = list(gate.eye_afar_items(eyes, seed=0, per_part=2))
+    assert len(items) == 2 and sorted(decoded) == sorted([rotated, grey16])

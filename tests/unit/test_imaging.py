@@ -149,6 +149,13 @@ def test_limits_are_configurable() -> None:
         imaging.decode_image(encoded(gradient((200, 100)), "PNG"), imaging.DecodeLimits(max_side=150))
 
 
+def test_each_side_limit_holds_and_a_photo_exactly_at_the_limits_passes() -> None:
+    with pytest.raises(imaging.ImageTooLargeError):  # a tall photo: the height alone is over the limit
+        imaging.decode_image(png_with_declared_size(10, 20_000))
+    at_limits = imaging.DecodeLimits(max_pixels=20_000, max_side=200)
+    assert imaging.decode_image(encoded(gradient((200, 100)), "PNG"), at_limits).image.size == (200, 100)
+
+
 def test_a_pixel_limit_above_pillows_warning_is_honoured() -> None:
     # 95 MP: over Pillow's 89.5 MP warning, under its error. The IDAT holds one row, so decoding fails fast.
     data = png_with_declared_size(10_000, 9_500)

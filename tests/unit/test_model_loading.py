@@ -19,7 +19,7 @@ from moto import mock_aws
 
 from cataract_inference.classifier import Classifier, softmax
 from cataract_inference.model_source import ModelLoadError, load_baked, parse_s3_uri, resolve_model, sha256_of
-from cataract_inference.settings import ConfigError, Settings
+from cataract_inference.settings import ConfigError, Settings, pixels_that_fit
 from tests.support.onnx_models import build_tiny_model, rewrite_manifest, tiny_graph
 from tests.support.s3 import publish_model_folder
 
@@ -256,6 +256,9 @@ def test_the_default_pixel_limit_fits_the_smallest_memory_the_template_allows() 
     smallest = load_template()["Parameters"]["MemorySize"]["MinValue"]
     assert Settings.from_env({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(smallest)}).max_image_pixels == 40_000_000
     assert Settings.from_env({"MAX_IMAGE_PIXELS": "89478485", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048"})
+    exactly = str(pixels_that_fit(1024))  # the figure the error names is itself accepted
+    assert Settings.from_env({"MAX_IMAGE_PIXELS": exactly, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"})
+    assert pixels_that_fit(128) == 0  # below the overhead: nothing fits, never a negative figure
 
 
 def test_settings_defaults() -> None:
