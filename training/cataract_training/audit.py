@@ -97,16 +97,11 @@ def run_audit(
     for sample, key in tqdm(list(zip(samples, keys, strict=True)), desc="audit", disable=not progress, unit="img"):
         try:
             raw = sample.path.read_bytes()
-        except OSError as exc:  # a broken link, a file that went away, no permission
+        except OSError:  # a broken link, a file that went away: load_pil raises it again, below, as unreadable
             raw = b""
-            error: Exception | None = exc
-        else:
-            error = None
         shas.append(hashing.sha256_bytes(raw))
         file_sizes[sample.label].append(len(raw))
         try:
-            if error is not None:
-                raise error
             img = data.load_pil(sample.path)
         except Exception as exc:  # The serving decoder's errors and anything Pillow throws.
             readable.append(False)
