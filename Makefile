@@ -40,9 +40,11 @@ demo: setup-serve
 lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: setup-dev setup-tools setup-browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 events: setup-serve
@@ -52,4 +54,4 @@ benchmark: setup-dev
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .hypothesis .aws-sam
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis .aws-sam

@@ -6,6 +6,7 @@ with its own manifest (temperature and threshold), and run through serving's cla
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def latency(fp32_dir: Path, int8_dir: Path, tensor: np.ndarray, repeats: int) ->
     """Bare ``session.run`` of both variants on one preprocessed photo, interleaved, one intra-op thread."""
     s = sessions({"fp32": fp32_dir, "int8": int8_dir})
     return interleaved(
-        {f"{k} session.run": (lambda v=v: v.run(None, {"input": tensor})) for k, v in s.items()}, repeats
+        {f"{k} session.run": functools.partial(v.run, None, {"input": tensor}) for k, v in s.items()}, repeats
     )
 
 

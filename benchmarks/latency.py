@@ -115,14 +115,16 @@ def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> d
         tensor = preprocess(decoded.image, spec)[None]
         out[name] = interleaved(
             {
-                "bare session.run": lambda t=tensor: clf.run(t),
-                "decode (draft)": lambda d=data: decode_image(d, clf.limits, target_size=spec.size, fill=spec.fill_rgb),
-                "preprocess": lambda img=decoded.image: preprocess(img, spec),
-                "gate statistics": lambda d=decoded, t=tensor[0]: quality.tensor_stats(
-                    t, spec, d.image, d.original_size
+                "bare session.run": functools.partial(clf.run, tensor),
+                "decode (draft)": functools.partial(
+                    decode_image, data, clf.limits, target_size=spec.size, fill=spec.fill_rgb
                 ),
-                "predict_bytes": lambda d=data: clf.predict_bytes(d),
-                "handler": lambda e=event: call(handler.lambda_handler, e),
+                "preprocess": functools.partial(preprocess, decoded.image, spec),
+                "gate statistics": functools.partial(
+                    quality.tensor_stats, tensor[0], spec, decoded.image, decoded.original_size
+                ),
+                "predict_bytes": functools.partial(clf.predict_bytes, data),
+                "handler": functools.partial(call, handler.lambda_handler, event),
             },
             repeats,
         )
@@ -136,7 +138,7 @@ def client_downscaling(handler: Any, phone: bytes, sides: tuple[int, ...], repea
 
     photos = {"as taken": phone} | {f"downscaled to {side} px, JPEG q92": downscaled(phone, side) for side in sides}
     evs = {f"{name} ({len(data) // 1024} KB)": events.predict_event(data) for name, data in photos.items()}
-    return interleaved({name: (lambda e=e: call(handler.lambda_handler, e)) for name, e in evs.items()}, repeats)
+    return interleaved({name: functools.partial(call, handler.lambda_handler, e) for name, e in evs.items()}, repeats)
 
 
 def explain_cost(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
@@ -153,8 +155,8 @@ def explain_cost(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[s
         plain, explained = events.predict_event(data), events.predict_event(data, explain=True)
         out[name] = interleaved(
             {
-                "handler": lambda e=plain: call(handler.lambda_handler, e),
-                "handler, explain=true": lambda e=explained: call(handler.lambda_handler, e),
+                "handler": functools.partial(call, handler.lambda_handler, plain),
+                "handler, explain=true": functools.partial(call, handler.lambda_handler, explained),
                 "heat map alone (Classifier.heatmap)": functools.partial(clf.heatmap, decoded, data, outputs),
             },
             repeats,
@@ -175,9 +177,9 @@ def versus_reference(handler: Any, photos: dict[str, bytes], repeats: int) -> di
         event = events.predict_event(data)
         out[name] = interleaved(
             {
-                "our handler": lambda e=event: call(handler.lambda_handler, e),
-                "reference-style app": lambda e=event: call(ref, e),
-                "reference-style app, 1 ORT thread": lambda e=event: call(ref1, e),
+                "our handler": functools.partial(call, handler.lambda_handler, event),
+                "reference-style app": functools.partial(call, ref, event),
+                "reference-style app, 1 ORT thread": functools.partial(call, ref1, event),
             },
             repeats,
             # The default session's spinning workers keep a core busy after each run; without a pause they
@@ -285,10 +287,10 @@ def versus_torch(
         event = events.predict_event(data)
         out[name] = interleaved(
             {
-                "ORT session.run": lambda t=tensor: clf.run(t),
-                "torch eager forward": lambda t=tt: torch_forward(t),
-                "our handler": lambda e=event: call(handler.lambda_handler, e),
-                "torch photo→probabilities": lambda d=data: torch_photo(d),
+                "ORT session.run": functools.partial(clf.run, tensor),
+                "torch eager forward": functools.partial(torch_forward, tt),
+                "our handler": functools.partial(call, handler.lambda_handler, event),
+                "torch photo→probabilities": functools.partial(torch_photo, data),
             },
             repeats,
         )

@@ -125,16 +125,16 @@ def int8_section(
     where = fp32_dir.parent.relative_to(fp32_dir.parents[2])
     emit(f"From `{where}` (training's export step): {int8.recipe(export_run)}.")
     emit("Both with serving's `session_options(1)` (ENABLE_ALL, one intra-op thread, no spinning), interleaved.")
-    emit()
+    emit("")
     tensor = load_for_model(photo, load_manifest(fp32_dir / "model.json").input)[1][None]
     samples = int8.latency(fp32_dir, int8_dir, tensor, reps)
     emit(latency_table(samples, "fp32 session.run"))
-    emit()
+    emit("")
     speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
     targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(speed >= 1.5)))
     if not (SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file()):
         emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
-        emit()
+        emit("")
         targets.append(("int8 accuracy loss on validation", "≤ 1 point", "validation photos absent", verdict(False)))
         return
     val = int8.validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
@@ -142,12 +142,12 @@ def int8_section(
     emit("|---|---:|---:|---:|")
     for k, v in val.items():
         emit(f"| {k} | {v['n']} | {v['accuracy']:.1f}% | {v['sensitivity']:.1f}% of {v['positives']} |")
-    emit()
+    emit("")
     emit("| int8 drift from fp32 on validation | value |")
     emit("|---|---:|")
-    for k, v in int8.drift(val["fp32"]["outputs"], val["int8"]["outputs"]).items():
-        emit(f"| {k} | {v:.3f} |")
-    emit()
+    for k, drift in int8.drift(val["fp32"]["outputs"], val["int8"]["outputs"]).items():
+        emit(f"| {k} | {drift:.3f} |")
+    emit("")
     delta = val["fp32"]["accuracy"] - val["int8"]["accuracy"]
     lost = val["fp32"]["sensitivity"] - val["int8"]["sensitivity"]
     text = f"{delta:+.1f} points (fp32 − int8); sensitivity {lost:+.1f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def compare(model_path: Path, repeats: int) -> tuple[dict[str, list[float]], dic
     }
     size = sessions["serving: 1 thread, ENABLE_ALL, no spin"].get_inputs()[0].shape[-1]
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    runs = interleaved({k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}, repeats)
+    runs = interleaved({k: functools.partial(s.run, None, {"input": x}) for k, s in sessions.items()}, repeats)
 
     creation: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -90,7 +90,9 @@ class Visit:
 
     def __init__(self, browser: Browser, files: dict[str, bytes]) -> None:
         self.context = browser.new_context()
-        self.files, self.outside, self.cdn = files, [], []
+        self.files = files
+        self.outside: list[str] = []
+        self.cdn: list[str] = []
         self.context.route("**/*", self._route)
         self.page: Page = self.context.new_page()
         self.console: list[str] = []

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -21,7 +21,7 @@ from tests.support.browser import TIMEOUT_MS, StagePrefix, serving
 from tests.support.images import encoded
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Browser, FilePayload, Page, Route
 
 pytestmark = pytest.mark.browser
 
@@ -90,7 +90,7 @@ def test_upload_a_drawn_eye_and_see_the_result(page: Page, page_url: str, tmp_pa
     assert "not a diagnosis" in page.locator("#result-disclaimer").inner_text()
     heatmap = page.locator("#heatmap")
     heatmap.wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+    assert (heatmap.get_attribute("src") or "").startswith("data:image/png;base64,")
     # The overlay must have decoded as an image in the browser, with the photo's shape (JPEG may be decoded
     # at a reduced scale, so only the aspect ratio is fixed).
     width, height = heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]")
@@ -307,7 +307,7 @@ def _contrast(fg: str, bg: str) -> float:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_text_contrast_reaches_wcag_aa_in_both_colour_schemes(
-    browser: Browser, page_url: str, tmp_path: Path, scheme: str
+    browser: Browser, page_url: str, tmp_path: Path, scheme: Literal["light", "dark"]
 ) -> None:
     context = browser.new_context(color_scheme=scheme)
     try:
@@ -397,12 +397,12 @@ def test_the_page_may_not_be_framed_and_runs_only_its_own_script(browser: Browse
         blocked: list[str] = []
         page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
         response = page.goto(page_url)
+        assert response is not None
         policy = response.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         assert "base-uri 'none'" in policy and "form-action 'none'" in policy
-        page.locator("#photo").set_input_files(
-            files=[{"name": "eye.png", "mimeType": "image/png", "buffer": encoded(draw_eye("normal"), "PNG")}]
-        )
+        photo: FilePayload = {"name": "eye.png", "mimeType": "image/png", "buffer": encoded(draw_eye("normal"), "PNG")}
+        page.locator("#photo").set_input_files(files=[photo])
         assert page.locator("#submit").is_enabled()  # the page's own (hashed) script ran
         assert not blocked
         ran = page.evaluate(  # an injected inline script is refused

@@ -42,9 +42,16 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from moto import mock_aws
     from moto.apigateway import models as apigateway_models
 
-    original = apigateway_models.RestAPI.create_from_cloudformation_json.__func__
+    original = vars(apigateway_models.RestAPI)["create_from_cloudformation_json"].__func__
 
-    def with_body(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    def with_body(
+        cls: type,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
         api = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
         body = cloudformation_json["Properties"].get("Body")
         if body:

@@ -17,7 +17,7 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2", "eu-central-2", "us-gov-w
 def run_lint(text: str, **config: object) -> list[str]:
     from cfnlint.api import ManualArgs, lint
 
-    matches = lint(text, config=ManualArgs(**config))  # type: ignore[typeddict-item]
+    matches = lint(text, config=ManualArgs(**config))
     return [f"{m.rule.id} line {m.linenumber}: {m.message}" for m in matches]
 
 

@@ -58,7 +58,7 @@ def app_routes() -> set[tuple[str, str]]:
     """The (path, method) pairs the FastAPI app serves, read from api.py's decorators and FastAPI's doc routes."""
     tree = ast.parse(API_SOURCE.read_text())
     routes: set[tuple[str, str]] = set()
-    docs = dict(FASTAPI_DOC_ROUTES)
+    docs: dict[str, Any] = dict(FASTAPI_DOC_ROUTES)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FastAPI":
             for kw in node.keywords:
@@ -73,12 +73,12 @@ def app_routes() -> set[tuple[str, str]]:
                 and node.args
                 and isinstance(node.args[0], ast.Constant)
             ):
-                routes.add((node.args[0].value, method))
+                routes.add((str(node.args[0].value), method))
             if isinstance(target, ast.Name) and target.id == "app" and method == "add_api_route":
                 (methods,) = [kw.value for kw in node.keywords if kw.arg == "methods"]
                 assert isinstance(methods, ast.List) and isinstance(node.args[0], ast.Constant)
                 routes.update(
-                    (node.args[0].value, m.value.lower()) for m in methods.elts if isinstance(m, ast.Constant)
+                    (str(node.args[0].value), str(m.value).lower()) for m in methods.elts if isinstance(m, ast.Constant)
                 )
     routes.update((path, "get") for path in docs.values() if path)
     assert ("/predict", "post") in routes, f"could not read the app's routes from {API_SOURCE}"
@@ -134,7 +134,7 @@ def test_api_key_guards_predict_and_model_only(template: dict[str, Any], api_key
     scheme = body["components"]["securitySchemes"]["api_key"]
     assert scheme == {"type": "apiKey", "name": "x-api-key", "in": "header"}
     for route, op in operations(body).items():
-        expected = [{"api_key": []}] if route in keyed else []
+        expected: list[dict[str, list[str]]] = [{"api_key": []}] if route in keyed else []
         assert op["security"] == expected, route
 
 
@@ -205,7 +205,9 @@ def test_binary_media_types_cover_raw_images_but_not_json(default_deploy: dict[s
         ("DEFAULT_5XX", None),
     ],
 )
-def test_gateway_errors_use_the_apps_error_shape(default_deploy: dict[str, Any], response_type: str, status: str):
+def test_gateway_errors_use_the_apps_error_shape(
+    default_deploy: dict[str, Any], response_type: str, status: str
+) -> None:
     response = api_body(default_deploy["Resources"])["x-amazon-apigateway-gateway-responses"][response_type]
     assert response.get("statusCode") == status
     # API Gateway renders $context.error.messageString as a quoted JSON string.

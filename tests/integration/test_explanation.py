@@ -30,6 +30,7 @@ def heat_on_photo(classifier: Classifier, img: Image.Image, class_index: int | N
     spec = classifier.manifest.input
     outputs = classifier.run(preprocess(img, spec)[None])
     index = classifier.manifest.positive_index if class_index is None else class_index
+    assert classifier.manifest.outputs.cam is not None, "the model has no CAM output"
     cam = outputs[classifier.manifest.outputs.cam][0, index]
     return explanation.map_to_image_grid(explanation.normalised_map(cam), img.size, spec)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from typing import NoReturn
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ def test_mobilenet_v2_weights_come_from_the_wheel() -> None:
 def test_efficientnet_lite0_weights_come_from_the_wheel() -> None:
     features, info = backbones.build_features("efficientnet_lite0")
     src = torch.load(backbones.weights_path(info), map_location="cpu", weights_only=True)
+    assert isinstance(features, backbones._TimmFeatures)
     stem = features.model.conv_stem.weight
     assert torch.equal(stem, src["_conv_stem.weight"])
     out = features(torch.zeros(1, 3, 64, 64))
@@ -41,7 +43,7 @@ def test_shape_mismatch_is_refused() -> None:
 
 
 def test_missing_wheel_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(name: str):
+    def missing(name: str) -> NoReturn:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
@@ -55,6 +57,7 @@ def test_model_outputs_and_freezing() -> None:
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
     assert all(n.startswith(("features.16", "features.17", "features.18", "head")) for n in trainable)
     net.train()
+    assert isinstance(net.features, nn.Sequential)
     assert not net.features[0].training and net.features[18].training
     logits, emb, fmap = net.forward_all(torch.zeros(2, 3, 64, 64))
     assert logits.shape == (2, 2) and emb.shape == (2, 1280) and fmap.shape == (2, 1280, 2, 2)

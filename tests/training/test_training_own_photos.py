@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -256,7 +257,7 @@ def test_the_gates_eyes_from_afar_start_from_the_photo_as_served(
     decoded: list[Path] = []
     served = gate.load_pil
 
-    def recording(path: Path, *args: object, **kwargs: object) -> Image.Image:
+    def recording(path: Path, *args: Any, **kwargs: Any) -> Image.Image:
         decoded.append(path)
         return served(path, *args, **kwargs)
 

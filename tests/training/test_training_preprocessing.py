@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,8 @@ def test_training_path_without_augmentation_matches_serving(eye_folder: Path, tm
     jpg.write_bytes(_jpeg(Image.open(paths[0]).convert("RGB").resize((300, 200))))
     for path in [*paths, jpg]:
         img = data.load_pil(path, None, fill=spec.fill_rgb)  # what training decodes
-        off = augment.AugmentConfig(**{k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")})
+        no_ops: dict[str, Any] = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
+        off = augment.AugmentConfig(**no_ops)
         trained = preprocess(augment.augment(img, random.Random(0), off, spec.fill_rgb), spec)
         served = load_for_model(path.read_bytes(), spec)[1]
         assert trained.dtype == served.dtype == np.float32
@@ -57,7 +59,7 @@ def test_augmentation_is_seeded_and_changes_the_image(eye_folder: Path) -> None:
 
 def test_anti_shortcut_ops_degrade_both_classes(eye_folder: Path) -> None:
     """Blur removes high-frequency energy and down-up scaling removes detail, whatever the class."""
-    off = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
+    off: dict[str, Any] = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
     blur = augment.AugmentConfig(**{**off, "blur_p": 1.0, "blur_radius": (1.5, 2.0)})
     rescale = augment.AugmentConfig(**{**off, "rescale_p": 1.0, "rescale_side": (24, 24)})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from synthetic_eyes import make_folder
@@ -27,8 +28,9 @@ QUICK = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--trainable-bloc
     ],
 )
 def test_a_config_that_would_train_nothing_is_refused(tmp_path: Path, field: str, value: float) -> None:
+    config: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=field):
-        FitConfig(data=str(tmp_path), **{field: value})
+        FitConfig(data=str(tmp_path), **config)
 
 
 def test_the_data_path_is_kept_absolute_so_export_works_from_anywhere(

@@ -59,7 +59,7 @@ def test_the_shipped_gate_is_what_its_calibration_computes(tmp_path: Path) -> No
     assert "chelsea/orig" in report["named_examples"]["skimage:chelsea"]["rejected_variants"]
     # The image statistics were widened from the model's measured competence on degraded photos.
     competent = result["gate"]["calibration"]["competence"]["competent_levels"]
-    assert competent == shipped.model_extra["calibration"]["competence"]["competent_levels"]
+    assert competent == (shipped.model_extra or {})["calibration"]["competence"]["competent_levels"]
     assert competent["blur"] is not None
     held_blur = next(
         r for r in report["competence"]["held_out"] if r["axis"] == "blur" and r["level"] == competent["blur"]

@@ -433,7 +433,12 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
 
     stdlib_loads = json.loads
     calls: list[bytes] = []
-    monkeypatch.setattr(api.json, "loads", lambda b: calls.append(b) or stdlib_loads(b))
+
+    def counted_loads(b: bytes) -> Any:
+        calls.append(b)
+        return stdlib_loads(b)
+
+    monkeypatch.setattr(api.json, "loads", counted_loads)
     assert api._load_json(b'{"image": "aGk="}') == {"image": "aGk="}
     assert calls == []
     assert api._load_json(b'{"x": NaN}')["x"] != 0

@@ -105,7 +105,7 @@ def test_fused_gate_rejects_more_non_eyes_at_the_same_budget() -> None:
     assert cal.rejected(eyes, fused).mean() <= 0.02
     assert cal.rejected(non, fused).mean() > cal.rejected(non, distance_only).mean()
     assert cal.rejected(non, fused).mean() >= 0.9
-    block = fused.model_extra["eye_score"]
+    block = (fused.model_extra or {})["eye_score"]
     assert block["w_distance"] < 0 < block["w_skin"]  # farther is worse, more skin is better
     # Fresh data from the same distributions: the rates hold.
     assert cal.rejected(_eyes(400, seed=5), fused).mean() <= 0.05
@@ -126,6 +126,16 @@ def _embedded(n: int, direction: np.ndarray, seed: int) -> list[cal.Signals]:
     return [_sig(embedding=(direction + rng.normal(0, 0.6, direction.size)).astype(np.float32)) for _ in range(n)]
 
 
+def _ood(s: cal.Signals) -> float:
+    assert s.ood_distance is not None
+    return s.ood_distance
+
+
+def _embedding(s: cal.Signals) -> np.ndarray:
+    assert s.embedding is not None
+    return s.embedding
+
+
 def test_probe_threshold_comes_from_out_of_fold_scores() -> None:
     dim = 32
     rng = np.random.default_rng(0)
@@ -143,10 +153,10 @@ def test_probe_threshold_comes_from_out_of_fold_scores() -> None:
         bias=block["bias"],
         min_score=0.0,
     )
-    in_sample = np.array([probe.score(s.embedding) for s, keep in zip(eyes, scored, strict=True) if keep])
+    in_sample = np.array([probe.score(_embedding(s)) for s, keep in zip(eyes, scored, strict=True) if keep])
     # Out-of-fold scores are less flattering than in-sample ones: that is the point of cross-fitting.
     assert oof.mean() < in_sample.mean()
-    assert np.mean([probe.score(s.embedding) for s in _embedded(100, other_dir, 9)]) < 0 < in_sample.mean()
+    assert np.mean([probe.score(_embedding(s)) for s in _embedded(100, other_dir, 9)]) < 0 < in_sample.mean()
 
 
 def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
@@ -163,7 +173,8 @@ def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
     ]
     probe_data = (eyes, [str(i) for i in range(200)], [str(i) for i in range(100)], [True] * 200)
     gate = cal.fit_gate(eyes, eyes, non, target_false_reject=0.03, probe_data=probe_data)
-    assert "eye_probe" in gate.model_extra and len(gate.model_extra["eye_probe"]["weights"]) == dim
+    extra = gate.model_extra or {}
+    assert "eye_probe" in extra and len(extra["eye_probe"]["weights"]) == dim
     assert cal.rejected(eyes, gate).mean() <= 0.05
     # Without the embedding the probe cannot run: a look-alike that only the probe catches passes.
     kept = next(s for s, r in zip(eyes, cal.rejected(eyes, gate), strict=True) if not r)
@@ -184,7 +195,7 @@ def test_write_gate_replaces_only_the_gate_block(tmp_path: Path) -> None:
     assert after["gate"] == block
     assert {k: v for k, v in after.items() if k != "gate"} == {k: v for k, v in before.items() if k != "gate"}
     manifest = load_manifest(model_dir / "model.json")
-    assert manifest.gate.min_side == 40 and manifest.gate.model_extra["calibration"]
+    assert manifest.gate.min_side == 40 and (manifest.gate.model_extra or {})["calibration"]
 
 
 def test_write_gate_refuses_a_gate_serving_cannot_load(tmp_path: Path) -> None:
@@ -258,10 +269,11 @@ def test_mid_cap_sits_beyond_a_high_quantile_of_calibration_eyes_and_catches_loo
     look_alikes = _with_mid(_eyes(100, seed=7), 40.0, 5.0, seed=4)
     gate = cal.fit_gate(eyes + outliers, eyes + outliers, target_false_reject=0.02, fused=False, mid=True)
     high = float(np.quantile([s.mid_distance for s in eyes + outliers], cal.MID_CAP_QUANTILE))
+    assert gate.max_mid_distance is not None and gate.max_ood_distance is not None
     assert gate.max_mid_distance == pytest.approx(math.ceil(high * cal.MID_CAP_FACTOR * 1000) / 1000)
     assert gate.max_mid_distance < 40.0  # the outliers did not drag it out to them
     # Capped, not thresholded at a budget: the embedding distance keeps every calibration eye too.
-    assert gate.max_ood_distance is not None and gate.max_ood_distance > max(s.ood_distance for s in eyes)  # type: ignore[type-var]
+    assert gate.max_ood_distance > max(_ood(s) for s in eyes)
     assert cal.rejected(eyes, gate).mean() <= 0.01
     assert cal.rejected(outliers, gate).all()
     assert cal.rejected(look_alikes, gate).mean() >= 0.95

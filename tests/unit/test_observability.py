@@ -206,6 +206,7 @@ def test_uvicorn_loses_the_traceback_of_a_500_but_keeps_other_tracebacks() -> No
     asgi, startup = record("Exception in ASGI application\n"), record("Traceback during startup")
     for r in (asgi, startup):
         for f in logging.getLogger("uvicorn.error").filters:
+            assert isinstance(f, logging.Filter)
             f.filter(r)
     assert asgi.exc_info is None and "SECRET" not in logging.Formatter().format(asgi)
     assert startup.exc_info is not None

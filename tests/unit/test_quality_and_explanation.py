@@ -7,6 +7,7 @@ import io
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ from cataract_inference import explanation, quality
 from cataract_inference.drawing import draw_eye
 from cataract_inference.manifest import GateThresholds, InputSpec
 
+MAX_OOD = 10.0
 GATE = GateThresholds(
-    min_side=64, min_brightness=0.1, max_brightness=0.9, min_contrast=0.05, min_sharpness=1e-4, max_ood_distance=10.0
+    min_side=64, min_brightness=0.1, max_brightness=0.9, min_contrast=0.05, min_sharpness=1e-4, max_ood_distance=MAX_OOD
 )
 
 
@@ -201,7 +203,7 @@ EPS = 1e-6
         ("brightness", GATE.max_brightness, GATE.max_brightness + EPS, "too_bright"),
         ("contrast", GATE.min_contrast, GATE.min_contrast - EPS, "low_contrast"),
         ("sharpness", GATE.min_sharpness, GATE.min_sharpness - EPS, "too_blurry"),
-        ("ood_distance", GATE.max_ood_distance, GATE.max_ood_distance + EPS, "not_an_eye"),
+        ("ood_distance", MAX_OOD, MAX_OOD + EPS, "not_an_eye"),
     ],
     ids=["side", "dark", "bright", "contrast", "blur", "ood"],
 )
@@ -211,7 +213,8 @@ def test_each_gate_check_flips_exactly_at_its_threshold(field: str, at: float, o
     def verdict(value: float) -> quality.Quality:
         if field == "ood_distance":
             return quality.assess(GOOD, value, GATE)
-        return quality.assess(replace(GOOD, **{field: value}), 1.0, GATE)
+        changes: dict[str, Any] = {field: value}
+        return quality.assess(replace(GOOD, **changes), 1.0, GATE)
 
     assert verdict(at).gradable
     refused = verdict(outside)
@@ -322,7 +325,7 @@ def test_an_eye_probe_the_model_cannot_feed_fails_at_load(
     from cataract_inference.model_source import ModelLoadError
     from tests.support.onnx_models import build_tiny_model
 
-    extra = {"outputs": outputs} if outputs else {}
+    extra: dict[str, Any] = {"outputs": outputs} if outputs else {}
     gate = {**GATE.model_dump(), "eye_probe": probe}
     with pytest.raises(ModelLoadError, match=message):
         load_classifier(build_tiny_model(tmp_path / "bad", gate=gate, **extra))

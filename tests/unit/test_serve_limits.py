@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,9 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(app: Any, monkeypat
     counted: list[str] = []
     monkeypatch.setattr(api, "record_server_error", lambda: counted.append("server"))
     monkeypatch.setattr(api, "record_client_error", counted.append)
-    parts = iter([{"type": "http.request", "body": b"\xff\xd8", "more_body": True}, {"type": "http.disconnect"}])
+    parts: Iterator[Message] = iter(
+        [{"type": "http.request", "body": b"\xff\xd8", "more_body": True}, {"type": "http.disconnect"}]
+    )
 
     async def receive() -> Message:
         return next(parts)

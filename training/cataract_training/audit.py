@@ -152,10 +152,9 @@ def run_audit(
     cross_split = [g for g in near_groups if len(g["splits"]) > 1]
 
     counts = Counter((s.split, s.label) for s in samples)
-    distinct = Counter()
-    for g, idx in near_members.items():
+    distinct: Counter[str] = Counter()
+    for idx in near_members.values():
         distinct[samples[idx[0]].label if len({samples[i].label for i in idx}) == 1 else "conflict"] += 1
-        del g
     size_report = {
         label: {
             "width": _size_stats([w for w, _ in vals]),
@@ -211,7 +210,7 @@ def _reframed(
             for i in tqdm(readable, desc="keypoints", disable=not progress, unit="img")
         ]
         _REFRAMED_CACHE[key] = [(shas[readable[a]], shas[readable[b]], n) for a, b, n in matching.reframed_pairs(feats)]
-    first = {}
+    first: dict[str, int] = {}
     for i in readable:
         first.setdefault(shas[i], i)
     # By digest, so byte-identical files (already one group) and a reordered folder reuse the result.
@@ -262,7 +261,7 @@ def _findings(  # noqa: PLR0917 - one argument per report section
         )
     medians = {label: s["width"].get("median", 0.0) for label, s in sizes.items() if s.get("width")}
     if len(medians) >= 2 and min(medians.values()) > 0:
-        lo, hi = min(medians, key=medians.get), max(medians, key=medians.get)
+        lo, hi = min(medians, key=medians.__getitem__), max(medians, key=medians.__getitem__)
         ratio = medians[hi] / medians[lo]
         if ratio >= SIZE_GAP_RATIO:
             out.append(

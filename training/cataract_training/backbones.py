@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,7 +114,7 @@ class _TimmFeatures(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # timm's own methods (forward_features, blocks) are not on nn.Module's type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
@@ -134,7 +135,7 @@ def build_features(name: str, pretrained: bool = True) -> tuple[nn.Module, Backb
         return features, info
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    model: Any = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     if pretrained:
         sd = torch.load(weights_path(info), map_location="cpu", weights_only=True)
         load_by_position(model, sd)
@@ -147,7 +148,7 @@ class CataractNet(nn.Module):
 
     def __init__(
         self, backbone: str = "mobilenet_v2", n_classes: int = 2, dropout: float = 0.2, pretrained: bool = True
-    ):
+    ) -> None:
         super().__init__()
         self.features, self.info = build_features(backbone, pretrained)
         self.dropout = nn.Dropout(dropout)

@@ -8,11 +8,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 DEFAULT_MODEL_DIR = Path("functions/inference/model")
 
 
-def _fit_config(args: argparse.Namespace):  # -> FitConfig
+if TYPE_CHECKING:  # torch is imported only by the commands that train
+    from .train import FitConfig
+
+
+def _fit_config(args: argparse.Namespace) -> FitConfig:
     from .train import FitConfig
 
     known = {f.name for f in fields(FitConfig)}

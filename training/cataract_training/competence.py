@@ -117,8 +117,13 @@ def sweep(
     steps = [run("original", 0.0, lambda img, _i: img)]
     for axis in AXES:
         for level in axis.levels:
-            steps.append(run(axis.name, level, lambda img, i, a=axis.name, v=level: degrade(img, a, v, seed=i)))
+            steps.append(run(axis.name, level, _change(axis.name, level)))
     return steps
+
+
+def _change(axis: str, level: float) -> Callable[[Image.Image, int], Image.Image]:
+    """One degradation at one level, as a change of (photo, its index): the index seeds any noise."""
+    return lambda img, i: degrade(img, axis, level, seed=i)
 
 
 def _original(steps: Sequence[Step]) -> Step:

@@ -101,6 +101,14 @@ def fit_feature_gaussian(feats: np.ndarray, shrinkage: float = 0.1) -> FeatureGa
 class ServingGraph(nn.Module):
     """The trained network plus the OOD distance, CAM and mid-level distance heads, as one graph."""
 
+    # Registered by name in __init__ (GATE_HEAD_INITIALIZERS); declared so that their type is known.
+    mid_mean: torch.Tensor
+    mid_whitener: torch.Tensor
+    ood_mean: torch.Tensor
+    ood_axes: torch.Tensor
+    ood_inv_var: torch.Tensor
+    ood_inv_res: torch.Tensor
+
     def __init__(self, net: CataractNet, ood: OodModel, mid: FeatureGaussian) -> None:
         super().__init__()
         self.net = net

@@ -464,7 +464,7 @@ def sample_images() -> list[tuple[str, str, Image.Image]]:
     try:
         from skimage import data as skdata
     except ImportError:  # pragma: no cover - scikit-image is a dev dependency
-        skdata = None
+        skdata = None  # type: ignore[assignment]
     names = [
         "astronaut",
         "brick",
@@ -504,8 +504,8 @@ def sample_images() -> list[tuple[str, str, Image.Image]]:
         from matplotlib import cbook
 
         for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
-            with cbook.get_sample_data(name) as fh:
-                out.append(("matplotlib", name.split(".")[0], Image.open(fh).convert("RGB")))
+            with Image.open(cbook.get_sample_data(name, asfileobj=False)) as img:
+                out.append(("matplotlib", name.split(".")[0], img.convert("RGB")))
         for name in ("topobathy.npz", "jacksboro_fault_dem.npz"):
             out.append(("landscape", name.split(".")[0], _hillshade(name)))
     except Exception:  # pragma: no cover - matplotlib is a train dependency
@@ -518,7 +518,7 @@ def _hillshade(name: str) -> Image.Image:
     from matplotlib import cbook, colormaps
     from matplotlib.colors import LightSource
 
-    dem = cbook.get_sample_data(name)
+    dem: Any = cbook.get_sample_data(name)  # an NpzFile for .npz names
     z = np.asarray(dem["elevation"] if "elevation" in dem else dem[next(iter(dem.keys()))], dtype=np.float64)
     rgb = LightSource(azdeg=315, altdeg=45).shade(z, cmap=colormaps["gist_earth"], blend_mode="soft")
     img = _to_pil((rgb[..., :3] * 255).astype(np.uint8))

@@ -71,7 +71,7 @@ def build_manifest(
         ),
         temperature=temperature,
         threshold=threshold,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         metrics=metrics,
         training_data=training_data,
         backbone=Provenance(architecture=info.architecture, weights=info.weights, licence=info.licence),

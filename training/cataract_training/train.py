@@ -371,7 +371,7 @@ def fit(
     # Weights last and by rename: a run interrupted before this has no model.pt, and export refuses it.
     torch.save(model.state_dict(), run / "model.pt.partial")
     plot_curves(history, run / "curves.png", best)
-    metrics = {
+    metrics: dict[str, Any] = {
         "best_epoch": best,
         "epochs_run": len(history),
         "train_minutes": round(minutes, 2),

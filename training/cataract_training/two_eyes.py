@@ -139,7 +139,8 @@ def composites(
         cases.append(("cataract + random normal: referral lost", *pair, True))
         cases += [(f"cataract + {surest}: referral lost", cataract, strong, True) for strong in strongest]
         cases += [(f"cataract + {c.path.parent.name}/{c.path.name}: referral lost", cataract, c, True) for c in chosen]
-        cases.append(("normal + normal: referred", *rng.sample(normals, 2), False))
+        left, right = rng.sample(normals, 2)
+        cases.append(("normal + normal: referred", left, right, False))
     rows = []
     for ratio in RATIOS:
         tallies: dict[str, list[int]] = {}  # kind: cases, wrong whole-only, wrong served

@@ -277,8 +277,8 @@ class Classifier:
         if not halves:
             return whole, None
         # One at a time: a model exported with a fixed batch of 1 runs them too.
-        logits = self.manifest.outputs.logits
-        probs = [whole, *(self.calibrated(self.run(preprocess(h, spec)[None])[logits])[0] for h in halves.values())]
+        output = self.manifest.outputs.logits
+        probs = [whole, *(self.calibrated(self.run(preprocess(h, spec)[None])[output])[0] for h in halves.values())]
         views = {name: round(float(p[pos]), 6) for name, p in zip(["whole", *halves], probs, strict=True)}
         return max(probs, key=lambda p: p[pos]), views
 

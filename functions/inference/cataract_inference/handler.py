@@ -41,7 +41,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.
         raise TypeError(f"this function expects an API Gateway proxy event (REST v1 or HTTP API v2): {problem}")
     try:
-        return asgi_handler(_encodable(event), context)
+        # Mangum types the context as its own protocol; Powertools' class is the same runtime object.
+        return asgi_handler(_encodable(event), context)  # type: ignore[arg-type]
     except UnicodeEncodeError:
         # Mangum encodes the path, headers and query to bytes; a lone surrogate there would escape as an
         # invocation error (a 502 at the gateway), as an undecodable body would (below).

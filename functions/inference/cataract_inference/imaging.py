@@ -313,7 +313,7 @@ def decode_image(
             if _is_arithmetic_jpeg(data):
                 # libjpeg's arithmetic decoder cannot resume mid-stream: fed in Pillow's 64 kB blocks, a valid
                 # file over 64 kB failed as corrupt. The whole file at once (it is in memory already).
-                img.decodermaxblock = max(img.decodermaxblock, len(data))
+                img.decodermaxblock = max(img.decodermaxblock, len(data))  # type: ignore[attr-defined]
         img.load()
         reduced = img.size != original_size
         _upright(img)
@@ -374,7 +374,7 @@ def _srgb_transform(profile: bytes, mode: str) -> Any:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
         space = source.profile.xcolor_space.strip()
-        if mode != "RGB" or space != "RGB" or "srgb" in source.profile.profile_description.lower():
+        if mode != "RGB" or space != "RGB" or "srgb" in (source.profile.profile_description or "").lower():
             return None
         return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
