@@ -212,8 +212,9 @@ def test_gateway_errors_use_the_apps_error_shape(
     assert response.get("statusCode") == status
     # API Gateway renders $context.error.messageString as a quoted JSON string.
     rendered = response["responseTemplates"]["application/json"].replace("$context.error.messageString", '"Forbidden"')
-    body = json.loads(rendered)
-    assert set(body) == {"error", "disclaimer"}
+    body = json.loads(rendered.replace("$context.requestId", "c0ffee-1"))
+    assert set(body) == {"error", "request_id", "disclaimer"}
+    assert body["request_id"] == "c0ffee-1", "the id a support ticket can quote, as on the app's own errors"
     assert set(body["error"]) == {"code", "message"}
     assert re.fullmatch(r"[a-z_]+", body["error"]["code"])
     # The same shape and words as the function's own errors: every response says it is not a diagnosis.

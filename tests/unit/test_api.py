@@ -132,11 +132,13 @@ def test_http_api_v2_named_stage(invoke: Invoke) -> None:
 
 
 def test_health_and_model(invoke: Invoke) -> None:
-    status, _, health = invoke(events.rest_event("/health"))
+    status, headers, health = invoke(events.rest_event("/health", request_id="test-request-id"))
     assert status == 200 and health["status"] == "ok" and health["model"]["version"] == "0.0.1-test"
     assert "not a diagnosis" in health["disclaimer"].lower()
-    status, _, model = invoke(events.rest_event("/model"))
-    assert status == 200
+    # The same id header as every other answer, API Gateway's request id on AWS.
+    assert headers["x-request-id"] == "test-request-id" and headers["cache-control"] == "no-store"
+    status, headers, model = invoke(events.rest_event("/model", request_id="test-request-id"))
+    assert status == 200 and headers["x-request-id"] == "test-request-id"
     assert model["classes"] == ["cataract", "normal"]
     assert model["input"]["size"] == 32 and model["threshold"] == 0.5
     assert "not a diagnosis" in model["disclaimer"].lower()
@@ -178,12 +180,20 @@ def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) ->
     _, _, spec = invoke(events.rest_event("/openapi.json"))
     validate(spec)  # a $ref to nowhere (the error schema's own $defs) used to fail here
     predict = spec["paths"]["/predict"]["post"]
-    assert {"application/json", "image/jpeg", "application/octet-stream"} <= set(predict["requestBody"]["content"])
+    assert {"application/json", "image/jpeg", "image/*", "application/octet-stream"} <= set(
+        predict["requestBody"]["content"]
+    )
+    answer = spec["components"]["schemas"]["PredictResponse"]["properties"]
+    probability = answer["probabilities"]["additionalProperties"]
+    assert (probability["minimum"], probability["maximum"]) == (0, 1)
+    assert (answer["threshold"]["minimum"], answer["threshold"]["maximum"]) == (0, 1)
     assert [p["name"] for p in predict["parameters"]] == ["explain"]
     assert {"400", "413", "415", "422", "default"} <= set(predict["responses"])
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             assert "default" in operation["responses"], path
+            for code, response in operation["responses"].items():
+                assert "X-Request-Id" in response["headers"], (path, code)
             assert (operation.get("security") == [{"ApiKey": []}]) == (path in ("/predict", "/model")), path
     assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "x-api-key"
     error_schema = {"$ref": "#/components/schemas/ErrorResponse", "components": spec["components"]}
@@ -235,6 +245,15 @@ def test_errors_do_not_send_client_input_back(invoke: Invoke) -> None:
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed json", _json_event('{"image": '), 400, "malformed_json"),
     ("json not utf-8", _json_event("\udcff"), 400, "malformed_json"),
+    # orjson refuses it; the stdlib's own decoding of bytes would let it through as a lone surrogate.
+    ("json not utf-8 inside a string", _json_event('{"image": "\udcff"}'), 400, "malformed_json"),
+    (
+        "gzip-compressed json",
+        _with_header(_json_event({"image": "AAAA"}), "Content-Encoding", "gzip"),
+        415,
+        "unsupported_media_type",
+    ),
+    ("compressed raw image", _with_header(_raw_event(BRIGHT), "Content-Encoding", "br"), 415, "unsupported_media_type"),
     ("json array", _json_event([1, 2]), 422, "invalid_request"),
     ("json string", _json_event('"hello"'), 422, "invalid_request"),
     ("missing image", _json_event({"explain": True}), 422, "invalid_request"),
@@ -277,8 +296,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("json integer over 4300 digits", _json_event('{"image": "AAAA", "n": ' + "1" * 4301 + "}"), 400, "malformed_json"),
     ("explain query not a yes or no", _raw_event(BRIGHT, {"explain": "maybe"}), 422, "invalid_request"),
     (
-        "explain in the query beside a json body",
-        {**_json_event({"image": _b64(BRIGHT)}), "queryStringParameters": {"explain": "true"}},
+        "explain in the query disagreeing with the json body",
+        {**_json_event({"image": _b64(BRIGHT), "explain": False}), "queryStringParameters": {"explain": "true"}},
         422,
         "invalid_request",
     ),
@@ -298,6 +317,25 @@ def test_explain_query_reads_yes_and_no(invoke: Invoke, value: str, explained: b
     status, _, body = invoke(_raw_event(BRIGHT, {"explain": value}))
     assert status == 200
     assert ("heatmap_png" in body) is explained
+
+
+@pytest.mark.parametrize(
+    ("fields", "query", "explained"),
+    [({}, "true", True), ({}, "no", False), ({"explain": True}, "1", True), ({"explain": False}, "false", False)],
+)
+def test_explain_in_the_query_serves_a_json_body_that_leaves_it_out_or_agrees(
+    invoke: Invoke, fields: dict[str, bool], query: str, explained: bool
+) -> None:
+    status, _, body = invoke(
+        {**_json_event({"image": _b64(BRIGHT), **fields}), "queryStringParameters": {"explain": query}}
+    )
+    assert status == 200, body
+    assert ("heatmap_png" in body) is explained
+
+
+def test_an_uncompressed_body_may_say_so(invoke: Invoke) -> None:
+    status, _, body = invoke(_with_header(_json_event({"image": _b64(BRIGHT)}), "Content-Encoding", "identity"))
+    assert status == 200, body
 
 
 @pytest.mark.parametrize(
@@ -432,9 +470,9 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
     from cataract_inference import api
 
     stdlib_loads = json.loads
-    calls: list[bytes] = []
+    calls: list[str | bytes] = []
 
-    def counted_loads(b: bytes) -> Any:
+    def counted_loads(b: str | bytes) -> Any:
         calls.append(b)
         return stdlib_loads(b)
 
@@ -442,7 +480,7 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
     assert api._load_json(b'{"image": "aGk="}') == {"image": "aGk="}
     assert calls == []
     assert api._load_json(b'{"x": NaN}')["x"] != 0
-    assert calls == [b'{"x": NaN}']
+    assert calls == ['{"x": NaN}']  # decoded strictly first
 
 
 def test_our_own_fault_is_a_json_500_that_keeps_the_detail_in_the_log(

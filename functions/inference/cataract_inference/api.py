@@ -211,7 +211,9 @@ def _load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)
+        # Decoded strictly first: json.loads(bytes) lets invalid UTF-8 through as lone surrogates, which then
+        # failed the image field's validation (a 422) instead of the body's (a 400).
+        return json.loads(body.decode(json.detect_encoding(body)))
 
 
 def _query_flag(request: Request, name: str) -> bool:
@@ -225,6 +227,34 @@ def _query_flag(request: Request, name: str) -> bool:
     if raw in ("", "0", "false", "no"):
         return False
     raise ClientError(422, "invalid_request", f"query parameter {name!r} must be true or false, got {_clip(raw, 20)!r}")
+
+
+def _json_explain(request: Request, parsed: PredictRequest) -> bool:
+    """``explain`` for a JSON body: its own field, or the query's when the body leaves it out; both must agree."""
+    if "explain" not in request.query_params:
+        return parsed.explain
+    query = _query_flag(request, "explain")
+    if "explain" not in parsed.model_fields_set:
+        return query
+    if query != parsed.explain:
+        raise ClientError(
+            422,
+            "invalid_request",
+            f"explain is {str(parsed.explain).lower()} in the body but {str(query).lower()} in the query; send it once",
+        )
+    return query
+
+
+def _check_content_encoding(request: Request) -> None:
+    """Refuse a compressed body (415), which would otherwise fail as bad JSON or as not an image."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ClientError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {_clip(encoding, 40)!r} is not accepted; send the body uncompressed "
+            "(JPEG, PNG and WebP are compressed already)",
+        )
 
 
 def _parse_json(body: bytes) -> PredictRequest:
@@ -283,8 +313,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+_REQUEST_ID_HEADER = {
+    "X-Request-Id": {
+        "description": "The request's id, as in the body's request_id and the logs (on AWS, API Gateway's "
+        "request id); quote it when reporting a problem.",
+        "schema": {"type": "string"},
+    }
+}
 _ERROR_DEFAULT = {
     "description": "An error, from the app or API Gateway",
+    "headers": {
+        **_REQUEST_ID_HEADER,
+        "Allow": {"description": "With 405: the methods the path takes.", "schema": {"type": "string"}},
+        "Retry-After": {"description": "With 503: seconds to wait before retrying.", "schema": {"type": "string"}},
+    },
     "content": {"application/json": {"schema": _ERROR_REF}},
 }
 
@@ -298,8 +340,8 @@ def _predict_openapi() -> dict[str, Any]:
                 "name": "explain",
                 "in": "query",
                 "required": False,
-                "description": "Raw image bodies only: true/false, 1/0 or yes/no (any case) to add the heat map. "
-                "With a JSON body, use its explain field instead.",
+                "description": "true/false, 1/0 or yes/no (any case) to add the heat map. With a JSON body, its "
+                "explain field takes the place of this one; given in both, the two must agree.",
                 "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
             }
         ],
@@ -307,7 +349,10 @@ def _predict_openapi() -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {"schema": PredictRequest.model_json_schema()},
-                **{media: raw for media in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")},
+                **{
+                    media: raw
+                    for media in ("image/jpeg", "image/png", "image/webp", "image/*", "application/octet-stream")
+                },
             },
         },
         "responses": {
@@ -318,8 +363,12 @@ def _predict_openapi() -> dict[str, Any]:
                     "Malformed JSON, bad base64, an empty body or image, a corrupt image, or a non-UTF-8 header",
                 ),
                 (413, "Body or image over the limits"),
-                (415, "Not an image, or a format or Content-Type we don't read"),
-                (422, "Wrong or missing fields, or an explain value that is not yes or no"),
+                (415, "Not an image, a format or Content-Type we don't read, or a compressed body (Content-Encoding)"),
+                (
+                    422,
+                    "Wrong or missing fields, an explain value that is not yes or no, or explain given in the query "
+                    "and the JSON body with different values",
+                ),
             )
         },
     }
@@ -348,7 +397,10 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         predict.setdefault("responses", {}).update(extra["responses"])
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
-            operation.setdefault("responses", {}).setdefault("default", _ERROR_DEFAULT)
+            responses = operation.setdefault("responses", {})
+            for response in responses.values():
+                response.setdefault("headers", {}).update(_REQUEST_ID_HEADER)
+            responses.setdefault("default", _ERROR_DEFAULT)
             if path in KEYED_PATHS:
                 operation["security"] = [{"ApiKey": []}]
     return document
@@ -430,15 +482,14 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
         request_id: str = request.scope["state"]["request_id"]
+        _check_content_encoding(request)
         body = await _read_body(request, settings.max_body_bytes)
         if not body:
             raise ClientError(400, "empty_body", 'the body is empty; send {"image": "<base64>"} or raw image bytes')
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json" or (not content_type and body.lstrip()[:1] == b"{"):
-            if "explain" in request.query_params:  # two places to say it, and they could disagree
-                raise ClientError(422, "invalid_request", "with a JSON body, send explain in the body, not the query")
             parsed = _parse_json(body)
-            image_bytes, explain = decode_base64_image(parsed.image), parsed.explain
+            image_bytes, explain = decode_base64_image(parsed.image), _json_explain(request, parsed)
         elif content_type.startswith(RAW_IMAGE_TYPES) or not content_type:
             image_bytes, explain = body, _query_flag(request, "explain")
         else:
@@ -488,9 +539,16 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             headers={"X-Request-Id": request_id, "Cache-Control": "no-store"},
         )
 
+    def answer(request: Request, content: dict[str, Any]) -> JSONResponse:
+        # The same two headers as /predict's answers and every error: a support ticket can quote the id.
+        request_id: str = request.scope["state"]["request_id"]
+        return JSONResponse(content, headers={"X-Request-Id": request_id, "Cache-Control": "no-store"})
+
+    health_view = HealthResponse(status="ok", model=model_info, disclaimer=settings.disclaimer).model_dump()
+
     @app.get("/health", response_model=HealthResponse)
-    async def health() -> HealthResponse:
-        return HealthResponse(status="ok", model=model_info, disclaimer=settings.disclaimer)
+    async def health(request: Request) -> JSONResponse:
+        return answer(request, health_view)
 
     # Uptime checkers and load balancers often probe with HEAD; FastAPI, unlike Starlette, does not add it.
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
@@ -499,8 +557,8 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     # Returned as built: the manifest was validated when it was loaded, and the schema is for the document.
     @app.get("/model", response_model=ModelDescription)
-    async def model() -> JSONResponse:
-        return JSONResponse(model_view)
+    async def model(request: Request) -> JSONResponse:
+        return answer(request, model_view)
 
     def docs_response(page: docs_pages.DocsPage) -> HTMLResponse:
         return HTMLResponse(page.html, headers={"Content-Security-Policy": page.csp})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .manifest import Manifest
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class PredictRequest(BaseModel):
@@ -46,9 +48,11 @@ class PredictResponse(BaseModel):
     """A screening result."""
 
     label: Literal["cataract", "normal", "ungradable"] | str
-    probabilities: dict[str, float] = Field(description="Calibrated class probabilities (temperature-scaled).")
+    probabilities: dict[str, Probability] = Field(
+        description="Calibrated class probabilities (temperature-scaled), one per class; they sum to 1."
+    )
     referral: bool = Field(description="True when the photo should be seen by an eye-care professional.")
-    threshold: float = Field(description="The cataract probability at or above which a photo is referred.")
+    threshold: Probability = Field(description="The cataract probability at or above which a photo is referred.")
     quality: QualityOut
     model: ModelInfo
     request_id: str
@@ -56,7 +60,7 @@ class PredictResponse(BaseModel):
     heatmap_png: str | None = Field(
         None, description="With explain=true: base64 PNG of the heat map over the photo (the whole photo's map)."
     )
-    views: dict[str, float] | None = Field(
+    views: dict[str, Probability] | None = Field(
         None,
         description="Only for a photo at least twice as long as it is high, which may show both eyes: the cataract "
         "probability of the whole photo and of each half (left and right, or top and bottom). Each half is "
