@@ -1,8 +1,9 @@
 """Shared helpers for the infrastructure tests: the template, its SAM translation, and the tools venv.
 
 Nothing here deploys. ``translate`` runs samtranslator in-process the way ``sam validate`` does (a policy map
-of ``{}`` and a placeholder ``ImageUri``), and ``resolve`` evaluates the template's conditions for a set of
-parameter values, so tests can assert what CloudFormation would create for a given deploy.
+of ``{}``, a placeholder ``ImageUri``, and a placeholder S3 ``CodeUri`` for a local folder), and ``resolve``
+evaluates the template's conditions for a set of parameter values, so tests can assert what CloudFormation would
+create for a given deploy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ TEMPLATE = REPO / "template.yaml"
 SAMCONFIG = REPO / "samconfig.toml"
 TOOLS_BIN = REPO / ".venv-tools" / "bin"
 PLACEHOLDER_IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/cataract-screening:placeholder"
+PLACEHOLDER_CODE_URI = "s3://placeholder-bucket/placeholder-key.zip"
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
@@ -42,6 +44,9 @@ def translate(template: Mapping[str, Any], parameter_values: Mapping[str, Any] |
         props = resource.get("Properties") or {}
         if resource.get("Type") == "AWS::Serverless::Function" and props.get("PackageType") == "Image":
             props.setdefault("ImageUri", PLACEHOLDER_IMAGE_URI)  # `sam build` fills it from the Metadata
+        elif resource.get("Type") == "AWS::Serverless::Function" and not str(props.get("CodeUri")).startswith("s3://"):
+            assert (REPO / props["CodeUri"]).is_dir(), props["CodeUri"]  # `sam deploy` zips and uploads the folder
+            props["CodeUri"] = PLACEHOLDER_CODE_URI
     try:
         return Translator(managed_policy_map={}, sam_parser=Parser()).translate(
             sam, parameter_values=dict(parameter_values or {}), passthrough_metadata=True

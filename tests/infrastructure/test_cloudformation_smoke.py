@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from .conftest import deployed, load_template, parameter_values, translate
+from .conftest import PLACEHOLDER_CODE_URI, REPO, deployed, load_template, parameter_values, translate
 
 STACK = "cataract-smoke"
 
@@ -66,9 +66,26 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             yield
 
 
+def upload_zip_code() -> None:
+    """What `sam deploy` does for DeployCheckFunction: zip its folder, upload it, point CodeUri at it."""
+    import io
+    import zipfile
+
+    import boto3
+
+    bucket, key = PLACEHOLDER_CODE_URI.removeprefix("s3://").split("/", 1)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted((REPO / "functions" / "deploy_check").glob("*.py")):
+            zf.write(path, path.name)
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=archive.getvalue())
+
+
 def create_stack(overrides: dict[str, str] | None = None) -> dict[str, Any]:
     import boto3
 
+    upload_zip_code()
     template = load_template()
     values = parameter_values(template, overrides)
     body = json.dumps(shimmed(translate(template, values)))
@@ -95,6 +112,13 @@ def test_stack_creates_with_defaults(aws: None) -> None:
     env = function["Environment"]["Variables"]
     assert env["POWERTOOLS_SERVICE_NAME"] == "cataract-screening"
     assert "MODEL_S3_URI" not in env
+    # The deploy check is created from the uploaded zip. (moto cannot describe it: it keeps the Ref to a version in
+    # its environment as an object; test_template_translation checks that environment.)
+    created = boto3.client("cloudformation").describe_stack_resources(StackName=STACK)[
+        "StackResources"
+    ]  # moto: some lack ids
+    (check,) = [r for r in created if r.get("LogicalResourceId") == "DeployCheckFunction"]
+    assert check["ResourceStatus"] == "CREATE_COMPLETE" and check["ResourceType"] == "AWS::Lambda::Function"
 
     s3 = boto3.client("s3")
     bucket = outputs["ModelBucketName"]

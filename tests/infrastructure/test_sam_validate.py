@@ -6,6 +6,7 @@ template with a lint-only error proves.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,3 +60,26 @@ def test_samconfig_validate_lints(workdir: Path, env: str) -> None:
     broken = sam("validate", "--config-env", env, "--template-file", "broken.yaml", cwd=workdir)
     assert broken.returncode != 0, "samconfig's validate section must turn lint on"
     assert "E3006" in broken.stdout + broken.stderr
+
+
+def test_sam_build_copies_the_deploy_check_without_a_local_python_312(tmp_path: Path) -> None:
+    """The zip function builds with no Python 3.12 on PATH (only the image needs Docker, so it is left out here)."""
+    shutil.copy(TEMPLATE, tmp_path / "template.yaml")
+    shutil.copytree(REPO / "functions" / "deploy_check", tmp_path / "functions" / "deploy_check")
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not shutil.which("python3.12", path=d)]
+    env = {**tool_env(), "PATH": os.pathsep.join(path)}
+    result = subprocess.run(
+        [str(tool("sam")), "build", "DeployCheckFunction", "--template-file", "template.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = tmp_path / ".aws-sam" / "build"
+    assert (built / "DeployCheckFunction" / "deploy_check.py").read_bytes() == (
+        REPO / "functions" / "deploy_check" / "deploy_check.py"
+    ).read_bytes()
+    assert "CodeUri: DeployCheckFunction" in (built / "template.yaml").read_text()

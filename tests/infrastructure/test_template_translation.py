@@ -281,7 +281,7 @@ def as_list(value: Any) -> list[Any]:
 
 
 # Actions that AWS authorises only against "*": no resource-level permissions exist for them.
-RESOURCE_STAR_ALLOWED = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+RESOURCE_STAR_ALLOWED = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "cloudwatch:DescribeAlarms"}
 
 
 @pytest.mark.parametrize("logs_role", ["false", "true"])
@@ -331,7 +331,7 @@ def test_function_writes_only_its_own_log_group(default_deploy: dict[str, Any]) 
     role = resources["InferenceFunctionRole"]
     logs = [s for s in statements_of(role) if any(a.startswith("logs:") for a in as_list(s["Action"]))]
     assert [refs(s["Resource"]) for s in logs] == [{"FunctionLogGroup"}]
-    function = only(resources, "AWS::Lambda::Function")["Properties"]
+    function = resources["InferenceFunction"]["Properties"]
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}
 
 
@@ -340,7 +340,7 @@ def test_function_writes_only_its_own_log_group(default_deploy: dict[str, Any]) 
 
 @pytest.fixture(scope="module")
 def function(default_deploy: dict[str, Any]) -> dict[str, Any]:
-    return only(default_deploy["Resources"], "AWS::Lambda::Function")
+    return default_deploy["Resources"]["InferenceFunction"]
 
 
 def test_function_is_an_image_built_from_the_inference_context(template: dict[str, Any], function: dict) -> None:
@@ -371,6 +371,37 @@ def test_function_traces_and_publishes_a_live_alias(default_deploy: dict[str, An
     # A parameter-only deploy replaces the version: the one the alias leaves must stay, to roll back to.
     assert version["DeletionPolicy"] == "Retain" and version["UpdateReplacePolicy"] == "Retain"
     assert "ProvisionedConcurrencyConfig" not in alias, "provisioned concurrency is opt-in (it bills while idle)"
+
+
+def test_the_alias_moves_only_after_the_deploy_check_passes(default_deploy: dict[str, Any]) -> None:
+    """CodeDeploy shifts the live alias, and only after DeployCheckFunction has called the new version."""
+    resources = default_deploy["Resources"]
+    alias = only(resources, "AWS::Lambda::Alias")
+    ((version_id, _),) = of_type(resources, "AWS::Lambda::Version").items()
+    update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
+    assert update["BeforeAllowTrafficHook"] == {"Ref": "DeployCheckFunction"}
+    group = resources[update["DeploymentGroupName"]["Ref"]]["Properties"]
+    assert group["ServiceRoleArn"] == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}
+    assert "DEPLOYMENT_FAILURE" in group["AutoRollbackConfiguration"]["Events"]
+    # No alarms gate the deployment: one still in alarm from the old version would block the fix for it.
+    assert "AlarmConfiguration" not in group
+
+    check = resources["DeployCheckFunction"]["Properties"]
+    assert check["Environment"]["Variables"] == {"TARGET_VERSION_ARN": {"Ref": version_id}}
+    module, attribute = check["Handler"].split(".")
+    assert (REPO / "functions" / "deploy_check" / f"{module}.py").is_file() and attribute == "handler"
+    assert check["Runtime"] == "python3.12" and int(check["Timeout"]) >= 2 * 28 + 60
+
+    granted = {a: s["Resource"] for s in statements_of(resources["DeployCheckRole"]) for a in as_list(s["Action"])}
+    assert granted["lambda:InvokeFunction"] == {"Fn::Sub": "${InferenceFunction.Arn}:*"}  # its versions only
+    assert (
+        "${ServerlessDeploymentApplication}/*" in granted["codedeploy:PutLifecycleEventHookExecutionStatus"]["Fn::Sub"]
+    )
+    deployer = statements_of(resources["CodeDeployRole"])
+    invoke = [s for s in deployer if "lambda:InvokeFunction" in as_list(s["Action"])]
+    assert [s["Resource"] for s in invoke] == [{"Fn::GetAtt": ["DeployCheckFunction", "Arn"]}]
+    trust = resources["CodeDeployRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "codedeploy.amazonaws.com"}]
 
 
 def test_a_parameter_only_change_publishes_a_new_version(template: dict[str, Any]) -> None:
@@ -407,14 +438,14 @@ def test_version_description_fits_lambdas_256_characters(template: dict[str, Any
 @pytest.mark.parametrize("architecture", ["x86_64", "arm64"])
 def test_architecture_parameter_reaches_the_function(template: dict[str, Any], architecture: str) -> None:
     resources = deployed(template, {"Architecture": architecture})["Resources"]
-    assert only(resources, "AWS::Lambda::Function")["Properties"]["Architectures"] == [architecture]
+    assert resources["InferenceFunction"]["Properties"]["Architectures"] == [architecture]
 
 
 def test_provisioned_and_reserved_concurrency_are_opt_in(template: dict[str, Any]) -> None:
     resources = deployed(template, {"ProvisionedConcurrency": 2, "ReservedConcurrency": 5})["Resources"]
     alias = only(resources, "AWS::Lambda::Alias")["Properties"]
     assert alias["ProvisionedConcurrencyConfig"] == {"ProvisionedConcurrentExecutions": "2"}
-    assert only(resources, "AWS::Lambda::Function")["Properties"]["ReservedConcurrentExecutions"] == "5"
+    assert resources["InferenceFunction"]["Properties"]["ReservedConcurrentExecutions"] == "5"
 
 
 def test_default_environment_uses_the_baked_model(function: dict[str, Any]) -> None:
@@ -437,7 +468,7 @@ def test_model_parameters_reach_the_environment(template: dict[str, Any]) -> Non
         "OrtIntraOpThreads": 2,
     }
     resources = deployed(template, overrides)["Resources"]
-    env = only(resources, "AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+    env = resources["InferenceFunction"]["Properties"]["Environment"]["Variables"]
     assert env["MODEL_S3_URI"] == overrides["ModelS3Uri"]
     assert env["MODEL_SHA256"] == overrides["ModelSha256"]
     assert env["MODEL_S3_VERSION_ID"] == overrides["ModelS3VersionId"]
@@ -517,7 +548,7 @@ def test_alarms_watch_5xx_latency_errors_throttles_and_our_500s(default_deploy: 
             assert dims == {"FunctionName": {"Ref": "InferenceFunction"}}
         else:
             # Our EMF metrics: the namespace and the one dimension the function's Powertools writes.
-            env = only(resources, "AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+            env = resources["InferenceFunction"]["Properties"]["Environment"]["Variables"]
             assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
             assert dims == {"service": env["POWERTOOLS_SERVICE_NAME"]}
             assert alarm["Threshold"] == 1, "one internal error is a bug worth knowing about"

@@ -1,0 +1,123 @@
+"""CodeDeploy's pre-traffic hook: call the new function version before the live alias moves to it.
+
+A version whose init fails (a missing or corrupt model, a checksum mismatch, S3 unreachable), or that answers
+``GET /health`` or ``POST /predict`` with anything but a well-formed 200, is reported as failed: CodeDeploy then
+leaves the alias, and every client, on the version that worked, and CloudFormation rolls the stack back.
+
+Plain Python with boto3 from the Lambda runtime: no build step and no dependency of the inference package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+# A 32 px grey gradient: any decodable image gets a 200 (this one "ungradable"), so this checks that the model
+# loaded and that decoding, the ONNX session and the gate run; not what the model says about a photo.
+PROBE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAOElEQVR42u3NwQkAQAgDwRMC0f7L9WMVgXvsNDAl6SXJdjaYmWzQ3QQEBAQEBAQEBAQ/"
+    "BLW70eAAP6MGSFF7+P4AAAAASUVORK5CYII="
+)
+USER_AGENT = "cataract-deploy-check"
+LABELS = {"cataract", "normal", "ungradable"}
+
+
+def api_event(method: str, path: str, body: str | None = None) -> dict[str, Any]:
+    """A REST API (v1) proxy event, as API Gateway would send it, marked as this check's by its user agent."""
+    headers = {"Host": "deploy-check", "Accept": "application/json", "User-Agent": USER_AGENT}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "httpMethod": method,
+            "path": path,
+            "resourcePath": path,
+            "stage": "deploy-check",
+            "requestId": f"deploy-check-{method.lower()}-{path.strip('/')}",
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": USER_AGENT},
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def _health_problem(body: dict[str, Any]) -> str | None:
+    if body.get("status") != "ok" or not isinstance(body.get("model"), dict) or not body["model"].get("sha256"):
+        return f"GET /health did not report a loaded model: {json.dumps(body)[:300]}"
+    return None
+
+
+def _predict_problem(body: dict[str, Any]) -> str | None:
+    probabilities = body.get("probabilities")
+    if (
+        body.get("label") not in LABELS
+        or not isinstance(probabilities, dict)
+        or not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in probabilities.values())
+        or not body.get("disclaimer")
+    ):
+        return f"POST /predict answered without a screening result: {json.dumps(body)[:300]}"
+    return None
+
+
+CHECKS = (
+    (api_event("GET", "/health"), _health_problem),
+    (api_event("POST", "/predict", json.dumps({"image": PROBE_PNG_BASE64})), _predict_problem),
+)
+
+
+def problem_with(lambda_client: Any, version_arn: str) -> str | None:
+    """What is wrong with the function version ``version_arn``, or None when it answers both checks."""
+    for event, problem_in in CHECKS:
+        what = f"{event['httpMethod']} {event['path']}"
+        answer = lambda_client.invoke(
+            FunctionName=version_arn, InvocationType="RequestResponse", Payload=json.dumps(event).encode()
+        )
+        payload = answer["Payload"].read().decode("utf-8", "replace")
+        if answer.get("FunctionError"):
+            # An init failure lands here: the model error's message is in the payload.
+            return f"{what}: the function failed ({answer['FunctionError']}): {payload[:800]}"
+        try:
+            response = json.loads(payload)
+            status, body = response["statusCode"], json.loads(response["body"])
+        except (ValueError, KeyError, TypeError):
+            return f"{what}: not an API Gateway proxy response: {payload[:300]}"
+        if status != 200:
+            return f"{what}: answered {status}: {json.dumps(body)[:300]}"
+        problem = problem_in(body) if isinstance(body, dict) else f"{what}: the body is not a JSON object"
+        if problem:
+            return problem
+    return None
+
+
+def run(event: dict[str, Any], lambda_client: Any, codedeploy_client: Any, version_arn: str) -> dict[str, Any]:
+    """Check ``version_arn`` and report to CodeDeploy; a report is always sent, or the deployment would wait for
+    the hook's timeout (an hour) before failing."""
+    try:
+        problem = problem_with(lambda_client, version_arn)
+    except Exception as exc:  # permissions, throttling: the version was not shown to work, so it does not go live
+        problem = f"the check could not call {version_arn}: {type(exc).__name__}: {exc}"
+    status = "Failed" if problem else "Succeeded"
+    print(json.dumps({"message": "deploy check", "version": version_arn, "status": status, "problem": problem}))
+    codedeploy_client.put_lifecycle_event_hook_execution_status(
+        deploymentId=event["DeploymentId"],
+        lifecycleEventHookExecutionId=event["LifecycleEventHookExecutionId"],
+        status=status,
+    )
+    return {"status": status, "problem": problem}
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The hook's entry point: CodeDeploy invokes it with the deployment's ids."""
+    import boto3
+
+    return run(event, boto3.client("lambda"), boto3.client("codedeploy"), os.environ["TARGET_VERSION_ARN"])

@@ -1,0 +1,210 @@
+"""The CodeDeploy pre-traffic hook (functions/deploy_check): it passes a working version and stops a broken one.
+
+Its two events go through the real Lambda handler in-process, as the new version would answer them on AWS; the
+boto3 calls are checked against botocore's service models with its Stubber.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, FakeLambdaContext, load_handler
+
+VERSION = "arn:aws:lambda:us-east-1:123456789012:function:cataract-inference:7"
+HOOK_EVENT = {"DeploymentId": "d-ABCDEF123", "LifecycleEventHookExecutionId": "eyJleGVjdXRpb24iOiAiMSJ9"}
+
+
+def _load_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "deploy_check", REPO / "functions" / "deploy_check" / "deploy_check.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+deploy_check = _load_module()
+
+
+class FakeLambda:
+    """``lambda.invoke`` answered by ``answer(event)``: what Lambda returns for a synchronous invocation."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.answer = answer
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        return self.answer(json.loads(kwargs["Payload"]))
+
+
+class FakeCodeDeploy:
+    def __init__(self) -> None:
+        self.reports: list[dict[str, str]] = []
+
+    def put_lifecycle_event_hook_execution_status(self, **kwargs: str) -> dict[str, str]:
+        self.reports.append(kwargs)
+        return {"lifecycleEventHookExecutionId": kwargs["lifecycleEventHookExecutionId"]}
+
+
+def _through(module: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Invoke as Lambda would: the handler's return value as the payload."""
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        response = module.lambda_handler(event, FakeLambdaContext())
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(response).encode())}
+
+    return answer
+
+
+def _init_failure(exc: Exception) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What Lambda returns when the version's init raised: an Unhandled function error with the message."""
+    payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
+    return lambda _event: {
+        "StatusCode": 200,
+        "FunctionError": "Unhandled",
+        "Payload": io.BytesIO(json.dumps(payload).encode()),
+    }
+
+
+def test_a_working_version_passes_and_is_reported(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_handler(tiny_model_dir, monkeypatch)
+    client, codedeploy = FakeLambda(_through(module)), FakeCodeDeploy()
+    result = deploy_check.run(HOOK_EVENT, client, codedeploy, VERSION)
+    assert result == {"status": "Succeeded", "problem": None}
+    assert [json.loads(c["Payload"])["path"] for c in client.calls] == ["/health", "/predict"]
+    assert all(c["FunctionName"] == VERSION and c["InvocationType"] == "RequestResponse" for c in client.calls)
+    assert codedeploy.reports == [
+        {
+            "deploymentId": HOOK_EVENT["DeploymentId"],
+            "lifecycleEventHookExecutionId": HOOK_EVENT["LifecycleEventHookExecutionId"],
+            "status": "Succeeded",
+        }
+    ]
+
+
+def test_the_bundled_model_passes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_handler(REPO / "functions" / "inference" / "model", monkeypatch)
+    assert deploy_check.problem_with(FakeLambda(_through(module)), VERSION) is None
+
+
+def test_a_version_whose_model_fails_its_checksum_is_stopped(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real init error (a wrong MODEL_SHA256), as Lambda reports it to the caller."""
+    with pytest.raises(Exception) as raised:
+        load_handler(tiny_model_dir, monkeypatch, MODEL_SHA256="0" * 64)
+    codedeploy = FakeCodeDeploy()
+    result = deploy_check.run(HOOK_EVENT, FakeLambda(_init_failure(raised.value)), codedeploy, VERSION)
+    assert result["status"] == "Failed" and codedeploy.reports[0]["status"] == "Failed"
+    assert result["problem"].startswith("GET /health: the function failed (Unhandled)")
+    assert "sha256" in result["problem"].lower(), "the model error's own words reach the deploy log"
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ({"statusCode": 502, "body": json.dumps({"message": "Internal server error"})}, "answered 502"),
+        ({"statusCode": 200, "body": json.dumps({"status": "starting"})}, "did not report a loaded model"),
+        ({"statusCode": 200, "body": "not json"}, "not an API Gateway proxy response"),
+        ({"body": "{}"}, "not an API Gateway proxy response"),
+        ({"statusCode": 200, "body": "[1, 2]"}, "the body is not a JSON object"),
+    ],
+)
+def test_a_wrong_health_answer_is_stopped(response: dict[str, Any], expected: str) -> None:
+    client = FakeLambda(lambda _e: {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(response).encode())})
+    problem = deploy_check.problem_with(client, VERSION)
+    assert problem is not None and expected in problem and len(client.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"label": "maybe", "probabilities": {"cataract": 0.5}, "disclaimer": "x"},
+        {"label": "normal", "probabilities": {"cataract": 1.5, "normal": -0.5}, "disclaimer": "x"},
+        {"label": "normal", "probabilities": {"cataract": 0.1, "normal": 0.9}},
+        {"error": {"code": "internal_error", "message": "the service failed"}},
+    ],
+)
+def test_a_wrong_screening_answer_is_stopped(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]
+) -> None:
+    module = load_handler(tiny_model_dir, monkeypatch)
+    real = _through(module)
+
+    def predict_broken(event: dict[str, Any]) -> dict[str, Any]:
+        if event["path"] == "/predict":
+            body = json.dumps({"statusCode": 200, "body": json.dumps(answer)})
+            return {"StatusCode": 200, "Payload": io.BytesIO(body.encode())}
+        return real(event)
+
+    problem = deploy_check.problem_with(FakeLambda(predict_broken), VERSION)
+    assert problem is not None and problem.startswith("POST /predict answered without a screening result")
+
+
+def test_a_check_that_cannot_call_the_version_still_reports_failure() -> None:
+    """Without a report CodeDeploy would wait an hour for the hook to time out."""
+    from botocore.exceptions import ClientError
+
+    def denied(_event: dict[str, Any]) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "Invoke")
+
+    codedeploy = FakeCodeDeploy()
+    result = deploy_check.run(HOOK_EVENT, FakeLambda(denied), codedeploy, VERSION)
+    assert result["status"] == "Failed" and "AccessDeniedException" in result["problem"]
+    assert [r["status"] for r in codedeploy.reports] == ["Failed"]
+
+
+def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's Stubber checks every parameter name and type against the service models."""
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    module = load_handler(tiny_model_dir, monkeypatch)
+    lambda_client = boto3.client("lambda", region_name="us-east-1")
+    codedeploy = boto3.client("codedeploy", region_name="us-east-1")
+    with Stubber(lambda_client) as lambdas, Stubber(codedeploy) as deployments:
+        for event, _ in deploy_check.CHECKS:
+            payload = json.dumps(module.lambda_handler(event, FakeLambdaContext())).encode()
+            lambdas.add_response(
+                "invoke",
+                {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(payload), len(payload))},
+                {"FunctionName": VERSION, "InvocationType": "RequestResponse", "Payload": json.dumps(event).encode()},
+            )
+        deployments.add_response(
+            "put_lifecycle_event_hook_execution_status",
+            {"lifecycleEventHookExecutionId": HOOK_EVENT["LifecycleEventHookExecutionId"]},
+            {
+                "deploymentId": HOOK_EVENT["DeploymentId"],
+                "lifecycleEventHookExecutionId": HOOK_EVENT["LifecycleEventHookExecutionId"],
+                "status": "Succeeded",
+            },
+        )
+        clients = {"lambda": lambda_client, "codedeploy": codedeploy}
+        monkeypatch.setattr(boto3, "client", lambda name, **_: clients[name])
+        monkeypatch.setenv("TARGET_VERSION_ARN", VERSION)
+        assert deploy_check.handler(HOOK_EVENT, None) == {"status": "Succeeded", "problem": None}
+        lambdas.assert_no_pending_responses()
+        deployments.assert_no_pending_responses()
+
+
+def test_the_probe_image_is_a_real_png() -> None:
+    import base64
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(deploy_check.PROBE_PNG_BASE64))) as img:
+        img.load()
+        assert img.format == "PNG" and min(img.size) >= 16
