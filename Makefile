@@ -54,4 +54,4 @@ benchmark: setup-dev
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis .aws-sam
+	rm -rf $(VENV) $(TOOLS) .lambda-task .pytest_cache .ruff_cache .mypy_cache .hypothesis .aws-sam
