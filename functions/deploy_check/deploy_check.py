@@ -77,6 +77,10 @@ CHECKS = (
 
 def problem_with(lambda_client: Any, version_arn: str) -> str | None:
     """What is wrong with the function version ``version_arn``, or None when it answers both checks."""
+    # A version just published may still be Pending (its image being optimised): calling it then would fail it.
+    lambda_client.get_waiter("published_version_active").wait(
+        FunctionName=version_arn, WaiterConfig={"Delay": 5, "MaxAttempts": 12}
+    )
     for event, problem_in in CHECKS:
         what = f"{event['httpMethod']} {event['path']}"
         answer = lambda_client.invoke(
@@ -119,5 +123,11 @@ def run(event: dict[str, Any], lambda_client: Any, codedeploy_client: Any, versi
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The hook's entry point: CodeDeploy invokes it with the deployment's ids."""
     import boto3
+    from botocore.config import Config
 
-    return run(event, boto3.client("lambda"), boto3.client("codedeploy"), os.environ["TARGET_VERSION_ARN"])
+    # Bounded so that a report always goes out within the hook's 300 s: at most 1 min waiting for the version,
+    # then each of the two calls is init (10 s at most) plus the function's 28 s timeout, tried twice at most.
+    calls = Config(connect_timeout=5, read_timeout=50, retries={"mode": "standard", "max_attempts": 2})
+    return run(
+        event, boto3.client("lambda", config=calls), boto3.client("codedeploy"), os.environ["TARGET_VERSION_ARN"]
+    )

@@ -393,7 +393,8 @@ def test_the_alias_moves_only_after_the_deploy_check_passes(default_deploy: dict
     assert check["Runtime"] == "python3.12" and int(check["Timeout"]) >= 2 * 28 + 60
 
     granted = {a: s["Resource"] for s in statements_of(resources["DeployCheckRole"]) for a in as_list(s["Action"])}
-    assert granted["lambda:InvokeFunction"] == {"Fn::Sub": "${InferenceFunction.Arn}:*"}  # its versions only
+    assert granted["lambda:InvokeFunction"] == {"Fn::Sub": "${InferenceFunction.Arn}:*"}  # qualified ARNs only
+    assert granted["lambda:GetFunctionConfiguration"] == granted["lambda:InvokeFunction"]
     assert (
         "${ServerlessDeploymentApplication}/*" in granted["codedeploy:PutLifecycleEventHookExecutionStatus"]["Fn::Sub"]
     )

@@ -38,13 +38,28 @@ deploy_check = _load_module()
 class FakeLambda:
     """``lambda.invoke`` answered by ``answer(event)``: what Lambda returns for a synchronous invocation."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.answer = answer
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], state: str = "Active") -> None:
+        self.answer, self.state = answer, state
         self.calls: list[dict[str, Any]] = []
+        self.waited: list[dict[str, Any]] = []
 
     def invoke(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         return self.answer(json.loads(kwargs["Payload"]))
+
+    def get_waiter(self, name: str) -> Any:
+        assert name == "published_version_active"
+        fake = self
+
+        class Waiter:
+            def wait(self, **kwargs: Any) -> None:
+                from botocore.exceptions import WaiterError
+
+                fake.waited.append(kwargs)
+                if fake.state != "Active":
+                    raise WaiterError(name, f"Waiter encountered a terminal failure state: {fake.state}", {})
+
+        return Waiter()
 
 
 class FakeCodeDeploy:
@@ -83,6 +98,7 @@ def test_a_working_version_passes_and_is_reported(tiny_model_dir: Path, monkeypa
     assert result == {"status": "Succeeded", "problem": None}
     assert [json.loads(c["Payload"])["path"] for c in client.calls] == ["/health", "/predict"]
     assert all(c["FunctionName"] == VERSION and c["InvocationType"] == "RequestResponse" for c in client.calls)
+    assert [w["FunctionName"] for w in client.waited] == [VERSION], "first waits for the version to be Active"
     assert codedeploy.reports == [
         {
             "deploymentId": HOOK_EVENT["DeploymentId"],
@@ -151,6 +167,13 @@ def test_a_wrong_screening_answer_is_stopped(
     assert problem is not None and problem.startswith("POST /predict answered without a screening result")
 
 
+def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -> None:
+    client, codedeploy = FakeLambda(lambda _e: {}, state="Failed"), FakeCodeDeploy()
+    result = deploy_check.run(HOOK_EVENT, client, codedeploy, VERSION)
+    assert result["status"] == "Failed" and "WaiterError" in result["problem"] and client.calls == []
+    assert [r["status"] for r in codedeploy.reports] == ["Failed"]
+
+
 def test_a_check_that_cannot_call_the_version_still_reports_failure() -> None:
     """Without a report CodeDeploy would wait an hour for the hook to time out."""
     from botocore.exceptions import ClientError
@@ -176,6 +199,7 @@ def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
     lambda_client = boto3.client("lambda", region_name="us-east-1")
     codedeploy = boto3.client("codedeploy", region_name="us-east-1")
     with Stubber(lambda_client) as lambdas, Stubber(codedeploy) as deployments:
+        lambdas.add_response("get_function_configuration", {"State": "Active"}, {"FunctionName": VERSION})
         for event, _ in deploy_check.CHECKS:
             payload = json.dumps(module.lambda_handler(event, FakeLambdaContext())).encode()
             lambdas.add_response(
@@ -193,11 +217,23 @@ def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
             },
         )
         clients = {"lambda": lambda_client, "codedeploy": codedeploy}
-        monkeypatch.setattr(boto3, "client", lambda name, **_: clients[name])
+        configs: dict[str, Any] = {}
+
+        def client(name: str, **kwargs: Any) -> Any:
+            configs[name] = kwargs.get("config")
+            return clients[name]
+
+        monkeypatch.setattr(boto3, "client", client)
         monkeypatch.setenv("TARGET_VERSION_ARN", VERSION)
         assert deploy_check.handler(HOOK_EVENT, None) == {"status": "Succeeded", "problem": None}
         lambdas.assert_no_pending_responses()
         deployments.assert_no_pending_responses()
+    # Every call bounded, so that the report goes out before the hook's own 300 s timeout.
+    lambda_config = configs["lambda"]
+    worst = 12 * 5 + 2 * lambda_config.retries["max_attempts"] * (
+        lambda_config.connect_timeout + lambda_config.read_timeout
+    )
+    assert lambda_config.read_timeout >= 10 + 28 and worst < 300
 
 
 def test_the_probe_image_is_a_real_png() -> None:
