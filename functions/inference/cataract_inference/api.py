@@ -217,11 +217,11 @@ def _load_json(body: bytes) -> Any:
 
 
 def _query_flag(request: Request, name: str) -> bool:
-    """A yes/no query parameter: true/false, 1/0 or yes/no in any case; absent or empty is false.
+    """A yes/no query parameter: true/false, 1/0 or yes/no in any case; absent or empty is false (no spaces).
 
     Anything else is refused, as the JSON field refuses a non-boolean, rather than silently read as false.
     """
-    raw = request.query_params.get(name, "").strip().lower()
+    raw = request.query_params.get(name, "").lower()
     if raw in ("1", "true", "yes"):
         return True
     if raw in ("", "0", "false", "no"):
@@ -342,7 +342,11 @@ def _predict_openapi() -> dict[str, Any]:
                 "required": False,
                 "description": "true/false, 1/0 or yes/no (any case) to add the heat map. With a JSON body, its "
                 "explain field takes the place of this one; given in both, the two must agree.",
-                "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+                # What _query_flag reads: the six words in any case, or empty (false).
+                "schema": {
+                    "type": "string",
+                    "pattern": "^(|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)$",
+                },
             }
         ],
         "requestBody": {
