@@ -331,6 +331,9 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
     assert "Cross-fitted (each fold's threshold chosen on the other folds) the same rule gives 95.7%" in written
     assert "the 97 validation photos left out" in written
     assert "--precision fp32" in written and "python -m cataract_training.gate" in written
+    # What a probability means at a clinic, and how few distinct photos the validation column's files are.
+    assert "What P(cataract) means" in written and "50% of the photos it was trained and calibrated on" in written
+    assert "its 97 files are 61 distinct photos" in written
 
 
 @pytest.mark.parametrize(

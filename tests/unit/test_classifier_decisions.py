@@ -47,6 +47,19 @@ def test_a_probability_at_the_threshold_is_referred(
     assert classifier.decide(np.array([cataract_probability, 1 - cataract_probability])) == expected
 
 
+@pytest.mark.parametrize(("below", "referred"), [(4e-7, True), (6e-7, False)])
+def test_the_referral_agrees_with_the_probability_the_client_reads(
+    tmp_path: Path, below: float, referred: bool
+) -> None:
+    """Answered to 6 decimals, 0.2499996 reads 0.25, the threshold, so it is referred; 0.2499994 reads 0.249999."""
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", threshold=0.25))
+    p = 0.25 - below
+    label, referral = classifier.decide(np.array([p, 1 - p]))
+    assert (
+        referral is referred and (round(p, 6) >= 0.25) is referred and label == ("cataract" if referred else "normal")
+    )
+
+
 def test_the_positive_class_is_found_by_name_not_position(tmp_path: Path) -> None:
     classifier = load_classifier(build_tiny_model(tmp_path / "m", classes=["normal", "cataract"], threshold=0.4))
     assert classifier.decide(np.array([0.55, 0.45])) == ("cataract", True)

@@ -1,4 +1,5 @@
-"""Temperature scaling and the sensitivity-first decision threshold, fitted on validation."""
+"""Temperature scaling and the sensitivity-first decision threshold, fitted on held-out logits (release: grouped CV's
+out-of-fold predictions)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
-    """The temperature minimising validation NLL: a log-spaced grid, then golden-section refinement.
+    """The temperature minimising the held-out logits' NLL: a log-spaced grid, then golden-section refinement.
 
     One scalar cannot change the ranking, so accuracy and AUC are untouched; only confidence moves.
     """

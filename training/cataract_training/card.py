@@ -37,6 +37,43 @@ def _ci(m: dict[str, Any]) -> str:
     return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
 
 
+def _validation_files_note(run: dict[str, Any]) -> str:
+    """The validation column counts files; say how few distinct photos they are, when training recorded it."""
+    n, distinct = run.get("n_val"), run.get("val_distinct_groups")
+    if not n or not distinct or distinct >= n:
+        return ""
+    return (
+        f", and it counts files: its {n} files are {distinct} distinct photos (copies of one photo are not "
+        "independent evidence), so its intervals are narrower than the photos justify"
+    )
+
+
+def _meaning_lines(manifest: Manifest) -> list[str]:
+    """What a served P(cataract) is, and what it is not: for the people who read it beside a referral."""
+    counts: dict[str, int] = {}
+    run = manifest.metrics.get("training_run", {})
+    for part in ("train_counts", "val_counts"):
+        for label, k in (run.get(part) or {}).items():
+            counts[label] = counts.get(label, 0) + int(k)
+    total = sum(counts.values())
+    share = (
+        f"{counts.get(manifest.positive_class, 0) / total:.0%} of the photos it was trained and calibrated on show "
+        f"{manifest.positive_class}"
+        if total
+        else "the photos it was trained and calibrated on were not counted by class"
+    )
+    share = share[0].upper() + share[1:]
+    return [
+        f"What P({manifest.positive_class}) means: the softmax of the logits over the temperature. {share}"
+        "; where it is rarer, as in most clinics, the same P overstates the chance, and a larger share of referrals "
+        "are healthy eyes (the predictive value falls with prevalence while sensitivity does not). For a photo at "
+        "least twice as long as it is high it is the most suspicious of three views (the whole and each half), a "
+        "maximum, so biased upwards; for an `ungradable` photo it is what the model said about a photo it should not "
+        "judge, to be ignored. On photos from other sources it is less reliable than the figures here.",
+        "",
+    ]
+
+
 def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any]) -> list[str]:
     """How the temperature and threshold were chosen, and what held-out data says of each."""
     target = cal.get("sensitivity_target")
@@ -186,8 +223,9 @@ def render(manifest: Manifest) -> str:
             "photo is scored by a model that saw neither it nor its duplicates, and each fold's temperature and "
             "threshold are fitted on the other folds. Per file counts every copy of a duplicated photo; per distinct "
             "photo counts each duplicate group once (mean of its logits). The validation column is optimistic: "
-            "those photos also chose the training epoch (early stopping). Photos from other sources will likely do "
-            "worse than either.",
+            "those photos also chose the training epoch (early stopping)"
+            + _validation_files_note(m.get("training_run", {}))
+            + ". Photos from other sources will likely do worse than either.",
             "",
         ]
     rob = m.get("robustness_validation", {})
@@ -205,6 +243,7 @@ def render(manifest: Manifest) -> str:
             "",
         ]
     lines += _decision_lines(manifest, variants.get(manifest.precision, {}).get("calibration", {}), cv)
+    lines += _meaning_lines(manifest)
     if variants:
         lines += ["## fp32 and int8", "", "| | fp32 | int8 |", "|---|---|---|"]
         f32, i8 = variants.get("fp32", {}), variants.get("int8", {})

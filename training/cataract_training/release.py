@@ -1,7 +1,9 @@
 """Turn a training run into a shippable model folder: fp32 and int8 ONNX, calibration, evaluation, manifest.
 
-Temperature and the sensitivity-first threshold are fitted on the run's validation photos (held out
-from training by duplicate group), each precision on its own logits. Both variants are evaluated
+Temperature and the sensitivity-first threshold are fitted on grouped cross-validation's out-of-fold predictions of
+the photos outside the run's validation split (the fold models' predictions, not the shipped model's), so the
+validation photos only report on them; without a cross-validation, on the validation photos (held out from
+training by duplicate group), each precision on its own logits. Both variants are evaluated
 through the serving classifier; the better one (see ``choose``) becomes ``model.onnx``.
 """
 

@@ -18,6 +18,9 @@ from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
 
 UNGRADABLE = "ungradable"
+# Probabilities are answered to 6 decimals, and the referral is decided on that same figure: a client must never
+# read a cataract probability at or above the threshold beside "referral": false.
+PROBABILITY_DECIMALS = 6
 OVERLAY_SIDE = 512
 # A decode whose longer side reaches this is sharp enough for the overlay. 12 MP phone photos (4032×3024) leave
 # the model's ⅛ draft at 504 px: decoding them again for 8 more pixels would cost a full entropy pass (~38 ms).
@@ -194,7 +197,7 @@ class Classifier:
     def decide(self, probs: np.ndarray) -> tuple[str, bool]:
         """Label and referral from calibrated probabilities and the manifest's threshold."""
         pos = self.manifest.positive_index
-        referral = bool(probs[pos] >= self.manifest.threshold)
+        referral = round(float(probs[pos]), PROBABILITY_DECIMALS) >= self.manifest.threshold
         if referral:
             return self.manifest.positive_class, True
         others = [i for i in range(len(probs)) if i != pos]
@@ -245,7 +248,8 @@ class Classifier:
             "total": round((t3 - t0) * 1000, 2),
         }
         probabilities = {
-            c: round(float(p), 6) for c, p in zip(self.manifest.classes, measured.probabilities, strict=True)
+            c: round(float(p), PROBABILITY_DECIMALS)
+            for c, p in zip(self.manifest.classes, measured.probabilities, strict=True)
         }
         return Prediction(label, probabilities, referral, verdict, timing, heatmap, measured.views)
 
@@ -279,7 +283,9 @@ class Classifier:
         # One at a time: a model exported with a fixed batch of 1 runs them too.
         output = self.manifest.outputs.logits
         probs = [whole, *(self.calibrated(self.run(preprocess(h, spec)[None])[output])[0] for h in halves.values())]
-        views = {name: round(float(p[pos]), 6) for name, p in zip(["whole", *halves], probs, strict=True)}
+        views = {
+            name: round(float(p[pos]), PROBABILITY_DECIMALS) for name, p in zip(["whole", *halves], probs, strict=True)
+        }
         return max(probs, key=lambda p: p[pos]), views
 
     def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:

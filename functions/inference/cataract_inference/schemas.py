@@ -49,7 +49,10 @@ class PredictResponse(BaseModel):
 
     label: Literal["cataract", "normal", "ungradable"] | str
     probabilities: dict[str, Probability] = Field(
-        description="Calibrated class probabilities (temperature-scaled), one per class; they sum to 1."
+        description="Class probabilities, temperature-scaled (roughly calibrated on held-out photos of the training "
+        "source, half of them cataracts: at a lower prevalence they overstate the chance), one per class, 6 decimals; "
+        "they sum to 1. For a wide photo, the most suspicious view's (biased upwards); not meaningful when the label "
+        "is ungradable."
     )
     referral: bool = Field(description="True when the photo should be seen by an eye-care professional.")
     threshold: Probability = Field(description="The cataract probability at or above which a photo is referred.")
