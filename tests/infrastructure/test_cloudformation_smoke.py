@@ -153,6 +153,7 @@ def test_stack_creates_with_a_model_from_s3_and_every_option_on(aws: None) -> No
     overrides = {
         "ModelS3Uri": uri,
         "ModelSha256": "cd" * 32,
+        "ModelManifestSha256": "ef" * 32,
         "AlarmEmail": "oncall@example.org",
         "CreateApiGatewayLogsRole": "true",
         "StageName": "v1",
@@ -162,6 +163,7 @@ def test_stack_creates_with_a_model_from_s3_and_every_option_on(aws: None) -> No
     env = boto3.client("lambda").get_function_configuration(FunctionName=outputs["FunctionName"])["Environment"]
     assert env["Variables"]["MODEL_S3_URI"] == uri
     assert env["Variables"]["MODEL_SHA256"] == "cd" * 32
+    assert env["Variables"]["MODEL_MANIFEST_SHA256"] == "ef" * 32
     # moto skips these types; the deploy still declares them.
     declared = deployed(load_template(), overrides)["Resources"]
     assert {"ApiGatewayAccount", "AlarmEmailSubscription"} <= set(declared)

@@ -410,11 +410,11 @@ def test_a_parameter_only_change_publishes_a_new_version(template: dict[str, Any
     whose change replaces the version (a new one is published and the alias moves)."""
     source = template["Resources"]["InferenceFunction"]["Properties"]
     configured = refs({k: source[k] for k in ("Environment", "MemorySize")})
-    assert {"ModelS3Uri", "ModelSha256", "MemorySize", "LogLevel"} <= configured
+    assert {"ModelS3Uri", "ModelSha256", "ModelManifestSha256", "MemorySize", "LogLevel"} <= configured
     # A pinned S3 version id comes with its sha256 (a rule), which stands for it in the description.
     assert configured - {"ModelS3VersionId"} <= refs(source["VersionDescription"])
     baseline = only(deployed(template)["Resources"], "AWS::Lambda::Version")["Properties"]["Description"]
-    changes = {"ModelS3Uri": "s3://b/models/cataract/v9/", "ModelSha256": "e" * 64,
+    changes = {"ModelS3Uri": "s3://b/models/cataract/v9/", "ModelSha256": "e" * 64, "ModelManifestSha256": "d" * 64,
                "MemorySize": "3008", "OrtIntraOpThreads": "2", "LogLevel": "DEBUG"}  # fmt: skip
     for name, value in changes.items():
         version = only(deployed(template, {name: value})["Resources"], "AWS::Lambda::Version")["Properties"]
@@ -426,6 +426,7 @@ def test_version_description_fits_lambdas_256_characters(template: dict[str, Any
     longest = {
         "ModelS3Uri": "s3://" + "b" * 63 + "/" + "k" * (params["ModelS3Uri"]["MaxLength"] - 69),
         "ModelSha256": "f" * 64,
+        "ModelManifestSha256": "e" * 64,
         "ModelS3VersionId": "v" * params["ModelS3VersionId"]["MaxLength"],  # not in the description
         "MemorySize": str(params["MemorySize"]["MaxValue"]),
         "OrtIntraOpThreads": str(params["OrtIntraOpThreads"]["MaxValue"]),
@@ -457,13 +458,14 @@ def test_default_environment_uses_the_baked_model(function: dict[str, Any]) -> N
     assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"
     assert env["MODEL_CACHE_DIR"].startswith("/tmp/")
     assert int(env["ORT_INTRA_OP_THREADS"]) >= 1
-    assert not {"MODEL_S3_URI", "MODEL_SHA256", "MODEL_S3_VERSION_ID"} & set(env)
+    assert not {"MODEL_S3_URI", "MODEL_SHA256", "MODEL_MANIFEST_SHA256", "MODEL_S3_VERSION_ID"} & set(env)
 
 
 def test_model_parameters_reach_the_environment(template: dict[str, Any]) -> None:
     overrides = {
         "ModelS3Uri": "s3://my-models/models/cataract/2026-11-27/",
         "ModelSha256": "ab" * 32,
+        "ModelManifestSha256": "cd" * 32,
         "ModelS3VersionId": "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY",
         "LogLevel": "DEBUG",
         "OrtIntraOpThreads": 2,
@@ -472,6 +474,7 @@ def test_model_parameters_reach_the_environment(template: dict[str, Any]) -> Non
     env = resources["InferenceFunction"]["Properties"]["Environment"]["Variables"]
     assert env["MODEL_S3_URI"] == overrides["ModelS3Uri"]
     assert env["MODEL_SHA256"] == overrides["ModelSha256"]
+    assert env["MODEL_MANIFEST_SHA256"] == overrides["ModelManifestSha256"]
     assert env["MODEL_S3_VERSION_ID"] == overrides["ModelS3VersionId"]
     assert env["POWERTOOLS_LOG_LEVEL"] == "DEBUG"
     assert env["ORT_INTRA_OP_THREADS"] == "2"
@@ -616,7 +619,7 @@ def broken_rules(template: dict[str, Any], overrides: dict[str, str]) -> set[str
     return broken
 
 
-URI, SHA = "s3://bucket-abc/models/cataract/v1/", "a" * 64
+URI, SHA, MSHA = "s3://bucket-abc/models/cataract/v1/", "a" * 64, "b" * 64
 # The version id S3's documentation gives as an example: 64 characters, with "+".
 LONG_VERSION_ID = "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUMLUo"
 
@@ -625,13 +628,35 @@ LONG_VERSION_ID = "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUM
     ("overrides", "broken"),
     [
         ({}, set()),
-        ({"ModelS3Uri": URI}, set()),
-        ({"ModelS3Uri": URI, "ModelSha256": SHA, "ModelS3VersionId": LONG_VERSION_ID}, set()),
+        ({"ModelS3Uri": URI, "ModelSha256": SHA, "ModelManifestSha256": MSHA}, set()),
+        (
+            {"ModelS3Uri": URI, "ModelSha256": SHA, "ModelManifestSha256": MSHA, "ModelS3VersionId": LONG_VERSION_ID},
+            set(),
+        ),
+        # Unpinned, or half pinned: whoever can write to the bucket could change what is served.
+        ({"ModelS3Uri": URI}, {"S3ModelNeedsBothSha256"}),
+        ({"ModelS3Uri": URI, "ModelSha256": SHA}, {"S3ModelNeedsBothSha256"}),
+        ({"ModelS3Uri": URI, "ModelManifestSha256": MSHA}, {"S3ModelNeedsBothSha256"}),
         ({"ModelSha256": SHA}, {"Sha256NeedsS3Uri"}),
+        ({"ModelManifestSha256": MSHA}, {"ManifestSha256NeedsS3Uri"}),
         ({"ModelS3VersionId": "abc"}, {"VersionIdNeedsS3Uri", "VersionIdNeedsSha256"}),
-        ({"ModelS3Uri": URI, "ModelS3VersionId": "abc"}, {"VersionIdNeedsSha256"}),
+        (
+            {"ModelS3Uri": URI, "ModelManifestSha256": MSHA, "ModelS3VersionId": "abc"},
+            {"VersionIdNeedsSha256", "S3ModelNeedsBothSha256"},
+        ),
     ],
-    ids=["baked", "s3", "s3-pinned", "sha-alone", "version-alone", "version-without-sha"],
+    ids=[
+        "baked",
+        "s3-pinned",
+        "s3-pinned-version",
+        "s3-unpinned",
+        "s3-model-only",
+        "s3-manifest-only",
+        "sha-alone",
+        "manifest-sha-alone",
+        "version-alone",
+        "version-without-sha",
+    ],
 )
 def test_rules_refuse_model_settings_that_cannot_work(template: dict[str, Any], overrides: dict, broken: set) -> None:
     assert broken_rules(template, overrides) == broken

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -54,7 +55,12 @@ def test_publish_then_pull_latest_and_version(tmp_path: Path, aws_env: None) -> 
     head = s3.head_object(Bucket=BUCKET, Key="cataract/v1/model.onnx")
     assert head["Metadata"]["sha256"] == sha256_of(src / "model.onnx")
     latest = json.loads(s3.get_object(Bucket=BUCKET, Key="cataract/latest.json")["Body"].read())
-    assert latest == {"version": "v1", "model_uri": ptr["model_uri"], "sha256": ptr["sha256"]}
+    assert latest == {
+        "version": "v1",
+        "model_uri": ptr["model_uri"],
+        "sha256": ptr["sha256"],
+        "manifest_sha256": sha256_of(src / "model.json"),
+    }
 
     publish.publish(_model_dir(tmp_path / "v2", "v2", b"second model"), f"s3://{BUCKET}/cataract", client=s3)
     dest = tmp_path / "function-model"
@@ -221,3 +227,35 @@ def test_pull_into_a_file_and_publish_to_a_missing_bucket_are_explained(tmp_path
         publish.pull(f"s3://{BUCKET}/p", afile, client=s3)
     with pytest.raises(publish.PublishError, match="bucket nobucket does not exist"):
         publish.publish(_model_dir(tmp_path / "m", "v1"), "s3://nobucket/p", client=s3)
+
+
+@mock_aws
+def test_pull_with_the_printed_pins_refuses_what_a_bucket_writer_put_there(tmp_path: Path, aws_env: None) -> None:
+    """The bucket's own metadata can be rewritten by whoever writes to it; the sha256s publish printed cannot."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "v1", "v1", b"first model")
+    ptr = publish.publish(src, f"s3://{BUCKET}/cataract/", client=s3)
+    pins = {"sha256": ptr["sha256"], "manifest_sha256": ptr["manifest_sha256"]}
+    dest = tmp_path / "function-model"
+    assert publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, **pins)["pinned"] == "both sha256s"
+
+    manifest = json.loads((src / "model.json").read_text())
+    manifest["threshold"] = 0.99  # almost nothing referred
+    tampered = json.dumps(manifest).encode()
+    digest = hashlib.sha256(tampered).hexdigest()
+    s3.put_object(Bucket=BUCKET, Key="cataract/v1/model.json", Body=tampered, Metadata={"sha256": digest})
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="cataract/v1/model.onnx",
+        Body=b"first model",
+        Metadata={"sha256": ptr["sha256"], "manifest-sha256": digest},
+    )
+    unpinned = publish.pull(f"s3://{BUCKET}/cataract", tmp_path / "unpinned", "v1", s3)
+    assert unpinned["pinned"].startswith("no") and load_manifest(tmp_path / "unpinned" / "model.json").threshold == 0.99
+    before = (dest / "model.json").read_bytes()
+    with pytest.raises(publish.PublishError, match=r"not the pinned model\.json sha256"):
+        publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, **pins)
+    assert (dest / "model.json").read_bytes() == before, "nothing written"
+    with pytest.raises(publish.PublishError, match="not the pinned --sha256"):
+        publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, sha256="0" * 64)

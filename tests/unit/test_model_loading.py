@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -377,6 +378,49 @@ def test_s3_model_json_overwritten_after_publication_is_refused(
     s3.put_object(Bucket=BUCKET, Key=key, Body=tampered.encode(), Metadata=meta)  # type: ignore[attr-defined]
     with pytest.raises(ModelLoadError, match=r"not the model\.json published with this model\.onnx"):
         resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
+def _tamper_as_a_bucket_writer(s3: object, model_dir: Path) -> str:
+    """What someone who can write to the prefix (not to the stack) can do: a model.json with the classes reversed,
+    and every metadata hash rewritten to match it, over the same model bytes. Returns the published manifest's hash."""
+    published = sha256_of(model_dir / "model.json")
+    manifest = json.loads((model_dir / "model.json").read_text())
+    manifest["classes"] = manifest["classes"][::-1]
+    tampered = json.dumps(manifest).encode()
+    digest = hashlib.sha256(tampered).hexdigest()
+    onnx = (model_dir / "model.onnx").read_bytes()
+    meta = {"sha256": sha256_of(model_dir / "model.onnx"), "manifest-sha256": digest}
+    s3.put_object(Bucket=BUCKET, Key="cataract/v1/model.onnx", Body=onnx, Metadata=meta)  # type: ignore[attr-defined]
+    s3.put_object(Bucket=BUCKET, Key="cataract/v1/model.json", Body=tampered, Metadata={"sha256": digest})  # type: ignore[attr-defined]
+    return published
+
+
+def test_a_bucket_writer_cannot_swap_model_json_under_the_pins(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Metadata guards against accidents only: the bucket's writer rewrites it too. The pins printed by publish
+    (MODEL_SHA256 and MODEL_MANIFEST_SHA256, both required by the template for a model from S3) hold."""
+    _publish(s3, tiny_model_dir)
+    published = _tamper_as_a_bucket_writer(s3, tiny_model_dir)
+    uri, model_sha = f"s3://{BUCKET}/cataract/v1/", sha256_of(tiny_model_dir / "model.onnx")
+    swapped = resolve_model(_settings(tmp_path / "a", MODEL_S3_URI=uri, MODEL_SHA256=model_sha))
+    assert swapped.manifest.classes[0] == "normal", "the model's hash alone does not cover model.json"
+    with pytest.raises(ModelLoadError, match=r"not the pinned model\.json sha256"):
+        resolve_model(
+            _settings(tmp_path / "b", MODEL_S3_URI=uri, MODEL_SHA256=model_sha, MODEL_MANIFEST_SHA256=published)
+        )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_MANIFEST_SHA256": "a" * 64}, "needs it"),
+        ({"MODEL_S3_URI": "s3://b/v1/", "MODEL_MANIFEST_SHA256": "xyz"}, "64 hex characters"),
+    ],
+)
+def test_a_manifest_pin_is_checked_when_read(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
 
 
 def test_model_json_must_match_its_own_checksum_metadata_too() -> None:

@@ -142,7 +142,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     pointer = publish(Path(args.model_dir), args.uri)
     print(json.dumps(pointer, indent=2))
-    print(f"serve it with MODEL_S3_URI={pointer['model_uri']} MODEL_SHA256={pointer['sha256']}")
+    print(
+        f"serve it with ModelS3Uri={pointer['model_uri']} ModelSha256={pointer['sha256']} "
+        f"ModelManifestSha256={pointer['manifest_sha256']} (sam deploy --parameter-overrides), or bake it in with "
+        f"cataract-train pull ... --version {pointer['version']} --sha256 {pointer['sha256']} "
+        f"--manifest-sha256 {pointer['manifest_sha256']}"
+    )
     return 0
 
 
@@ -150,7 +155,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch a published version (or latest) into the function's model/ folder, verified."""
     from .publish import pull
 
-    print(json.dumps(pull(args.uri, Path(args.model_dir), args.version), indent=2))
+    pulled = pull(
+        args.uri, Path(args.model_dir), args.version, sha256=args.sha256, manifest_sha256=args.manifest_sha256
+    )
+    print(json.dumps(pulled, indent=2))
     return 0
 
 
@@ -246,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri", help="s3://BUCKET/PREFIX")
     p.add_argument("--version", help="default: the version latest.json names")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--sha256", help="model.onnx's sha256 as publish printed it: refuses anything else")
+    p.add_argument("--manifest-sha256", help="model.json's sha256 as publish printed it: refuses anything else")
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("card", help=cmd_card.__doc__)

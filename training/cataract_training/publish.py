@@ -141,6 +141,7 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
             "version": manifest.version,
             "model_uri": f"s3://{bucket}/{folder}{MODEL_FILENAME}",
             "sha256": digest,
+            "manifest_sha256": manifest_digest,
         }
         client.put_object(
             Bucket=bucket, Key=prefix + LATEST, Body=json.dumps(pointer).encode(), ContentType="application/json"
@@ -174,12 +175,21 @@ def _get(client: Any, bucket: str, key: str, dest: Path) -> dict[str, str]:
     return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
 
-def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = None) -> dict[str, str]:
+def pull(
+    uri: str,
+    dest: Path,
+    version: str | None = None,
+    client: Any | None = None,
+    *,
+    sha256: str | None = None,
+    manifest_sha256: str | None = None,
+) -> dict[str, str]:
     """Fetch ``version`` (or the one ``latest.json`` names) into ``dest`` and verify it.
 
     The files land in a temporary folder first and replace ``dest``'s only after the sha256 in the
-    object metadata, the manifest and the bytes all agree. The model card comes too; a version
-    published without one gets a card rendered from its manifest, never the previous model's.
+    object metadata, the manifest and the bytes all agree, and with the sha256s ``publish`` printed when given
+    (``sha256``, ``manifest_sha256``): only those guard against someone who can write to the bucket. The model card
+    comes too; a version published without one gets a card rendered from its manifest, never the previous model's.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -203,7 +213,11 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
             manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
             try:
                 check_manifest_bytes(
-                    (tmp_dir / MANIFEST_FILENAME).read_bytes(), meta, manifest_meta, f"s3://{bucket}/{folder}"
+                    (tmp_dir / MANIFEST_FILENAME).read_bytes(),
+                    meta,
+                    manifest_meta,
+                    f"s3://{bucket}/{folder}{MANIFEST_FILENAME}",
+                    manifest_sha256,
                 )
             except ModelLoadError as exc:
                 raise PublishError(f"{exc}; nothing was written to {dest}") from exc
@@ -220,6 +234,11 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
                 raise PublishError(
                     f"checksum mismatch for s3://{bucket}/{folder}: bytes {digest}, metadata {published}, "
                     f"manifest {manifest.sha256}; nothing was written to {dest}"
+                )
+            if sha256 is not None and sha256.lower() != digest:
+                raise PublishError(
+                    f"s3://{bucket}/{folder}{MODEL_FILENAME} hashes to {digest}, not the pinned --sha256 {sha256}; "
+                    f"nothing was written to {dest}"
                 )
             if not card_published:
                 from .card import write_card  # imports torch (through the backbones): only when needed
@@ -239,6 +258,8 @@ def pull(uri: str, dest: Path, version: str | None = None, client: Any | None = 
     return {
         "version": str(version),
         "sha256": digest,
+        "manifest_sha256": sha256_of(dest / MANIFEST_FILENAME),
+        "pinned": "both sha256s" if sha256 and manifest_sha256 else "no: trusted the bucket's own metadata",
         "dest": str(dest),
         "model_card": "published" if card_published else "rendered from model.json (none was published)",
     }

@@ -240,7 +240,7 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
     (model_data, model_meta), (manifest_data, manifest_meta) = _by_deadline(
         fetch_both, deadline, f"{model_uri} and its model.json"
     )
-    check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri)
+    check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri, settings.model_manifest_sha256)
     try:
         manifest = parse_manifest(manifest_data, manifest_uri)
     except ManifestError as exc:
@@ -260,10 +260,20 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
     return artifact
 
 
-def check_manifest_bytes(data: bytes, model_meta: dict[str, str], manifest_meta: dict[str, str], uri: str) -> None:
+def check_manifest_bytes(
+    data: bytes, model_meta: dict[str, str], manifest_meta: dict[str, str], uri: str, pinned: str | None = None
+) -> None:
     """``model.json`` must be the one published with this ``model.onnx``: the thresholds live in it, not in the
-    hashed model. ``publish`` records its sha256 in the model's metadata (and in its own); raises ``ModelLoadError``."""
+    hashed model. ``publish`` records its sha256 in the model's metadata (and in its own), and prints it for
+    ``pinned`` (``MODEL_MANIFEST_SHA256``): the metadata guards against accidents, only the pin against someone who
+    can write to the bucket, since they can rewrite metadata too. Raises ``ModelLoadError``."""
     actual = hashlib.sha256(data).hexdigest()
+    if pinned is not None and pinned.lower() != actual:
+        raise ModelLoadError(
+            f"{uri} hashes to {actual}, not the pinned model.json sha256 {pinned} (MODEL_MANIFEST_SHA256, or pull's "
+            "--manifest-sha256): it is not the model.json that was published, or the pin is another version's. "
+            "Check the version and the sha256s publish printed."
+        )
     expected = model_meta.get("manifest-sha256")
     if expected is not None and expected.lower() != actual:
         raise ModelLoadError(

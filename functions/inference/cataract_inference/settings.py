@@ -51,6 +51,13 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, m
     return value
 
 
+def _sha256(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip().lower() or None
+    if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+        raise ConfigError(f"{name} must be 64 hex characters")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The function's configuration."""
@@ -58,6 +65,7 @@ class Settings:
     model_dir: Path
     model_s3_uri: str | None
     model_sha256: str | None
+    model_manifest_sha256: str | None
     model_s3_version_id: str | None
     model_cache_dir: Path
     ort_intra_op_threads: int
@@ -75,9 +83,12 @@ class Settings:
             raise ConfigError(f"MODEL_S3_URI must start with s3://, got {s3_uri!r}")
         if env.get("MODEL_S3_VERSION_ID", "").strip() and s3_uri is None:
             raise ConfigError("MODEL_S3_VERSION_ID pins an S3 object version, so it needs MODEL_S3_URI")
-        sha = env.get("MODEL_SHA256", "").strip().lower() or None
-        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-            raise ConfigError("MODEL_SHA256 must be 64 hex characters")
+        sha = _sha256(env, "MODEL_SHA256")
+        manifest_sha = _sha256(env, "MODEL_MANIFEST_SHA256")
+        if manifest_sha is not None and s3_uri is None:
+            raise ConfigError(
+                "MODEL_MANIFEST_SHA256 checks the model.json of a model from MODEL_S3_URI, so it needs it"
+            )
         max_image_pixels = _int(
             env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1, maximum=PILLOW_PIXEL_CEILING
         )
@@ -94,6 +105,7 @@ class Settings:
             model_dir=Path(env.get("MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR),
             model_s3_uri=s3_uri,
             model_sha256=sha,
+            model_manifest_sha256=manifest_sha,
             model_s3_version_id=env.get("MODEL_S3_VERSION_ID", "").strip() or None,
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR", "").strip() or "/tmp/cataract-model"),
             # Lambda has at most 6 vCPUs; thousands of threads would take minutes to start.
