@@ -99,3 +99,23 @@ def test_a_serve_that_cannot_start_is_reported_with_its_error(tmp_path: Path) ->
     with pytest.raises(ServeFailedError, match="no-model-here"), running_serve(env, timeout_s=60):
         pass
     assert time.monotonic() - started < 30, "a dead serve is noticed at once, not at the deadline"
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("localhost:{port}", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200), ("LOCALHOST", 200),
+     ("rebound.attacker.example:{port}", 400), ("127.0.0.1.nip.io", 400), ("", 400)],
+)  # fmt: skip
+def test_serve_on_loopback_answers_only_a_loopback_host(server: int, host: str, status: int) -> None:
+    """DNS rebinding: a page whose own hostname resolves to 127.0.0.1 sends that hostname; it is refused, in JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    conn.putrequest("GET", "/model", skip_host=True)
+    conn.putheader("Host", host.format(port=server))
+    conn.endheaders()
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == status, body
+    if status == 400:
+        assert body["error"]["code"] == "invalid_host" and response.getheader("content-type") == "application/json"
+    else:
+        assert body["name"] == "tiny-test-model"

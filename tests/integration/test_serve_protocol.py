@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from cataract_inference.host_guard import LoopbackHostGuard
 from cataract_inference.serve_protocol import with_header_deadline
 from tests.support.serve import free_port
 
@@ -209,6 +210,9 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, app=app))
     assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=False)) == 0
+    # On loopback, behind the Host check (DNS rebinding); on another address there is no loopback name to require.
+    assert isinstance(seen["app"], LoopbackHostGuard) and seen["app"].app is handler.app
+    assert cli._cmd_serve(argparse.Namespace(host="0.0.0.0", port=8123, verbose=False)) == 0
     assert seen["app"] is handler.app
     protocol = seen["http"]
     assert isinstance(protocol, type) and issubclass(protocol, H11Protocol)

@@ -247,6 +247,19 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("json not utf-8", _json_event("\udcff"), 400, "malformed_json"),
     # orjson refuses it; the stdlib's own decoding of bytes would let it through as a lone surrogate.
     ("json not utf-8 inside a string", _json_event('{"image": "\udcff"}'), 400, "malformed_json"),
+    # A typeless body is what another web page can send cross-site without a CORS preflight.
+    (
+        "raw image with no content type",
+        events.rest_event("/predict", "POST", body=_b64(BRIGHT), is_base64=True),
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "json with no content type",
+        events.rest_event("/predict", "POST", body=json.dumps({"image": _b64(BRIGHT)})),
+        415,
+        "unsupported_media_type",
+    ),
     (
         "gzip-compressed json",
         _with_header(_json_event({"image": "AAAA"}), "Content-Encoding", "gzip"),

@@ -491,10 +491,19 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         if not body:
             raise ClientError(400, "empty_body", 'the body is empty; send {"image": "<base64>"} or raw image bytes')
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "application/json" or (not content_type and body.lstrip()[:1] == b"{"):
+        if not content_type:
+            # A browser sends a typeless body cross-site without asking (no CORS preflight): refusing it keeps other
+            # web pages from screening through a visitor's local runner, or a deployment without an API key.
+            raise ClientError(
+                415,
+                "unsupported_media_type",
+                "the request has no Content-Type; send application/json, or the raw bytes as image/jpeg (or another "
+                "image/*) or application/octet-stream",
+            )
+        if content_type == "application/json":
             parsed = _parse_json(body)
             image_bytes, explain = decode_base64_image(parsed.image), _json_explain(request, parsed)
-        elif content_type.startswith(RAW_IMAGE_TYPES) or not content_type:
+        elif content_type.startswith(RAW_IMAGE_TYPES):
             image_bytes, explain = body, _query_flag(request, "explain")
         else:
             raise ClientError(

@@ -158,6 +158,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):
         from .handler import app, settings
+    from .host_guard import LoopbackHostGuard
     from .serve_protocol import with_header_deadline
 
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -168,8 +169,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "the runner does not) and no TLS; for a trusted network only",
             file=sys.stderr,
         )
+    served = LoopbackHostGuard(app, settings.disclaimer) if _is_loopback(args.host) else app
     uvicorn.run(
-        app,
+        served,
         host=args.host,
         port=args.port,
         http=with_header_deadline(settings.disclaimer),  # uvicorn puts no deadline on a request's headers

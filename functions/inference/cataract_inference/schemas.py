@@ -94,6 +94,7 @@ class ErrorBody(BaseModel):
         "empty_body, empty_image, corrupt_image (400); payload_too_large, image_too_large (413); not_an_image, "
         "unsupported_format, unsupported_media_type (415); invalid_request (422); not_found (404); "
         "method_not_allowed (405); request_timeout (408, the local runner only: the headers or the body stalled); "
+        "invalid_host (400, the local runner on loopback only: a Host that is not localhost, 127.0.0.1 or [::1]); "
         "internal_error (500); overloaded (503, the local runner only: too many open connections, retry). "
         "From API Gateway: invalid_api_key, gateway_error (403); "
         "throttled, quota_exceeded (429); timeout (504). New codes may be added: treat unknown ones by status."
