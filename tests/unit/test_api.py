@@ -137,6 +137,7 @@ def test_health_and_model(invoke: Invoke) -> None:
     assert "not a diagnosis" in health["disclaimer"].lower()
     # The same id header as every other answer, API Gateway's request id on AWS.
     assert headers["x-request-id"] == "test-request-id" and headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
     status, headers, model = invoke(events.rest_event("/model", request_id="test-request-id"))
     assert status == 200 and headers["x-request-id"] == "test-request-id"
     assert model["classes"] == ["cataract", "normal"]
@@ -222,6 +223,7 @@ def test_405_says_which_methods_are_allowed(invoke: Invoke) -> None:
 def test_page_links_carry_the_stage(invoke: Invoke) -> None:
     status, headers, html = invoke(events.rest_event("/", stage="Prod"))
     assert status == 200 and headers["content-type"].startswith("text/html")
+    assert headers["x-content-type-options"] == "nosniff"
     assert 'data-root="/Prod"' in html
 
 
@@ -259,6 +261,12 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
         events.rest_event("/predict", "POST", body=json.dumps({"image": _b64(BRIGHT)})),
         415,
         "unsupported_media_type",
+    ),
+    (
+        "a content length of 5000 digits",
+        _with_header(_json_event({"image": "AAAA"}), "Content-Length", "9" * 5000),
+        413,
+        "payload_too_large",
     ),
     (
         "gzip-compressed json",
@@ -366,7 +374,7 @@ def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, A
     got, headers, body = invoke(event)
     assert got == status, body
     assert headers["content-type"].startswith("application/json")
-    assert headers["cache-control"] == "no-store"
+    assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     assert "not a diagnosis" in body["disclaimer"].lower()

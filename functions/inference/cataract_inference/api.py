@@ -20,7 +20,7 @@ import pybase64
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import docs_pages, page
 from .classifier import Classifier
@@ -71,7 +71,7 @@ def error_content(
     body = ErrorResponse.model_validate(
         {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
     )
-    headers = {**(extra or {}), "Cache-Control": "no-store"}
+    headers = {**(extra or {}), "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
     if request_id:
         headers["X-Request-Id"] = request_id
     return body.model_dump(exclude_none=True), headers
@@ -161,7 +161,22 @@ class GatewayScopeMiddleware:
             if prefix:
                 scope["root_path"] = prefix
                 scope["path"] = prefix + path
+            send = _no_sniffing(send)
         await self.app(scope, receive, send)
+
+
+def _no_sniffing(send: Send) -> Send:
+    """Every answer says its Content-Type is meant: a browser must not run JSON, or an error, as HTML or script."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                headers.append((b"x-content-type-options", b"nosniff"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 def decode_base64_image(text: str) -> bytes:
@@ -285,9 +300,12 @@ def validation_details(errors: Sequence[Any]) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ClientError(413, "payload_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    declared = request.headers.get("content-length", "")
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), compared by length first: int() of more than
+    # 4300 digits raises, and that was a 500.
+    digits = declared.lstrip("0") if declared.isascii() and declared.isdigit() else ""
+    if len(digits) > len(str(limit)) or (digits and int(digits) > limit):
+        raise ClientError(413, "payload_too_large", f"the body is {_clip(declared, 20)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     try:
