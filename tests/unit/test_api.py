@@ -164,7 +164,10 @@ def test_docs_pages_load_only_pinned_files_checked_by_hash(invoke: Invoke, path:
     import re
 
     status, headers, html = invoke(events.rest_event(path))
-    assert status == 200 and "default-src 'none'" in headers["content-security-policy"]
+    policy = headers["content-security-policy"]
+    assert status == 200 and "default-src 'none'" in policy
+    # Each pinned file by its full URL, never the whole CDN host (where any other script would run too).
+    assert not re.search(r"https://cdn\.jsdelivr\.net[ ;]", policy), policy
     external = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"[^>]*>', html)
     tags = re.findall(r"<(?:script|link)[^>]*https?://[^>]*>", html)
     assert external and len(tags) == len(external)

@@ -84,10 +84,11 @@ class DocsPage(NamedTuple):
 
 
 def _policy(script_src: str, extra: str = "") -> str:
-    # The CDN may run scripts, styles and nothing else; the page may talk to this API only. It also keeps
-    # the viewers' own off-site fetches (ReDoc's logo) from leaving the browser.
+    # Only the pinned files may come from the CDN (their full URLs, not the whole host: any other script there
+    # would run too, were markup ever injected); the page may talk to this API only. It also keeps the viewers'
+    # own off-site fetches (ReDoc's logo) from leaving the browser.
     return (
-        f"default-src 'none'; script-src {script_src}; style-src https://cdn.jsdelivr.net 'unsafe-inline'; "
+        f"default-src 'none'; script-src {script_src}; style-src {SWAGGER_UI_CSS.url} 'unsafe-inline'; "
         f"img-src 'self' data:; connect-src 'self'; {extra}base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     )
@@ -109,7 +110,7 @@ def swagger_ui(openapi_url: str, title: str) -> DocsPage:
         + _tag(SWAGGER_UI_JS)
         + f"\n<script>{script}</script>\n</body>\n</html>\n"
     )
-    return DocsPage(page, _policy(f"https://cdn.jsdelivr.net 'sha256-{script_hash}'"))
+    return DocsPage(page, _policy(f"{SWAGGER_UI_JS.url} 'sha256-{script_hash}'"))
 
 
 def redoc(openapi_url: str, title: str) -> DocsPage:
@@ -123,4 +124,4 @@ def redoc(openapi_url: str, title: str) -> DocsPage:
         + "\n</body>\n</html>\n"
     )
     # ReDoc searches in a web worker it builds from a blob.
-    return DocsPage(page, _policy("https://cdn.jsdelivr.net", "worker-src blob:; "))
+    return DocsPage(page, _policy(REDOC_JS.url, "worker-src blob:; "))
