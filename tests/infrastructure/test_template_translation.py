@@ -154,16 +154,26 @@ def test_usage_plan_throttles_and_caps_the_key_on_the_stage(template: dict[str, 
 
 
 def test_stage_throttles_traces_and_logs_access_without_bodies(template: dict[str, Any]) -> None:
-    resources = deployed(template, {"ThrottleRateLimit": 3, "ThrottleBurstLimit": 5, "StageName": "v1"})["Resources"]
+    overrides = {"ThrottleRateLimit": 3, "ThrottleBurstLimit": 5, "StageName": "v1"}
+    resources = deployed(template, {**overrides, "PublicThrottleRateLimit": 1, "PublicThrottleBurstLimit": 2})[
+        "Resources"
+    ]
     stage = only(resources, "AWS::ApiGateway::Stage")["Properties"]
     assert stage["StageName"] == "v1"
     assert stage["TracingEnabled"] is True
-    (setting,) = stage["MethodSettings"]
+    setting, *public = stage["MethodSettings"]
     assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
     assert (setting["ThrottlingRateLimit"], setting["ThrottlingBurstLimit"]) == ("3", "5")
-    assert setting["DataTraceEnabled"] is False, "bodies are eye photos: never log them"
-    # Per-method metrics are billed as custom metrics; the alarms read the free API-and-stage ones.
-    assert setting["MetricsEnabled"] is False
+    # Every keyless route has a lower limit of its own: each method is throttled apart, outside any quota.
+    events = template["Resources"]["InferenceFunction"]["Properties"]["Events"].values()
+    keyless = {(e["Properties"]["Path"], e["Properties"]["Method"].upper()) for e in events}
+    keyless -= {("/predict", "POST"), ("/model", "GET")}
+    assert {(s["ResourcePath"].replace("~1", "/").replace("//", "/"), s["HttpMethod"]) for s in public} == keyless
+    for s in [setting, *public]:
+        assert s["DataTraceEnabled"] is False, "bodies are eye photos: never log them"
+        # Per-method metrics are billed as custom metrics; the alarms read the free API-and-stage ones.
+        assert s["MetricsEnabled"] is False and s["LoggingLevel"] == "ERROR"
+    assert all((s["ThrottlingRateLimit"], s["ThrottlingBurstLimit"]) == ("1", "2") for s in public)
     access = stage["AccessLogSetting"]
     assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
     fields = json.loads(access["Format"])
