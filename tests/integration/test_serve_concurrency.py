@@ -104,6 +104,7 @@ def test_a_serve_that_cannot_start_is_reported_with_its_error(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("host", "status"),
     [("localhost:{port}", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200), ("LOCALHOST", 200),
+     ("127.0.0.2:{port}", 200),
      ("rebound.attacker.example:{port}", 400), ("127.0.0.1.nip.io", 400), ("", 400)],
 )  # fmt: skip
 def test_serve_on_loopback_answers_only_a_loopback_host(server: int, host: str, status: int) -> None:

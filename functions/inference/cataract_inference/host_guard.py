@@ -2,18 +2,17 @@
 
 A web page the user visits can point a hostname of its own at 127.0.0.1 (DNS rebinding); the browser then treats
 the runner as that page's origin and lets the page read its answers. Such requests carry the page's hostname in
-``Host``, so refusing every Host but localhost, 127.0.0.1 and [::1] closes that door. Not used on Lambda, where API
-Gateway sets the host.
+``Host``, so refusing every Host but localhost and loopback addresses (127.0.0.0/8, [::1]) closes that door. Not
+used on Lambda, where API Gateway sets the host.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
 from .api import error_content, note_refusal
-
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def host_name(value: str) -> str:
@@ -22,6 +21,17 @@ def host_name(value: str) -> str:
     if value.startswith("["):
         return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_loopback_host(value: str) -> bool:
+    """Whether a Host header names this machine: ``localhost`` or a loopback address, with or without a port."""
+    name = host_name(value)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class LoopbackHostGuard:
@@ -33,14 +43,17 @@ class LoopbackHostGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             hosts = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"]
-            if len(hosts) != 1 or host_name(hosts[0]) not in LOOPBACK_NAMES:
+            if len(hosts) != 1 or not is_loopback_host(hosts[0]):
                 await self._refuse(send)
                 return
         await self.app(scope, receive, send)
 
     async def _refuse(self, send: Any) -> None:
         note_refusal(400, "invalid_host")
-        message = "this runner answers only requests to localhost, 127.0.0.1 or [::1] (the Host header)"
+        message = (
+            "this runner answers only requests to localhost or a loopback address such as 127.0.0.1 or [::1] "
+            "(the Host header)"
+        )
         body, headers = error_content("invalid_host", message, None, self.disclaimer)
         payload = json.dumps(body).encode()
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
