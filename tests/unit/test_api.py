@@ -345,7 +345,14 @@ def test_explain_query_reads_yes_and_no(invoke: Invoke, value: str, explained: b
 
 @pytest.mark.parametrize(
     ("fields", "query", "explained"),
-    [({}, "true", True), ({}, "no", False), ({"explain": True}, "1", True), ({"explain": False}, "false", False)],
+    [
+        ({}, "true", True),
+        ({}, "no", False),
+        ({"explain": True}, "1", True),
+        ({"explain": False}, "false", False),
+        ({"explain": True}, "", True),
+        ({}, "", False),
+    ],
 )
 def test_explain_in_the_query_serves_a_json_body_that_leaves_it_out_or_agrees(
     invoke: Invoke, fields: dict[str, bool], query: str, explained: bool

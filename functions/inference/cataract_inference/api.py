@@ -245,8 +245,11 @@ def _query_flag(request: Request, name: str) -> bool:
 
 
 def _json_explain(request: Request, parsed: PredictRequest) -> bool:
-    """``explain`` for a JSON body: its own field, or the query's when the body leaves it out; both must agree."""
-    if "explain" not in request.query_params:
+    """``explain`` for a JSON body: its own field, or the query's when the body leaves it out; both must agree.
+
+    An empty ``?explain=`` counts as absent, as it does beside a raw image, so it never contradicts the body.
+    """
+    if not request.query_params.get("explain"):
         return parsed.explain
     query = _query_flag(request, "explain")
     if "explain" not in parsed.model_fields_set:
