@@ -114,6 +114,8 @@ def dependencies() -> Path:
 
 
 def _replay(python: str, task_root: Path, dependencies: Path | None, tmp_path: Path) -> dict[str, object]:
+    """The events' answers from ``python``; with ``dependencies``, from those alone: ``-S`` leaves out the
+    interpreter's own site-packages, so a package missing from requirements.txt fails here, not only in the image."""
     path = [str(task_root)] + ([str(dependencies)] if dependencies else [])
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -128,7 +130,7 @@ def _replay(python: str, task_root: Path, dependencies: Path | None, tmp_path: P
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     result = subprocess.run(
-        [python, "-c", REPLAY, str(REPO / "events")],
+        [python, *(["-S"] if dependencies else []), "-c", REPLAY, str(REPO / "events")],
         cwd=tmp_path,
         env=env,
         capture_output=True,
