@@ -10,13 +10,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test setup-serve setup-dev setup-tools setup-browser lint unit benchmark events clean
 
-# Debian and Ubuntu ship venv's pip bootstrap (ensurepip) apart, as python3-venv: as root, it is installed and the
-# venv made again (as setup-browser installs chromium); otherwise make says which package is missing.
+# Debian and Ubuntu ship venv's pip bootstrap (ensurepip) apart, as python3.X-venv (python3-venv covers only the
+# default python3): as root, it is installed and the venv made again (as setup-browser installs chromium); otherwise
+# make says which package is missing.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
-	  else echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv (sudo apt-get install python3-venv), or set PYTHON= to a Python 3.11+ with venv" >&2; exit 1; fi; }
+	    v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); apt-get update -qq && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python$$v-venv >/dev/null 2>&1 || \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } && $(PYTHON) -m venv $(VENV); \
+	  else echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3.X-venv for this Python (sudo apt-get install python3-venv for the default python3), or set PYTHON= to a Python 3.11+ with venv" >&2; exit 1; fi; }
 	$(BIN)/pip install -q --upgrade pip
 
 setup-serve: $(BIN)/python
