@@ -51,8 +51,8 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, Probability] = Field(
         description="Class probabilities, temperature-scaled (roughly calibrated on held-out photos of the training "
         "source, half of them cataracts: at a lower prevalence they overstate the chance), one per class, 6 decimals; "
-        "they sum to 1 within rounding (1e-6 per class). For a wide photo, the most suspicious view's (biased upwards); not meaningful when the label "
-        "is ungradable."
+        "they sum to 1 within rounding (1e-6 per class). For a wide photo, the most suspicious view's (biased "
+        "upwards); not meaningful when the label is ungradable."
     )
     referral: bool = Field(description="True when the photo should be seen by an eye-care professional.")
     threshold: Probability = Field(description="The cataract probability at or above which a photo is referred.")
