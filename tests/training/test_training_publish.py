@@ -253,9 +253,44 @@ def test_pull_with_the_printed_pins_refuses_what_a_bucket_writer_put_there(tmp_p
     )
     unpinned = publish.pull(f"s3://{BUCKET}/cataract", tmp_path / "unpinned", "v1", s3)
     assert unpinned["pinned"].startswith("no") and load_manifest(tmp_path / "unpinned" / "model.json").threshold == 0.99
+    half = publish.pull(f"s3://{BUCKET}/cataract", tmp_path / "half", "v1", s3, sha256=ptr["sha256"])
+    assert half["pinned"] == "only model.onnx: trusted the bucket's own metadata for model.json"
+    assert load_manifest(tmp_path / "half" / "model.json").threshold == 0.99  # as the report says: not checked
     before = (dest / "model.json").read_bytes()
     with pytest.raises(publish.PublishError, match=r"not the pinned model\.json sha256"):
         publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, **pins)
     assert (dest / "model.json").read_bytes() == before, "nothing written"
     with pytest.raises(publish.PublishError, match="not the pinned --sha256"):
         publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, sha256="0" * 64)
+
+
+@mock_aws
+def test_the_printed_model_s3_uri_fits_the_template_and_serves(
+    tmp_path: Path, aws_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What publish tells an operator to deploy with passes the template's parameter checks under the bucket name
+    CloudFormation generates for the prod stack, and the function loads the model from it."""
+    import re
+
+    from samtranslator.yaml_helper import yaml_parse
+
+    from cataract_training.cli import main
+
+    bucket = "cataract-screening-prod-modelbucket-1a2b3c4d5e6f"  # <stack>-modelbucket-<12 random characters>
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    src = _model_dir(tmp_path / "m", "2026.11.27-mnv2-195611")
+    assert main(["publish", f"s3://{bucket}/models/cataract", "--model-dir", str(src)]) == 0
+    printed = re.search(r"ModelS3Uri=(\S+) ModelSha256=(\S+) ModelManifestSha256=(\S+)", capsys.readouterr().out)
+    assert printed is not None
+    uri, sha256, manifest_sha256 = printed.groups()
+    assert uri == f"s3://{bucket}/models/cataract/2026.11.27-mnv2-195611/"
+
+    parameters = yaml_parse((Path(__file__).resolve().parents[2] / "template.yaml").read_text())["Parameters"]
+    for name, value in (("ModelS3Uri", uri), ("ModelSha256", sha256), ("ModelManifestSha256", manifest_sha256)):
+        assert len(value) <= parameters[name].get("MaxLength", 4096), name
+        assert re.fullmatch(parameters[name]["AllowedPattern"], value), name
+
+    env = {"MODEL_S3_URI": uri, "MODEL_SHA256": sha256, "MODEL_MANIFEST_SHA256": manifest_sha256}
+    artifact = load_from_s3(Settings.from_env({**env, "MODEL_CACHE_DIR": str(tmp_path / "cache")}), s3)
+    assert artifact.sha256 == sha256

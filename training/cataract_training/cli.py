@@ -142,8 +142,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     pointer = publish(Path(args.model_dir), args.uri)
     print(json.dumps(pointer, indent=2))
+    # The version's folder, not .../model.onnx: the template caps ModelS3Uri at 100 characters, and the file's URI
+    # overruns it under CloudFormation's generated bucket names.
+    folder_uri = pointer["model_uri"].rsplit("/", 1)[0] + "/"
     print(
-        f"serve it with ModelS3Uri={pointer['model_uri']} ModelSha256={pointer['sha256']} "
+        f"serve it with ModelS3Uri={folder_uri} ModelSha256={pointer['sha256']} "
         f"ModelManifestSha256={pointer['manifest_sha256']} (sam deploy --parameter-overrides), or bake it in with "
         f"cataract-train pull ... --version {pointer['version']} --sha256 {pointer['sha256']} "
         f"--manifest-sha256 {pointer['manifest_sha256']}"

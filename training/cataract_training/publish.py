@@ -259,10 +259,20 @@ def pull(
         "version": str(version),
         "sha256": digest,
         "manifest_sha256": sha256_of(dest / MANIFEST_FILENAME),
-        "pinned": "both sha256s" if sha256 and manifest_sha256 else "no: trusted the bucket's own metadata",
+        "pinned": _pinned(sha256, manifest_sha256),
         "dest": str(dest),
         "model_card": "published" if card_published else "rendered from model.json (none was published)",
     }
+
+
+def _pinned(sha256: str | None, manifest_sha256: str | None) -> str:
+    """Say which files were checked against a sha256 the caller gave, and which were taken on the bucket's word."""
+    if sha256 and manifest_sha256:
+        return "both sha256s"
+    if not sha256 and not manifest_sha256:
+        return "no: trusted the bucket's own metadata"
+    pinned, trusted = (MODEL_FILENAME, MANIFEST_FILENAME) if sha256 else (MANIFEST_FILENAME, MODEL_FILENAME)
+    return f"only {pinned}: trusted the bucket's own metadata for {trusted}"
 
 
 def _pull_card(client: Any, bucket: str, folder: str, tmp_dir: Path) -> bool:
