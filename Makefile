@@ -52,6 +52,7 @@ lint: setup-dev
 
 test: setup-dev setup-tools setup-browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -5,7 +5,7 @@ Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
     s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>, manifest-sha256=<hex of model.json>)
     s3://BUCKET/PREFIX/<version>/model.json   (object metadata sha256=<hex>)
     s3://BUCKET/PREFIX/<version>/MODEL_CARD.md
-    s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256"}
+    s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256", "manifest_sha256"}
 
 The card travels with the model because the image bakes in the whole model folder: a pull that
 replaced only the model and its manifest would ship the previous model's card. A published version
