@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -239,6 +240,10 @@ def test_pull_with_the_printed_pins_refuses_what_a_bucket_writer_put_there(tmp_p
     pins = {"sha256": ptr["sha256"], "manifest_sha256": ptr["manifest_sha256"]}
     dest = tmp_path / "function-model"
     assert publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, **pins)["pinned"] == "both sha256s"
+    by_manifest = publish.pull(
+        f"s3://{BUCKET}/cataract", tmp_path / "by-manifest", "v1", s3, manifest_sha256=pins["manifest_sha256"]
+    )
+    assert by_manifest["pinned"] == "model.json, and model.onnx through the sha256 that model.json records"
 
     manifest = json.loads((src / "model.json").read_text())
     manifest["threshold"] = 0.99  # almost nothing referred
@@ -263,30 +268,65 @@ def test_pull_with_the_printed_pins_refuses_what_a_bucket_writer_put_there(tmp_p
     with pytest.raises(publish.PublishError, match="not the pinned --sha256"):
         publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, sha256="0" * 64)
 
+    # Pinning model.json alone also pins model.onnx, as the report says: other model bytes with metadata to match
+    # are refused through the sha256 that the pinned model.json records.
+    original = (src / "model.json").read_bytes()
+    assert hashlib.sha256(original).hexdigest() == pins["manifest_sha256"]
+    s3.put_object(
+        Bucket=BUCKET, Key="cataract/v1/model.json", Body=original, Metadata={"sha256": pins["manifest_sha256"]}
+    )
+    other = b"other model"
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="cataract/v1/model.onnx",
+        Body=other,
+        Metadata={"sha256": hashlib.sha256(other).hexdigest(), "manifest-sha256": pins["manifest_sha256"]},
+    )
+    with pytest.raises(publish.PublishError, match="checksum mismatch"):
+        publish.pull(f"s3://{BUCKET}/cataract", dest, "v1", s3, manifest_sha256=pins["manifest_sha256"])
+
+
+def _template_parameters() -> dict[str, Any]:
+    from samtranslator.yaml_helper import yaml_parse
+
+    template = yaml_parse((Path(__file__).resolve().parents[2] / "template.yaml").read_text())
+    parameters: dict[str, Any] = template["Parameters"]
+    return parameters
+
+
+def test_publish_knows_the_templates_limit_on_model_s3_uri() -> None:
+    assert _template_parameters()["ModelS3Uri"]["MaxLength"] == publish.MODEL_S3_URI_MAX_LENGTH
+
+
+# CloudFormation names the bucket <stack>-modelbucket-<12 random characters>, cut to S3's 63 characters.
+SAMCONFIG_PROD_BUCKET = "cataract-screening-prod-modelbucket-1a2b3c4d5e6f"
+LONGEST_BUCKET = "cataract-screening-production-eu-west1"[:38] + "-modelbucket-1a2b3c4d5e6f"
+
 
 @mock_aws
+@pytest.mark.parametrize("bucket", [SAMCONFIG_PROD_BUCKET, LONGEST_BUCKET])
 def test_the_printed_model_s3_uri_fits_the_template_and_serves(
-    tmp_path: Path, aws_env: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, aws_env: None, capsys: pytest.CaptureFixture[str], bucket: str
 ) -> None:
-    """What publish tells an operator to deploy with passes the template's parameter checks under the bucket name
-    CloudFormation generates for the prod stack, and the function loads the model from it."""
+    """What publish tells an operator to deploy with passes the template's parameter checks under the bucket names
+    CloudFormation generates, up to the longest, and the function loads the model from it."""
     import re
-
-    from samtranslator.yaml_helper import yaml_parse
 
     from cataract_training.cli import main
 
-    bucket = "cataract-screening-prod-modelbucket-1a2b3c4d5e6f"  # <stack>-modelbucket-<12 random characters>
+    assert len(LONGEST_BUCKET) == 63
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
     src = _model_dir(tmp_path / "m", "2026.11.27-mnv2-195611")
     assert main(["publish", f"s3://{bucket}/models/cataract", "--model-dir", str(src)]) == 0
-    printed = re.search(r"ModelS3Uri=(\S+) ModelSha256=(\S+) ModelManifestSha256=(\S+)", capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    printed = re.search(r"ModelS3Uri=(\S+) ModelSha256=(\S+) ModelManifestSha256=(\S+)", out)
     assert printed is not None
     uri, sha256, manifest_sha256 = printed.groups()
-    assert uri == f"s3://{bucket}/models/cataract/2026.11.27-mnv2-195611/"
+    assert uri == f"s3://{bucket}/models/cataract/2026.11.27-mnv2-195611"
+    assert "warning" not in err
 
-    parameters = yaml_parse((Path(__file__).resolve().parents[2] / "template.yaml").read_text())["Parameters"]
+    parameters = _template_parameters()
     for name, value in (("ModelS3Uri", uri), ("ModelSha256", sha256), ("ModelManifestSha256", manifest_sha256)):
         assert len(value) <= parameters[name].get("MaxLength", 4096), name
         assert re.fullmatch(parameters[name]["AllowedPattern"], value), name
@@ -294,3 +334,17 @@ def test_the_printed_model_s3_uri_fits_the_template_and_serves(
     env = {"MODEL_S3_URI": uri, "MODEL_SHA256": sha256, "MODEL_MANIFEST_SHA256": manifest_sha256}
     artifact = load_from_s3(Settings.from_env({**env, "MODEL_CACHE_DIR": str(tmp_path / "cache")}), s3)
     assert artifact.sha256 == sha256
+
+
+@mock_aws
+def test_publish_warns_when_the_uri_it_prints_is_over_the_templates_limit(
+    tmp_path: Path, aws_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cataract_training.cli import main
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=LONGEST_BUCKET)
+    src = _model_dir(tmp_path / "m", "2026.11.27-mnv2-195611")
+    assert main(["publish", f"s3://{LONGEST_BUCKET}/models/cataract/team-a", "--model-dir", str(src)]) == 0
+    err = capsys.readouterr().err
+    assert "is 114 characters" in err and f"at most {publish.MODEL_S3_URI_MAX_LENGTH}" in err
+    assert "ModelS3Prefix" in err

@@ -138,13 +138,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Upload a model folder to s3://BUCKET/PREFIX/<version>/ and move latest.json."""
-    from .publish import publish
+    from .publish import MODEL_S3_URI_MAX_LENGTH, publish
 
     pointer = publish(Path(args.model_dir), args.uri)
     print(json.dumps(pointer, indent=2))
-    # The version's folder, not .../model.onnx: the template caps ModelS3Uri at 100 characters, and the file's URI
-    # overruns it under CloudFormation's generated bucket names.
-    folder_uri = pointer["model_uri"].rsplit("/", 1)[0] + "/"
+    # The version's folder without its slash, not .../model.onnx: the template caps ModelS3Uri, and this form fits
+    # every bucket name CloudFormation generates (63 characters at most) under the default prefix.
+    folder_uri = pointer["model_uri"].rsplit("/", 1)[0]
+    if len(folder_uri) > MODEL_S3_URI_MAX_LENGTH:
+        print(
+            f"warning: {folder_uri} is {len(folder_uri)} characters; the template's ModelS3Uri takes at most "
+            f"{MODEL_S3_URI_MAX_LENGTH}. Publish under a shorter prefix (and set ModelS3Prefix to it) or a shorter "
+            "version, or deploy under a shorter stack name (the model bucket's name starts with it).",
+            file=sys.stderr,
+        )
     print(
         f"serve it with ModelS3Uri={folder_uri} ModelSha256={pointer['sha256']} "
         f"ModelManifestSha256={pointer['manifest_sha256']} (sam deploy --parameter-overrides), or bake it in with "

@@ -26,6 +26,8 @@ from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_
 from cataract_inference.model_source import ModelLoadError, check_manifest_bytes, parse_s3_uri, sha256_of
 
 LATEST = "latest.json"
+# template.yaml's ModelS3Uri MaxLength: what the function version's 256-character description leaves for it.
+MODEL_S3_URI_MAX_LENGTH = 107
 
 
 class PublishError(RuntimeError):
@@ -269,10 +271,11 @@ def _pinned(sha256: str | None, manifest_sha256: str | None) -> str:
     """Say which files were checked against a sha256 the caller gave, and which were taken on the bucket's word."""
     if sha256 and manifest_sha256:
         return "both sha256s"
-    if not sha256 and not manifest_sha256:
-        return "no: trusted the bucket's own metadata"
-    pinned, trusted = (MODEL_FILENAME, MANIFEST_FILENAME) if sha256 else (MANIFEST_FILENAME, MODEL_FILENAME)
-    return f"only {pinned}: trusted the bucket's own metadata for {trusted}"
+    if manifest_sha256:  # model.json records model.onnx's sha256, which the bytes must match
+        return f"{MANIFEST_FILENAME}, and {MODEL_FILENAME} through the sha256 that {MANIFEST_FILENAME} records"
+    if sha256:
+        return f"only {MODEL_FILENAME}: trusted the bucket's own metadata for {MANIFEST_FILENAME}"
+    return "no: trusted the bucket's own metadata"
 
 
 def _pull_card(client: Any, bucket: str, folder: str, tmp_dir: Path) -> bool:
