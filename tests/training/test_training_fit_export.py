@@ -203,6 +203,20 @@ def test_model_card(model_dir: Path) -> None:
     assert "MIT" in card and "Apache-2.0" in card
 
 
+def test_a_card_for_anyone_elses_photos_names_them_not_ours(model_dir: Path, data_dir: Path) -> None:
+    """Retrained on other photos, the card must not describe the project's Kaggle set, and its Reproduce block must
+    give the folder and the flags this run was fitted with."""
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    for ours in ("Kaggle", "nandanp6", "scrape", "../shared/data", "training/splits/"):
+        assert ours not in card, ours
+    assert f"- Source: `{data_dir}`, 24 photos" in card and "record their origin, licence" in card
+    fit_line = (
+        f"cataract-train fit {data_dir} --size 64 --epochs 2 --batch-size 8 --trainable-blocks 2 --val-fraction 0.3"
+    )
+    assert fit_line + "\n" in card
+    assert f"cataract-train cv {data_dir} --size 64" in card and f"--data {data_dir}\n" in card
+
+
 def test_card_keeps_sections_others_appended(model_dir: Path, tmp_path: Path) -> None:
     import shutil
 

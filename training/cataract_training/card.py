@@ -11,6 +11,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
 from .metrics import wilson
+from .train import FIT_FLAGS, FitConfig
 
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
 
@@ -27,6 +28,101 @@ def _normalisation(spec: InputSpec) -> str:
     if (spec.mean, spec.std) == (_IMAGENET.mean, _IMAGENET.std):
         return "ImageNet normalisation"
     return f"normalised by mean {list(spec.mean)} and std {list(spec.std)}"
+
+
+def _is_bundled_data(source: str) -> bool:
+    """Whether the model was trained on the project's own photos (``cataract-eyes/train``), whose provenance and
+    flaws the card can state; a card for anyone else's photos says only what training measured."""
+    return tuple(Path(source.replace("\\", "/")).parts[-2:]) == ("cataract-eyes", "train")
+
+
+def _fit_flags(config: dict[str, Any]) -> str:
+    """The ``cataract-train fit`` flags that differ from the defaults, as the run recorded its settings."""
+    default = FitConfig(data=".")
+    return "".join(
+        f" --{name.replace('_', '-')} {config[name]}"
+        for name in FIT_FLAGS
+        if name in config and config[name] != getattr(default, name)
+    )
+
+
+def _provenance_lines(td: dict[str, Any], bundled: bool) -> list[str]:
+    """Where the photos came from and what the audit found in them."""
+    grouping = (
+        "- After grouping exact, near and reframed duplicates (sha256 of bytes; perceptual hashes; matched "
+        "keypoints for crops, borders, mirror images and recolourings): "
+        f"**{td.get('distinct_photos', 'n/a')} distinct photos** ({td.get('distinct_by_label', {})}), "
+        f"{td.get('exact_duplicate_groups', 'n/a')} exact and {td.get('near_duplicate_groups', 'n/a')} near-duplicate "
+        "groups. Every split (validation and CV folds) keeps a duplicate group on one side."
+    )
+    excluded = ", ".join(td.get("conflicts_excluded", [])) or "none"
+    if bundled:
+        return [
+            f'- Source: the train split of the public Kaggle data set "cataract-image-dataset" (nandanp6), '
+            f"{td.get('files', 'n/a')} web-scraped photos ({td.get('counts', {})}). The Kaggle page grants no "
+            "licence for redistribution; the photos are not in this repository and never will be.",
+            grouping,
+            f"- Excluded: the photo found in both classes ({excluded}).",
+            f"- Size shortcut: median original width {td.get('median_original_width', {})}. A model could learn "
+            "size or blur instead of the eye; augmentation degrades resolution, sharpness and JPEG quality in both "
+            "classes.",
+            "- The data set's copies were downscaled to at most 512 px, and its 15 photos of 4 MiB or more are "
+            "missing; the size-shortcut widths above are those of the originals.",
+            "- Framing varies (one eye, both eyes, faces, stock photos with captions). Demographics, devices and "
+            "clinical ground truth are unknown: labels are the scraper's, not an ophthalmologist's.",
+        ]
+    unreadable = ", ".join(td.get("unreadable_excluded", [])) or "none"
+    return [
+        f"- Source: `{td.get('source', 'n/a')}`, {td.get('files', 'n/a')} photos ({td.get('counts', {})}). "
+        "Training knows nothing of where they come from: record their origin, licence and the patients' consent "
+        "here.",
+        grouping,
+        f"- Excluded: photos found in both classes ({excluded}); unreadable files ({unreadable}).",
+        f"- Median width by class, as the audit read it: {td.get('median_original_width', {})}. When the classes "
+        "differ in size or sharpness a model can learn that instead of the eye; augmentation degrades resolution, "
+        "sharpness and JPEG quality in both classes.",
+        "- Demographics, devices and how the labels were made (by whom, against what ground truth) are not "
+        "recorded by training: state them here.",
+    ]
+
+
+def _limitation_lines(td: dict[str, Any], bundled: bool) -> list[str]:
+    if bundled:
+        return [
+            "- Small, duplicated, web-scraped training set: confidence intervals are wide, and the photos are not "
+            "representative of any screening population. Performance on phone photos taken in the field is unknown.",
+            "- Dense or mature cataracts dominate the cataract class; early cataract is likely missed.",
+        ]
+    return [
+        f"- Trained and measured on {td.get('files', 'n/a')} photos of one collection: the intervals above are as "
+        "wide as that count makes them, and performance on other cameras, clinics and populations is unknown "
+        "until it is measured on their photos (`cataract-train evaluate`).",
+    ]
+
+
+def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
+    m = manifest.metrics
+    run = m.get("training_run", {})
+    cv = m.get("grouped_cv", {})
+    data = "../shared/data/cataract-eyes/train" if bundled else str(manifest.training_data.get("source", "DATA"))
+    config = run.get("config")
+    fit_flags = _fit_flags(config) if isinstance(config, dict) else ""
+    cv_flags = (f" --folds {cv['k']}" if cv.get("k", 5) != 5 else "") + f" --fold-epochs {cv.get('epochs_per_fold', 6)}"
+    choice = m.get("precision_choice", {})
+    lines = [
+        "```",
+        f"cataract-train audit {data}",
+        f"cataract-train fit {data}{fit_flags}",
+        f"cataract-train cv {data}{fit_flags}{cv_flags}",
+        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model "
+        + (f'--precision {manifest.precision} --reason "<why>"' if choice.get("by_user") else "--precision auto"),
+        f"python -m cataract_training.gate --model-dir functions/inference/model --data {data}",
+        "```",
+        "",
+    ]
+    if not isinstance(config, dict) and not bundled:
+        lines += [f"The fit's own flags are in `runs/{run.get('run', '<fit run>')}/config.json`.", ""]
+    return lines
 
 
 def _ci(m: dict[str, Any]) -> str:
@@ -141,6 +237,7 @@ def render(manifest: Manifest) -> str:
     """The model card as Markdown."""
     m = manifest.metrics
     td = manifest.training_data
+    bundled = _is_bundled_data(str(td.get("source", "")))
     cv = m.get("grouped_cv", {})
     rows: dict[str, dict[str, Any]] = {}
     if cv.get("cross_fitted"):
@@ -195,21 +292,7 @@ def render(manifest: Manifest) -> str:
         "",
         "## Data provenance and its flaws",
         "",
-        f'- Source: the train split of the public Kaggle data set "cataract-image-dataset" (nandanp6), '
-        f"{td.get('files', 'n/a')} web-scraped photos ({td.get('counts', {})}). The Kaggle page grants no licence "
-        "for redistribution; the photos are not in this repository and never will be.",
-        "- After grouping exact, near and reframed duplicates (sha256 of bytes; perceptual hashes; matched "
-        "keypoints for crops, borders, mirror images and recolourings): "
-        f"**{td.get('distinct_photos', 'n/a')} distinct photos** ({td.get('distinct_by_label', {})}), "
-        f"{td.get('exact_duplicate_groups', 'n/a')} exact and {td.get('near_duplicate_groups', 'n/a')} near-duplicate "
-        "groups. Every split (validation and CV folds) keeps a duplicate group on one side.",
-        f"- Excluded: the photo found in both classes ({', '.join(td.get('conflicts_excluded', [])) or 'none'}).",
-        f"- Size shortcut: median original width {td.get('median_original_width', {})}. A model could learn size "
-        "or blur instead of the eye; augmentation degrades resolution, sharpness and JPEG quality in both classes.",
-        "- The data set's copies were downscaled to at most 512 px, and its 15 photos of 4 MiB or more are "
-        "missing; the size-shortcut widths above are those of the originals.",
-        "- Framing varies (one eye, both eyes, faces, stock photos with captions). Demographics, devices and "
-        "clinical ground truth are unknown: labels are the scraper's, not an ophthalmologist's.",
+        *_provenance_lines(td, bundled),
         "",
         "## Metrics (95% Wilson intervals)",
         "",
@@ -283,9 +366,7 @@ def render(manifest: Manifest) -> str:
     lines += [
         "## Limitations",
         "",
-        "- Small, duplicated, web-scraped training set: confidence intervals are wide, and the photos are not "
-        "representative of any screening population. Performance on phone photos taken in the field is unknown.",
-        "- Dense or mature cataracts dominate the cataract class; early cataract is likely missed.",
+        *_limitation_lines(td, bundled),
         "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
         "called either class. Poor photos and non-eye images should be caught by the gradability gate, "
         "calibrated separately (below); the distributions of its two distances on training and validation photos "
@@ -297,19 +378,10 @@ def render(manifest: Manifest) -> str:
         "",
         "## Reproduce",
         "",
-        "```",
-        "cataract-train audit ../shared/data/cataract-eyes/train",
-        "cataract-train fit ../shared/data/cataract-eyes/train",
-        "cataract-train cv ../shared/data/cataract-eyes/train --fold-epochs 6",
-        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model "
-        + (f'--precision {manifest.precision} --reason "<why>"' if choice.get("by_user") else "--precision auto"),
-        "python -m cataract_training.gate --model-dir functions/inference/model "
-        "--data ../shared/data/cataract-eyes/train",
-        "```",
-        "",
-        "The run folders (`runs/`) stay on the training machine; the split each run used is committed under "
-        "`training/splits/`. Retraining gives a similar model, not these bytes: the sha256 below names the one "
-        "served.",
+        *_reproduce_lines(manifest, bundled),
+        "The run folders (`runs/`) stay on the training machine; the split each run used is "
+        + ("committed under `training/splits/`" if bundled else "its `split.json`")
+        + ". Retraining gives a similar model, not these bytes: the sha256 below names the one served.",
         "",
         f"sha256 of model.onnx: `{manifest.sha256}`",
         "",

@@ -31,7 +31,7 @@ from cataract_inference.manifest import (
 from cataract_inference.model_source import sha256_of
 
 from . import calibrate, card, evaluate, export, quantize
-from .train import CLASSES, FitConfig, load_run, prepare
+from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
 SENSITIVITY_TARGET = calibrate.SENSITIVITY_TARGET
@@ -238,7 +238,8 @@ def release(
             k: {kk: vv for kk, vv in v.items() if kk not in ("ood_distance", "mid_distance")}
             for k, v in variants.items()
         },
-        "training_run": json.loads((run / "metrics.json").read_text(encoding="utf-8")) | {"run": run.name},
+        "training_run": json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        | {"run": run.name, "config": {k: getattr(cfg, k) for k in FIT_FLAGS}},
     }
     metrics["training_run"].pop("history", None)
     metrics["robustness_validation"] = evaluate.robustness(work / picked, val_files, val_labels)

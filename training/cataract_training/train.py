@@ -36,6 +36,20 @@ from .splits import grouped_split
 CLASSES = data.CLASSES
 
 
+# FitConfig's fields that `cataract-train fit` takes as flags (--batch-size for batch_size, and so on).
+FIT_FLAGS = (
+    "backbone",
+    "size",
+    "resize",
+    "epochs",
+    "patience",
+    "batch_size",
+    "trainable_blocks",
+    "val_fraction",
+    "seed",
+)
+
+
 @dataclass
 class FitConfig:
     """Everything that defines a training run; saved as the run's ``config.json``."""
