@@ -109,3 +109,35 @@ def test_evaluate_refuses_unknown_class_folders(tmp_path: Path, capsys: pytest.C
     (data / "cataract").rename(data / "foo")
     assert cli.main(["evaluate", str(data), "--model-dir", str(tmp_path / "no-model")]) == 2
     assert "class folders must be exactly" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "DATA", "--out", "FILE"],
+        ["fit", "DATA", "--runs", "FILE"],
+        ["export", "runs/some-run", "--out", "FILE"],
+        ["evaluate", "DATA", "--out", "FILE"],
+    ],
+)
+def test_an_out_or_runs_that_is_a_file_is_refused_before_any_work(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    data = tmp_path / "eyes"
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(data) if a == "DATA" else str(afile) if a == "FILE" else a for a in command])
+    assert info.value.code == 2
+    assert f"{afile} is a file; give a folder" in capsys.readouterr().err
+    assert afile.read_text() == "mine" and not data.exists()
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]"])
+def test_export_names_a_cv_json_that_is_not_one(tmp_path: Path, text: str) -> None:
+    from cataract_training.release import check_cv_matches
+
+    cv_json = tmp_path / "cv.json"
+    cv_json.write_text(text)
+    with pytest.raises(ValueError, match=rf"{cv_json} is not a cv\.json .*pass the cv\.json of a finished `cv` run"):
+        check_cv_matches(cv_json, FitConfig(data=str(tmp_path)))

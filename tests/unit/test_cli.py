@@ -219,3 +219,10 @@ def test_the_runner_prints_metrics_only_when_asked(
     assert json.loads(result.stdout)["body"]["status"] == "ok"
     assert ('"ColdStart"' in result.stderr) == cold_start_metric, result.stderr
     assert "UserWarning" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "serve", "invoke"])
+def test_help_says_how_to_choose_the_model(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    assert "MODEL_DIR" in capsys.readouterr().out.replace("\n", " ")

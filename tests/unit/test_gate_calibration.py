@@ -360,3 +360,30 @@ def test_refreshing_the_validation_counts_recounts_the_shipped_variant_and_drops
     # Counts over another set of photos are not overwritten with these.
     cal.refresh_validation_counts(model, photos[:2])
     assert load_manifest(model / "model.json").metrics["validation"]["gate_ungradable"] == 1
+
+
+def test_the_gate_refuses_photos_that_are_not_the_ones_its_split_names(bundled_model_dir: Path) -> None:
+    """The split matches photos by name: a folder of other photos must not be called "never seen by the fit"."""
+    training_data = load_manifest(bundled_model_dir / "model.json").training_data
+    split_path = cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json"
+    split = json.loads(split_path.read_text())
+
+    def check(data: str, keys: list[str], counts: dict[str, int] | None = None, explicit: Path | None = None) -> None:
+        report = {"counts": training_data["counts"] if counts is None else counts}
+        cal._check_data_is_the_splits(
+            Path(data),
+            bundled_model_dir,
+            report=report,
+            keys=keys,
+            split=split,
+            split_path=split_path,
+            explicit=explicit,
+        )
+
+    check("train", split["val"][:3])  # the training folder: passes
+    with pytest.raises(ValueError, match=r"none of the photos under elsewhere is in the split .*--data"):
+        check("elsewhere", ["cataract/mine_1.jpg"])
+    other = {"cataract": 3, "normal": 4}
+    with pytest.raises(ValueError, match=r"holds \{'cataract': 3, 'normal': 4\}, but 20261127-195611"):
+        check("look-alike", split["val"][:3], other)
+    check("look-alike", split["val"][:3], other, explicit=split_path)  # --split given: the user vouches for it

@@ -239,7 +239,7 @@ def _findings(  # noqa: PLR0917 - one argument per report section
     for label in sorted({s.label for s in all_samples} - {s.label for s in samples}):
         out.append(f"NO READABLE PHOTO: every '{label}' photo is unreadable; `fit` will refuse this folder")
     if unreadable:
-        shown = "; ".join(f"{u['file']} ({u['error'][:160]})" for u in unreadable[:3])
+        shown = "; ".join(f"{u['file']} ({u['error'][:300]})" for u in unreadable[:3])
         more = f"; and {len(unreadable) - 3} more in audit.json" if len(unreadable) > 3 else ""
         out.append(f"UNREADABLE: {len(unreadable)} file(s) cannot be decoded and are skipped: {shown}{more}")
     if exact_groups:

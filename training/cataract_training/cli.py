@@ -283,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cataract-train``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Checked before any work: export would otherwise train, quantize and evaluate, then fail on its --out.
+    for flag in ("out", "runs"):
+        folder = getattr(args, flag, None)
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            parser.error(f"--{flag} {folder} is a file; give a folder")
     from cataract_inference.model_source import ModelLoadError
 
     from .publish import PublishError

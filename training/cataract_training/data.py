@@ -119,7 +119,8 @@ def check_classes(samples: list[Sample], classes: tuple[str, ...] = CLASSES) -> 
     if unknown or missing:
         raise ValueError(
             f"class folders must be exactly {list(classes)}; found {found} "
-            f"(unknown: {unknown}, missing: {missing}). Rename the folders."
+            f"(unknown: {unknown}, missing: {missing}, counting only folders that hold photos). Rename the folders, "
+            "and put photos in any that is empty."
         )
 
 

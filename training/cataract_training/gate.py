@@ -237,7 +237,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, steps: int =
     w = np.zeros(x.shape[1])
     b = 0.0
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w + b, -500.0, 500.0)))  # exp overflows past ~709
         g = (p - y) * weight
         w -= 1.0 * (x.T @ g + l2 * w)
         b -= 1.0 * float(g.sum())
@@ -763,6 +763,32 @@ def run_name(split_path: Path) -> str:
     return split_path.parent.name if split_path.name == "split.json" else split_path.stem
 
 
+def _check_data_is_the_splits(
+    data_dir: Path,
+    model_dir: Path,
+    *,
+    report: dict[str, Any],
+    keys: list[str],
+    split: dict[str, Any],
+    split_path: Path,
+    explicit: Path | None,
+) -> None:
+    """Refuse a --data folder that is not the one the split names photos of: the split matches photos by their
+    names, so another folder would have its photos called "never seen by the fit" on the strength of a name."""
+    run, source = run_name(split_path), load_manifest(model_dir / MANIFEST_FILENAME).training_data
+    fix = (
+        f"pass the folder the model was trained on as --data (model.json names {source.get('source', 'none')}), "
+        "or --split with the split.json of the run that trained it on these photos"
+    )
+    if not set(keys) & (set(split.get("train", [])) | set(split.get("val", []))):
+        raise ValueError(f"none of the photos under {data_dir} is in the split of {run}: {fix}")
+    # The split was found from model.json: the folder must also hold what training counted in it.
+    if explicit is None and source.get("counts") and source["counts"] != report["counts"]:
+        raise ValueError(
+            f"{data_dir} holds {report['counts']}, but {run} was trained on a folder of {source['counts']}: {fix}"
+        )
+
+
 def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int, progress: bool) -> EyeSet:
     """Real eye photos with duplicate groups (training's audit) and calibration/held-out parts."""
     from . import audit, splits
@@ -777,6 +803,15 @@ def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int,
     parts = [CALIBRATION] * len(usable)
     if split_path is not None:
         split = json.loads(split_path.read_text(encoding="utf-8"))
+        _check_data_is_the_splits(
+            data_dir,
+            model_dir,
+            report=result.report,
+            keys=keys,
+            split=split,
+            split_path=split_path,
+            explicit=split_json,
+        )
         unseen = set(split.get("val", []))
         fresh = [i for i, k in enumerate(keys) if k in unseen]
         note = (

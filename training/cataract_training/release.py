@@ -311,7 +311,15 @@ def check_cv_matches(cv_json: Path, cfg: FitConfig) -> None:
     model's, and the card would call them this one's honest estimate."""
     if not cv_json.is_file():
         raise FileNotFoundError(f"{cv_json} not found: pass the cv.json of a finished `cv` run")
-    cv_cfg = json.loads(cv_json.read_text(encoding="utf-8")).get("config", {})
+    try:
+        cv_report = json.loads(cv_json.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"{cv_json} is not a cv.json (not JSON: {exc}): pass the cv.json of a finished `cv` run"
+        ) from exc
+    if not isinstance(cv_report, dict):
+        raise ValueError(f"{cv_json} is not a cv.json (not a JSON object): pass the cv.json of a finished `cv` run")
+    cv_cfg = cv_report.get("config", {})
     cv_data = Path(cv_cfg.get("data", "")).expanduser()
     # Older runs kept the path as typed, relative to a directory unknown now: the photo keys are checked instead.
     if cv_data.is_absolute() and cv_data.resolve() != Path(cfg.data).resolve():

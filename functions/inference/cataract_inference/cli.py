@@ -202,6 +202,13 @@ def _port(text: str) -> int:
     return port
 
 
+# Settings come from the environment, as on Lambda: say so where a user looks for a --model flag.
+MODEL_EPILOG = (
+    "The model is functions/inference/model unless MODEL_DIR names another folder (one that `cataract-train export` "
+    "or `pull` wrote), or MODEL_S3_URI with MODEL_SHA256 and MODEL_MANIFEST_SHA256 names a published one."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -210,17 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show Powertools logs and metrics")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("invoke", help="replay an API Gateway event through the handler")
+    p = sub.add_parser("invoke", epilog=MODEL_EPILOG, help="replay an API Gateway event through the handler")
     p.add_argument("event", help="an event file, or - for standard input")
     p.add_argument("--body", action="store_true", help="print only the response body")
     p.set_defaults(func=_cmd_invoke)
 
-    p = sub.add_parser("serve", help="run the app on 127.0.0.1 with uvicorn")
+    p = sub.add_parser("serve", epilog=MODEL_EPILOG, help="run the app on 127.0.0.1 with uvicorn")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("predict", help="screen image files")
+    p = sub.add_parser("predict", epilog=MODEL_EPILOG, help="screen image files")
     p.add_argument("images", nargs="+", help="image files, or - for standard input")
     p.add_argument("--compact", action="store_true", help="one JSON line per image")
     p.set_defaults(func=_cmd_predict)
