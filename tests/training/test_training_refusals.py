@@ -141,3 +141,10 @@ def test_export_names_a_cv_json_that_is_not_one(tmp_path: Path, text: str) -> No
     cv_json.write_text(text)
     with pytest.raises(ValueError, match=rf"{cv_json} is not a cv\.json .*pass the cv\.json of a finished `cv` run"):
         check_cv_matches(cv_json, FitConfig(data=str(tmp_path)))
+
+
+def test_evaluate_says_which_split_folder_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=1)
+    assert cli.main(["evaluate", str(data), "--splits", "test", "--model-dir", str(tmp_path / "no-model")]) == 2
+    assert f"no test split folder under {data}; it has class folders only" in capsys.readouterr().err

@@ -96,3 +96,19 @@ def test_int8_ships_only_when_clearly_faster_and_as_good(int8: dict[str, Any], p
     choice, reason = release.choose(copy.deepcopy(FP32), int8)
     assert choice == picked
     assert reason
+
+
+def test_a_temperature_at_its_bound_is_called_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --cv a tiny validation split can drive T to its bound: export must say so, not ship it quietly."""
+    import numpy as np
+
+    from cataract_training.release import fit_calibration
+
+    # Two right with margin and one exact tie, wrong: the tie's loss ignores T, so the fit runs T to 0.05.
+    tied = fit_calibration(np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.array([0, 1, 1]))
+    assert tied["temperature"] < 0.0525
+    assert "sits at its bound (0.0515; the fit stops at 0.05 and 20)" in capsys.readouterr().err
+    # A real mistake among confident right answers: an interior temperature, no warning.
+    fine = fit_calibration(np.array([[3.0, 0.0], [0.0, 3.0], [2.5, 0.0], [0.0, 1.0]]), np.array([0, 1, 0, 0]))
+    assert 0.06 < fine["temperature"] < 19.0
+    assert "warning" not in capsys.readouterr().err

@@ -101,7 +101,14 @@ def resolve_layout(root: Path) -> dict[str, Path]:
 def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
     """All photos under ``root`` with their class (the folder name) and split (a lower-case split folder name)."""
     samples: list[Sample] = []
-    for split, folder in resolve_layout(root).items():
+    layout = resolve_layout(root)
+    if splits is not None and not set(splits) & set(layout):
+        flat = layout.get("train", Path(root)).name.lower() not in SPLIT_NAMES
+        found = (
+            "class folders only, whose photos count as train" if flat else "split folders " + ", ".join(sorted(layout))
+        )
+        raise ValueError(f"no {' or '.join(splits)} split folder under {root}; it has {found}")
+    for split, folder in layout.items():
         if splits is not None and split not in splits:
             continue
         for class_dir in _class_dirs(folder):

@@ -402,7 +402,15 @@ def fit_calibration(
             "sensitivity_target": SENSITIVITY_TARGET,
         }
     separable = bool((val_logits.argmax(1) == val_labels).all())
-    t = calibrate.fit_temperature(val_logits, val_labels, lo=1.0 if separable else 0.05)
+    lo, hi = (1.0 if separable else 0.05), 20.0
+    t = calibrate.fit_temperature(val_logits, val_labels, lo=lo, hi=hi)
+    if not separable and not lo * 1.05 < t < hi / 1.05:  # the golden-section search stops short of a bound
+        print(
+            f"warning: the temperature fitted on {len(val_labels)} validation photos sits at its bound ({t:.3g}; "
+            f"the fit stops at {lo:g} and {hi:g}), so the probabilities it gives are not calibrated: too few photos. "
+            "Pass --cv (cross-validation's out-of-fold predictions) for a temperature worth shipping.",
+            file=sys.stderr,
+        )
     thr = calibrate.threshold_for_sensitivity(calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET)
     return {
         "source": f"validation split ({len(val_labels)} photos)"

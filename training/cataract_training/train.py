@@ -349,7 +349,8 @@ def check_split(labels: np.ndarray, train: list[int], val: list[int]) -> None:
         if n_train == 0 or n_val == 0:
             raise ValueError(
                 f"too few {name} photos to split: {n_train} for training and {n_val} for validation "
-                "(duplicates stay on one side); add distinct photos of each class, at least 2 and ideally 30+"
+                "(duplicates stay on one side): each side needs at least one distinct photo of each class. Add "
+                "distinct photos (ideally 30+ of each class), or raise --val-fraction"
             )
 
 
