@@ -373,3 +373,13 @@ def test_the_card_describes_the_input_the_manifest_declares(
     text = render(manifest)
     assert all(phrase in text for phrase in said), [p for p in said if p not in text]
     assert not any(phrase in text for phrase in unsaid), [p for p in unsaid if p in text]
+
+
+def test_the_cards_commands_quote_a_folder_with_spaces() -> None:
+    from cataract_training.card import render
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    manifest = load_manifest(BUNDLED_MODEL_DIR / "model.json")
+    theirs = manifest.model_copy(update={"training_data": {**manifest.training_data, "source": "/home/ana/My Eyes"}})
+    card = render(theirs)
+    assert "cataract-train fit '/home/ana/My Eyes'\n" in card and "--data '/home/ana/My Eyes'\n" in card

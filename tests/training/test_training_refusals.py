@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from synthetic_eyes import make_folder
 
@@ -143,8 +144,24 @@ def test_export_names_a_cv_json_that_is_not_one(tmp_path: Path, text: str) -> No
         check_cv_matches(cv_json, FitConfig(data=str(tmp_path)))
 
 
-def test_evaluate_says_which_split_folder_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "eyes"
+@pytest.mark.parametrize("name", ["eyes", "train"])  # ../shared's folder is called train, with no split folder in it
+def test_evaluate_says_which_split_folder_is_missing(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / name
     make_folder(data, n_per_class=1)
     assert cli.main(["evaluate", str(data), "--splits", "test", "--model-dir", str(tmp_path / "no-model")]) == 2
     assert f"no test split folder under {data}; it has class folders only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "advice"), [([0, 1, 2], [3], "raise --val-fraction"), ([0], [1, 2, 3], "lower --val-fraction")]
+)
+def test_a_split_short_of_a_class_says_which_way_to_move_the_fraction(
+    train: list[int], val: list[int], advice: str
+) -> None:
+    from cataract_training.train import check_split
+
+    labels = np.array([0, 1, 1, 0])  # cataract, normal, normal, cataract
+    with pytest.raises(ValueError, match=rf"too few normal photos .*distinct normal photos, {advice}"):
+        check_split(labels, train, val)

@@ -107,8 +107,20 @@ def test_a_temperature_at_its_bound_is_called_out(capsys: pytest.CaptureFixture[
     # Two right with margin and one exact tie, wrong: the tie's loss ignores T, so the fit runs T to 0.05.
     tied = fit_calibration(np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.array([0, 1, 1]))
     assert tied["temperature"] < 0.0525
-    assert "sits at its bound (0.0515; the fit stops at 0.05 and 20)" in capsys.readouterr().err
+    assert "ran to the fit's bound (0.0515; it stops at 0.05 and 20)" in capsys.readouterr().err
     # A real mistake among confident right answers: an interior temperature, no warning.
     fine = fit_calibration(np.array([[3.0, 0.0], [0.0, 3.0], [2.5, 0.0], [0.0, 1.0]]), np.array([0, 1, 0, 0]))
     assert 0.06 < fine["temperature"] < 19.0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_temperature_just_inside_its_bound_is_not_called_out(capsys: pytest.CaptureFixture[str]) -> None:
+    from cataract_training.release import fit_calibration
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, size=(400, 2))
+    labels = (rng.random(400) < calibrate.softmax(logits, 1.0)[:, 1]).astype(np.int64)
+    # Logits 17x too small: the loss is lowest at T = 0.0524, within 5% of the fit's 0.05 but not at it.
+    fit = fit_calibration(logits / 17.0, labels)
+    assert 0.051 < fit["temperature"] < 0.0525
     assert "warning" not in capsys.readouterr().err

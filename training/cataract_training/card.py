@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,11 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     m = manifest.metrics
     run = m.get("training_run", {})
     cv = m.get("grouped_cv", {})
-    data = "../shared/data/cataract-eyes/train" if bundled else str(manifest.training_data.get("source", "DATA"))
+    data = (
+        "../shared/data/cataract-eyes/train"
+        if bundled
+        else shlex.quote(str(manifest.training_data.get("source", "DATA")))
+    )
     config = run.get("config")
     fit_flags = _fit_flags(config) if isinstance(config, dict) else ""
     cv_flags = (f" --folds {cv['k']}" if cv.get("k", 5) != 5 else "") + f" --fold-epochs {cv.get('epochs_per_fold', 6)}"

@@ -143,7 +143,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     pointer = publish(Path(args.model_dir), args.uri)
     print(json.dumps(pointer, indent=2))
     # The version's folder without its slash, not .../model.onnx: the template caps ModelS3Uri, and this form fits
-    # every bucket name CloudFormation generates (63 characters at most) under the default prefix.
+    # every bucket name CloudFormation generates (63 characters at most) under the default prefix for a version
+    # of up to 22 characters (MobileNetV2's; EfficientNet's are 23 and may need the warning below).
     folder_uri = pointer["model_uri"].rsplit("/", 1)[0]
     if len(folder_uri) > MODEL_S3_URI_MAX_LENGTH:
         print(

@@ -103,7 +103,7 @@ def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
     samples: list[Sample] = []
     layout = resolve_layout(root)
     if splits is not None and not set(splits) & set(layout):
-        flat = layout.get("train", Path(root)).name.lower() not in SPLIT_NAMES
+        flat = layout.get("train") in (Path(root), Path(root) / "processed_images")  # class folders, no split ones
         found = (
             "class folders only, whose photos count as train" if flat else "split folders " + ", ".join(sorted(layout))
         )

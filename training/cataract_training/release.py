@@ -404,11 +404,16 @@ def fit_calibration(
     separable = bool((val_logits.argmax(1) == val_labels).all())
     lo, hi = (1.0 if separable else 0.05), 20.0
     t = calibrate.fit_temperature(val_logits, val_labels, lo=lo, hi=hi)
-    if not separable and not lo * 1.05 < t < hi / 1.05:  # the golden-section search stops short of a bound
+    # At a bound when the loss there is no worse than at the fit's answer (the search stops just short of it).
+    at_bound = min(calibrate.nll(val_logits, val_labels, b) for b in (lo, hi)) <= calibrate.nll(
+        val_logits, val_labels, t
+    )
+    if not separable and at_bound:
         print(
-            f"warning: the temperature fitted on {len(val_labels)} validation photos sits at its bound ({t:.3g}; "
-            f"the fit stops at {lo:g} and {hi:g}), so the probabilities it gives are not calibrated: too few photos. "
-            "Pass --cv (cross-validation's out-of-fold predictions) for a temperature worth shipping.",
+            f"warning: the temperature fitted on {len(val_labels)} validation photos ran to the fit's bound ({t:.3g}; "
+            f"it stops at {lo:g} and {hi:g}), so the probabilities it gives are not calibrated: the validation "
+            "predictions are too few, or their logits too close to tied. Pass --cv (cross-validation's out-of-fold "
+            "predictions) for a temperature worth shipping.",
             file=sys.stderr,
         )
     thr = calibrate.threshold_for_sensitivity(calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET)

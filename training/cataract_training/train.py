@@ -350,7 +350,8 @@ def check_split(labels: np.ndarray, train: list[int], val: list[int]) -> None:
             raise ValueError(
                 f"too few {name} photos to split: {n_train} for training and {n_val} for validation "
                 "(duplicates stay on one side): each side needs at least one distinct photo of each class. Add "
-                "distinct photos (ideally 30+ of each class), or raise --val-fraction"
+                "distinct photos (ideally 30+ of each class), or, if there are 2 or more distinct "
+                f"{name} photos, {'raise' if n_val == 0 else 'lower'} --val-fraction"
             )
 
 
