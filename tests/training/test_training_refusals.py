@@ -165,3 +165,14 @@ def test_a_split_short_of_a_class_says_which_way_to_move_the_fraction(
     labels = np.array([0, 1, 1, 0])  # cataract, normal, normal, cataract
     with pytest.raises(ValueError, match=rf"too few normal photos .*distinct normal photos, {advice}"):
         check_split(labels, train, val)
+
+
+def test_fit_warns_when_a_class_has_few_distinct_photos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=3)
+    prepare(FitConfig(data=str(data), size=32), progress=False)
+    assert "warning: only {'cataract': 3, 'normal': 3} distinct photos" in capsys.readouterr().err
+    many = tmp_path / "more"
+    make_folder(many, n_per_class=10)
+    prepare(FitConfig(data=str(many), size=32), progress=False)
+    assert "warning" not in capsys.readouterr().err

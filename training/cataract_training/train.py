@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+FEW_DISTINCT_PHOTOS = 10  # of a class: below it, training warns that its figures mean little
+
+
 @dataclass
 class Prepared:
     """The audited data set: usable samples, labels, groups and caches."""
@@ -163,6 +167,15 @@ def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
                 "test split folder (see `cataract-train audit`)"
                 + (f"; unreadable, e.g. {unreadable[0]['file']}: {unreadable[0]['error']}" if unreadable else "")
             )
+    distinct = {name: len({result.groups[i] for i in index if result.samples[i].label == name}) for name in CLASSES}
+    few = {name: n for name, n in distinct.items() if n < FEW_DISTINCT_PHOTOS}
+    if few:
+        print(
+            f"warning: only {few} distinct photos: a model can be fitted, but every figure it reports rests on a "
+            "handful of photos (its intervals say how little they show). Aim for 30+ distinct photos of each class.",
+            file=sys.stderr,
+            flush=True,
+        )
     spec = cfg.spec()
     images, tensors = [], []
     for i in tqdm(index, desc="cache", disable=not progress, unit="img"):
