@@ -71,6 +71,20 @@ def test_base_image_is_the_lambda_python_312_image(dockerfile: list[tuple[str, s
     assert len(froms) == 1 and re.fullmatch(r"public\.ecr\.aws/lambda/python:3\.12(@sha256:[0-9a-f]{64})?", froms[0])
 
 
+# What the RUN steps may call. public.ecr.aws/lambda/python:3.12 is Amazon Linux 2023-minimal: no findutils, which
+# the 3.11 image (Amazon Linux 2) had (aws/aws-lambda-base-images#196). A `find` there failed every `sam build`.
+BASE_IMAGE_COMMANDS = frozenset({"pip", "python", "python3"})
+
+
+def test_run_steps_call_only_what_the_minimal_base_image_has(dockerfile: list[tuple[str, str]]) -> None:
+    runs = [args for keyword, args in dockerfile if keyword == "RUN"]
+    assert runs, "the Dockerfile installs nothing"
+    for run in runs:
+        for step in re.split(r"&&|\|\||;|\|", run):
+            program = step.split()[0]
+            assert program in BASE_IMAGE_COMMANDS, f"{program!r} may not exist in the 3.12 base image: {run}"
+
+
 def test_cmd_is_the_handler_the_tests_import(handler_target: tuple[str, str]) -> None:
     module, attribute = handler_target
     assert (module, attribute) == ("cataract_inference.handler", "lambda_handler")
