@@ -39,7 +39,17 @@ def test_make_event_then_invoke(model_env: None, tmp_path: Path, capsys: pytest.
     assert response["body"]["label"] in ("cataract", "normal", "ungradable")
 
 
-@pytest.mark.parametrize("flags", [["--http-api"], ["--raw"], ["--explain"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--http-api"],
+        ["--raw"],
+        ["--explain"],
+        ["--raw", "--explain"],
+        ["--http-api", "--explain"],
+        ["--http-api", "--raw", "--explain"],
+    ],
+)
 def test_make_event_variants_replay(
     model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
 ) -> None:

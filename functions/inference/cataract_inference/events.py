@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -66,6 +67,7 @@ def http_api_event(
     is_base64: bool = False,
     stage: str = "$default",
     request_id: str | None = None,
+    query: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """An HTTP API (v2) event."""
     raw_path = path if stage == "$default" else f"/{stage}{path}"
@@ -76,7 +78,8 @@ def http_api_event(
         "version": "2.0",
         "routeKey": f"{method} {path}",
         "rawPath": raw_path,
-        "rawQueryString": "",
+        "rawQueryString": urllib.parse.urlencode(query or {}),
+        **({"queryStringParameters": dict(query)} if query else {}),
         "headers": headers,
         "requestContext": {
             "accountId": "123456789012",
@@ -116,9 +119,11 @@ def predict_event(
         kwargs.update(body=encoded, content_type=media_type, is_base64=True)
     else:
         kwargs.update(body=json.dumps({"image": encoded, "explain": explain}), content_type="application/json")
+    # A raw body has no JSON to carry explain: it travels in the query, as a client would send it.
+    query = {"explain": "true"} if raw and explain else None
     if http_api:
-        return http_api_event("/predict", "POST", **kwargs)
-    return rest_event("/predict", "POST", **kwargs, query={"explain": "true"} if raw and explain else None)
+        return http_api_event("/predict", "POST", **kwargs, query=query)
+    return rest_event("/predict", "POST", **kwargs, query=query)
 
 
 def event_problem(event: object) -> str | None:
