@@ -47,7 +47,10 @@ class ModelInfo(BaseModel):
 class PredictResponse(BaseModel):
     """A screening result."""
 
-    label: Literal["cataract", "normal", "ungradable"] | str
+    label: Literal["cataract", "normal", "ungradable"] | str = Field(
+        description="cataract whenever the cataract probability reaches threshold, even below 0.5 (the threshold "
+        "favours sensitivity), else normal; ungradable when the photo cannot be judged (see quality.reasons)."
+    )
     probabilities: dict[str, Probability] = Field(
         description="Class probabilities, temperature-scaled (roughly calibrated on held-out photos of the training "
         "source, half of them cataracts: at a lower prevalence they overstate the chance), one per class, 6 decimals; "
