@@ -218,3 +218,23 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
     assert isinstance(protocol, type) and issubclass(protocol, H11Protocol)
     assert protocol.__name__ == "HeaderDeadlineProtocol"
     assert seen["limit_concurrency"] == 64
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: abc\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: test\r\nX Bad: 1\r\n\r\n",
+        b"NOT AN HTTP REQUEST\r\n\r\n",
+    ],
+)
+def test_a_request_that_is_not_http_gets_a_json_400(port: int, request_bytes: bytes) -> None:
+    with _connect(port) as sock:
+        sock.sendall(request_bytes)
+        raw = _read_all(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    answer = json.loads(body)
+    assert answer["error"]["code"] == "malformed_request"
+    assert answer["disclaimer"] == DISCLAIMER

@@ -97,6 +97,7 @@ class ErrorBody(BaseModel):
         "empty_body, empty_image, corrupt_image (400); payload_too_large, image_too_large (413); not_an_image, "
         "unsupported_format, unsupported_media_type (415); invalid_request (422); not_found (404); "
         "method_not_allowed (405); request_timeout (408, the local runner only: the headers or the body stalled); "
+        "malformed_request (400, the local runner only: not valid HTTP/1.1); "
         "invalid_host (400, the local runner on loopback only: a Host that is not localhost or a loopback "
         "address such as 127.0.0.1 or [::1]); "
         "internal_error (500); overloaded (503, the local runner only: too many open connections, retry). "

@@ -4,8 +4,8 @@ uvicorn times out idle keep-alive connections but not a request's head: a client
 sends nothing, or trickles its headers, holds its connection for ever. `serve` caps connections at
 ``limit_concurrency``, so that many such clients (one script on the network) locked everyone else out
 with 503s until they left. The body has its own deadline in the app (``api.BODY_DEADLINE_S``).
-The protocol also answers uvicorn's "too many connections" 503 in the API's JSON error shape, not as
-plain text, so a client reads every error the same way.
+The protocol also answers uvicorn's "too many connections" 503, and its 400 for a request that is not
+valid HTTP/1.1, in the API's JSON error shape, not as plain text, so a client reads every error the same way.
 
 Used by `serve` only; uvicorn is not in the Lambda image (API Gateway fronts the function there).
 """
@@ -53,6 +53,9 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
     timeout_response = _timeout_response(deadline_s, disclaimer)
     busy_body = _error_json(
         "overloaded", "the local runner has too many open connections or requests; retry shortly", disclaimer
+    )
+    malformed_body = _error_json(
+        "malformed_request", "the request is not valid HTTP/1.1 (its request line or a header is malformed)", disclaimer
     )
     busy_headers = [
         (b"content-type", b"application/json"),
@@ -110,6 +113,22 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
             super().data_received(data)
             if self.cycle is not self._cycle_when_armed:
                 self._disarm()  # the head is complete: a new request cycle began
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(malformed_body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=malformed_body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event) or b"")
+            self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
