@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,18 +34,26 @@ def app(classifier: Any, tiny_model_dir: Path) -> Any:
     return api.create_app(classifier, replace(Settings.from_env({}), model_dir=tiny_model_dir))
 
 
-async def call(app: Any, receive: Callable[[], Awaitable[Message]], content_type: str = "image/jpeg") -> Message:
-    """One POST /predict as uvicorn would pass it; the response's status and JSON body."""
+async def call(
+    app: Any,
+    receive: Callable[[], Awaitable[Message]],
+    content_type: str = "image/jpeg",
+    *,
+    raw_path: bytes = b"/predict",
+    query: bytes = b"",
+) -> Message:
+    """One POST as uvicorn would pass it (``raw_path`` percent-decoded into ``path`` as uvicorn does: invalid
+    UTF-8 becomes U+FFFD); the response's status, headers and JSON body."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
+        "path": urllib.parse.unquote(raw_path.decode("ascii")),
+        "raw_path": raw_path,
         "root_path": "",
-        "query_string": b"",
+        "query_string": query,
         "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode())],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
@@ -55,9 +64,9 @@ async def call(app: Any, receive: Callable[[], Awaitable[Message]], content_type
         sent.append(message)
 
     await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return {"status": status, "body": json.loads(body)}
+    return {"status": start["status"], "headers": dict(start["headers"]), "body": json.loads(body)}
 
 
 def whole(body: bytes) -> Callable[[], Awaitable[Message]]:
@@ -126,3 +135,22 @@ def test_serve_screens_a_few_photos_at_a_time(app: Any, classifier: Any, monkeyp
     answers = asyncio.run(many())
     assert [a["status"] for a in answers] == [200] * (4 * slots)
     assert peak[0] == slots, f"{peak[0]} predictions ran at once; the cap is {slots}"
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query"),
+    [(b"/predict", b"explain=%ff"), (b"/%ff", b""), (b"/predict%C3", b""), (b"/predict", b"explain=%C3%28")],
+)
+def test_a_path_or_query_that_is_not_utf8_is_invalid_encoding_as_on_lambda(
+    app: Any, raw_path: bytes, query: bytes
+) -> None:
+    """uvicorn turns %ff into U+FFFD and routing went on (a 404 or a 422); the handler refuses it: so does serve."""
+    answer = asyncio.run(call(app, whole(encode(draw_eye("normal"), "JPEG")), raw_path=raw_path, query=query))
+    assert answer["status"] == 400 and answer["body"]["error"]["code"] == "invalid_encoding"
+    assert answer["body"]["request_id"] and answer["body"]["disclaimer"]
+    assert answer["headers"][b"x-content-type-options"] == b"nosniff"
+
+
+def test_percent_encoded_utf8_in_the_query_is_not_refused(app: Any) -> None:
+    answer = asyncio.run(call(app, whole(encode(draw_eye("normal"), "JPEG")), query=b"explain=false&note=%C3%A9"))
+    assert answer["status"] == 200, answer

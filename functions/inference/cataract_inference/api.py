@@ -9,6 +9,7 @@ import json
 import os
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -145,15 +146,15 @@ class GatewayScopeMiddleware:
     (the docs' openapi.json, the page's form target) would miss the stage. This puts it back.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, disclaimer: str) -> None:
+        self.app, self.disclaimer = app, disclaimer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope["state"] = dict(scope.get("state") or {})
-            scope["state"]["request_id"] = request_id_of(scope)
+            scope["state"]["request_id"] = request_id = request_id_of(scope)
             # Per task (a context variable): under `serve`, concurrent requests keep their own ids in the logs.
-            logger.thread_safe_append_keys(request_id=scope["state"]["request_id"])
+            logger.thread_safe_append_keys(request_id=request_id)
             prefix = stage_prefix(scope)
             path = scope["path"]
             if prefix and path.startswith(prefix + "/"):
@@ -162,7 +163,25 @@ class GatewayScopeMiddleware:
                 scope["root_path"] = prefix
                 scope["path"] = prefix + path
             send = _no_sniffing(send)
+            if not _utf8_target(scope):
+                # uvicorn decodes %ff as U+FFFD and routing goes on (a 404, or a 422 naming the replacement
+                # character); on Lambda the handler refuses the same bytes as invalid_encoding. One answer for both.
+                note_refusal(400, "invalid_encoding")
+                message = "the path or query string is not valid UTF-8 once percent-decoded"
+                await _error(400, "invalid_encoding", message, request_id, self.disclaimer)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def _utf8_target(scope: Scope) -> bool:
+    """Whether the request's raw path and query string are UTF-8 once percent-decoded (as URLs must be)."""
+    for raw in (scope.get("raw_path"), scope.get("query_string")):
+        if raw:
+            try:
+                urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+            except (UnicodeDecodeError, TypeError):
+                return False
+    return True
 
 
 def _no_sniffing(send: Send) -> Send:
@@ -449,7 +468,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
             f"Model {manifest.name} {manifest.version}."
         ),
     )
-    app.add_middleware(GatewayScopeMiddleware)
+    app.add_middleware(GatewayScopeMiddleware, disclaimer=settings.disclaimer)
     slots: list[anyio.CapacityLimiter] = []
 
     def prediction_slots() -> anyio.CapacityLimiter:
