@@ -219,8 +219,16 @@ def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) ->
 
 
 def test_405_says_which_methods_are_allowed(invoke: Invoke) -> None:
-    status, headers, _ = invoke(events.rest_event("/predict", "GET"))
+    status, headers, body = invoke(events.rest_event("/predict", "GET"))
     assert status == 405 and headers["allow"] == "POST"
+    assert "Allow header" in body["error"]["message"]
+
+
+def test_404_says_which_routes_there_are(invoke: Invoke) -> None:
+    status, _, body = invoke(events.rest_event("/predict-typo/", "POST"))
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert "POST /predict" in body["error"]["message"] and "trailing slash" in body["error"]["message"]
+    assert "typo" not in json.dumps(body)  # the client's path is not echoed
 
 
 def test_page_links_carry_the_stage(invoke: Invoke) -> None:

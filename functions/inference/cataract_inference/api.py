@@ -47,6 +47,10 @@ from .schemas import (
 from .settings import Settings
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+NOT_FOUND_MESSAGE = (
+    "no such route: the API answers POST /predict, GET /health, GET /model and GET /openapi.json, with no trailing "
+    "slash (and serves its web page at GET /)"
+)
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The routes template.yaml puts behind the API key (unless ApiKeyRequired=false).
@@ -508,10 +512,14 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        # Starlette's 405 carries the Allow header a client needs.
-        code = codes.get(exc.status_code, "http_error")
-        return refused(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        # Starlette's own texts ("Not Found") tell a client nothing; these say where to go, without echoing the
+        # path or method it sent. Starlette's 405 carries the Allow header a client needs.
+        codes = {
+            404: ("not_found", NOT_FOUND_MESSAGE),
+            405: ("method_not_allowed", "this route does not take that method; the Allow header lists those it does"),
+        }
+        code, message = codes.get(exc.status_code, ("http_error", str(exc.detail)))
+        return refused(request, exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
