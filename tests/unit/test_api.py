@@ -93,7 +93,15 @@ def test_explain_returns_a_png_heat_map(invoke: Invoke) -> None:
     assert png.startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("prefix", ["data:image/png;base64,", "DATA:image/png;base64,"])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "data:image/png;base64,",
+        "DATA:image/png;base64,",
+        "data:;base64,",  # RFC 2397: the media type may be left out
+        'data:image/png;name="my eye.png";base64,',
+    ],
+)
 def test_data_url_is_accepted(invoke: Invoke, prefix: str) -> None:
     status, _, _ = invoke(_json_event({"image": prefix + _b64(BRIGHT)}))
     assert status == 200

@@ -51,7 +51,8 @@ NOT_FOUND_MESSAGE = (
     "no such route: the API answers POST /predict, GET /health, GET /model and GET /openapi.json, with no trailing "
     "slash (and serves its web page at GET /)"
 )
-_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+# RFC 2397: the media type may be left out, and a parameter's value may be a quoted string.
+_DATA_URL = re.compile(r'^data:([\w.+-]+/[\w.+-]+)?(;[\w.+-]+=([\w.+-]+|"[^"\\]*"))*;base64,', re.IGNORECASE)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The routes template.yaml puts behind the API key (unless ApiKeyRequired=false).
 KEYED_PATHS = frozenset({"/predict", "/model"})
