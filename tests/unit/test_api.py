@@ -553,3 +553,13 @@ def test_a_wide_photo_reports_the_views_it_was_screened_as(invoke: Invoke) -> No
     assert body["label"] == "cataract" and body["probabilities"]["cataract"] == body["views"]["right"]
     _, _, narrow = invoke(_raw_event(DARK))
     assert "views" not in narrow
+
+
+@pytest.mark.parametrize("query", ["explain=true&explain=false", "explain=1&explain=no"])
+def test_explain_given_twice_with_different_values_is_refused(invoke: Invoke, query: str) -> None:
+    event = _raw_event(BRIGHT)
+    pairs = [pair.split("=") for pair in query.split("&")]
+    event["queryStringParameters"] = {pairs[-1][0]: pairs[-1][1]}
+    event["multiValueQueryStringParameters"] = {"explain": [value for _, value in pairs]}
+    status, _, body = invoke(event)
+    assert status == 422 and "more than once" in body["error"]["message"]

@@ -260,6 +260,9 @@ def _query_flag(request: Request, name: str) -> bool:
 
     Anything else is refused, as the JSON field refuses a non-boolean, rather than silently read as false.
     """
+    given = {value.lower() for value in request.query_params.getlist(name)}
+    if len(given) > 1:  # Starlette would take the last one silently
+        raise ClientError(422, "invalid_request", f"query parameter {name!r} is given more than once; send it once")
     raw = request.query_params.get(name, "").lower()
     if raw in ("1", "true", "yes"):
         return True
