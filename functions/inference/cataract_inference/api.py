@@ -418,8 +418,8 @@ def _predict_openapi() -> dict[str, Any]:
                 (415, "Not an image, a format or Content-Type we don't read, or a compressed body (Content-Encoding)"),
                 (
                     422,
-                    "Wrong or missing fields, an explain value that is not yes or no, or explain given in the query "
-                    "and the JSON body with different values",
+                    "Wrong or missing fields, an explain value that is not yes or no, or explain given twice (in the "
+                    "query, or in the query and the JSON body) with different values",
                 ),
             )
         },
