@@ -98,6 +98,17 @@ def _read_response(reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, reader.read(int(headers["content-length"]))
 
 
+def _json_error(raw: bytes, status: int) -> dict[str, Any]:
+    """The error of a JSON answer with ``status`` in the API's shape, disclaimer included."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"content-type: application/json" in head.lower()
+    answer = json.loads(body)
+    assert answer["disclaimer"] == DISCLAIMER
+    error: dict[str, Any] = answer["error"]
+    return error
+
+
 def _get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
 
@@ -114,14 +125,9 @@ def test_a_head_that_trickles_gets_a_json_408_and_the_connection_closes(port: in
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\n")
         time.sleep(DEADLINE_S / 2)
         sock.sendall(b"X-Slow: 1\r\n")  # bytes keep coming, but the head is never finished
-        raw = _read_all(sock)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 ")
-    assert b"content-type: application/json" in head.lower()
-    answer = json.loads(body)
-    assert answer["error"]["code"] == "request_timeout"
-    assert f"{DEADLINE_S:g} s" in answer["error"]["message"]
-    assert answer["disclaimer"] == DISCLAIMER
+        error = _json_error(_read_all(sock), 408)
+    assert error["code"] == "request_timeout"
+    assert f"{DEADLINE_S:g} s" in error["message"]
 
 
 def test_a_request_being_answered_is_not_cut_off_by_the_head_deadline(port: int) -> None:
@@ -231,10 +237,4 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
 def test_a_request_that_is_not_http_gets_a_json_400(port: int, request_bytes: bytes) -> None:
     with _connect(port) as sock:
         sock.sendall(request_bytes)
-        raw = _read_all(sock)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ")
-    assert b"content-type: application/json" in head.lower()
-    answer = json.loads(body)
-    assert answer["error"]["code"] == "malformed_request"
-    assert answer["disclaimer"] == DISCLAIMER
+        assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
