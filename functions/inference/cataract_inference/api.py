@@ -184,7 +184,7 @@ def _utf8_target(scope: Scope) -> bool:
         if raw:
             try:
                 urllib.parse.unquote_to_bytes(raw).decode("utf-8")
-            except (UnicodeDecodeError, TypeError):
+            except UnicodeDecodeError:
                 return False
     return True
 
