@@ -23,6 +23,17 @@ def test_auc_matches_pairwise_definition() -> None:
     assert metrics.roc_auc(y, s) == pytest.approx(np.mean(pairs))
 
 
+def test_roc_curve_steps_over_ties_so_its_area_is_the_auc() -> None:
+    fpr, tpr = metrics.roc_curve(np.array([1, 1, 0, 0], dtype=bool), np.full(4, 0.5))
+    assert fpr.tolist() == [0.0, 1.0] and tpr.tolist() == [0.0, 1.0]
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60).astype(bool)
+    s = np.round(rng.normal(size=60) + y, 1)
+    fpr, tpr = metrics.roc_curve(y, s)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc(y, s))
+    assert len(fpr) == len(np.unique(s)) + 1
+
+
 def test_ece_zero_when_calibrated_and_large_when_overconfident() -> None:
     conf = np.full(1000, 0.8)
     correct = np.arange(1000) < 800

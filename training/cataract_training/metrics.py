@@ -49,9 +49,12 @@ def roc_auc(is_pos: np.ndarray, score: np.ndarray) -> float:
 def roc_curve(is_pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold."""
     is_pos = np.asarray(is_pos, dtype=bool)
-    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
-    tp = np.concatenate([[0], np.cumsum(is_pos[order])])
-    fp = np.concatenate([[0], np.cumsum(~is_pos[order])])
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-score, kind="mergesort")
+    # One point per distinct score: tied photos cross the threshold together, so the curve's area is the AUC.
+    last_of_tie = np.r_[np.diff(score[order]) != 0, True]
+    tp = np.concatenate([[0], np.cumsum(is_pos[order])[last_of_tie]])
+    fp = np.concatenate([[0], np.cumsum(~is_pos[order])[last_of_tie]])
     return fp / max(1, fp[-1]), tp / max(1, tp[-1])
 
 
