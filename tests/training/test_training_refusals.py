@@ -58,6 +58,19 @@ def test_kaggle_test_split_is_held_out_from_training(tmp_path: Path) -> None:
     assert all(key.startswith("processed_images/train/") for key in prep.keys), prep.keys
 
 
+def test_a_copy_of_a_test_photo_in_train_is_held_out_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "processed_images"
+    make_folder(root / "train", n_per_class=4, seed=1)
+    make_folder(root / "test", n_per_class=3, seed=2)
+    shutil.copyfile(root / "test/cataract/cataract_0.png", root / "train/cataract/copy_of_test.png")
+    prep = prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
+    assert "processed_images/train/cataract/copy_of_test.png" not in prep.keys
+    assert len(prep.keys) == 8
+    assert "1 photos outside test/ that are copies" in capsys.readouterr().out
+
+
 def test_a_class_whose_every_photo_is_also_in_the_other_is_refused(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "eyes", n_per_class=3)
     for i, normal in enumerate(sorted((data / "normal").iterdir())):

@@ -140,16 +140,26 @@ def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
     """Audit the data folder, drop unreadable and conflicting photos, and cache every photo once.
 
     A ``test`` split folder (Kaggle's layout) is audited but never trained on: it stays held out for
-    ``evaluate --splits test``. Photos in other split folders (``val/``...) join the training pool, from
-    which ``fit`` draws its own grouped validation split.
+    ``evaluate --splits test``, and so do copies of its photos found in other folders. Photos in other split
+    folders (``val/``...) join the training pool, from which ``fit`` draws its own grouped validation split.
     """
     # Folder names first: a misnamed class is refused before a minute of auditing.
     data.check_classes(data.discover(Path(cfg.data)), CLASSES)
     result = run_audit(Path(cfg.data), progress=progress)
-    index = [i for i in result.usable() if result.samples[i].split not in data.HELD_OUT_SPLITS]
+    held_out_groups = {g for s, g in zip(result.samples, result.groups, strict=True) if s.split in data.HELD_OUT_SPLITS}
+    pool = [i for i in result.usable() if result.samples[i].split not in data.HELD_OUT_SPLITS]
+    # A copy of a test photo in train/ would be learnt, then scored as unseen by `evaluate --splits test`.
+    index = [i for i in pool if result.groups[i] not in held_out_groups]
+    copies = [result.keys[i] for i in pool if result.groups[i] in held_out_groups]
     held_out = sum(1 for s in result.samples if s.split in data.HELD_OUT_SPLITS)
     if progress and held_out:
         print(f"held out: {held_out} photos in test split folders (evaluate them with --splits test)", flush=True)
+    if copies:
+        print(
+            f"held out with them: {len(copies)} photos outside test/ that are copies (exact, near or reframed) of a "
+            f"test photo, e.g. {copies[0]}: training on them would leak into the test figures",
+            flush=True,
+        )
     pooled = Counter(result.samples[i].split for i in index if result.samples[i].split != "train")
     if progress and pooled:
         print(
@@ -163,8 +173,8 @@ def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
         if not any(result.samples[i].label == name for i in index):
             unreadable = [u for u in result.report["unreadable"] if label_of[u["file"]] == name]
             raise ValueError(
-                f"no usable {name} photos: every one is unreadable, also filed under another class, or in a "
-                "test split folder (see `cataract-train audit`)"
+                f"no usable {name} photos: every one is unreadable, also filed under another class, or in (or a "
+                "copy of a photo in) a test split folder (see `cataract-train audit`)"
                 + (f"; unreadable, e.g. {unreadable[0]['file']}: {unreadable[0]['error']}" if unreadable else "")
             )
     distinct = {name: len({result.groups[i] for i in index if result.samples[i].label == name}) for name in CLASSES}
