@@ -194,6 +194,38 @@ def test_s3_missing_objects(s3: object, tiny_model_dir: Path, tmp_path: Path, ur
         resolve_model(_settings(tmp_path, MODEL_S3_URI=uri))
 
 
+class _RefusingS3:
+    """An S3 client whose every GET is refused with ``code`` and S3's own ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code, self.message = code, message
+
+    def get_object(self, **_: object) -> object:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": self.code, "Message": self.message}}, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("code", "s3_says", "advice"),
+    [
+        ("AccessDenied", "not authorized to perform: kms:Decrypt on key arn:aws:kms:k", "does not exist"),
+        ("AccessDenied", "not authorized to perform: kms:Decrypt on key arn:aws:kms:k", "KMS key"),
+        ("PermanentRedirect", "The bucket is in this region: eu-west-1", "AWS_DEFAULT_REGION"),
+        ("SlowDown", "Please reduce your request rate.", "SlowDown"),
+    ],
+)
+def test_s3_refusals_keep_s3s_own_reason_and_give_advice_that_works(
+    tmp_path: Path, code: str, s3_says: str, advice: str
+) -> None:
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model(settings, _RefusingS3(code, s3_says))
+    assert f"S3 said: {s3_says}" in str(info.value)
+    assert advice in str(info.value)
+    assert "set AWS_REGION" not in str(info.value)  # reserved on Lambda, and botocore does not read it
+
+
 def test_s3_without_credentials(tmp_path: Path) -> None:
     # A fresh process: botocore and moto keep process-wide state that earlier tests may have touched.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -128,18 +128,30 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return f"no AWS credentials to read {uri}; give the function (or your shell) an IAM role or profile"
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        # S3's own words name what our advice cannot know (a KMS key, a policy, the bucket's region); the Lambda
+        # runtime logs only this message, not the exception it was raised from.
+        said = f" S3 said: {error['Message']}" if error.get("Message") else ""
         if code in ("NoSuchBucket",):
-            return f"bucket of {uri} does not exist (check MODEL_S3_URI and the region)"
+            return f"bucket of {uri} does not exist (check MODEL_S3_URI and the region).{said}"
         if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
-            return f"the bucket of {uri} is in another region ({code}); set AWS_REGION to the bucket's region"
+            return (
+                f"the bucket of {uri} is in another region ({code}). On Lambda, keep the model in a bucket in the "
+                f"function's region; locally, set AWS_DEFAULT_REGION to the bucket's region.{said}"
+            )
         if code in ("NoSuchKey", "404", "NotFound"):
-            return f"{uri} does not exist (check the version folder; `publish` prints the URI)"
+            return f"{uri} does not exist (check the version folder; `publish` prints the URI).{said}"
         if code in ("AccessDenied", "403", "Forbidden"):
-            return f"access denied to {uri}; the role needs s3:GetObject (and s3:GetObjectVersion) on it"
+            return (
+                f"access denied to {uri}. Either the object does not exist (the role may not list the bucket, so S3 "
+                "answers a missing key with AccessDenied: check the version folder `publish` printed), or the role "
+                "lacks s3:GetObject (and s3:GetObjectVersion) on it, or a bucket policy or KMS key refuses it."
+                f"{said}"
+            )
         if code in ("NoSuchVersion", "InvalidArgument"):
-            return f"{uri}: the object version does not exist ({code}); check MODEL_S3_VERSION_ID"
-        return f"S3 refused {uri}: {code or exc}"
+            return f"{uri}: the object version does not exist ({code}); check MODEL_S3_VERSION_ID.{said}"
+        return f"S3 refused {uri}: {code or exc}.{said}"
     return f"cannot reach S3 for {uri}: {exc}"
 
 
