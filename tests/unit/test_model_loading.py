@@ -547,6 +547,59 @@ def test_concurrent_cold_starts_sharing_a_cache_each_serve_their_own_model(s3: o
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model.json", "model.onnx"], "no probe left"
 
 
+class _CountingS3:
+    """A real (moto) client that counts what it is asked for."""
+
+    def __init__(self, client: object) -> None:
+        self.client = client
+        self.calls: list[tuple[str, str]] = []
+
+    def get_object(self, **kwargs: str) -> object:
+        self.calls.append(("GET", kwargs["Key"]))
+        return self.client.get_object(**kwargs)  # type: ignore[attr-defined]
+
+    def head_object(self, **kwargs: str) -> object:
+        self.calls.append(("HEAD", kwargs["Key"]))
+        return self.client.head_object(**kwargs)  # type: ignore[attr-defined]
+
+
+def test_a_cached_model_is_reused_only_when_model_json_records_its_sha256(s3: object, tmp_path: Path) -> None:
+    first, second = build_tiny_model(tmp_path / "a"), build_tiny_model(tmp_path / "b", size=48, threshold=0.2)
+    _publish(s3, first, prefix="cataract/v1/")
+    _publish(s3, second, prefix="cataract/v2/")
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    counting = _CountingS3(s3)
+    cold = resolve_model(settings, counting)
+    assert ("GET", "cataract/v1/model.onnx") in counting.calls
+    counting.calls.clear()
+    warm = resolve_model(settings, counting)
+    assert counting.calls == [("GET", "cataract/v1/model.json"), ("HEAD", "cataract/v1/model.onnx")]
+    assert warm.model_bytes == cold.model_bytes and warm.sha256 == sha256_of(first / "model.onnx")
+
+    counting.calls.clear()  # another version: its model.json records other bytes, so they are downloaded
+    other = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v2/"), counting)
+    assert ("GET", "cataract/v2/model.onnx") in counting.calls
+    assert Classifier(other).manifest.threshold == 0.2
+
+    (tmp_path / "cache" / "model.onnx").write_bytes(b"tampered with in /tmp")
+    counting.calls.clear()
+    again = resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v2/"), counting)
+    assert ("GET", "cataract/v2/model.onnx") in counting.calls
+    assert again.sha256 == sha256_of(second / "model.onnx") == sha256_of(tmp_path / "cache" / "model.onnx")
+
+
+def test_a_cached_model_is_still_held_to_the_pins_and_the_object_metadata(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    _publish(s3, tiny_model_dir)
+    resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+    with pytest.raises(ModelLoadError, match="MODEL_SHA256"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/", MODEL_SHA256="0" * 64))
+    _publish(s3, tiny_model_dir, sha="e" * 64)  # the object's metadata now disagrees with its bytes
+    with pytest.raises(ModelLoadError, match="object metadata"):
+        resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -217,8 +217,28 @@ def _write_atomically(data: bytes, dest: Path) -> None:
         raise
 
 
+def _cached_model(path: Path) -> tuple[bytes, str] | None:
+    """The bytes of a model an earlier start left in the cache, and their sha256; ``None`` if there is none."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _recorded_sha256(manifest_data: bytes, uri: str) -> str | None:
+    try:
+        return parse_manifest(manifest_data, uri).sha256
+    except ManifestError:
+        return None  # reported, with its reason, once the download is done
+
+
 def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact:
-    """Download ``MODEL_S3_URI`` and its ``model.json``, verify both, and keep a copy in the cache folder."""
+    """Download ``MODEL_S3_URI`` and its ``model.json``, verify both, and keep a copy in the cache folder.
+
+    ``model.json`` is always downloaded. ``model.onnx`` is not when the cache already holds the model that
+    ``model.json`` records (by sha256): only its object metadata is read then, for the same checks.
+    """
     uri = settings.model_s3_uri
     if uri is None:
         raise ModelLoadError("MODEL_S3_URI is not set")
@@ -234,11 +254,13 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         raise ModelLoadError(
             f"cannot write the model cache {cache}: {exc}. Set MODEL_CACHE_DIR to a writable folder (/tmp on Lambda)."
         ) from exc
+    cached = _cached_model(cache / MODEL_FILENAME)
 
     from botocore.exceptions import BotoCoreError, ClientError
 
     deadline = time.monotonic() + S3_DEADLINE_S
     client = client or _s3_client()
+    version_id = settings.model_s3_version_id
 
     def fetch(object_key: str, object_uri: str, version_id: str | None) -> tuple[bytes, dict[str, str]]:
         try:
@@ -246,8 +268,19 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         except (BotoCoreError, ClientError) as exc:
             raise ModelLoadError(_describe_s3_error(exc, object_uri)) from exc
 
+    def model_metadata() -> dict[str, str]:
+        extra: dict[str, str] = {"VersionId": version_id} if version_id else {}
+        try:
+            response = client.head_object(Bucket=bucket, Key=model_key, **extra)
+        except (BotoCoreError, ClientError) as exc:
+            raise ModelLoadError(_describe_s3_error(exc, model_uri)) from exc
+        return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
     def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]]]:
-        return fetch(model_key, model_uri, settings.model_s3_version_id), fetch(manifest_key, manifest_uri, None)
+        manifest = fetch(manifest_key, manifest_uri, None)
+        if cached is not None and cached[1] == _recorded_sha256(manifest[0], manifest_uri):
+            return (cached[0], model_metadata()), manifest
+        return fetch(model_key, model_uri, version_id), manifest
 
     (model_data, model_meta), (manifest_data, manifest_meta) = _by_deadline(
         fetch_both, deadline, f"{model_uri} and its model.json"
@@ -259,7 +292,8 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         raise ModelLoadError(str(exc)) from exc
     try:
         _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
-        _write_atomically(model_data, cache / MODEL_FILENAME)
+        if cached is None or cached[0] is not model_data:
+            _write_atomically(model_data, cache / MODEL_FILENAME)
     except OSError as exc:
         raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
     artifact = _verified_bytes(model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri)
