@@ -139,6 +139,45 @@ def test_http_api_v2_named_stage(invoke: Invoke) -> None:
     assert status == 200 and body["status"] == "ok"
 
 
+def test_http_api_v2_named_stage_alone_is_the_page(invoke: Invoke) -> None:
+    event = events.http_api_event("/", stage="Prod")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/Prod"  # https://host/Prod, no slash
+    status, _, html = invoke(event)
+    assert status == 200 and 'data-root="/Prod"' in html
+
+
+def _through_custom_domain(event: dict[str, Any], base: str) -> dict[str, Any]:
+    """``event`` as API Gateway sends it through a custom domain whose API mapping has base path ``base``."""
+    if event.get("version") == "2.0":
+        event["rawPath"] = event["requestContext"]["http"]["path"] = base + event["rawPath"]
+        return event
+    event["path"] = event["requestContext"]["path"] = base + event["path"]
+    return event
+
+
+@pytest.mark.parametrize("route", ["/health", "/", "/docs"])
+def test_a_custom_domain_base_path_is_taken_off_and_kept_for_links(invoke: Invoke, route: str) -> None:
+    event = events.rest_event(route, stage="prod")
+    # Through https://api.example.org/screening/v1/... (an API mapping with that base path), API Gateway keeps
+    # the base path in both paths; `resource` is the route.
+    event["path"] = event["requestContext"]["path"] = "/screening/v1" + route
+    status, _, body = invoke(event)
+    assert status == 200
+    if route == "/health":
+        assert body["status"] == "ok"
+    elif route == "/":
+        assert 'data-root="/screening/v1"' in body
+    else:
+        assert "/screening/v1/openapi.json" in body
+
+
+def test_a_path_that_does_not_end_in_its_route_is_not_given_a_base_path(invoke: Invoke) -> None:
+    event = events.rest_event("/health")
+    event["path"] = event["requestContext"]["path"] = "/elsewhere"
+    status, _, body = invoke(event)
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
 def test_health_and_model(invoke: Invoke) -> None:
     status, headers, health = invoke(events.rest_event("/health", request_id="test-request-id"))
     assert status == 200 and health["status"] == "ok" and health["model"]["version"] == "0.0.1-test"

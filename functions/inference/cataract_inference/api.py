@@ -127,7 +127,8 @@ def request_id_of(scope: Scope) -> str:
 
 
 def stage_prefix(scope: Scope) -> str:
-    """The path prefix API Gateway adds in front of the app's routes (e.g. ``/Prod``), or ``""``."""
+    """The path prefix API Gateway adds in front of the app's routes (``/Prod``, or a custom domain's base
+    path such as ``/screening``), or ``""``."""
     event = scope.get("aws.event") or {}
     context = event.get("requestContext") or {}
     if event.get("version") == "2.0":
@@ -136,12 +137,29 @@ def stage_prefix(scope: Scope) -> str:
         raw = (context.get("http") or {}).get("path") or ""
         return prefix if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ""
     outer, inner = context.get("path"), event.get("path")
-    if isinstance(outer, str) and isinstance(inner, str) and outer != inner and outer.endswith(inner):
+    if not isinstance(inner, str):
+        return ""
+    if isinstance(outer, str) and outer != inner and outer.endswith(inner):
         prefix = outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
-        # The page fetches root + "/predict": "//host" would send the photo elsewhere. Stages and base paths
-        # are plain path segments.
-        return prefix if _PREFIX_OK.fullmatch(prefix) else ""
-    return ""
+    else:
+        prefix = _base_path(inner, event.get("resource"))
+    # The page fetches root + "/predict": "//host" would send the photo elsewhere. Stages and base paths
+    # are plain path segments.
+    return prefix if _PREFIX_OK.fullmatch(prefix) else ""
+
+
+def _base_path(path: str, resource: object) -> str:
+    """A custom domain's base path in a REST event's ``path``, or ``""``.
+
+    Through a custom domain whose API mapping has a base path, API Gateway keeps that base path in
+    ``path`` (and in ``requestContext.path``), while ``resource`` is the route as the API defines it.
+    """
+    if not isinstance(resource, str) or "{" in resource:
+        return ""  # a templated route ({proxy+}) does not say where the route begins in the path
+    path, route = path.rstrip("/"), resource.rstrip("/")
+    if route and not path.endswith(route):
+        return ""
+    return path[: len(path) - len(route)]
 
 
 class GatewayScopeMiddleware:
@@ -162,11 +180,11 @@ class GatewayScopeMiddleware:
             logger.thread_safe_append_keys(request_id=request_id)
             prefix = stage_prefix(scope)
             path = scope["path"]
-            if prefix and path.startswith(prefix + "/"):
-                path = path[len(prefix) :]  # HTTP API v2 keeps the stage in the path.
+            if prefix and (path == prefix or path.startswith(prefix + "/")):
+                path = path[len(prefix) :]  # HTTP API v2 keeps the stage in the path, REST a base path.
             if prefix:
                 scope["root_path"] = prefix
-                scope["path"] = prefix + path
+                scope["path"] = prefix + (path or "/")  # the stage or base path alone is the page
             send = _no_sniffing(send)
             if not _utf8_target(scope):
                 # uvicorn decodes %ff as U+FFFD and routing goes on (a 404, or a 422 naming the replacement
