@@ -101,6 +101,27 @@ def tiff_with_huge_strip_offset() -> bytes:
     return data + b"\x00" * 4 + struct.pack("<Q", 2**64 - 1) + bytes(64)
 
 
+def tiled_tiff(side: int, tile: int, big: bool = False) -> bytes:
+    """An uncompressed grey ``side`` x ``side`` TIFF (or BigTIFF) cut into ``tile`` px tiles, all of which point
+    at the same bytes: a few bytes a tile, however many tiles it declares."""
+    tiles = (-(-side // tile)) ** 2
+    count, entry = ("<Q", "<HHQQ") if big else ("<H", "<HHII")
+    head = 16 if big else 8
+    fields = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    fields += [(322, 4, 1, tile), (323, 4, 1, tile)]
+    ifd_size = struct.calcsize(count) + (len(fields) + 2) * struct.calcsize(entry) + (8 if big else 4)
+    pixels = head + ifd_size
+    offsets = pixels + tile * tile
+    counts = offsets + 4 * tiles
+    fields += [(324, 4, tiles, offsets), (325, 4, tiles, counts)]
+    header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
+    ifd = struct.pack(count, len(fields)) + b"".join(struct.pack(entry, *f) for f in fields) + bytes(8 if big else 4)
+    body = bytes(range(256)) * (tile * tile // 256 + 1)
+    return (
+        header + ifd + body[: tile * tile] + struct.pack("<I", pixels) * tiles + struct.pack("<I", tile * tile) * tiles
+    )
+
+
 def jpeg_with_malformed_exif(size: tuple[int, int] = (64, 48)) -> bytes:
     """A JPEG whose EXIF says "rotate by 90 degrees" beside a Make tag typed DOUBLE: Pillow reads the
     orientation, then fails to re-serialise the block after applying it."""

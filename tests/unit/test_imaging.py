@@ -26,6 +26,7 @@ from tests.support.images import (
     png_with_truncated_exif,
     progressive_jpeg_with_scans,
     tiff_with_huge_strip_offset,
+    tiled_tiff,
 )
 
 SPEC = InputSpec(size=32)
@@ -202,6 +203,26 @@ def test_a_jpeg_of_thousands_of_empty_segments_is_refused_before_pillow_parses_t
             imaging.decode_image(bomb)
     assert info.value.status == 413
     assert imaging.decode_image(jpeg_with_empty_segments(100)).image.size == (64, 48)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_a_tiff_cut_into_too_many_tiles_is_refused_before_pillow_opens_it(
+    monkeypatch: pytest.MonkeyPatch, big: bool
+) -> None:
+    bomb = tiled_tiff(1040, 4, big)  # 67,600 tiles in 0.5 MB: Pillow builds an object for each while opening
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.Image, "open", lambda *a, **k: pytest.fail("Pillow was handed the tile bomb"))
+        with pytest.raises(imaging.ImageTooLargeError, match="67600 strips or tiles") as info:
+            imaging.decode_image(bomb)
+    assert info.value.status == 413
+    assert imaging.decode_image(tiled_tiff(64, 16, big)).image.size == (64, 64)  # 16 tiles: an ordinary TIFF
+
+
+def test_a_float_tiff_stored_as_0_to_1_is_not_read_as_black() -> None:
+    ramp = np.linspace(0.0, 1.0, 64 * 48, dtype=np.float32).reshape(48, 64)
+    out = np.asarray(imaging.decode_image(encoded(Image.fromarray(ramp, mode="F"), "TIFF")).image)[..., 0]
+    assert out.min() == 0 and out.max() >= 254
+    assert 100 < out.mean() < 155, "a 0..1 ramp becomes a full-range ramp"
 
 
 def test_metadata_rich_jpegs_are_not_mistaken_for_segment_bombs() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,12 +83,17 @@ class DecodeLimits:
     ``max_jpeg_segments`` bounds the marker segments before a JPEG's first scan, which Pillow parses one
     at a time in Python: 4 bytes each, so 4 MB of empty APP1 markers held it for 1.7 s. Cameras write a
     handful; even an ICC profile split into its most chunks (255) fits.
+
+    ``max_tiff_blocks`` bounds the strips or tiles of a TIFF's first image, for which Pillow builds a
+    Python object each while opening it: 4 MB of 4x4 tiles held it for 5 s and 380 MB. A scanner's one row
+    a strip at 12000 rows fits, as do 256 px tiles at any size the side limit allows.
     """
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_side: int = DEFAULT_MAX_IMAGE_SIDE
     max_scans: int = 100
     max_jpeg_segments: int = 1_000
+    max_tiff_blocks: int = 65_536
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -172,9 +178,44 @@ def _is_arithmetic_jpeg(data: bytes) -> bool:
     return any(marker in _ARITHMETIC_FRAMES for marker in _jpeg_markers(data))
 
 
+def _tiff_blocks(data: bytes) -> int:
+    """How many strips or tiles the first image of a TIFF (or BigTIFF) declares; 0 if not a TIFF or unreadable.
+
+    Reads the header and the first directory's entries only, never the offsets themselves.
+    """
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 16:
+        return 0
+    version = struct.unpack_from(order + "H", data, 2)[0]
+    if version == 42:
+        (ifd,) = struct.unpack_from(order + "I", data, 4)
+        count_fmt, entry_fmt, head = "H", "HHI", 2
+    elif version == 43:
+        (ifd,) = struct.unpack_from(order + "Q", data, 8)
+        count_fmt, entry_fmt, head = "Q", "HHQ", 8
+    else:
+        return 0
+    entry_size = 12 if version == 42 else 20
+    if ifd + head > len(data):
+        return 0
+    (entries,) = struct.unpack_from(order + count_fmt, data, ifd)
+    blocks = 0
+    for i in range(min(entries, (len(data) - ifd - head) // entry_size)):
+        tag, _, count = struct.unpack_from(order + entry_fmt, data, ifd + head + i * entry_size)
+        if tag in (273, 324):  # StripOffsets, TileOffsets
+            blocks = max(blocks, count)
+    return blocks
+
+
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if not data:
         raise NotAnImageError("the image is empty")
+    blocks = _tiff_blocks(data)
+    if blocks > limits.max_tiff_blocks:
+        raise ImageTooLargeError(
+            f"the TIFF is cut into {blocks} strips or tiles; the limit is {limits.max_tiff_blocks} (re-save it, or "
+            "send JPEG or PNG)"
+        )
     if _jpeg_segments_over(data, limits.max_jpeg_segments):
         raise ImageTooLargeError(
             f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
@@ -263,7 +304,13 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     40 MP image no longer needs three float64 copies of itself (≈ 1 GB).
     """
     src = np.asarray(img)
-    top = 65535.0 if img.mode.startswith("I;16") or src.max(initial=0) > 255 else 255.0
+    brightest = src.max(initial=0)
+    if img.mode.startswith("I;16") or brightest > 255:
+        top = 65535.0
+    elif img.mode == "F" and 0 < brightest <= 1.0:
+        top = 1.0  # float images are usually stored as 0..1; read as 0..255 they would be black
+    else:
+        top = 255.0
     out = np.empty(src.shape, dtype=np.uint8)
     rows = _rows_per_block(src.shape[1])
     for start in range(0, src.shape[0], rows):
