@@ -141,3 +141,22 @@ def test_grouped_splits_keep_groups_together(seed: int) -> None:
         assert all(sum(labels[i] == lab for i in folds[a]) > 0 for lab in (0, 1))
         for b in range(a + 1, 5):
             assert not {groups[i] for i in folds[a]} & {groups[i] for i in folds[b]}
+    # Each fold gets its share of each class: dealt largest group first to the fold with the fewest, the counts
+    # differ by at most one group's size.
+    for lab in (0, 1):
+        largest = max(groups.count(g) for g in set(groups) if labels[groups.index(g)] == lab)
+        counts = [sum(labels[i] == lab for i in fold) for fold in folds]
+        assert max(counts) - min(counts) <= largest, (lab, counts)
+
+
+def test_a_group_with_mixed_labels_is_dealt_as_its_majority_label() -> None:
+    # Groups 0-3 are cataract photos, 4-7 normal; groups 0 and 4 each hold one photo of the other label.
+    groups = [0, 0, 0, 1, 2, 3, 4, 4, 4, 5, 6, 7]
+    labels = [1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0, 0]
+    folds = splits.grouped_kfold(groups, labels, 4, seed=0)
+    # Dealt by majority, each fold gets exactly one cataract group and one normal group.
+    for fold in folds:
+        majority = {
+            g: max((0, 1), key=[labels[i] for i in fold if groups[i] == g].count) for g in {groups[i] for i in fold}
+        }
+        assert sorted(majority.values()) == [0, 1], (fold, majority)

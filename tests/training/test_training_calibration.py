@@ -63,13 +63,22 @@ def test_threshold_reaches_target_sensitivity() -> None:
         # and it is the highest such threshold: nudging it up past the next positive loses sensitivity
         higher = p[is_pos][p[is_pos] >= thr].min() + 1e-9
         assert (p[is_pos] >= higher).mean() < target
+        # and it lies midway between the deciding positive and the next lower score, so neither sits on it
+        deciding = p[is_pos][p[is_pos] >= thr].min()
+        next_lower = p[p < deciding].max()
+        assert thr == pytest.approx((deciding + next_lower) / 2)
 
 
 def test_binary_report_counts() -> None:
-    is_pos = np.array([1, 1, 1, 0, 0, 0, 0], dtype=bool)
-    p = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.7, 0.05])
+    # Uneven errors (2 missed, 1 false alarm), so each rate has its own denominator: sensitivity 3/5, PPV 3/4,
+    # specificity 3/4, NPV 3/5 would not all differ with one error of each kind.
+    is_pos = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    p = np.array([0.9, 0.6, 0.8, 0.2, 0.4, 0.1, 0.3, 0.7, 0.05])
     r = metrics.binary_report(is_pos, p >= 0.5, p)
-    assert r["confusion"] == {"tp": 2, "fn": 1, "fp": 1, "tn": 3, "rows": "actual cataract, actual normal"}
-    assert r["sensitivity"]["value"] == pytest.approx(2 / 3, abs=1e-4)
-    assert r["specificity"]["value"] == 0.75
-    assert r["ppv"]["k"] == 2 and r["npv"]["n"] == 4
+    assert r["confusion"] == {"tp": 3, "fn": 2, "fp": 1, "tn": 3, "rows": "actual cataract, actual normal"}
+    assert (r["sensitivity"]["k"], r["sensitivity"]["n"], r["sensitivity"]["value"]) == (3, 5, 0.6)
+    assert (r["specificity"]["k"], r["specificity"]["n"], r["specificity"]["value"]) == (3, 4, 0.75)
+    assert (r["ppv"]["k"], r["ppv"]["n"], r["ppv"]["value"]) == (3, 4, 0.75)
+    assert (r["npv"]["k"], r["npv"]["n"], r["npv"]["value"]) == (3, 5, 0.6)
+    assert (r["accuracy"]["k"], r["accuracy"]["n"]) == (6, 9)
+    assert r["brier"] == pytest.approx(round(float(np.mean((p - is_pos) ** 2)), 4))
