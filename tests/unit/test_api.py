@@ -501,6 +501,15 @@ def test_body_limit_is_configurable(tiny_model_dir: Any, monkeypatch: pytest.Mon
     module = load_handler(tiny_model_dir, monkeypatch, MAX_BODY_BYTES="1000")
     response = module.lambda_handler(_json_event({"image": _b64(BRIGHT) * 20}), FakeLambdaContext())
     assert response["statusCode"] == 413
+    # The limit itself is allowed, one byte more is not: by the bytes received, and by a declared length.
+    for size, declared in ((1000, False), (1001, False), (1000, True), (1001, True)):
+        body = '{"image": "' + "A" * (size - 13) + '"}'
+        assert len(body) == size
+        event = _json_event(body)
+        if declared:
+            event = _with_header(event, "Content-Length", str(size))
+        status = module.lambda_handler(event, FakeLambdaContext())["statusCode"]
+        assert (status == 413) is (size > 1000), (size, declared, status)
 
 
 def test_non_http_event_fails_the_invocation(handler: Any) -> None:
