@@ -221,6 +221,29 @@ def test_each_gate_check_flips_exactly_at_its_threshold(field: str, at: float, o
     assert not refused.gradable and [r.split(":")[0] for r in refused.reasons] == [reason]
 
 
+def test_the_eye_score_the_probe_and_the_mid_distance_each_pass_on_their_threshold() -> None:
+    """On the threshold a photo passes; just beyond it, it is not an eye (the mirror of the test above)."""
+    eye = draw_eye("normal")
+    stats = quality.image_stats(eye, eye.size)
+    fused = quality.EyeScore.from_gate(FUSED)
+    assert fused is not None
+    at = fused.score(10.0, stats.skin_fraction)
+
+    def with_gate(**extras: Any) -> GateThresholds:
+        return GateThresholds(**{**GATE.model_dump(), **extras})
+
+    for min_score, gradable in ((at, True), (at + EPS, False)):
+        gate = with_gate(eye_score={**FUSED.model_dump()["eye_score"], "min_score": min_score})
+        assert quality.assess(stats, 10.0, gate).gradable is gradable, min_score
+    along = np.array([3.0, 0.0, 0.0, 0.0])  # normalised to (1, 0, 0, 0): the probe scores -5 + 10 = 5
+    for min_score, gradable in ((5.0, True), (5.0 + EPS, False)):
+        probe = {"mean": [0.0] * 4, "weights": [10.0, 0.0, 0.0, 0.0], "bias": -5.0, "min_score": min_score}
+        assert quality.assess(stats, 1.0, with_gate(eye_probe=probe), embedding=along).gradable is gradable
+    capped = with_gate(max_mid_distance=30.0)
+    assert quality.assess(stats, None, capped, mid_distance=30.0).gradable
+    assert not quality.assess(stats, None, capped, mid_distance=30.0 + EPS).gradable
+
+
 def test_mid_distance_cap_rejects_the_unfamiliar_and_reports_the_distance() -> None:
     gate = GateThresholds(**{**GATE.model_dump(), "max_mid_distance": 30.0})
     eye = draw_eye("normal")
