@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cataract_inference.host_guard import host_name, is_loopback_host
@@ -33,3 +35,33 @@ def test_every_loopback_address_is_this_machine(header: str) -> None:
 )  # fmt: skip
 def test_any_other_name_is_refused(header: str) -> None:
     assert not is_loopback_host(header)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "status"),
+    [([b"localhost:8080"], 200), ([], 400), ([b"localhost", b"rebound.attacker.example"], 400),
+     ([b"rebound.attacker.example"], 400), ([b"localhost", b"localhost"], 400)],
+)  # fmt: skip
+def test_the_guard_answers_only_a_request_with_exactly_one_loopback_host(hosts: list[bytes], status: int) -> None:
+    """Two Host headers are ambiguous (a proxy may route by the other one), and none names nothing: both refused."""
+    import asyncio
+    import json
+
+    from cataract_inference.host_guard import LoopbackHostGuard
+
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"host", h) for h in hosts] + [(b"accept", b"*/*")]}
+    asyncio.run(LoopbackHostGuard(app, "not a diagnosis")(scope, None, send))
+    assert sent[0]["status"] == status
+    if status == 400:
+        assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_host"
+    else:
+        assert sent[1]["body"] == b"served"
