@@ -66,6 +66,21 @@ def test_the_positive_class_is_found_by_name_not_position(tmp_path: Path) -> Non
     assert classifier.decide(np.array([0.65, 0.35])) == ("normal", False)
 
 
+def test_with_three_classes_a_photo_not_referred_is_labelled_its_likeliest_other_class(tmp_path: Path) -> None:
+    import onnx
+
+    from cataract_inference.model_source import sha256_of
+    from tests.support.onnx_models import rewrite_manifest, tiny_graph
+
+    directory = build_tiny_model(tmp_path / "m", classes=["cataract", "normal", "other"], threshold=0.5)
+    onnx.save(tiny_graph(32, n_classes=3), directory / "model.onnx")
+    rewrite_manifest(directory, sha256=sha256_of(directory / "model.onnx"))
+    classifier = load_classifier(directory)
+    assert classifier.decide(np.array([0.3, 0.2, 0.5])) == ("other", False)
+    assert classifier.decide(np.array([0.3, 0.6, 0.1])) == ("normal", False)
+    assert classifier.decide(np.array([0.5, 0.1, 0.4])) == ("cataract", True)
+
+
 def _tint(overlay_b64: str, photo: Image.Image) -> np.ndarray:
     """How far each pixel of the overlay moved from the photo: where the heat map was drawn."""
     overlay = Image.open(io.BytesIO(base64.b64decode(overlay_b64))).convert("RGB").resize(photo.size)
