@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
+from skimage import data as skimage_data  # the sample photos (dev extra, which the suite installs)
 
 from cataract_training import audit, matching
-
-skimage_data = pytest.importorskip("skimage.data", reason="the sample photos ship in scikit-image (dev extra)")
 
 
 def _photo(name: str) -> Image.Image:
