@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -159,11 +158,9 @@ def test_explain_costs_nothing_when_not_asked(tiny: Classifier, monkeypatch: pyt
     monkeypatch.setattr(explanation, "overlay_png", counting)
     img, _ = place(Image.new("RGB", (200, 200), (220, 200, 180)), "left", (90, 90, 90))
     data = encoded(img, "PNG")
-    started = time.perf_counter()
     result = tiny.predict_bytes(data)
     assert result.heatmap_png is None and calls == []
     assert tiny.predict_bytes(data, explain=True).heatmap_png and calls == [1]
-    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize(
