@@ -21,10 +21,12 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cataract_inference.host_guard import LoopbackHostGuard
-from cataract_inference.serve_protocol import with_header_deadline
+from cataract_inference.serve_protocol import with_deadlines
 from tests.support.serve import free_port
 
 DEADLINE_S = 0.6
+WRITE_DEADLINE_S = 1.0
+BIG = 2 * 1024 * 1024  # an answer that cannot fit in the sockets' buffers
 LIMIT = 4
 DISCLAIMER = "Screening aid (test)."
 
@@ -45,6 +47,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/slow":
         await asyncio.sleep(DEADLINE_S * 2.5)
     payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
+    if scope["path"] == "/big":
+        payload = b" " * BIG
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -57,7 +61,7 @@ def port() -> Iterator[int]:
         _app,
         host="127.0.0.1",
         port=chosen,
-        http=with_header_deadline(DISCLAIMER, deadline_s=DEADLINE_S),
+        http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S),
         limit_concurrency=LIMIT,
         timeout_keep_alive=30,  # longer than the test: only the head deadline closes connections here
         log_level="error",
@@ -207,6 +211,31 @@ def test_over_the_connection_limit_the_answer_is_json_503_and_idle_clients_canno
             assert _read_response(reader)[0] == 200  # ...and the service is back
     finally:
         for sock in idle:
+            sock.close()
+
+
+def test_clients_that_never_read_their_answers_are_dropped_and_cannot_hold_the_limit(port: int) -> None:
+    stuck = []
+    for _ in range(LIMIT):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE_S * 8)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(_get("/big") * 5)  # 10 MB of answers asked for, none read
+        stuck.append(sock)
+    try:
+        time.sleep(WRITE_DEADLINE_S * 3)
+        with _connect(port) as sock, sock.makefile("rb") as reader:
+            sock.sendall(_get("/health"))
+            assert _read_response(reader)[0] == 200  # their slots are free again
+        for sock in stuck:
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            assert received < 5 * BIG, "the connection was dropped, not left to deliver every answer"
+    finally:
+        for sock in stuck:
             sock.close()
 
 

@@ -159,7 +159,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from .handler import app, settings
     from .host_guard import LoopbackHostGuard
-    from .serve_protocol import with_header_deadline
+    from .serve_protocol import with_deadlines
 
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
@@ -174,7 +174,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         served,
         host=args.host,
         port=args.port,
-        http=with_header_deadline(settings.disclaimer),  # uvicorn puts no deadline on a request's headers
+        http=with_deadlines(settings.disclaimer),  # uvicorn puts no deadline on a request's headers
         log_level="warning" if not args.verbose else "info",
         access_log=False,  # it prints client addresses and whole query strings; -v logs screenings and refusals
         limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads

@@ -1,9 +1,11 @@
-"""uvicorn's HTTP/1.1 protocol for `serve`, with a deadline on each request's line and headers.
+"""uvicorn's HTTP/1.1 protocol for `serve`, with a deadline on each request's head and on reading its answer.
 
 uvicorn times out idle keep-alive connections but not a request's head: a client that connects and
-sends nothing, or trickles its headers, holds its connection for ever. `serve` caps connections at
-``limit_concurrency``, so that many such clients (one script on the network) locked everyone else out
-with 503s until they left. The body has its own deadline in the app (``api.BODY_DEADLINE_S``).
+sends nothing, or trickles its headers, holds its connection for ever. Nor does it time out a client
+that stops reading: its answers fill the socket's buffers and uvicorn waits for them to drain, for ever.
+`serve` caps connections at ``limit_concurrency``, so that many such clients (one script on the network)
+locked everyone else out with 503s until they left. The body has its own deadline in the app
+(``api.BODY_DEADLINE_S``).
 The protocol also answers uvicorn's "too many connections" 503, and its 400 for a request that is not
 valid HTTP/1.1, in the API's JSON error shape, not as plain text, so a client reads every error the same way.
 
@@ -22,6 +24,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .schemas import ErrorResponse
 
 HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
+# How long the socket may stay full of our answer with the client reading none of it. Answers are at most a few
+# hundred kB (the page, a heat map), so a client that reads at all drains the buffer many times within this.
+WRITE_DEADLINE_S = 30.0
 
 
 def _error_json(code: str, message: str, disclaimer: str) -> bytes:
@@ -42,13 +47,17 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
     return head.encode("ascii") + payload
 
 
-def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S) -> type[H11Protocol]:
-    """An ``H11Protocol`` that cuts off a client whose request head takes longer than ``deadline_s``.
+def with_deadlines(
+    disclaimer: str, deadline_s: float = HEADER_DEADLINE_S, write_deadline_s: float = WRITE_DEADLINE_S
+) -> type[H11Protocol]:
+    """An ``H11Protocol`` that cuts off a client whose request head takes longer than ``deadline_s``, or that
+    reads none of its answer for ``write_deadline_s`` while the socket's buffers are full.
 
-    The clock starts when the connection opens, and again at the first byte of each later request on it.
-    A client that sent part of a head gets a JSON 408 before the connection closes; one that sent
+    The head's clock starts when the connection opens, and again at the first byte of each later request on
+    it. A client that sent part of a head gets a JSON 408 before the connection closes; one that sent
     nothing is closed silently (browsers open spare connections they may never use), and so is one
-    still trickling the body of a request already answered (an early 413: its answer is out).
+    still trickling the body of a request already answered (an early 413: its answer is out). A client
+    that does not read is dropped (its answer cannot reach it anyway).
     """
     timeout_response = _timeout_response(deadline_s, disclaimer)
     busy_body = _error_json(
@@ -76,6 +85,7 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
             # uvicorn's own limit check answers in plain text; the same check, made by the app property, in JSON.
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
+            self._write_timer: asyncio.TimerHandle | None = None
             self._cycle_when_armed: object = None
 
         @property
@@ -130,8 +140,29 @@ def with_header_deadline(disclaimer: str, deadline_s: float = HEADER_DEADLINE_S)
                 self.transport.write(self.conn.send(event) or b"")
             self.transport.close()
 
+        def pause_writing(self) -> None:
+            super().pause_writing()  # the socket's buffers are full: uvicorn waits for the client to read
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_deadline_s, self._write_deadline_passed)
+
+        def resume_writing(self) -> None:
+            self._stop_write_timer()
+            super().resume_writing()
+
+        def _stop_write_timer(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _write_deadline_passed(self) -> None:
+            self._write_timer = None
+            if not self.transport.is_closing():
+                self.logger.warning("Client read none of its answer within %g s: connection dropped.", write_deadline_s)
+            self.transport.abort()  # close() would wait for the buffer to drain, which is what never happens
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stop_write_timer()
             super().connection_lost(exc)
 
         def _head_deadline_passed(self) -> None:
