@@ -82,3 +82,37 @@ def test_binary_report_counts() -> None:
     assert (r["npv"]["k"], r["npv"]["n"], r["npv"]["value"]) == (3, 5, 0.6)
     assert (r["accuracy"]["k"], r["accuracy"]["n"]) == (6, 9)
     assert r["brier"] == pytest.approx(round(float(np.mean((p - is_pos) ** 2)), 4))
+
+
+def _cv_logits(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold logits of 5 folds in which easy cataract photos have six copies each and hard ones one."""
+    rng = np.random.default_rng(seed)
+    logits, labels, folds, groups = [], [], [], []
+    for g in range(200):
+        cataract = g % 2 == 0
+        easy = cataract and g % 4 == 0
+        margin = rng.normal(3.0 if easy else (0.6 if cataract else -1.5), 1.0)
+        for _ in range(6 if easy else 1):
+            logits.append([margin / 2, -margin / 2])
+            labels.append(0 if cataract else 1)  # CLASSES = (cataract, normal)
+            folds.append(g % 5)
+            groups.append(g)
+    return np.array(logits), np.array(labels), np.array(folds), np.array(groups)
+
+
+def test_per_photo_cv_scores_distinct_photos_by_the_served_per_file_rule() -> None:
+    from cataract_training import cv
+
+    logits, labels, folds, groups = _cv_logits()
+    per_file = cv.cross_fitted(logits, labels, folds)
+    photo = cv.per_photo(logits, labels, folds, groups)
+    # The rule served is fitted on files; refitted on distinct photos it would be looser (lower thresholds here).
+    assert photo["thresholds"] == per_file["thresholds"] and photo["temperatures"] == per_file["temperatures"]
+    assert photo["rule"] == "per_file"
+    assert photo["confusion"]["tp"] + photo["confusion"]["fn"] == 100  # each distinct cataract photo once
+    # Without duplicates, the per-photo view is the per-file view.
+    single = np.unique(groups, return_index=True)[1]
+    alone = cv.per_photo(logits[single], labels[single], folds[single], groups[single])
+    assert {k: v for k, v in alone.items() if k != "rule"} == cv.cross_fitted(
+        logits[single], labels[single], folds[single]
+    )

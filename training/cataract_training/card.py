@@ -183,9 +183,10 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
     if cal.get("validation_left_out"):
         lines.append(
             f"The temperature (T = {manifest.temperature:.4f}) and the threshold were fitted on {cal['source']}, so "
-            "the validation column reports on photos that chose neither. The threshold is where those predictions "
-            f"reach sensitivity >= {target:.0%} ({cal['threshold_oof']:.4f}), capped at 0.5, the model's own argmax "
-            "at any temperature, so a referral is never less sensitive than the bare model."
+            "no validation photo's own prediction chose either; those photos did help train the cross-validation's "
+            "fold models, whose predictions did, a weak and indirect influence. The threshold is where those "
+            f"predictions reach sensitivity >= {target:.0%} ({cal['threshold_oof']:.4f}), capped at 0.5, the "
+            "model's own argmax at any temperature, so a referral is never less sensitive than the bare model."
         )
         if crossed.get("n"):
             lines[-1] += (
@@ -238,6 +239,23 @@ def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _per_photo_rule_note(cv: dict[str, Any]) -> str:
+    """How the per-photo column was scored: by the served per-file rule, or (older runs) a rule refitted on it."""
+    per_photo, per_file = cv.get("cross_fitted_per_photo") or {}, cv.get("cross_fitted") or {}
+    if not per_photo or per_photo.get("rule") == "per_file":
+        return ", each scored by its fold's per-file temperature and threshold, the rule that is served"
+    mine, served = per_photo.get("thresholds") or [], per_file.get("thresholds") or []
+    span = (
+        f" ({min(mine):.3f}-{max(mine):.3f}, against {min(served):.3f}-{max(served):.3f} per file)"
+        if mine and served
+        else ""
+    )
+    return (
+        ", with a temperature and threshold refitted on the distinct photos" + span + ": not the rule that is served, "
+        "and looser where they are lower, so its sensitivity overstates the served rule's on distinct photos"
+    )
+
+
 def render(manifest: Manifest) -> str:
     """The model card as Markdown."""
     m = manifest.metrics
@@ -247,8 +265,10 @@ def render(manifest: Manifest) -> str:
     rows: dict[str, dict[str, Any]] = {}
     if cv.get("cross_fitted"):
         rows[f"grouped {cv['k']}-fold CV, per file"] = cv["cross_fitted"]
-    if cv.get("cross_fitted_per_photo"):
-        rows[f"grouped {cv['k']}-fold CV, per distinct photo"] = cv["cross_fitted_per_photo"]
+    per_photo = cv.get("cross_fitted_per_photo")
+    if per_photo:
+        refitted = per_photo.get("rule") != "per_file"
+        rows[f"grouped {cv['k']}-fold CV, per distinct photo{' (refitted rule)' if refitted else ''}"] = per_photo
     if m.get("validation"):
         rows["validation split (shipped threshold)"] = m["validation"]
     variants = m.get("variants", {})
@@ -269,7 +289,7 @@ def render(manifest: Manifest) -> str:
         f"A photo at least {SPLIT_ASPECT:g}:1 (often both eyes) is also screened as its two halves, and the most "
         "suspicious view decides: one clear eye could otherwise outvote a cataract in the other.",
         f"- Output: P(cataract), temperature-scaled (softmax of logits / T, T = {manifest.temperature:.4f}); a "
-        f"referral when P(cataract) >= {manifest.threshold:.4f}, a threshold that favours sensitivity (how it was "
+        f"referral when P(cataract) >= {manifest.threshold:g}, a threshold that favours sensitivity (how it was "
         "chosen, and what held-out photos say of it, under Metrics); a class activation map and two distances "
         "for the gradability gate.",
         "- Users: screening programmes and individuals deciding whether to seek an eye examination.",
@@ -310,7 +330,9 @@ def render(manifest: Manifest) -> str:
             f"{cv.get('n_groups')} groups, {cv.get('epochs_per_fold')} epochs a fold) is the honest estimate: each "
             "photo is scored by a model that saw neither it nor its duplicates, and each fold's temperature and "
             "threshold are fitted on the other folds. Per file counts every copy of a duplicated photo; per distinct "
-            "photo counts each duplicate group once (mean of its logits). The validation column is optimistic: "
+            "photo counts each duplicate group once (mean of its logits)"
+            + _per_photo_rule_note(cv)
+            + ". The validation column is optimistic: "
             "those photos also chose the training epoch (early stopping)"
             + _validation_files_note(m.get("training_run", {}))
             + ". Photos from other sources will likely do worse than either.",

@@ -23,38 +23,61 @@ from .train import CLASSES, FitConfig, Prepared, new_run_dir, predict_logits, pr
 POS = CLASSES.index("cataract")
 
 
-def cross_fitted(
-    logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float = calibrate.SENSITIVITY_TARGET
-) -> dict[str, Any]:
-    """Per-fold temperature and threshold fitted on the other folds; pooled metrics on all photos."""
-    p_pos = np.zeros(len(labels))
-    temps, thresholds = [], []
+def _fold_rules(
+    logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float
+) -> dict[int, tuple[float, float]]:
+    """Each fold's temperature and threshold, fitted on the other folds' out-of-fold predictions."""
+    rules = {}
     for f in np.unique(fold_of):
         rest = fold_of != f
         t = calibrate.fit_temperature(logits[rest], labels[rest])
         probs_rest = calibrate.softmax(logits[rest], t)[:, POS]
-        thr = calibrate.threshold_for_sensitivity(probs_rest, labels[rest] == POS, target)
-        p_pos[fold_of == f] = calibrate.softmax(logits[fold_of == f], t)[:, POS]
-        temps.append(t)
-        thresholds.append(thr)
-    is_pos = labels == POS
-    thr_vec = np.array([thresholds[int(np.where(np.unique(fold_of) == f)[0][0])] for f in fold_of])
-    pred_pos = p_pos >= thr_vec
-    report = metrics.binary_report(is_pos, pred_pos, p_pos)
-    report["temperatures"] = [round(t, 4) for t in temps]
-    report["thresholds"] = [round(t, 4) for t in thresholds]
+        rules[int(f)] = (t, calibrate.threshold_for_sensitivity(probs_rest, labels[rest] == POS, target))
+    return rules
+
+
+def _scored(
+    logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, rules: dict[int, tuple[float, float]]
+) -> dict[str, Any]:
+    """Metrics of ``logits``, each scored by its fold's temperature and threshold."""
+    p_pos = np.zeros(len(labels))
+    thr_vec = np.zeros(len(labels))
+    for f, (t, thr) in rules.items():
+        here = fold_of == f
+        p_pos[here] = calibrate.softmax(logits[here], t)[:, POS]
+        thr_vec[here] = thr
+    report = metrics.binary_report(labels == POS, p_pos >= thr_vec, p_pos)
+    report["temperatures"] = [round(t, 4) for t, _ in rules.values()]
+    report["thresholds"] = [round(thr, 4) for _, thr in rules.values()]
     return report
 
 
-def per_photo(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """Cross-fitted metrics counting each distinct photo (duplicate group) once, with its mean probability.
+def cross_fitted(
+    logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float = calibrate.SENSITIVITY_TARGET
+) -> dict[str, Any]:
+    """Per-fold temperature and threshold fitted on the other folds; pooled metrics on all photos."""
+    return _scored(logits, labels, fold_of, _fold_rules(logits, labels, fold_of, target))
 
-    Per-file metrics weigh a photo by its number of copies; this view does not.
+
+def per_photo(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    fold_of: np.ndarray,
+    groups: np.ndarray,
+    target: float = calibrate.SENSITIVITY_TARGET,
+) -> dict[str, Any]:
+    """Cross-fitted metrics counting each distinct photo (duplicate group) once, with its mean logits.
+
+    Per-file metrics weigh a photo by its number of copies; this view does not. Each photo is scored by the
+    rule that is served: its fold's temperature and threshold as fitted per file (``cross_fitted``), not
+    refitted on the distinct photos, which would pick a looser threshold than the one shipped.
     """
     keys = sorted(set(groups.tolist()))
     first = np.array([int(np.nonzero(groups == g)[0][0]) for g in keys])
     mean_logits = np.stack([logits[groups == g].mean(0) for g in keys])
-    return cross_fitted(mean_logits, labels[first], fold_of[first])
+    report = _scored(mean_logits, labels[first], fold_of[first], _fold_rules(logits, labels, fold_of, target))
+    report["rule"] = "per_file"  # the served rule; earlier runs refitted it on the distinct photos
+    return report
 
 
 def summarise(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, groups: np.ndarray) -> dict[str, Any]:

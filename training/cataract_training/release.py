@@ -222,7 +222,8 @@ def release(
             "held-out validation photos (grouped by duplicates and reframed copies, never trained on) that also "
             "chose the epoch; "
             + (
-                "the temperature and threshold were fitted without them (on the other photos' out-of-fold predictions)"
+                "the temperature and threshold were fitted without their predictions (on the other photos' "
+                "out-of-fold predictions, from fold models that did train on them)"
                 if chosen["calibration"].get("validation_left_out")
                 else "they also fitted the temperature and threshold"
                 if "threshold_oof" not in chosen["calibration"]
