@@ -353,7 +353,9 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
     assert "What P(cataract) means" in written and "50% of the photos it was trained and calibrated on" in written
     assert "its 97 files are 61 distinct photos" in written
     # This model's per-photo column was scored by a rule refitted on the distinct photos: said, with both spans.
-    assert "per distinct photo (refitted rule)" in written and "(0.118-0.183, against 0.212-0.272 per file)" in written
+    assert (
+        "per distinct photo (refitted rule)" in written and "(0.1183–0.1835, against 0.2118–0.2723 per file)" in written
+    )
     assert "a referral when P(cataract) >= 0.20926," in written  # the threshold as served, not rounded again
 
 

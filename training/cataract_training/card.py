@@ -246,7 +246,7 @@ def _per_photo_rule_note(cv: dict[str, Any]) -> str:
         return ", each scored by its fold's per-file temperature and threshold, the rule that is served"
     mine, served = per_photo.get("thresholds") or [], per_file.get("thresholds") or []
     span = (
-        f" ({min(mine):.3f}-{max(mine):.3f}, against {min(served):.3f}-{max(served):.3f} per file)"
+        f" ({min(mine):.4f}–{max(mine):.4f}, against {min(served):.4f}–{max(served):.4f} per file)"
         if mine and served
         else ""
     )
