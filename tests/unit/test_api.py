@@ -171,6 +171,17 @@ def test_a_custom_domain_base_path_is_taken_off_and_kept_for_links(invoke: Invok
         assert "/screening/v1/openapi.json" in body
 
 
+@pytest.mark.parametrize("route", ["/health", "/model", "/docs"])
+def test_a_rest_stage_named_like_a_route_is_not_taken_off_the_route(invoke: Invoke, route: str) -> None:
+    # Stage "health": https://<id>.execute-api.../health/health. The stage is not in the event's path.
+    status, headers, _ = invoke(events.rest_event(route, stage=route.strip("/")))
+    assert status == 200
+    assert headers["content-type"].startswith("application/json" if route != "/docs" else "text/html")
+    if route == "/docs":
+        _, _, html = invoke(events.rest_event(route, stage="docs"))
+        assert "/docs/openapi.json" in html and "swagger" in html.lower()
+
+
 def test_a_path_that_does_not_end_in_its_route_is_not_given_a_base_path(invoke: Invoke) -> None:
     event = events.rest_event("/health")
     event["path"] = event["requestContext"]["path"] = "/elsewhere"
@@ -315,6 +326,10 @@ def test_many_unknown_fields_are_refused_without_an_error_built_for_each(
     assert status == 422 and body["error"]["code"] == "invalid_request"
     message = body["error"]["message"]
     assert message.startswith("k0: Extra inputs are not permitted; k1: ") and message.endswith("; and 99995 more")
+    # Keys holding a lone surrogate (a JSON escape) are named without breaking the answer's UTF-8.
+    surrogates = "{" + ", ".join(f'"\\udcff{i}": 0' for i in range(7)) + ', "image": "AAAA"}'
+    status, _, body = invoke(_json_event(surrogates))
+    assert status == 422 and "\\udcff0: Extra inputs are not permitted" in body["error"]["message"]
 
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [

@@ -126,26 +126,32 @@ def request_id_of(scope: Scope) -> str:
     return str(uuid.uuid4())
 
 
-def stage_prefix(scope: Scope) -> str:
+def stage_prefix(scope: Scope) -> tuple[str, bool]:
     """The path prefix API Gateway adds in front of the app's routes (``/Prod``, or a custom domain's base
-    path such as ``/screening``), or ``""``."""
+    path such as ``/screening``), or ``""``; and whether the path the app was handed still carries it.
+
+    A REST stage is not in ``event["path"]`` (Mangum's path); an HTTP API stage and a base path are.
+    """
     event = scope.get("aws.event") or {}
     context = event.get("requestContext") or {}
     if event.get("version") == "2.0":
         stage = context.get("stage") or "$default"
         prefix = f"/{stage}"
         raw = (context.get("http") or {}).get("path") or ""
-        return prefix if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ""
+        return (
+            (prefix, True) if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ("", False)
+        )
     outer, inner = context.get("path"), event.get("path")
     if not isinstance(inner, str):
-        return ""
+        return "", False
     if isinstance(outer, str) and outer != inner and outer.endswith(inner):
         prefix = outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
+        carried = False
     else:
-        prefix = _base_path(inner, event.get("resource"))
+        prefix, carried = _base_path(inner, event.get("resource")), True
     # The page fetches root + "/predict": "//host" would send the photo elsewhere. Stages and base paths
     # are plain path segments.
-    return prefix if _PREFIX_OK.fullmatch(prefix) else ""
+    return (prefix, carried) if _PREFIX_OK.fullmatch(prefix) else ("", False)
 
 
 def _base_path(path: str, resource: object) -> str:
@@ -178,9 +184,9 @@ class GatewayScopeMiddleware:
             scope["state"]["request_id"] = request_id = request_id_of(scope)
             # Per task (a context variable): under `serve`, concurrent requests keep their own ids in the logs.
             logger.thread_safe_append_keys(request_id=request_id)
-            prefix = stage_prefix(scope)
+            prefix, carried = stage_prefix(scope)
             path = scope["path"]
-            if prefix and (path == prefix or path.startswith(prefix + "/")):
+            if carried and (path == prefix or path.startswith(prefix + "/")):
                 path = path[len(prefix) :]  # HTTP API v2 keeps the stage in the path, REST a base path.
             if prefix:
                 scope["root_path"] = prefix
@@ -332,7 +338,9 @@ def _parse_json(body: bytes) -> PredictRequest:
     unknown = [key for key in raw if key not in PredictRequest.model_fields]
     if len(unknown) > _ERRORS_SHOWN:
         # pydantic would build an error for every one (500,000 keys: 1.3 s and 370 MB) to show five.
-        shown = "; ".join(f"{_clip(key, 40)}: Extra inputs are not permitted" for key in unknown[:_ERRORS_SHOWN])
+        # A key may hold a lone surrogate (a JSON escape), which cannot be written back as UTF-8.
+        names = (key.encode("utf-8", "backslashreplace").decode("utf-8") for key in unknown[:_ERRORS_SHOWN])
+        shown = "; ".join(f"{_clip(name, 40)}: Extra inputs are not permitted" for name in names)
         raise ClientError(422, "invalid_request", f"{shown}; and {len(unknown) - _ERRORS_SHOWN} more")
     try:
         return PredictRequest.model_validate(raw)
