@@ -47,8 +47,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/slow":
         await asyncio.sleep(DEADLINE_S * 2.5)
     payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
-    if scope["path"] == "/big":
-        payload = b" " * BIG
+    if scope["path"] in ("/big", "/huge"):
+        payload = b" " * (BIG if scope["path"] == "/big" else 4 * BIG)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -237,6 +237,20 @@ def test_clients_that_never_read_their_answers_are_dropped_and_cannot_hold_the_l
     finally:
         for sock in stuck:
             sock.close()
+
+
+def test_a_client_that_reads_its_answer_slowly_keeps_its_connection(port: int) -> None:
+    # 8 MB: more than the sockets' buffers hold, so the answer waits in the transport while the client reads it,
+    # taking longer than the write deadline in all, but some of it within each.
+    with _connect(port) as sock:
+        sock.sendall(_get("/huge"))
+        received = b""
+        while len(received.partition(b"\r\n\r\n")[2]) < 4 * BIG:
+            time.sleep(WRITE_DEADLINE_S / 3)
+            chunk = sock.recv(1 << 19)
+            assert chunk, "dropped while still reading"
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
 
 
 def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:

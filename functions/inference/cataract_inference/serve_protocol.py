@@ -24,8 +24,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .schemas import ErrorResponse
 
 HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
-# How long the socket may stay full of our answer with the client reading none of it. Answers are at most a few
-# hundred kB (the page, a heat map), so a client that reads at all drains the buffer many times within this.
+# How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
+# slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
 
 
@@ -86,6 +86,7 @@ def with_deadlines(
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
             self._write_timer: asyncio.TimerHandle | None = None
+            self._unread = 0  # bytes of answer waiting in the transport when the write timer was last armed
             self._cycle_when_armed: object = None
 
         @property
@@ -143,7 +144,11 @@ def with_deadlines(
         def pause_writing(self) -> None:
             super().pause_writing()  # the socket's buffers are full: uvicorn waits for the client to read
             if self._write_timer is None:
-                self._write_timer = self.loop.call_later(write_deadline_s, self._write_deadline_passed)
+                self._arm_write_timer()
+
+        def _arm_write_timer(self) -> None:
+            self._unread = self.transport.get_write_buffer_size()
+            self._write_timer = self.loop.call_later(write_deadline_s, self._write_deadline_passed)
 
         def resume_writing(self) -> None:
             self._stop_write_timer()
@@ -156,6 +161,9 @@ def with_deadlines(
 
         def _write_deadline_passed(self) -> None:
             self._write_timer = None
+            if self.transport.get_write_buffer_size() < self._unread:
+                self._arm_write_timer()  # the client read some since: slow, not gone
+                return
             if not self.transport.is_closing():
                 self.logger.warning("Client read none of its answer within %g s: connection dropped.", write_deadline_s)
             self.transport.abort()  # close() would wait for the buffer to drain, which is what never happens
