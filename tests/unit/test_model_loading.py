@@ -588,6 +588,22 @@ def test_a_cached_model_is_reused_only_when_model_json_records_its_sha256(s3: ob
     assert again.sha256 == sha256_of(second / "model.onnx") == sha256_of(tmp_path / "cache" / "model.onnx")
 
 
+def test_a_cache_holding_a_fifo_is_not_read_and_a_bad_version_id_is_named_with_a_warm_cache(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    _publish(s3, tiny_model_dir)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.mkfifo(cache / "model.onnx")  # reading it would block init until the deadline
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    assert resolve_model(settings).sha256 == sha256_of(tiny_model_dir / "model.onnx")
+    assert (cache / "model.onnx").is_file()  # replaced by the verified download
+    # Warm now: a version id that does not exist is named as such (a HEAD's bare 404 would say "no such key").
+    pinned = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/", MODEL_S3_VERSION_ID="no-such-version")
+    with pytest.raises(ModelLoadError, match="MODEL_S3_VERSION_ID"):
+        resolve_model(pinned)
+
+
 def test_a_cached_model_is_still_held_to_the_pins_and_the_object_metadata(
     s3: object, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

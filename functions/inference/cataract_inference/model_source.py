@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -217,9 +218,18 @@ def _write_atomically(data: bytes, dest: Path) -> None:
         raise
 
 
+MAX_CACHED_MODEL_BYTES = 1 << 30  # a cached model.onnx above this is downloaded again, not read
+
+
 def _cached_model(path: Path) -> tuple[bytes, str] | None:
-    """The bytes of a model an earlier start left in the cache, and their sha256; ``None`` if there is none."""
+    """The bytes of a model an earlier start left in the cache, and their sha256; ``None`` if there is none.
+
+    Only a regular file of a plausible size is read: a FIFO would block init, a huge file would fill memory.
+    """
     try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CACHED_MODEL_BYTES:
+            return None
         data = path.read_bytes()
     except OSError:
         return None
@@ -254,7 +264,6 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         raise ModelLoadError(
             f"cannot write the model cache {cache}: {exc}. Set MODEL_CACHE_DIR to a writable folder (/tmp on Lambda)."
         ) from exc
-    cached = _cached_model(cache / MODEL_FILENAME)
 
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -276,13 +285,17 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
             raise ModelLoadError(_describe_s3_error(exc, model_uri)) from exc
         return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
-    def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]]]:
+    def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]], bool]:
         manifest = fetch(manifest_key, manifest_uri, None)
+        cached = _cached_model(cache / MODEL_FILENAME)  # here, within the deadline
         if cached is not None and cached[1] == _recorded_sha256(manifest[0], manifest_uri):
-            return (cached[0], model_metadata()), manifest
-        return fetch(model_key, model_uri, version_id), manifest
+            try:
+                return (cached[0], model_metadata()), manifest, True
+            except ModelLoadError:
+                pass  # a HEAD's error is a bare status code: the GET below says what is wrong
+        return fetch(model_key, model_uri, version_id), manifest, False
 
-    (model_data, model_meta), (manifest_data, manifest_meta) = _by_deadline(
+    (model_data, model_meta), (manifest_data, manifest_meta), from_cache = _by_deadline(
         fetch_both, deadline, f"{model_uri} and its model.json"
     )
     check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri, settings.model_manifest_sha256)
@@ -292,7 +305,7 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         raise ModelLoadError(str(exc)) from exc
     try:
         _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
-        if cached is None or cached[0] is not model_data:
+        if not from_cache:
             _write_atomically(model_data, cache / MODEL_FILENAME)
     except OSError as exc:
         raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
