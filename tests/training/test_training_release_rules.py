@@ -65,7 +65,7 @@ def test_a_perfectly_separated_validation_split_cannot_sharpen_the_model() -> No
 
 @pytest.mark.parametrize("threshold", [0.2092649, 0.2092651, 0.123456789, 0.5])
 def test_the_shipped_threshold_is_rounded_down_never_up(threshold: float) -> None:
-    shipped = release.shipped_threshold(threshold)
+    shipped = calibrate.shipped_threshold(threshold)
     assert shipped <= threshold < shipped + 1e-5
     assert shipped == round(shipped, 5)
 

@@ -3,6 +3,8 @@ out-of-fold predictions)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cataract_inference.classifier import softmax  # serving's own: what is fitted is what is served
@@ -56,3 +58,9 @@ def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: flo
     if below.size:
         return float((cut + below.max()) / 2)
     return float(cut)
+
+
+def shipped_threshold(threshold: float) -> float:
+    """The threshold as model.json keeps it, at 5 decimals: rounded down, never up, which could move it past
+    the score of the cataract photo that decided it."""
+    return math.floor(threshold * 1e5) / 1e5

@@ -11,6 +11,7 @@ from cataract_inference.classifier import SPLIT_ASPECT
 from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
+from .calibrate import shipped_threshold
 from .metrics import wilson
 from .train import FIT_FLAGS, FitConfig
 
@@ -179,14 +180,15 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
     """How the temperature and threshold were chosen, and what held-out data says of each."""
     target = cal.get("sensitivity_target")
     crossed = cv.get("cross_fitted", {}).get("sensitivity", {})
+    oof_cut = shipped_threshold(cal["threshold_oof"]) if "threshold_oof" in cal else None  # as model.json keeps it
     lines = []
     if cal.get("validation_left_out"):
         lines.append(
             f"The temperature (T = {manifest.temperature:.4f}) and the threshold were fitted on {cal['source']}, so "
             "no validation photo's own prediction chose either; those photos did help train the cross-validation's "
             "fold models, whose predictions did, a weak and indirect influence. The threshold is where those "
-            f"predictions reach sensitivity >= {target:.0%} ({cal['threshold_oof']:.4f}), capped at 0.5, the "
-            "model's own argmax at any temperature, so a referral is never less sensitive than the bare model."
+            f"predictions reach sensitivity >= {target:.0%} ({oof_cut:g}), capped at 0.5, the model's own argmax at "
+            "any temperature, so a referral is never less sensitive than the bare model."
         )
         if crossed.get("n"):
             lines[-1] += (
@@ -197,7 +199,7 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
         lines.append(
             f"The temperature (T = {manifest.temperature:.4f}) was fitted on the grouped-CV out-of-fold "
             f"predictions. The threshold is where those predictions reach sensitivity >= {target:.0%} "
-            f"({cal['threshold_oof']:.4f}), capped at 0.5, the model's own argmax. The validation split alone would "
+            f"({oof_cut:g}), capped at 0.5, the model's own argmax. The validation split alone would "
             f"have asked for {cal['threshold_val']:.4f}; it is recorded, not used."
         )
         if crossed.get("n"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -78,12 +77,6 @@ def build_manifest(
         training_data=training_data,
         backbone=Provenance(architecture=info.architecture, weights=info.weights, licence=info.licence),
     )
-
-
-def shipped_threshold(threshold: float) -> float:
-    """The threshold as model.json keeps it, at 5 decimals: rounded down, never up, which could move it past
-    the score of the cataract photo that decided it."""
-    return math.floor(threshold * 1e5) / 1e5
 
 
 def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
@@ -179,7 +172,7 @@ def release(
         for head in ("ood_distance", "mid_distance"):
             info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
         info["temperature"] = round(temperature, 5)
-        info["threshold"] = shipped_threshold(threshold)
+        info["threshold"] = calibrate.shipped_threshold(threshold)
         info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
         info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
         info["size_bytes"] = model_path.stat().st_size
