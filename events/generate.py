@@ -22,6 +22,13 @@ from cataract_inference.drawing import draw_eye, encode
 
 HERE = Path(__file__).resolve().parent
 CATARACT_SEED, NORMAL_SEED = 7, 234
+# The deploy check's probe is the cataract sample's drawing: the bundled gate accepts it as an eye.
+PROBE = HERE.parent / "functions" / "deploy_check" / "probe_eye.jpg"
+
+
+def probe_image() -> bytes:
+    """The drawn eye the cataract samples carry, and the deploy check sends."""
+    return encode(draw_eye("cataract", seed=CATARACT_SEED))
 
 
 def _id(name: str) -> str:
@@ -31,7 +38,7 @@ def _id(name: str) -> str:
 
 def samples() -> dict[str, dict[str, Any]]:
     """Every sample event by file name."""
-    cataract = encode(draw_eye("cataract", seed=CATARACT_SEED))
+    cataract = probe_image()
     normal = encode(draw_eye("normal", seed=NORMAL_SEED))
     invalid = json.dumps({"image": "this is not base64!"})
     builders = {
@@ -53,10 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     """Write every sample event into ``--out`` (this folder by default)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: events/)")
-    out = parser.parse_args(argv).out
+    parser.add_argument("--probe", type=Path, default=PROBE, help=f"the deploy check's probe (default: {PROBE.name})")
+    args = parser.parse_args(argv)
     for name, event in samples().items():
-        (out / name).write_text(json.dumps(event, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out / name}")
+        (args.out / name).write_text(json.dumps(event, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.out / name}")
+    args.probe.write_bytes(probe_image())
+    print(f"wrote {args.probe}")
 
 
 if __name__ == "__main__":

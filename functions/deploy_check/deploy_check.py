@@ -9,18 +9,19 @@ Plain Python with boto3 from the Lambda runtime: no build step and no dependency
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
+from pathlib import Path
 from typing import Any
 
-# A 32 px grey gradient: any decodable image gets a 200 (this one "ungradable"), so this checks that the model
-# loaded and that decoding, the ONNX session and the gate run; not what the model says about a photo.
-PROBE_PNG_BASE64 = (
-    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAOElEQVR42u3NwQkAQAgDwRMC0f7L9WMVgXvsNDAl6SXJdjaYmWzQ3QQEBAQEBAQEBAQ/"
-    "BLW70eAAP6MGSFF7+P4AAAAASUVORK5CYII="
-)
+# A drawn eye (the sample events' cataract drawing; `make events` writes it): the bundled gate takes it for an eye.
+# The check wants it screened, not refused: a version whose gate refuses it would likely refuse real photos too.
+# What the model says of a drawing is not checked; no real photo can ship with the project.
+PROBE_BASE64 = base64.b64encode((Path(__file__).parent / "probe_eye.jpg").read_bytes()).decode("ascii")
 USER_AGENT = "cataract-deploy-check"
-LABELS = {"cataract", "normal", "ungradable"}
+SCREENED = {"cataract", "normal"}
 
 
 def api_event(method: str, path: str, body: str | None = None) -> dict[str, Any]:
@@ -59,19 +60,32 @@ def _health_problem(body: dict[str, Any]) -> str | None:
 
 def _predict_problem(body: dict[str, Any]) -> str | None:
     probabilities = body.get("probabilities")
+    quality = body.get("quality")
     if (
-        body.get("label") not in LABELS
-        or not isinstance(probabilities, dict)
-        or not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in probabilities.values())
+        not isinstance(probabilities, dict)
+        or len(probabilities) < 2
+        or not all(type(p) in (int, float) and 0.0 <= p <= 1.0 for p in probabilities.values())
+        or not math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-3)
+        or not isinstance(body.get("referral"), bool)
+        or not isinstance(quality, dict)
+        or not isinstance(quality.get("gradable"), bool)
         or not body.get("disclaimer")
     ):
         return f"POST /predict answered without a screening result: {json.dumps(body)[:300]}"
+    if not quality["gradable"] or body.get("label") not in SCREENED:
+        return (
+            f"POST /predict refused the probe, a drawn eye the bundled model's gate accepts, as "
+            f"{body.get('label')!r} ({'; '.join(map(str, quality.get('reasons') or []))}): a gate that refuses it "
+            f"may refuse real photos too. Check the gate calibration (docs/gate.md). {json.dumps(body)[:300]}"
+        )
+    if body["label"] not in probabilities:
+        return f"POST /predict labelled the probe {body['label']!r}, not one of its classes: {json.dumps(body)[:300]}"
     return None
 
 
 CHECKS = (
     (api_event("GET", "/health"), _health_problem),
-    (api_event("POST", "/predict", json.dumps({"image": PROBE_PNG_BASE64})), _predict_problem),
+    (api_event("POST", "/predict", json.dumps({"image": PROBE_BASE64})), _predict_problem),
 )
 
 

@@ -40,9 +40,13 @@ def _generator() -> Any:
 def test_the_committed_events_are_exactly_what_the_generator_writes(tmp_path: Path) -> None:
     """`make events` must reproduce them byte for byte: a stale event, or one nobody can regenerate, fails."""
     assert set(_generator().samples()) == set(EXPECTED)
-    subprocess.run([sys.executable, str(GENERATOR), "--out", str(tmp_path)], check=True, capture_output=True)
+    probe = tmp_path / "probe_eye.jpg"
+    command = [sys.executable, str(GENERATOR), "--out", str(tmp_path), "--probe", str(probe)]
+    subprocess.run(command, check=True, capture_output=True)
     for path in EVENTS:
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), f"{path.name}: run `make events`"
+    committed = REPO / "functions" / "deploy_check" / "probe_eye.jpg"
+    assert probe.read_bytes() == committed.read_bytes(), "the deploy check's probe: run `make events`"
 
 
 def test_every_json_in_events_is_a_sample() -> None:

@@ -142,6 +142,19 @@ def test_a_wrong_health_answer_is_stopped(response: dict[str, Any], expected: st
     assert problem is not None and expected in problem and len(client.calls) == 1
 
 
+GOOD_ANSWER: dict[str, Any] = {
+    "label": "normal",
+    "probabilities": {"cataract": 0.1, "normal": 0.9},
+    "referral": False,
+    "quality": {"gradable": True, "reasons": []},
+    "disclaimer": "x",
+}
+
+
+def test_the_good_answer_below_passes_so_each_broken_one_fails_for_its_own_flaw() -> None:
+    assert deploy_check._predict_problem(GOOD_ANSWER) is None
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -149,6 +162,12 @@ def test_a_wrong_health_answer_is_stopped(response: dict[str, Any], expected: st
         {"label": "normal", "probabilities": {"cataract": 1.5, "normal": -0.5}, "disclaimer": "x"},
         {"label": "normal", "probabilities": {"cataract": 0.1, "normal": 0.9}},
         {"error": {"code": "internal_error", "message": "the service failed"}},
+        {**GOOD_ANSWER, "probabilities": {}},
+        {**GOOD_ANSWER, "probabilities": {"cataract": 0.7, "normal": 0.7}},
+        {**GOOD_ANSWER, "probabilities": {"cataract": True, "normal": 0.0}},
+        {**GOOD_ANSWER, "referral": "yes"},
+        {**GOOD_ANSWER, "quality": None},
+        {**GOOD_ANSWER, "label": "other"},
     ],
 )
 def test_a_wrong_screening_answer_is_stopped(
@@ -164,7 +183,7 @@ def test_a_wrong_screening_answer_is_stopped(
         return real(event)
 
     problem = deploy_check.problem_with(FakeLambda(predict_broken), VERSION)
-    assert problem is not None and problem.startswith("POST /predict answered without a screening result")
+    assert problem is not None and problem.startswith("POST /predict")
 
 
 def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -> None:
@@ -236,11 +255,28 @@ def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
     assert lambda_config.read_timeout >= 10 + 28 and worst < 300
 
 
-def test_the_probe_image_is_a_real_png() -> None:
+def test_the_probe_is_a_drawn_eye_that_the_bundled_gate_screens(monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(base64.b64decode(deploy_check.PROBE_PNG_BASE64))) as img:
+    with Image.open(io.BytesIO(base64.b64decode(deploy_check.PROBE_BASE64))) as img:
         img.load()
-        assert img.format == "PNG" and min(img.size) >= 16
+        assert img.format == "JPEG" and img.size == (480, 320)
+    module = load_handler(REPO / "functions" / "inference" / "model", monkeypatch)
+    event = deploy_check.CHECKS[1][0]
+    body = json.loads(module.lambda_handler(event, FakeLambdaContext())["body"])
+    assert body["quality"]["gradable"] and body["label"] in ("cataract", "normal")
+
+
+def test_a_version_whose_gate_refuses_the_probe_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad gate refit (here, a mid-layer distance cap no eye passes) refuses every photo: it must not go live."""
+    import shutil
+
+    model = shutil.copytree(REPO / "functions" / "inference" / "model", tmp_path / "model")
+    manifest = json.loads((model / "model.json").read_text())
+    manifest["gate"]["max_mid_distance"] = 0.5
+    (model / "model.json").write_text(json.dumps(manifest))
+    problem = deploy_check.problem_with(FakeLambda(_through(load_handler(model, monkeypatch))), VERSION)
+    assert problem is not None and problem.startswith("POST /predict refused the probe")
+    assert "not_an_eye" in problem and "docs/gate.md" in problem
