@@ -13,6 +13,7 @@ import base64
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,47 @@ CHECKS = (
 )
 
 
-def problem_with(lambda_client: Any, version_arn: str) -> str | None:
-    """What is wrong with the function version ``version_arn``, or None when it answers both checks."""
+# Each call: connect (5 s) and read (50 s: init, 10 s at most, plus the function's 28 s timeout), tried twice.
+CALL_BUDGET_S = 2 * 55
+WAIT_DELAY_S = 5
+REPORT_MARGIN_S = 15
+
+
+def _invoke(lambda_client: Any, version_arn: str, event: dict[str, Any], deadline: float | None) -> Any:
+    """``invoke``, retried while throttled and time remains: versions share the function's reserved concurrency,
+    and live traffic may hold all of it for a moment; a good version must not be rolled back for that."""
+    backoff = 1.0
+    while True:
+        try:
+            return lambda_client.invoke(
+                FunctionName=version_arn, InvocationType="RequestResponse", Payload=json.dumps(event).encode()
+            )
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code != "TooManyRequestsException" or deadline is None:
+                raise
+            if time.monotonic() + backoff + CALL_BUDGET_S > deadline:
+                raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+def problem_with(lambda_client: Any, version_arn: str, deadline: float | None = None) -> str | None:
+    """What is wrong with the function version ``version_arn``, or None when it answers both checks.
+
+    ``deadline`` (``time.monotonic()``) is when the report must go out: the wait for the version and the retries
+    of a throttled call use what is left after both calls' own budget.
+    """
     # A version just published may still be Pending (its image being optimised): calling it then would fail it.
+    attempts = 12
+    if deadline is not None:
+        attempts = max(attempts, int((deadline - time.monotonic() - 2 * CALL_BUDGET_S) // WAIT_DELAY_S))
     lambda_client.get_waiter("published_version_active").wait(
-        FunctionName=version_arn, WaiterConfig={"Delay": 5, "MaxAttempts": 12}
+        FunctionName=version_arn, WaiterConfig={"Delay": WAIT_DELAY_S, "MaxAttempts": attempts}
     )
     for event, problem_in in CHECKS:
         what = f"{event['httpMethod']} {event['path']}"
-        answer = lambda_client.invoke(
-            FunctionName=version_arn, InvocationType="RequestResponse", Payload=json.dumps(event).encode()
-        )
+        answer = _invoke(lambda_client, version_arn, event, deadline)
         payload = answer["Payload"].read().decode("utf-8", "replace")
         if answer.get("FunctionError"):
             # An init failure lands here: the model error's message is in the payload.
@@ -117,11 +148,17 @@ def problem_with(lambda_client: Any, version_arn: str) -> str | None:
     return None
 
 
-def run(event: dict[str, Any], lambda_client: Any, codedeploy_client: Any, version_arn: str) -> dict[str, Any]:
+def run(
+    event: dict[str, Any],
+    lambda_client: Any,
+    codedeploy_client: Any,
+    version_arn: str,
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """Check ``version_arn`` and report to CodeDeploy; a report is always sent, or the deployment would wait for
     the hook's timeout (an hour) before failing."""
     try:
-        problem = problem_with(lambda_client, version_arn)
+        problem = problem_with(lambda_client, version_arn, deadline)
     except Exception as exc:  # permissions, throttling: the version was not shown to work, so it does not go live
         problem = f"the check could not call {version_arn}: {type(exc).__name__}: {exc}"
     status = "Failed" if problem else "Succeeded"
@@ -139,9 +176,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     import boto3
     from botocore.config import Config
 
-    # Bounded so that a report always goes out within the hook's 300 s: at most 1 min waiting for the version,
-    # then each of the two calls is init (10 s at most) plus the function's 28 s timeout, tried twice at most.
+    # Bounded so that a report always goes out before this function's own timeout: the wait for the version and
+    # the throttling retries take what the two calls (each init, 10 s at most, plus the function's 28 s timeout,
+    # tried twice at most) leave, less a margin for the report itself.
     calls = Config(connect_timeout=5, read_timeout=50, retries={"mode": "standard", "max_attempts": 2})
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - REPORT_MARGIN_S
     return run(
-        event, boto3.client("lambda", config=calls), boto3.client("codedeploy"), os.environ["TARGET_VERSION_ARN"]
+        event,
+        boto3.client("lambda", config=calls),
+        boto3.client("codedeploy"),
+        os.environ["TARGET_VERSION_ARN"],
+        deadline,
     )

@@ -244,15 +244,48 @@ def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
 
         monkeypatch.setattr(boto3, "client", client)
         monkeypatch.setenv("TARGET_VERSION_ARN", VERSION)
-        assert deploy_check.handler(HOOK_EVENT, None) == {"status": "Succeeded", "problem": None}
+        context = FakeLambdaContext()
+        context.get_remaining_time_in_millis = lambda: 900_000  # type: ignore[method-assign]  # the Timeout
+        assert deploy_check.handler(HOOK_EVENT, context) == {"status": "Succeeded", "problem": None}
         lambdas.assert_no_pending_responses()
         deployments.assert_no_pending_responses()
-    # Every call bounded, so that the report goes out before the hook's own 300 s timeout.
+    # Every call bounded, and the two calls' worst case is what the deadline keeps back for them.
     lambda_config = configs["lambda"]
-    worst = 12 * 5 + 2 * lambda_config.retries["max_attempts"] * (
-        lambda_config.connect_timeout + lambda_config.read_timeout
-    )
-    assert lambda_config.read_timeout >= 10 + 28 and worst < 300
+    calls = 2 * lambda_config.retries["max_attempts"] * (lambda_config.connect_timeout + lambda_config.read_timeout)
+    assert lambda_config.read_timeout >= 10 + 28 and calls <= 2 * deploy_check.CALL_BUDGET_S
+
+
+def _throttled(times: int, then: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
+    from botocore.exceptions import ClientError
+
+    left = [times]
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        if left[0]:
+            left[0] -= 1
+            raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}}, "Invoke")
+        return then(event)
+
+    return answer
+
+
+def test_a_throttled_call_is_retried_while_time_remains_and_the_wait_uses_the_rest(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    slept: list[float] = []
+    monkeypatch.setattr(deploy_check.time, "sleep", slept.append)
+    module = load_handler(tiny_model_dir, monkeypatch)
+    client = FakeLambda(_throttled(3, _through(module)))
+    deadline = time.monotonic() + 885
+    assert deploy_check.problem_with(client, VERSION, deadline) is None
+    assert slept == [1.0, 2.0, 4.0]  # backed off, then answered
+    assert client.waited[0]["WaiterConfig"]["MaxAttempts"] >= (885 - 2 * deploy_check.CALL_BUDGET_S) // 5 - 1
+    # Out of time, a throttled call fails the check (and is reported), rather than outliving the hook.
+    result = deploy_check.run(HOOK_EVENT, FakeLambda(_throttled(99, _through(module))), FakeCodeDeploy(), VERSION,
+                              time.monotonic() + deploy_check.CALL_BUDGET_S)  # fmt: skip
+    assert result["status"] == "Failed" and "TooManyRequestsException" in result["problem"]
 
 
 def test_the_probe_is_a_drawn_eye_that_the_bundled_gate_screens(monkeypatch: pytest.MonkeyPatch) -> None:
