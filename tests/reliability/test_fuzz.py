@@ -279,7 +279,8 @@ content_types = st.one_of(
     is_base64=st.booleans(),
     method=st.sampled_from(["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS"]),
     path=st.one_of(
-        st.sampled_from(["/predict", "/health", "/model", "/", "/docs"]), st.text(max_size=20).map("/".__add__)
+        st.sampled_from(["/predict", "/health", "/model", "/", "/docs", "/redoc"]),
+        st.text(max_size=20).map("/".__add__),
     ),
     http_api=st.booleans(),
     surrogate=st.booleans(),
@@ -298,7 +299,7 @@ def test_odd_events(  # noqa: PLR0917 - hypothesis passes each strategy as an ar
         body = body + "\udcff"  # what a Lambda proxy may hand over for invalid UTF-8
     build = events.http_api_event if http_api else events.rest_event
     event = build(path, method, body=body, content_type=content_type or None, is_base64=is_base64)
-    if path.startswith("/docs") or (path == "/" and method == "GET"):
+    if path.startswith(("/docs", "/redoc")) or (path == "/" and method == "GET"):  # pages: HTML when found
         response = handler.lambda_handler(event, FakeLambdaContext())
         assert response["statusCode"] < 500
         return
