@@ -338,10 +338,8 @@ def _parse_json(body: bytes) -> PredictRequest:
     unknown = [key for key in raw if key not in PredictRequest.model_fields]
     if len(unknown) > _ERRORS_SHOWN:
         # pydantic would build an error for every one (500,000 keys: 1.3 s and 370 MB) to show five.
-        # A key may hold a lone surrogate (a JSON escape), which cannot be written back as UTF-8.
-        names = (key.encode("utf-8", "backslashreplace").decode("utf-8") for key in unknown[:_ERRORS_SHOWN])
-        shown = "; ".join(f"{_clip(name, 40)}: Extra inputs are not permitted" for name in names)
-        raise ClientError(422, "invalid_request", f"{shown}; and {len(unknown) - _ERRORS_SHOWN} more")
+        shown = [{"loc": (key,), "msg": "Extra inputs are not permitted"} for key in unknown[:_ERRORS_SHOWN]]
+        raise ClientError(422, "invalid_request", validation_details(shown, total=len(unknown)))
     try:
         return PredictRequest.model_validate(raw)
     except ValidationError as exc:
@@ -356,13 +354,23 @@ def _clip(text: str, limit: int) -> str:
 _ERRORS_SHOWN = 5
 
 
-def validation_details(errors: Sequence[Any]) -> str:
-    """Where and what, for each validation error; never the submitted values, and at most a few."""
-    parts = [
-        f"{_clip('.'.join(str(p) for p in err['loc']) or 'body', 40)}: {err['msg']}" for err in errors[:_ERRORS_SHOWN]
-    ]
-    more = f"; and {len(errors) - _ERRORS_SHOWN} more" if len(errors) > _ERRORS_SHOWN else ""
+def validation_details(errors: Sequence[Any], total: int | None = None) -> str:
+    """Where and what, for each validation error; never the submitted values, and at most a few.
+
+    ``total``: how many errors there are, when only the first few were built.
+    """
+    total = len(errors) if total is None else total
+    parts = []
+    for err in errors[:_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        parts.append(f"{_clip(_writable(where), 40)}: {err['msg']}")
+    more = f"; and {total - _ERRORS_SHOWN} more" if total > _ERRORS_SHOWN else ""
     return "; ".join(parts) + more
+
+
+def _writable(text: str) -> str:
+    """``text`` that can be written as UTF-8: a field name may hold a lone surrogate (a JSON escape)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
