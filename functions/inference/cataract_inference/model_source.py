@@ -82,9 +82,16 @@ def verify(model_path: Path, manifest: Manifest, expected_sha256: str | None, so
 
 
 def _verified_bytes(
-    data: bytes, model_path: Path, manifest: Manifest, expected_sha256: str | None, source: str
+    data: bytes,
+    model_path: Path,
+    manifest: Manifest,
+    expected_sha256: str | None,
+    source: str,
+    *,
+    digest: str | None = None,
 ) -> ModelArtifact:
-    actual = hashlib.sha256(data).hexdigest()
+    """``data`` checked against the manifest and the pin; ``digest``: its sha256, when it was just computed."""
+    actual = digest or hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ModelLoadError(
             f"checksum mismatch for {source}: MODEL_SHA256 is {expected_sha256} but the file hashes to "
@@ -285,17 +292,18 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
             raise ModelLoadError(_describe_s3_error(exc, model_uri)) from exc
         return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
-    def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]], bool]:
+    def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]], str | None]:
+        """Both objects, and the model's sha256 when it came from the cache (hashed there already)."""
         manifest = fetch(manifest_key, manifest_uri, None)
         cached = _cached_model(cache / MODEL_FILENAME)  # here, within the deadline
         if cached is not None and cached[1] == _recorded_sha256(manifest[0], manifest_uri):
             try:
-                return (cached[0], model_metadata()), manifest, True
+                return (cached[0], model_metadata()), manifest, cached[1]
             except ModelLoadError:
                 pass  # a HEAD's error is a bare status code: the GET below says what is wrong
-        return fetch(model_key, model_uri, version_id), manifest, False
+        return fetch(model_key, model_uri, version_id), manifest, None
 
-    (model_data, model_meta), (manifest_data, manifest_meta), from_cache = _by_deadline(
+    (model_data, model_meta), (manifest_data, manifest_meta), cached_sha256 = _by_deadline(
         fetch_both, deadline, f"{model_uri} and its model.json"
     )
     check_manifest_bytes(manifest_data, model_meta, manifest_meta, manifest_uri, settings.model_manifest_sha256)
@@ -305,11 +313,13 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         raise ModelLoadError(str(exc)) from exc
     try:
         _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
-        if not from_cache:
+        if cached_sha256 is None:
             _write_atomically(model_data, cache / MODEL_FILENAME)
     except OSError as exc:
         raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
-    artifact = _verified_bytes(model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri)
+    artifact = _verified_bytes(
+        model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri, digest=cached_sha256
+    )
     published = model_meta.get("sha256")
     if published is not None and published.lower() != artifact.sha256:
         raise ModelLoadError(
