@@ -99,7 +99,7 @@ def with_deadlines(
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
             self._write_timer: asyncio.TimerHandle | None = None
-            self._unread = 0  # bytes of answer waiting in the transport when the write timer was last armed
+            self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
 
         @property
