@@ -116,3 +116,22 @@ def test_per_photo_cv_scores_distinct_photos_by_the_served_per_file_rule() -> No
     assert {k: v for k, v in alone.items() if k != "rule"} == cv.cross_fitted(
         logits[single], labels[single], folds[single]
     )
+
+
+def test_cross_fitted_cv_scores_the_capped_rounded_threshold_that_release_ships() -> None:
+    from cataract_training import cv, release
+
+    # Well separated, and most normals confident only at T ~ 1: the uncapped thresholds sit far above 0.5.
+    rng = np.random.default_rng(7)
+    n = 400
+    labels = np.array([i % 2 for i in range(n)])  # 0 = cataract, 1 = normal
+    margin = np.where(labels == 0, rng.normal(6.0, 1.0, n), rng.normal(1.0, 1.0, n))
+    logits = np.stack([margin / 2, -margin / 2], axis=1)
+    folds = np.arange(n) % 5
+    report = cv.cross_fitted(logits, labels, folds)
+    assert report["thresholds"] == [release.MAX_THRESHOLD] * 5
+    shipped = release.fit_calibration(logits[:80], labels[:80], oof=(logits, labels))
+    assert shipped["threshold_oof"] > 0.5 and shipped["threshold"] == release.MAX_THRESHOLD
+    # Each fold's rule is rounded down as model.json keeps it.
+    odd = cv._fold_rules(logits[:37], labels[:37], folds[:37], calibrate.SENSITIVITY_TARGET)
+    assert all(thr == calibrate.shipped_threshold(thr) for _, thr in odd.values())

@@ -11,6 +11,9 @@ from cataract_inference.classifier import softmax  # serving's own: what is fitt
 
 # The share of cataracts the referral threshold must catch: a missed cataract costs more than a referral.
 SENSITIVITY_TARGET = 0.95
+# P(cataract) >= 0.5 is the model's own argmax at any temperature: a referral threshold above it would
+# refer fewer cataracts than the bare model does.
+MAX_THRESHOLD = 0.5
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -58,6 +61,11 @@ def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: flo
     if below.size:
         return float((cut + below.max()) / 2)
     return float(cut)
+
+
+def referral_threshold(p_pos: np.ndarray, is_pos: np.ndarray, target: float = SENSITIVITY_TARGET) -> float:
+    """The rule release ships: ``threshold_for_sensitivity`` capped at ``MAX_THRESHOLD`` (before rounding)."""
+    return min(threshold_for_sensitivity(p_pos, is_pos, target), MAX_THRESHOLD)
 
 
 def shipped_threshold(threshold: float) -> float:

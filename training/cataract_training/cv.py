@@ -26,13 +26,15 @@ POS = CLASSES.index("cataract")
 def _fold_rules(
     logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float
 ) -> dict[int, tuple[float, float]]:
-    """Each fold's temperature and threshold, fitted on the other folds' out-of-fold predictions."""
+    """Each fold's temperature and threshold, fitted on the other folds' out-of-fold predictions by the rule
+    release ships (capped at ``MAX_THRESHOLD``, rounded down as model.json keeps it)."""
     rules = {}
     for f in np.unique(fold_of):
         rest = fold_of != f
         t = calibrate.fit_temperature(logits[rest], labels[rest])
         probs_rest = calibrate.softmax(logits[rest], t)[:, POS]
-        rules[int(f)] = (t, calibrate.threshold_for_sensitivity(probs_rest, labels[rest] == POS, target))
+        thr = calibrate.referral_threshold(probs_rest, labels[rest] == POS, target)
+        rules[int(f)] = (t, calibrate.shipped_threshold(thr))
     return rules
 
 

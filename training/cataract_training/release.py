@@ -34,9 +34,7 @@ from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
 SENSITIVITY_TARGET = calibrate.SENSITIVITY_TARGET
-# P(cataract) >= 0.5 is the model's own argmax at any temperature: a referral threshold above it would
-# refer fewer cataracts than the bare model does.
-MAX_THRESHOLD = 0.5
+MAX_THRESHOLD = calibrate.MAX_THRESHOLD
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
