@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -352,3 +353,52 @@ def test_an_eye_probe_the_model_cannot_feed_fails_at_load(
     gate = {**GATE.model_dump(), "eye_probe": probe}
     with pytest.raises(ModelLoadError, match=message):
         load_classifier(build_tiny_model(tmp_path / "bad", gate=gate, **extra))
+
+
+_EYE_SCORE = FUSED.model_dump()["eye_score"]
+
+
+def _with_gate_block(directory: Path, block: str, value: object, **manifest_fields: Any) -> Path:
+    """A tiny model whose model.json's gate holds ``value`` as ``block``, written as json.dumps writes it (NaN too)."""
+    from tests.support.onnx_models import build_tiny_model
+
+    gate = {**GATE.model_dump(), "max_ood_distance": None}
+    model_dir = build_tiny_model(directory, gate=gate, **manifest_fields)
+    manifest = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+    manifest["gate"][block] = value
+    (model_dir / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return model_dir
+
+
+@pytest.mark.parametrize(
+    ("eye_score", "outputs", "message"),
+    [
+        ({k: v for k, v in _EYE_SCORE.items() if k != "w_distance"}, None, "eye_score is malformed: KeyError"),
+        ({**_EYE_SCORE, "scale": 0.0}, None, "scale and skin_floor must be above 0"),
+        ({**_EYE_SCORE, "skin_floor": 0.0}, None, "scale and skin_floor must be above 0"),
+        ({**_EYE_SCORE, "min_score": float("nan")}, None, "not finite"),
+        ([1.0, 2.0], None, "must be an object"),
+        (_EYE_SCORE, {"logits": "logits", "embedding": "embedding"}, "outputs.ood_distance names no graph output"),
+    ],
+)
+def test_an_eye_score_that_cannot_be_applied_fails_at_load(
+    tmp_path: Path, eye_score: object, outputs: dict[str, str] | None, message: str
+) -> None:
+    # Each once loaded: a missing key or a zero scale then failed every request, a NaN or a missing distance
+    # output left the check silently off.
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.manifest import ManifestError
+    from cataract_inference.model_source import ModelLoadError
+
+    extra: dict[str, Any] = {"outputs": outputs} if outputs else {}
+    with pytest.raises((ModelLoadError, ManifestError), match=re.escape(message)):
+        load_classifier(_with_gate_block(tmp_path / "bad", "eye_score", eye_score, **extra))
+
+
+def test_an_eye_probe_holding_a_nan_fails_at_load(tmp_path: Path) -> None:
+    from cataract_inference.classifier import load_classifier
+    from cataract_inference.model_source import ModelLoadError
+
+    probe = {**_probe(1.0), "min_score": float("nan")}
+    with pytest.raises(ModelLoadError, match=r"eye_probe is malformed.*not finite"):
+        load_classifier(_with_gate_block(tmp_path / "nan", "eye_probe", probe))

@@ -153,10 +153,13 @@ class Classifier:
 
     def _check_eye_probe(self, shapes: dict[str, Any]) -> None:
         # Checked here, not per request: a probe the embedding cannot feed would fail every screening.
-        try:
-            probe = quality.EyeProbe.from_gate(self.manifest.gate)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"the manifest's gate.eye_probe is malformed: {exc!r}") from exc
+        # The eye score too: a malformed one would fail every screening, or (a NaN) never refuse.
+        for block, parse in (("eye_score", quality.EyeScore.from_gate), ("eye_probe", quality.EyeProbe.from_gate)):
+            try:
+                parse(self.manifest.gate)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(f"the manifest's gate.{block} is malformed: {exc!r}") from exc
+        probe = quality.EyeProbe.from_gate(self.manifest.gate)
         if probe is None:
             return
         embedding = self.manifest.outputs.embedding

@@ -142,6 +142,8 @@ class Manifest(BaseModel):
         for cap, output in (("max_ood_distance", "ood_distance"), ("max_mid_distance", "mid_distance")):
             if getattr(self.gate, cap) is not None and getattr(self.outputs, output) is None:
                 raise ValueError(f"gate.{cap} is set but outputs.{output} names no graph output")
+        if (self.gate.model_extra or {}).get("eye_score") is not None and self.outputs.ood_distance is None:
+            raise ValueError("gate.eye_score is set but outputs.ood_distance names no graph output")
         return self
 
     @model_validator(mode="after")

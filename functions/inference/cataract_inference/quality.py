@@ -15,7 +15,7 @@ more of them than either threshold alone at the same rate of rejected eye photos
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,9 +61,11 @@ class EyeScore:
     def from_gate(cls, gate: GateThresholds) -> EyeScore | None:
         """The manifest's ``gate.eye_score`` block, or ``None`` when the gate has none."""
         raw: Any = (gate.model_extra or {}).get("eye_score")
-        if not isinstance(raw, dict):
+        if raw is None:
             return None
-        return cls(
+        if not isinstance(raw, dict):
+            raise ValueError(f"gate.eye_score must be an object, not {type(raw).__name__}")
+        fused = cls(
             bias=float(raw["bias"]),
             w_distance=float(raw["w_distance"]),
             w_skin=float(raw["w_skin"]),
@@ -72,6 +74,12 @@ class EyeScore:
             skin_floor=float(raw.get("skin_floor", 0.01)),
             min_score=float(raw["min_score"]),
         )
+        # A NaN would compare false and leave the check silently off; a zero scale or floor fails every request.
+        if not all(math.isfinite(v) for v in astuple(fused)):
+            raise ValueError("gate.eye_score holds a number that is not finite")
+        if fused.scale <= 0 or fused.skin_floor <= 0:
+            raise ValueError("gate.eye_score's scale and skin_floor must be above 0")
+        return fused
 
     def score(self, ood_distance: float, skin_fraction: float) -> float:
         """Higher means more like the eye photos the model was trained on (a log-odds)."""
@@ -105,8 +113,10 @@ class EyeProbe:
     def from_gate(cls, gate: GateThresholds) -> EyeProbe | None:
         """The manifest's ``gate.eye_probe`` block, parsed once per gate, or ``None``."""
         raw: Any = (gate.model_extra or {}).get("eye_probe")
-        if not isinstance(raw, dict):
+        if raw is None:
             return None
+        if not isinstance(raw, dict):
+            raise ValueError(f"gate.eye_probe must be an object, not {type(raw).__name__}")
         cached = _PROBES.get(id(raw))
         if cached is not None and cached[0] is raw:
             return cached[1]
@@ -118,6 +128,9 @@ class EyeProbe:
         )
         if probe.mean.shape != probe.weights.shape or probe.mean.ndim != 1:
             raise ValueError("gate.eye_probe: mean and weights must be vectors of the same length")
+        finite = [np.isfinite(probe.mean).all(), np.isfinite(probe.weights).all()]
+        if not all([*finite, math.isfinite(probe.bias), math.isfinite(probe.min_score)]):
+            raise ValueError("gate.eye_probe holds a number that is not finite")
         _PROBES[id(raw)] = (raw, probe)  # keep raw alive so its id is not reused
         return probe
 
