@@ -231,7 +231,7 @@ def test_card_keeps_sections_others_appended(model_dir: Path, tmp_path: Path) ->
     assert cli.main(["card", "--model-dir", str(folder)]) == 0
     assert cli.main(["card", "--model-dir", str(folder)]) == 0
     text = card.read_text()
-    assert text.count("## Gradability gate") == 1 and "Calibrated elsewhere." in text
+    assert text.count("## Gradability gate\n") == 1 and "Calibrated elsewhere." in text
     assert text.count("## Intended use") == 1
 
 
@@ -357,6 +357,33 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
         "per distinct photo (refitted rule)" in written and "(0.1183–0.1835, against 0.2118–0.2723 per file)" in written
     )
     assert "a referral when P(cataract) >= 0.20926," in written  # the threshold as served, not rounded again
+
+
+def test_a_card_for_new_model_bytes_drops_the_old_gate_calibration(tmp_path: Path) -> None:
+    """Export resets the gate when the bytes change; the card once kept the old gate's thresholds and rates."""
+    from cataract_inference.manifest import GateThresholds, load_manifest
+    from cataract_training import gate
+    from cataract_training.card import write_card
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    committed = (BUNDLED_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    shipped = load_manifest(BUNDLED_MODEL_DIR / "model.json")
+    (tmp_path / "MODEL_CARD.md").write_text(committed, encoding="utf-8")
+    new_bytes = shipped.model_copy(update={"sha256": "ab" * 32, "gate": GateThresholds()})
+    written = write_card(new_bytes, tmp_path).read_text(encoding="utf-8")
+    assert "78.398" in committed and "78.398" not in written  # the old embedding-distance cap
+    assert (
+        written.count("## Gradability gate") == 1 and "Not calibrated for this model (sha256 abababababab)" in written
+    )
+    assert "**not yet calibrated for this model**" in written and "calibrated separately (below)" not in written
+    # The calibration's run replaces the note, as it replaced the old block.
+    gate.write_card_block(
+        tmp_path,
+        f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->",
+    )
+    recalibrated = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Not calibrated" not in recalibrated and recalibrated.count("## Gradability gate") == 1
+    assert "## Gradability gate\n\nfitted" in recalibrated
 
 
 @pytest.mark.parametrize(

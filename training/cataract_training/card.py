@@ -12,6 +12,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
+from .gate import CARD_BLOCK as GATE_BLOCK
 from .metrics import wilson
 from .train import FIT_FLAGS, FitConfig
 
@@ -398,7 +399,8 @@ def render(manifest: Manifest) -> str:
         *_limitation_lines(td, bundled),
         "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
         "called either class. Poor photos and non-eye images should be caught by the gradability gate, "
-        "calibrated separately (below); the distributions of its two distances on training and validation photos "
+        + ("calibrated separately (below)" if gate_calibrated(manifest) else "**not yet calibrated for this model**")
+        + "; the distributions of its two distances on training and validation photos "
         "are in model.json under metrics.ood_distance and metrics.mid_distance. Photos blurred, darkened or "
         "flattened beyond what the model was measured to still screen are refused, and eye photos from other "
         "cameras may sit farther from the training photos than ours: watch the ungradable rate.",
@@ -415,7 +417,33 @@ def render(manifest: Manifest) -> str:
         f"sha256 of model.onnx: `{manifest.sha256}`",
         "",
     ]
+    if not gate_calibrated(manifest):
+        lines += [_uncalibrated_gate_block(manifest), ""]
     return "\n".join(lines)
+
+
+def gate_calibrated(manifest: Manifest) -> bool:
+    """Whether model.json's gate was calibrated for these model bytes (the gate calibration records their sha256)."""
+    calibration = (manifest.gate.model_extra or {}).get("calibration")
+    return isinstance(calibration, dict) and calibration.get("model_sha256") == manifest.sha256
+
+
+def _uncalibrated_gate_block(manifest: Manifest) -> str:
+    # A block under the gate calibration's name, so that its run replaces it.
+    return "\n".join(
+        [
+            f"<!-- BEGIN {GATE_BLOCK} (no calibration for this model yet) -->",
+            "## Gradability gate: not calibrated",
+            "",
+            f"Not calibrated for this model (sha256 {manifest.sha256[:12]}): only the default image-statistics "
+            "checks run, and they do not refuse non-eye images. Calibrate it before shipping:",
+            "",
+            "```",
+            "python -m cataract_training.gate --model-dir <this folder> --data <photos>",
+            "```",
+            f"<!-- END {GATE_BLOCK} -->",
+        ]
+    )
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -434,7 +462,9 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     text = render(manifest)
     if path.is_file():
         old = path.read_text(encoding="utf-8")
-        blocks = [m.group(0) for m in _BLOCK.finditer(old)]
+        # A gate block stays only while model.json's gate is calibrated for this model: new bytes reset the gate.
+        stale = () if gate_calibrated(manifest) else (GATE_BLOCK,)
+        blocks = [m.group(0) for m in _BLOCK.finditer(old) if m.group(1) not in stale]
         rest = _BLOCK.sub("", old)
         ours = _sections(text)
         extra = [body for title, body in _sections(rest).items() if title not in ours]
