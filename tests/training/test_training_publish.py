@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from moto import mock_aws
 
@@ -185,6 +186,68 @@ def test_a_published_version_is_immutable_but_a_retry_is_fine(tmp_path: Path, aw
     got = s3.get_object(Bucket=BUCKET, Key="p/v1/model.onnx")
     assert got["Body"].read() == b"first model"
     assert got["Metadata"]["manifest-sha256"] == sha256_of(tmp_path / "a" / "model.json")
+
+
+@mock_aws
+def test_a_retry_uploads_nothing_again_so_a_pinned_object_version_stays_current(tmp_path: Path, aws_env: None) -> None:
+    # A second upload of the same bytes made the first object version noncurrent: the bucket's lifecycle then
+    # expires it, and a function pinned to it by ModelS3VersionId could no longer start.
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    src = _model_dir(tmp_path / "a", "v1", b"first model")
+    first = publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert first["uploaded"] == "model.onnx, model.json, MODEL_CARD.md" and first["latest"] == "moved to v1"
+    again = publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert again["uploaded"] == "nothing (already published)" and again["latest"] == "moved to v1"
+    for name in ("model.onnx", "model.json", "MODEL_CARD.md"):
+        versions = s3.list_object_versions(Bucket=BUCKET, Prefix=f"p/v1/{name}")["Versions"]
+        assert len(versions) == 1, name
+
+
+@mock_aws
+def test_re_publishing_an_older_version_leaves_latest_on_the_newer_one(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    folders = {v: _model_dir(tmp_path / v, v, v.encode()) for v in ("v1", "v2", "v3")}
+    for folder in folders.values():
+        publish.publish(folder, f"s3://{BUCKET}/p", client=s3)
+
+    def latest() -> str:
+        return str(json.loads(s3.get_object(Bucket=BUCKET, Key="p/latest.json")["Body"].read())["version"])
+
+    old = publish.publish(folders["v1"], f"s3://{BUCKET}/p", client=s3)
+    assert latest() == "v3" and old["latest"].startswith("left at v3, published after v1")
+    rolled_back = publish.publish(folders["v1"], f"s3://{BUCKET}/p", client=s3, make_latest=True)
+    assert latest() == "v1" and rolled_back["latest"] == "moved to v1"
+    # v3 is still newer than v1: publishing it again moves latest forward.
+    assert publish.publish(folders["v3"], f"s3://{BUCKET}/p", client=s3)["latest"] == "moved to v3"
+    assert latest() == "v3"
+
+
+@mock_aws
+def test_a_retry_after_the_pointer_failed_moves_it(
+    tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "v1", "v1", b"v1"), f"s3://{BUCKET}/p", client=s3)
+    v2 = _model_dir(tmp_path / "v2", "v2", b"v2")
+    real_put = s3.put_object
+
+    def put_fails(**kwargs: Any) -> Any:
+        if kwargs["Key"] == "p/latest.json":
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.amazonaws.com")
+        return real_put(**kwargs)
+
+    monkeypatch.setattr(s3, "put_object", put_fails)
+    with pytest.raises(publish.PublishError):
+        publish.publish(v2, f"s3://{BUCKET}/p", client=s3)
+    monkeypatch.setattr(s3, "put_object", real_put)
+    pointer = json.loads(s3.get_object(Bucket=BUCKET, Key="p/latest.json")["Body"].read())
+    assert pointer["version"] == "v1"  # v2's files are up, its pointer is not
+    retried = publish.publish(v2, f"s3://{BUCKET}/p", client=s3)
+    assert retried["uploaded"] == "nothing (already published)" and retried["latest"] == "moved to v2"
 
 
 @mock_aws

@@ -112,6 +112,22 @@ def test_run_folders_started_in_the_same_second_do_not_collide(tmp_path: Path) -
     assert first != second and first.is_dir() and second.is_dir()
 
 
+@pytest.mark.parametrize("version", ["2027.01.01 rc1", "v1/extra", "", ".hidden", "x" * 65])
+def test_a_version_that_cannot_name_an_s3_folder_and_a_card_title_is_refused(
+    tmp_path: Path, version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "2027.01.01 rc1" once exported, then publish refused it for ever: the card's title ends "rc1".
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--version", version])
+    assert info.value.code == 2 and "is not a version" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    from cataract_inference.manifest import Manifest
+
+    with pytest.raises(ValueError, match="version"):
+        Manifest(name="n", version=version, created="2027-01-01", sha256="0" * 64, classes=("cataract", "normal"))
+    assert Manifest(name="n", version="2027.01.01-mnv2_rc1", created="x", sha256="0" * 64, classes=("a", "cataract"))
+
+
 def test_a_renamed_run_still_names_its_version() -> None:
     assert _run_stamp(Path("runs/20261127-050604-mobilenet_v2")) == "050604"
     assert _run_stamp(Path("runs/best")) == "best"

@@ -38,6 +38,19 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _version(text: str) -> str:
+    """An argparse type: a model version, which names an S3 folder and ends the model card's title."""
+    import re
+
+    from cataract_inference.manifest import VERSION_PATTERN
+
+    if not re.fullmatch(VERSION_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version: up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return text
+
+
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder: DATA/<class>/* or DATA/[processed_images/]{train,test}/<class>/*")
     p.add_argument("--backbone", choices=["mobilenet_v2", "efficientnet_lite0"])
@@ -140,7 +153,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """Upload a model folder to s3://BUCKET/PREFIX/<version>/ and move latest.json."""
     from .publish import MODEL_S3_URI_MAX_LENGTH, publish
 
-    pointer = publish(Path(args.model_dir), args.uri)
+    pointer = publish(Path(args.model_dir), args.uri, make_latest=args.make_latest)
     print(json.dumps(pointer, indent=2))
     # The version's folder without its slash, not .../model.onnx: the template caps ModelS3Uri, and this form fits
     # every bucket name CloudFormation generates (63 characters at most) under the default prefix for a version
@@ -243,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     p.add_argument("--reason", help="why --precision overrides the measured choice (recorded in the card)")
     p.add_argument("--cv", type=Path, help="cv.json from `cv`, recorded in the manifest")
-    p.add_argument("--version")
+    p.add_argument("--version", type=_version, help="default: DATE-BACKBONE-RUN (letters, digits, '.', '_', '-')")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
@@ -259,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help=cmd_publish.__doc__)
     p.add_argument("uri", help="s3://BUCKET/PREFIX")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument(
+        "--make-latest",
+        action="store_true",
+        help="move latest.json to this version even if a newer one was published since (a rollback)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("pull", help=cmd_pull.__doc__)

@@ -2,7 +2,8 @@
 
 Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
 
-    s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>, manifest-sha256=<hex of model.json>)
+    s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>, manifest-sha256=<hex of model.json>,
+                                                published-at=<ISO time>)
     s3://BUCKET/PREFIX/<version>/model.json   (object metadata sha256=<hex>)
     s3://BUCKET/PREFIX/<version>/MODEL_CARD.md
     s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256", "manifest_sha256"}
@@ -15,6 +16,7 @@ model.json it was published with always stay together.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -84,12 +86,14 @@ def _card_version(card: Path) -> str | None:
     return title.rsplit(" ", 1)[-1]
 
 
-def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, str]:
+def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest: bool = False) -> dict[str, str]:
     """Upload ``model.onnx`` (sha256 in its metadata), ``model.json`` and ``MODEL_CARD.md``, then move ``latest.json``.
 
     The manifest is checked against the file, and the card against the manifest's version, first, so a
     stale set is never published. The pointer moves last, so readers of ``latest.json`` never see a
-    half-published version.
+    half-published version. Publishing a version again with the same bytes is a retry: only what is missing is
+    uploaded (a new object version would leave the one a function pins to expire), and ``latest.json`` moves only
+    if no version was published after it, unless ``make_latest`` (a rollback).
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -123,51 +127,119 @@ def publish(model_dir: Path, uri: str, client: Any | None = None) -> dict[str, s
             if _not_found(exc):
                 raise PublishError(f"cannot publish: the bucket {bucket} does not exist (check the name)") from exc
             raise
-        _refuse_a_different_publication(client, bucket, folder, digest, manifest_digest)
-        client.upload_file(
-            str(model),
-            bucket,
-            folder + MODEL_FILENAME,
-            ExtraArgs={"Metadata": {"sha256": digest, "manifest-sha256": manifest_digest}},
-        )
-        client.upload_file(
-            str(manifest_path),
-            bucket,
-            folder + MANIFEST_FILENAME,
-            ExtraArgs={"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
-        )
-        client.upload_file(
-            str(card), bucket, folder + CARD_FILENAME, ExtraArgs={"ContentType": "text/markdown; charset=utf-8"}
-        )
+        first_published = _refuse_a_different_publication(client, bucket, folder, digest, manifest_digest)
+        retry = first_published is not None
+        published_at = first_published or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+        uploaded = []
+        if not retry:
+            metadata = {"sha256": digest, "manifest-sha256": manifest_digest, PUBLISHED_AT: published_at}
+            client.upload_file(str(model), bucket, folder + MODEL_FILENAME, ExtraArgs={"Metadata": metadata})
+            uploaded.append(MODEL_FILENAME)
+        if not (retry and _exists(client, bucket, folder + MANIFEST_FILENAME)):
+            client.upload_file(
+                str(manifest_path),
+                bucket,
+                folder + MANIFEST_FILENAME,
+                ExtraArgs={"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
+            )
+            uploaded.append(MANIFEST_FILENAME)
+        if not (retry and _exists(client, bucket, folder + CARD_FILENAME)):
+            client.upload_file(
+                str(card), bucket, folder + CARD_FILENAME, ExtraArgs={"ContentType": "text/markdown; charset=utf-8"}
+            )
+            uploaded.append(CARD_FILENAME)
         pointer = {
             "version": manifest.version,
             "model_uri": f"s3://{bucket}/{folder}{MODEL_FILENAME}",
             "sha256": digest,
             "manifest_sha256": manifest_digest,
         }
-        client.put_object(
-            Bucket=bucket, Key=prefix + LATEST, Body=json.dumps(pointer).encode(), ContentType="application/json"
+        newer = (
+            None if make_latest or not retry else _newer_latest(client, bucket, prefix, manifest.version, published_at)
         )
+        if newer is None:
+            client.put_object(
+                Bucket=bucket, Key=prefix + LATEST, Body=json.dumps(pointer).encode(), ContentType="application/json"
+            )
+            latest = f"moved to {manifest.version}"
+        else:
+            latest = f"left at {newer}, published after {manifest.version}; pass --make-latest to roll {LATEST} back"
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, f"publish to s3://{bucket}/{folder}") from exc
-    return pointer
+    return {**pointer, "uploaded": ", ".join(uploaded) or "nothing (already published)", "latest": latest}
 
 
-def _refuse_a_different_publication(client: Any, bucket: str, folder: str, digest: str, manifest_digest: str) -> None:
-    """A version already published with other bytes stays as it is: re-publishing the same is a no-op retry."""
+# Model object metadata: when the version was first published, so that a retry can tell which version is newer.
+PUBLISHED_AT = "published-at"
+
+
+def _exists(client: Any, bucket: str, key: str) -> bool:
     from botocore.exceptions import ClientError
 
     try:
-        meta = client.head_object(Bucket=bucket, Key=folder + MODEL_FILENAME).get("Metadata") or {}
+        client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if _not_found(exc):
-            return
+            return False
         raise
+    return True
+
+
+def _refuse_a_different_publication(
+    client: Any, bucket: str, folder: str, digest: str, manifest_digest: str
+) -> str | None:
+    """A version already published with other bytes stays as it is: re-publishing the same is a retry.
+
+    Returns None when the version is not published yet, else when it first was (ISO time; S3's LastModified for
+    a version published before that was recorded).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=folder + MODEL_FILENAME)
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
+    meta = head.get("Metadata") or {}
     if meta.get("sha256") != digest or meta.get("manifest-sha256") != manifest_digest:
         raise PublishError(
             f"s3://{bucket}/{folder} is already published with a different model or model.json; published versions "
             "are immutable (functions may pin them): export under a new version instead"
         )
+    return _published_at(head)
+
+
+def _published_at(head: dict[str, Any]) -> str:
+    recorded = (head.get("Metadata") or {}).get(PUBLISHED_AT)
+    if recorded:
+        return str(recorded)
+    modified = head.get("LastModified")
+    return modified.astimezone(dt.UTC).isoformat(timespec="microseconds") if modified else ""
+
+
+def _newer_latest(client: Any, bucket: str, prefix: str, version: str, published_at: str) -> str | None:
+    """The version ``latest.json`` names when it was published after ``version`` (which a retry must not undo)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        current = json.loads(client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read())
+        other = current.get("version") if isinstance(current, dict) else None
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # an unreadable pointer is rewritten
+    if not isinstance(other, str) or other == version:
+        return None
+    try:
+        head = client.head_object(Bucket=bucket, Key=f"{prefix}{other}/{MODEL_FILENAME}")
+    except ClientError as exc:
+        if _not_found(exc):
+            return None  # it names a version that is not there: pointing at this one mends it
+        raise
+    return other if _published_at(head) >= published_at else None
 
 
 def _get(client: Any, bucket: str, key: str, dest: Path) -> dict[str, str]:

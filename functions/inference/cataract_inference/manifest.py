@@ -104,6 +104,9 @@ class Provenance(BaseModel):
     licence: str
 
 
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class Manifest(BaseModel):
     """The contents of ``model.json``."""
 
@@ -111,7 +114,8 @@ class Manifest(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     name: str
-    version: str
+    # A path segment in S3 (PREFIX/<version>/) and the last word of the model card's title.
+    version: str = Field(pattern=VERSION_PATTERN)
     created: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     classes: tuple[str, ...]
