@@ -110,7 +110,7 @@ def test_stack_creates_with_defaults(aws: None) -> None:
     function = boto3.client("lambda").get_function_configuration(FunctionName=outputs["FunctionName"])
     assert function["Timeout"] == 28 and function["MemorySize"] == 2048
     env = function["Environment"]["Variables"]
-    assert env["POWERTOOLS_SERVICE_NAME"] == "cataract-screening"
+    assert env["POWERTOOLS_SERVICE_NAME"] == STACK
     assert "MODEL_S3_URI" not in env
     # The deploy check is created from the uploaded zip. (moto cannot describe it: it keeps the Ref to a version in
     # its environment as an object; test_template_translation checks that environment.)

@@ -462,7 +462,8 @@ def test_provisioned_and_reserved_concurrency_are_opt_in(template: dict[str, Any
 
 def test_default_environment_uses_the_baked_model(function: dict[str, Any]) -> None:
     env = function["Properties"]["Environment"]["Variables"]
-    assert env["POWERTOOLS_SERVICE_NAME"] == "cataract-screening"
+    # Per stack: samconfig's dev and prod may share an account and region, and must not share metrics or alarms.
+    assert env["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "CataractScreening"
     assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
     assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"
