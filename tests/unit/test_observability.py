@@ -210,3 +210,23 @@ def test_uvicorn_loses_the_traceback_of_a_500_but_keeps_other_tracebacks() -> No
             f.filter(r)
     assert asgi.exc_info is None and "SECRET" not in logging.Formatter().format(asgi)
     assert startup.exc_info is not None
+
+
+def test_cold_start_is_counted_on_the_first_invocation_even_when_it_raises(
+    handler: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Powertools' own capture counted it only on return: a console test event first moved it to a warm call."""
+    from cataract_inference import observability
+
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.setattr(observability, "_cold", {"pending": True})  # as in a new execution environment
+    capsys.readouterr()
+    with pytest.raises(TypeError, match="expects an API Gateway proxy event"):
+        handler.lambda_handler({"key1": "value1"}, FakeLambdaContext())
+    first = _emf(capsys.readouterr().out)
+    cold = [b for b in first if _metric_names([b]) == {"ColdStart"}]
+    assert len(cold) == 1 and cold[0]["ColdStart"] == [1.0]
+    assert set(cold[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == {"function_name", "service"}
+    response = handler.lambda_handler(events.rest_event("/health", "GET"), FakeLambdaContext())
+    assert response["statusCode"] == 200
+    assert "ColdStart" not in _metric_names(_emf(capsys.readouterr().out))

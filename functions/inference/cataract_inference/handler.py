@@ -18,7 +18,7 @@ from mangum import Mangum
 from .api import create_app, error_content, note_refusal
 from .classifier import Classifier
 from .events import event_problem
-from .observability import CAPTURE_COLD_START_METRIC, logger, metrics, tracer
+from .observability import logger, metrics, note_cold_start, tracer
 from .settings import get_settings
 
 settings = get_settings()
@@ -33,9 +33,10 @@ asgi_handler = Mangum(app, lifespan="off")
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=CAPTURE_COLD_START_METRIC)
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Serve one API Gateway event (REST v1 or HTTP API v2)."""
+    note_cold_start(context)
     problem = event_problem(event)
     if problem:
         # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.

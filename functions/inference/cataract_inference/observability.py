@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
@@ -24,8 +24,28 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-# Powertools prints the cold-start metric even with metrics disabled (the local runner disables them).
+# single_metric prints even with metrics disabled (the local runner disables them).
 CAPTURE_COLD_START_METRIC = not is_metrics_disabled()
+_cold: dict[str, bool] = {"pending": True}  # emptied by the first invocation
+
+
+def _function_name(context: Any) -> str:
+    return str(getattr(context, "function_name", None) or os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or "unknown")
+
+
+def note_cold_start(context: Any) -> None:
+    """Write the ColdStart metric on this environment's first invocation, whatever that invocation does next.
+
+    Powertools' own capture counts it only when the handler returns, so a first invocation that raised (a
+    console test event) moved it to the next, warm one.
+    """
+    if _cold.pop("pending", False) and CAPTURE_COLD_START_METRIC:
+        # The blob Powertools writes: its own line, dimensions function_name and service.
+        with single_metric(name="ColdStart", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
+            metric.add_dimension(name="function_name", value=_function_name(context))
+            metric.add_dimension(name="service", value=SERVICE)
+
+
 # A request that records no metric (/health, /model: every uptime probe) is normal, not worth a log line each.
 warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
