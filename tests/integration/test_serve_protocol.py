@@ -269,6 +269,24 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
     assert seen["limit_concurrency"] == 64
 
 
+def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], handler: Any
+) -> None:
+    from cataract_inference import cli, observability
+
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+
+    def serving(app: Any, **kwargs: Any) -> None:  # what a flush of 100 values does under `serve -v`
+        observability.record_client_error("invalid_base64")
+        observability.metrics.flush_metrics()
+
+    monkeypatch.setattr(uvicorn, "run", serving)
+    capsys.readouterr()
+    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=True)) == 0
+    out, err = capsys.readouterr()
+    assert '"_aws"' not in out and '"ClientError_invalid_base64"' in err
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [

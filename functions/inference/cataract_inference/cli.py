@@ -170,17 +170,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     served = LoopbackHostGuard(app, settings.disclaimer) if _is_loopback(args.host) else app
-    uvicorn.run(
-        served,
-        host=args.host,
-        port=args.port,
-        http=with_deadlines(settings.disclaimer),  # uvicorn puts no deadline on a request's headers
-        log_level="warning" if not args.verbose else "info",
-        access_log=False,  # it prints client addresses and whole query strings; -v logs screenings and refusals
-        limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload
-    )
+    # Powertools prints each EMF flush to stdout, which the runner keeps for results: under -v they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        uvicorn.run(
+            served,
+            host=args.host,
+            port=args.port,
+            http=with_deadlines(settings.disclaimer),  # uvicorn puts no deadline on a request's headers
+            log_level="warning" if not args.verbose else "info",
+            access_log=False,  # it prints client addresses and whole query strings; -v logs screenings and refusals
+            limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload
+        )
     return 0
 
 
