@@ -126,8 +126,11 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
     assert error["error_type"] == "RuntimeError"
     assert any("in broken" in frame for frame in error["stack"]), error["stack"]
     assert secret not in log_stream.getvalue()
-    # Mangum logs the exception Starlette re-raises: its line stays, its traceback (with the message) goes.
-    assert any(r.name == "mangum.http" for r in caplog.records)
+    # Mangum logs the exception Starlette re-raises: its line stays, as JSON with the request's keys (the runtime
+    # wrote it as plain text), and its traceback (with the message) goes.
+    (mangum,) = [r for r in records if r["message"] == "An error occurred running the application."]
+    assert mangum["level"] == "ERROR" and mangum["correlation_id"] == error["correlation_id"]
+    assert "exception" not in mangum
     assert secret not in caplog.text
     out = capsys.readouterr().out
     assert secret not in out

@@ -172,5 +172,15 @@ class _NoAsgiExceptionText(logging.Filter):
         return True
 
 
-logging.getLogger("mangum.http").addFilter(_NoExceptionText())
+def _mangum_logs_as_ours() -> None:
+    """Mangum's one error line goes out through our handler, as JSON with the request's keys: the runtime's root
+    handler wrote it as plain text, which a query on JSON fields misses. Its per-request INFO lines (paths) stay off."""
+    mangum = logging.getLogger("mangum.http")
+    mangum.addFilter(_NoExceptionText())
+    mangum.setLevel(logging.WARNING)
+    mangum.handlers = [logger.registered_handler]
+    mangum.propagate = False
+
+
+_mangum_logs_as_ours()
 logging.getLogger("uvicorn.error").addFilter(_NoAsgiExceptionText())
