@@ -114,13 +114,44 @@ def test_missing_model_exits_with_a_message(
         (b"[]", "not an API Gateway proxy event"),
         (b'{"Records": [{"s3": {}}]}', "not an API Gateway proxy event"),
         (b'{"httpMethod": ', "Expecting value"),
-        (b"\xff\xfe not utf-8", "utf-8"),
+        (b"\xff\xfe not utf-8", "is not JSON"),
         (b'{"requestContext": {}, "httpMethod": "GET"}', "path must be a string"),
         (b'{"requestContext": {}, "version": "2.0"}', "requestContext.http needs method and path"),
         (b'{"requestContext": {}, "httpMethod": "POST", "path": "/predict", "body": {"image": "x"}}', "body must be"),
         (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": ["a"]}', "headers must be"),
+        # Each of these once passed the check and failed inside Mangum, as a traceback.
+        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": {"Host": ["x"]}}', "to a string"),
+        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": {"Host": null}}', "to a string"),
+        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "multiValueHeaders": {"Host": [1]}}', "strings"),
+        (
+            b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/", '
+            b'"rawQueryString": 5}',
+            "rawQueryString must be a string",
+        ),
+        (
+            b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/", '
+            b'"cookies": [1]}',
+            "cookies must be a list of strings",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
-    ids=["empty", "list", "s3-event", "truncated", "not-utf8", "v1-no-path", "v2-no-http", "body-object", "headers"],
+    ids=[
+        "empty",
+        "list",
+        "s3-event",
+        "truncated",
+        "not-utf8",
+        "v1-no-path",
+        "v2-no-http",
+        "body-object",
+        "headers",
+        "header-list",
+        "header-null",
+        "multi-header-int",
+        "v2-query-int",
+        "v2-cookie-int",
+        "deep",
+    ],
 )
 def test_invoke_refuses_a_file_that_is_not_an_event_with_a_message(
     model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
@@ -130,6 +161,74 @@ def test_invoke_refuses_a_file_that_is_not_an_event_with_a_message(
     assert cli.main(["invoke", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and str(path) in err
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_invoke_reads_an_event_saved_with_a_bom_or_as_utf16(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str
+) -> None:
+    from cataract_inference import events
+
+    path = tmp_path / "health.json"
+    path.write_text(json.dumps(events.rest_event("/health")), encoding=encoding)  # Notepad, PowerShell 5's `>`
+    assert cli.main(["invoke", str(path), "--body"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
+def _recording_heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes the runner asks of its files, recorded as it reads them."""
+    sizes: list[int] = []
+    real_head = cli._head
+
+    def head(name: str, size: int) -> bytes:
+        sizes.append(size)
+        return real_head(name, size)
+
+    monkeypatch.setattr(cli, "_head", head)
+    return sizes
+
+
+def test_invoke_and_make_event_refuse_a_huge_file_without_reading_it_whole(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "READ_LIMIT", 1000)
+    big = tmp_path / "video.mp4"
+    big.write_bytes(b"\0" * 5000)
+    heads = _recording_heads(monkeypatch)
+    for argv in (["invoke", str(big)], ["make-event", str(big), "-o", str(tmp_path / "e.json")]):
+        assert cli.main(argv) == 2
+        assert "is over 1,000 bytes" in capsys.readouterr().err
+    assert heads == [1001, 1001] and not (tmp_path / "e.json").exists()
+
+
+def test_predict_reads_one_byte_past_the_body_limit_and_gets_the_handlers_413(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cataract_inference import settings
+
+    monkeypatch.setenv("MAX_BODY_BYTES", "4096")
+    settings.get_settings.cache_clear()
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff" * 1_000_000)
+    heads = _recording_heads(monkeypatch)
+    assert cli.main(["predict", "--compact", str(big)]) == 2
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["status"] == 413 and line["error"]["code"] == "payload_too_large"
+    assert heads == [4097]
+
+
+def test_ctrl_c_ends_the_runner_with_one_line_and_130(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(event: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "invoke_event", interrupted)
+    photo = tmp_path / "eye.png"
+    draw_eye("normal").save(photo)
+    assert cli.main(["predict", str(photo)]) == 130
+    err = capsys.readouterr().err
+    assert err == "cataract-screen: interrupted\n"
 
 
 def test_invoke_reads_standard_input(

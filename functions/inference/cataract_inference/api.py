@@ -416,7 +416,10 @@ _ERROR_DEFAULT = {
     "description": "An error, from the app or API Gateway",
     "headers": {
         **_REQUEST_ID_HEADER,
-        "Allow": {"description": "With 405: the methods the path is documented for (HEAD is served wherever GET is).", "schema": {"type": "string"}},
+        "Allow": {
+            "description": "With 405: the methods the path is documented for (HEAD is served wherever GET is).",
+            "schema": {"type": "string"},
+        },
         "Retry-After": {"description": "With 503: seconds to wait before retrying.", "schema": {"type": "string"}},
     },
     "content": {"application/json": {"schema": _ERROR_REF}},

@@ -79,9 +79,28 @@ class UsageError(Exception):
     """A mistake in what was asked of the runner: one line, exit 2."""
 
 
+# What the runner reads of an event file or an image for make-event: far above anything Lambda accepts (6 MB), far
+# below what would exhaust a laptop's memory (a video passed by mistake).
+READ_LIMIT = 8 * LAMBDA_SYNC_PAYLOAD_BYTES
+
+
 def _read(name: str) -> bytes:
-    """A file's bytes, or standard input's for ``-``."""
-    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    """A file's bytes, or standard input's for ``-``; over ``READ_LIMIT`` bytes, a UsageError, having read no more."""
+    data = _head(name, READ_LIMIT + 1)
+    if len(data) > READ_LIMIT:
+        raise UsageError(
+            f"{name} is over {READ_LIMIT:,} bytes; Lambda takes at most {LAMBDA_SYNC_PAYLOAD_BYTES:,} bytes an "
+            "invocation"
+        )
+    return data
+
+
+def _head(name: str, size: int) -> bytes:
+    """At most the first ``size`` bytes of a file, or of standard input for ``-``."""
+    if name == "-":
+        return sys.stdin.buffer.read(size)
+    with open(name, "rb") as fh:
+        return fh.read(size)
 
 
 def _note_if_lambda_would_refuse(what: str, size: int) -> None:
@@ -97,9 +116,11 @@ def _note_if_lambda_would_refuse(what: str, size: int) -> None:
 def _cmd_invoke(args: argparse.Namespace) -> int:
     data = _read(args.event)
     try:
-        event = json.loads(data.decode("utf-8"))
+        event = json.loads(data)  # UTF-8 (with or without a BOM), UTF-16 or UTF-32, as the API itself reads JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{args.event} is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{args.event} is not an event: its JSON is nested too deeply to read") from exc
     problem = events.event_problem(event)
     if problem:
         raise UsageError(
@@ -113,11 +134,15 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .settings import get_settings
+
     worst = 0
     indent = None if args.compact else 2
+    # One byte over the body limit is enough for the handler's own 413: a larger file is not held whole.
+    limit = get_settings().max_body_bytes
     for name in args.images:
         try:
-            data = _read(name)
+            data = _head(name, limit + 1)
         except OSError as exc:  # report it and go on: the other files still get screened
             print(json.dumps({"file": name, "error": {"code": "unreadable", "message": str(exc)}}, indent=indent))
             worst = 2
@@ -265,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         print(f"cataract-screen: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cataract-screen: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -139,14 +139,28 @@ def event_problem(event: object) -> str | None:
             return "requestContext.http needs method and path strings"
         if not isinstance(event.get("rawPath"), str):
             return "rawPath must be a string"
+        if event.get("rawQueryString") is not None and not isinstance(event["rawQueryString"], str):
+            return "rawQueryString must be a string"
+        cookies = event.get("cookies")
+        if cookies is not None and not (isinstance(cookies, list) and all(isinstance(c, str) for c in cookies)):
+            return "cookies must be a list of strings"
     else:
         if not isinstance(event.get("httpMethod"), str):
             return "httpMethod must be a string (or version 2.0, for an HTTP API event)"
         if not isinstance(event.get("path"), str):
             return "path must be a string"
     for name in ("headers", "queryStringParameters", "multiValueHeaders", "multiValueQueryStringParameters"):
-        if event.get(name) is not None and not isinstance(event[name], dict):
+        values = event.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
             return f"{name} must be an object or null"
+        # Mangum encodes each one: anything else fails inside it, as a traceback rather than this message.
+        if name.startswith("multiValue"):
+            if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in values.values()):
+                return f"{name} must map each name to a list of strings"
+        elif not all(isinstance(v, str) for v in values.values()):
+            return f"{name} must map each name to a string"
     if event.get("body") is not None and not isinstance(event["body"], str):
         return "body must be a string or null (JSON goes in as text)"
     return None
