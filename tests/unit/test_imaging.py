@@ -73,6 +73,16 @@ def test_palette_with_transparency() -> None:
     assert decoded.image.getpixel((0, 0)) == (9, 9, 9)
 
 
+@pytest.mark.parametrize(("mode", "key", "kept"), [("RGB", (250, 250, 250), (10, 20, 30)), ("L", 250, (40, 40, 40))])
+def test_a_colour_key_is_transparent_like_alpha(mode: str, key: object, kept: tuple[int, int, int]) -> None:
+    # A PNG tRNS chunk on an RGB or grey image: that colour was once served as it is, not as the fill.
+    img = Image.new(mode, (20, 20), key)  # type: ignore[arg-type]
+    img.paste(Image.new(mode, (10, 10), kept if mode == "RGB" else kept[0]), (0, 0))
+    decoded = imaging.decode_image(encoded(img, "PNG", transparency=key), fill=(9, 9, 9))
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.getpixel((15, 15)) == (9, 9, 9) and decoded.image.getpixel((5, 5)) == kept
+
+
 def test_animated_gif_uses_the_first_frame() -> None:
     decoded = imaging.decode_image(animated_gif())
     r, g, b = np.asarray(decoded.image)[5, 5].astype(int)

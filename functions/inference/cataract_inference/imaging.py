@@ -259,6 +259,9 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
 
 def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     mode = img.mode
+    if mode in ("RGB", "L", "1") and "transparency" in img.info:
+        # A colour key (PNG tRNS): that colour is transparent, and becomes the fill as alpha does.
+        return _composite_onto(img, fill)
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
