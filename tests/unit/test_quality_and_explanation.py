@@ -402,3 +402,18 @@ def test_an_eye_probe_holding_a_nan_fails_at_load(tmp_path: Path) -> None:
     probe = {**_probe(1.0), "min_score": float("nan")}
     with pytest.raises(ModelLoadError, match=r"eye_probe is malformed.*not finite"):
         load_classifier(_with_gate_block(tmp_path / "nan", "eye_probe", probe))
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"min_brightness": 0.9, "max_brightness": 0.1}, "min_brightness 0.9 is above max_brightness 0.1"),
+        ({"max_mid_distance": -1.0}, "max_mid_distance must be above 0"),
+        ({"max_ood_distance": 0.0}, "max_ood_distance must be above 0"),
+        ({"min_side": 0}, "min_side must be at least 1"),
+    ],
+)
+def test_gate_limits_that_refuse_every_photo_are_refused(limits: dict[str, Any], message: str) -> None:
+    # Each once loaded, and then called every photo ungradable.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GateThresholds(**{**GATE.model_dump(), **limits})

@@ -87,6 +87,19 @@ class GateThresholds(BaseModel):
     max_mid_distance: float | None = None
 
     @model_validator(mode="after")
+    def _can_pass_a_photo(self) -> GateThresholds:
+        # Limits that refuse every photo: a serving model that calls everything ungradable.
+        if self.min_brightness > self.max_brightness:
+            raise ValueError(f"gate.min_brightness {self.min_brightness} is above max_brightness {self.max_brightness}")
+        for cap in ("max_ood_distance", "max_mid_distance"):
+            value = getattr(self, cap)
+            if value is not None and value <= 0:
+                raise ValueError(f"gate.{cap} must be above 0 (a distance is never below it), not {value}")
+        if self.min_side < 1:
+            raise ValueError(f"gate.min_side must be at least 1, not {self.min_side}")
+        return self
+
+    @model_validator(mode="after")
     def _only_known_extras(self) -> GateThresholds:
         unknown = sorted(set(self.model_extra or {}) - GATE_EXTRAS)
         if unknown:
