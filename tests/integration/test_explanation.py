@@ -202,3 +202,21 @@ def test_overlay_decodes_the_photo_again_only_when_the_model_saw_a_blurry_draft(
     assert len(calls) == second_decodes
     assert Image.open(io.BytesIO(base64.b64decode(heatmap))).size == overlay
     assert tiny.predict_bytes(data).probabilities == tiny.predict_bytes(data, explain=True).probabilities
+
+
+def test_when_a_half_decides_the_heat_map_is_that_halfs_drawn_over_it(tiny: Classifier) -> None:
+    # Left: evenly bright (the tiny model's cataract evidence). Right: dark, with one brighter spot. The left half
+    # decides, so the map must be the left half's, and nothing on the right, which the whole photo's map (drawn
+    # before) lit as well.
+    photo = Image.new("RGB", (480, 160), (20, 20, 20))  # under the overlay's 512 px: drawn at its own size
+    photo.paste(Image.new("RGB", (240, 160), (200, 200, 200)), (0, 0))
+    photo.paste(Image.new("RGB", (40, 40), (255, 255, 255)), (340, 60))
+    result = tiny.predict_bytes(encoded(photo, "PNG"), explain=True)
+    assert result.views is not None and result.views["left"] > max(result.views["whole"], result.views["right"])
+    assert result.heatmap_png
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(result.heatmap_png))).convert("RGB"), dtype=int)
+    drawn = np.abs(overlay - np.asarray(photo, dtype=int)).sum(axis=2) > 0
+    assert drawn[:, :240].mean() > 0.9  # the deciding half's evidence, everywhere on it
+    assert not drawn[:, 240:].any()  # and none on the half that did not decide
+    whole = heat_on_photo(tiny, photo)
+    assert whole[:, 240:].max() > 0.1, "the whole photo's map, drawn before, lit the right half too"

@@ -56,6 +56,8 @@ class Measurement:
     ood_distance: float | None
     mid_distance: float | None
     embedding: np.ndarray | None  # the backbone embedding, for a gate with an eye probe
+    # The half that decided (its name and its graph outputs), when one was more suspicious than the whole photo.
+    deciding_half: tuple[str, dict[str, np.ndarray]] | None = None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -242,7 +244,7 @@ class Classifier:
         t2 = time.perf_counter()
         measured = self._measurement(decoded, tensor, outputs, skin=self._stats_need_skin)
         label, referral, verdict = self.judge(measured)
-        heatmap = self.heatmap(decoded, data, outputs) if explain else None
+        heatmap = self.heatmap(decoded, data, outputs, half=measured.deciding_half) if explain else None
         t3 = time.perf_counter()
         timing = {
             "decode": round((t1 - t0) * 1000, 2),
@@ -264,7 +266,7 @@ class Classifier:
         def scalar(name: str | None) -> float | None:
             return float(outputs[name].reshape(-1)[0]) if name else None
 
-        probabilities, views = self._most_suspicious_view(decoded, outputs[names.logits])
+        probabilities, views, deciding_half = self._most_suspicious_view(decoded, outputs)
         return Measurement(
             probabilities=probabilities,
             logits=outputs[names.logits][0],
@@ -273,39 +275,52 @@ class Classifier:
             ood_distance=scalar(names.ood_distance),
             mid_distance=scalar(names.mid_distance),
             embedding=outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
+            deciding_half=deciding_half,
         )
 
     def _most_suspicious_view(
-        self, decoded: DecodedImage, logits: np.ndarray
-    ) -> tuple[np.ndarray, dict[str, float] | None]:
-        whole = self.calibrated(logits)[0]
+        self, decoded: DecodedImage, outputs: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, float] | None, tuple[str, dict[str, np.ndarray]] | None]:
+        """The probabilities of the most suspicious view, each view's P(positive), and the deciding half if any."""
+        output = self.manifest.outputs.logits
+        whole = self.calibrated(outputs[output])[0]
         spec, pos = self.manifest.input, self.manifest.positive_index
         halves = split_in_two(decoded.image, model_side=spec.size)
         if not halves:
-            return whole, None
+            return whole, None, None
         # One at a time: a model exported with a fixed batch of 1 runs them too.
-        output = self.manifest.outputs.logits
-        probs = [whole, *(self.calibrated(self.run(preprocess(h, spec)[None])[output])[0] for h in halves.values())]
-        views = {
-            name: round(float(p[pos]), PROBABILITY_DECIMALS) for name, p in zip(["whole", *halves], probs, strict=True)
-        }
-        return max(probs, key=lambda p: p[pos]), views
+        runs = {name: self.run(preprocess(h, spec)[None]) for name, h in halves.items()}
+        probs = {"whole": whole, **{name: self.calibrated(run[output])[0] for name, run in runs.items()}}
+        views = {name: round(float(p[pos]), PROBABILITY_DECIMALS) for name, p in probs.items()}
+        decider = max(probs, key=lambda name: probs[name][pos])  # the whole photo first, so it wins a tie
+        return probs[decider], views, (None if decider == "whole" else (decider, runs[decider]))
 
-    def heatmap(self, decoded: DecodedImage, data: bytes, outputs: dict[str, np.ndarray]) -> str | None:
-        """The class-activation map of ``outputs`` over the photo, as a base64 PNG (``None`` without CAM).
+    def heatmap(
+        self,
+        decoded: DecodedImage,
+        data: bytes,
+        outputs: dict[str, np.ndarray],
+        *,
+        half: tuple[str, dict[str, np.ndarray]] | None = None,
+    ) -> str | None:
+        """The class-activation map of the view that decided, over the photo, as a base64 PNG (``None`` without CAM).
 
         ``decoded`` is the model's decode of ``data``; the overlay reuses it unless it is a reduced JPEG draft
-        too small to draw on.
+        too small to draw on. With ``half`` (a half of the photo decided: its name and outputs), that half's map is
+        drawn over that half, and none elsewhere: the whole photo's map explained a view that did not decide.
         """
         names = self.manifest.outputs
         if not names.cam:
             return None
-        cam = outputs[names.cam][0, self.manifest.positive_index]
+        source, region = (outputs, None) if half is None else (half[1], half[0])
+        cam = source[names.cam][0, self.manifest.positive_index]
         spec = self.manifest.input
         photo = decoded.image
         if decoded.reduced and max(photo.size) < OVERLAY_MIN_SIDE:  # a blurry draft: decode a sharper copy
             photo = decode_image(data, self.limits, longest_side=OVERLAY_SIDE, fill=spec.fill_rgb).image
-        return explanation.overlay_png(photo, cam, spec, max_side=OVERLAY_SIDE)
+        return explanation.overlay_png(
+            photo, cam, spec, max_side=OVERLAY_SIDE, region=None if region is None else half_boxes(*photo.size)[region]
+        )
 
 
 def split_in_two(image: Image.Image, *, model_side: int | None = None) -> dict[str, Image.Image]:
@@ -323,15 +338,14 @@ def split_in_two(image: Image.Image, *, model_side: int | None = None) -> dict[s
         if factor >= 2:
             image = image.reduce(factor)
             width, height = image.size
+    return {name: image.crop(box) for name, box in half_boxes(width, height).items()}
+
+
+def half_boxes(width: int, height: int) -> dict[str, tuple[int, int, int, int]]:
+    """The boxes of ``split_in_two``'s halves in a ``width`` x ``height`` image: left and right, or top and bottom."""
     if width >= height:
-        return {
-            "left": image.crop((0, 0, width // 2, height)),
-            "right": image.crop((width - width // 2, 0, width, height)),
-        }
-    return {
-        "top": image.crop((0, 0, width, height // 2)),
-        "bottom": image.crop((0, height - height // 2, width, height)),
-    }
+        return {"left": (0, 0, width // 2, height), "right": (width - width // 2, 0, width, height)}
+    return {"top": (0, 0, width, height // 2), "bottom": (0, height - height // 2, width, height)}
 
 
 def load_classifier(model_dir: Path, *, intra_op_threads: int = 1) -> Classifier:

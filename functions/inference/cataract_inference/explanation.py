@@ -52,14 +52,35 @@ def map_to_image_grid(heat: np.ndarray, image_size: tuple[int, int], spec: Input
     return np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def overlay_png(img: Image.Image, cam: np.ndarray, spec: InputSpec, *, max_side: int = 512, alpha: float = 0.45) -> str:
-    """The heat map blended over the photo, as a base64 PNG (longest side at most ``max_side``)."""
+def overlay_png(
+    img: Image.Image,
+    cam: np.ndarray,
+    spec: InputSpec,
+    *,
+    max_side: int = 512,
+    alpha: float = 0.45,
+    region: tuple[int, int, int, int] | None = None,
+) -> str:
+    """The heat map blended over the photo, as a base64 PNG (longest side at most ``max_side``).
+
+    ``region`` is the box of ``img`` (left, top, right, bottom) that the model saw, when not the whole photo (a
+    half that decided): the map is drawn there only.
+    """
     photo = img
     scale = max_side / max(img.size)
     if scale < 1.0:  # shrink only, as thumbnail() would, but without first copying the full image
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         photo = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    heat = map_to_image_grid(normalised_map(cam), photo.size, spec)
+    if region is None:
+        heat = map_to_image_grid(normalised_map(cam), photo.size, spec)
+    else:
+        # The region in the (possibly shrunk) photo's pixels, at least one pixel each way.
+        sx, sy = photo.width / img.width, photo.height / img.height
+        left, top = round(region[0] * sx), round(region[1] * sy)
+        right = max(left + 1, min(photo.width, round(region[2] * sx)))
+        bottom = max(top + 1, min(photo.height, round(region[3] * sy)))
+        heat = np.zeros((photo.height, photo.width), dtype=np.float32)
+        heat[top:bottom, left:right] = map_to_image_grid(normalised_map(cam), (right - left, bottom - top), spec)
     levels = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     # photo * (1 - w) + colour * w with w = alpha * heat, in Pillow's C loops: a palette lookup for the
     # colour, a table for the weight, one composite. The float version took 3-5 ms at 512 px; this ~1 ms.
