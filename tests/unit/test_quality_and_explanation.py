@@ -417,3 +417,21 @@ def test_gate_limits_that_refuse_every_photo_are_refused(limits: dict[str, Any],
     # Each once loaded, and then called every photo ungradable.
     with pytest.raises(ValueError, match=re.escape(message)):
         GateThresholds(**{**GATE.model_dump(), **limits})
+
+
+def test_a_small_photo_under_a_centre_crop_is_measured_where_the_model_looks() -> None:
+    # Noise at the sides, flat grey in the middle third: the crop sees only grey at any size. A photo smaller than
+    # the model's input was once measured whole (noise included) and passed, while the same photo larger was refused.
+    from cataract_inference.manifest import InputSpec
+
+    spec = InputSpec(size=32, resize="center_crop")
+    rng = np.random.default_rng(0)
+    for width in (60, 1200):
+        height = width // 3
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pixels[:, width // 3 : 2 * width // 3] = 128
+        stats = quality.image_stats(Image.fromarray(pixels), (width, height), spec)
+        assert stats.contrast < 0.01 and stats.sharpness < 1e-4, (width, stats)
+    # Squashed, the model sees the whole photo: measured whole.
+    small = rng.integers(0, 256, (20, 60, 3), dtype=np.uint8)
+    assert quality.image_stats(Image.fromarray(small), (60, 20), InputSpec(size=32, resize="squash")).contrast > 0.1

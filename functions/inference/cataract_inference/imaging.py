@@ -484,6 +484,15 @@ def center_crop_scaled_size(width: int, height: int, spec: InputSpec) -> tuple[i
     return (max(size, round(width * scale)), max(size, round(height * scale)))
 
 
+def center_crop_box(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """The part of a ``width`` x ``height`` photo that ``center_crop`` keeps, in the photo's own pixels."""
+    scaled_w, scaled_h = center_crop_scaled_size(width, height, spec)
+    keep_w = max(1, round(spec.size * width / scaled_w))
+    keep_h = max(1, round(spec.size * height / scaled_h))
+    left, top = (width - keep_w) // 2, (height - keep_h) // 2
+    return (left, top, left + keep_w, top + keep_h)
+
+
 def content_box(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
     """Where a ``width`` x ``height`` photo lies in the model's input square: (left, top, right, bottom).
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .imaging import content_box, preprocess
+from .imaging import center_crop_box, content_box, preprocess
 from .manifest import GateThresholds, InputSpec
 
 # Skin in YCbCr (Chai & Ngan 1999): a chroma box that holds for light and dark skin alike, because
@@ -192,7 +192,9 @@ def tensor_stats(
     left, top, right, bottom = content_box(image.width, image.height, spec)
     luma = np.asarray(LUMA, dtype=np.float32)
     if right - left > image.width or bottom - top > image.height:
-        rgb = _rgb_chw(image)
+        # At its own resolution, but only what the model sees of it: a centre crop leaves the sides out.
+        seen = image.crop(center_crop_box(*image.size, spec)) if spec.resize == "center_crop" else image
+        rgb = _rgb_chw(seen)
         grey = np.tensordot(luma / 255.0, rgb, axes=1)
     else:
         crop = tensor[:, top:bottom, left:right]
