@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,35 @@ def test_candidates_are_each_photos_nearest_by_colour() -> None:
     assert matching.candidate_pairs([grey]) == []
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda im: ImageOps.mirror(ImageOps.grayscale(im).convert("RGB")),
+        lambda im: ImageEnhance.Color(im).enhance(0.3).crop((20, 20, im.width - 20, im.height - 20)),
+        lambda im: ImageOps.mirror(ImageEnhance.Brightness(im).enhance(0.5)),
+    ],
+    ids=["grey-mirrored", "desaturated-cropped", "darkened-mirrored"],
+)
+def test_a_recoloured_reframed_copy_is_a_candidate_by_layout(edit: Any) -> None:
+    # Its colours put other photos nearer than its original (here the grey camera man and the grey text page),
+    # so colour alone never asked the keypoints; its layout, mirrored or not, still matches.
+    names = ["chelsea", "coffee", "astronaut", "camera", "text", "rocket"]
+    photos = [_photo(n) for n in names]
+    copy = matching.features(edit(photos[0]))
+    pool = [matching.features(p) for p in photos] + [copy]
+    by_colour = [float(np.minimum(copy.histogram, f.histogram).sum()) for f in pool[:-1]]
+    assert int(np.argmax(by_colour)) != 0, "colour alone would have found it: not the case this test is for"
+    assert (0, len(photos)) in matching.candidate_pairs(pool, k=1)
+    assert matching.inliers(pool[0], copy) >= matching.MIN_INLIERS
+
+
+def test_layout_candidates_need_a_real_correlation() -> None:
+    # Noise correlates with nothing: no layout candidate, only the k colour ones.
+    rng = np.random.default_rng(0)
+    noise = [matching.features(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))) for _ in range(6)]
+    assert len(matching.candidate_pairs(noise, k=1)) <= 6
+
+
 def test_a_flat_image_has_no_keypoints_and_matches_nothing() -> None:
     flat = matching.features(Image.new("RGB", (40, 30), (90, 90, 90)))
     assert len(flat.keypoints[0]) == 0
@@ -82,3 +112,27 @@ def test_matching_is_deterministic() -> None:
     a, b = matching.features(_photo("coffee")), matching.features(_reframed(_photo("coffee")))
     assert len({matching.inliers(a, b) for _ in range(3)}) == 1
     assert np.array_equal(matching.features(_photo("coffee")).descriptors[0], a.descriptors[0])
+
+
+def test_near_duplicate_pairs_by_blocks_are_the_pairs_of_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows a block at a time (memory linear in the photos): the same pairs as the full n x n comparison, across
+    # block edges too.
+    from cataract_training import hashing
+
+    monkeypatch.setattr(hashing, "ROWS_PER_BLOCK", 7)
+    rng = np.random.default_rng(1)
+    ph, dh = rng.integers(0, 2, (40, 64)).astype(bool), rng.integers(0, 2, (40, 64)).astype(bool)
+    for a, b in ((3, 30), (6, 7), (13, 14)):
+        ph[b], dh[b] = ph[a], dh[a]
+        ph[b, :4] ^= True  # 4 bits apart
+    full_p = (ph[:, None, :] != ph[None, :, :]).sum(-1)
+    full_d = (dh[:, None, :] != dh[None, :, :]).sum(-1)
+    expected = [
+        (i, j, int(full_p[i, j]), int(full_d[i, j]))
+        for i in range(40)
+        for j in range(i + 1, 40)
+        if full_p[i, j] <= 10 and full_d[i, j] <= 12
+    ]
+    assert hashing.near_duplicate_pairs(ph, dh) == expected
+    assert [(i, j) for i, j, _, _ in expected] == [(3, 30), (6, 7), (13, 14)]
+    assert np.array_equal(hashing.hamming_matrix(ph), full_p)

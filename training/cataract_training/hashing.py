@@ -46,8 +46,25 @@ def phash(img: Image.Image, side: int = 32) -> np.ndarray:
 
 def hamming_matrix(hashes: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances of an (n, bits) boolean array."""
-    h = hashes.astype(np.int16)
-    return (h[:, None, :] != h[None, :, :]).sum(axis=-1)
+    packed = _packed(hashes)
+    return _hamming_rows(packed, 0, len(packed))
+
+
+def _packed(hashes: np.ndarray) -> np.ndarray:
+    """(n, bits) booleans as (n, words) uint64, bits padded with zeros to whole words."""
+    bits = np.asarray(hashes, dtype=bool)
+    pad = -bits.shape[1] % 64
+    bits = np.pad(bits, ((0, 0), (0, pad)))
+    return np.packbits(bits, axis=1).view(np.uint64)
+
+
+def _hamming_rows(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Hamming distances of rows ``start:stop`` to every row: (stop - start, n)."""
+    return np.bitwise_count(packed[start:stop, None, :] ^ packed[None, :, :]).sum(axis=-1, dtype=np.int64)
+
+
+# Rows of the pairwise distances held at once: memory grows with the number of photos, not with its square.
+ROWS_PER_BLOCK = 256
 
 
 class UnionFind:
@@ -81,8 +98,13 @@ def near_duplicate_pairs(
 
     Requiring both keeps look-alike but different eyes apart: one hash alone merges too much.
     """
-    dp = hamming_matrix(phashes)
-    dd = hamming_matrix(dhashes)
-    close = (dp <= max_phash) & (dd <= max_dhash)
-    ii, jj = np.nonzero(np.triu(close, k=1))
-    return [(int(i), int(j), int(dp[i, j]), int(dd[i, j])) for i, j in zip(ii, jj, strict=True)]
+    pp, pd = _packed(phashes), _packed(dhashes)
+    found = []
+    for start in range(0, len(pp), ROWS_PER_BLOCK):
+        stop = min(start + ROWS_PER_BLOCK, len(pp))
+        dp, dd = _hamming_rows(pp, start, stop), _hamming_rows(pd, start, stop)
+        close = (dp <= max_phash) & (dd <= max_dhash)
+        close &= np.arange(len(pp))[None, :] > np.arange(start, stop)[:, None]  # each pair once, i < j
+        for r, j in zip(*np.nonzero(close), strict=True):
+            found.append((start + int(r), int(j), int(dp[r, j]), int(dd[r, j])))
+    return found
