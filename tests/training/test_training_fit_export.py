@@ -361,29 +361,43 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
 
 def test_a_card_for_new_model_bytes_drops_the_old_gate_calibration(tmp_path: Path) -> None:
     """Export resets the gate when the bytes change; the card once kept the old gate's thresholds and rates."""
-    from cataract_inference.manifest import GateThresholds, load_manifest
+    import shutil
+
+    from cataract_inference.manifest import GateThresholds, load_manifest, write_manifest
     from cataract_training import gate
     from cataract_training.card import write_card
     from tests.conftest import BUNDLED_MODEL_DIR
 
-    committed = (BUNDLED_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
-    shipped = load_manifest(BUNDLED_MODEL_DIR / "model.json")
-    (tmp_path / "MODEL_CARD.md").write_text(committed, encoding="utf-8")
+    for name in ("MODEL_CARD.md", "model.json"):
+        shutil.copyfile(BUNDLED_MODEL_DIR / name, tmp_path / name)
+    committed = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    shipped = load_manifest(tmp_path / "model.json")
     new_bytes = shipped.model_copy(update={"sha256": "ab" * 32, "gate": GateThresholds()})
+    write_manifest(new_bytes, tmp_path / "model.json")
     written = write_card(new_bytes, tmp_path).read_text(encoding="utf-8")
     assert "78.398" in committed and "78.398" not in written  # the old embedding-distance cap
-    assert (
-        written.count("## Gradability gate") == 1 and "Not calibrated for this model (sha256 abababababab)" in written
-    )
+    assert written.count("## Gradability gate: not calibrated\n") == 1 and "## Gradability gate\n" not in written
+    assert "Not calibrated for this model (sha256 abababababab)" in written
     assert "**not yet calibrated for this model**" in written and "calibrated separately (below)" not in written
-    # The calibration's run replaces the note, as it replaced the old block.
-    gate.write_card_block(
-        tmp_path,
-        f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->",
-    )
+    # The calibration's run replaces the note, as it replaced the old block, and the rest of the card follows.
+    calibrated = {**GateThresholds().model_dump(), "calibration": {"model_sha256": "ab" * 32}}
+    block = f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->"
+    gate.write_calibration(tmp_path, calibrated, block)
     recalibrated = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not calibrated" not in recalibrated and recalibrated.count("## Gradability gate") == 1
     assert "## Gradability gate\n\nfitted" in recalibrated
+    assert "not yet calibrated" not in recalibrated and "calibrated separately (below)" in recalibrated
+
+
+def test_a_card_rendered_without_the_gate_section_does_not_point_below(tmp_path: Path) -> None:
+    # pull renders a card for a version published without one: its gate is calibrated, its section is not here.
+    from cataract_inference.manifest import load_manifest
+    from cataract_training.card import write_card
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    written = write_card(load_manifest(BUNDLED_MODEL_DIR / "model.json"), tmp_path).read_text(encoding="utf-8")
+    assert "## Gradability gate" not in written and "(below)" not in written
+    assert "calibrated separately (model.json `gate.calibration`" in written
 
 
 @pytest.mark.parametrize(

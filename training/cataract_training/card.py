@@ -259,8 +259,8 @@ def _per_photo_rule_note(cv: dict[str, Any]) -> str:
     )
 
 
-def render(manifest: Manifest) -> str:
-    """The model card as Markdown."""
+def render(manifest: Manifest, *, gate_section: bool = True) -> str:
+    """The model card as Markdown. ``gate_section``: the gate calibration's own section will follow."""
     m = manifest.metrics
     td = manifest.training_data
     bundled = _is_bundled_data(str(td.get("source", "")))
@@ -399,7 +399,7 @@ def render(manifest: Manifest) -> str:
         *_limitation_lines(td, bundled),
         "- Other conditions (pterygium, corneal scars, arcus, red eye) were never shown to the model; they may be "
         "called either class. Poor photos and non-eye images should be caught by the gradability gate, "
-        + ("calibrated separately (below)" if gate_calibrated(manifest) else "**not yet calibrated for this model**")
+        + _gate_state(manifest, gate_section)
         + "; the distributions of its two distances on training and validation photos "
         "are in model.json under metrics.ood_distance and metrics.mid_distance. Photos blurred, darkened or "
         "flattened beyond what the model was measured to still screen are refused, and eye photos from other "
@@ -420,6 +420,14 @@ def render(manifest: Manifest) -> str:
     if not gate_calibrated(manifest):
         lines += [_uncalibrated_gate_block(manifest), ""]
     return "\n".join(lines)
+
+
+def _gate_state(manifest: Manifest, gate_section: bool) -> str:
+    if not gate_calibrated(manifest):
+        return "**not yet calibrated for this model**"
+    if gate_section:
+        return "calibrated separately (below)"
+    return "calibrated separately (model.json `gate.calibration`; rerun the calibration for its full section here)"
 
 
 def gate_calibrated(manifest: Manifest) -> bool:
@@ -459,12 +467,13 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     one), and any other ``## `` section this renderer does not produce.
     """
     path = Path(model_dir) / CARD_FILENAME
-    text = render(manifest)
-    if path.is_file():
-        old = path.read_text(encoding="utf-8")
-        # A gate block stays only while model.json's gate is calibrated for this model: new bytes reset the gate.
-        stale = () if gate_calibrated(manifest) else (GATE_BLOCK,)
-        blocks = [m.group(0) for m in _BLOCK.finditer(old) if m.group(1) not in stale]
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    # A gate block stays only while model.json's gate is calibrated for this model: new bytes reset the gate.
+    stale = () if gate_calibrated(manifest) else (GATE_BLOCK,)
+    kept = [m for m in _BLOCK.finditer(old) if m.group(1) not in stale]
+    blocks = [m.group(0) for m in kept]
+    text = render(manifest, gate_section=any(m.group(1) == GATE_BLOCK for m in kept))
+    if old:
         rest = _BLOCK.sub("", old)
         ours = _sections(text)
         extra = [body for title, body in _sections(rest).items() if title not in ours]

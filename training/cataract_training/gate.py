@@ -1171,8 +1171,7 @@ def calibrate(
     (out_dir / "gate_report.md").write_text(markdown(report, gate), encoding="utf-8")
     _signal_table(out_dir / "signals.csv", items, parts, sig)
     if write:
-        write_gate(model_dir, gate_block)
-        write_card_block(model_dir, card_block(report, gate))
+        write_calibration(model_dir, gate_block, card_block(report, gate))
         if SEEN in eyes.parts:  # the run's split was found: the other photos are its validation photos
             val_photos = [path for path, part in zip(eyes.paths, eyes.parts, strict=True) if part != SEEN]
             refresh_validation_counts(model_dir, val_photos)
@@ -1311,6 +1310,17 @@ real defocus, motion blur and low-light noise differ. Rates by skin tone are unm
 def _named(name: str, example: dict[str, Any]) -> str:
     accepted = example.get("accepted_variants") or []
     return f"{name}: rejected {example['rejected']}" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
+
+
+def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -> None:
+    """Write the fitted gate into model.json and its section into the card, then render the rest of the card again:
+    it speaks of the gate too ("not yet calibrated", after an export of new bytes)."""
+    write_gate(model_dir, gate_block)
+    write_card_block(model_dir, block)
+    if (model_dir / CARD_FILENAME).is_file():
+        from .card import write_card  # imports torch (through the backbones): only when writing
+
+        write_card(load_manifest(model_dir / MANIFEST_FILENAME), model_dir)
 
 
 def write_card_block(model_dir: Path, block: str) -> None:
