@@ -13,7 +13,7 @@ from cataract_inference.classifier import load_classifier
 from cataract_inference.imaging import load_for_model
 from cataract_inference.manifest import Manifest, load_manifest, write_manifest
 from cataract_inference.model_source import sha256_of
-from cataract_training import cli, export
+from cataract_training import cli, export, release
 from cataract_training.train import FitConfig, fit, load_run
 
 pytestmark = pytest.mark.slow
@@ -233,6 +233,16 @@ def test_card_keeps_sections_others_appended(model_dir: Path, tmp_path: Path) ->
     text = card.read_text()
     assert text.count("## Gradability gate\n") == 1 and "Calibrated elsewhere." in text
     assert text.count("## Intended use") == 1
+
+
+def test_a_run_folder_whose_name_cannot_make_a_version_is_refused_before_any_work(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    renamed = tmp_path / "lr=3e-4"
+    shutil.copytree(run, renamed, ignore=shutil.ignore_patterns("export"))
+    with pytest.raises(ValueError, match=r"'lr=3e-4'.*pass --version"):
+        release.release(renamed, tmp_path / "out", progress=False)
+    assert not (renamed / "export").exists() and not (tmp_path / "out").exists()
 
 
 def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json: Path, model_dir: Path) -> None:

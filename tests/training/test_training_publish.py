@@ -206,6 +206,30 @@ def test_a_retry_uploads_nothing_again_so_a_pinned_object_version_stays_current(
 
 
 @mock_aws
+def test_a_retry_replaces_a_card_corrected_since(tmp_path: Path, aws_env: None) -> None:
+    # The card is not pinned: after `cataract-train card` or the gate calibration, publishing again updates it.
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "a", "v1", b"first model")
+    publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    corrected = "# Model card: cataract-screen v1\n\ncorrected\n"
+    (src / "MODEL_CARD.md").write_text(corrected, encoding="utf-8")
+    again = publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert again["uploaded"] == "MODEL_CARD.md"
+    assert s3.get_object(Bucket=BUCKET, Key="p/v1/MODEL_CARD.md")["Body"].read().decode() == corrected
+    assert publish.publish(src, f"s3://{BUCKET}/p", client=s3)["uploaded"] == "nothing (already published)"
+
+
+@mock_aws
+def test_publish_refuses_a_version_that_cannot_name_its_folder(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    with pytest.raises(publish.PublishError, match="is not a version"):
+        publish.publish(_model_dir(tmp_path / "a", "v1+int8", b"m"), f"s3://{BUCKET}/p", client=s3)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+@mock_aws
 def test_re_publishing_an_older_version_leaves_latest_on_the_newer_one(tmp_path: Path, aws_env: None) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)

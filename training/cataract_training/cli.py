@@ -40,14 +40,11 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 def _version(text: str) -> str:
     """An argparse type: a model version, which names an S3 folder and ends the model card's title."""
-    import re
+    from cataract_inference.manifest import version_problem
 
-    from cataract_inference.manifest import VERSION_PATTERN
-
-    if not re.fullmatch(VERSION_PATTERN, text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a version: up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )
+    problem = version_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

@@ -24,7 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, ManifestError, load_manifest
+from cataract_inference.manifest import (
+    CARD_FILENAME,
+    MANIFEST_FILENAME,
+    MODEL_FILENAME,
+    ManifestError,
+    load_manifest,
+    version_problem,
+)
 from cataract_inference.model_source import ModelLoadError, check_manifest_bytes, parse_s3_uri, sha256_of
 
 LATEST = "latest.json"
@@ -108,6 +115,9 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
     digest = sha256_of(model)
     if digest != manifest.sha256:
         raise PublishError(f"checksum mismatch: {model} hashes to {digest} but model.json says {manifest.sha256}")
+    problem = version_problem(manifest.version)
+    if problem:
+        raise PublishError(f"{manifest_path}: {problem}; export it again with --version")
     card = model_dir / CARD_FILENAME
     if not card.is_file():
         raise PublishError(f"no {CARD_FILENAME} in {model_dir}; run `cataract-train card {model_dir}` first")
@@ -143,9 +153,14 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
                 ExtraArgs={"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
             )
             uploaded.append(MANIFEST_FILENAME)
-        if not (retry and _exists(client, bucket, folder + CARD_FILENAME)):
+        # The card is not pinned by anyone: a corrected one (say, after the gate calibration) replaces the old.
+        card_digest = sha256_of(card)
+        if not (retry and _stored_sha256(client, bucket, folder + CARD_FILENAME) == card_digest):
             client.upload_file(
-                str(card), bucket, folder + CARD_FILENAME, ExtraArgs={"ContentType": "text/markdown; charset=utf-8"}
+                str(card),
+                bucket,
+                folder + CARD_FILENAME,
+                ExtraArgs={"Metadata": {"sha256": card_digest}, "ContentType": "text/markdown; charset=utf-8"},
             )
             uploaded.append(CARD_FILENAME)
         pointer = {
@@ -171,6 +186,18 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
 
 # Model object metadata: when the version was first published, so that a retry can tell which version is newer.
 PUBLISHED_AT = "published-at"
+
+
+def _stored_sha256(client: Any, bucket: str, key: str) -> str | None:
+    """The sha256 in an object's metadata; None when it is missing or has none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return (client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get("sha256")
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
 
 
 def _exists(client: Any, bucket: str, key: str) -> bool:

@@ -25,6 +25,7 @@ from cataract_inference.manifest import (
     Manifest,
     OutputNames,
     Provenance,
+    version_problem,
     write_manifest,
 )
 from cataract_inference.model_source import sha256_of
@@ -117,6 +118,11 @@ def release(
 ) -> dict[str, Any]:
     """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
     cfg, net = load_run(run)
+    # Checked before any work: a renamed run folder ("lr=3e-4") once failed only after the ONNX export.
+    version = version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{_run_stamp(run)}"
+    problem = version_problem(version)
+    if problem:
+        raise ValueError(f"{problem} (from the run folder's name {run.name!r}: pass --version)")
     if cv_json is not None:
         check_cv_matches(Path(cv_json), cfg)
     # The thread count changes float summation order, hence the OOD constants and the file's sha256:
@@ -146,7 +152,6 @@ def release(
     ref = export.torch_outputs(graph, prep.tensors[va])
     train_ref = export.torch_outputs(graph, prep.tensors[tr])
     variants: dict[str, dict[str, Any]] = {}
-    version = version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{_run_stamp(run)}"
     training_data = _training_data(prep, tr, va, cfg)
     for name in ("fp32", "int8"):
         folder = work / name

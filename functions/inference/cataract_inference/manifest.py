@@ -7,6 +7,7 @@ on a field.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,7 +118,15 @@ class Provenance(BaseModel):
     licence: str
 
 
+# A version names an S3 folder (PREFIX/<version>/) and ends the model card's title.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def version_problem(version: str) -> str | None:
+    """Why ``version`` cannot name a new release (an S3 folder and the card's title), or None."""
+    if re.fullmatch(VERSION_PATTERN, version):
+        return None
+    return f"{version!r} is not a version: up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
 class Manifest(BaseModel):
@@ -127,8 +136,7 @@ class Manifest(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     name: str
-    # A path segment in S3 (PREFIX/<version>/) and the last word of the model card's title.
-    version: str = Field(pattern=VERSION_PATTERN)
+    version: str  # export and publish hold it to VERSION_PATTERN; serving reads what older tools published
     created: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     classes: tuple[str, ...]
