@@ -50,6 +50,10 @@ def test_temperature_recovers_overconfidence() -> None:
     t = calibrate.fit_temperature(logits, y)
     assert t == pytest.approx(3.0, rel=0.1)
     assert calibrate.nll(logits, y, t) < calibrate.nll(logits, y, 1.0)
+    # The refinement finds the minimum, not just the coarse grid's point (3% apart): a fine search agrees to 0.2%.
+    fine = np.linspace(t * 0.9, t * 1.1, 2001)
+    best = fine[int(np.argmin([calibrate.nll(logits, y, x) for x in fine]))]
+    assert t == pytest.approx(best, rel=0.002)
 
 
 def test_threshold_reaches_target_sensitivity() -> None:
@@ -135,3 +139,15 @@ def test_cross_fitted_cv_scores_the_capped_rounded_threshold_that_release_ships(
     # Each fold's rule is rounded down as model.json keeps it.
     odd = cv._fold_rules(logits[:37], labels[:37], folds[:37], calibrate.SENSITIVITY_TARGET)
     assert all(thr == calibrate.shipped_threshold(thr) for _, thr in odd.values())
+
+
+def test_binary_report_auc_and_top_label_ece() -> None:
+    is_pos = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    p = np.array([0.9, 0.6, 0.8, 0.2, 0.4, 0.1, 0.3, 0.7, 0.05])
+    # A referral threshold other than 0.5: the ECE still scores the predicted class (P >= 0.5) and its probability.
+    r = metrics.binary_report(is_pos, p >= 0.35, p)
+    assert r["roc_auc"] == 0.8  # 16 of the 20 (cataract, normal) pairs ranked right
+    confidence = [0.9, 0.6, 0.8, 0.8, 0.6, 0.9, 0.7, 0.7, 0.95]
+    right = [True, True, True, False, False, True, True, False, True]
+    assert r["ece"] == round(metrics.ece(np.array(confidence), np.array(right)), 4)
+    assert r["ece"] != round(metrics.ece(p, is_pos), 4)
