@@ -112,6 +112,32 @@ def test_manifest_that_does_not_match_the_graph(tmp_path: Path, change: dict[str
         Classifier(load_baked(model_dir))
 
 
+def test_a_graph_that_loads_but_cannot_run_on_the_manifests_input_fails_at_init(tmp_path: Path) -> None:
+    # Symbolic height and width pass the shape check; a fixed reshape inside fails on 64 px. Without the warm-up
+    # run at init, the model loaded and every request failed in ONNX Runtime.
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.zeros((3 * 32 * 32, 2), dtype=np.float32), "W")
+    shape = numpy_helper.from_array(np.array([1, 3 * 32 * 32], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        ],
+        "fixed-inside",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [weights, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model_dir = build_tiny_model(tmp_path / "m", size=64, with_extras=False)
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    with pytest.raises(ModelLoadError, match=r"does not run on the manifest's input \(1x3x64x64 float32\)"):
+        Classifier(load_baked(model_dir))
+
+
 def test_graph_without_optional_outputs_still_serves(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "m", with_extras=False)
     classifier = Classifier(load_baked(model_dir))
@@ -186,7 +212,10 @@ def test_s3_metadata_checksum_mismatch(s3: object, tiny_model_dir: Path, tmp_pat
 
 @pytest.mark.parametrize(
     ("uri", "message"),
-    [(f"s3://{BUCKET}/cataract/v9/", "does not exist"), ("s3://no-such-bucket/cataract/v1/", "bucket")],
+    [
+        (f"s3://{BUCKET}/cataract/v9/", "does not exist"),
+        ("s3://no-such-bucket/cataract/v1/", r"^bucket of s3://no-such-bucket/\S* does not exist \(check MODEL_S3_URI"),
+    ],
 )
 def test_s3_missing_objects(s3: object, tiny_model_dir: Path, tmp_path: Path, uri: str, message: str) -> None:
     _publish(s3, tiny_model_dir)
