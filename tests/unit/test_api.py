@@ -641,3 +641,33 @@ def test_explain_given_twice_with_different_values_is_refused(invoke: Invoke, qu
     event["multiValueQueryStringParameters"] = {"explain": [value for _, value in pairs]}
     status, _, body = invoke(event)
     assert status == 422 and "more than once" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_json_nested_too_deeply_is_malformed_json(invoke: Invoke, depth: int) -> None:
+    body = "[" * depth + "]" * depth
+    status, _, answer = invoke(events.rest_event("/predict", "POST", body=body, content_type="application/json"))
+    assert (status, answer["error"]["code"]) == (400, "malformed_json")
+    assert answer["error"]["message"] == "the JSON is nested too deeply"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [ValueError("a bug of ours"), UnicodeEncodeError("utf-8", "x", 0, 1, "a bug of ours")],
+    ids=["ValueError", "UnicodeEncodeError"],
+)
+def test_the_handler_blames_the_client_only_for_what_the_client_sent(
+    handler: Any, monkeypatch: pytest.MonkeyPatch, fault: Exception
+) -> None:
+    # The handler answers 400 invalid_base64 / invalid_encoding for these errors only when the event's body or
+    # strings are the cause; on a well-formed event the same error is ours and must stay an invocation error.
+    from tests.conftest import FakeLambdaContext
+
+    def broken(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        raise fault
+
+    monkeypatch.setattr(handler, "asgi_handler", broken)
+    event = events.rest_event("/predict", "POST", body=base64.b64encode(b"ok").decode(), content_type="image/png")
+    event["isBase64Encoded"] = True
+    with pytest.raises(type(fault), match="a bug of ours"):
+        handler.lambda_handler(event, FakeLambdaContext())
