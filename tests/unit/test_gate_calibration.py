@@ -176,6 +176,13 @@ def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
     extra = gate.model_extra or {}
     assert "eye_probe" in extra and len(extra["eye_probe"]["weights"]) == dim
     assert cal.rejected(eyes, gate).mean() <= 0.05
+    # The budget (3% of 200 eyes: 6) is shared: the eye score gets half, as if fitted alone at 1.5%...
+    alone = cal.fit_gate(eyes, eyes, non, target_false_reject=0.015)
+    assert extra["eye_score"] == (alone.model_extra or {})["eye_score"]
+    # ...and the probe the rest, set on out-of-fold scores: with what the rest of the gate refuses, exactly 6.
+    oof = cal.out_of_fold_probe_scores(*probe_data[:2], non, *probe_data[2:])
+    already = cal.rejected(eyes, alone)
+    assert int(already.sum()) + int(np.sum(oof[~already] < extra["eye_probe"]["min_score"])) == 6
     # Without the embedding the probe cannot run: a look-alike that only the probe catches passes.
     kept = next(s for s, r in zip(eyes, cal.rejected(eyes, gate), strict=True) if not r)
     sneaky = cal.Signals(kept.stats, kept.ood_distance, (other_dir * 3).astype(np.float32))
