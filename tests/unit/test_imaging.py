@@ -511,3 +511,23 @@ def test_only_small_matrix_profiles_are_converted() -> None:
     large = rgb_profile("large", SRGB_PRIMARIES, 2.2, extra_tags=((b"zzzz", b"\0" * imaging.MAX_PROFILE_BYTES),))
     assert not imaging._matrix_profile(large)
     assert not imaging._matrix_profile(b"\0" * 200)  # no matrix tags at all
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
+def test_preprocess_resamples_as_the_manifest_says(interpolation: str) -> None:
+    # A model exported with bicubic must be fed bicubic tensors; every mode once resampled the same would pass.
+    from cataract_inference.manifest import InputSpec
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (90, 90, 3), dtype=np.uint8))
+    spec = InputSpec(size=32, resize="squash", interpolation=interpolation)
+    tensors = {
+        name: imaging.normalise(photo.resize((32, 32), resample, reducing_gap=3.0), spec)
+        for name, resample in (
+            ("bilinear", Image.Resampling.BILINEAR),
+            ("bicubic", Image.Resampling.BICUBIC),
+            ("lanczos", Image.Resampling.LANCZOS),
+        )
+    }
+    served = imaging.preprocess(photo, spec)
+    assert [name for name, t in tensors.items() if np.array_equal(served, t)] == [interpolation]
