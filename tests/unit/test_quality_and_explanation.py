@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -121,7 +122,8 @@ def test_overlay_blends_the_colour_map_by_the_heat_and_leaves_cold_pixels_alone(
 def test_skin_fraction_tells_skin_from_paper_sky_and_grass() -> None:
     for skin in [(224, 172, 140), (141, 85, 60), (90, 56, 37)]:  # light, brown and dark skin tones
         assert quality.skin_fraction(Image.new("RGB", (32, 32), skin)) == 1.0
-    for other in [(250, 250, 250), (90, 140, 230), (60, 150, 60), (128, 128, 128)]:
+    # Saturated red sits above the skin box's upper Cr bound (a lower bound alone would call it skin).
+    for other in [(250, 250, 250), (90, 140, 230), (60, 150, 60), (128, 128, 128), (255, 0, 0)]:
         assert quality.skin_fraction(Image.new("RGB", (32, 32), other)) == 0.0
     half = Image.new("RGB", (40, 20), (250, 250, 250))
     half.paste(Image.new("RGB", (20, 20), (200, 150, 120)), (0, 0))
@@ -435,3 +437,11 @@ def test_a_small_photo_under_a_centre_crop_is_measured_where_the_model_looks() -
     # Squashed, the model sees the whole photo: measured whole.
     small = rng.integers(0, 256, (20, 60, 3), dtype=np.uint8)
     assert quality.image_stats(Image.fromarray(small), (60, 20), InputSpec(size=32, resize="squash")).contrast > 0.1
+
+
+def test_the_eye_score_uses_the_manifests_skin_floor() -> None:
+    fitted = {**_EYE_SCORE, "skin_floor": 0.1}
+    score = quality.EyeScore.from_gate(GateThresholds(**{**GATE.model_dump(), "eye_score": fitted}))
+    assert score is not None and score.skin_floor == 0.1
+    # bias + w_distance * (ood - centre) / scale + w_skin * log(skin + floor), with no skin at all:
+    assert score.score(14.0, 0.0) == pytest.approx(2.0 - 1.0 * (14.0 - 10.0) / 2.0 + 1.0 * math.log(0.1))
