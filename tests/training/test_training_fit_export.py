@@ -399,6 +399,27 @@ def test_a_card_for_new_model_bytes_drops_the_old_gate_calibration(tmp_path: Pat
     assert "not yet calibrated" not in recalibrated and "calibrated separately (below)" in recalibrated
 
 
+def test_the_gate_calibration_changes_nothing_else_a_user_wrote_in_the_card(tmp_path: Path) -> None:
+    # Re-rendering the card there once erased the user's own provenance notes, and crashed on a model.json the
+    # renderer could not read, after model.json was written.
+    from cataract_training import gate
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    (tmp_path / "model.json").write_text((BUNDLED_MODEL_DIR / "model.json").read_text(), encoding="utf-8")
+    card = (
+        "# Model card: our-model 1\n\n## Data provenance and its flaws\n\nORIGIN: Clinic X, consent forms on file.\n\n"
+        "## Limitations\n\n- The gate is **not yet calibrated for this model**; watch it.\n"
+    )
+    (tmp_path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    block = f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->"
+    gate.write_calibration(tmp_path, {"min_side": 32}, block)
+    text = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert (
+        text
+        == card.replace("**not yet calibrated for this model**", "calibrated separately (below)") + "\n" + block + "\n"
+    )
+
+
 def test_a_card_rendered_without_the_gate_section_does_not_point_below(tmp_path: Path) -> None:
     # pull renders a card for a version published without one: its gate is calibrated, its section is not here.
     from cataract_inference.manifest import load_manifest

@@ -230,6 +230,21 @@ def test_publish_refuses_a_version_that_cannot_name_its_folder(tmp_path: Path, a
 
 
 @mock_aws
+def test_a_version_older_tools_published_can_still_be_retried_and_made_latest(tmp_path: Path, aws_env: None) -> None:
+    # The version rule is for new publications: "lr=3e-4" was publishable before it, and a rollback to it must work.
+    from tests.support.s3 import publish_model_folder
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    old = _model_dir(tmp_path / "old", "2025.06.01-mnv2-lr=3e-4", b"old model")
+    publish_model_folder(s3, BUCKET, "p/2025.06.01-mnv2-lr=3e-4/", old)  # as the older publish laid it out
+    publish.publish(_model_dir(tmp_path / "new", "v2", b"new model"), f"s3://{BUCKET}/p", client=s3)
+    rolled_back = publish.publish(old, f"s3://{BUCKET}/p", client=s3, make_latest=True)
+    assert rolled_back["latest"] == "moved to 2025.06.01-mnv2-lr=3e-4"
+    assert rolled_back["uploaded"] == "MODEL_CARD.md"  # the older publish had put no card
+
+
+@mock_aws
 def test_re_publishing_an_older_version_leaves_latest_on_the_newer_one(tmp_path: Path, aws_env: None) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)

@@ -13,6 +13,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .gate import CARD_BLOCK as GATE_BLOCK
+from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED
 from .metrics import wilson
 from .train import FIT_FLAGS, FitConfig
 
@@ -424,10 +425,8 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
 
 def _gate_state(manifest: Manifest, gate_section: bool) -> str:
     if not gate_calibrated(manifest):
-        return "**not yet calibrated for this model**"
-    if gate_section:
-        return "calibrated separately (below)"
-    return "calibrated separately (model.json `gate.calibration`; rerun the calibration for its full section here)"
+        return GATE_UNCALIBRATED
+    return GATE_BELOW if gate_section else GATE_ELSEWHERE
 
 
 def gate_calibrated(manifest: Manifest) -> bool:

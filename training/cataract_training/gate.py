@@ -1312,15 +1312,26 @@ def _named(name: str, example: dict[str, Any]) -> str:
     return f"{name}: rejected {example['rejected']}" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
 
 
+# What the model card's limitations say of the gate, by state (card.py renders them; the calibration updates them
+# in place, so that nothing else a user wrote in the card is touched).
+GATE_UNCALIBRATED = "**not yet calibrated for this model**"
+GATE_BELOW = "calibrated separately (below)"
+GATE_ELSEWHERE = (
+    "calibrated separately (model.json `gate.calibration`; rerun the calibration for its full section here)"
+)
+
+
 def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -> None:
-    """Write the fitted gate into model.json and its section into the card, then render the rest of the card again:
-    it speaks of the gate too ("not yet calibrated", after an export of new bytes)."""
+    """Write the fitted gate into model.json and its section into the card, and make the card's limitations say
+    that the gate is calibrated (after an export of new bytes they said it was not)."""
     write_gate(model_dir, gate_block)
     write_card_block(model_dir, block)
-    if (model_dir / CARD_FILENAME).is_file():
-        from .card import write_card  # imports torch (through the backbones): only when writing
-
-        write_card(load_manifest(model_dir / MANIFEST_FILENAME), model_dir)
+    card = model_dir / CARD_FILENAME
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        for state in (GATE_UNCALIBRATED, GATE_ELSEWHERE):
+            text = text.replace(state, GATE_BELOW)
+        card.write_text(text, encoding="utf-8")
 
 
 def write_card_block(model_dir: Path, block: str) -> None:

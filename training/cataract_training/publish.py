@@ -99,8 +99,9 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
     The manifest is checked against the file, and the card against the manifest's version, first, so a
     stale set is never published. The pointer moves last, so readers of ``latest.json`` never see a
     half-published version. Publishing a version again with the same bytes is a retry: only what is missing is
-    uploaded (a new object version would leave the one a function pins to expire), and ``latest.json`` moves only
-    if no version was published after it, unless ``make_latest`` (a rollback).
+    uploaded, and a card that changed since (a new object version of the model would leave the one a function pins
+    to expire), and ``latest.json`` moves only if no version was published after it, unless ``make_latest`` (a
+    rollback).
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -115,9 +116,6 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
     digest = sha256_of(model)
     if digest != manifest.sha256:
         raise PublishError(f"checksum mismatch: {model} hashes to {digest} but model.json says {manifest.sha256}")
-    problem = version_problem(manifest.version)
-    if problem:
-        raise PublishError(f"{manifest_path}: {problem}; export it again with --version")
     card = model_dir / CARD_FILENAME
     if not card.is_file():
         raise PublishError(f"no {CARD_FILENAME} in {model_dir}; run `cataract-train card {model_dir}` first")
@@ -139,6 +137,9 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
             raise
         first_published = _refuse_a_different_publication(client, bucket, folder, digest, manifest_digest)
         retry = first_published is not None
+        problem = None if retry else version_problem(manifest.version)  # older tools' versions stay retryable
+        if problem:
+            raise PublishError(f"{manifest_path}: {problem}; export it again with --version")
         published_at = first_published or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         uploaded = []
         if not retry:
