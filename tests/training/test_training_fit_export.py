@@ -464,3 +464,14 @@ def test_the_cards_commands_quote_a_folder_with_spaces() -> None:
     theirs = manifest.model_copy(update={"training_data": {**manifest.training_data, "source": "/home/ana/My Eyes"}})
     card = render(theirs)
     assert "cataract-train fit '/home/ana/My Eyes'\n" in card and "--data '/home/ana/My Eyes'\n" in card
+
+
+def test_export_records_the_validation_figures_as_answered_beside_the_models(model_dir: Path) -> None:
+    validation = load_manifest(model_dir / "model.json").metrics["validation"]
+    served = validation["served"]
+    # As answered every referral counts, ungradable ones included: never fewer cataracts referred than by the model.
+    assert served["sensitivity"]["n"] == validation["sensitivity"]["n"]
+    assert served["sensitivity"]["k"] >= validation["sensitivity"]["k"]
+    assert (
+        served["sensitivity"]["k"] + served["ppv"]["n"] - served["sensitivity"]["k"] == validation["served_referrals"]
+    )

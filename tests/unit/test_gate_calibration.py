@@ -394,3 +394,25 @@ def test_the_gate_refuses_photos_that_are_not_the_ones_its_split_names(bundled_m
     with pytest.raises(ValueError, match=r"holds \{'cataract': 3, 'normal': 4\}, but 20261127-195611"):
         check("look-alike", split["val"][:3], other)
     check("look-alike", split["val"][:3], other, explicit=split_path)  # --split given: the user vouches for it
+
+
+def test_served_counts_score_the_answers_with_an_ungradable_photo_referred(tmp_path: Path) -> None:
+    # The headline validation figures score the model's probability alone; as answered, a normal photo the gate
+    # refuses is referred, which specificity must count.
+    from PIL import Image
+
+    from tests.support.images import encoded
+
+    photos = []
+    for label, name, img in (
+        ("cataract", "bright", Image.new("RGB", (40, 30), (250, 250, 250))),  # referred by the model
+        ("normal", "dark", Image.new("RGB", (40, 30), (20, 20, 20))),  # passed
+        ("normal", "tiny", Image.new("RGB", (5, 5), (20, 20, 20))),  # ungradable, so referred
+    ):
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        photos.append(tmp_path / "data" / label / f"{name}.png")
+        photos[-1].write_bytes(encoded(img, "PNG"))
+    served = cal.served_counts(build_tiny_model(tmp_path / "m"), photos)["served"]
+    assert (served["sensitivity"]["k"], served["sensitivity"]["n"]) == (1, 1)
+    assert (served["specificity"]["k"], served["specificity"]["n"]) == (1, 2)
+    assert (served["ppv"]["k"], served["ppv"]["n"]) == (1, 2) and (served["npv"]["k"], served["npv"]["n"]) == (1, 1)

@@ -222,6 +222,19 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
     return [line for text in lines for line in (text, "")]
 
 
+def _served_lines(validation: dict[str, Any]) -> list[str]:
+    served = validation.get("served")
+    if not isinstance(served, dict):
+        return []
+    return [
+        "The table scores the model's probability alone. As served, the gradability gate also answers: a photo it "
+        "refuses is `ungradable` and referred. So answered, the validation split gives sensitivity "
+        f"{_ci(served['sensitivity'])}, specificity {_ci(served['specificity'])}, PPV {_ci(served['ppv'])} and "
+        f"NPV {_ci(served['npv'])} ({validation.get('gate_ungradable', 0)} ungradable).",
+        "",
+    ]
+
+
 def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
     names = list(rows)
     out = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -327,6 +340,7 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         "",
         *(_table(rows) if rows else ["no metrics recorded"]),
         "",
+        *_served_lines(m.get("validation", {})),
     ]
     if cv:
         lines += [

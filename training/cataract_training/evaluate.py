@@ -52,8 +52,7 @@ def robustness(model_dir: Path, files: list[Path], labels: list[str]) -> dict[st
     out: dict[str, Any] = {}
     for name, fn in DEGRADATIONS.items():
         s = score_folder(model_dir, files, labels, transform=fn)
-        pred = s["p_pos"] >= s["manifest"].threshold
-        rep = metrics.binary_report(s["is_pos"], pred, s["p_pos"])
+        rep = metrics.binary_report(s["is_pos"], s["model_referral"], s["p_pos"])
         out[name] = {k: rep[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")}
     return out
 
@@ -65,7 +64,7 @@ def score_folder(
     clf = load_classifier(Path(model_dir))
     man = clf.manifest
     pos = man.positive_index
-    logits, probs, gradable, referral = [], [], [], []
+    logits, probs, gradable, referral, model_referral = [], [], [], [], []
     for path in files:
         raw = path.read_bytes() if transform is None else transform(path.read_bytes())
         try:
@@ -75,6 +74,7 @@ def score_folder(
         except ImageError as exc:
             raise ValueError(f"{path}: {exc} (fix or remove it; `cataract-train audit` lists them)") from exc
         _, refer, verdict = clf.judge(measured)
+        model_referral.append(clf.decide(measured.probabilities)[1])  # the model's rule alone, rounded as served
         probs.append(float(measured.probabilities[pos]))
         gradable.append(verdict.gradable)
         referral.append(refer)
@@ -89,6 +89,21 @@ def score_folder(
         "logits": np.array(logits),
         "gradable": np.array(gradable),
         "referral": np.array(referral),
+        "model_referral": np.array(model_referral, dtype=bool),
+    }
+
+
+def served_report(is_pos: np.ndarray, referral: np.ndarray) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV and NPV of the answers as served: an ungradable photo is referred."""
+    is_pos, referral = np.asarray(is_pos, dtype=bool), np.asarray(referral, dtype=bool)
+    tp, fn = int((is_pos & referral).sum()), int((is_pos & ~referral).sum())
+    fp, tn = int((~is_pos & referral).sum()), int((~is_pos & ~referral).sum())
+    return {
+        "sensitivity": metrics.proportion(tp, tp + fn),
+        "specificity": metrics.proportion(tn, tn + fp),
+        "ppv": metrics.proportion(tp, tp + fp),
+        "npv": metrics.proportion(tn, tn + fn),
+        "rule": "as answered: the gate's ungradable photos are referred",
     }
 
 
@@ -98,13 +113,14 @@ def evaluate_folder(
     """Metrics with Wilson intervals at the manifest's threshold and temperature, plus gate counts."""
     s = score_folder(model_dir, files, labels)
     man = s["manifest"]
-    pred_pos = s["p_pos"] >= man.threshold
-    report = metrics.binary_report(s["is_pos"], pred_pos, s["p_pos"])
+    # The model's probability alone (no gate), at the shipped threshold; "served" adds the gate, as answered.
+    report = metrics.binary_report(s["is_pos"], s["model_referral"], s["p_pos"])
     report["threshold"] = man.threshold
     report["temperature"] = man.temperature
     report["argmax_accuracy"] = metrics.proportion(int(((s["p_pos"] >= 0.5) == s["is_pos"]).sum()), len(files))
     report["gate_ungradable"] = int((~s["gradable"]).sum())
     report["served_referrals"] = int(s["referral"].sum())
+    report["served"] = served_report(s["is_pos"], s["referral"])
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
         reliability_plot(s["p_pos"], s["is_pos"], plot_dir / f"reliability{tag}.png", f"ECE {report['ece']:.3f}")

@@ -1178,18 +1178,27 @@ def calibrate(
     return {"gate": gate_block, "report": report}
 
 
-def served_counts(model_dir: Path, photos: Sequence[Path]) -> dict[str, int]:
-    """How the model folder, as served, answers ``photos``: ungradable ones and referrals."""
+def served_counts(model_dir: Path, photos: Sequence[Path]) -> dict[str, Any]:
+    """How the model folder, as served, answers ``photos``: ungradable ones and referrals, and (when each photo's
+    folder names its class) sensitivity and specificity as answered."""
+    from .evaluate import served_report
+
     served = load_classifier(model_dir)
     results = [served.predict_bytes(path.read_bytes()) for path in photos]
-    return {
+    counts: dict[str, Any] = {
         "gate_ungradable": sum(r.label == "ungradable" for r in results),
         "served_referrals": sum(r.referral for r in results),
     }
+    labels = [path.parent.name for path in photos]
+    if set(labels) <= set(served.manifest.classes):
+        is_pos = np.array([label == served.manifest.positive_class for label in labels])
+        counts["served"] = served_report(is_pos, np.array([r.referral for r in results]))
+    return counts
 
 
 def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> None:
-    """Re-count model.json's validation ``gate_ungradable`` and ``served_referrals`` under the gate just written.
+    """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate just
+    written.
 
     Export counted them under the gate it had (the default one, for new bytes); left alone, ``GET /model``
     would serve counts of a gate that no longer exists.
