@@ -51,3 +51,9 @@ def test_the_study_reports_every_ratio_and_kind_and_checks_its_companions(folder
     assert "| composite | ratio |" in result["markdown"]
     with pytest.raises(ValueError, match="not a photo under"):
         two_eyes.run(model, folder, chosen=["normal/missing.png"])
+
+
+@pytest.mark.parametrize(("p", "referred"), [(0.2092596, True), (0.2092594, False), (0.20926, True)])
+def test_the_study_refers_as_the_service_decides(p: float, referred: bool) -> None:
+    # Serving rounds the probability to 6 decimals before the threshold; the study once compared it unrounded.
+    assert two_eyes.refers(p, 0.20926) is referred

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cataract_inference.classifier import SPLIT_ASPECT, Classifier, load_classifier
+from cataract_inference.classifier import PROBABILITY_DECIMALS, SPLIT_ASPECT, Classifier, load_classifier
 from cataract_inference.imaging import decode_image
 
 RATIOS = (2.0, 3.0, 4.0)
@@ -93,6 +93,11 @@ def screen_photos(classifier: Classifier, paths: Sequence[Path], labels: Sequenc
     return out
 
 
+def refers(p_positive: float, threshold: float) -> bool:
+    """The served referral rule: the probability as the response rounds it, against the threshold."""
+    return round(p_positive, PROBABILITY_DECIMALS) >= threshold
+
+
 def real_wide_photos(photos: Sequence[Screened], threshold: float) -> dict[str, Any]:
     """Per class: gradable photos split in two, and how many referrals the split added."""
     out: dict[str, Any] = {}
@@ -101,8 +106,8 @@ def real_wide_photos(photos: Sequence[Screened], threshold: float) -> dict[str, 
         out[label] = {
             "gradable_photos": sum(p.label == label and p.gradable for p in photos),
             "split": len(wide),
-            "referred_whole_only": sum(p.whole >= threshold for p in wide),
-            "referred_served": sum(p.served >= threshold for p in wide),
+            "referred_whole_only": sum(refers(p.whole, threshold) for p in wide),
+            "referred_served": sum(refers(p.served, threshold) for p in wide),
         }
     return out
 
@@ -125,8 +130,8 @@ def composites(
     rng = random.Random(seed)
     surest = "surest normal of all photos, training's too" if companions else "surest normal"
     usable = [p for p in photos if p.gradable and p.aspect < SPLIT_ASPECT]  # one eye each, as far as we know
-    cataracts = [p for p in usable if p.label == positive and p.served >= threshold]
-    normals = [p for p in usable if p.label != positive and p.served < threshold]
+    cataracts = [p for p in usable if p.label == positive and refers(p.served, threshold)]
+    normals = [p for p in usable if p.label != positive and not refers(p.served, threshold)]
     if not cataracts or len(normals) < 2:
         raise ValueError("too few photos for composites: need referred cataract photos and 2+ unreferred normal ones")
     pool = [p for p in companions if p.gradable and p.aspect < SPLIT_ASPECT and p.label != positive] or normals
@@ -149,8 +154,8 @@ def composites(
             served, whole, _ = _cataract_probabilities(classifier, _png(composite))
             tally = tallies.setdefault(kind, [0, 0, 0])
             tally[0] += 1
-            tally[1] += (whole >= threshold) != referral_expected
-            tally[2] += (served >= threshold) != referral_expected
+            tally[1] += refers(whole, threshold) != referral_expected
+            tally[2] += refers(served, threshold) != referral_expected
         rows += [
             {"ratio": ratio, "kind": kind, "cases": n, "whole_only": w, "served": s}
             for kind, (n, w, s) in tallies.items()

@@ -26,7 +26,7 @@ OVERLAY_SIDE = 512
 # the model's ⅛ draft at 504 px: decoding them again for 8 more pixels would cost a full entropy pass (~38 ms).
 OVERLAY_MIN_SIDE = 448
 # A photo at least this elongated may show both eyes, and one clear eye can outvote a cataract in the other
-# (beside one particular normal photo, 7-17 of 43 composites lost their referral). Each half is screened too,
+# (beside one particular normal photo, 6-17 of 43 composites lost their referral). Each half is screened too,
 # and the most suspicious view decides: no referral lost then, and no verdict changed on the 40 real photos
 # this wide (docs/training.md, "Photos of both eyes"; python -m cataract_training.two_eyes).
 SPLIT_ASPECT = 2.0
