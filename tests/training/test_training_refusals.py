@@ -133,6 +133,38 @@ def test_a_renamed_run_still_names_its_version() -> None:
     assert _run_stamp(Path("runs/best")) == "best"
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"train": ["cataract/a.png"]}', "needs a 'val' list"),  # a file with no validation photos
+        ("[1, 2]", "needs a 'val' list"),
+        ("not json", "is not JSON"),
+    ],
+)
+def test_evaluate_names_a_split_file_that_is_not_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=1)
+    split = tmp_path / "split.json"
+    split.write_text(content, encoding="utf-8")
+    args = ["evaluate", str(data), "--model-dir", str(tmp_path / "m"), "--split-file", str(split)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(split) in err and "Traceback" not in err
+
+
+def test_an_undefined_rate_is_null_in_json_not_nan() -> None:
+    import json
+
+    from cataract_training import metrics
+
+    report = metrics.binary_report(np.array([False, False]), np.array([False, False]), np.array([0.1, 0.2]))
+    assert report["ppv"] == {"value": None, "k": 0, "n": 0, "ci95": None}  # nothing referred: no PPV
+    text = json.dumps(metrics.json_ready(report), allow_nan=False)  # raises on a NaN
+    assert json.loads(text)["roc_auc"] is None  # one class only: no AUC
+
+
 def test_evaluate_refuses_unknown_class_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "eyes"
     make_folder(data, n_per_class=1)

@@ -113,15 +113,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_photos(path: Path, subset: str) -> list[str]:
+    """The photo paths a split file lists under ``subset``; a ValueError naming the file otherwise."""
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--split-file {path} is not JSON: {exc}") from exc
+    photos = split.get(subset) if isinstance(split, dict) else None
+    if not isinstance(photos, list) or not all(isinstance(p, str) for p in photos):
+        raise ValueError(
+            f"--split-file {path} is not a split file: it needs a {subset!r} list of photo paths (a run's "
+            "split.json, or one under training/splits/)"
+        )
+    return photos
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate an exported model folder on a labelled image folder, through the serving classifier."""
     from .data import check_classes, discover
     from .evaluate import evaluate_folder, robustness
+    from .metrics import json_ready
 
     samples = discover(Path(args.data), tuple(s.lower() for s in args.splits) if args.splits else None)
     if args.split_file:
         # Only the photos a run held out (e.g. its validation split), by their paths relative to DATA.
-        keep = set(json.loads(Path(args.split_file).read_text(encoding="utf-8"))[args.subset])
+        keep = set(_split_photos(Path(args.split_file), args.subset))
         samples = [s for s in samples if s.key(Path(args.data)) in keep]
     if not samples:
         raise ValueError(f"no photos to evaluate in {args.data} (check --splits, --split-file and DATA)")
@@ -142,7 +158,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(json_ready(report), indent=2, allow_nan=False)
+        (Path(args.out) / "evaluation.json").write_text(text + "\n", encoding="utf-8")
     return 0
 
 
@@ -221,7 +238,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 def _one_line(title: str, r: dict) -> str:
     def f(name: str) -> str:
         m = r[name]
-        return f"{name} {m['value']} [{m['ci95'][0]}, {m['ci95'][1]}]"
+        return f"{name} {m['value']} [{m['ci95'][0]}, {m['ci95'][1]}]" if m["ci95"] else f"{name} n/a"
 
     parts = [f(n) for n in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
     return f"{title}: n={r['n']} " + ", ".join(parts) + f", AUC {r['roc_auc']}, ECE {r['ece']}"

@@ -21,9 +21,22 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def proportion(k: int, n: int) -> dict[str, Any]:
-    """A proportion with its count and 95% Wilson interval."""
+    """A proportion with its count and 95% Wilson interval (value and interval None when n = 0)."""
+    if not n:
+        return {"value": None, "k": int(k), "n": 0, "ci95": None}
     lo, hi = wilson(k, n)
-    return {"value": round(k / n, 4) if n else None, "k": int(k), "n": int(n), "ci95": [round(lo, 4), round(hi, 4)]}
+    return {"value": round(k / n, 4), "k": int(k), "n": int(n), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity (an AUC of one class, say) as None: JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def roc_auc(is_pos: np.ndarray, score: np.ndarray) -> float:
