@@ -406,6 +406,40 @@ def test_a_model_with_external_weight_files_is_refused(tmp_path: Path) -> None:
         Classifier(load_baked(model_dir))
 
 
+def test_external_weights_in_the_working_directory_are_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ORT looked for them beside the process, not the model: a graph its optimiser leaves alone then ran weights no
+    # sha256 covered, and swapping the file changed every answer under the same pins.
+    from onnx import TensorProto, helper
+
+    weights = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[1, 2], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", "8")):
+        weights.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Unsqueeze", ["m", "axis"], ["m1"]),
+            helper.make_node("Add", ["m1", "W"], ["logits"]),
+        ],
+        "external",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        [weights, helper.make_tensor("axis", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    model_dir = build_tiny_model(tmp_path / "m", with_extras=False)
+    (model_dir / "model.onnx").write_bytes(model.SerializeToString())
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "w.bin").write_bytes(np.array([7.0, -7.0], dtype=np.float32).tobytes())
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ModelLoadError, match="external files"):
+        Classifier(load_baked(model_dir))
+
+
 def test_symbolic_input_sides_are_accepted_and_a_non_float_input_is_refused(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "m")
     model = onnx.load(model_dir / "model.onnx")

@@ -83,8 +83,14 @@ def session_options(intra_op_threads: int) -> Any:
     # under Lambda's CPU share at 2048 MB they throttle (benchmarks/quota.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_threads > 1 else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # A session built from bytes still reads external-data weights, from the working directory, and no sha256
+    # covers them: point ORT at a folder that cannot exist (under a file), so that any such graph is refused.
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", _NO_EXTERNAL_DATA)
     opts.log_severity_level = 3
     return opts
+
+
+_NO_EXTERNAL_DATA = str(Path(__file__).resolve() / "no-external-data")
 
 
 class Classifier:
