@@ -79,7 +79,9 @@ def test_the_manifests_validation_counts_are_the_shipped_gates() -> None:
     model_dir = Path(__file__).resolve().parents[2] / "functions" / "inference" / "model"
     manifest = load_manifest(model_dir / "model.json")
     split = json.loads((gate.SPLITS_DIR / f"{manifest.metrics['training_run']['run']}.json").read_text())
-    counts = gate.served_counts(model_dir, [data / key for key in split["val"]])
+    counts = gate.served_counts(
+        model_dir, [data / key for key in split["val"]], [key.split("/")[0] for key in split["val"]]
+    )
     validation = manifest.metrics["validation"]
     assert validation["n"] == len(split["val"])
     assert {k: validation[k] for k in counts} == counts

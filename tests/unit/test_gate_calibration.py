@@ -357,15 +357,19 @@ def test_refreshing_the_validation_counts_recounts_the_shipped_variant_and_drops
             },
         },
     )
-    cal.refresh_validation_counts(model, photos)
+    labels = ["cataract", "normal", "normal"]
+    cal.refresh_validation_counts(model, photos, labels)
     metrics = load_manifest(model / "model.json").metrics
-    counts = {"gate_ungradable": 1, "served_referrals": 2}
-    assert cal.served_counts(model, photos) == counts
+    counts = cal.served_counts(model, photos, labels)
+    assert {k: counts[k] for k in ("gate_ungradable", "served_referrals")} == {
+        "gate_ungradable": 1,
+        "served_referrals": 2,
+    }
     assert metrics["validation"] == {"n": 3, **counts, "accuracy": 0.9}
     assert metrics["variants"]["fp32"]["validation"] == {"n": 3, **counts}
     assert metrics["variants"]["int8"]["validation"] == {"n": 3, "accuracy": 0.8}, "no gate was fitted for int8"
     # Counts over another set of photos are not overwritten with these.
-    cal.refresh_validation_counts(model, photos[:2])
+    cal.refresh_validation_counts(model, photos[:2], labels[:2])
     assert load_manifest(model / "model.json").metrics["validation"]["gate_ungradable"] == 1
 
 
@@ -403,16 +407,43 @@ def test_served_counts_score_the_answers_with_an_ungradable_photo_referred(tmp_p
 
     from tests.support.images import encoded
 
-    photos = []
+    photos, labels = [], []
     for label, name, img in (
-        ("cataract", "bright", Image.new("RGB", (40, 30), (250, 250, 250))),  # referred by the model
+        ("Cataract", "bright", Image.new("RGB", (40, 30), (250, 250, 250))),  # referred by the model
         ("normal", "dark", Image.new("RGB", (40, 30), (20, 20, 20))),  # passed
         ("normal", "tiny", Image.new("RGB", (5, 5), (20, 20, 20))),  # ungradable, so referred
     ):
-        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
-        photos.append(tmp_path / "data" / label / f"{name}.png")
+        # In a folder named like the other class: the labels come from the data's discovery, not folder names.
+        photos.append(tmp_path / "cataract" / f"{name}.png")
+        photos[-1].parent.mkdir(exist_ok=True)
         photos[-1].write_bytes(encoded(img, "PNG"))
-    served = cal.served_counts(build_tiny_model(tmp_path / "m"), photos)["served"]
+        labels.append(label)
+    served = cal.served_counts(build_tiny_model(tmp_path / "m"), photos, labels)["served"]
     assert (served["sensitivity"]["k"], served["sensitivity"]["n"]) == (1, 1)
     assert (served["specificity"]["k"], served["specificity"]["n"]) == (1, 2)
     assert (served["ppv"]["k"], served["ppv"]["n"]) == (1, 2) and (served["npv"]["k"], served["npv"]["n"]) == (1, 1)
+
+
+def test_recounting_the_validation_figures_rewrites_the_cards_sentence_on_them(tmp_path: Path) -> None:
+    # The card quoted export's figures after the calibration had recounted them under its new gate.
+    from PIL import Image
+
+    from tests.support.images import encoded
+
+    photos = []
+    for name, img in (("bright", Image.new("RGB", (40, 30), (250, 250, 250))), ("tiny", Image.new("RGB", (5, 5)))):
+        photos.append(tmp_path / f"{name}.png")
+        photos[-1].write_bytes(encoded(img, "PNG"))
+    labels = ["cataract", "normal"]
+    old = {"gate_ungradable": 0, "served_referrals": 1}
+    old_served = cal.served_counts(build_tiny_model(tmp_path / "probe"), photos[:1], labels[:1])["served"]
+    model = build_tiny_model(tmp_path / "m", metrics={"validation": {"n": 2, **old, "served": old_served}})
+    before = cal.served_block({**old, "served": old_served})
+    assert before is not None
+    (model / "MODEL_CARD.md").write_text(f"# Model card: x 1\n\nmine\n\n{before}\n\nalso mine\n", encoding="utf-8")
+    cal.refresh_validation_counts(model, photos, labels)
+    after = cal.served_block(load_manifest(model / "model.json").metrics["validation"])
+    assert after is not None and after != before and "(1 ungradable)" in after
+    assert (model / "MODEL_CARD.md").read_text(
+        encoding="utf-8"
+    ) == f"# Model card: x 1\n\nmine\n\n{after}\n\nalso mine\n"

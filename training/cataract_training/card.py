@@ -13,8 +13,8 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .gate import CARD_BLOCK as GATE_BLOCK
-from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED
-from .metrics import wilson
+from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
+from .metrics import format_rate
 from .train import FIT_FLAGS, FitConfig
 
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
@@ -133,12 +133,7 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     return lines
 
 
-def _ci(m: dict[str, Any]) -> str:
-    if m.get("value") is None:
-        return "n/a"
-    # The value from its counts: model.json keeps 4 decimals, and rounding those again can turn 98.947% into 99.0%.
-    value, (low, high) = (m["k"] / m["n"], wilson(m["k"], m["n"])) if m.get("n") else (m["value"], m["ci95"])
-    return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
+_ci = format_rate
 
 
 def _validation_files_note(run: dict[str, Any]) -> str:
@@ -220,19 +215,6 @@ def _decision_lines(manifest: Manifest, cal: dict[str, Any], cv: dict[str, Any])
             "Read P(cataract) as a ranked score that is roughly calibrated, not as an exact frequency."
         )
     return [line for text in lines for line in (text, "")]
-
-
-def _served_lines(validation: dict[str, Any]) -> list[str]:
-    served = validation.get("served")
-    if not isinstance(served, dict):
-        return []
-    return [
-        "The table scores the model's probability alone. As served, the gradability gate also answers: a photo it "
-        "refuses is `ungradable` and referred. So answered, the validation split gives sensitivity "
-        f"{_ci(served['sensitivity'])}, specificity {_ci(served['specificity'])}, PPV {_ci(served['ppv'])} and "
-        f"NPV {_ci(served['npv'])} ({validation.get('gate_ungradable', 0)} ungradable).",
-        "",
-    ]
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -340,7 +322,7 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         "",
         *(_table(rows) if rows else ["no metrics recorded"]),
         "",
-        *_served_lines(m.get("validation", {})),
+        *([block, ""] if (block := served_block(m.get("validation", {}))) else []),
     ]
     if cv:
         lines += [
@@ -482,7 +464,7 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     path = Path(model_dir) / CARD_FILENAME
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     # A gate block stays only while model.json's gate is calibrated for this model: new bytes reset the gate.
-    stale = () if gate_calibrated(manifest) else (GATE_BLOCK,)
+    stale = (SERVED_BLOCK,) if gate_calibrated(manifest) else (GATE_BLOCK, SERVED_BLOCK)  # rendered anew
     kept = [m for m in _BLOCK.finditer(old) if m.group(1) not in stale]
     blocks = [m.group(0) for m in kept]
     text = render(manifest, gate_section=any(m.group(1) == GATE_BLOCK for m in kept))

@@ -33,6 +33,7 @@ import io
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -1173,30 +1174,28 @@ def calibrate(
     if write:
         write_calibration(model_dir, gate_block, card_block(report, gate))
         if SEEN in eyes.parts:  # the run's split was found: the other photos are its validation photos
-            val_photos = [path for path, part in zip(eyes.paths, eyes.parts, strict=True) if part != SEEN]
-            refresh_validation_counts(model_dir, val_photos)
+            rows = zip(eyes.paths, eyes.labels, eyes.parts, strict=True)
+            val = [(path, label) for path, label, part in rows if part != SEEN]
+            refresh_validation_counts(model_dir, [p for p, _ in val], [label for _, label in val])
     return {"gate": gate_block, "report": report}
 
 
-def served_counts(model_dir: Path, photos: Sequence[Path]) -> dict[str, Any]:
-    """How the model folder, as served, answers ``photos``: ungradable ones and referrals, and (when each photo's
-    folder names its class) sensitivity and specificity as answered."""
+def served_counts(model_dir: Path, photos: Sequence[Path], labels: Sequence[str]) -> dict[str, Any]:
+    """How the model folder, as served, answers ``photos`` (labelled ``labels``): ungradable ones, referrals, and
+    sensitivity, specificity, PPV and NPV as answered (an ungradable photo is referred)."""
     from .evaluate import served_report
 
     served = load_classifier(model_dir)
     results = [served.predict_bytes(path.read_bytes()) for path in photos]
-    counts: dict[str, Any] = {
+    is_pos = np.array([label.lower() == served.manifest.positive_class for label in labels], dtype=bool)
+    return {
         "gate_ungradable": sum(r.label == "ungradable" for r in results),
         "served_referrals": sum(r.referral for r in results),
+        "served": served_report(is_pos, np.array([r.referral for r in results], dtype=bool)),
     }
-    labels = [path.parent.name for path in photos]
-    if set(labels) <= set(served.manifest.classes):
-        is_pos = np.array([label == served.manifest.positive_class for label in labels])
-        counts["served"] = served_report(is_pos, np.array([r.referral for r in results]))
-    return counts
 
 
-def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> None:
+def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], labels: Sequence[str]) -> None:
     """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate just
     written.
 
@@ -1205,7 +1204,7 @@ def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> No
     """
     path = model_dir / MANIFEST_FILENAME
     raw = json.loads(path.read_text(encoding="utf-8"))
-    counts = served_counts(model_dir, val_photos)
+    counts = served_counts(model_dir, val_photos, labels)
     metrics_block = raw.get("metrics", {})
     precision = raw.get("precision")
     variants = metrics_block.get("variants", {})
@@ -1218,10 +1217,35 @@ def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path]) -> No
             for key in counts:
                 variant["validation"].pop(key, None)
     path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-    load_manifest(path)
+    manifest = load_manifest(path)
+    card = model_dir / CARD_FILENAME
+    if card.is_file():  # the card's sentence on these figures, as recounted
+        text = card.read_text(encoding="utf-8")
+        pattern = re.compile(rf"<!-- BEGIN {SERVED_BLOCK}\b.*?<!-- END {SERVED_BLOCK} -->", re.S)
+        block = served_block(manifest.metrics.get("validation", {}))
+        if block and pattern.search(text):
+            card.write_text(pattern.sub(lambda _m: block, text), encoding="utf-8")
 
 
 CARD_BLOCK = "gradability-gate"
+SERVED_BLOCK = "served-validation"
+
+
+def served_block(validation: dict[str, Any]) -> str | None:
+    """The model card's sentence on the validation figures as answered (None when model.json has none): a block,
+    so that the gate calibration can rewrite it when it recounts them."""
+    served = validation.get("served")
+    if not isinstance(served, dict):
+        return None
+    rate = metrics.format_rate
+    return (
+        f"<!-- BEGIN {SERVED_BLOCK} -->\n"
+        "The table scores the model's probability alone. As served, the gradability gate also answers: a photo it "
+        "refuses is `ungradable` and referred. So answered, the validation split gives sensitivity "
+        f"{rate(served['sensitivity'])}, specificity {rate(served['specificity'])}, PPV {rate(served['ppv'])} and "
+        f"NPV {rate(served['npv'])} ({validation.get('gate_ungradable', 0)} ungradable).\n"
+        f"<!-- END {SERVED_BLOCK} -->"
+    )
 
 
 def card_block(report: dict[str, Any], gate: GateThresholds) -> str:

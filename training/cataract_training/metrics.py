@@ -28,6 +28,15 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     return {"value": round(k / n, 4), "k": int(k), "n": int(n), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
+def format_rate(m: dict[str, Any]) -> str:
+    """``proportion``'s record as ``97.9% [92.8, 99.4] (95/97)``, from its counts (``n/a`` when undefined)."""
+    if m.get("value") is None:
+        return "n/a"
+    # The value from its counts: model.json keeps 4 decimals, and rounding those again can turn 98.947% into 99.0%.
+    value, (low, high) = (m["k"] / m["n"], wilson(m["k"], m["n"])) if m.get("n") else (m["value"], m["ci95"])
+    return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
+
+
 def json_ready(obj: Any) -> Any:
     """``obj`` with every NaN or infinity (an AUC of one class, say) as None: JSON has no NaN."""
     if isinstance(obj, dict):
