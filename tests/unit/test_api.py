@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -671,3 +672,15 @@ def test_the_handler_blames_the_client_only_for_what_the_client_sent(
     event["isBase64Encoded"] = True
     with pytest.raises(type(fault), match="a bug of ours"):
         handler.lambda_handler(event, FakeLambdaContext())
+
+
+def test_get_model_names_the_training_data_without_the_training_machines_path(bundled_model_dir: Path) -> None:
+    from cataract_inference.manifest import load_manifest
+
+    manifest = load_manifest(bundled_model_dir / "model.json")
+    assert manifest.training_data["source"].startswith("/")  # model.json keeps where training read it
+    view = manifest.public_view()
+    assert view["training_data"]["source"] == "cataract-eyes/train"
+    assert "/work/" not in json.dumps(view)
+    windows = manifest.model_copy(update={"training_data": {"source": "C:\\Users\\me\\eyes\\train"}})
+    assert windows.public_view()["training_data"]["source"] == "eyes/train"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -185,8 +185,13 @@ class Manifest(BaseModel):
         return self.classes.index(self.positive_class)
 
     def public_view(self) -> dict[str, Any]:
-        """The manifest as served by ``GET /model``."""
-        return self.model_dump(mode="json")
+        """The manifest as served by ``GET /model``: the training data's folder by its last two names only (the
+        training machine's path is nobody's business)."""
+        view = self.model_dump(mode="json")
+        source = view["training_data"].get("source")
+        if isinstance(source, str):
+            view["training_data"]["source"] = "/".join(PurePath(source.replace("\\", "/")).parts[-2:])
+        return view
 
 
 def load_manifest(path: Path) -> Manifest:
