@@ -684,3 +684,11 @@ def test_get_model_names_the_training_data_without_the_training_machines_path(bu
     assert "/work/" not in json.dumps(view)
     windows = manifest.model_copy(update={"training_data": {"source": "C:\\Users\\me\\eyes\\train"}})
     assert windows.public_view()["training_data"]["source"] == "eyes/train"
+    # An audit finding quoting an unreadable photo's full path, and a folder right under the root.
+    finding = "UNREADABLE: cataract/x.png (FileNotFoundError: '/srv/data/eyes/cataract/x.png')"
+    served = manifest.model_copy(
+        update={"training_data": {"source": "/srv/data/eyes", "findings": [finding]}}
+    ).public_view()["training_data"]
+    assert served["findings"] == ["UNREADABLE: cataract/x.png (FileNotFoundError: 'data/eyes/cataract/x.png')"]
+    rooted = manifest.model_copy(update={"training_data": {"source": "/data"}})
+    assert rooted.public_view()["training_data"]["source"] == "data"

@@ -189,9 +189,22 @@ class Manifest(BaseModel):
         training machine's path is nobody's business)."""
         view = self.model_dump(mode="json")
         source = view["training_data"].get("source")
-        if isinstance(source, str):
-            view["training_data"]["source"] = "/".join(PurePath(source.replace("\\", "/")).parts[-2:])
+        if isinstance(source, str) and source:
+            names = [part for part in PurePath(source.replace("\\", "/")).parts if part.strip("/")]
+            # Everywhere in it: an audit finding may quote a file's full path (an unreadable photo's error).
+            view["training_data"] = _replaced(view["training_data"], source, "/".join(names[-2:]))
         return view
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    """``value`` with ``old`` replaced by ``new`` in every string it holds."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, old, new) for v in value]
+    return value
 
 
 def load_manifest(path: Path) -> Manifest:
