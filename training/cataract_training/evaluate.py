@@ -95,14 +95,9 @@ def score_folder(
 
 def served_report(is_pos: np.ndarray, referral: np.ndarray) -> dict[str, Any]:
     """Sensitivity, specificity, PPV and NPV of the answers as served: an ungradable photo is referred."""
-    is_pos, referral = np.asarray(is_pos, dtype=bool), np.asarray(referral, dtype=bool)
-    tp, fn = int((is_pos & referral).sum()), int((is_pos & ~referral).sum())
-    fp, tn = int((~is_pos & referral).sum()), int((~is_pos & ~referral).sum())
+    rates = metrics.decision_rates(is_pos, referral)
     return {
-        "sensitivity": metrics.proportion(tp, tp + fn),
-        "specificity": metrics.proportion(tn, tn + fp),
-        "ppv": metrics.proportion(tp, tp + fp),
-        "npv": metrics.proportion(tn, tn + fn),
+        **{k: rates[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
         "rule": "as answered: the gate's ungradable photos are referred",
     }
 

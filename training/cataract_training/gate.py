@@ -1218,13 +1218,9 @@ def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], label
                 variant["validation"].pop(key, None)
     path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     manifest = load_manifest(path)
-    card = model_dir / CARD_FILENAME
-    if card.is_file():  # the card's sentence on these figures, as recounted
-        text = card.read_text(encoding="utf-8")
-        pattern = re.compile(rf"<!-- BEGIN {SERVED_BLOCK}\b.*?<!-- END {SERVED_BLOCK} -->", re.S)
-        block = served_block(manifest.metrics.get("validation", {}))
-        if block and pattern.search(text):
-            card.write_text(pattern.sub(lambda _m: block, text), encoding="utf-8")
+    block = served_block(manifest.metrics.get("validation", {}))
+    if block:  # the card's sentence on these figures, as recounted (a card without one is left alone)
+        write_card_block(model_dir, block, name=SERVED_BLOCK, append=False)
 
 
 CARD_BLOCK = "gradability-gate"
@@ -1367,16 +1363,19 @@ def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -
         card.write_text(text, encoding="utf-8")
 
 
-def write_card_block(model_dir: Path, block: str) -> None:
-    """Replace the gate block in ``MODEL_CARD.md`` (or append it); no card, nothing to do."""
-    import re
-
+def write_card_block(model_dir: Path, block: str, *, name: str = CARD_BLOCK, append: bool = True) -> None:
+    """Replace the ``name`` block in ``MODEL_CARD.md`` (or, with ``append``, add it); no card, nothing to do."""
     card = model_dir / CARD_FILENAME
     if not card.is_file():
         return
     text = card.read_text(encoding="utf-8")
-    pattern = re.compile(rf"<!-- BEGIN {CARD_BLOCK}\b.*?<!-- END {CARD_BLOCK} -->", re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    pattern = re.compile(rf"<!-- BEGIN {name}\b.*?<!-- END {name} -->", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text)
+    elif append:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        return
     card.write_text(text, encoding="utf-8")
 
 

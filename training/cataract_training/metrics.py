@@ -110,27 +110,37 @@ def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
     return float(sum(b["count"] / n * abs(b["confidence"] - b["accuracy"]) for b in bins if b["count"]))
 
 
-def binary_report(is_pos: np.ndarray, pred_pos: np.ndarray, p_pos: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
-    """Accuracy, sensitivity, specificity, PPV, NPV (Wilson 95%), ROC AUC, confusion and ECE."""
+def decision_rates(is_pos: np.ndarray, pred_pos: np.ndarray) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, PPV and NPV (Wilson 95%) of yes/no decisions, and their confusion."""
     is_pos = np.asarray(is_pos, dtype=bool)
     pred_pos = np.asarray(pred_pos, dtype=bool)
-    p_pos = np.asarray(p_pos, dtype=np.float64)
     tp = int((is_pos & pred_pos).sum())
     tn = int((~is_pos & ~pred_pos).sum())
     fp = int((~is_pos & pred_pos).sum())
     fn = int((is_pos & ~pred_pos).sum())
-    # Calibration of the predicted class's probability (top-label ECE), two classes.
-    conf = np.where(p_pos >= 0.5, p_pos, 1 - p_pos)
-    correct = (p_pos >= 0.5) == is_pos
     return {
-        "n": len(is_pos),
         "accuracy": proportion(tp + tn, len(is_pos)),
         "sensitivity": proportion(tp, tp + fn),
         "specificity": proportion(tn, tn + fp),
         "ppv": proportion(tp, tp + fp),
         "npv": proportion(tn, tn + fn),
-        "roc_auc": round(roc_auc(is_pos, p_pos), 4),
         "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn, "rows": "actual cataract, actual normal"},
+    }
+
+
+def binary_report(is_pos: np.ndarray, pred_pos: np.ndarray, p_pos: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, PPV, NPV (Wilson 95%), ROC AUC, confusion and ECE."""
+    is_pos = np.asarray(is_pos, dtype=bool)
+    p_pos = np.asarray(p_pos, dtype=np.float64)
+    rates = decision_rates(is_pos, pred_pos)
+    # Calibration of the predicted class's probability (top-label ECE), two classes.
+    conf = np.where(p_pos >= 0.5, p_pos, 1 - p_pos)
+    correct = (p_pos >= 0.5) == is_pos
+    return {
+        "n": len(is_pos),
+        **{k: rates[k] for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")},
+        "roc_auc": round(roc_auc(is_pos, p_pos), 4),
+        "confusion": rates["confusion"],
         "ece": round(ece(conf, correct, n_bins), 4),
         "ece_bins": n_bins,
         "brier": round(float(np.mean((p_pos - is_pos) ** 2)), 4),

@@ -146,7 +146,7 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
             metadata = {"sha256": digest, "manifest-sha256": manifest_digest, PUBLISHED_AT: published_at}
             client.upload_file(str(model), bucket, folder + MODEL_FILENAME, ExtraArgs={"Metadata": metadata})
             uploaded.append(MODEL_FILENAME)
-        if not (retry and _exists(client, bucket, folder + MANIFEST_FILENAME)):
+        if not (retry and _head(client, bucket, folder + MANIFEST_FILENAME) is not None):
             client.upload_file(
                 str(manifest_path),
                 bucket,
@@ -156,7 +156,8 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
             uploaded.append(MANIFEST_FILENAME)
         # The card is not pinned by anyone: a corrected one (say, after the gate calibration) replaces the old.
         card_digest = sha256_of(card)
-        if not (retry and _stored_sha256(client, bucket, folder + CARD_FILENAME) == card_digest):
+        stored = _head(client, bucket, folder + CARD_FILENAME) if retry else None
+        if (stored or {}).get("Metadata", {}).get("sha256") != card_digest:
             client.upload_file(
                 str(card),
                 bucket,
@@ -189,28 +190,16 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
 PUBLISHED_AT = "published-at"
 
 
-def _stored_sha256(client: Any, bucket: str, key: str) -> str | None:
-    """The sha256 in an object's metadata; None when it is missing or has none."""
+def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """An object's HEAD answer, or None when it is not there."""
     from botocore.exceptions import ClientError
 
     try:
-        return (client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get("sha256")
+        return dict(client.head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
         if _not_found(exc):
             return None
         raise
-
-
-def _exists(client: Any, bucket: str, key: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if _not_found(exc):
-            return False
-        raise
-    return True
 
 
 def _refuse_a_different_publication(
@@ -221,14 +210,9 @@ def _refuse_a_different_publication(
     Returns None when the version is not published yet, else when it first was (ISO time; S3's LastModified for
     a version published before that was recorded).
     """
-    from botocore.exceptions import ClientError
-
-    try:
-        head = client.head_object(Bucket=bucket, Key=folder + MODEL_FILENAME)
-    except ClientError as exc:
-        if _not_found(exc):
-            return None
-        raise
+    head = _head(client, bucket, folder + MODEL_FILENAME)
+    if head is None:
+        return None
     meta = head.get("Metadata") or {}
     if meta.get("sha256") != digest or meta.get("manifest-sha256") != manifest_digest:
         raise PublishError(
@@ -261,12 +245,9 @@ def _newer_latest(client: Any, bucket: str, prefix: str, version: str, published
         return None  # an unreadable pointer is rewritten
     if not isinstance(other, str) or other == version:
         return None
-    try:
-        head = client.head_object(Bucket=bucket, Key=f"{prefix}{other}/{MODEL_FILENAME}")
-    except ClientError as exc:
-        if _not_found(exc):
-            return None  # it names a version that is not there: pointing at this one mends it
-        raise
+    head = _head(client, bucket, f"{prefix}{other}/{MODEL_FILENAME}")
+    if head is None:
+        return None  # it names a version that is not there: pointing at this one mends it
     return other if _published_at(head) >= published_at else None
 
 
