@@ -135,4 +135,4 @@ def test_near_duplicate_pairs_by_blocks_are_the_pairs_of_the_whole_matrix(monkey
     ]
     assert hashing.near_duplicate_pairs(ph, dh) == expected
     assert [(i, j) for i, j, _, _ in expected] == [(3, 30), (6, 7), (13, 14)]
-    assert np.array_equal(hashing.hamming_matrix(ph), full_p)
+    assert np.array_equal(hashing._hamming_rows(hashing._packed(ph), 0, len(ph)), full_p)

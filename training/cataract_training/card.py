@@ -14,7 +14,7 @@ from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
-from .metrics import format_rate
+from .metrics import format_rate as _ci
 from .train import FIT_FLAGS, FitConfig
 
 _BLOCK = re.compile(r"<!-- BEGIN ([\w.-]+)[^>]*-->.*?<!-- END \1 -->", re.S)
@@ -131,9 +131,6 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     if not isinstance(config, dict) and not bundled:
         lines += [f"The fit's own flags are in `runs/{run.get('run', '<fit run>')}/config.json`.", ""]
     return lines
-
-
-_ci = format_rate
 
 
 def _validation_files_note(run: dict[str, Any]) -> str:

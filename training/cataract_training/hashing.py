@@ -44,12 +44,6 @@ def phash(img: Image.Image, side: int = 32) -> np.ndarray:
     return np.concatenate([[False], ac > np.median(ac)])
 
 
-def hamming_matrix(hashes: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances of an (n, bits) boolean array."""
-    packed = _packed(hashes)
-    return _hamming_rows(packed, 0, len(packed))
-
-
 def _packed(hashes: np.ndarray) -> np.ndarray:
     """(n, bits) booleans as (n, words) uint64, bits padded with zeros to whole words."""
     bits = np.asarray(hashes, dtype=bool)
