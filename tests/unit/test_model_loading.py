@@ -138,6 +138,64 @@ def test_a_graph_that_loads_but_cannot_run_on_the_manifests_input_fails_at_init(
         Classifier(load_baked(model_dir))
 
 
+def _symbolic_outputs(model: onnx.ModelProto) -> None:
+    """Declare every output's shape as symbolic, so that only running the graph shows the real shapes."""
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for index, dim in enumerate(dims):
+            dim.Clear()
+            dim.dim_param = f"d{index}"
+
+
+def _logits_of_hidden_width(model: onnx.ModelProto) -> None:
+    # Reshaped to (batch, -1): ONNX Runtime's own shape inference cannot see the width either.
+    next(n for n in model.graph.node if n.op_type == "MatMul").output[0] = "wide"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"))
+    model.graph.node.extend(
+        [
+            onnx.helper.make_node("Shape", ["input"], ["batch"], end=1),
+            onnx.helper.make_node("Concat", ["batch", "minus_one"], ["flat"], axis=0),
+            onnx.helper.make_node("Reshape", ["wide", "flat"], ["logits"]),
+        ]
+    )
+
+
+def _cam_of_one_channel(model: onnx.ModelProto) -> None:
+    weights = next(i for i in model.graph.initializer if i.name == "Wc")
+    weights.CopyFrom(onnx.numpy_helper.from_array(np.ones((1, 3, 1, 1), dtype=np.float32), "Wc"))
+
+
+def _cam_of_rank_three(model: onnx.ModelProto) -> None:
+    next(n for n in model.graph.node if n.op_type == "Conv").output[0] = "cam4"
+    model.graph.node.append(onnx.helper.make_node("ReduceMean", ["cam4"], ["cam"], axes=[1], keepdims=0))
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "rewire", "outputs", "message"),
+    [
+        # Each loaded, warmed up and served: a 500 on every request, a 500 or a one-row heat map on explain=true,
+        # or the first embedding value read as the gate's distance.
+        (3, _logits_of_hidden_width, None, r"'logits' has shape \(1, 3\)"),
+        (2, _cam_of_one_channel, None, r"'cam' has shape \(1, 1, 4, 4\)"),
+        (2, _cam_of_rank_three, None, r"'cam' has shape \(1, 4, 4\)"),
+        (2, None, {"logits": "logits", "ood_distance": "embedding"}, r"'embedding' has shape \(1, 3\).*one value"),
+        (2, None, {"logits": "logits", "embedding": "cam"}, r"'cam' has shape \(1, 2, 4, 4\).*\(1, n\)"),
+    ],
+)
+def test_outputs_whose_real_shapes_do_not_fit_the_manifest_fail_at_init(
+    tmp_path: Path, n_classes: int, rewire: object, outputs: dict[str, str] | None, message: str
+) -> None:
+    model = tiny_graph(32, n_classes=n_classes)
+    if callable(rewire):
+        rewire(model)
+    _symbolic_outputs(model)
+    model_dir = build_tiny_model(tmp_path / "m")
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"), **({"outputs": outputs} if outputs else {}))
+    with pytest.raises(ModelLoadError, match=message):
+        Classifier(load_baked(model_dir))
+
+
 def test_graph_without_optional_outputs_still_serves(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "m", with_extras=False)
     classifier = Classifier(load_baked(model_dir))

@@ -121,12 +121,13 @@ class Classifier:
         # Only the optional eye score reads the skin fraction: skip it per request unless the gate has one.
         self._stats_need_skin = quality.EyeScore.from_gate(self.manifest.gate) is not None
         try:
-            self.warm_up()
+            outputs = self.warm_up()
         except Exception as exc:  # the graph loaded but cannot run on the manifest's input
             raise ModelLoadError(
                 f"{artifact.source} does not run on the manifest's input (1x3x{self.manifest.input.size}x"
                 f"{self.manifest.input.size} float32): {exc}"
             ) from exc
+        self._check_output_shapes(outputs)
 
     def _check_against_manifest(self) -> list[str]:
         spec, names = self.manifest.input, self.manifest.outputs
@@ -156,10 +157,35 @@ class Classifier:
             raise ModelLoadError(
                 f"the model has {width} logits but the manifest lists {len(self.manifest.classes)} classes"
             )
-        self._check_eye_probe({name: o.shape for name, o in outputs.items()})
+        self._check_gate_blocks()
         return wanted
 
-    def _check_eye_probe(self, shapes: dict[str, Any]) -> None:
+    def _check_output_shapes(self, outputs: dict[str, np.ndarray]) -> None:
+        # Declared shapes may be symbolic ("N", "C"): what one image really gives is checked here, because
+        # every request reads these shapes, and a wrong one fails every request or (a distance read from a
+        # wider output) serves a wrong gate silently.
+        names, classes = self.manifest.outputs, len(self.manifest.classes)
+        expected: dict[str | None, tuple[str, Any]] = {
+            names.logits: ("(1, classes)", lambda s: s == (1, classes)),
+            names.cam: ("(1, classes, h, w)", lambda s: len(s) == 4 and s[:2] == (1, classes)),
+            names.ood_distance: ("one value", lambda s: int(np.prod(s)) == 1),
+            names.mid_distance: ("one value", lambda s: int(np.prod(s)) == 1),
+            names.embedding: ("(1, n)", lambda s: len(s) == 2 and s[0] == 1),
+        }
+        for name, (wanted, fits) in expected.items():
+            if name and not fits(tuple(outputs[name].shape)):
+                raise ModelLoadError(
+                    f"the model's output {name!r} has shape {tuple(outputs[name].shape)} for one image; serving "
+                    f"reads {wanted} (the manifest lists {classes} classes): the manifest does not match the model"
+                )
+        probe = quality.EyeProbe.from_gate(self.manifest.gate)
+        if probe is not None and names.embedding and outputs[names.embedding].shape[-1] != probe.mean.size:
+            raise ModelLoadError(
+                f"the manifest's gate.eye_probe has {probe.mean.size} weights; the model's embedding has "
+                f"{outputs[names.embedding].shape[-1]} values"
+            )
+
+    def _check_gate_blocks(self) -> None:
         # Checked here, not per request: a probe the embedding cannot feed would fail every screening.
         # The eye score too: a malformed one would fail every screening, or (a NaN) never refuse.
         for block, parse in (("eye_score", quality.EyeScore.from_gate), ("eye_probe", quality.EyeProbe.from_gate)):
@@ -170,14 +196,8 @@ class Classifier:
         probe = quality.EyeProbe.from_gate(self.manifest.gate)
         if probe is None:
             return
-        embedding = self.manifest.outputs.embedding
-        if not embedding:
+        if not self.manifest.outputs.embedding:
             raise ModelLoadError("the manifest's gate has an eye_probe but names no embedding output to feed it")
-        dim = shapes[embedding][-1]
-        if isinstance(dim, int) and dim != probe.mean.size:
-            raise ModelLoadError(
-                f"the manifest's gate.eye_probe has {probe.mean.size} weights; the model's embedding has {dim} values"
-            )
 
     @classmethod
     def from_settings(cls, settings: Settings, s3_client: Any | None = None) -> Classifier:
@@ -191,10 +211,10 @@ class Classifier:
         """Name, version and sha256 of the loaded model."""
         return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.artifact.sha256}
 
-    def warm_up(self) -> None:
-        """One run on zeros, so the first request does not pay for lazy allocations."""
+    def warm_up(self) -> dict[str, np.ndarray]:
+        """One run on zeros, so the first request does not pay for lazy allocations; returns its outputs."""
         spec = self.manifest.input
-        self.run(np.zeros((1, 3, spec.size, spec.size), dtype=np.float32))
+        return self.run(np.zeros((1, 3, spec.size, spec.size), dtype=np.float32))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs for a preprocessed NCHW batch."""
