@@ -112,7 +112,8 @@ def test_run_folders_started_in_the_same_second_do_not_collide(tmp_path: Path) -
     assert first != second and first.is_dir() and second.is_dir()
 
 
-@pytest.mark.parametrize("version", ["2027.01.01 rc1", "v1/extra", "", ".hidden", "x" * 65])
+# "resnet.onnx": MODEL_S3_URI=s3://…/resnet.onnx, without its final "/", names a model file, not the folder.
+@pytest.mark.parametrize("version", ["2027.01.01 rc1", "v1/extra", "", ".hidden", "x" * 65, "resnet.onnx", "v1.ONNX"])
 def test_a_version_that_cannot_name_an_s3_folder_and_a_card_title_is_refused(
     tmp_path: Path, version: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -349,7 +349,7 @@ def test_cache_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     with pytest.raises(ModelLoadError, match="MODEL_CACHE_DIR"):
-        resolve_model(Settings.from_env({"MODEL_S3_URI": "s3://b/k/", "MODEL_CACHE_DIR": str(blocker / "cache")}))
+        resolve_model(Settings.from_env({"MODEL_S3_URI": "s3://bkt/k/", "MODEL_CACHE_DIR": str(blocker / "cache")}))
 
 
 @pytest.mark.parametrize(
@@ -358,6 +358,16 @@ def test_cache_not_writable(tmp_path: Path) -> None:
         ({"MODEL_S3_URI": "https://bucket/x"}, "s3://"),
         ({"MODEL_SHA256": "abc"}, "64 hex"),
         ({"ORT_INTRA_OP_THREADS": "zero"}, "integer"),
+        # int() takes these, and no one means them: "1_6" was 16 threads.
+        ({"ORT_INTRA_OP_THREADS": "1_6"}, "plain digits"),
+        ({"ORT_INTRA_OP_THREADS": "+2"}, "plain digits"),
+        ({"MAX_IMAGE_SIDE": "\uff11\uff12\uff10\uff10\uff10"}, "plain digits"),
+        ({"MAX_BODY_BYTES": "6291456000000"}, "<= 1073741824"),
+        # Bucket names S3 can never have: botocore refused them, and init blamed the network.
+        ({"MODEL_S3_URI": "s3://my bucket/models/v1/"}, "bucket name"),
+        ({"MODEL_S3_URI": "s3://bucket?x/models/v1/"}, "bucket name"),
+        ({"MODEL_S3_URI": "s3://https:/bucket/v1/"}, "bucket name"),
+        ({"MODEL_S3_URI": "s3://Models/v1/"}, "bucket name"),
         ({"ORT_INTRA_OP_THREADS": "0"}, ">= 1"),
         ({"MAX_BODY_BYTES": "-5"}, ">= 1"),
         ({"MAX_IMAGE_PIXELS": "200000000"}, "<= 178956970"),
@@ -569,7 +579,7 @@ def test_a_bucket_writer_cannot_swap_model_json_under_the_pins(
     ("env", "message"),
     [
         ({"MODEL_MANIFEST_SHA256": "a" * 64}, "needs it"),
-        ({"MODEL_S3_URI": "s3://b/v1/", "MODEL_MANIFEST_SHA256": "xyz"}, "64 hex characters"),
+        ({"MODEL_S3_URI": "s3://bkt/v1/", "MODEL_MANIFEST_SHA256": "xyz"}, "64 hex characters"),
     ],
 )
 def test_a_manifest_pin_is_checked_when_read(env: dict[str, str], message: str) -> None:
@@ -629,6 +639,65 @@ def test_a_stalled_s3_download_fails_init_within_the_deadline(tmp_path: Path, mo
     settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
     with pytest.raises(ModelLoadError, match="did not deliver"):
         model_source.load_from_s3(settings, _StallingS3())
+
+
+def test_a_slow_credential_source_fails_init_at_the_deadline_and_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # botocore resolves credentials as it makes the client: a slow credential_process once ran outside the
+    # deadline, then the error blamed the network alone.
+    from cataract_inference import model_source
+
+    released = threading.Event()
+
+    def slow_client() -> object:
+        released.wait(5)
+        return _StallingS3()
+
+    monkeypatch.setattr(model_source, "S3_DEADLINE_S", 0.3)
+    monkeypatch.setattr(model_source, "_s3_client", slow_client)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelLoadError, match=r"did not deliver.*credential"):
+            model_source.load_from_s3(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+        assert time.monotonic() - started < 3
+    finally:
+        released.set()
+
+
+def test_a_refused_model_does_not_replace_the_verified_one_in_the_cache(
+    s3: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    _publish(s3, tiny_model_dir)
+    settings = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")
+    good = resolve_model(settings)
+    other = build_tiny_model(tmp_path / "other", size=48)
+    _publish(s3, other, prefix="cataract/v2/")
+    pinned_to_v1 = _settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v2/", MODEL_SHA256=good.sha256)
+    with pytest.raises(ModelLoadError, match="MODEL_SHA256"):
+        resolve_model(pinned_to_v1)
+    cache = tmp_path / "cache"
+    assert sha256_of(cache / "model.onnx") == good.sha256
+    assert json.loads((cache / "model.json").read_text())["sha256"] == good.sha256
+
+
+def test_a_model_too_new_for_the_runtime_is_not_called_corrupt(tmp_path: Path) -> None:
+    model = tiny_graph(32)
+    model.ir_version = 99
+    model_dir = build_tiny_model(tmp_path / "m")
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    with pytest.raises(ModelLoadError, match=r"IR version or opset that onnxruntime [0-9.]+ does not support"):
+        Classifier(load_baked(model_dir))
+
+
+def test_a_request_s3_cannot_take_is_blamed_on_the_settings_not_the_network() -> None:
+    from botocore.exceptions import ParamValidationError
+
+    from cataract_inference.model_source import _describe_s3_error
+
+    message = _describe_s3_error(ParamValidationError(report="Invalid length for parameter VersionId"), "s3://b/k")
+    assert "MODEL_S3_URI and MODEL_S3_VERSION_ID" in message and "cannot reach" not in message
 
 
 class _S3StalledBeforeTheFirstByte:

@@ -111,9 +111,12 @@ class Classifier:
                 artifact.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for every parse failure.
+            # Its bytes matched the sha256 recorded at export, so corruption is the least likely cause.
             raise ModelLoadError(
-                f"ONNX Runtime cannot load {artifact.source}: {exc}. The file is corrupt or not an ONNX model "
-                "(or keeps its weights in external files: export it as one file)."
+                f"ONNX Runtime cannot load {artifact.source}: {exc}. Its bytes match the sha256 model.json "
+                f"records, so it was exported with an ONNX IR version or opset that onnxruntime {ort.__version__} "
+                "does not support (export it with this runtime's), or it keeps its weights in external files "
+                "(export it as one file), or it is not an ONNX model at all."
             ) from exc
         # The session holds its own copy of the weights; ours would only add ~10 MB to every request's RSS.
         self.artifact = dataclasses.replace(artifact, model_bytes=b"")

@@ -124,6 +124,8 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 def version_problem(version: str) -> str | None:
     """Why ``version`` cannot name a new release (an S3 folder and the card's title), or None."""
+    if version.lower().endswith(".onnx"):  # MODEL_S3_URI without its final "/" would name a model file
+        return f"{version!r} is not a version: it must not end in '.onnx'"
     if re.fullmatch(VERSION_PATTERN, version):
         return None
     return f"{version!r} is not a version: up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"

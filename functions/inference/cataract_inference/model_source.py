@@ -131,10 +131,12 @@ def _s3_client() -> Any:
 
 
 def _describe_s3_error(exc: Exception, uri: str) -> str:
-    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError, PartialCredentialsError
 
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return f"no AWS credentials to read {uri}; give the function (or your shell) an IAM role or profile"
+    if isinstance(exc, ParamValidationError):
+        return f"S3 cannot be asked for {uri}: {exc}. Check MODEL_S3_URI and MODEL_S3_VERSION_ID."
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
@@ -185,7 +187,10 @@ def _by_deadline(work: Callable[[], _T], deadline: float, what: str) -> _T:
     worker.start()
     worker.join(max(0.0, deadline - time.monotonic()))
     if not outcome:
-        raise ModelLoadError(f"S3 did not deliver {what} within {S3_DEADLINE_S:g} s; check the function's network")
+        raise ModelLoadError(
+            f"S3 did not deliver {what} within {S3_DEADLINE_S:g} s; check the function's network (and, run "
+            "locally, how long your AWS credentials take to resolve: a credential_process or SSO login)"
+        )
     ok, value = outcome[0]
     if not ok:
         raise value
@@ -275,25 +280,29 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
     from botocore.exceptions import BotoCoreError, ClientError
 
     deadline = time.monotonic() + S3_DEADLINE_S
-    client = client or _s3_client()
     version_id = settings.model_s3_version_id
+    s3: Any = client
 
     def fetch(object_key: str, object_uri: str, version_id: str | None) -> tuple[bytes, dict[str, str]]:
         try:
-            return _download(client, bucket, object_key, version_id, deadline)
+            return _download(s3, bucket, object_key, version_id, deadline)
         except (BotoCoreError, ClientError) as exc:
             raise ModelLoadError(_describe_s3_error(exc, object_uri)) from exc
 
     def model_metadata() -> dict[str, str]:
         extra: dict[str, str] = {"VersionId": version_id} if version_id else {}
         try:
-            response = client.head_object(Bucket=bucket, Key=model_key, **extra)
+            response = s3.head_object(Bucket=bucket, Key=model_key, **extra)
         except (BotoCoreError, ClientError) as exc:
             raise ModelLoadError(_describe_s3_error(exc, model_uri)) from exc
         return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
     def fetch_both() -> tuple[tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]], str | None]:
         """Both objects, and the model's sha256 when it came from the cache (hashed there already)."""
+        nonlocal s3
+        # Made here, within the deadline: botocore resolves credentials as it makes the client, and a
+        # credential_process or SSO login can take as long as it likes.
+        s3 = s3 or _s3_client()
         manifest = fetch(manifest_key, manifest_uri, None)
         cached = _cached_model(cache / MODEL_FILENAME)  # here, within the deadline
         if cached is not None and cached[1] == _recorded_sha256(manifest[0], manifest_uri):
@@ -311,12 +320,6 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         manifest = parse_manifest(manifest_data, manifest_uri)
     except ManifestError as exc:
         raise ModelLoadError(str(exc)) from exc
-    try:
-        _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
-        if cached_sha256 is None:
-            _write_atomically(model_data, cache / MODEL_FILENAME)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
     artifact = _verified_bytes(
         model_data, cache / MODEL_FILENAME, manifest, settings.model_sha256, model_uri, digest=cached_sha256
     )
@@ -326,6 +329,12 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
             f"checksum mismatch for {model_uri}: its object metadata says {published} but the "
             f"bytes hash to {artifact.sha256}. The object was overwritten or corrupted; re-publish it."
         )
+    try:  # only once verified: a refused model must not replace a good cached copy
+        _write_atomically(manifest_data, cache / MANIFEST_FILENAME)
+        if cached_sha256 is None:
+            _write_atomically(model_data, cache / MODEL_FILENAME)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write the model into {cache}: {exc}") from exc
     return artifact
 
 

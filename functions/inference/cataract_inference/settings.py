@@ -7,6 +7,7 @@ Every knob the function reads from its environment lives here, so the rest of th
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,11 @@ PILLOW_PIXEL_CEILING = 2 * 89_478_485
 WORST_BYTES_PER_PIXEL = 16
 PROCESS_OVERHEAD_MIB = 250
 
+# S3's bucket naming rule (template.yaml's ModelS3Uri has the same, and asks for a key too).
+S3_URI_PATTERN = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
+# Far above any photo a request can carry (Lambda's payload limit is 6 MB): a larger limit is a typo.
+MAX_BODY_LIMIT = 1 << 30
+
 # Every response carries it, errors included; template.yaml's gateway responses repeat it verbatim.
 DEFAULT_DISCLAIMER = "Screening aid, not a diagnosis. Refer to an eye-care professional for diagnosis."
 
@@ -40,10 +46,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, m
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    # Plain ASCII digits only: int() also takes "1_6", "+2" and full-width digits, which no one means.
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise ConfigError(f"{name} must be an integer in plain digits, got {raw!r}")
+    value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -79,8 +85,11 @@ class Settings:
         """Parse settings from ``env`` (``os.environ`` by default)."""
         env = os.environ if env is None else env
         s3_uri = env.get("MODEL_S3_URI", "").strip() or None
-        if s3_uri is not None and not s3_uri.startswith("s3://"):
-            raise ConfigError(f"MODEL_S3_URI must start with s3://, got {s3_uri!r}")
+        if s3_uri is not None and not re.fullmatch(S3_URI_PATTERN, s3_uri):
+            raise ConfigError(
+                f"MODEL_S3_URI must be s3://BUCKET/PREFIX/VERSION/ with a bucket name S3 allows (3-63 lower-case "
+                f"letters, digits, '.' and '-'), got {s3_uri!r}"
+            )
         if env.get("MODEL_S3_VERSION_ID", "").strip() and s3_uri is None:
             raise ConfigError("MODEL_S3_VERSION_ID pins an S3 object version, so it needs MODEL_S3_URI")
         sha = _sha256(env, "MODEL_SHA256")
@@ -110,7 +119,7 @@ class Settings:
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR", "").strip() or "/tmp/cataract-model"),
             # Lambda has at most 6 vCPUs; thousands of threads would take minutes to start.
             ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1, minimum=1, maximum=64),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1, maximum=MAX_BODY_LIMIT),
             max_image_pixels=max_image_pixels,
             max_image_side=_int(env, "MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE, minimum=1),
             disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
