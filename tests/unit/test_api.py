@@ -402,8 +402,14 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("unknown route", events.rest_event("/nope"), 404, "not_found"),
     # A redirect would answer 307 with an empty body, no disclaimer, and the photo to send again.
     ("trailing slash", {**_raw_event(BRIGHT), "path": "/predict/", "resource": "/predict/"}, 404, "not_found"),
-    # orjson refuses the number and the stdlib raises ValueError (not JSONDecodeError) over 4300 digits.
-    ("json integer over 4300 digits", _json_event('{"image": "AAAA", "n": ' + "1" * 4301 + "}"), 400, "malformed_json"),
+    # Valid JSON: orjson refuses the number and the stdlib raises ValueError (not JSONDecodeError) over 4300 digits.
+    # It was a 400 "not valid JSON", with advice for Python programmers.
+    (
+        "json integer over 4300 digits",
+        _json_event('{"image": "AAAA", "n": ' + "1" * 4301 + "}"),
+        422,
+        "invalid_request",
+    ),
     ("explain query not a yes or no", _raw_event(BRIGHT, {"explain": "maybe"}), 422, "invalid_request"),
     (
         "explain in the query disagreeing with the json body",
@@ -550,6 +556,81 @@ def test_non_http_event_fails_the_invocation(handler: Any) -> None:
         handler.lambda_handler({"hello": "world"}, FakeLambdaContext())
 
 
+def _with_bad_port(event: dict[str, Any], field: str, name: str, value: Any) -> dict[str, Any]:
+    """``event`` with the header set as API Gateway sets it: a REST event carries it in both header maps."""
+    changed = dict(event)
+
+    def put(where: str, given: Any) -> None:
+        headers = {k: v for k, v in (event.get(where) or {}).items() if k.lower() != name.lower()}
+        changed[where] = {**headers, name: given}
+
+    if field == "multiValueHeaders":
+        put("multiValueHeaders", value)
+        put("headers", value[-1])  # the single-value map keeps the last
+    else:
+        put("headers", value)
+        if "multiValueHeaders" in event:
+            put("multiValueHeaders", [value])
+    return changed
+
+
+_BAD_PORTS = [
+    ("headers", "X-Forwarded-Port", "443,80"),  # a client's own header, passed on (Kludex/mangum#303)
+    ("headers", "x-forwarded-port", "abc"),
+    ("headers", "Host", "example.com:"),
+    ("headers", "Host", "[::1]:443"),
+]
+
+
+@pytest.mark.parametrize(
+    ("http_api", "field", "name", "value"),
+    [(False, *bad) for bad in _BAD_PORTS]
+    + [(True, *bad) for bad in _BAD_PORTS]
+    # REST only (an HTTP API joins a repeated header with commas itself): Mangum joins them, "443, 80".
+    + [(False, "multiValueHeaders", "X-Forwarded-Port", ["443", "80"])],
+)
+def test_a_port_header_that_is_not_one_port_number_is_not_an_invocation_error(
+    invoke: Invoke, http_api: bool, field: str, name: str, value: str | list[str]
+) -> None:
+    # Mangum int()s them for the ASGI scope: any such request, to any path, crashed the invocation (a 502).
+    make = events.http_api_event if http_api else events.rest_event
+    status, _, body = invoke(_with_bad_port(make("/health", "GET"), field, name, value))
+    assert status == 200 and body["status"] == "ok"
+    predict = make("/predict", "POST", body=json.dumps({"image": _b64(BRIGHT)}), content_type="application/json")
+    status, _, body = invoke(_with_bad_port(predict, field, name, value))
+    assert status == 200 and body["label"] == "cataract"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # Each passed the check, then crashed inside Mangum with a traceback instead of this message.
+        (lambda e: e.update(headers=None), "headers must be an object"),
+        (lambda e: e["requestContext"]["http"].pop("sourceIp"), "sourceIp"),
+    ],
+)
+def test_http_api_events_mangum_cannot_run_are_named(change: Any, problem: str) -> None:
+    event = events.http_api_event("/health", "GET")
+    change(event)
+    assert problem in (events.event_problem(event) or "")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda e: e.pop("resource"), "resource must be a string"),
+        (lambda e: e["requestContext"].update(identity=None), "identity must be an object"),
+    ],
+)
+def test_rest_events_mangum_cannot_run_are_named(handler: Any, change: Any, problem: str) -> None:
+    from tests.conftest import FakeLambdaContext
+
+    event = events.rest_event("/health", "GET")
+    change(event)
+    with pytest.raises(TypeError, match=problem):
+        handler.lambda_handler(event, FakeLambdaContext())
+
+
 def test_heat_map_is_drawn_on_a_sharp_copy_of_a_large_photo(invoke: Invoke) -> None:
     # The model decodes a reduced JPEG draft (32 px input here); the overlay must not inherit that blur.
     photo = encoded(gradient((1600, 1200)), "JPEG", quality=90)
@@ -634,9 +715,13 @@ def test_a_wide_photo_reports_the_views_it_was_screened_as(invoke: Invoke) -> No
     assert "views" not in narrow
 
 
-@pytest.mark.parametrize("query", ["explain=true&explain=false", "explain=1&explain=no"])
-def test_explain_given_twice_with_different_values_is_refused(invoke: Invoke, query: str) -> None:
-    event = _raw_event(BRIGHT)
+@pytest.mark.parametrize("json_body", [False, True])
+@pytest.mark.parametrize(
+    "query", ["explain=true&explain=false", "explain=1&explain=no", "explain=true&explain=", "explain=&explain=true"]
+)
+def test_explain_given_twice_with_different_values_is_refused(invoke: Invoke, query: str, json_body: bool) -> None:
+    # Beside a JSON body, a last value that was empty once made the query count as absent: 200, no heat map.
+    event = _json_event({"image": _b64(BRIGHT)}) if json_body else _raw_event(BRIGHT)
     pairs = [pair.split("=") for pair in query.split("&")]
     event["queryStringParameters"] = {pairs[-1][0]: pairs[-1][1]}
     event["multiValueQueryStringParameters"] = {"explain": [value for _, value in pairs]}

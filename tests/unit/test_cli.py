@@ -117,21 +117,52 @@ def test_missing_model_exits_with_a_message(
         (b"\xff\xfe not utf-8", "is not JSON"),
         (b'{"requestContext": {}, "httpMethod": "GET"}', "path must be a string"),
         (b'{"requestContext": {}, "version": "2.0"}', "requestContext.http needs method and path"),
-        (b'{"requestContext": {}, "httpMethod": "POST", "path": "/predict", "body": {"image": "x"}}', "body must be"),
-        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": ["a"]}', "headers must be"),
+        (
+            b'{"requestContext": {}, "httpMethod": "POST", "path": "/predict", "resource": "/predict", '
+            b'"body": {"image": "x"}}',
+            "body must be",
+        ),
+        (
+            b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "resource": "/", "headers": ["a"]}',
+            "headers must be",
+        ),
         # Each of these once passed the check and failed inside Mangum, as a traceback.
-        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": {"Host": ["x"]}}', "to a string"),
-        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "headers": {"Host": null}}', "to a string"),
-        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "multiValueHeaders": {"Host": [1]}}', "strings"),
+        (
+            b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "resource": "/", "headers": {"Host": ["x"]}}',
+            "to a string",
+        ),
+        (
+            b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "resource": "/", "headers": {"Host": null}}',
+            "to a string",
+        ),
+        (
+            b'{"requestContext": {}, "httpMethod": "GET", "path": "/", "resource": "/", '
+            b'"multiValueHeaders": {"Host": [1]}}',
+            "strings",
+        ),
+        (b'{"requestContext": {}, "httpMethod": "GET", "path": "/"}', "resource must be a string"),
+        (
+            b'{"requestContext": {"identity": null}, "httpMethod": "GET", "path": "/", "resource": "/"}',
+            "identity must be an object",
+        ),
         (
             b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/", '
             b'"rawQueryString": 5}',
             "rawQueryString must be a string",
         ),
         (
-            b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/", '
-            b'"cookies": [1]}',
+            b'{"requestContext": {"http": {"method": "GET", "path": "/", "sourceIp": "127.0.0.1"}}, "version": "2.0", '
+            b'"rawPath": "/", "cookies": [1]}',
             "cookies must be a list of strings",
+        ),
+        (
+            b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/"}',
+            "needs a sourceIp string",
+        ),
+        (
+            b'{"requestContext": {"http": {"method": "GET", "path": "/", "sourceIp": "127.0.0.1"}}, "version": "2.0", '
+            b'"rawPath": "/", "headers": null}',
+            "headers must be an object",
         ),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
@@ -148,8 +179,12 @@ def test_missing_model_exits_with_a_message(
         "header-list",
         "header-null",
         "multi-header-int",
+        "v1-no-resource",
+        "v1-identity-null",
         "v2-query-int",
         "v2-cookie-int",
+        "v2-no-source-ip",
+        "v2-headers-null",
         "deep",
     ],
 )

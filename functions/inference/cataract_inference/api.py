@@ -300,7 +300,8 @@ def _json_explain(request: Request, parsed: PredictRequest) -> bool:
 
     An empty ``?explain=`` counts as absent, as it does beside a raw image, so it never contradicts the body.
     """
-    if not request.query_params.get("explain"):
+    # Every value, not the last one: "?explain=true&explain=" is two values, refused as beside a raw image.
+    if not any(request.query_params.getlist("explain")):
         return parsed.explain
     query = _query_flag(request, "explain")
     if "explain" not in parsed.model_fields_set:
@@ -329,8 +330,12 @@ def _check_content_encoding(request: Request) -> None:
 def _parse_json(body: bytes) -> PredictRequest:
     try:
         raw = _load_json(body)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and the stdlib's 4300-digit integer limit
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ClientError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # valid JSON, but an integer over the stdlib's 4300 digits
+        raise ClientError(
+            422, "invalid_request", "a number in the body has over 4300 digits; no field of the request takes a number"
+        ) from exc
     except RecursionError as exc:
         raise ClientError(400, "malformed_json", "the JSON is nested too deeply") from exc
     if not isinstance(raw, dict):
@@ -417,7 +422,7 @@ _ERROR_DEFAULT = {
     "headers": {
         **_REQUEST_ID_HEADER,
         "Allow": {
-            "description": "With 405: the methods the path is documented for (HEAD is served wherever GET is).",
+            "description": "With 405: the methods the path is documented for (HEAD is served on /health only).",
             "schema": {"type": "string"},
         },
         "Retry-After": {"description": "With 503: seconds to wait before retrying.", "schema": {"type": "string"}},

@@ -141,6 +141,10 @@ def event_problem(event: object) -> str | None:
             return "rawPath must be a string"
         if event.get("rawQueryString") is not None and not isinstance(event["rawQueryString"], str):
             return "rawQueryString must be a string"
+        if not isinstance(http.get("sourceIp"), str):
+            return "requestContext.http needs a sourceIp string"
+        if "headers" in event and not isinstance(event["headers"], dict):
+            return "headers must be an object"
         cookies = event.get("cookies")
         if cookies is not None and not (isinstance(cookies, list) and all(isinstance(c, str) for c in cookies)):
             return "cookies must be a list of strings"
@@ -149,6 +153,11 @@ def event_problem(event: object) -> str | None:
             return "httpMethod must be a string (or version 2.0, for an HTTP API event)"
         if not isinstance(event.get("path"), str):
             return "path must be a string"
+        # Mangum tells a REST event by its resource, and reads the caller's address from identity.
+        if not isinstance(event.get("resource"), str):
+            return "resource must be a string (the API resource, such as /predict)"
+        if "identity" in context and not isinstance(context["identity"], dict):
+            return "requestContext.identity must be an object"
     for name in ("headers", "queryStringParameters", "multiValueHeaders", "multiValueQueryStringParameters"):
         values = event.get(name)
         if values is None:

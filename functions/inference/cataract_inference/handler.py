@@ -43,7 +43,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         raise TypeError(f"this function expects an API Gateway proxy event (REST v1 or HTTP API v2): {problem}")
     try:
         # Mangum types the context as its own protocol; Powertools' class is the same runtime object.
-        return asgi_handler(_encodable(event), context)  # type: ignore[arg-type]
+        return asgi_handler(_with_usable_ports(_encodable(event)), context)  # type: ignore[arg-type]
     except UnicodeEncodeError:
         # Mangum encodes the path, headers and query to bytes; a lone surrogate there would escape as an
         # invocation error (a 502 at the gateway), as an undecodable body would (below).
@@ -106,3 +106,33 @@ def _encodable(event: dict[str, Any]) -> dict[str, Any]:
             raw = body.encode("utf-8", "surrogatepass")
             return {**event, "body": base64.b64encode(raw).decode("ascii"), "isBase64Encoded": True}
     return event
+
+
+# Headers Mangum reads a port from, with int(), for the ASGI scope's "server" (which the app never reads).
+_PORT_HEADERS = frozenset({"host", "x-forwarded-port"})
+
+
+def _usable_port(name: str, value: str) -> bool:
+    if name == "x-forwarded-port":
+        return value.isascii() and value.isdigit()
+    if ":" not in value:
+        return True
+    host, port = value.rsplit(":", 1)
+    return ":" not in host and port.isascii() and port.isdigit()
+
+
+def _with_usable_ports(event: dict[str, Any]) -> dict[str, Any]:
+    """The event without a Host port or ``X-Forwarded-Port`` that is not one port number.
+
+    Mangum parses them with ``int()``: a client's ``X-Forwarded-Port: 443,80`` (or a repeated header, which the
+    gateway joins) crashed the invocation, a 502 for a request to any path, ``GET /health`` included.
+    """
+    changes: dict[str, Any] = {}
+    for field, joined in (("headers", lambda v: v), ("multiValueHeaders", ", ".join)):
+        headers = event.get(field)
+        if not isinstance(headers, dict):
+            continue
+        bad = [k for k, v in headers.items() if k.lower() in _PORT_HEADERS and not _usable_port(k.lower(), joined(v))]
+        if bad:
+            changes[field] = {k: v for k, v in headers.items() if k not in bad}
+    return {**event, **changes} if changes else event
