@@ -132,3 +132,42 @@ def jpeg_with_malformed_exif(size: tuple[int, int] = (64, 48)) -> bytes:
 def png_with_truncated_exif(size: tuple[int, int] = (64, 48)) -> bytes:
     """A PNG whose eXIf chunk stops right after the TIFF header."""
     return encoded(gradient(size), "PNG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00")
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def baseline_jpeg_with_scans(rounds: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A baseline (not progressive) YCbCr JPEG whose scans each carry one component and no data, repeated
+    ``rounds`` times: libjpeg buffers the whole image after a one-component first scan, and reads every scan."""
+    width, height = size
+    table = _segment(0xDB, b"\x00" + b"\x01" * 64)
+    frame = _segment(0xC0, struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3)))
+    bits = bytes([1] + [0] * 15)
+    huffman = _segment(0xC4, b"\x00" + bits + b"\x00" + b"\x10" + bits + b"\x00")
+    scans = b"".join(_segment(0xDA, bytes([1, c, 0x00, 0, 63, 0])) for c in (1, 2, 3)) * rounds
+    return b"\xff\xd8" + table + frame + huffman + scans + b"\xff\xd9"
+
+
+def lossless_jpeg(size: tuple[int, int]) -> bytes:
+    """An 8-bit grey lossless JPEG (SOF3, predictor 1) of one flat value: every difference codes as one 0 bit."""
+    width, height = size
+    frame = _segment(0xC3, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    huffman = _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
+    scan = _segment(0xDA, bytes([1, 1, 0x00, 1, 0, 0]))
+    return b"\xff\xd8" + frame + huffman + scan + bytes((width * height + 7) // 8) + b"\xff\xd9"
+
+
+def png_with_exif(img: Image.Image, exif: bytes) -> bytes:
+    """``img`` as a PNG with ``exif`` (a TIFF-structured block) in an eXIf chunk."""
+    png = encoded(img, "PNG")
+    chunk = b"eXIf" + exif
+    return png[:33] + struct.pack(">I", len(exif)) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
+
+
+def exif_with_orientation(orientation: int, rationals: int = 0) -> bytes:
+    """A little-endian EXIF block: an orientation tag, and a tag of ``rationals`` signed rationals beside it."""
+    entries = struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+    entries += struct.pack("<HHII", 0x9286, 10, rationals, 8 + 2 + 24 + 4)
+    return b"II*\x00" + struct.pack("<IH", 8, 2) + entries + bytes(4) + struct.pack("<ii", 1, 3) * rationals

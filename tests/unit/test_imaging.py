@@ -15,13 +15,17 @@ from cataract_inference import imaging, settings
 from cataract_inference.manifest import InputSpec
 from tests.support.images import (
     animated_gif,
+    baseline_jpeg_with_scans,
     bmp_rle8,
     encoded,
+    exif_with_orientation,
     gradient,
     jpeg_with_empty_segments,
     jpeg_with_malformed_exif,
     jpeg_with_orientation,
+    lossless_jpeg,
     png_with_declared_size,
+    png_with_exif,
     png_with_truncated_exif,
     progressive_jpeg_with_scans,
     tiff_with_huge_strip_offset,
@@ -531,3 +535,41 @@ def test_preprocess_resamples_as_the_manifest_says(interpolation: str) -> None:
     }
     served = imaging.preprocess(photo, spec)
     assert [name for name, t in tensors.items() if np.array_equal(served, t)] == [interpolation]
+
+
+def test_a_baseline_jpeg_of_many_scans_is_refused_like_a_progressive_one() -> None:
+    # Only progressive files were counted: 270 kB of these scans at 40 MP held one request for 98 s.
+    bomb = baseline_jpeg_with_scans(40)  # 120 scans
+    assert not Image.open(io.BytesIO(bomb)).info.get("progressive")
+    with pytest.raises(imaging.ImageTooLargeError, match="120 scans"):
+        imaging.decode_image(bomb)
+    assert imaging.decode_image(baseline_jpeg_with_scans(1)).image.size == (64, 48)  # one scan per component
+
+
+def test_a_small_tiff_in_a_huge_tile_is_held_to_the_limits_as_its_tiles_decode() -> None:
+    # The decoder inflates whole tiles: a 16x16 TIFF in one 16384 px tile took 800 MB past the 40 MP limit.
+    limits = imaging.DecodeLimits(max_side=400, max_pixels=200_000)
+    for big in (False, True):
+        with pytest.raises(imaging.ImageTooLargeError, match="300x300 in 256x256 tiles, which decode as 512x512"):
+            imaging.decode_image(tiled_tiff(300, 256, big), limits)
+    assert imaging.decode_image(tiled_tiff(300, 256)).image.size == (300, 300)  # within the default limits
+    assert imaging.decode_image(tiled_tiff(300, 16), limits).image.size == (300, 300)  # ordinary tiles
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1024, 768)])
+def test_a_lossless_jpeg_is_decoded_without_a_draft(size: tuple[int, int]) -> None:
+    # libjpeg cannot scale a lossless JPEG: a draft of one at or above 448 px failed as corrupt.
+    decoded = imaging.decode_image(lossless_jpeg(size), target_size=224)
+    assert decoded.image.size == size and not decoded.reduced
+    assert np.asarray(decoded.image).std() == 0
+
+
+def test_orientation_is_applied_without_rewriting_the_exif_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    # exif_transpose re-serialised the whole block after turning the photo, in Python: a 4 MB block of
+    # rationals took 7 s. Nothing reads the rewritten block, so it must not be written at all.
+    monkeypatch.setattr(Image.Exif, "tobytes", lambda *a, **k: pytest.fail("the EXIF block was rewritten"))
+    photo = png_with_exif(gradient((64, 48)), exif_with_orientation(6, rationals=1000))
+    upright = imaging.decode_image(photo).image
+    assert upright.size == (48, 64)
+    expected = gradient((64, 48)).transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(upright), np.asarray(expected))

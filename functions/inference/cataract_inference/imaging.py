@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .manifest import InputSpec
 from .settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE
@@ -76,9 +76,10 @@ class ImageTooLargeError(ImageError):
 class DecodeLimits:
     """Refuse images whose declared size exceeds these, before decoding any pixel.
 
-    ``max_scans`` bounds a progressive JPEG's scans: each one walks every block of the image, so a
-    few hundred kilobytes of empty scans at 40 MP would keep the decoder busy past Lambda's timeout.
-    Encoders write about 10 (libjpeg's default script) and rarely more than 20.
+    ``max_scans`` bounds a JPEG's scans: each one walks every block of the image, so a few hundred
+    kilobytes of empty scans at 40 MP would keep the decoder busy past Lambda's timeout. Progressive
+    encoders write about 10 (libjpeg's default script) and rarely more than 20; a baseline frame has at
+    most one scan per component, but libjpeg reads as many as a file holds (270 kB of them: 98 s).
 
     ``max_jpeg_segments`` bounds the marker segments before a JPEG's first scan, which Pillow parses one
     at a time in Python: 4 bytes each, so 4 MB of empty APP1 markers held it for 1.7 s. Cameras write a
@@ -86,7 +87,9 @@ class DecodeLimits:
 
     ``max_tiff_blocks`` bounds the strips or tiles of a TIFF's first image, for which Pillow builds a
     Python object each while opening it: 4 MB of 4x4 tiles held it for 5 s and 380 MB. A scanner's one row
-    a strip at 12000 rows fits, as do 256 px tiles at any size the side limit allows.
+    a strip at 12000 rows fits, as do 256 px tiles at any size the side limit allows. The decoder inflates
+    whole tiles, so a TIFF's size rounded up to whole tiles is held to ``max_side`` and ``max_pixels`` too:
+    a 16x16 TIFF in one 16384 px tile took 800 MB.
     """
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -145,8 +148,8 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
-def _jpeg_markers(data: bytes) -> Iterator[int]:
-    """The markers of a JPEG's segments (and fill bytes) before its first scan, in order.
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """The markers of a JPEG's segments (and fill bytes) before its first scan, in order, with where each is.
 
     Walks segment headers only, skipping each payload by its length: a few steps for a camera's file.
     Stops at anything malformed, which is left to Pillow to judge.
@@ -156,7 +159,7 @@ def _jpeg_markers(data: bytes) -> Iterator[int]:
     pos, end = 2, len(data) - 4
     while pos <= end and data[pos] == 0xFF:
         marker = data[pos + 1]
-        yield marker
+        yield marker, pos
         if marker == 0xDA:  # start of scan: the image data begins
             return
         if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # a fill byte, or a marker with no length
@@ -165,27 +168,65 @@ def _jpeg_markers(data: bytes) -> Iterator[int]:
         pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
 
 
+def _jpeg_markers(data: bytes) -> Iterator[int]:
+    """The markers of a JPEG's segments (and fill bytes) before its first scan, in order."""
+    return (marker for marker, _ in _jpeg_segments(data))
+
+
+# Start-of-frame markers: 0xC0-0xCF but DHT (C4), JPG (C8) and DAC (CC).
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _first_scan_is_partial(data: bytes) -> bool:
+    """True unless the first scan carries every component of the frame (or the headers could not be read).
+
+    After a first scan of fewer components, libjpeg buffers the whole image and reads every scan in the file
+    before any output; after a whole first scan, further scans end the decode as corrupt at once.
+    """
+    components = scanned = None
+    for marker, pos in _jpeg_segments(data):
+        if marker in _FRAMES and pos + 9 < len(data):
+            components = data[pos + 9]  # FF Cn, length, precision, height, width, then the component count
+        elif marker == 0xDA and pos + 4 < len(data):
+            scanned = data[pos + 4]  # FF DA, length, then the scan's component count
+    return components is None or scanned is None or scanned < components
+
+
 def _jpeg_segments_over(data: bytes, limit: int) -> bool:
     """True when a JPEG has more than ``limit`` marker segments (or fill bytes) before its first scan."""
     return any(i >= limit for i, _ in enumerate(_jpeg_markers(data)))
 
 
-# Start-of-frame markers of arithmetic-coded JPEGs (SOF9-11, SOF13-15).
+# Start-of-frame markers of arithmetic-coded JPEGs (SOF9-11, SOF13-15), and of lossless ones (SOF3, 7, 11, 15).
 _ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_LOSSLESS_FRAMES = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 
 
 def _is_arithmetic_jpeg(data: bytes) -> bool:
     return any(marker in _ARITHMETIC_FRAMES for marker in _jpeg_markers(data))
 
 
-def _tiff_blocks(data: bytes) -> int:
-    """How many strips or tiles the first image of a TIFF (or BigTIFF) declares; 0 if not a TIFF or unreadable.
+def _is_lossless_jpeg(data: bytes) -> bool:
+    return any(marker in _LOSSLESS_FRAMES for marker in _jpeg_markers(data))
+
+
+@dataclass(frozen=True)
+class _TiffLayout:
+    blocks: int  # strips or tiles
+    tile: tuple[int, int] | None  # (width, length) of a tiled image's tiles
+
+
+_TIFF_SCALARS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8: the types a tile side may have
+
+
+def _tiff_layout(data: bytes) -> _TiffLayout | None:
+    """How the first image of a TIFF (or BigTIFF) is cut up; ``None`` if not a TIFF or unreadable.
 
     Reads the header and the first directory's entries only, never the offsets themselves.
     """
     order = {b"II": "<", b"MM": ">"}.get(data[:2])
     if order is None or len(data) < 16:
-        return 0
+        return None
     version = struct.unpack_from(order + "H", data, 2)[0]
     if version == 42:
         (ifd,) = struct.unpack_from(order + "I", data, 4)
@@ -194,23 +235,46 @@ def _tiff_blocks(data: bytes) -> int:
         (ifd,) = struct.unpack_from(order + "Q", data, 8)
         count_fmt, entry_fmt, head = "Q", "HHQ", 8
     else:
-        return 0
+        return None
     entry_size = 12 if version == 42 else 20
+    value_at = 8 if version == 42 else 12  # the value field, where a single short or long is kept
     if ifd + head > len(data):
-        return 0
+        return None
     (entries,) = struct.unpack_from(order + count_fmt, data, ifd)
-    blocks = 0
+    blocks, sides = 0, {}
     for i in range(min(entries, (len(data) - ifd - head) // entry_size)):
-        tag, _, count = struct.unpack_from(order + entry_fmt, data, ifd + head + i * entry_size)
+        at = ifd + head + i * entry_size
+        tag, kind, count = struct.unpack_from(order + entry_fmt, data, at)
         if tag in (273, 324):  # StripOffsets, TileOffsets
             blocks = max(blocks, count)
-    return blocks
+        elif tag in (322, 323) and count == 1 and kind in _TIFF_SCALARS:  # TileWidth, TileLength
+            fmt = _TIFF_SCALARS[kind]
+            if version == 42 and fmt == "Q":
+                continue
+            sides[tag] = struct.unpack_from(order + fmt, data, at + value_at)[0]
+    tile = (sides[322], sides[323]) if 322 in sides and 323 in sides else None
+    return _TiffLayout(blocks, tile)
+
+
+def _check_tiff(layout: _TiffLayout | None, size: tuple[int, int], limits: DecodeLimits) -> None:
+    """Refuse a TIFF whose whole tiles exceed the limits: the decoder inflates a tile whole, however small the
+    image it holds."""
+    if layout is None or layout.tile is None or min(layout.tile) <= 0:
+        return
+    (tile_w, tile_h), (width, height) = layout.tile, size
+    padded_w, padded_h = -(-width // tile_w) * tile_w, -(-height // tile_h) * tile_h
+    if padded_w > limits.max_side or padded_h > limits.max_side or padded_w * padded_h > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the TIFF is {width}x{height} in {tile_w}x{tile_h} tiles, which decode as {padded_w}x{padded_h}; the "
+            f"limit is {limits.max_side} px a side and {limits.max_pixels} pixels (re-save it, or send JPEG or PNG)"
+        )
 
 
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if not data:
         raise NotAnImageError("the image is empty")
-    blocks = _tiff_blocks(data)
+    tiff = _tiff_layout(data)
+    blocks = 0 if tiff is None else tiff.blocks
     if blocks > limits.max_tiff_blocks:
         raise ImageTooLargeError(
             f"the TIFF is cut into {blocks} strips or tiles; the limit is {limits.max_tiff_blocks} (re-save it, or "
@@ -247,13 +311,15 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if img.format == "BMP" and img.tile and img.tile[0][0] == "bmp_rle":
         # Pillow decodes RLE bitmaps in pure Python: seconds and hundreds of MB from a 14 kB file.
         raise UnsupportedFormatError("RLE-compressed BMP images are not supported; send JPEG, PNG or WebP")
-    if img.format in ("JPEG", "MPO") and img.info.get("progressive"):
+    if img.format == "TIFF":
+        _check_tiff(tiff, (width, height), limits)
+    # Counted only where libjpeg reads every scan: progressive files, and baseline ones whose first scan is
+    # partial (270 kB of empty scans at 40 MP: 98 s). Not every JPEG: the count takes 1 ms per MB.
+    if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or _first_scan_is_partial(data)):
         # Every scan starts with an SOS marker, and entropy-coded data cannot hold one (0xFF is stuffed).
         scans = data.count(b"\xff\xda")
         if scans > limits.max_scans:
-            raise ImageTooLargeError(
-                f"the progressive JPEG has {scans} scans; the limit is {limits.max_scans} (re-save it as baseline)"
-            )
+            raise ImageTooLargeError(f"the JPEG has {scans} scans; the limit is {limits.max_scans} (re-save it)")
     return img
 
 
@@ -358,7 +424,8 @@ def decode_image(
     original_size = img.size
     fmt = img.format or "unknown"
     try:
-        if fmt in ("JPEG", "MPO"):
+        # libjpeg cannot scale a lossless JPEG (no DCT): a draft of one failed as corrupt.
+        if fmt in ("JPEG", "MPO") and not _is_lossless_jpeg(data):
             _draft(img, target_size, longest_side)
             if _is_arithmetic_jpeg(data):
                 # libjpeg's arithmetic decoder cannot resume mid-stream: fed in Pillow's 64 kB blocks, a valid
@@ -366,7 +433,7 @@ def decode_image(
                 img.decodermaxblock = max(img.decodermaxblock, len(data))  # type: ignore[attr-defined]
         img.load()
         reduced = img.size != original_size
-        _upright(img)
+        img = _upright(img)
         # EXIF rotations by 90 degrees swap the sides of the original too.
         if img.size[0] != img.size[1] and (img.size[0] < img.size[1]) != (original_size[0] < original_size[1]):
             original_size = (original_size[1], original_size[0])
@@ -442,18 +509,31 @@ def _to_srgb(img: Image.Image, profile: bytes) -> Image.Image:
     return img
 
 
-def _upright(img: Image.Image) -> None:
-    """Apply the EXIF orientation in place; a malformed EXIF block is ignored, as viewers ignore it.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
-    The pixels decoded fine, so a broken tag is no reason to refuse the photo.
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned by its EXIF orientation; a malformed EXIF block is ignored, as viewers ignore it.
+
+    The pixels decoded fine, so a broken tag is no reason to refuse the photo. Not ``ImageOps.exif_transpose``:
+    it then rewrote the whole EXIF block in Python, which nothing here reads (a crafted 4 MB block: 7 s).
     """
     try:
-        # In place: without an orientation tag the default returns a full copy of the pixels.
-        ImageOps.exif_transpose(img, in_place=True)
+        # getexif() also finds an orientation kept only in XMP, as exif_transpose does.
+        method = _ORIENTATIONS.get(img.getexif().get(0x0112, 1))
     except MemoryError:
         raise
     except Exception:  # struct.error, AttributeError, ... from a bad tag type
-        pass
+        return img
+    return img if method is None else img.transpose(method)
 
 
 def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
