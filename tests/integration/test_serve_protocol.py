@@ -49,13 +49,16 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
     if scope["path"] in ("/big", "/huge"):
         payload = b" " * (BIG if scope["path"] == "/big" else 4 * BIG)
+    elif scope["path"] == "/piece":
+        payload = b" " * 8192
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
 @pytest.fixture
-def port() -> Iterator[int]:
+def served() -> Iterator[tuple[int, uvicorn.Server]]:
+    """The port of a running server, and the server (to look at its connections, or to stop it)."""
     chosen = free_port()
     config = uvicorn.Config(
         _app,
@@ -64,6 +67,7 @@ def port() -> Iterator[int]:
         http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S),
         limit_concurrency=LIMIT,
         timeout_keep_alive=30,  # longer than the test: only the head deadline closes connections here
+        timeout_graceful_shutdown=3,  # as `serve` has one (5 s): without it a stopping server waits for any body
         log_level="error",
         lifespan="off",
     )
@@ -74,9 +78,14 @@ def port() -> Iterator[int]:
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield chosen
+    yield chosen, server
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def port(served: tuple[int, uvicorn.Server]) -> int:
+    return served[0]
 
 
 def _connect(port: int) -> socket.socket:
@@ -299,3 +308,57 @@ def test_a_request_that_is_not_http_gets_a_json_400(port: int, request_bytes: by
     with _connect(port) as sock:
         sock.sendall(request_bytes)
         assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
+
+
+def test_a_client_that_left_less_than_64_kb_of_its_answer_unread_is_dropped(
+    served: tuple[int, uvicorn.Server],
+) -> None:
+    # asyncio calls pause_writing only past 64 kB in the transport. A client that filled the kernel's buffers and
+    # left less there, then was closed (the head deadline here, keep-alive under `serve`), held its slot for ever:
+    # close() waits for the buffer to drain, and no write deadline had started.
+    port, server = served
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    try:
+        while not server.server_state.connections:
+            time.sleep(0.01)
+        [held] = list(server.server_state.connections)
+        for _ in range(2000):  # 8 kB answers, one at a time and none read, until one waits in the transport
+            sock.sendall(_get("/piece"))
+            time.sleep(0.005)
+            if held.transport.get_write_buffer_size() > 0:
+                break
+        assert 0 < held.transport.get_write_buffer_size() < 64 * 1024
+        deadline = time.monotonic() + DEADLINE_S + WRITE_DEADLINE_S * 4
+        while held in server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held not in server.server_state.connections, "the unread connection still holds its slot"
+    finally:
+        sock.close()
+
+
+def test_a_body_still_arriving_when_the_runner_stops_gets_a_json_503(served: tuple[int, uvicorn.Server]) -> None:
+    # The app waited for the body until uvicorn's graceful timeout cancelled it, then uvicorn answered a
+    # plain-text 500.
+    port, server = served
+    with _connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\nabc")
+        time.sleep(0.2)
+        server.should_exit = True
+        start = time.monotonic()
+        error = _json_error(_read_all(sock), 503)
+    assert error["code"] == "overloaded" and "shutting down" in error["message"]
+    assert time.monotonic() - start < 2, "answered at once, not after the graceful timeout"
+
+
+def test_a_malformed_chunk_after_an_early_answer_closes_quietly(port: int, caplog: pytest.LogCaptureFixture) -> None:
+    # The JSON 400 was written regardless, and h11 refused a second answer: asyncio logged a fatal error and a
+    # traceback from data_received, and aborted the connection.
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert _read_response(reader)[0] == 413
+        sock.sendall(b"zz\r\nnot a chunk\r\n")
+        assert reader.read() == b""  # to the close, nothing more written
+    time.sleep(0.1)
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage()], caplog.text

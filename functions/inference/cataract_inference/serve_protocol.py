@@ -79,6 +79,9 @@ def with_deadlines(
     malformed_body = _error_json(
         "malformed_request", "the request is not valid HTTP/1.1 (its request line or a header is malformed)", disclaimer
     )
+    shutting_down_body = _error_json(
+        "overloaded", "the local runner is shutting down; retry once it is started again", disclaimer
+    )
     busy_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(busy_body)).encode()),
@@ -129,6 +132,10 @@ def with_deadlines(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            # pause_writing (and so the write deadline) as soon as any answer waits in the transport, not past
+            # 64 kB: a client that filled the kernel's buffers and left less there, then was closed (keep-alive,
+            # head deadline), held its slot for ever, since close() waits for the buffer to drain.
+            transport.set_write_buffer_limits(high=0)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -140,19 +147,34 @@ def with_deadlines(
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(malformed_body)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
-            ]
-            for event in (
-                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                h11.Data(data=malformed_body),
-                h11.EndOfMessage(),
-            ):
-                self.transport.write(self.conn.send(event) or b"")
+            self._answer_and_close(400, b"Bad Request", malformed_body)
+
+        def _answer_and_close(self, status: int, reason: bytes, body: bytes) -> None:
+            """Write a JSON answer with h11, outside any request cycle, and close the connection.
+
+            Only while no answer is under way: after one (a malformed chunk after an early 413), h11 refuses a
+            second, and the connection is just closed.
+            """
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"connection", b"close"),
+                ]
+                for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body)):
+                    self.transport.write(self.conn.send(event) or b"")
+                self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
             self.transport.close()
+
+        def shutdown(self) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
+                # Still receiving a body: the app would wait for it until uvicorn's graceful timeout cancelled it,
+                # and uvicorn then answered a plain-text 500. A JSON 503 now; the app then sees a disconnect.
+                self._answer_and_close(503, b"Service Unavailable", shutting_down_body)
+                return
+            super().shutdown()
 
         def pause_writing(self) -> None:
             super().pause_writing()  # the socket's buffers are full: uvicorn waits for the client to read
