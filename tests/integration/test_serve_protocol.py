@@ -26,6 +26,7 @@ from tests.support.serve import free_port
 
 DEADLINE_S = 0.6
 WRITE_DEADLINE_S = 1.0
+LINGER_S = 0.6
 BIG = 2 * 1024 * 1024  # an answer that cannot fit in the sockets' buffers
 LIMIT = 4
 DISCLAIMER = "Screening aid (test)."
@@ -64,7 +65,7 @@ def served() -> Iterator[tuple[int, uvicorn.Server]]:
         _app,
         host="127.0.0.1",
         port=chosen,
-        http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S),
+        http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S, linger_s=LINGER_S),
         limit_concurrency=LIMIT,
         timeout_keep_alive=30,  # longer than the test: only the head deadline closes connections here
         timeout_graceful_shutdown=3,  # as `serve` has one (5 s): without it a stopping server waits for any body
@@ -362,3 +363,21 @@ def test_a_malformed_chunk_after_an_early_answer_closes_quietly(port: int, caplo
         assert reader.read() == b""  # to the close, nothing more written
     time.sleep(0.1)
     assert not [r for r in caplog.records if "Fatal error" in r.getMessage()], caplog.text
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(port: int, busy: bool) -> None:
+    # As Python's urllib and http.client do. The connection was closed with the body unread: a reset, which
+    # cost the client the 413 (or the 503 over the connection limit) waiting for it.
+    idle = [_connect(port) for _ in range(LIMIT if busy else 0)]
+    try:
+        time.sleep(0.1)
+        body = b"x" * (64 * 1024 * 1024)  # more than the kernel buffers on both sides hold (tcp_rmem: 32 MB)
+        with _connect(port) as sock, sock.makefile("rb") as reader:
+            head = f"POST /early HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body)
+            status = _read_response(reader)[0]
+        assert status == (503 if busy else 413)
+    finally:
+        for sock in idle:
+            sock.close()

@@ -28,6 +28,10 @@ HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone o
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
 # slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
+# How long a connection closed with a request body still arriving keeps reading (and dropping) it. Closing a socket
+# with unread bytes sends a reset, and a client that uploads the whole body before reading (Python's urllib and
+# http.client) then loses the answer it was sent: the early 413, the 503.
+LINGER_S = 5.0
 
 
 def _send_queue(sock: Any) -> int:
@@ -61,7 +65,10 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
 
 
 def with_deadlines(
-    disclaimer: str, deadline_s: float = HEADER_DEADLINE_S, write_deadline_s: float = WRITE_DEADLINE_S
+    disclaimer: str,
+    deadline_s: float = HEADER_DEADLINE_S,
+    write_deadline_s: float = WRITE_DEADLINE_S,
+    linger_s: float = LINGER_S,
 ) -> type[H11Protocol]:
     """An ``H11Protocol`` that cuts off a client whose request head takes longer than ``deadline_s``, or that
     reads none of its answer for ``write_deadline_s`` while the socket's buffers are full.
@@ -70,7 +77,8 @@ def with_deadlines(
     it. A client that sent part of a head gets a JSON 408 before the connection closes; one that sent
     nothing is closed silently (browsers open spare connections they may never use), and so is one
     still trickling the body of a request already answered (an early 413: its answer is out). A client
-    that does not read is dropped (its answer cannot reach it anyway).
+    that does not read is dropped (its answer cannot reach it anyway). A connection closed while a request's body
+    is still arriving first sends its answer and a FIN, then reads and drops the rest for up to ``linger_s``.
     """
     timeout_response = _timeout_response(deadline_s, disclaimer)
     busy_body = _error_json(
@@ -104,6 +112,7 @@ def with_deadlines(
             self._write_timer: asyncio.TimerHandle | None = None
             self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
+            self._lingering = False
 
         @property
         def app(self) -> Any:
@@ -136,9 +145,29 @@ def with_deadlines(
             # 64 kB: a client that filled the kernel's buffers and left less there, then was closed (keep-alive,
             # head deadline), held its slot for ever, since close() waits for the buffer to drain.
             transport.set_write_buffer_limits(high=0)
+            # uvicorn closes the transport itself (after an answer with "connection: close"); every close goes
+            # through _close, which lingers while a body is still arriving.
+            self._close_transport = transport.close
+            transport.close = self._close  # type: ignore[method-assign]
             self._arm()
 
+        def _close(self) -> None:
+            if self._lingering or self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+                self._close_transport()
+                return
+            self._lingering = True
+            self._disarm()
+            self.transport.write_eof()  # the answer, then a FIN: the client can read it, and stop sending
+            self.loop.call_later(linger_s, self._close_transport)
+            self.flow.resume_reading()  # uvicorn pauses reading a body the app has not taken
+
+        def eof_received(self) -> None:
+            if self._lingering:
+                self._close_transport()  # the client has sent everything: no reset now
+
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return  # the rest of a body no one will read
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
             super().data_received(data)
