@@ -90,9 +90,11 @@ CHECKS = (
 )
 
 
-# Each call: connect (5 s) and read (50 s: init, 10 s at most, plus the function's 28 s timeout), tried twice.
-CALL_BUDGET_S = 2 * 55
+# Each call: connect (5 s) and read (50 s: init, 10 s at most, plus the function's 28 s timeout), tried twice, with
+# botocore's standard backoff (under 1 s) before the second try.
+CALL_BUDGET_S = 2 * 55 + 1
 WAIT_DELAY_S = 5
+# The report to CodeDeploy: connect (2 s) and read (4 s), tried twice, with the backoff: 13 s at most.
 REPORT_MARGIN_S = 15
 
 
@@ -148,6 +150,23 @@ def problem_with(lambda_client: Any, version_arn: str, deadline: float | None = 
     return None
 
 
+def retained_version(version_arn: str) -> dict[str, str]:
+    """The failed version, which the rollback keeps (SAM retains its versions), and how to remove it.
+
+    Lambda publishes no version when nothing changed since the last one: a deploy of the same image and parameters
+    then fails with "A version for this Lambda function exists (N)" until version N is deleted.
+    """
+    # arn:<partition>:lambda:<region>:<account>:function:<name>:<version>
+    parts = version_arn.split(":")
+    if len(parts) != 8 or not parts[7].isdigit():
+        return {}
+    name, version = parts[6], parts[7]
+    return {
+        "retained_version": version,
+        "delete_before_redeploying": f"aws lambda delete-function --function-name {name} --qualifier {version}",
+    }
+
+
 def run(
     event: dict[str, Any],
     lambda_client: Any,
@@ -162,7 +181,10 @@ def run(
     except Exception as exc:  # permissions, throttling: the version was not shown to work, so it does not go live
         problem = f"the check could not call {version_arn}: {type(exc).__name__}: {exc}"
     status = "Failed" if problem else "Succeeded"
-    print(json.dumps({"message": "deploy check", "version": version_arn, "status": status, "problem": problem}))
+    line = {"message": "deploy check", "version": version_arn, "status": status, "problem": problem}
+    if problem:
+        line.update(retained_version(version_arn))
+    print(json.dumps(line))
     codedeploy_client.put_lifecycle_event_hook_execution_status(
         deploymentId=event["DeploymentId"],
         lifecycleEventHookExecutionId=event["LifecycleEventHookExecutionId"],
@@ -177,14 +199,16 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from botocore.config import Config
 
     # Bounded so that a report always goes out before this function's own timeout: the wait for the version and
-    # the throttling retries take what the two calls (each init, 10 s at most, plus the function's 28 s timeout,
-    # tried twice at most) leave, less a margin for the report itself.
-    calls = Config(connect_timeout=5, read_timeout=50, retries={"mode": "standard", "max_attempts": 2})
+    # the throttling retries take what the two calls (CALL_BUDGET_S each) leave, less a margin for the report,
+    # whose own client is bounded to fit it (botocore's default is 60 s connect, 60 s read, 3 tries).
+    # total_max_attempts counts the first try; botocore's max_attempts would count only the retries.
+    calls = Config(connect_timeout=5, read_timeout=50, retries={"mode": "standard", "total_max_attempts": 2})
+    report = Config(connect_timeout=2, read_timeout=4, retries={"mode": "standard", "total_max_attempts": 2})
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - REPORT_MARGIN_S
     return run(
         event,
         boto3.client("lambda", config=calls),
-        boto3.client("codedeploy"),
+        boto3.client("codedeploy", config=report),
         os.environ["TARGET_VERSION_ARN"],
         deadline,
     )

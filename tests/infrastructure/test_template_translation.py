@@ -673,6 +673,33 @@ def test_rules_refuse_model_settings_that_cannot_work(template: dict[str, Any], 
     assert broken_rules(template, overrides) == broken
 
 
+@pytest.mark.parametrize(
+    ("provisioned", "reserved", "refused"),
+    [(0, 0, False), (2, 0, False), (0, 5, False), (2, 5, False), (1, 2, False), (2, 2, True), (100, 100, True)],
+)
+def test_rules_refuse_a_reservation_that_provisioned_concurrency_fills(
+    template: dict[str, Any], provisioned: int, reserved: int, refused: bool
+) -> None:
+    """Equal, the alias's provisioned instances hold the whole reservation: the new version the deploy check calls
+    is throttled on every deploy until the check gives up. (More provisioned than reserved, Lambda refuses itself;
+    rule functions cannot compare numbers.)"""
+    broken = broken_rules(template, {"ProvisionedConcurrency": str(provisioned), "ReservedConcurrency": str(reserved)})
+    assert broken == ({"ReservedConcurrencyExceedsProvisioned"} if refused else set())
+
+
+def test_the_concurrency_rule_survives_the_transform(cfn: dict[str, Any]) -> None:
+    rule = cfn["Rules"]["ReservedConcurrencyExceedsProvisioned"]  # so CloudFormation checks it before any change
+    assert rule["Assertions"] == [
+        {
+            "Assert": {
+                "Fn::Not": [{"Fn::Equals": [{"Ref": "ProvisionedConcurrency"}, {"Ref": "ReservedConcurrency"}]}]
+            },
+            "AssertDescription": rule["Assertions"][0]["AssertDescription"],
+        }
+    ]
+    assert "ReservedConcurrency must exceed ProvisionedConcurrency" in rule["Assertions"][0]["AssertDescription"]
+
+
 def test_s3_version_ids_as_s3_issues_them_are_accepted(template: dict[str, Any]) -> None:
     spec = template["Parameters"]["ModelS3VersionId"]
     for version_id in (LONG_VERSION_ID, "Lx9wqWXT3Lbj.Txvy0cq7l1BCdStOlUZ", "null"):

@@ -193,6 +193,33 @@ def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -
     assert [r["status"] for r in codedeploy.reports] == ["Failed"]
 
 
+def test_a_failure_log_names_the_version_the_rollback_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    """CloudFormation's rollback keeps the failed version (SAM retains versions), and Lambda publishes no new one
+    for the same image and configuration: the log says which version to delete before deploying the same again."""
+    deploy_check.run(HOOK_EVENT, FakeLambda(lambda _e: {}, state="Failed"), FakeCodeDeploy(), VERSION)
+    line = json.loads(capsys.readouterr().out)
+    assert line["status"] == "Failed" and line["retained_version"] == "7"
+    assert (
+        line["delete_before_redeploying"]
+        == "aws lambda delete-function --function-name cataract-inference --qualifier 7"
+    )
+
+
+def test_a_passing_check_logs_no_version_to_delete(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load_handler(tiny_model_dir, monkeypatch)
+    capsys.readouterr()
+    deploy_check.run(HOOK_EVENT, FakeLambda(_through(module)), FakeCodeDeploy(), VERSION)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["status"] == "Succeeded" and "retained_version" not in line
+
+
+@pytest.mark.parametrize("arn", ["arn:aws:lambda:us-east-1:123456789012:function:cataract-inference", "not-an-arn"])
+def test_no_version_is_named_when_the_arn_has_none(arn: str) -> None:
+    assert deploy_check.retained_version(arn) == {}
+
+
 def test_a_check_that_cannot_call_the_version_still_reports_failure() -> None:
     """Without a report CodeDeploy would wait an hour for the hook to time out."""
     from botocore.exceptions import ClientError
@@ -249,10 +276,21 @@ def test_the_handler_calls_lambda_and_codedeploy_as_their_apis_define(
         assert deploy_check.handler(HOOK_EVENT, context) == {"status": "Succeeded", "problem": None}
         lambdas.assert_no_pending_responses()
         deployments.assert_no_pending_responses()
-    # Every call bounded, and the two calls' worst case is what the deadline keeps back for them.
-    lambda_config = configs["lambda"]
-    calls = 2 * lambda_config.retries["max_attempts"] * (lambda_config.connect_timeout + lambda_config.read_timeout)
-    assert lambda_config.read_timeout >= 10 + 28 and calls <= 2 * deploy_check.CALL_BUDGET_S
+    # Every call bounded: each invoke's worst case is what the deadline keeps back for it, and the report's fits
+    # the margin left after the deadline (botocore's default would be 60 s connect and 60 s read, tried 3 times).
+    lambda_config, report_config = configs["lambda"], configs["codedeploy"]
+    assert lambda_config.read_timeout >= 10 + 28 and _worst_case_s(lambda_config) <= deploy_check.CALL_BUDGET_S
+    assert report_config is not None and _worst_case_s(report_config) <= deploy_check.REPORT_MARGIN_S
+
+
+def _worst_case_s(config: Any) -> float:
+    """The longest one call can take under ``config``: every try timing out, with standard mode's backoff between
+    tries (under 1 s before the second). ``max_attempts`` would count retries, not tries: it must not be used."""
+    retries = config.retries
+    assert retries["mode"] == "standard" and "max_attempts" not in retries, retries
+    tries = retries["total_max_attempts"]
+    assert 1 <= tries <= 2, "more tries would back off for longer than the second's 1 s"
+    return tries * (config.connect_timeout + config.read_timeout) + (tries - 1) * 1.0
 
 
 def _throttled(times: int, then: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
