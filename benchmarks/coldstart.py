@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, TorchTarget
 from tests.support import s3 as s3_support
 from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
 
@@ -57,9 +57,9 @@ def model_in_s3(model_dir: Path) -> Iterator[dict[str, str]]:
         }
 
 
-def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> dict[str, list[float]]:
+def compare(model_dir: Path, torch: TorchTarget | None, photo: bytes, repeats: int) -> dict[str, list[float]]:
     """Cold starts of our handler (tracing off, on as with Tracing: Active, and loading the model from S3) and a
-    PyTorch handler, interleaved."""
+    PyTorch handler of ``torch``'s network (left out when ``None``), interleaved."""
     from cataract_inference import events
 
     event = events.predict_event(photo)
@@ -68,7 +68,9 @@ def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> di
     # SDK loads and sends UDP to a daemon that is not there, which costs nothing.
     traced = {**quiet, "POWERTOOLS_TRACE_DISABLED": "false", "LAMBDA_TASK_ROOT": str(REPO)}
     torch_env = {
-        "BENCH_TORCH_RUN": str(run) if run else "",
+        "BENCH_TORCH_RUN": str(torch.run) if torch and torch.run else "",
+        "BENCH_TORCH_BACKBONE": (torch and torch.backbone) or "",
+        "BENCH_TORCH_SIZE": str(torch.size) if torch else "",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "training")]),
     }
     with model_in_s3(model_dir) as s3_env, tempfile.TemporaryDirectory() as scratch:
@@ -79,8 +81,9 @@ def compare(model_dir: Path, run: Path | None, photo: bytes, repeats: int) -> di
             "our handler (tracing off)": (OUR_HANDLER, quiet),
             "our handler (tracing on, X-Ray SDK)": (OUR_HANDLER, traced),
             S3_CANDIDATE: (OUR_HANDLER, from_s3),
-            "PyTorch handler": (TORCH_HANDLER, torch_env),
         }
+        if torch is not None:
+            candidates["PyTorch handler"] = (TORCH_HANDLER, torch_env)
         samples: dict[str, list[float]] = {name: [] for name in candidates}
         for round_ in range(repeats + 1):  # the first, untimed round fills the page cache
             for name, (handler, env) in candidates.items():

@@ -170,12 +170,20 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def as_shown(value: float, digits: int = 2) -> float:
+    """``value`` rounded as ``fmt`` shows it: verdicts judge the number in the table, so "3.00×" against "≥ 3×" is
+    met even when the unrounded ratio was 2.996."""
+    return value if math.isnan(value) else float(fmt(value, digits))
+
+
 # Two p50s within 5% of each other are run-to-run noise on this shared machine, not a win or a loss.
 LEVEL_BAND = 0.05
 
 
 def faster_verdict(ratio: float) -> str:
-    """For "ours faster" (a ratio of theirs to ours): met only beyond the noise band, "level" inside it."""
+    """For "ours faster" (a ratio of theirs to ours): met only beyond the noise band, "level" inside it. Judged on
+    the ratio as the table shows it (two decimals)."""
+    ratio = as_shown(ratio)
     if ratio > 1.0 + LEVEL_BAND:
         return "met"
     return "level (within 5%: noise)" if ratio >= 1.0 - LEVEL_BAND else "NOT met"
@@ -244,40 +252,118 @@ class ModelChoice:
     is_proxy: bool
 
 
+def _manifest(model_dir: Path) -> dict[str, Any]:
+    """``model_dir``/model.json as a plain dict; empty when it is absent or unreadable."""
+    try:
+        data = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def shipped_run(runs: Path = RUNS_DIR, model_dir: Path | None = None) -> Path | None:
-    """The training run the bundled model names (``metrics.training_run.run``), if its checkpoint is here.
+    """The training run the model names (``metrics.training_run.run``; default: the bundled model), if its
+    checkpoint is here.
 
     Not simply the newest run: a later experiment would otherwise be measured as if it were the shipped model.
     """
-    import json
-
-    try:
-        manifest = json.loads(((model_dir or BUNDLED_MODEL_DIR) / "model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    manifest = _manifest(model_dir or BUNDLED_MODEL_DIR)
     name = ((manifest.get("metrics") or {}).get("training_run") or {}).get("run")
     run = runs / name if isinstance(name, str) and name else None
     return run if run is not None and (run / "model.pt").is_file() else None
 
 
-def latest_run(runs: Path = RUNS_DIR) -> Path | None:
-    """The bundled model's run when it is here, else the newest run with a checkpoint (``model.pt``), or ``None``."""
-    shipped = shipped_run(runs)
+def latest_run(runs: Path = RUNS_DIR, model_dir: Path | None = None) -> Path | None:
+    """The model's run (see ``shipped_run``) when it is here, else the newest run with a checkpoint (``model.pt``),
+    or ``None``."""
+    shipped = shipped_run(runs, model_dir)
     if shipped is not None:
         return shipped
     candidates = sorted((p for p in runs.glob("*") if (p / "model.pt").is_file()), key=lambda p: p.stat().st_mtime)
     return candidates[-1] if candidates else None
 
 
-def int8_variant(runs: Path = RUNS_DIR) -> tuple[Path, Path] | None:
+def int8_variant(runs: Path = RUNS_DIR, model_dir: Path | None = None) -> tuple[Path, Path] | None:
     """(fp32 folder, int8 folder) of the run ``latest_run`` picks, when its export wrote both, or ``None``."""
-    run = latest_run(runs)
+    run = latest_run(runs, model_dir)
     if run is None:
         return None
     export = run / "export"
     if (export / "int8" / "model.onnx").is_file() and (export / "fp32" / "model.onnx").is_file():
         return export / "fp32", export / "int8"
     return None
+
+
+def run_backbone(run: Path) -> str | None:
+    """The backbone a training run's ``config.json`` names, or ``None`` when it cannot be read."""
+    backbone = _run_config(run).get("backbone")
+    return backbone if isinstance(backbone, str) else None
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    """A training run's ``config.json`` as a plain dict; empty when it is absent or unreadable."""
+    try:
+        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_backbone(model_dir: Path) -> str | None:
+    """The backbone ``model_dir``/model.json records: the training run's config where the release kept it, else its
+    provenance's architecture matched against the training code's table; ``None`` when it records neither."""
+    manifest = _manifest(model_dir)
+    config = ((manifest.get("metrics") or {}).get("training_run") or {}).get("config") or {}
+    if isinstance(config.get("backbone"), str):
+        return str(config["backbone"])
+    architecture = (manifest.get("backbone") or {}).get("architecture")
+    if not isinstance(architecture, str):
+        return None
+    from cataract_training.backbones import BACKBONES  # imports torch: only once a PyTorch comparison needs it
+
+    return next((name for name, info in BACKBONES.items() if info.architecture == architecture), None)
+
+
+@dataclass(frozen=True)
+class TorchTarget:
+    """The PyTorch network that stands for the measured ONNX model: its backbone and input size, and the training
+    run whose weights it loads (``None``: random weights, the same compute). ``refused`` says why there is none."""
+
+    backbone: str | None
+    size: int
+    run: Path | None
+    refused: str | None = None
+
+    def describe(self) -> str:
+        """The network in words, for the section text."""
+        weights = (
+            f"the weights of run `{self.run.name}`" if self.run else "random weights (the same network and compute)"
+        )
+        return f"`CataractNet({self.backbone})` at {self.size} px with {weights}"
+
+
+def torch_target(model_dir: Path, runs: Path = RUNS_DIR) -> TorchTarget:
+    """The PyTorch counterpart of the model in ``model_dir``, derived from its model.json: the backbone it records,
+    and its own training run when that run's checkpoint is here. Never another run: the newest one may be another
+    backbone, and the comparison would then time a different network from the one served."""
+    size = int((_manifest(model_dir).get("input") or {}).get("size", 224))
+    backbone = model_backbone(model_dir)
+    run = shipped_run(runs, model_dir)
+    if run is None:
+        if backbone is None:
+            why = f"{model_dir / 'model.json'} records no backbone, so no PyTorch network is known to match it"
+            return TorchTarget(None, size, None, why)
+        return TorchTarget(backbone, size, None)
+    trained, trained_size = run_backbone(run), _run_config(run).get("size")
+    if backbone is None:
+        backbone = trained
+    if trained is None or trained != backbone or trained_size != size:
+        why = (
+            f"run `{run.name}` trained {trained or 'an unknown backbone'} at {trained_size} px, but the measured "
+            f"model is {backbone} at {size} px"
+        )
+        return TorchTarget(backbone, size, None, why)
+    return TorchTarget(backbone, size, run)
 
 
 def choose_model(explicit: Path | None, scratch: Path) -> ModelChoice:
@@ -294,7 +380,8 @@ def choose_model(explicit: Path | None, scratch: Path) -> ModelChoice:
     print(
         f"note: no bundled model yet; measuring a proxy export of the training architecture ({where})", file=sys.stderr
     )
-    return ModelChoice(directory, f"proxy: MobileNetV2 serving graph exported here ({where})", is_proxy=True)
+    backbone = model_backbone(directory)
+    return ModelChoice(directory, f"proxy: {backbone} serving graph exported here ({where})", is_proxy=True)
 
 
 def _describe(directory: Path) -> str:

@@ -252,9 +252,12 @@ def at_two_threads(model_dir: Path, photos: dict[str, bytes], rounds: int) -> di
 
 
 def versus_torch(
-    handler: Any, photos: dict[str, bytes], run: Path | None, repeats: int
+    handler: Any, photos: dict[str, bytes], run: Path | None, repeats: int, backbone: str = "mobilenet_v2"
 ) -> tuple[dict[str, dict[str, list[float]]], str]:
-    """ONNX Runtime against PyTorch eager (one thread each): the forward pass, and photo-to-probabilities."""
+    """ONNX Runtime against PyTorch eager (one thread each): the forward pass, and photo-to-probabilities.
+
+    The network is ``run``'s, or ``backbone`` with random weights without one (see ``common.torch_target``).
+    """
     import torch
     from PIL import Image
 
@@ -262,7 +265,7 @@ def versus_torch(
     from cataract_inference.imaging import decode_image, preprocess
 
     torch.set_num_threads(1)  # Lambda's one vCPU; ORT runs with one intra-op thread too
-    net, note = torch_model(run)
+    net, note = torch_model(run, backbone)
     clf = handler.classifier
     spec = clf.manifest.input
     m = torch.tensor(spec.mean).view(3, 1, 1)

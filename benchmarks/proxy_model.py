@@ -31,6 +31,7 @@ def build_proxy_model(directory: Path, run: Path | None = None, backbone: str = 
         net.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
     info = BACKBONES[backbone]
+    weights = f"those of run {run.name}" if run is not None else "random (a benchmark proxy)"
     dim = info.feat_dim
     ood = OodModel(np.zeros(dim), np.eye(dim)[:, :8].copy(), np.ones(8), 1.0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,10 @@ def build_proxy_model(directory: Path, run: Path | None = None, backbone: str = 
             "outputs": {"logits": "logits", "embedding": "embedding", "ood_distance": "ood_distance", "cam": "cam"},
             # A gate that passes drawn eyes: the benchmark measures the full path, not refusals.
             "gate": {"min_side": 16, "min_brightness": 0.0, "max_brightness": 1.0, "min_contrast": 0.0},
-            "metrics": {"note": "a benchmark proxy; no metrics"},
+            # The run and backbone, so the PyTorch comparisons build this network and no other (common.torch_target).
+            "metrics": {"note": "a benchmark proxy; no metrics"}
+            | ({"training_run": {"run": run.name}} if run is not None else {}),
+            "backbone": {"architecture": info.architecture, "weights": weights, "licence": info.licence},
         }
     )
     write_manifest(manifest, directory / "model.json")

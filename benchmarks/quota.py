@@ -41,10 +41,14 @@ def cpu_quota(memory_mb: int) -> Iterator[Path]:
     share = memory_mb / ONE_VCPU_MB
     quota_us = round(share * PERIOD_US)
     name = f"cataract-bench-{memory_mb}mb-{os.getpid()}"
+    try:
+        controllers = (CGROUP_V2 / "cgroup.controllers").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        controllers = []  # no cgroup v2 here (or not readable): v1 below, or nothing
     if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
         group = CGROUP_V1 / name
         settings = {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota_us)}
-    elif "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text(encoding="utf-8", errors="replace").split():
+    elif "cpu" in controllers:
         group = CGROUP_V2 / name
         settings = {"cpu.max": f"{quota_us} {PERIOD_US}"}
     else:
@@ -65,12 +69,20 @@ def cpu_quota(memory_mb: int) -> Iterator[Path]:
 
 
 def measure_in_quota(memory_mb: int, model_dir: Path, rounds: int, per_block: int) -> dict[str, list[float]]:
-    """Run ``--child`` inside a quota for ``memory_mb``: samples keyed ``photo|mode|threads``."""
+    """Run ``--child`` inside a quota for ``memory_mb``: samples keyed ``photo|mode|threads``.
+
+    A child that fails (it may not join the group: writing ``cgroup.procs`` needs more than creating it) raises
+    ``QuotaUnavailable`` with the end of its stderr, so the caller reports the section as not measured.
+    """
     with cpu_quota(memory_mb) as procs:
-        return json_from_child(
-            "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
-            "--rounds", str(rounds), "--per-block", str(per_block),
-        )  # fmt: skip
+        try:
+            return json_from_child(
+                "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
+                "--rounds", str(rounds), "--per-block", str(per_block),
+            )  # fmt: skip
+        except (OSError, RuntimeError) as exc:
+            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+            raise QuotaUnavailable(f"the measuring child failed at {memory_mb} MB: {last[0]}") from exc
 
 
 def compare(model_dir: Path, rounds: int, per_block: int) -> dict[int, dict[str, list[float]]]:

@@ -1,13 +1,32 @@
-"""The benchmark helpers' arithmetic and choices: percentiles, verdicts, which run is measured."""
+"""The benchmark helpers' arithmetic and choices: percentiles, verdicts, which run and network are measured, the
+CPU-quota section's failures, and the PyTorch cold-start handler."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from benchmarks.common import Stats, faster_verdict, int8_variant, latest_run, shipped_run
+from benchmarks import quota
+from benchmarks.common import (
+    BUNDLED_MODEL_DIR,
+    Stats,
+    TorchTarget,
+    faster_verdict,
+    int8_variant,
+    latest_run,
+    shipped_run,
+    small_photo,
+    torch_target,
+)
 
 
 @pytest.mark.parametrize(("n", "rank"), [(1, 1), (7, 7), (20, 19), (33, 32), (100, 95), (400, 380)])
@@ -25,6 +44,14 @@ def test_stats_summarise() -> None:
     [(1.06, "met"), (1.003, "level (within 5%: noise)"), (0.96, "level (within 5%: noise)"), (0.9, "NOT met")],
 )
 def test_faster_is_only_met_beyond_the_noise(ratio: float, verdict: str) -> None:
+    assert faster_verdict(ratio) == verdict
+
+
+@pytest.mark.parametrize(
+    ("ratio", "verdict"), [(1.0504, "level (within 5%: noise)"), (0.9496, "level (within 5%: noise)")]
+)
+def test_faster_judges_the_ratio_as_shown(ratio: float, verdict: str) -> None:
+    # Both are shown as 1.05× and 0.95×, inside the band's edges: the verdict must agree with the table.
     assert faster_verdict(ratio) == verdict
 
 
@@ -55,3 +82,93 @@ def test_the_shipped_run_is_measured_not_the_newest(tmp_path: Path, monkeypatch:
     (model / "model.json").write_text(json.dumps({"metrics": {}}))
     assert latest_run(runs) == runs / "20261231-experiment"
     assert int8_variant(runs) is None
+    # A model folder given with --model names its own run.
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "model.json").write_text(json.dumps({"metrics": {"training_run": {"run": shipped.name}}}))
+    assert int8_variant(runs, other) == (shipped / "export" / "fp32", shipped / "export" / "int8")
+
+
+def _configured(runs: Path, name: str, backbone: str, size: int = 224) -> Path:
+    run = _run(runs, name)
+    (run / "config.json").write_text(json.dumps({"backbone": backbone, "size": size}))
+    return run
+
+
+def test_the_pytorch_network_is_the_measured_models(tmp_path: Path) -> None:
+    runs, model = tmp_path / "runs", tmp_path / "model"
+    model.mkdir()
+    _configured(runs, "20261231-efficientnet_lite0", "efficientnet_lite0")  # newest, and another backbone
+    training_run = {"run": "20260101-mobilenet_v2", "config": {"backbone": "mobilenet_v2"}}
+    (model / "model.json").write_text(json.dumps({"input": {"size": 224}, "metrics": {"training_run": training_run}}))
+    # The model's own run is not here: its backbone with random weights, never the newest run.
+    assert torch_target(model, runs) == TorchTarget("mobilenet_v2", 224, None)
+    own = _configured(runs, "20260101-mobilenet_v2", "mobilenet_v2")
+    assert torch_target(model, runs) == TorchTarget("mobilenet_v2", 224, own)
+    # A run folder of that name that trained something else is refused, with the reason.
+    (own / "config.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "size": 224}))
+    refused = torch_target(model, runs)
+    assert refused.run is None
+    assert refused.refused is not None
+    assert "efficientnet_lite0" in refused.refused
+    assert "mobilenet_v2" in refused.refused
+
+
+def test_the_bundled_models_backbone_is_read_from_its_provenance(tmp_path: Path) -> None:
+    assert torch_target(BUNDLED_MODEL_DIR, tmp_path / "no-runs") == TorchTarget("mobilenet_v2", 224, None)
+
+
+def test_a_model_of_unknown_backbone_gets_no_pytorch_network(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text(json.dumps({"input": {"size": 224}}))
+    target = torch_target(tmp_path, tmp_path / "runs")
+    assert target.refused is not None
+    assert "records no backbone" in target.refused
+
+
+def test_no_cgroup_files_is_quota_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quota, "CGROUP_V1", tmp_path / "v1")
+    monkeypatch.setattr(quota, "CGROUP_V2", tmp_path / "v2")  # no cgroup.controllers: not a crash
+    with pytest.raises(quota.QuotaUnavailable, match="no cgroup CPU controller"), quota.cpu_quota(1769):
+        pass
+
+
+def test_a_failing_quota_child_is_quota_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextlib.contextmanager
+    def cpu_quota(memory_mb: int) -> Iterator[Path]:
+        yield tmp_path / "cgroup.procs"
+
+    def child_fails(*args: str, **kwargs: object) -> object:
+        raise RuntimeError("python -m benchmarks.quota failed (1):\nPermissionError: [Errno 13] cgroup.procs")
+
+    monkeypatch.setattr(quota, "cpu_quota", cpu_quota)
+    monkeypatch.setattr(quota, "json_from_child", child_fails)
+    with pytest.raises(quota.QuotaUnavailable, match=r"at 1769 MB: PermissionError: \[Errno 13\] cgroup.procs"):
+        quota.compare(tmp_path, 1, 1)
+
+
+def test_the_pytorch_handler_builds_the_runs_backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from cataract_inference import events
+    from cataract_training.backbones import CataractNet
+
+    run = _configured(tmp_path / "runs", "20260101-efficientnet_lite0", "efficientnet_lite0", size=160)
+    net = CataractNet("efficientnet_lite0", n_classes=2, pretrained=False).eval()
+    torch.save(net.state_dict(), run / "model.pt")
+    monkeypatch.setenv("BENCH_TORCH_RUN", str(run))
+    monkeypatch.delitem(sys.modules, "benchmarks.torch_handler", raising=False)
+    threads = torch.get_num_threads()  # the module sets one thread, as on Lambda; give the others theirs back
+    try:
+        handler = importlib.import_module("benchmarks.torch_handler")
+        photo = small_photo()
+        response = handler.lambda_handler(events.predict_event(photo), None)
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("benchmarks.torch_handler", None)
+    assert response["statusCode"] == 200
+    # The same answer as the run's network on the photo resized to its size, normalised with its mean and std (0.5).
+    img = Image.open(io.BytesIO(photo)).convert("RGB").resize((160, 160))
+    x = (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1) - 0.5) / 0.5
+    with torch.inference_mode():
+        expected = torch.softmax(net(x[None])[0], -1)
+    body = json.loads(response["body"])
+    assert body["cataract"] == pytest.approx(float(expected[0]), abs=1e-5)

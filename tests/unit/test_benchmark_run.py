@@ -1,0 +1,186 @@
+"""The benchmark runner's report: partial runs, failing sections, --skip, and which PyTorch network it times.
+
+Every section's measuring is replaced by a stub: these tests check what ``benchmarks.run`` writes, not timings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from benchmarks import run
+from benchmarks.common import BUNDLED_MODEL_DIR, small_photo
+
+COMMITTED_REPORT = Path(run.__file__).resolve().parent / "results" / "latest.md"
+SMALL, PHONE = "small photo (320×240 JPEG)", "phone photo (3000×2000 JPEG)"
+
+
+def _targets(report: str) -> dict[str, tuple[str, str]]:
+    """The report's targets table: what → (measured, verdict)."""
+    table = report.split("### Targets", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("|").split(" | ") for line in table.splitlines()[2:]]
+    return {cells[0].strip(): (cells[2].strip(), cells[3].strip()) for cells in rows}
+
+
+@pytest.fixture
+def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``run.main`` with the machine description, photos and handler stubbed; results go under ``tmp_path``."""
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(run.tempfile, "mkdtemp", lambda prefix="": str(tmp_path / "scratch"))
+    monkeypatch.setattr(run, "quiet_environment", lambda: None)
+    monkeypatch.setattr(run, "_machine", lambda: "a test machine")
+    monkeypatch.setattr(run, "_provenance", lambda model_dir: "a test commit")
+    monkeypatch.setattr(run, "small_photo", lambda: b"small")
+    monkeypatch.setattr(run, "phone_photo", lambda **_: b"phone")
+    model_path = SimpleNamespace(model_path=tmp_path / "model.onnx")
+    handler = SimpleNamespace(classifier=SimpleNamespace(artifact=model_path))
+    monkeypatch.setattr(run.latency, "load_handler", lambda model_dir, threads=1: handler)
+    return tmp_path
+
+
+def _model(directory: Path, manifest: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return directory
+
+
+def _all_but(*sections: str) -> str:
+    return ",".join(s for s in run.SECTIONS if s not in sections)
+
+
+def test_an_unknown_section_to_skip_is_an_error(bench: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--skip", "deps,tunnig"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "tunnig" in err
+    assert "latency, reference, torch, int8, tuning, quota" in err  # the valid names, to correct the typo
+    assert not (bench / "results").exists()
+
+
+def test_a_partial_run_says_so_and_leaves_the_full_set_alone(bench: Path) -> None:
+    assert run.main(["--quick", "--skip", ",".join(run.SECTIONS)]) == 0
+    assert not (bench / "results" / "latest.md").exists()
+    report = (bench / "results" / "partial.md").read_text(encoding="utf-8")
+    assert "Partial run, not the full set: `--quick` (fewer repeats); sections skipped: latency, reference" in report
+    targets = _targets(report)
+    # Every target the committed full run reports is still listed, marked as not measured.
+    full = _targets(COMMITTED_REPORT.read_text(encoding="utf-8"))
+    assert full
+    assert set(full) <= set(targets)
+    assert {row for what, row in targets.items() if what in full} == {("not measured", "skipped (--skip)")}
+
+
+def test_an_explicit_output_is_written_for_a_partial_run(bench: Path) -> None:
+    assert run.main(["--skip", ",".join(run.SECTIONS), "--output", str(bench / "mine.md")]) == 0
+    assert "sections skipped: latency" in (bench / "mine.md").read_text(encoding="utf-8")
+    assert not (bench / "results").exists()
+
+
+def test_a_failing_section_still_writes_what_was_measured(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {"serving: 1 thread, ENABLE_ALL, no spin": [1.0, 1.2], "other": [2.0, 2.2]}
+    monkeypatch.setattr(run.tuning, "compare", lambda path, reps: (runs, {"serving options": 17.0}))
+
+    def child_fails(*args: str, **kwargs: Any) -> Any:
+        raise RuntimeError("python -m benchmarks.memory failed (1):\nMemoryError")
+
+    monkeypatch.setattr(run, "json_from_child", child_fails)
+    out = bench / "report.md"
+    with pytest.raises(RuntimeError):
+        run.main(["--skip", _all_but("tuning", "memory", "deps"), "--output", str(out)])
+    report = out.read_text(encoding="utf-8")
+    assert "| serving options | 17.0 |" in report  # the tuning section, measured before memory failed
+    assert "stopped early: section `memory` failed (RuntimeError: python -m benchmarks.memory failed (1):)" in report
+    targets = _targets(report)
+    assert targets["peak RSS after 1,000 requests"] == ("not measured", "not measured: the run stopped")
+    assert targets["installed runtime dependencies"] == ("not measured", "not measured: the run stopped")
+    assert targets[f"handler ÷ bare, {SMALL}"] == ("not measured", "skipped (--skip)")
+
+
+def _torch_tables(forward_ratio: float) -> dict[str, dict[str, list[float]]]:
+    samples = {
+        "ORT session.run": [1.0],
+        "torch eager forward": [forward_ratio],
+        "our handler": [2.0],
+        "torch photo→probabilities": [7.0],
+    }
+    return {SMALL: samples, PHONE: samples}
+
+
+def test_torch_times_the_measured_models_backbone(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Path | None, str]] = []
+
+    def versus_torch(
+        handler: Any, photos: Any, run_dir: Path | None, repeats: int, backbone: str = "mobilenet_v2"
+    ) -> tuple[dict[str, dict[str, list[float]]], str]:
+        calls.append((run_dir, backbone))
+        return _torch_tables(2.996), "stub"
+
+    monkeypatch.setattr(run.latency, "versus_torch", versus_torch)
+    # An efficientnet model whose run is not here: never another run, whatever runs/ holds.
+    config = {"run": "20260101-not-here", "config": {"backbone": "efficientnet_lite0"}}
+    model = _model(bench / "model", {"input": {"size": 192}, "metrics": {"training_run": config}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("torch"), "--model", str(model), "--output", str(out)]) == 0
+    assert calls == [(None, "efficientnet_lite0")]
+    report = out.read_text(encoding="utf-8")
+    assert "`CataractNet(efficientnet_lite0)` at 192 px with random weights" in report
+    assert f"for the measured model ({model})" in report
+    # 2.996 is shown as 3.00×: against "≥ 3×" that is met, as the table reads.
+    assert _targets(report)[f"torch forward ÷ ORT run, {SMALL}"] == ("3.00×", "met")
+
+
+def test_torch_is_not_measured_for_a_model_of_unknown_backbone(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def versus_torch(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, list[float]]], str]:
+        raise AssertionError("a network that may not be the served one was timed")
+
+    monkeypatch.setattr(run.latency, "versus_torch", versus_torch)
+    model = _model(bench / "model", {"input": {"size": 224}, "metrics": {}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("torch"), "--model", str(model), "--output", str(out)]) == 0
+    report = out.read_text(encoding="utf-8")
+    assert "_Not measured: " in report
+    assert "records no backbone" in report
+    targets = _targets(report)
+    rows = [targets[f"torch forward ÷ ORT run, {name}"] for name in (SMALL, PHONE)]
+    assert all(measured == "not measured" for measured, _ in rows)
+
+
+def test_int8_refuses_an_export_of_another_backbone(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = bench / "runs" / "20261231-efficientnet_lite0"
+    (other / "export" / "fp32").mkdir(parents=True)
+    (other / "export" / "int8").mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "size": 224}))
+    pair = (other / "export" / "fp32", other / "export" / "int8")
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: pair)
+
+    def int8_section(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("another backbone's export was measured")
+
+    monkeypatch.setattr(run, "int8_section", int8_section)
+    training_run = {"run": "20260101-not-here", "config": {"backbone": "mobilenet_v2"}}
+    model = _model(bench / "model", {"input": {"size": 224}, "metrics": {"training_run": training_run}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("int8"), "--model", str(model), "--output", str(out)]) == 0
+    report = out.read_text(encoding="utf-8")
+    assert re.search(r"Not measured: .*20261231-efficientnet_lite0.* efficientnet_lite0.* mobilenet_v2", report)
+    assert _targets(report)["int8 speed-up over fp32"][0] == "not measured"
+
+
+def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = tmp_path / "runs" / "a-run" / "export"
+    for variant in ("fp32", "int8"):
+        (export / variant).mkdir(parents=True)
+        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "no-photos")
+    # 2.999 ÷ 2.0 = 1.4995, shown as 1.50×: the target "≥ 1.5×" is met as the table reads.
+    monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [2.999], "int8 session.run": [2.0]})
+    targets: list[run.Row] = []
+    run.int8_section((export / "fp32", export / "int8"), small_photo(), 1, lambda text: None, targets)
+    assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")
