@@ -57,15 +57,14 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[int, uvicorn.Server]]:
-    """The port of a running server, and the server (to look at its connections, or to stop it)."""
+@contextlib.contextmanager
+def _running(linger_s: float = LINGER_S) -> Iterator[tuple[int, uvicorn.Server, threading.Thread]]:
     chosen = free_port()
     config = uvicorn.Config(
         _app,
         host="127.0.0.1",
         port=chosen,
-        http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S, linger_s=LINGER_S),
+        http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S, linger_s=linger_s),
         limit_concurrency=LIMIT,
         timeout_keep_alive=30,  # longer than the test: only the head deadline closes connections here
         timeout_graceful_shutdown=3,  # as `serve` has one (5 s): without it a stopping server waits for any body
@@ -79,9 +78,18 @@ def served() -> Iterator[tuple[int, uvicorn.Server]]:
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield chosen, server
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield chosen, server, thread
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, uvicorn.Server]]:
+    """The port of a running server, and the server (to look at its connections, or to stop it)."""
+    with _running() as (chosen, server, _):
+        yield chosen, server
 
 
 @pytest.fixture
@@ -381,3 +389,16 @@ def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_client_that_stopped_mid_upload_does_not_hold_the_runner_stopping() -> None:
+    # Its answer (the JSON 503) was closed through the lingering close, and uvicorn waited for the linger time.
+    with _running(linger_s=30) as (port, server, thread), _connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\nabc")  # then silence
+        time.sleep(0.2)
+        server.should_exit = True
+        start = time.monotonic()
+        thread.join(10)
+        # Not cut short by uvicorn's graceful timeout (3 s here, 5 s under `serve`): stopped at once.
+        assert time.monotonic() - start < 2, "the runner waited on a client that stopped sending"
+        assert _json_error(_read_all(sock), 503)["code"] == "overloaded"

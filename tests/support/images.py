@@ -113,13 +113,16 @@ def tiled_tiff(side: int, tile: int, big: bool = False) -> bytes:
     pixels = head + ifd_size
     offsets = pixels + tile * tile
     counts = offsets + 4 * tiles
-    fields += [(324, 4, tiles, offsets), (325, 4, tiles, counts)]
+    # One value is kept in the entry itself; more, in an array the entry points at.
+    if tiles == 1:
+        fields += [(324, 4, 1, pixels), (325, 4, 1, tile * tile)]
+    else:
+        fields += [(324, 4, tiles, offsets), (325, 4, tiles, counts)]
     header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
     ifd = struct.pack(count, len(fields)) + b"".join(struct.pack(entry, *f) for f in fields) + bytes(8 if big else 4)
     body = bytes(range(256)) * (tile * tile // 256 + 1)
-    return (
-        header + ifd + body[: tile * tile] + struct.pack("<I", pixels) * tiles + struct.pack("<I", tile * tile) * tiles
-    )
+    arrays = b"" if tiles == 1 else struct.pack("<I", pixels) * tiles + struct.pack("<I", tile * tile) * tiles
+    return header + ifd + body[: tile * tile] + arrays
 
 
 def jpeg_with_malformed_exif(size: tuple[int, int] = (64, 48)) -> bytes:

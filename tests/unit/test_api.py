@@ -410,6 +410,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
         422,
         "invalid_request",
     ),
+    # The same number in a body that is not JSON: the number was met first, and the body called valid JSON.
+    ("broken json, long integer", _json_event('{"image": "AAAA", "n": ' + "1" * 4301), 400, "malformed_json"),
     ("explain query not a yes or no", _raw_event(BRIGHT, {"explain": "maybe"}), 422, "invalid_request"),
     (
         "explain in the query disagreeing with the json body",
@@ -579,6 +581,8 @@ _BAD_PORTS = [
     ("headers", "x-forwarded-port", "abc"),
     ("headers", "Host", "example.com:"),
     ("headers", "Host", "[::1]:443"),
+    ("headers", "X-Forwarded-Port", "9" * 4301),  # digits, but over int()'s 4300
+    ("headers", "Host", "localhost:" + "9" * 4301),
 ]
 
 

@@ -151,6 +151,11 @@ def test_missing_model_exits_with_a_message(
             "rawQueryString must be a string",
         ),
         (
+            b'{"requestContext": {"http": {"method": "GET", "path": "/"}}, "version": "2.0", "rawPath": "/", '
+            b'"rawQueryString": null}',
+            "rawQueryString must be a string",
+        ),
+        (
             b'{"requestContext": {"http": {"method": "GET", "path": "/", "sourceIp": "127.0.0.1"}}, "version": "2.0", '
             b'"rawPath": "/", "cookies": [1]}',
             "cookies must be a list of strings",
@@ -182,6 +187,7 @@ def test_missing_model_exits_with_a_message(
         "v1-no-resource",
         "v1-identity-null",
         "v2-query-int",
+        "v2-query-null",
         "v2-cookie-int",
         "v2-no-source-ip",
         "v2-headers-null",

@@ -332,7 +332,13 @@ def _parse_json(body: bytes) -> PredictRequest:
         raw = _load_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ClientError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
-    except ValueError as exc:  # valid JSON, but an integer over the stdlib's 4300 digits
+    except ValueError as exc:  # an integer over the stdlib's 4300 digits, met before any syntax error after it
+        try:
+            json.loads(body.decode(json.detect_encoding(body)), parse_int=len)  # the syntax, numbers left as text
+        except (json.JSONDecodeError, UnicodeDecodeError) as syntax:
+            raise ClientError(400, "malformed_json", f"the body is not valid JSON: {syntax}") from syntax
+        except RecursionError as deep:
+            raise ClientError(400, "malformed_json", "the JSON is nested too deeply") from deep
         raise ClientError(
             422, "invalid_request", "a number in the body has over 4300 digits; no field of the request takes a number"
         ) from exc

@@ -173,7 +173,7 @@ class Classifier:
             names.cam: ("(1, classes, h, w)", lambda s: len(s) == 4 and s[:2] == (1, classes)),
             names.ood_distance: ("one value", lambda s: int(np.prod(s)) == 1),
             names.mid_distance: ("one value", lambda s: int(np.prod(s)) == 1),
-            names.embedding: ("(1, n)", lambda s: len(s) == 2 and s[0] == 1),
+            names.embedding: ("one image's values, (1, ...)", lambda s: len(s) >= 2 and s[0] == 1),
         }
         for name, (wanted, fits) in expected.items():
             if name and not fits(tuple(outputs[name].shape)):
@@ -182,10 +182,10 @@ class Classifier:
                     f"reads {wanted} (the manifest lists {classes} classes): the manifest does not match the model"
                 )
         probe = quality.EyeProbe.from_gate(self.manifest.gate)
-        if probe is not None and names.embedding and outputs[names.embedding].shape[-1] != probe.mean.size:
+        if probe is not None and names.embedding and outputs[names.embedding][0].size != probe.mean.size:
             raise ModelLoadError(
                 f"the manifest's gate.eye_probe has {probe.mean.size} weights; the model's embedding has "
-                f"{outputs[names.embedding].shape[-1]} values"
+                f"{outputs[names.embedding][0].size} values"
             )
 
     def _check_gate_blocks(self) -> None:

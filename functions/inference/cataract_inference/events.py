@@ -139,7 +139,7 @@ def event_problem(event: object) -> str | None:
             return "requestContext.http needs method and path strings"
         if not isinstance(event.get("rawPath"), str):
             return "rawPath must be a string"
-        if event.get("rawQueryString") is not None and not isinstance(event["rawQueryString"], str):
+        if "rawQueryString" in event and not isinstance(event["rawQueryString"], str):  # Mangum encodes it
             return "rawQueryString must be a string"
         if not isinstance(http.get("sourceIp"), str):
             return "requestContext.http needs a sourceIp string"

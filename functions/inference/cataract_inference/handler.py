@@ -112,13 +112,18 @@ def _encodable(event: dict[str, Any]) -> dict[str, Any]:
 _PORT_HEADERS = frozenset({"host", "x-forwarded-port"})
 
 
+def _is_port(text: str) -> bool:
+    # At most 5 digits: int() refuses over 4300 of them too (a ValueError, the same crash).
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
+
+
 def _usable_port(name: str, value: str) -> bool:
     if name == "x-forwarded-port":
-        return value.isascii() and value.isdigit()
+        return _is_port(value)
     if ":" not in value:
         return True
     host, port = value.rsplit(":", 1)
-    return ":" not in host and port.isascii() and port.isdigit()
+    return ":" not in host and _is_port(port)
 
 
 def _with_usable_ports(event: dict[str, Any]) -> dict[str, Any]:

@@ -88,8 +88,8 @@ class DecodeLimits:
     ``max_tiff_blocks`` bounds the strips or tiles of a TIFF's first image, for which Pillow builds a
     Python object each while opening it: 4 MB of 4x4 tiles held it for 5 s and 380 MB. A scanner's one row
     a strip at 12000 rows fits, as do 256 px tiles at any size the side limit allows. The decoder inflates
-    whole tiles, so a TIFF's size rounded up to whole tiles is held to ``max_side`` and ``max_pixels`` too:
-    a 16x16 TIFF in one 16384 px tile took 800 MB.
+    one whole tile beside the image, however small the image, so a tile is held to ``max_side`` and
+    ``max_pixels`` too: a 16x16 TIFF in one 16384 px tile took 800 MB.
     """
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -257,16 +257,14 @@ def _tiff_layout(data: bytes) -> _TiffLayout | None:
 
 
 def _check_tiff(layout: _TiffLayout | None, size: tuple[int, int], limits: DecodeLimits) -> None:
-    """Refuse a TIFF whose whole tiles exceed the limits: the decoder inflates a tile whole, however small the
-    image it holds."""
-    if layout is None or layout.tile is None or min(layout.tile) <= 0:
+    """Refuse a TIFF whose tiles exceed the limits: the decoder inflates a tile whole, however small the image."""
+    if layout is None or layout.tile is None:
         return
     (tile_w, tile_h), (width, height) = layout.tile, size
-    padded_w, padded_h = -(-width // tile_w) * tile_w, -(-height // tile_h) * tile_h
-    if padded_w > limits.max_side or padded_h > limits.max_side or padded_w * padded_h > limits.max_pixels:
+    if tile_w > limits.max_side or tile_h > limits.max_side or tile_w * tile_h > limits.max_pixels:
         raise ImageTooLargeError(
-            f"the TIFF is {width}x{height} in {tile_w}x{tile_h} tiles, which decode as {padded_w}x{padded_h}; the "
-            f"limit is {limits.max_side} px a side and {limits.max_pixels} pixels (re-save it, or send JPEG or PNG)"
+            f"the TIFF is {width}x{height} in {tile_w}x{tile_h} tiles, each decoded whole; the limit is "
+            f"{limits.max_side} px a side and {limits.max_pixels} pixels (re-save it, or send JPEG or PNG)"
         )
 
 
@@ -424,9 +422,9 @@ def decode_image(
     original_size = img.size
     fmt = img.format or "unknown"
     try:
-        # libjpeg cannot scale a lossless JPEG (no DCT): a draft of one failed as corrupt.
-        if fmt in ("JPEG", "MPO") and not _is_lossless_jpeg(data):
-            _draft(img, target_size, longest_side)
+        if fmt in ("JPEG", "MPO"):
+            if not _is_lossless_jpeg(data):  # libjpeg cannot scale a lossless JPEG (no DCT): its draft failed
+                _draft(img, target_size, longest_side)
             if _is_arithmetic_jpeg(data):
                 # libjpeg's arithmetic decoder cannot resume mid-stream: fed in Pillow's 64 kB blocks, a valid
                 # file over 64 kB failed as corrupt. The whole file at once (it is in memory already).

@@ -113,6 +113,7 @@ def with_deadlines(
             self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
             self._lingering = False
+            self._stopping = False  # the server is shutting down: close at once, no lingering
 
         @property
         def app(self) -> Any:
@@ -152,7 +153,12 @@ def with_deadlines(
             self._arm()
 
         def _close(self) -> None:
-            if self._lingering or self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            if (
+                self._lingering
+                or self._stopping
+                or self.transport.is_closing()
+                or self.conn.their_state is not h11.SEND_BODY
+            ):
                 self._close_transport()
                 return
             self._lingering = True
@@ -197,6 +203,12 @@ def with_deadlines(
             self.transport.close()
 
         def shutdown(self) -> None:
+            # uvicorn waits for every connection to go: a client that stopped mid-upload must not hold Ctrl-C
+            # for the linger time.
+            self._stopping = True
+            if self._lingering:
+                self._close_transport()
+                return
             cycle = self.cycle
             if cycle is not None and not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
                 # Still receiving a body: the app would wait for it until uvicorn's graceful timeout cancelled it,

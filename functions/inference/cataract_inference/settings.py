@@ -29,8 +29,9 @@ PILLOW_PIXEL_CEILING = 2 * 89_478_485
 WORST_BYTES_PER_PIXEL = 16
 PROCESS_OVERHEAD_MIB = 250
 
-# S3's bucket naming rule (template.yaml's ModelS3Uri has the same, and asks for a key too).
-S3_URI_PATTERN = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
+# A bucket name botocore accepts: legacy us-east-1 buckets may have capitals and "_"; template.yaml's ModelS3Uri
+# holds new stacks to today's rule (lower case, 3-63 characters) and asks for a key too.
+S3_URI_PATTERN = r"s3://[A-Za-z0-9._-]{1,255}(/.*)?"
 # Far above any photo a request can carry (Lambda's payload limit is 6 MB): a larger limit is a typo.
 MAX_BODY_LIMIT = 1 << 30
 
@@ -87,8 +88,8 @@ class Settings:
         s3_uri = env.get("MODEL_S3_URI", "").strip() or None
         if s3_uri is not None and not re.fullmatch(S3_URI_PATTERN, s3_uri):
             raise ConfigError(
-                f"MODEL_S3_URI must be s3://BUCKET/PREFIX/VERSION/ with a bucket name S3 allows (3-63 lower-case "
-                f"letters, digits, '.' and '-'), got {s3_uri!r}"
+                f"MODEL_S3_URI must be s3://BUCKET/PREFIX/VERSION/ with a bucket name S3 allows (letters, digits, "
+                f"'.', '-' and '_'), got {s3_uri!r}"
             )
         if env.get("MODEL_S3_VERSION_ID", "").strip() and s3_uri is None:
             raise ConfigError("MODEL_S3_VERSION_ID pins an S3 object version, so it needs MODEL_S3_URI")
