@@ -421,3 +421,61 @@ def test_a_refused_connection_says_so_at_once(page: Page, page_url: str, tmp_pat
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=TIMEOUT_MS)
     assert error.inner_text().startswith("Could not reach the service"), error.inner_text()
+
+
+def test_a_small_photo_in_a_format_the_service_refuses_is_sent_as_jpeg(
+    page: Page, page_url: str, tmp_path: Path
+) -> None:
+    # The browser draws AVIF; the service refuses it. Small photos were sent as they were, and refused (415),
+    # while a large one, re-encoded as JPEG, was screened.
+    import json
+
+    sent: list[bytes] = []
+
+    def answer(route: Route) -> None:
+        sent.append(base64.b64decode(json.loads(route.request.post_data or "{}")["image"]))
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
+
+    page.route("**/predict", answer)
+    photo = tmp_path / "eye.avif"
+    photo.write_bytes(encoded(draw_eye("normal", size=(300, 200)), "AVIF"))
+    page.goto(page_url)
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert sent and sent[0][:3] == b"\xff\xd8\xff", "sent as AVIF, which the service refuses"
+
+
+def test_a_probability_just_below_the_threshold_never_reads_as_at_it(page: Page, page_url: str, tmp_path: Path) -> None:
+    # To one decimal, 0.2092 beside a threshold of 0.20926 read "20.9 % (refer at 20.9 % or more)" over
+    # "No referral indicated by this photo".
+    import json
+
+    below = {
+        **A_RESULT,
+        "label": "normal",
+        "probabilities": {"cataract": 0.2092, "normal": 0.7908},
+        "referral": False,
+        "threshold": 0.20926,
+    }
+    page.route(
+        "**/predict", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(below))
+    )
+    _choose_and_submit(page, page_url, tmp_path)
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    shown = [float(x) for x in re.findall(r"([0-9.]+) %", page.locator("#probability").inner_text())]
+    assert len(shown) == 2 and shown[0] < shown[1], shown
+    assert page.locator("#probability").inner_text().startswith("20.92 %")
+
+
+def test_a_used_up_quota_says_so_not_try_again_in_a_minute(page: Page, page_url: str, tmp_path: Path) -> None:
+    body = (
+        '{"error": {"code": "quota_exceeded", "message": "The daily quota of this API key is used up."}, '
+        '"disclaimer": "d"}'
+    )
+    page.route("**/predict", lambda route: route.fulfill(status=429, content_type="application/json", body=body))
+    _choose_and_submit(page, page_url, tmp_path)
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    text = error.inner_text()
+    assert "quota is used up (429)" in text and "in a minute" not in text and ".." not in text

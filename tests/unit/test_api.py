@@ -147,6 +147,15 @@ def test_http_api_v2_named_stage_alone_is_the_page(invoke: Invoke) -> None:
     assert status == 200 and 'data-root="/Prod"' in html
 
 
+def test_rest_stage_alone_is_the_page(invoke: Invoke) -> None:
+    # https://host/Prod, no slash: the root resource, with path "/" and requestContext.path "/Prod" (as AWS sends
+    # it). The page's root came out empty, and it posted photos to https://host/predict.
+    event = events.rest_event("/", "GET")
+    event["requestContext"]["path"] = "/Prod"
+    status, _, html = invoke(event)
+    assert status == 200 and 'data-root="/Prod"' in html
+
+
 def _through_custom_domain(event: dict[str, Any], base: str) -> dict[str, Any]:
     """``event`` as API Gateway sends it through a custom domain whose API mapping has base path ``base``."""
     if event.get("version") == "2.0":

@@ -233,3 +233,22 @@ def test_cold_start_is_counted_on_the_first_invocation_even_when_it_raises(
     response = handler.lambda_handler(events.rest_event("/health", "GET"), FakeLambdaContext())
     assert response["statusCode"] == 200
     assert "ColdStart" not in _metric_names(_emf(capsys.readouterr().out))
+
+
+def test_a_provisioned_concurrency_instance_is_not_a_cold_start(
+    handler: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started before any request waited for it: Powertools says cold_start false for it, and so does the metric."""
+    from cataract_inference import observability
+
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency")
+    monkeypatch.setattr(observability, "_cold", {"pending": True})
+    capsys.readouterr()
+    response = handler.lambda_handler(events.rest_event("/health", "GET"), FakeLambdaContext())
+    assert response["statusCode"] == 200
+    assert "ColdStart" not in _metric_names(_emf(capsys.readouterr().out))
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+    monkeypatch.setattr(observability, "_cold", {"pending": True})
+    handler.lambda_handler(events.rest_event("/health", "GET"), FakeLambdaContext())
+    assert "ColdStart" in _metric_names(_emf(capsys.readouterr().out))

@@ -144,7 +144,8 @@ def stage_prefix(scope: Scope) -> tuple[str, bool]:
     outer, inner = context.get("path"), event.get("path")
     if not isinstance(inner, str):
         return "", False
-    if isinstance(outer, str) and outer != inner and outer.endswith(inner):
+    # The stage's root without its final slash ("/Prod") comes with the path "/", which "/Prod" does not end with.
+    if isinstance(outer, str) and outer != inner and (inner == "/" or outer.endswith(inner)):
         prefix = outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
         carried = False
     else:

@@ -39,7 +39,10 @@ def note_cold_start(context: Any) -> None:
     Powertools' own capture counts it only when the handler returns, so a first invocation that raised (a
     console test event) moved it to the next, warm one.
     """
-    if _cold.pop("pending", False) and CAPTURE_COLD_START_METRIC:
+    # Not for provisioned concurrency, as Powertools counts it: that instance was started before any request
+    # waited for it (and the same request's log line says cold_start false).
+    provisioned = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "provisioned-concurrency"
+    if _cold.pop("pending", False) and CAPTURE_COLD_START_METRIC and not provisioned:
         # The blob Powertools writes: its own line, dimensions function_name and service.
         with single_metric(name="ColdStart", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
             metric.add_dimension(name="function_name", value=_function_name(context))
