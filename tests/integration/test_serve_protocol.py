@@ -402,3 +402,17 @@ def test_a_client_that_stopped_mid_upload_does_not_hold_the_runner_stopping() ->
         # Not cut short by uvicorn's graceful timeout (3 s here, 5 s under `serve`): stopped at once.
         assert time.monotonic() - start < 2, "the runner waited on a client that stopped sending"
         assert _json_error(_read_all(sock), 503)["code"] == "overloaded"
+
+
+def test_a_client_still_uploading_when_the_runner_stops_gets_its_json_503() -> None:
+    # Closed at once on shutdown, with its body unread, the connection was reset: a client that sends the whole
+    # body before reading (urllib, http.client) lost the 503 in a broken pipe.
+    chunk, chunks = b"x" * 65536, 40
+    with _running(linger_s=30) as (port, server, _), _connect(port) as sock:
+        sock.sendall(f"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: {len(chunk) * chunks}\r\n\r\n".encode())
+        for index in range(chunks):
+            if index == 5:
+                server.should_exit = True  # mid-upload; the client goes on sending, then reads
+            sock.sendall(chunk)
+            time.sleep(0.02)
+        assert _json_error(_read_all(sock), 503)["code"] == "overloaded"

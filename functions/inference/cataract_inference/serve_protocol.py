@@ -32,6 +32,9 @@ WRITE_DEADLINE_S = 30.0
 # with unread bytes sends a reset, and a client that uploads the whole body before reading (Python's urllib and
 # http.client) then loses the answer it was sent: the early 413, the 503.
 LINGER_S = 5.0
+# ...but only while it keeps sending: silent this long, it has stopped, and nothing is lost by closing (a client that
+# stopped mid-upload must not hold Ctrl-C for the whole linger).
+LINGER_IDLE_S = 0.5
 
 
 def _send_queue(sock: Any) -> int:
@@ -78,7 +81,8 @@ def with_deadlines(
     nothing is closed silently (browsers open spare connections they may never use), and so is one
     still trickling the body of a request already answered (an early 413: its answer is out). A client
     that does not read is dropped (its answer cannot reach it anyway). A connection closed while a request's body
-    is still arriving first sends its answer and a FIN, then reads and drops the rest for up to ``linger_s``.
+    is still arriving first sends its answer and a FIN, then reads and drops the rest for up to ``linger_s``, for as
+    long as it keeps coming (the server shutting down included).
     """
     timeout_response = _timeout_response(deadline_s, disclaimer)
     busy_body = _error_json(
@@ -113,7 +117,7 @@ def with_deadlines(
             self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
             self._lingering = False
-            self._stopping = False  # the server is shutting down: close at once, no lingering
+            self._idle_timer: asyncio.TimerHandle | None = None  # while lingering: the client's silence
 
         @property
         def app(self) -> Any:
@@ -153,19 +157,20 @@ def with_deadlines(
             self._arm()
 
         def _close(self) -> None:
-            if (
-                self._lingering
-                or self._stopping
-                or self.transport.is_closing()
-                or self.conn.their_state is not h11.SEND_BODY
-            ):
+            if self._lingering or self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
                 self._close_transport()
                 return
             self._lingering = True
             self._disarm()
             self.transport.write_eof()  # the answer, then a FIN: the client can read it, and stop sending
             self.loop.call_later(linger_s, self._close_transport)
+            self._wait_for_silence()
             self.flow.resume_reading()  # uvicorn pauses reading a body the app has not taken
+
+        def _wait_for_silence(self) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_timer = self.loop.call_later(min(LINGER_IDLE_S, linger_s), self._close_transport)
 
         def eof_received(self) -> None:
             if self._lingering:
@@ -173,7 +178,8 @@ def with_deadlines(
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:
-                return  # the rest of a body no one will read
+                self._wait_for_silence()  # still sending: keep reading (and dropping) the rest
+                return
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
             super().data_received(data)
@@ -203,12 +209,8 @@ def with_deadlines(
             self.transport.close()
 
         def shutdown(self) -> None:
-            # uvicorn waits for every connection to go: a client that stopped mid-upload must not hold Ctrl-C
-            # for the linger time.
-            self._stopping = True
             if self._lingering:
-                self._close_transport()
-                return
+                return  # closes once the client has sent its body, or is silent for LINGER_IDLE_S
             cycle = self.cycle
             if cycle is not None and not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
                 # Still receiving a body: the app would wait for it until uvicorn's graceful timeout cancelled it,
@@ -252,6 +254,8 @@ def with_deadlines(
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             self._stop_write_timer()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             super().connection_lost(exc)
 
         def _head_deadline_passed(self) -> None:
