@@ -98,9 +98,14 @@ WAIT_DELAY_S = 5
 REPORT_MARGIN_S = 15
 
 
-def _invoke(lambda_client: Any, version_arn: str, event: dict[str, Any], deadline: float | None) -> Any:
+def _invoke(
+    lambda_client: Any, version_arn: str, event: dict[str, Any], deadline: float | None, calls_left: int = 1
+) -> Any:
     """``invoke``, retried while throttled and time remains: versions share the function's reserved concurrency,
-    and live traffic may hold all of it for a moment; a good version must not be rolled back for that."""
+    and live traffic may hold all of it for a moment; a good version must not be rolled back for that.
+
+    ``calls_left`` counts this call and those after it: a retry must leave each its whole budget before ``deadline``.
+    """
     backoff = 1.0
     while True:
         try:
@@ -111,7 +116,7 @@ def _invoke(lambda_client: Any, version_arn: str, event: dict[str, Any], deadlin
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             if code != "TooManyRequestsException" or deadline is None:
                 raise
-            if time.monotonic() + backoff + CALL_BUDGET_S > deadline:
+            if time.monotonic() + backoff + calls_left * CALL_BUDGET_S > deadline:
                 raise
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -130,9 +135,9 @@ def problem_with(lambda_client: Any, version_arn: str, deadline: float | None = 
     lambda_client.get_waiter("published_version_active").wait(
         FunctionName=version_arn, WaiterConfig={"Delay": WAIT_DELAY_S, "MaxAttempts": attempts}
     )
-    for event, problem_in in CHECKS:
+    for index, (event, problem_in) in enumerate(CHECKS):
         what = f"{event['httpMethod']} {event['path']}"
-        answer = _invoke(lambda_client, version_arn, event, deadline)
+        answer = _invoke(lambda_client, version_arn, event, deadline, calls_left=len(CHECKS) - index)
         payload = answer["Payload"].read().decode("utf-8", "replace")
         if answer.get("FunctionError"):
             # An init failure lands here: the model error's message is in the payload.
@@ -160,11 +165,9 @@ def retained_version(version_arn: str) -> dict[str, str]:
     parts = version_arn.split(":")
     if len(parts) != 8 or not parts[7].isdigit():
         return {}
-    name, version = parts[6], parts[7]
-    return {
-        "retained_version": version,
-        "delete_before_redeploying": f"aws lambda delete-function --function-name {name} --qualifier {version}",
-    }
+    region, name, version = parts[3], parts[6], parts[7]
+    command = f"aws lambda delete-function --function-name {name} --qualifier {version} --region {region}"
+    return {"retained_version": version, "delete_before_redeploying": command}
 
 
 def run(

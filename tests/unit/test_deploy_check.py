@@ -201,7 +201,7 @@ def test_a_failure_log_names_the_version_the_rollback_keeps(capsys: pytest.Captu
     assert line["status"] == "Failed" and line["retained_version"] == "7"
     assert (
         line["delete_before_redeploying"]
-        == "aws lambda delete-function --function-name cataract-inference --qualifier 7"
+        == "aws lambda delete-function --function-name cataract-inference --qualifier 7 --region us-east-1"
     )
 
 
@@ -323,6 +323,11 @@ def test_a_throttled_call_is_retried_while_time_remains_and_the_wait_uses_the_re
     # Out of time, a throttled call fails the check (and is reported), rather than outliving the hook.
     result = deploy_check.run(HOOK_EVENT, FakeLambda(_throttled(99, _through(module))), FakeCodeDeploy(), VERSION,
                               time.monotonic() + deploy_check.CALL_BUDGET_S)  # fmt: skip
+    assert result["status"] == "Failed" and "TooManyRequestsException" in result["problem"]
+    # The first call's retries once kept back its own budget only: the second call could then start with seconds to
+    # go and outlive the hook. With under two calls' budget left, a throttled first call is not retried.
+    result = deploy_check.run(HOOK_EVENT, FakeLambda(_throttled(1, _through(module))), FakeCodeDeploy(), VERSION,
+                              time.monotonic() + 1.5 * deploy_check.CALL_BUDGET_S)  # fmt: skip
     assert result["status"] == "Failed" and "TooManyRequestsException" in result["problem"]
 
 
