@@ -18,7 +18,7 @@ import pytest
 
 from cataract_inference.drawing import draw_eye
 from tests.support.browser import TIMEOUT_MS, StagePrefix, serving
-from tests.support.images import encoded
+from tests.support.images import bmp_rle8, encoded
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, Route
@@ -437,13 +437,18 @@ def test_a_small_photo_in_a_format_the_service_refuses_is_sent_as_jpeg(
         route.fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
 
     page.route("**/predict", answer)
-    photo = tmp_path / "eye.avif"
-    photo.write_bytes(encoded(draw_eye("normal", size=(300, 200)), "AVIF"))
     page.goto(page_url)
-    page.locator("#photo").set_input_files(str(photo))
-    page.get_by_role("button", name="Screen this photo").click()
-    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert sent and sent[0][:3] == b"\xff\xd8\xff", "sent as AVIF, which the service refuses"
+    for name, data in (
+        ("eye.avif", encoded(draw_eye("normal", size=(300, 200)), "AVIF")),
+        ("eye.bmp", bmp_rle8((64, 64))),  # run-length encoded: the service refuses it, the browser draws it
+    ):
+        photo = tmp_path / name
+        photo.write_bytes(data)
+        sent.clear()
+        page.locator("#photo").set_input_files(str(photo))
+        page.get_by_role("button", name="Screen this photo").click()
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert sent and sent[0][:3] == b"\xff\xd8\xff", f"{name} was sent as it is, and the service refuses it"
 
 
 def test_a_probability_just_below_the_threshold_never_reads_as_at_it(page: Page, page_url: str, tmp_path: Path) -> None:
@@ -466,6 +471,16 @@ def test_a_probability_just_below_the_threshold_never_reads_as_at_it(page: Page,
     shown = [float(x) for x in re.findall(r"([0-9.]+) %", page.locator("#probability").inner_text())]
     assert len(shown) == 2 and shown[0] < shown[1], shown
     assert page.locator("#probability").inner_text().startswith("20.92 %")
+    # A threshold set by hand, with more decimals than the probability's 6.
+    closer = {**below, "probabilities": {"cataract": 0.209263, "normal": 0.790737}, "threshold": 0.20926304}
+    page.unroute("**/predict")
+    page.route(
+        "**/predict", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(closer))
+    )
+    _choose_and_submit(page, page_url, tmp_path)
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    shown = [float(x) for x in re.findall(r"([0-9.]+) %", page.locator("#probability").inner_text())]
+    assert len(shown) == 2 and shown[0] < shown[1], shown
 
 
 def test_a_used_up_quota_says_so_not_try_again_in_a_minute(page: Page, page_url: str, tmp_path: Path) -> None:
