@@ -300,6 +300,12 @@ def run_backbone(run: Path) -> str | None:
     return backbone if isinstance(backbone, str) else None
 
 
+def run_size(run: Path) -> int | None:
+    """The input size a training run's ``config.json`` names, or ``None`` when it cannot be read."""
+    size = _run_config(run).get("size")
+    return size if isinstance(size, int) else None
+
+
 def _run_config(run: Path) -> dict[str, Any]:
     """A training run's ``config.json`` as a plain dict; empty when it is absent or unreadable."""
     try:

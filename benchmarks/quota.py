@@ -68,11 +68,15 @@ def cpu_quota(memory_mb: int) -> Iterator[Path]:
             group.rmdir()
 
 
+CANNOT_JOIN = 3  # the child's exit code when it may not join the group
+
+
 def measure_in_quota(memory_mb: int, model_dir: Path, rounds: int, per_block: int) -> dict[str, list[float]]:
     """Run ``--child`` inside a quota for ``memory_mb``: samples keyed ``photo|mode|threads``.
 
-    A child that fails (it may not join the group: writing ``cgroup.procs`` needs more than creating it) raises
-    ``QuotaUnavailable`` with the end of its stderr, so the caller reports the section as not measured.
+    A child that may not join the group (writing ``cgroup.procs`` needs more than creating it) raises
+    ``QuotaUnavailable``, so the caller reports the section as not measured. Any other failure of the child is a
+    failure of the benchmark, and is raised as it is.
     """
     with cpu_quota(memory_mb) as procs:
         try:
@@ -80,9 +84,11 @@ def measure_in_quota(memory_mb: int, model_dir: Path, rounds: int, per_block: in
                 "benchmarks.quota", "--child", str(procs), "--model", str(model_dir),
                 "--rounds", str(rounds), "--per-block", str(per_block),
             )  # fmt: skip
-        except (OSError, RuntimeError) as exc:
+        except RuntimeError as exc:
+            if f"failed ({CANNOT_JOIN})" not in str(exc):
+                raise
             last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
-            raise QuotaUnavailable(f"the measuring child failed at {memory_mb} MB: {last[0]}") from exc
+            raise QuotaUnavailable(f"the measuring child cannot join the group at {memory_mb} MB: {last[0]}") from exc
 
 
 def compare(model_dir: Path, rounds: int, per_block: int) -> dict[int, dict[str, list[float]]]:
@@ -109,7 +115,11 @@ def table(results: dict[int, dict[str, list[float]]]) -> str:
 
 def _child(procs: Path, model_dir: Path, rounds: int, per_block: int) -> None:
     # Join the quota first: every thread started from here on (ORT's pool among them) shares it.
-    procs.write_text(str(os.getpid()), encoding="ascii")
+    try:
+        procs.write_text(str(os.getpid()), encoding="ascii")
+    except OSError as exc:
+        print(f"cannot join {procs}: {exc}", file=sys.stderr)
+        sys.exit(CANNOT_JOIN)
     from benchmarks.common import in_blocks, phone_photo, small_photo
     from benchmarks.latency import handler_factory
     from cataract_inference import events

@@ -38,6 +38,7 @@ from benchmarks.common import (
     phone_photo,
     quiet_environment,
     run_backbone,
+    run_size,
     small_photo,
     torch_target,
     verdict,
@@ -127,16 +128,28 @@ def summary_rows(
     return rows
 
 
-def mode_line(quick: bool, skip: set[str], failure: str | None) -> str:
-    """The report's first line: a full run, or what makes this one partial."""
+def mode_line(quick: bool, skip: set[str], failure: str | None, unmeasured: dict[str, str] | None = None) -> str:
+    """The report's first line: a full run, or what makes this one partial (``unmeasured``: sections left unmeasured
+    by this machine, such as int8 without an export, each with its reason)."""
     parts = []
     if quick:
         parts.append("`--quick` (fewer repeats)")
     if skip:
         parts.append("sections skipped: " + ", ".join(s for s in SECTIONS if s in skip))
+    if unmeasured:
+        parts.append("not measured here: " + "; ".join(f"{s} ({why})" for s, why in unmeasured.items()))
     if failure:
         parts.append(f"stopped early: {failure}; it and the sections after it were not measured")
     return "_Partial run, not the full set: " + "; ".join(parts) + "._" if parts else "_Full run: every section._"
+
+
+def run_kind(quick: bool, skip: set[str], failure: str | None, unmeasured: dict[str, str]) -> tuple[bool, str]:
+    """Whether a run is partial, and its mode line. Sections this machine left unmeasured (not by ``--skip`` or a
+    failure: int8 without an export, torch without a matching network, quota without a cgroup) make it partial too:
+    only a run that measured everything is the full set."""
+    missing = {} if failure else {s: why for s, why in unmeasured.items() if s not in skip}
+    partial = quick or bool(skip) or failure is not None or bool(missing)
+    return partial, mode_line(quick, skip, failure, missing)
 
 
 def _machine() -> str:
@@ -294,11 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = summary_rows(progress.targets, section_targets(small_key, phone_key), progress.unmeasured)
         summary += [f"| {w} | {t} | {m} | {v} |" for w, t, m, v in rows]
         print("\n### Targets\n\n" + "\n".join(summary))
-        partial = args.quick or bool(skip) or failure is not None
+        partial, head = run_kind(args.quick, skip, failure, progress.unmeasured)
         # latest.md is the full set the README quotes: a partial run goes elsewhere unless told where.
         output: Path = args.output or RESULTS / ("partial.md" if partial else "latest.md")
         output.parent.mkdir(parents=True, exist_ok=True)
-        report = ["## Benchmark results", "", mode_line(args.quick, skip, failure), "", "### Targets", "", *summary]
+        report = ["## Benchmark results", "", head, "", "### Targets", "", *summary]
         output.write_text("\n".join([*report, "", *progress.out]) + "\n", encoding="utf-8")
         note = " (a partial run: not latest.md, which holds the full set)" if partial and args.output is None else ""
         print(f"\nwrote {output}{note}", file=sys.stderr)
@@ -449,13 +462,13 @@ def _measure(
             emit("_Skipped: no run folder under runs/ has export/fp32 and export/int8 (run `cataract-train export`)._")
             unmeasured["int8"] = "not measured: no run with an int8 export"
             emit()
-        elif trained != wanted:
-            # Without the model's own run here, the newest export may be another backbone's: not this model's speed.
+        elif trained != wanted or run_size(export_run) != torch_net().size:
+            # Without the model's own run here, the newest export may be another network's: not this model's speed.
             emit(
                 f"_Not measured: the export found, of run `{export_run.name}`, is {trained or 'of an unknown backbone'}"
-                f", but the measured model is {wanted}._"
+                f" at {run_size(export_run)} px, but the measured model is {wanted} at {torch_net().size} px._"
             )
-            unmeasured["int8"] = "not measured: the only export is another backbone's"
+            unmeasured["int8"] = "not measured: the only export is another network's"
             emit()
         else:
             own = torch_net().run == export_run
@@ -463,6 +476,8 @@ def _measure(
             emit(f"Run `{export_run.name}`: {whose}.")
             emit()
             int8_section(pair, photos[small_key], reps, emit, targets["int8"])
+            if not own:  # the Targets table says so too, not only the section's text
+                targets["int8"] = [(w, t, f"{m} (run {export_run.name})", v) for w, t, m, v in targets["int8"]]
 
     if "tuning" not in skip:
         started.append("tuning")
@@ -485,6 +500,7 @@ def _measure(
             shares = quota.compare(model.directory, 2 if args.quick else 4, 20 if args.quick else 40)
         except quota.QuotaUnavailable as exc:
             emit(f"Not measured here: {exc}.")
+            unmeasured["quota"] = f"not measured: {exc}"
         else:
             emit(
                 "The handler in a child process inside a cgroup whose CPU quota is Lambda's share at that memory "

@@ -132,18 +132,37 @@ def test_no_cgroup_files_is_quota_unavailable(tmp_path: Path, monkeypatch: pytes
         pass
 
 
-def test_a_failing_quota_child_is_quota_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("stderr_end", "unavailable"),
+    [
+        ("failed (3):\ncannot join cgroup.procs: [Errno 13] Permission denied", True),
+        # A crash of the measuring itself is the benchmark's failure, not "not measured here".
+        ("failed (1):\nZeroDivisionError: division by zero", False),
+    ],
+)
+def test_only_a_child_that_cannot_join_the_quota_is_quota_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr_end: str, unavailable: bool
+) -> None:
     @contextlib.contextmanager
     def cpu_quota(memory_mb: int) -> Iterator[Path]:
         yield tmp_path / "cgroup.procs"
 
     def child_fails(*args: str, **kwargs: object) -> object:
-        raise RuntimeError("python -m benchmarks.quota failed (1):\nPermissionError: [Errno 13] cgroup.procs")
+        raise RuntimeError("python -m benchmarks.quota " + stderr_end)
 
     monkeypatch.setattr(quota, "cpu_quota", cpu_quota)
     monkeypatch.setattr(quota, "json_from_child", child_fails)
-    with pytest.raises(quota.QuotaUnavailable, match=r"at 1769 MB: PermissionError: \[Errno 13\] cgroup.procs"):
+    expected = quota.QuotaUnavailable if unavailable else RuntimeError
+    with pytest.raises(expected, match=stderr_end.splitlines()[-1].replace("[", r"\[").replace("]", r"\]")) as info:
         quota.compare(tmp_path, 1, 1)
+    assert isinstance(info.value, quota.QuotaUnavailable) is unavailable
+
+
+def test_a_child_refused_the_quota_exits_with_its_own_code(tmp_path: Path) -> None:
+    procs = tmp_path / "no-such-group" / "cgroup.procs"
+    with pytest.raises(SystemExit) as info:
+        quota._child(procs, tmp_path, 1, 1)
+    assert info.value.code == quota.CANNOT_JOIN
 
 
 def test_the_pytorch_handler_builds_the_runs_backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

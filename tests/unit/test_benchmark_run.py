@@ -24,6 +24,8 @@ def _targets(report: str) -> dict[str, tuple[str, str]]:
     """The report's targets table: what → (measured, verdict)."""
     table = report.split("### Targets", 1)[1].split("\n\n", 2)[1]
     rows = [line.strip("|").split(" | ") for line in table.splitlines()[2:]]
+    names = [cells[0].strip() for cells in rows]
+    assert len(names) == len(set(names)), f"a target is listed twice: {names}"
     return {cells[0].strip(): (cells[2].strip(), cells[3].strip()) for cells in rows}
 
 
@@ -184,3 +186,66 @@ def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: 
     targets: list[run.Row] = []
     run.int8_section((export / "fp32", export / "int8"), small_photo(), 1, lambda text: None, targets)
     assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")
+
+
+def test_only_a_run_that_measured_everything_is_the_full_set() -> None:
+    assert run.run_kind(False, set(), None, {}) == (False, "_Full run: every section._")
+    # No --quick, no --skip, no failure: int8 with no export here still leaves the full set unmeasured.
+    partial, head = run.run_kind(False, set(), None, {"int8": "not measured: no run with an int8 export"})
+    assert partial and head == (
+        "_Partial run, not the full set: not measured here: int8 (not measured: no run with an int8 export)._"
+    )
+    partial, head = run.run_kind(False, {"deps"}, None, {"deps": "skipped (--skip)"})
+    assert partial and "not measured here" not in head and "sections skipped: deps" in head
+
+
+def test_ctrl_c_mid_run_writes_a_partial_report_and_stops(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(path: Path, reps: int) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.tuning, "compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(["--skip", _all_but("tuning", "deps")])
+    assert not (bench / "results" / "latest.md").exists()
+    report = (bench / "results" / "partial.md").read_text(encoding="utf-8")
+    assert "stopped early: section `tuning` failed (KeyboardInterrupt" in report
+    assert _targets(report)["installed runtime dependencies"] == ("not measured", "not measured: the run stopped")
+
+
+def test_int8_refuses_an_export_of_the_same_backbone_at_another_size(
+    bench: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = bench / "runs" / "20261231-mobilenet_v2-160"
+    (other / "config.json").parent.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"backbone": "mobilenet_v2", "size": 160}))
+    pair = (other / "export" / "fp32", other / "export" / "int8")
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: pair)
+    monkeypatch.setattr(run, "int8_section", lambda *a, **k: pytest.fail("another network's export was measured"))
+    training_run = {"run": "20260101-not-here", "config": {"backbone": "mobilenet_v2"}}
+    model = _model(bench / "model", {"input": {"size": 224}, "metrics": {"training_run": training_run}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("int8"), "--model", str(model), "--output", str(out)]) == 0
+    report = out.read_text(encoding="utf-8")
+    assert "at 160 px, but the measured model is mobilenet_v2 at 224 px" in report
+    assert _targets(report)["int8 speed-up over fp32"][0] == "not measured"
+
+
+def test_int8_rows_name_a_run_that_is_not_the_models_own(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = bench / "runs" / "20261231-mobilenet_v2"
+    (other / "config.json").parent.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"backbone": "mobilenet_v2", "size": 224}))
+    pair = (other / "export" / "fp32", other / "export" / "int8")
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: pair)
+
+    def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row]) -> None:
+        targets.append(("int8 speed-up over fp32", "≥ 1.5×", "1.90×", "met"))
+
+    monkeypatch.setattr(run, "int8_section", int8_section)
+    training_run = {"run": "20260101-not-here", "config": {"backbone": "mobilenet_v2"}}
+    model = _model(bench / "model", {"input": {"size": 224}, "metrics": {"training_run": training_run}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("int8"), "--model", str(model), "--output", str(out)]) == 0
+    assert _targets(out.read_text(encoding="utf-8"))["int8 speed-up over fp32"] == (
+        "1.90× (run 20261231-mobilenet_v2)",
+        "met",
+    )
