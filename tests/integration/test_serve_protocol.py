@@ -407,12 +407,26 @@ def test_a_client_that_stopped_mid_upload_does_not_hold_the_runner_stopping() ->
 def test_a_client_still_uploading_when_the_runner_stops_gets_its_json_503() -> None:
     # Closed at once on shutdown, with its body unread, the connection was reset: a client that sends the whole
     # body before reading (urllib, http.client) lost the 503 in a broken pipe.
-    chunk, chunks = b"x" * 65536, 40
+    chunk, chunks = b"x" * 65536, 20
     with _running(linger_s=30) as (port, server, _), _connect(port) as sock:
         sock.sendall(f"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: {len(chunk) * chunks}\r\n\r\n".encode())
         for index in range(chunks):
-            if index == 5:
+            if index == 3:
                 server.should_exit = True  # mid-upload; the client goes on sending, then reads
             sock.sendall(chunk)
             time.sleep(0.02)
         assert _json_error(_read_all(sock), 503)["code"] == "overloaded"
+
+
+def test_an_uploader_that_pauses_still_gets_its_early_answer() -> None:
+    # Lingering once ended after 0.5 s of silence: a client that sends the whole body before reading, pausing once
+    # (a retransmission on a poor link), lost the 413 in a broken pipe.
+    with _running(linger_s=5) as (port, _, _), _connect(port) as sock, sock.makefile("rb") as reader:
+        body = b"x" * (64 * 1024 * 1024)
+        sock.sendall(
+            f"POST /early HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        sock.sendall(body[: len(body) // 2])
+        time.sleep(1.0)  # a pause well within the 5 s linger, longer than the 0.5 s that once ended it
+        sock.sendall(body[len(body) // 2 :])
+        assert _read_response(reader)[0] == 413

@@ -32,8 +32,9 @@ WRITE_DEADLINE_S = 30.0
 # with unread bytes sends a reset, and a client that uploads the whole body before reading (Python's urllib and
 # http.client) then loses the answer it was sent: the early 413, the 503.
 LINGER_S = 5.0
-# ...but only while it keeps sending: silent this long, it has stopped, and nothing is lost by closing (a client that
-# stopped mid-upload must not hold Ctrl-C for the whole linger).
+# Once the runner is stopping (Ctrl-C), lingering is cut to this, and ends sooner after LINGER_IDLE_S without data
+# (the client has stopped sending): shutdown must not wait the whole linger, or uvicorn's graceful timeout, for it.
+SHUTDOWN_LINGER_S = 1.0
 LINGER_IDLE_S = 0.5
 
 
@@ -81,8 +82,8 @@ def with_deadlines(
     nothing is closed silently (browsers open spare connections they may never use), and so is one
     still trickling the body of a request already answered (an early 413: its answer is out). A client
     that does not read is dropped (its answer cannot reach it anyway). A connection closed while a request's body
-    is still arriving first sends its answer and a FIN, then reads and drops the rest for up to ``linger_s``, for as
-    long as it keeps coming (the server shutting down included).
+    is still arriving first sends its answer and a FIN, then reads and drops the rest for up to ``linger_s`` (once
+    the server is stopping, up to SHUTDOWN_LINGER_S, and only while it keeps coming).
     """
     timeout_response = _timeout_response(deadline_s, disclaimer)
     busy_body = _error_json(
@@ -117,7 +118,8 @@ def with_deadlines(
             self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
             self._lingering = False
-            self._idle_timer: asyncio.TimerHandle | None = None  # while lingering: the client's silence
+            self._stopping = False  # the server is shutting down: lingering is brief
+            self._idle_timer: asyncio.TimerHandle | None = None  # while lingering and stopping: the client's silence
 
         @property
         def app(self) -> Any:
@@ -164,8 +166,13 @@ def with_deadlines(
             self._disarm()
             self.transport.write_eof()  # the answer, then a FIN: the client can read it, and stop sending
             self.loop.call_later(linger_s, self._close_transport)
-            self._wait_for_silence()
+            if self._stopping:
+                self._linger_briefly()
             self.flow.resume_reading()  # uvicorn pauses reading a body the app has not taken
+
+        def _linger_briefly(self) -> None:
+            self.loop.call_later(min(SHUTDOWN_LINGER_S, linger_s), self._close_transport)
+            self._wait_for_silence()
 
         def _wait_for_silence(self) -> None:
             if self._idle_timer is not None:
@@ -178,8 +185,9 @@ def with_deadlines(
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:
-                self._wait_for_silence()  # still sending: keep reading (and dropping) the rest
-                return
+                if self._stopping:
+                    self._wait_for_silence()  # still sending: keep reading (and dropping) the rest a moment
+                return  # the rest of a body no one will read
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
             super().data_received(data)
@@ -209,13 +217,18 @@ def with_deadlines(
             self.transport.close()
 
         def shutdown(self) -> None:
+            self._stopping = True
             if self._lingering:
-                return  # closes once the client has sent its body, or is silent for LINGER_IDLE_S
+                self._linger_briefly()
+                return
             cycle = self.cycle
             if cycle is not None and not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
                 # Still receiving a body: the app would wait for it until uvicorn's graceful timeout cancelled it,
-                # and uvicorn then answered a plain-text 500. A JSON 503 now; the app then sees a disconnect.
+                # and uvicorn then answered a plain-text 500. A JSON 503 now, and the app told at once that the
+                # client is gone (its receive() returns a disconnect), so there is no task left to cancel.
                 self._answer_and_close(503, b"Service Unavailable", shutting_down_body)
+                cycle.disconnected = True
+                cycle.message_event.set()
                 return
             super().shutdown()
 
