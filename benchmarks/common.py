@@ -252,13 +252,18 @@ class ModelChoice:
     is_proxy: bool
 
 
-def _manifest(model_dir: Path) -> dict[str, Any]:
-    """``model_dir``/model.json as a plain dict; empty when it is absent or unreadable."""
+def _json_object(path: Path) -> dict[str, Any]:
+    """``path`` as a plain dict; empty when it is absent, unreadable or not a JSON object."""
     try:
-        data = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _manifest(model_dir: Path) -> dict[str, Any]:
+    """``model_dir``/model.json as a plain dict; empty when it is absent or unreadable."""
+    return _json_object(model_dir / "model.json")
 
 
 def shipped_run(runs: Path = RUNS_DIR, model_dir: Path | None = None) -> Path | None:
@@ -308,11 +313,7 @@ def run_size(run: Path) -> int | None:
 
 def _run_config(run: Path) -> dict[str, Any]:
     """A training run's ``config.json`` as a plain dict; empty when it is absent or unreadable."""
-    try:
-        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _json_object(run / "config.json")
 
 
 def model_backbone(model_dir: Path) -> str | None:
