@@ -168,46 +168,49 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
         pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
 
 
-def _jpeg_markers(data: bytes) -> Iterator[int]:
-    """The markers of a JPEG's segments (and fill bytes) before its first scan, in order."""
-    return (marker for marker, _ in _jpeg_segments(data))
-
-
-# Start-of-frame markers: 0xC0-0xCF but DHT (C4), JPG (C8) and DAC (CC).
+# Start-of-frame markers: 0xC0-0xCF but DHT (C4), JPG (C8) and DAC (CC); those of arithmetic-coded JPEGs
+# (SOF9-11, SOF13-15), and of lossless ones (SOF3, 7, 11, 15).
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _first_scan_is_partial(data: bytes) -> bool:
-    """True unless the first scan carries every component of the frame (or the headers could not be read).
-
-    After a first scan of fewer components, libjpeg buffers the whole image and reads every scan in the file
-    before any output; after a whole first scan, further scans end the decode as corrupt at once.
-    """
-    components = scanned = None
-    for marker, pos in _jpeg_segments(data):
-        if marker in _FRAMES and pos + 9 < len(data):
-            components = data[pos + 9]  # FF Cn, length, precision, height, width, then the component count
-        elif marker == 0xDA and pos + 4 < len(data):
-            scanned = data[pos + 4]  # FF DA, length, then the scan's component count
-    return components is None or scanned is None or scanned < components
-
-
-def _jpeg_segments_over(data: bytes, limit: int) -> bool:
-    """True when a JPEG has more than ``limit`` marker segments (or fill bytes) before its first scan."""
-    return any(i >= limit for i, _ in enumerate(_jpeg_markers(data)))
-
-
-# Start-of-frame markers of arithmetic-coded JPEGs (SOF9-11, SOF13-15), and of lossless ones (SOF3, 7, 11, 15).
 _ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _LOSSLESS_FRAMES = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 
 
-def _is_arithmetic_jpeg(data: bytes) -> bool:
-    return any(marker in _ARITHMETIC_FRAMES for marker in _jpeg_markers(data))
+@dataclass(frozen=True)
+class _JpegHeader:
+    """What a JPEG's segments before its first scan say, from one walk of their headers."""
+
+    segments: int  # marker segments (and fill bytes) walked, up to one past the limit
+    frames: frozenset[int]  # its start-of-frame markers
+    # True unless the first scan carries every component of the frame (or the headers could not be read). After
+    # a first scan of fewer components, libjpeg buffers the whole image and reads every scan in the file before
+    # any output; after a whole first scan, further scans end the decode as corrupt at once.
+    partial_first_scan: bool
+
+    @property
+    def arithmetic(self) -> bool:
+        return bool(self.frames & _ARITHMETIC_FRAMES)
+
+    @property
+    def lossless(self) -> bool:
+        return bool(self.frames & _LOSSLESS_FRAMES)
 
 
-def _is_lossless_jpeg(data: bytes) -> bool:
-    return any(marker in _LOSSLESS_FRAMES for marker in _jpeg_markers(data))
+def _jpeg_header(data: bytes, limit: int) -> _JpegHeader | None:
+    """The header of a JPEG (``None`` for anything else), walked for at most ``limit`` + 1 segments."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    segments, frames, components, scanned = 0, set(), None, None
+    for marker, pos in _jpeg_segments(data):
+        segments += 1
+        if segments > limit:
+            break
+        if marker in _FRAMES and pos + 9 < len(data):
+            frames.add(marker)
+            components = data[pos + 9]  # FF Cn, length, precision, height, width, then the component count
+        elif marker == 0xDA and pos + 4 < len(data):
+            scanned = data[pos + 4]  # FF DA, length, then the scan's component count
+    partial = components is None or scanned is None or scanned < components
+    return _JpegHeader(segments, frozenset(frames), partial)
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,8 @@ def _check_tiff(layout: _TiffLayout | None, size: tuple[int, int], limits: Decod
         )
 
 
-def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader | None]:
+    """The opened image, not yet decoded, and its JPEG header if it is one; refuses what the limits do not allow."""
     if not data:
         raise NotAnImageError("the image is empty")
     tiff = _tiff_layout(data)
@@ -278,7 +282,8 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"the TIFF is cut into {blocks} strips or tiles; the limit is {limits.max_tiff_blocks} (re-save it, or "
             "send JPEG or PNG)"
         )
-    if _jpeg_segments_over(data, limits.max_jpeg_segments):
+    jpeg = _jpeg_header(data, limits.max_jpeg_segments)
+    if jpeg is not None and jpeg.segments > limits.max_jpeg_segments:
         raise ImageTooLargeError(
             f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
         )
@@ -313,12 +318,13 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         _check_tiff(tiff, (width, height), limits)
     # Counted only where libjpeg reads every scan: progressive files, and baseline ones whose first scan is
     # partial (270 kB of empty scans at 40 MP: 98 s). Not every JPEG: the count takes 1 ms per MB.
-    if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or _first_scan_is_partial(data)):
+    partial = jpeg is None or jpeg.partial_first_scan
+    if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or partial):
         # Every scan starts with an SOS marker, and entropy-coded data cannot hold one (0xFF is stuffed).
         scans = data.count(b"\xff\xda")
         if scans > limits.max_scans:
             raise ImageTooLargeError(f"the JPEG has {scans} scans; the limit is {limits.max_scans} (re-save it)")
-    return img
+    return img, jpeg
 
 
 def _to_rgb(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -418,14 +424,14 @@ def decode_image(
     """
     if target_size is not None and longest_side is not None:
         raise ValueError("give target_size or longest_side, not both")
-    img = _open(data, limits)
+    img, jpeg = _open(data, limits)
     original_size = img.size
     fmt = img.format or "unknown"
     try:
         if fmt in ("JPEG", "MPO"):
-            if not _is_lossless_jpeg(data):  # libjpeg cannot scale a lossless JPEG (no DCT): its draft failed
+            if not (jpeg and jpeg.lossless):  # libjpeg cannot scale a lossless JPEG (no DCT): its draft failed
                 _draft(img, target_size, longest_side)
-            if _is_arithmetic_jpeg(data):
+            if jpeg and jpeg.arithmetic:
                 # libjpeg's arithmetic decoder cannot resume mid-stream: fed in Pillow's 64 kB blocks, a valid
                 # file over 64 kB failed as corrupt. The whole file at once (it is in memory already).
                 img.decodermaxblock = max(img.decodermaxblock, len(data))  # type: ignore[attr-defined]
