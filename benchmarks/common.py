@@ -361,7 +361,7 @@ def torch_target(model_dir: Path, runs: Path = RUNS_DIR) -> TorchTarget:
             why = f"{model_dir / 'model.json'} records no backbone, so no PyTorch network is known to match it"
             return TorchTarget(None, size, None, why)
         return TorchTarget(backbone, size, None)
-    trained, trained_size = run_backbone(run), _run_config(run).get("size")
+    trained, trained_size = run_backbone(run), run_size(run)
     if backbone is None:
         backbone = trained
     if trained is None or trained != backbone or trained_size != size:
