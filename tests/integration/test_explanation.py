@@ -19,6 +19,7 @@ from PIL import Image
 from cataract_inference import explanation
 from cataract_inference.classifier import Classifier, load_classifier
 from cataract_inference.imaging import preprocess
+from cataract_inference.schemas import PredictResponse
 from tests.support.images import encoded
 
 CANVAS = (640, 320)  # wide, so the letterbox pads only above and below: left and right stay symmetric
@@ -220,3 +221,6 @@ def test_when_a_half_decides_the_heat_map_is_that_halfs_drawn_over_it(tiny: Clas
     assert not drawn[:, 240:].any()  # and none on the half that did not decide
     whole = heat_on_photo(tiny, photo)
     assert whole[:, 240:].max() > 0.1, "the whole photo's map, drawn before, lit the right half too"
+    # What /openapi.json tells client writers, who would otherwise show a half's map as the whole photo's.
+    description = PredictResponse.model_fields["heatmap_png"].description or ""
+    assert "that half's map, drawn over that half only" in description

@@ -64,7 +64,10 @@ class PredictResponse(BaseModel):
     request_id: str
     timing_ms: dict[str, float]
     heatmap_png: str | None = Field(
-        None, description="With explain=true: base64 PNG of the heat map over the photo (the whole photo's map)."
+        None,
+        description="With explain=true: base64 PNG of the heat map of the view that decided, over the photo. For a "
+        "photo screened as two halves too (see views), when a half decided it is that half's map, drawn over that half "
+        "only; the rest of the photo is left as sent.",
     )
     views: dict[str, Probability] | None = Field(
         None,
