@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cataract_inference.imaging import load_for_model, preprocess
@@ -55,6 +56,33 @@ def test_augmentation_is_seeded_and_changes_the_image(eye_folder: Path) -> None:
     variants = {np.asarray(augment.augment(img, random.Random(s))).tobytes() for s in range(8)}
     assert len(variants) == 8
     assert a.mode == "RGB"
+
+
+@pytest.mark.parametrize("size", [(330, 110), (110, 330), (600, 290)])
+def test_random_crops_of_a_two_eye_photo_keep_both_eyes(size: tuple[int, int]) -> None:
+    # A photo of both eyes is labelled cataract when one is; a crop of the clear eye alone would teach the model
+    # that a clear eye is a cataract. The photo's two ends stand for the eyes.
+    off: dict[str, Any] = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
+    crop = augment.AugmentConfig(**{**off, "crop_p": 1.0})
+    w, h = size
+    photo = Image.new("RGB", size, (128, 128, 128))
+    end = (w // 6, h) if w > h else (w, h // 6)
+    photo.paste(Image.new("RGB", end, (255, 0, 0)), (0, 0))
+    photo.paste(Image.new("RGB", end, (0, 0, 255)), (w - end[0], h - end[1]))
+    sizes = set()
+    for seed in range(200):
+        out = np.asarray(augment.augment(photo, random.Random(seed), crop))
+        sizes.add(out.shape)
+        assert ((out == (255, 0, 0)).all(axis=2)).any() and ((out == (0, 0, 255)).all(axis=2)).any(), seed
+    assert len(sizes) > 20  # it still crops: only never an eye away
+
+
+def test_random_crops_of_one_eye_photos_still_reframe_both_ways() -> None:
+    off: dict[str, Any] = {k: 0.0 for k in augment.AugmentConfig().to_dict() if k.endswith("_p")}
+    crop = augment.AugmentConfig(**{**off, "crop_p": 1.0})
+    photo = Image.new("RGB", (300, 200))
+    shapes = {augment.augment(photo, random.Random(seed), crop).size for seed in range(50)}
+    assert any(w < 300 for w, _ in shapes) and any(h < 200 for _, h in shapes)
 
 
 def test_anti_shortcut_ops_degrade_both_classes(eye_folder: Path) -> None:

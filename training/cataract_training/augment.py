@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from cataract_inference.classifier import SPLIT_ASPECT
 from cataract_inference.imaging import DEFAULT_FILL
 
 
@@ -50,6 +51,17 @@ class AugmentConfig:
 
 def _random_crop(img: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     w, h = img.size
+    if max(w, h) >= SPLIT_ASPECT * min(w, h):
+        # Often both eyes, one of them perhaps clear: a crop of either eye alone would keep the photo's label
+        # (cataract) on a clear eye. Such photos keep their whole long side; only the short side is cut.
+        keep = rng.uniform(*cfg.crop_scale) ** 0.5
+        if w >= h:
+            ch = max(1, round(h * keep))
+            top = rng.randint(0, h - ch)
+            return img.crop((0, top, w, top + ch))
+        cw = max(1, round(w * keep))
+        left = rng.randint(0, w - cw)
+        return img.crop((left, 0, left + cw, h))
     for _ in range(10):
         area = w * h * rng.uniform(*cfg.crop_scale)
         ratio = rng.uniform(*cfg.crop_ratio)
