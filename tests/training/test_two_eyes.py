@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,21 @@ def test_the_study_reports_every_ratio_and_kind_and_checks_its_companions(folder
     assert "| composite | ratio |" in result["markdown"]
     with pytest.raises(ValueError, match="not a photo under"):
         two_eyes.run(model, folder, chosen=["normal/missing.png"])
+
+
+def test_the_study_refuses_a_folder_its_split_names_no_photo_of(folder: Path, tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "model")
+    split = tmp_path / "split.json"
+    photos = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    split.write_text(json.dumps({"train": photos[::2], "val": photos[1::2]}))
+    result = two_eyes.run(model, folder, split)  # the folder training read: its validation photos are found
+    assert f"the {len(photos[1::2])} validation photos of" in result["markdown"]
+    # The data set's root (ROOT/train/<class>/) is a layout training accepts, but the split's names are relative
+    # to the folder it read: no photo of ROOT matches, which read before as "too few photos".
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "train").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"none of the photos under .*root is in the split of .*--data"):
+        two_eyes.run(model, tmp_path / "root", split)
 
 
 @pytest.mark.parametrize(("p", "referred"), [(0.2092596, True), (0.2092594, False), (0.20926, True)])

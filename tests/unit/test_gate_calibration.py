@@ -381,7 +381,7 @@ def test_the_gate_refuses_photos_that_are_not_the_ones_its_split_names(bundled_m
 
     def check(data: str, keys: list[str], counts: dict[str, int] | None = None, explicit: Path | None = None) -> None:
         report = {"counts": training_data["counts"] if counts is None else counts}
-        cal._check_data_is_the_splits(
+        cal.check_data_is_the_splits(
             Path(data),
             bundled_model_dir,
             report=report,

@@ -151,7 +151,6 @@ def run_audit(
     conflicts = [g for g in near_groups if len(g["labels"]) > 1]
     cross_split = [g for g in near_groups if len(g["splits"]) > 1]
 
-    counts = Counter((s.split, s.label) for s in samples)
     distinct: Counter[str] = Counter()
     for idx in near_members.values():
         distinct[samples[idx[0]].label if len({samples[i].label for i in idx}) == 1 else "conflict"] += 1
@@ -175,7 +174,7 @@ def run_audit(
         "layout": sorted(data.resolve_layout(root)),
         "original_sizes_from": "manifest.csv" if orig_sizes else "decoded images",
         "n_files": n,
-        "counts": {f"{split}/{label}": c for (split, label), c in sorted(counts.items())},
+        "counts": data.folder_counts(samples),
         "distinct_photos": len(near_members),
         "distinct_by_label": dict(sorted(distinct.items())),
         "unreadable": unreadable,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,12 @@ class Sample:
     def key(self, root: Path) -> str:
         """A stable, readable id: the path relative to the data root."""
         return self.path.relative_to(root).as_posix()
+
+
+def folder_counts(samples: Sequence[Sample]) -> dict[str, int]:
+    """Photos per split and class folder, as ``{"train/cataract": n, ...}`` (what model.json records)."""
+    counts = Counter((s.split, s.label) for s in samples)
+    return {f"{split}/{label}": c for (split, label), c in sorted(counts.items())}
 
 
 def _class_dirs(folder: Path) -> list[Path]:

@@ -764,7 +764,7 @@ def run_name(split_path: Path) -> str:
     return split_path.parent.name if split_path.name == "split.json" else split_path.stem
 
 
-def _check_data_is_the_splits(
+def check_data_is_the_splits(
     data_dir: Path,
     model_dir: Path,
     *,
@@ -804,7 +804,7 @@ def eye_set(data_dir: Path, model_dir: Path, split_json: Path | None, seed: int,
     parts = [CALIBRATION] * len(usable)
     if split_path is not None:
         split = json.loads(split_path.read_text(encoding="utf-8"))
-        _check_data_is_the_splits(
+        check_data_is_the_splits(
             data_dir,
             model_dir,
             report=result.report,

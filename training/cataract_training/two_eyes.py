@@ -196,7 +196,18 @@ def run(
     unseen = {s.key(data_dir) for s in samples}
     note = "all photos (no split found: the model trained on most of them)"
     if split_path is not None:
-        unseen = set(json.loads(split_path.read_text(encoding="utf-8")).get("val", []))
+        split = json.loads(split_path.read_text(encoding="utf-8"))
+        # The split names photos relative to the folder training read: any other folder matches none of them.
+        gate.check_data_is_the_splits(
+            data_dir,
+            model_dir,
+            report={"counts": data.folder_counts(samples)},
+            keys=[s.key(data_dir) for s in samples],
+            split=split,
+            split_path=split_path,
+            explicit=split_json,
+        )
+        unseen = set(split.get("val", []))
         note = (
             f"the {sum(s.key(data_dir) in unseen for s in samples)} validation photos of {gate.run_name(split_path)}; "
             "the surest companions are drawn from all photos (a photo the model trained on stands for one it is "
