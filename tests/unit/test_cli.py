@@ -5,13 +5,24 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cataract_inference import cli
+from cataract_inference.classifier import Classifier
 from cataract_inference.drawing import draw_eye, encode
+from tests.conftest import REPO
+from tests.support.serve import free_port
+
+README = REPO / "README.md"
 
 
 @pytest.fixture
@@ -272,6 +283,186 @@ def test_ctrl_c_ends_the_runner_with_one_line_and_130(
     assert err == "cataract-screen: interrupted\n"
 
 
+def _interrupting(how: str) -> Any:
+    """A stand-in for the model's predict step that is interrupted as Ctrl-C interrupts it."""
+
+    def predict_bytes(self: Classifier, data: bytes, *, explain: bool = False) -> Any:
+        if how == "raise":
+            raise KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGINT)  # delivered before kill returns; Python raises it at its next check
+        for _ in range(100):
+            time.sleep(0.01)
+        raise AssertionError("SIGINT did not interrupt the model")
+
+    return predict_bytes
+
+
+@pytest.mark.parametrize("how", ["raise", "sigint"])
+@pytest.mark.parametrize("command", ["predict", "invoke"])
+def test_ctrl_c_while_the_model_runs_ends_the_runner_with_one_line_and_130(
+    model_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    command: str,
+    how: str,
+) -> None:
+    """Mangum answers a KeyboardInterrupt raised in the app with a plain-text 500: the runner must not report it."""
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encode(draw_eye("normal", size=(96, 64))))
+    cli.main(["make-event", str(photo), "-o", str(tmp_path / "e.json")])
+    capsys.readouterr()
+    predict_bytes = Classifier.predict_bytes
+    monkeypatch.setattr(Classifier, "predict_bytes", _interrupting(how))
+    argv = ["predict", str(photo), str(photo)] if command == "predict" else ["invoke", str(tmp_path / "e.json")]
+    assert cli.main(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "cataract-screen: interrupted\n" and captured.out == ""
+    # The next screening is not mistaken for an interrupted one.
+    monkeypatch.setattr(Classifier, "predict_bytes", predict_bytes)
+    assert cli.main(argv) == 0
+
+
+def test_an_error_in_the_app_is_still_the_handlers_500(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Classifier, data: bytes, *, explain: bool = False) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Classifier, "predict_bytes", broken)
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encode(draw_eye("normal", size=(96, 64))))
+    assert cli.main(["predict", "--compact", str(photo)]) == 2
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["status"] == 500 and line["error"]["code"] == "internal_error"
+
+
+def test_predict_reports_a_body_that_is_not_json_with_its_status(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain_500 = {"statusCode": 500, "headers": {"content-type": "text/plain"}, "body": "Internal Server Error"}
+    monkeypatch.setattr(cli, "invoke_event", lambda event: plain_500)
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(b"\x89PNG")
+    assert cli.main(["predict", "--compact", str(photo)]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "file": str(photo),
+        "status": 500,
+        "error": {
+            "code": "unexpected_response",
+            "message": "the handler answered 500 with a body that is not a JSON object: 'Internal Server Error'",
+        },
+    }
+    assert captured.err == ""
+
+
+def test_predict_reports_an_empty_file_or_standard_input_as_nothing_to_screen(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert cli.main(["predict", "--compact", str(empty), "-"]) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        {"file": str(empty), "error": {"code": "empty", "message": f"{empty} is empty (0 bytes): nothing to screen"}},
+        {"file": "-", "error": {"code": "empty", "message": "standard input is empty (0 bytes): nothing to screen"}},
+    ]
+
+
+def test_predict_refuses_standard_input_named_twice(
+    model_env: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.BytesIO(encode(draw_eye("normal", size=(96, 64))))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+    assert cli.main(["predict", "-", "-"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and stdin.tell() == 0, "refused before anything is read or screened"
+    said = "- (standard input) is named more than once; it can be read only once: name it once"
+    assert captured.err == f"cataract-screen: {said}\n"
+
+
+@pytest.mark.parametrize("argv", [["invoke", "-"], ["predict", "-"], ["make-event", "-"]])
+def test_a_closed_standard_input_is_a_usage_error(
+    model_env: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", None)  # what Python gives a process started with `<&-`
+    assert cli.main(argv) == 2
+    said = "cataract-screen: - means standard input, which is closed here; name a file, or pipe one in\n"
+    assert capsys.readouterr().err == said
+
+
+def test_make_event_to_standard_output_with_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make-event PHOTO -o - | cataract-screen invoke -`: `-` is standard output, as it is standard input."""
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encode(draw_eye("normal", size=(96, 64))))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["make-event", str(photo), "-o", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["httpMethod"] == "POST" and captured.err == ""
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("POWERTOOLS_METRICS_DISABLED", "maybe", "invalid truth value 'maybe'"),
+        ("POWERTOOLS_LOG_LEVEL", "verbose", "Unknown level: 'VERBOSE'"),
+    ],
+)
+def test_a_powertools_variable_it_cannot_read_means_cannot_start(
+    tiny_model_dir: Path, variable: str, value: str, said: str
+) -> None:
+    """Powertools raises a bare ValueError naming no variable, at import: not a usage error (2) but exit 3."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")}
+    env.update(MODEL_DIR=str(tiny_model_dir), **{variable: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", "invoke", str(REPO / "events" / "rest-health.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    prefix = "cataract-screen: cannot start: a Powertools setting (POWERTOOLS_* environment variables) was refused: "
+    assert result.stderr.startswith(prefix + said), result.stderr
+    assert f"{variable}={value!r}" in result.stderr and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["make-event-small", "make-event-large", "predict"])
+def test_a_reader_that_stops_reading_ends_the_runner_quietly_with_141(
+    tiny_model_dir: Path, tmp_path: Path, command: str
+) -> None:
+    """`cataract-screen predict … | head`: no "Broken pipe" error, at a write or at the flush on exit."""
+    photo = tmp_path / "eye.png"
+    # Small, the event waits in stdout's buffer until the flush at exit; large, a write itself fails.
+    sizes = {"make-event-small": 100, "make-event-large": 100_000}
+    photo.write_bytes(os.urandom(sizes[command]) if command in sizes else encode(draw_eye("normal", (96, 64))))
+    argv = ["predict", str(photo), str(photo)] if command == "predict" else ["make-event", str(photo)]
+    # Buffered, as a terminal's shell starts it: PYTHONUNBUFFERED would make every write fail at once.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and k != "PYTHONUNBUFFERED"}
+    env["MODEL_DIR"] = str(tiny_model_dir)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first byte: EPIPE every time, no race
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cataract_inference.cli", *argv],
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr.decode()) == (141, "")
+
+
 def test_invoke_reads_standard_input(
     model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -321,31 +512,126 @@ def test_draw_eye(tmp_path: Path) -> None:
     assert out.stat().st_size > 1000
 
 
-def test_serve_prints_no_access_log(model_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """uvicorn's access log would print client addresses and whole query strings."""
+def test_draw_eye_writes_every_extension_it_accepts(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"):
+        out = tmp_path / f"eye{suffix.upper()}"
+        assert cli.main(["draw-eye", "normal", "-o", str(out)]) == 0
+        with Image.open(out) as image:
+            assert image.size == (480, 320)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["-o", "eye"], "argument -o/--output: 'eye' needs an image extension, which sets the format: one of .png"),
+        (["-o", "eye.pdf"], "argument -o/--output: 'eye.pdf' needs an image extension"),
+        (["-o", "eye.png", "--seed", "-1"], "argument --seed: '-1' is not a seed: use a whole number, 0 or more"),
+        (["-o", "eye.png", "--seed", "x"], "argument --seed: 'x' is not a seed"),
+    ],
+    ids=["no-extension", "pdf", "negative-seed", "seed-not-a-number"],
+)
+def test_draw_eye_refuses_a_bad_option_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["draw-eye", "normal", *flags])
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing is drawn"
+
+
+def test_the_readmes_drawn_eye_example_reads_as_it_says(
+    bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Most drawn normal eyes read as cataract: the README's example draws one that does not, and says why."""
+    from cataract_inference import settings
+
+    local = README.read_text().split("<!-- SECTION:local -->")[1].split("<!-- /SECTION:local -->")[0]
+    assert "A drawn eye is not an eye photo" in local
+    (draw,) = [line for line in local.splitlines() if line.startswith(".venv/bin/cataract-screen draw-eye normal")]
+    (predict,) = [line for line in local.splitlines() if line.startswith(".venv/bin/cataract-screen predict")]
+    monkeypatch.setenv("MODEL_DIR", str(bundled_model_dir))
+    settings.get_settings.cache_clear()
+    monkeypatch.delitem(sys.modules, "cataract_inference.handler", raising=False)
+    monkeypatch.chdir(tmp_path)  # the example writes to /tmp/eye.png: here, eye.png
+
+    def argv(line: str) -> list[str]:
+        return [w.replace("/tmp/eye.png", "eye.png") for w in shlex.split(line.split("#", maxsplit=1)[0])[1:]]
+
+    assert cli.main(argv(draw)) == 0
+    capsys.readouterr()
+    assert cli.main([*argv(predict), "--compact"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == "normal" and '"label": "normal"' in predict
+
+
+def _recording_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """uvicorn's server, stubbed: it records its config, its sockets and what the runner had said when it started."""
     import uvicorn
 
-    seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
-    assert cli.main(["-v", "serve", "--port", "8123"]) == 0
-    assert seen["access_log"] is False and seen["log_level"] == "info"
+    seen: dict[str, Any] = {}
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        seen.update(config=server.config, sockets=sockets, said=capsys.readouterr().err)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return seen
+
+
+def test_serve_prints_no_access_log(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn's access log would print client addresses and whole query strings."""
+    seen = _recording_server(monkeypatch, capsys)
+    assert cli.main(["-v", "serve", "--port", str(free_port())]) == 0
+    assert seen["config"].access_log is False and seen["config"].log_level == "info"
 
 
 @pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("::1", False), ("0.0.0.0", True)])
 def test_serve_says_where_it_listens_and_bounds_its_clients(
     model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], host: str, warned: bool
 ) -> None:
-    import uvicorn
-
-    seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
-    assert cli.main(["serve", "--host", host, "--port", "8123"]) == 0
-    err = capsys.readouterr().err
+    seen = _recording_server(monkeypatch, capsys)
+    port = free_port()
+    assert cli.main(["serve", "--host", host, "--port", str(port)]) == 0
+    err = seen["said"] + capsys.readouterr().err
     shown = f"[{host}]" if ":" in host else host
-    assert f"serving on http://{shown}:8123/" in err
+    assert f"serving on http://{shown}:{port}/" in err
     assert ("no API key" in err) == warned
     # A client that stalls cannot hold Ctrl-C, and a crowd gets 503s instead of piling up uploads.
-    assert seen["timeout_graceful_shutdown"] == 5 and seen["limit_concurrency"] == 64
+    assert seen["config"].timeout_graceful_shutdown == 5 and seen["config"].limit_concurrency == 64
+
+
+def test_serve_says_it_serves_only_once_it_listens(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    port = free_port()
+    said: list[str] = []
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        said.append(capsys.readouterr().err)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # refused, were nothing listening yet
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    assert cli.main(["serve", "--port", str(port)]) == 0
+    assert said == [f"cataract-screen: serving on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_4(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("uvicorn started on a port in use"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"cataract-screen: cannot listen on 127.0.0.1:{port}: port {port} is in use")
+    assert err.count("\n") == 1 and "serving on" not in err
 
 
 @pytest.mark.parametrize(("flags", "cold_start_metric"), [([], False), (["-v"], True)], ids=["quiet", "verbose"])

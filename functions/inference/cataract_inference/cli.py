@@ -5,23 +5,38 @@ cataract-screen serve [--port 8000]      the same app on http://127.0.0.1:8000 (
 cataract-screen predict IMAGE [IMAGE…]   screen image files (through the handler, as Lambda would)
 cataract-screen make-event IMAGE -o F    write an event for `invoke` or `sam local invoke -e`
 cataract-screen draw-eye {normal,cataract} -o F   draw a synthetic eye (a drawing, not a photo)
+
+Exit status: 0 done; 1 invoke's response was a 5xx; 2 a usage error, or an image predict did not screen (any status
+but 200); 3 cannot start (the model, or a setting such as a POWERTOOLS_* variable); 4 serve cannot listen (the port
+is in use); 130 interrupted (Ctrl-C); 141 whatever read the output stopped reading (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import importlib
 import ipaddress
 import json
+import logging
 import os
+import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from . import events
-from .settings import LAMBDA_SYNC_PAYLOAD_BYTES
+from .settings import LAMBDA_SYNC_PAYLOAD_BYTES, ConfigError
+
+EXIT_CANNOT_START = 3  # the model or a setting: the runner cannot serve at all
+EXIT_CANNOT_LISTEN = 4  # serve: the address is taken or not this machine's
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader left (`| head`)
 
 
 @dataclass
@@ -48,16 +63,70 @@ def _quiet_observability(verbose: bool) -> None:
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
+def _handler() -> ModuleType:
+    """The handler module, imported (the model loaded) after the environment is set.
+
+    Powertools reads its POWERTOOLS_* variables when observability builds its logger and metrics, and refuses a
+    malformed one with a bare ValueError naming no variable: that becomes a ConfigError here, "cannot start" as a
+    bad model is, rather than passing for a usage error.
+    """
+    with contextlib.redirect_stdout(sys.stderr):  # the logger binds whatever stdout is when it is built
+        try:
+            importlib.import_module(".observability", __package__)
+        except ValueError as exc:
+            set_now = ", ".join(f"{k}={v!r}" for k, v in sorted(os.environ.items()) if k.startswith("POWERTOOLS_"))
+            raise ConfigError(
+                f"a Powertools setting (POWERTOOLS_* environment variables) was refused: {exc} ({set_now}); a switch "
+                "such as POWERTOOLS_METRICS_DISABLED takes true or false, POWERTOOLS_LOG_LEVEL a level such as INFO or "
+                "WARNING: fix or unset the one holding that value"
+            ) from exc
+        return importlib.import_module(".handler", __package__)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):  # as anyio's task groups wrap what their tasks raise
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def _interrupts_end_the_runner() -> Iterator[None]:
+    """Raise KeyboardInterrupt after the block when Mangum swallowed one inside it.
+
+    Mangum catches every exception the app raises, KeyboardInterrupt included (Ctrl-C while the model runs), logs it
+    and answers a plain-text 500, which `predict` and `invoke` would report as the function's answer. The record it
+    logs is the interrupt's one trace: noted and dropped here, ahead of observability's filter (which strips the
+    exception from it), so that Ctrl-C ends the runner with its one line, as it does anywhere else.
+    """
+    noted: list[BaseException] = []
+
+    def note(record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_interrupt(exc):
+            noted.append(exc)
+            return False
+        return True
+
+    mangum = logging.getLogger("mangum.http")
+    mangum.filters.insert(0, note)
+    try:
+        yield
+    finally:
+        mangum.removeFilter(note)
+    if noted:
+        raise KeyboardInterrupt
+
+
 def invoke_event(event: dict[str, Any]) -> dict[str, Any]:
     """Run one event through the real Lambda handler, in this process.
 
     As under ``sam local invoke``, the function's own output (logs, EMF metrics) goes to stderr
     and only the response to stdout: the logger binds whatever stdout is when it is built.
     """
-    with contextlib.redirect_stdout(sys.stderr):
-        from .handler import lambda_handler  # Loads the model: after the environment is set.
-
-        return lambda_handler(event, LocalContext())
+    handler = _handler()  # Loads the model: after the environment is set.
+    with contextlib.redirect_stdout(sys.stderr), _interrupts_end_the_runner():
+        response: dict[str, Any] = handler.lambda_handler(event, LocalContext())
+    return response
 
 
 def _print_response(response: dict[str, Any], body_only: bool) -> None:
@@ -98,6 +167,8 @@ def _read(name: str) -> bytes:
 def _head(name: str, size: int) -> bytes:
     """At most the first ``size`` bytes of a file, or of standard input for ``-``."""
     if name == "-":
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise UsageError("- means standard input, which is closed here; name a file, or pipe one in")
         return sys.stdin.buffer.read(size)
     with open(name, "rb") as fh:
         return fh.read(size)
@@ -136,6 +207,9 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .settings import get_settings
 
+    if args.images.count("-") > 1:
+        # The second read would find standard input exhausted: an empty "image" the user never sent.
+        raise UsageError("- (standard input) is named more than once; it can be read only once: name it once")
     worst = 0
     indent = None if args.compact else 2
     # One byte over the body limit is enough for the handler's own 413: a larger file is not held whole.
@@ -147,11 +221,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"file": name, "error": {"code": "unreadable", "message": str(exc)}}, indent=indent))
             worst = 2
             continue
+        if not data:  # the handler would answer 422 about an "image" field that the user never wrote
+            what = "standard input" if name == "-" else name
+            message = f"{what} is empty (0 bytes): nothing to screen"
+            print(json.dumps({"file": name, "error": {"code": "empty", "message": message}}, indent=indent))
+            worst = 2
+            continue
         response = invoke_event(events.predict_event(data, explain=False))
-        body = json.loads(response["body"])
-        print(json.dumps({"file": name, "status": response["statusCode"], **body}, indent=indent))
-        worst = max(worst, 0 if response["statusCode"] == 200 else 2)
+        status = int(response.get("statusCode", 500))
+        print(json.dumps({"file": name, "status": status, **_body_object(response, status)}, indent=indent))
+        worst = max(worst, 0 if status == 200 else 2)
     return worst
+
+
+def _body_object(response: dict[str, Any], status: int) -> dict[str, Any]:
+    """The response's JSON body; for one that is not a JSON object (Mangum's plain-text 500), an error saying so."""
+    body = response.get("body")
+    try:
+        parsed = json.loads(body) if isinstance(body, str | bytes) else None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    shown = body if isinstance(body, str) else repr(body)
+    message = f"the handler answered {status} with a body that is not a JSON object: {shown[:80]!r}"
+    return {"error": {"code": "unexpected_response", "message": message}}
 
 
 def _cmd_make_event(args: argparse.Namespace) -> int:
@@ -163,7 +257,7 @@ def _cmd_make_event(args: argparse.Namespace) -> int:
     event = events.predict_event(data, explain=args.explain, http_api=args.http_api, raw=args.raw, media_type=media)
     text = json.dumps(event, indent=2) + "\n"
     _note_if_lambda_would_refuse("the event", len(text))
-    if args.output:
+    if args.output and args.output != "-":  # `-o -` is standard output, as `-` is standard input to invoke
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output} ({len(text)} bytes)", file=sys.stderr)
     else:
@@ -178,15 +272,40 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, for uvicorn to serve on.
+
+    Bound here, not by uvicorn, so that the runner says where it serves only once it does, and says plainly why when
+    it cannot (uvicorn logs the error and exits 3, the code for a bad model). The family follows uvicorn's own rule.
+    """
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        sock = _listen(args.host, args.port)  # before the model loads: a taken port fails at once
+    except OSError as exc:
+        if exc.errno in {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)}:  # Windows reports the latter
+            why = f"port {args.port} is in use (another server, or a `serve` still running); stop it or choose --port"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{args.host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
+        else:
+            why = exc.strerror or str(exc)
+        print(f"cataract-screen: cannot listen on {shown}:{args.port}: {why}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
+    with sock:
+        return _serve_on(sock, shown, args)
+
+
+def _serve_on(sock: socket.socket, shown: str, args: argparse.Namespace) -> int:
     import uvicorn
 
-    with contextlib.redirect_stdout(sys.stderr):
-        from .handler import app, settings
     from .host_guard import LoopbackHostGuard
     from .serve_protocol import with_deadlines
 
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    handler = _handler()
+    app, settings = handler.app, handler.settings
     print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     if not _is_loopback(args.host):
         print(
@@ -197,7 +316,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     served = LoopbackHostGuard(app, settings.disclaimer) if _is_loopback(args.host) else app
     # Powertools prints each EMF flush to stdout, which the runner keeps for results: under -v they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        uvicorn.run(
+        config = uvicorn.Config(
             served,
             host=args.host,
             port=args.port,
@@ -208,6 +327,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload
         )
+        # Ctrl-C is how serve stops: uvicorn re-raises it once shut down, and uvicorn.run swallowed it too.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
@@ -217,6 +339,28 @@ def _cmd_draw_eye(args: argparse.Namespace) -> int:
     draw_eye(args.kind, seed=args.seed).save(args.output)
     print(f"wrote {args.output}: a drawing, not a photo", file=sys.stderr)
     return 0
+
+
+# What draw-eye writes: the formats the API decodes, by the extension Pillow chooses the format from.
+DRAWING_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _drawing_path(text: str) -> str:
+    if Path(text).suffix.lower() not in DRAWING_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} needs an image extension, which sets the format: one of {', '.join(DRAWING_SUFFIXES)}"
+        )
+    return text
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: use a whole number, 0 or more")
+    return seed
 
 
 def _port(text: str) -> int:
@@ -260,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("make-event", help="turn an image into a POST /predict event")
-    p.add_argument("image")
-    p.add_argument("-o", "--output")
+    p.add_argument("image", help="an image file, or - for standard input")
+    p.add_argument("-o", "--output", help="the event file to write; standard output when left out or -")
     p.add_argument("--explain", action="store_true", help="ask for a heat map")
     p.add_argument("--http-api", action="store_true", help="an HTTP API (v2) event instead of REST (v1)")
     p.add_argument("--raw", action="store_true", help="send the image as a binary body, not JSON")
@@ -269,30 +413,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("draw-eye", help="draw a synthetic eye")
     p.add_argument("kind", choices=["normal", "cataract"])
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", type=_drawing_path, required=True, help="the image file to write")
+    p.add_argument("--seed", type=_seed, default=0, help="which drawing: a whole number, 0 or more (default 0)")
     p.set_defaults(func=_cmd_draw_eye)
     return parser
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at the null device, so that the interpreter's own flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a file (a test's capture): nothing to do
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cataract-screen`` console script."""
     from .model_source import ModelLoadError
-    from .settings import ConfigError
 
     args = build_parser().parse_args(argv)
     _quiet_observability(args.verbose)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader that left shows as a BrokenPipeError below
+        return code
     except (ModelLoadError, ConfigError) as exc:
         print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_CANNOT_START
+    except BrokenPipeError:
+        # Whatever read the output stopped reading (`| head`): no error of ours, so no message; the exit status says
+        # the output was cut short, as for a command killed by SIGPIPE.
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except (UsageError, OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         print(f"cataract-screen: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cataract-screen: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
