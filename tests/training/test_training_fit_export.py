@@ -105,6 +105,8 @@ def test_cv_report(cv_json: Path) -> None:
     assert 0.0 <= cv["cross_fitted"]["roc_auc"] <= 1.0
     with np.load(cv_json.parent / "cv_oof.npz") as oof:
         assert len(oof["keys"]) == len(oof["labels"]) == 24 and len(set(oof["keys"].tolist())) == 24
+    # What the folds used, not the fit's epochs, patience and validation fraction, which they ignore.
+    assert cv["epochs_per_fold"] == 1 and not {"epochs", "patience", "val_fraction"} & set(cv["config"])
 
 
 def test_the_validation_photos_calibrate_nothing(model_dir: Path, run: Path) -> None:
@@ -245,20 +247,41 @@ def test_a_run_folder_whose_name_cannot_make_a_version_is_refused_before_any_wor
     assert not (renamed / "export").exists() and not (tmp_path / "out").exists()
 
 
+def run_data(run: Path) -> str:
+    """The data folder a run was fitted on."""
+    return str(json.loads((run / "config.json").read_text())["data"])
+
+
 def test_re_export_keeps_a_gate_calibrated_for_the_same_bytes(run: Path, cv_json: Path, model_dir: Path) -> None:
     import shutil
 
     folder = model_dir.parent / "model-regate"
     shutil.copytree(model_dir, folder)
     manifest = load_manifest(folder / "model.json")
-    gate = manifest.gate.model_copy(update={"max_ood_distance": 42.5, "min_side": 40})
+    # A mid-level cap at the validation photos' median refuses about half of them: the default gate refuses none.
+    mid_cap = manifest.metrics["mid_distance"]["val"]["p50"]
+    update = {"max_ood_distance": 42.5, "min_side": 40, "max_mid_distance": mid_cap}
+    gate = manifest.gate.model_copy(update=update)
     write_manifest(manifest.model_copy(update={"gate": gate}), folder / "model.json")
     # The same precision as the first export: "auto" picks by a latency race, which machine load can flip.
     args = ["export", str(run), "--out", str(folder), "--cv", str(cv_json), "--version", "test-1"]
     assert cli.main([*args, "--precision", manifest.precision]) == 0
     again = load_manifest(folder / "model.json")
     assert again.sha256 == manifest.sha256  # the export is deterministic
-    assert again.gate.max_ood_distance == 42.5 and again.gate.min_side == 40
+    assert again.gate.max_ood_distance == 42.5 and again.gate.min_side == 40 and again.gate.max_mid_distance == mid_cap
+    # The validation photos as answered are counted under the gate kept, not the default one export starts from.
+    from cataract_training.evaluate import evaluate_folder
+
+    split = json.loads((run / "split.json").read_text())
+    served = evaluate_folder(
+        folder, [Path(run_data(run)) / k for k in split["val"]], [Path(k).parts[-2] for k in split["val"]]
+    )
+    validation = again.metrics["validation"]
+    assert served["gate_ungradable"] > 0 and validation["gate_ungradable"] == served["gate_ungradable"]
+    assert validation["served_referrals"] == served["served_referrals"] and validation["served"] == served["served"]
+    assert again.metrics["variants"][again.precision]["validation"]["served"] == served["served"]
+    card_text = (folder / "MODEL_CARD.md").read_text()
+    assert f"({served['gate_ungradable']} ungradable)" in card_text
     # A user's precision is recorded as such, beside what the measurements alone would have shipped.
     why = again.metrics["precision_choice"]["why"]
     assert why.startswith("chosen by the user (no reason given); by the measurements alone: ")
@@ -473,3 +496,70 @@ def test_export_records_the_validation_figures_as_answered_beside_the_models(mod
     assert served["sensitivity"]["n"] == validation["sensitivity"]["n"]
     assert served["sensitivity"]["k"] >= validation["sensitivity"]["k"]
     assert served["ppv"]["n"] == validation["served_referrals"]  # everything referred, as answered
+
+
+def test_export_into_a_folder_whose_card_is_not_utf8_fails_first_and_changes_nothing(
+    run: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It replaced model.onnx and model.json, then failed on the card with an error that named no file.
+    import shutil
+
+    folder = model_dir.parent / "model-badcard"
+    shutil.copytree(model_dir, folder)
+    card = folder / "MODEL_CARD.md"
+    card.write_bytes(card.read_bytes() + "\n## Site notes\n\nDr. M\u00fcller \u2013 ok\n".encode("cp1252"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    args = ["export", str(run), "--out", str(folder), "--version", "test-2", "--precision", "fp32"]
+    assert cli.main(args) == 2
+    assert f"error: {card} is not UTF-8 text" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old set, whole, and no temp files
+
+
+def _reproduce(text: str) -> str:
+    return text[text.index("## Reproduce") : text.index("The run folders")]
+
+
+def test_the_cards_reproduce_steps_are_the_ones_the_model_went_through() -> None:
+    """A model exported without --cv got `cv ... --fold-epochs 6` and `export --cv ...` all the same."""
+    from cataract_training.card import render
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    bundled = load_manifest(BUNDLED_MODEL_DIR / "model.json")
+    no_cv = {k: v for k, v in bundled.metrics.items() if k != "grouped_cv"}
+    steps = _reproduce(render(bundled.model_copy(update={"metrics": no_cv})))
+    assert "cataract-train cv" not in steps and "--cv" not in steps and "--fold-epochs" not in steps
+    assert "cataract-train export runs/<fit run> --out functions/inference/model --precision fp32" in steps
+    # With a CV, its recorded epochs a fold; cv takes none of the fit's --epochs, --patience, --val-fraction.
+    config = {"size": 64, "epochs": 2, "patience": 3, "val_fraction": 0.3, "batch_size": 8}
+    cv = {**bundled.metrics["grouped_cv"], "k": 3, "epochs_per_fold": 4}
+    theirs = bundled.model_copy(
+        update={
+            "metrics": {**bundled.metrics, "grouped_cv": cv, "training_run": {"config": config}},
+            "training_data": {**bundled.training_data, "source": "/data/eyes"},
+        }
+    )
+    steps = _reproduce(render(theirs))
+    assert (
+        "cataract-train fit /data/eyes --size 64 --epochs 2 --patience 3 --batch-size 8 --val-fraction 0.3\n" in steps
+    )
+    assert "cataract-train cv /data/eyes --size 64 --batch-size 8 --folds 3 --fold-epochs 4\n" in steps
+    assert "export runs/<fit run> --cv runs/<cv run>/cv.json" in steps
+    # Not recorded: said so, not replaced by a number nobody ran.
+    unrecorded = {k: v for k, v in cv.items() if k != "epochs_per_fold"}
+    steps = _reproduce(render(theirs.model_copy(update={"metrics": {**theirs.metrics, "grouped_cv": unrecorded}})))
+    assert "--fold-epochs 6" not in steps and "--fold-epochs: as in its cv.json" in steps
+
+
+def test_card_names_an_existing_card_that_is_not_utf8_and_leaves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    shutil.copyfile(BUNDLED_MODEL_DIR / "model.json", tmp_path / "model.json")
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_bytes("# Model card\n\nDr. M\u00fcller \u2013 ok\n".encode("cp1252"))
+    assert cli.main(["card", "--model-dir", str(tmp_path)]) == 2
+    assert f"error: {card} is not UTF-8 text (invalid start byte at byte 19)" in capsys.readouterr().err
+    assert card.read_bytes() == "# Model card\n\nDr. M\u00fcller \u2013 ok\n".encode("cp1252")

@@ -450,3 +450,140 @@ def test_publish_warns_when_the_uri_it_prints_is_over_the_templates_limit(
     err = capsys.readouterr().err
     assert "is 114 characters" in err and f"at most {publish.MODEL_S3_URI_MAX_LENGTH}" in err
     assert "ModelS3Prefix" in err
+
+
+def _denied(operation: str) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, operation)
+
+
+@mock_aws
+def test_access_denied_names_the_permissions_publish_and_pull_use(
+    tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # publish starts with HeadBucket (s3:ListBucket on the bucket, which also makes a missing key 404, not 403); the
+    # message named only s3:PutObject/s3:GetObject. moto's IAM checks HeadBucket against no real action: stubbed.
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+
+    def head_bucket(**_: Any) -> Any:
+        raise _denied("HeadBucket")
+
+    monkeypatch.setattr(s3, "head_bucket", head_bucket)
+    with pytest.raises(publish.PublishError) as info:
+        publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/models/cataract", client=s3)
+    message = str(info.value)
+    assert f"s3:ListBucket on the bucket (arn:aws:s3:::{BUCKET}" in message
+    assert f"s3:PutObject and s3:GetObject on arn:aws:s3:::{BUCKET}/models/cataract/*" in message
+
+    def get_object(**_: Any) -> Any:
+        raise _denied("GetObject")
+
+    monkeypatch.setattr(s3, "get_object", get_object)
+    with pytest.raises(publish.PublishError) as info:
+        publish.pull(f"s3://{BUCKET}/models/cataract", tmp_path / "out", client=s3)
+    message = str(info.value)
+    assert f"pull needs s3:GetObject on arn:aws:s3:::{BUCKET}/models/cataract/*" in message
+    assert f"without s3:ListBucket on arn:aws:s3:::{BUCKET}" in message and "s3:PutObject" not in message
+
+
+@pytest.mark.parametrize("card", [None, "# Model card: cataract-screen 2025.01.01-old\n"])
+def test_the_card_command_publish_asks_for_is_one_the_cli_takes(tmp_path: Path, card: str | None) -> None:
+    # It said `cataract-train card DIR`, which argparse refuses: the folder goes after --model-dir.
+    import shlex
+
+    from cataract_training.cli import build_parser
+
+    src = _model_dir(tmp_path / "m")
+    if card is None:
+        (src / "MODEL_CARD.md").unlink()
+    else:
+        (src / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    with pytest.raises(publish.PublishError) as info:
+        publish.publish(src, f"s3://{BUCKET}/p", client=object())
+    command = str(info.value).split("`")[1]
+    program, *argv = shlex.split(command)
+    assert program == "cataract-train"
+    args = build_parser().parse_args(argv)
+    assert args.command == "card" and Path(args.model_dir) == src
+
+
+def test_publish_names_a_card_that_is_not_utf8(tmp_path: Path) -> None:
+    src = _model_dir(tmp_path / "m")
+    card = src / "MODEL_CARD.md"
+    card.write_bytes("# Model card: cataract-screen 2026.01.01-test-1\n\nDr. M\u00fcller \u2013 ok\n".encode("cp1252"))
+    with pytest.raises(publish.PublishError, match=rf"{card} is not UTF-8 text .*--model-dir {src}"):
+        publish.publish(src, f"s3://{BUCKET}/p", client=object())
+
+
+@mock_aws
+def test_pull_says_which_object_is_missing_and_what_to_do(tmp_path: Path, aws_env: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    dest = tmp_path / "dest"
+    with pytest.raises(publish.PublishError) as info:  # nothing published: no latest.json, no version given
+        publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert f"s3://{BUCKET}/p/latest.json does not exist" in str(info.value)
+    assert "check the version" not in str(info.value)  # no version was given
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    with pytest.raises(publish.PublishError) as info:
+        publish.pull(f"s3://{BUCKET}/p", dest, version="v9", client=s3)
+    assert f"s3://{BUCKET}/p/v9/model.onnx does not exist" in str(info.value) and "check --version" in str(info.value)
+
+
+@mock_aws
+def test_a_publish_that_failed_part_way_says_so_and_a_retry_finishes_it(
+    tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "m", "v1", b"the model")
+    real_upload = s3.upload_file
+
+    def upload_fails_on_the_manifest(filename: str, bucket: str, key: str, **kwargs: Any) -> Any:
+        if key.endswith("model.json"):
+            raise botocore.exceptions.ClientError({"Error": {"Code": "InternalError", "Message": "x"}}, "PutObject")
+        return real_upload(filename, bucket, key, **kwargs)
+
+    monkeypatch.setattr(s3, "upload_file", upload_fails_on_the_manifest)
+    with pytest.raises(publish.PublishError, match="Re-running the same publish is safe"):
+        publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    monkeypatch.setattr(s3, "upload_file", real_upload)
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    with pytest.raises(publish.PublishError) as info:
+        publish.pull(f"s3://{BUCKET}/p", dest, version="v1", client=s3)
+    message = str(info.value)
+    assert f"s3://{BUCKET}/p/v1/model.json does not exist, though model.onnx does" in message
+    assert "half-published" in message and "`cataract-train publish` again" in message
+    assert (dest / "model.onnx").read_bytes() == b"the model we had"
+    # What the messages promise: the same publish again finishes the version.
+    assert publish.publish(src, f"s3://{BUCKET}/p", client=s3)["uploaded"] == "model.json, MODEL_CARD.md"
+    assert publish.pull(f"s3://{BUCKET}/p", dest, client=s3)["version"] == "v1"
+    assert (dest / "model.onnx").read_bytes() == b"the model"
+
+
+@mock_aws
+def test_ctrl_c_during_publish_says_the_version_may_be_half_published_and_a_rerun_finishes_it(
+    tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cataract_training import cli
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "m", "v1")
+    real_upload = s3.upload_file
+
+    def interrupted_on_the_manifest(filename: str, bucket: str, key: str, **kwargs: Any) -> Any:
+        if key.endswith("model.json"):
+            raise KeyboardInterrupt
+        return real_upload(filename, bucket, key, **kwargs)
+
+    monkeypatch.setattr(s3, "upload_file", interrupted_on_the_manifest)
+    monkeypatch.setattr(publish, "_client", lambda: s3)
+    argv = ["publish", f"s3://{BUCKET}/p", "--model-dir", str(src)]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"s3://{BUCKET}/p/v1/ may be half-published" in err and "Run the same publish again" in err
+    assert "model.pt" not in err  # the message for an interrupted fit
+    monkeypatch.setattr(s3, "upload_file", real_upload)
+    assert cli.main(argv) == 0
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key="p/latest.json")["Body"].read())["version"] == "v1"

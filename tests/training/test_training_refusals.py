@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from synthetic_eyes import make_folder
 
-from cataract_training import cli
-from cataract_training.release import _run_stamp
+from cataract_training import cli, release
 from cataract_training.train import FitConfig, load_run, new_run_dir, prepare
 
 QUICK = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--trainable-blocks", "1"]
+CV_QUICK = ["--size", "32", "--batch-size", "4", "--trainable-blocks", "1"]  # cv takes --fold-epochs, not --epochs
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_cv_with_more_folds_than_photos_refuses_and_leaves_no_run(
 ) -> None:
     data = make_folder(tmp_path / "eyes", n_per_class=3)
     runs = tmp_path / "runs"
-    assert cli.main(["cv", str(data), "--folds", "5", "--fold-epochs", "1", "--runs", str(runs), *QUICK]) == 2
+    assert cli.main(["cv", str(data), "--folds", "5", "--fold-epochs", "1", "--runs", str(runs), *CV_QUICK]) == 2
     assert "needs at least 5 distinct" in capsys.readouterr().err
     assert not runs.exists() or not any(runs.iterdir())
 
@@ -130,8 +130,49 @@ def test_a_version_that_cannot_name_an_s3_folder_and_a_card_title_is_refused(
 
 
 def test_a_renamed_run_still_names_its_version() -> None:
-    assert _run_stamp(Path("runs/20261127-050604-mobilenet_v2")) == "050604"
-    assert _run_stamp(Path("runs/best")) == "best"
+    import datetime as dt
+
+    assert (
+        release.default_version(Path("runs/20261127-050604-mobilenet_v2"), "mobilenet_v2") == "2026.11.27-mnv2-050604"
+    )
+    renamed = release.default_version(Path("runs/best"), "mobilenet_v2", today=dt.date(2026, 12, 1))
+    assert renamed == "2026.12.01-mnv2-best"
+
+
+def test_distinct_runs_get_distinct_default_versions() -> None:
+    # The version took today's date and only the run's time of day: these three runs all got one version, and
+    # publish then refused the second as "already published with a different model".
+    from cataract_inference.manifest import version_problem
+
+    runs = ["20261128-101500-mobilenet_v2", "20261129-101500-mobilenet_v2", "20261129-101500-mobilenet_v2-2"]
+    versions = [release.default_version(Path("runs") / name, "mobilenet_v2") for name in runs]
+    assert versions == ["2026.11.28-mnv2-101500", "2026.11.29-mnv2-101500", "2026.11.29-mnv2-101500-2"]
+    assert all(version_problem(v) is None for v in versions)
+    longest = release.default_version(Path("20261129-101500-efficientnet_lite0-99"), "efficientnet_lite0")
+    assert longest == "2026.11.29-effl0-101500-99" and version_problem(longest) is None
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "3"], ["--patience", "2"], ["--val-fraction", "0.3"]])
+def test_cv_refuses_the_fit_flags_it_would_ignore(
+    tmp_path: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each fold trains --fold-epochs with no validation split: these were accepted, recorded in cv.json, and unused.
+    with pytest.raises(SystemExit) as info:
+        cli.main(["cv", str(tmp_path / "eyes"), "--runs", str(tmp_path / "runs"), *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cv does not take {flags[0]}: each fold trains for exactly --fold-epochs" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["cv", "--help"])
+    cv_help = capsys.readouterr().out
+    assert flags[0] not in cv_help and "--fold-epochs" in cv_help
+
+
+def test_the_cli_hides_from_cv_exactly_the_fields_a_fold_does_not_use() -> None:
+    from cataract_training.cv import FIT_ONLY
+
+    assert set(cli.NOT_CV_FLAGS) == set(FIT_ONLY)
 
 
 @pytest.mark.parametrize(
@@ -194,6 +235,44 @@ def test_an_out_or_runs_that_is_a_file_is_refused_before_any_work(
     assert info.value.code == 2
     assert f"{afile} is a file; give a folder" in capsys.readouterr().err
     assert afile.read_text() == "mine" and not data.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "runs/some-run", "--out", "FILE/model"],
+        ["all", "DATA", "--out", "FILE/model"],
+        ["fit", "DATA", "--runs", "FILE/runs"],
+    ],
+)
+def test_an_out_or_runs_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # export found out only at its very end, after training, quantizing and evaluating.
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(tmp_path / "eyes") if a == "DATA" else a.replace("FILE", str(afile)) for a in command])
+    assert info.value.code == 2
+    assert f"cannot be created: {afile} is a file; give a folder that is not under a file" in capsys.readouterr().err
+    assert afile.read_text() == "mine"
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # The tests run as root, whom a chmod does not stop: the permission check is what is under test.
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", str(tmp_path / "run"), "--out", str(locked / "model")])
+    assert info.value.code == 2
+    assert f"--out {locked / 'model'} cannot be written: no write permission on {locked}" in capsys.readouterr().err
+    assert not (locked / "model").exists()
 
 
 @pytest.mark.parametrize("text", ["not json", "[1, 2]"])

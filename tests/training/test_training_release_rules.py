@@ -4,6 +4,7 @@ rounding and the choice of precision (each one was a surviving mutation)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,33 @@ def test_a_temperature_just_inside_its_bound_is_not_called_out(capsys: pytest.Ca
     fit = fit_calibration(logits / 17.0, labels)
     assert 0.051 < fit["temperature"] < 0.0525
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_failure_while_writing_the_new_files_leaves_the_old_set_intact(tmp_path: Path) -> None:
+    # export overwrote model.onnx and model.json, then failed on the card: new model, old card, in one folder.
+    for name, text in (("model.onnx", "old model"), ("model.json", "old manifest"), ("MODEL_CARD.md", "old card")):
+        (tmp_path / name).write_text(text)
+
+    def card_fails(_: Path) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        release._replace_together(
+            tmp_path,
+            {
+                "model.onnx": lambda p: p.write_text("new model"),
+                "model.json": lambda p: p.write_text("new manifest"),
+                "MODEL_CARD.md": card_fails,
+            },
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "model.json", "model.onnx"]  # no leftovers
+    assert [(tmp_path / n).read_text() for n in ("model.onnx", "model.json", "MODEL_CARD.md")] == [
+        "old model",
+        "old manifest",
+        "old card",
+    ]
+    release._replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
+    assert (tmp_path / "model.onnx").read_text() == "new model"
+    # As readable as any file written there (the image build and the function read it), not a temp file's 0600.
+    (tmp_path / "plain").write_text("x")
+    assert (tmp_path / "model.onnx").stat().st_mode == (tmp_path / "plain").stat().st_mode

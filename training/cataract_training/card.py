@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -12,6 +13,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
+from .cv import FIT_ONLY
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
 from .metrics import format_rate as _ci
@@ -107,7 +109,7 @@ def _limitation_lines(td: dict[str, Any], bundled: bool) -> list[str]:
 def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     m = manifest.metrics
     run = m.get("training_run", {})
-    cv = m.get("grouped_cv", {})
+    cv = m.get("grouped_cv") or {}
     data = (
         "../shared/data/cataract-eyes/train"
         if bundled
@@ -115,14 +117,20 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     )
     config = run.get("config")
     fit_flags = _fit_flags(config) if isinstance(config, dict) else ""
-    cv_flags = (f" --folds {cv['k']}" if cv.get("k", 5) != 5 else "") + f" --fold-epochs {cv.get('epochs_per_fold', 6)}"
     choice = m.get("precision_choice", {})
-    lines = [
-        "```",
-        f"cataract-train audit {data}",
-        f"cataract-train fit {data}{fit_flags}",
-        f"cataract-train cv {data}{fit_flags}{cv_flags}",
-        "cataract-train export runs/<fit run> --cv runs/<cv run>/cv.json --out functions/inference/model "
+    lines = ["```", f"cataract-train audit {data}", f"cataract-train fit {data}{fit_flags}"]
+    if cv:  # exported with --cv: how that CV ran, as model.json records it
+        shared = {k: v for k, v in config.items() if k not in FIT_ONLY} if isinstance(config, dict) else {}
+        folds = f" --folds {cv['k']}" if cv.get("k", 5) != 5 else ""
+        epochs = cv.get("epochs_per_fold")
+        lines.append(
+            f"cataract-train cv {data}{_fit_flags(shared)}{folds}"
+            + (f" --fold-epochs {epochs}" if epochs else "  # --fold-epochs: as in its cv.json (model.json has none)")
+        )
+    lines += [
+        "cataract-train export runs/<fit run>"
+        + (" --cv runs/<cv run>/cv.json" if cv else "")
+        + " --out functions/inference/model "
         + (f'--precision {manifest.precision} --reason "<why>"' if choice.get("by_user") else "--precision auto"),
         f"python -m cataract_training.gate --model-dir functions/inference/model --data {data}",
         "```",
@@ -452,14 +460,21 @@ def _sections(text: str) -> dict[str, str]:
     return {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts}
 
 
-def write_card(manifest: Manifest, model_dir: Path) -> Path:
-    """Write ``MODEL_CARD.md`` beside the model, keeping what other tools appended to an existing card.
+def card_text(manifest: Manifest, model_dir: Path) -> str:
+    """The ``MODEL_CARD.md`` that ``write_card`` would write in ``model_dir``, keeping what other tools appended to
+    an existing card; nothing is written.
 
     Kept verbatim: ``<!-- BEGIN name ... -->`` ... ``<!-- END name -->`` blocks (the gate calibration writes
     one), and any other ``## `` section this renderer does not produce.
     """
     path = Path(model_dir) / CARD_FILENAME
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    try:
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8 (its sections and "
+            "blocks are kept), or move it away to have the card written anew; nothing was written"
+        ) from exc
     # A gate block stays only while model.json's gate is calibrated for this model: new bytes reset the gate.
     stale = (SERVED_BLOCK,) if gate_calibrated(manifest) else (GATE_BLOCK, SERVED_BLOCK)  # rendered anew
     kept = [m for m in _BLOCK.finditer(old) if m.group(1) not in stale]
@@ -471,5 +486,17 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
         extra = [body for title, body in _sections(rest).items() if title not in ours]
         if extra or blocks:
             text = text.rstrip() + "\n\n" + "\n".join([*extra, *(b + "\n" for b in blocks)])
-    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_card(manifest: Manifest, model_dir: Path) -> Path:
+    """Write ``MODEL_CARD.md`` beside the model (``card_text``), whole or not at all."""
+    path = Path(model_dir) / CARD_FILENAME
+    text = card_text(manifest, model_dir)
+    tmp = path.with_name(f".{CARD_FILENAME}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

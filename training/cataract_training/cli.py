@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -48,16 +49,24 @@ def _version(text: str) -> str:
     return text
 
 
-def _add_fit_args(p: argparse.ArgumentParser) -> None:
+# The fit flags that mean nothing to `cv` (cv.FIT_ONLY, named here so that parsing needs no torch): each fold
+# trains a fixed --fold-epochs and has no validation split.
+NOT_CV_FLAGS = {"epochs": "--epochs", "patience": "--patience", "val_fraction": "--val-fraction"}
+
+
+def _add_fit_args(p: argparse.ArgumentParser, *, cv: bool = False) -> None:
     p.add_argument("data", help="image folder: DATA/<class>/* or DATA/[processed_images/]{train,test}/<class>/*")
     p.add_argument("--backbone", choices=["mobilenet_v2", "efficientnet_lite0"])
     p.add_argument("--size", type=int, help="input side in pixels (default 224)")
     p.add_argument("--resize", choices=["letterbox", "squash", "center_crop"])
-    p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--patience", type=_at_least(1))
+    # cv still parses NOT_CV_FLAGS, unlisted, so that main can say why it refuses them (argparse would only
+    # call them unrecognized).
+    hidden = argparse.SUPPRESS if cv else None
+    p.add_argument("--epochs", type=_at_least(1), help=hidden)
+    p.add_argument("--patience", type=_at_least(1), help=hidden)
     p.add_argument("--batch-size", dest="batch_size", type=_at_least(1))
     p.add_argument("--trainable-blocks", dest="trainable_blocks", type=_at_least(0))
-    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, help=hidden)
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
@@ -171,7 +180,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     print(json.dumps(pointer, indent=2))
     # The version's folder without its slash, not .../model.onnx: the template caps ModelS3Uri, and this form fits
     # every bucket name CloudFormation generates (63 characters at most) under the default prefix for a version
-    # of up to 22 characters (MobileNetV2's; EfficientNet's are 23 and may need the warning below).
+    # of up to 22 characters (MobileNetV2's default; EfficientNet's are 23, and a run's same-second suffix adds 2 or
+    # more: those may need the warning below).
     folder_uri = pointer["model_uri"].rsplit("/", 1)[0]
     if len(folder_uri) > MODEL_S3_URI_MAX_LENGTH:
         print(
@@ -259,9 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("cv", help=cmd_cv.__doc__)
-    _add_fit_args(p)
+    _add_fit_args(p, cv=True)
     p.add_argument("--folds", type=_at_least(2), default=5)
-    p.add_argument("--fold-epochs", dest="fold_epochs", type=_at_least(1), default=10)
+    p.add_argument(
+        "--fold-epochs", dest="fold_epochs", type=_at_least(1), default=10, help="epochs each fold trains (default 10)"
+    )
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
@@ -270,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     p.add_argument("--reason", help="why --precision overrides the measured choice (recorded in the card)")
     p.add_argument("--cv", type=Path, help="cv.json from `cv`, recorded in the manifest")
-    p.add_argument("--version", type=_version, help="default: DATE-BACKBONE-RUN (letters, digits, '.', '_', '-')")
+    p.add_argument(
+        "--version",
+        type=_version,
+        help="default: the run's date, backbone and time, e.g. 2026.11.29-mnv2-101500-2 for run "
+        "20261129-101500-mobilenet_v2-2 (letters, digits, '.', '_', '-')",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
@@ -318,11 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cataract-train``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "cv":
+        given = [flag for dest, flag in NOT_CV_FLAGS.items() if getattr(args, dest) is not None]
+        if given:
+            parser.error(
+                f"cv does not take {', '.join(given)}: each fold trains for exactly --fold-epochs (default 10), with "
+                "no validation split to stop early on; drop them (cv.json would record values nothing used)"
+            )
     # Checked before any work: export would otherwise train, quantize and evaluate, then fail on its --out.
     for flag in ("out", "runs"):
         folder = getattr(args, flag, None)
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-            parser.error(f"--{flag} {folder} is a file; give a folder")
+        problem = None if folder is None else folder_problem(f"--{flag}", Path(folder))
+        if problem:
+            parser.error(problem)
     from cataract_inference.model_source import ModelLoadError
 
     from .publish import PublishError
@@ -341,8 +366,56 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: an unfinished run folder has no model.pt, and export refuses it", file=sys.stderr)
+        print(f"interrupted: {_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def folder_problem(flag: str, folder: Path) -> str | None:
+    """Why ``folder`` cannot be created and written to, or None; nothing is created."""
+    if folder.exists() and not folder.is_dir():
+        return f"{flag} {folder} is a file; give a folder"
+    existing = folder
+    while not existing.exists():  # ends at "." or "/" at the latest
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {folder} cannot be created: {existing} is a file; give a folder that is not under a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"{flag} {folder} cannot be written: no write permission on {existing}; give a folder you can write to, "
+            "or fix its permissions"
+        )
+    return None
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command left behind, and what to do about it."""
+    from cataract_inference.manifest import MANIFEST_FILENAME, ManifestError, load_manifest
+
+    from .publish import LATEST
+
+    if args.command == "publish":
+        try:
+            version = load_manifest(Path(args.model_dir) / MANIFEST_FILENAME).version
+        except ManifestError:
+            version = "<version>"
+        return (
+            f"{args.uri.rstrip('/')}/{version}/ may be half-published ({LATEST} moves only after all three files "
+            f"are up, so it still names the version before). Run the same publish again with {args.model_dir} "
+            "unchanged: it uploads only what is missing"
+        )
+    if args.command == "pull":
+        return (
+            f"{args.model_dir} keeps its previous files unless the three verified ones were being moved in; run the "
+            "same pull again"
+        )
+    if args.command == "export":
+        return (
+            f"{args.out} keeps its previous model.onnx, model.json and MODEL_CARD.md unless they were being replaced "
+            "at the very end; run the same export again"
+        )
+    if args.command in ("fit", "cv", "all"):
+        return "an unfinished run folder has no model.pt (fit) or cv.json (cv), and export refuses it"
+    return "run the same command again"
 
 
 if __name__ == "__main__":

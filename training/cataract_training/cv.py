@@ -21,6 +21,8 @@ from .splits import grouped_kfold
 from .train import CLASSES, FitConfig, Prepared, new_run_dir, predict_logits, prepare, train_model
 
 POS = CLASSES.index("cataract")
+# FitConfig's fields a fold does not use: it trains a fixed number of epochs, with no validation split.
+FIT_ONLY = ("epochs", "patience", "val_fraction")
 
 
 def _fold_rules(
@@ -166,7 +168,8 @@ def run_cv(
     result = {
         "k": k,
         "epochs_per_fold": epochs or cfg.epochs,
-        "config": asdict(cfg),
+        # Without the fit's own epochs, patience and validation fraction: no fold used them.
+        "config": {name: value for name, value in asdict(cfg).items() if name not in FIT_ONLY},
         "n_photos": len(labels),
         "n_groups": len(set(prep.groups)),
         "folds": per_fold,

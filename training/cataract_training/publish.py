@@ -59,7 +59,22 @@ def _client() -> Any:
     return boto3.client("s3")
 
 
-def _explain(exc: Exception, what: str) -> PublishError:
+# What S3 answers for a key that is not there (HEAD requests carry only the status); and for a missing bucket.
+_MISSING_KEY = frozenset({"404", "NotFound", "NoSuchKey"})
+_NOT_FOUND = _MISSING_KEY | {"NoSuchBucket"}
+
+
+def _code(exc: Exception) -> str | None:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return str(code) if code is not None else None
+
+
+def _not_found(exc: Exception) -> bool:
+    return _code(exc) in _NOT_FOUND
+
+
+def _explain(exc: Exception, what: str, needs: str) -> PublishError:
+    """A one-line error for an S3 failure while doing ``what``; ``needs``: the IAM permissions it takes."""
     from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
@@ -68,26 +83,39 @@ def _explain(exc: Exception, what: str) -> PublishError:
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
             return PublishError(f"cannot {what}: the bucket does not exist (create it, or check the name and region)")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return PublishError(f"cannot {what}: no such object (check the version; `publish` prints it)")
+        if code in _MISSING_KEY:
+            return PublishError(f"cannot {what}: S3 said an object it needed does not exist ({code})")
         if code in ("AccessDenied", "403", "Forbidden"):
-            return PublishError(f"cannot {what}: access denied (the role needs s3:PutObject/s3:GetObject on it)")
+            return PublishError(f"cannot {what}: access denied: {needs}")
         return PublishError(f"cannot {what}: S3 said {code or exc}")
     return PublishError(f"cannot {what}: {exc}")
 
 
-# What S3 answers for a bucket or key that is not there (HEAD requests carry only the status).
-_NOT_FOUND = frozenset({"404", "NotFound", "NoSuchKey", "NoSuchBucket"})
+def _publish_needs(bucket: str, prefix: str) -> str:
+    return (
+        f"publish needs s3:ListBucket on the bucket (arn:aws:s3:::{bucket}: it starts with HeadBucket, and S3 answers "
+        f"a HEAD of a key not published yet with 403 without it) and s3:PutObject and s3:GetObject on "
+        f"arn:aws:s3:::{bucket}/{prefix}*"
+    )
 
 
-def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code") in _NOT_FOUND
+def _pull_needs(bucket: str, prefix: str) -> str:
+    return (
+        f"pull needs s3:GetObject on arn:aws:s3:::{bucket}/{prefix}*; without s3:ListBucket on arn:aws:s3:::{bucket}, "
+        "S3 also answers AccessDenied for a key that does not exist, so check the URI and --version too"
+    )
 
 
 def _card_version(card: Path) -> str | None:
     """The version a model card's title names (``# Model card: NAME VERSION``), or None."""
-    with card.open(encoding="utf-8") as fh:
-        title = fh.readline().strip()
+    try:
+        with card.open(encoding="utf-8") as fh:
+            title = fh.readline().strip()
+    except UnicodeDecodeError as exc:
+        raise PublishError(
+            f"{card} is not UTF-8 text ({exc.reason}): save it as UTF-8, or move it away and write it anew with "
+            f"`cataract-train card --model-dir {card.parent}`"
+        ) from exc
     if not title.startswith("# Model card: "):
         return None
     return title.rsplit(" ", 1)[-1]
@@ -118,11 +146,13 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
         raise PublishError(f"checksum mismatch: {model} hashes to {digest} but model.json says {manifest.sha256}")
     card = model_dir / CARD_FILENAME
     if not card.is_file():
-        raise PublishError(f"no {CARD_FILENAME} in {model_dir}; run `cataract-train card {model_dir}` first")
+        raise PublishError(
+            f"no {CARD_FILENAME} in {model_dir}; run `cataract-train card --model-dir {model_dir}` first"
+        )
     if _card_version(card) != manifest.version:
         raise PublishError(
             f"{card} describes version {_card_version(card)}, not {manifest.version}; "
-            f"run `cataract-train card {model_dir}` (and the gate calibration) first"
+            f"run `cataract-train card --model-dir {model_dir}` (and the gate calibration) first"
         )
     bucket, prefix = split_uri(uri)
     folder = f"{prefix}{manifest.version}/"
@@ -182,7 +212,12 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
         else:
             latest = f"left at {newer}, published after {manifest.version}; pass --make-latest to roll {LATEST} back"
     except (BotoCoreError, ClientError) as exc:
-        raise _explain(exc, f"publish to s3://{bucket}/{folder}") from exc
+        failed = _explain(exc, f"publish to s3://{bucket}/{folder}", _publish_needs(bucket, prefix))
+        # Safe: the same bytes again are a retry (only what is missing goes up), and latest.json moves last.
+        raise PublishError(
+            f"{failed}. Re-running the same publish is safe once that is fixed ({model_dir} unchanged): it uploads "
+            f"only what is missing, and {LATEST} moves only after all three files are up"
+        ) from exc
     return {**pointer, "uploaded": ", ".join(uploaded) or "nothing (already published)", "latest": latest}
 
 
@@ -279,8 +314,18 @@ def pull(
     bucket, prefix = split_uri(uri)
     client = client or _client()
     try:
+        from_latest = version is None
         if version is None:
-            body = client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read()
+            try:
+                body = client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read()
+            except ClientError as exc:
+                if _code(exc) not in _MISSING_KEY:
+                    raise
+                raise PublishError(
+                    f"s3://{bucket}/{prefix}{LATEST} does not exist: nothing was published under "
+                    f"s3://{bucket}/{prefix} (check the URI against what `cataract-train publish` printed), or pass "
+                    "--version"
+                ) from exc
             pointer = json.loads(body)
             version = pointer.get("version") if isinstance(pointer, dict) else None
             if not isinstance(version, str) or not version.strip("/"):
@@ -292,8 +337,33 @@ def pull(
         dest.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
-            meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
-            manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            try:
+                meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
+            except ClientError as exc:
+                if _code(exc) not in _MISSING_KEY:
+                    raise
+                raise PublishError(
+                    f"s3://{bucket}/{folder}{MODEL_FILENAME} does not exist: "
+                    + (
+                        f"{LATEST} names version {version}, which was never published whole; re-publish it, or pull "
+                        "another with --version"
+                        if from_latest
+                        else f"no version {version} is published under s3://{bucket}/{prefix} (check --version "
+                        f"against what `cataract-train publish` printed, or leave it out for the one {LATEST} names)"
+                    )
+                    + f"; nothing was written to {dest}"
+                ) from exc
+            try:
+                manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
+            except ClientError as exc:
+                if _code(exc) not in _MISSING_KEY:
+                    raise
+                raise PublishError(
+                    f"s3://{bucket}/{folder}{MANIFEST_FILENAME} does not exist, though {MODEL_FILENAME} does: version "
+                    f"{version} is half-published (a publish that failed or was interrupted part-way). Run that "
+                    "`cataract-train publish` again with its model folder unchanged (it uploads only what is missing), "
+                    f"or pull another version; nothing was written to {dest}"
+                ) from exc
             try:
                 check_manifest_bytes(
                     (tmp_dir / MANIFEST_FILENAME).read_bytes(),
@@ -335,7 +405,7 @@ def pull(
             for name in (MODEL_FILENAME, MANIFEST_FILENAME, CARD_FILENAME):
                 os.replace(tmp_dir / name, dest / name)
     except (BotoCoreError, ClientError) as exc:
-        raise _explain(exc, f"pull from s3://{bucket}/{prefix}") from exc
+        raise _explain(exc, f"pull from s3://{bucket}/{prefix}", _pull_needs(bucket, prefix)) from exc
     except (KeyError, json.JSONDecodeError) as exc:
         raise PublishError(f"s3://{bucket}/{prefix}{LATEST} is not a valid pointer: {exc}") from exc
     return {

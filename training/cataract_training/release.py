@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,17 +22,20 @@ import numpy as np
 import torch
 
 from cataract_inference.manifest import (
+    CARD_FILENAME,
     MANIFEST_FILENAME,
     MODEL_FILENAME,
+    GateThresholds,
     Manifest,
     OutputNames,
     Provenance,
+    load_manifest,
     version_problem,
     write_manifest,
 )
 from cataract_inference.model_source import sha256_of
 
-from . import calibrate, card, evaluate, export, quantize
+from . import calibrate, card, evaluate, export, gate, quantize
 from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -100,10 +105,20 @@ def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
     return "fp32", "; ".join(reasons)
 
 
-def _run_stamp(run: Path) -> str:
-    """The time of day in a ``<date>-<time>-<backbone>`` run name, or the whole name of a renamed run."""
-    parts = run.name.split("-")
-    return parts[1] if len(parts) > 2 and parts[1].isdigit() else run.name
+# What `fit` names a run folder: <date>-<time>-<backbone>, and -2, -3, ... for runs started in the same second.
+_RUN_NAME = re.compile(r"(?P<date>\d{8})-(?P<time>\d{6})-[A-Za-z0-9_]+(?P<again>-\d+)?")
+
+
+def default_version(run: Path, backbone: str, today: dt.date | None = None) -> str:
+    """The version export gives ``run`` without --version: the run's date, the backbone and the run's time (and its
+    same-second suffix), e.g. ``2026.11.29-mnv2-101500-2`` for ``20261129-101500-mobilenet_v2-2``, so distinct runs
+    get distinct versions; a renamed run gets ``today``'s date and its whole name."""
+    found = _RUN_NAME.fullmatch(run.name)
+    if found is None:
+        day = (today or dt.date.today()).isoformat().replace("-", ".")
+        return f"{day}-{_short(backbone)}-{run.name}"
+    d = found["date"]
+    return f"{d[:4]}.{d[4:6]}.{d[6:]}-{_short(backbone)}-{found['time']}{found['again'] or ''}"
 
 
 def release(
@@ -119,7 +134,7 @@ def release(
     """Export ``run`` into ``out_dir`` (``model.onnx`` + ``model.json``) and return the export report."""
     cfg, net = load_run(run)
     # Checked before any work: a renamed run folder ("lr=3e-4") once failed only after the ONNX export.
-    version = version or f"{dt.date.today().isoformat().replace('-', '.')}-{_short(cfg.backbone)}-{_run_stamp(run)}"
+    version = version or default_version(run, cfg.backbone)
     problem = version_problem(version)
     if problem:
         raise ValueError(f"{problem} (from the run folder's name {run.name!r}: pass --version)")
@@ -257,11 +272,15 @@ def release(
             )
             if k in cv
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shipped = work / picked
     previous = _previous_manifest(out_dir)
-    shutil.copyfile(work / picked / MODEL_FILENAME, out_dir / MODEL_FILENAME)
+    kept_gate = None
+    if previous is not None and previous.sha256 == sha256_of(shipped / MODEL_FILENAME):
+        # Same model bytes: a gradability gate calibrated for them stays valid, so keep it.
+        kept_gate = previous.gate
+        _count_served_under(kept_gate, shipped, metrics, picked, (val_files, val_labels))
     manifest = build_manifest(
-        out_dir / MODEL_FILENAME,
+        shipped / MODEL_FILENAME,
         cfg,
         version=version,
         temperature=chosen["temperature"],
@@ -270,9 +289,8 @@ def release(
         metrics=metrics,
         training_data=training_data,
     )
-    if previous is not None and previous.sha256 == manifest.sha256:
-        # Same model bytes: a gradability gate calibrated for them stays valid, so keep it.
-        manifest = manifest.model_copy(update={"gate": previous.gate})
+    if kept_gate is not None:
+        manifest = manifest.model_copy(update={"gate": kept_gate})
     elif previous is not None and (previous.gate.model_extra or {}).get("calibration"):
         # New bytes (new weights, or int8): the old thresholds belong to the old distances. Say so loudly,
         # since the default gate has no "not an eye" check at all.
@@ -283,15 +301,63 @@ def release(
             f"--model-dir {out_dir} --data <photos>",
             file=sys.stderr,
         )
-    write_manifest(manifest, out_dir / MANIFEST_FILENAME)
-    card.write_card(manifest, out_dir)
+    # Rendered before anything in out_dir is touched: a card that cannot be read fails here, with the old set intact.
+    card_text = card.card_text(manifest, out_dir)
+    _replace_together(
+        out_dir,
+        {
+            MODEL_FILENAME: lambda tmp: shutil.copyfile(shipped / MODEL_FILENAME, tmp),
+            MANIFEST_FILENAME: lambda tmp: write_manifest(manifest, tmp),
+            CARD_FILENAME: lambda tmp: tmp.write_text(card_text, encoding="utf-8"),
+        },
+    )
     (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
     return metrics
 
 
+def _count_served_under(
+    kept: GateThresholds, folder: Path, metrics: dict[str, Any], picked: str, val: tuple[list[Path], list[str]]
+) -> None:
+    """Re-count the validation photos ``val`` (files, labels) as answered (``gate_ungradable``, ``served_referrals``,
+    ``served``) under the ``kept`` gate, as the gate calibration does when it writes one
+    (``gate.refresh_validation_counts``).
+
+    Export counted them under the default gate of its work folder; model.json and the card would otherwise report
+    a gate that is not the one served. ``folder`` (the shipped variant's work folder) gets the kept gate to count.
+    """
+    path = folder / MANIFEST_FILENAME
+    write_manifest(load_manifest(path).model_copy(update={"gate": kept}), path)
+    counts = gate.served_counts(folder, *val)
+    metrics["validation"].update(counts)
+    for name, variant in metrics["variants"].items():
+        if name == picked:
+            variant["validation"].update(counts)
+        else:  # as the gate calibration leaves them: the kept gate was calibrated for the shipped bytes only
+            for key in counts:
+                variant["validation"].pop(key, None)
+
+
+def _replace_together(out_dir: Path, writers: dict[str, Any]) -> None:
+    """Write each file of ``writers`` (name -> a function that writes it to the path given) beside its target, then
+    move them all into place: a failure while writing leaves every old file as it was."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            # Not tempfile.mkstemp: its files are 0600, and the image build and the function must read these.
+            tmp = out_dir / f".{name}.export-{os.getpid()}.tmp"
+            staged.append((tmp, out_dir / name))
+            write(tmp)
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
 def _previous_manifest(out_dir: Path) -> Manifest | None:
     """The manifest already in ``out_dir``, if any and readable."""
-    from cataract_inference.manifest import ManifestError, load_manifest
+    from cataract_inference.manifest import ManifestError
 
     try:
         return load_manifest(out_dir / MANIFEST_FILENAME)
