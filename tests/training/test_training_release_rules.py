@@ -64,6 +64,32 @@ def test_a_perfectly_separated_validation_split_cannot_sharpen_the_model() -> No
     assert release.fit_calibration(val_logits, val_labels)["temperature"] >= 1.0
 
 
+def test_perfectly_separated_out_of_fold_predictions_cannot_sharpen_the_model_either() -> None:
+    # `all` calibrates on CV's out-of-fold predictions: a small, easy set of one's own photos separates them
+    # perfectly, and unguarded the temperature ran to 0.05, every served probability near 0 or 1.
+    oof_logits, oof_labels = _separated(30, 5, lo=0.3, hi=0.7)
+    assert calibrate.fit_temperature(oof_logits, oof_labels) < 0.06, "unconstrained, it would run to the bound"
+    val_logits, val_labels = _separated(10, 6, lo=0.3, hi=0.7)
+    fitted = release.fit_calibration(val_logits, val_labels, (oof_logits, oof_labels))
+    assert fitted["temperature"] >= 1.0
+    assert fitted["source"].endswith("perfectly separated: temperature kept >= 1")
+    # And CV's own per-fold rules, which score each fold as release would ship it.
+    from cataract_training import cv
+
+    folds = np.arange(len(oof_labels)) % 3
+    rules = cv._fold_rules(oof_logits, oof_labels, folds, calibrate.SENSITIVITY_TARGET)
+    assert all(t >= 1.0 for t, _ in rules.values())
+
+
+def test_out_of_fold_predictions_that_run_the_temperature_to_its_bound_are_called_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tied = (np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.array([0, 1, 1]))
+    fitted = release.fit_calibration(*_separated(5, 7, lo=0.3, hi=0.7), tied)
+    assert fitted["temperature"] < 0.0525
+    assert "fitted on 3 out-of-fold predictions ran to the fit's bound" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("threshold", [0.2092649, 0.2092651, 0.123456789, 0.5])
 def test_the_shipped_threshold_is_rounded_down_never_up(threshold: float) -> None:
     shipped = calibrate.shipped_threshold(threshold)

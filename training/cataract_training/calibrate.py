@@ -4,6 +4,7 @@ out-of-fold predictions)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +43,34 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi
         else:
             a = c
     return float(np.exp((a + b) / 2))
+
+
+@dataclass(frozen=True)
+class HeldOutTemperature:
+    """A temperature fitted on held-out predictions, and how the fit ended."""
+
+    temperature: float
+    separable: bool  # every prediction right: held at >= 1
+    at_bound: bool  # not separable, yet it ran to a bound of the search: no calibration to speak of
+    bounds: tuple[float, float]  # the search's
+
+
+def fit_held_out_temperature(
+    logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0
+) -> HeldOutTemperature:
+    """``fit_temperature`` as release ships it, from validation or out-of-fold predictions.
+
+    Perfectly separated predictions (a small or easy set) make the NLL-optimal temperature run to zero: certainty
+    that no new photo bears out. Such a set cannot sharpen the model, so its temperature is kept >= 1.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    separable = bool((logits.argmax(1) == labels).all())
+    lo = max(lo, 1.0) if separable else lo
+    t = fit_temperature(logits, labels, lo=lo, hi=hi)
+    # At a bound when the loss there is no worse than at the fit's answer (the search stops just short of it).
+    at_bound = not separable and min(nll(logits, labels, b) for b in (lo, hi)) <= nll(logits, labels, t)
+    return HeldOutTemperature(t, separable, at_bound, (lo, hi))
 
 
 def threshold_for_sensitivity(p_pos: np.ndarray, is_pos: np.ndarray, target: float = SENSITIVITY_TARGET) -> float:

@@ -33,7 +33,7 @@ def _fold_rules(
     rules = {}
     for f in np.unique(fold_of):
         rest = fold_of != f
-        t = calibrate.fit_temperature(logits[rest], labels[rest])
+        t = calibrate.fit_held_out_temperature(logits[rest], labels[rest]).temperature
         probs_rest = calibrate.softmax(logits[rest], t)[:, POS]
         thr = calibrate.referral_threshold(probs_rest, labels[rest] == POS, target)
         rules[int(f)] = (t, calibrate.shipped_threshold(thr))

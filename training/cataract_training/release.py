@@ -437,13 +437,15 @@ def fit_calibration(
     validation split reports on a threshold and temperature it did not help choose. A small validation
     split is often perfectly separated, and then the NLL-optimal temperature runs to zero (certainty that
     will not hold on new photos). The threshold never exceeds 0.5: whatever the fit, a referral is at
-    least as sensitive as the model's own argmax. Without CV, both come from the validation split, and a
-    perfectly separated split cannot sharpen the model (temperature >= 1).
+    least as sensitive as the model's own argmax. Without CV, both come from the validation split. Perfectly
+    separated predictions, out-of-fold or validation, cannot sharpen the model (temperature >= 1).
     """
     val_pos = val_labels == POS
     if oof is not None:
         logits, labels = oof
-        t = calibrate.fit_temperature(logits, labels)
+        fit = calibrate.fit_held_out_temperature(logits, labels)
+        _warn_if_at_bound(fit, f"{len(labels)} out-of-fold predictions", "the CV's folds are too few or too small")
+        t = fit.temperature
         thr_oof = calibrate.threshold_for_sensitivity(
             calibrate.softmax(logits, t)[:, POS], labels == POS, SENSITIVITY_TARGET
         )
@@ -456,6 +458,7 @@ def fit_calibration(
                 f"grouped-CV out-of-fold predictions ({len(labels)} photos"
                 + (f"; the {left_out} validation photos left out" if left_out else "")
                 + ")"
+                + _SEPARATED * fit.separable
             ),
             "temperature": t,
             "threshold": min(thr_oof, MAX_THRESHOLD),
@@ -464,29 +467,33 @@ def fit_calibration(
             "validation_left_out": left_out,
             "sensitivity_target": SENSITIVITY_TARGET,
         }
-    separable = bool((val_logits.argmax(1) == val_labels).all())
-    lo, hi = (1.0 if separable else 0.05), 20.0
-    t = calibrate.fit_temperature(val_logits, val_labels, lo=lo, hi=hi)
-    # At a bound when the loss there is no worse than at the fit's answer (the search stops just short of it).
-    at_bound = min(calibrate.nll(val_logits, val_labels, b) for b in (lo, hi)) <= calibrate.nll(
-        val_logits, val_labels, t
+    fit = calibrate.fit_held_out_temperature(val_logits, val_labels)
+    _warn_if_at_bound(
+        fit,
+        f"{len(val_labels)} validation photos",
+        "pass --cv (cross-validation's out-of-fold predictions) for a temperature worth shipping",
     )
-    if not separable and at_bound:
-        print(
-            f"warning: the temperature fitted on {len(val_labels)} validation photos ran to the fit's bound ({t:.3g}; "
-            f"it stops at {lo:g} and {hi:g}), so the probabilities it gives are not calibrated: the validation "
-            "predictions are too few, or their logits too close to tied. Pass --cv (cross-validation's out-of-fold "
-            "predictions) for a temperature worth shipping.",
-            file=sys.stderr,
-        )
+    t = fit.temperature
     thr = calibrate.threshold_for_sensitivity(calibrate.softmax(val_logits, t)[:, POS], val_pos, SENSITIVITY_TARGET)
     return {
-        "source": f"validation split ({len(val_labels)} photos)"
-        + (", perfectly separated: temperature kept >= 1" if separable else ""),
+        "source": f"validation split ({len(val_labels)} photos)" + _SEPARATED * fit.separable,
         "temperature": t,
         "threshold": min(thr, MAX_THRESHOLD),
         "sensitivity_target": SENSITIVITY_TARGET,
     }
+
+
+_SEPARATED = ", perfectly separated: temperature kept >= 1"
+
+
+def _warn_if_at_bound(fit: calibrate.HeldOutTemperature, fitted_on: str, remedy: str) -> None:
+    if fit.at_bound:
+        print(
+            f"warning: the temperature fitted on {fitted_on} ran to the fit's bound ({fit.temperature:.3g}; it stops "
+            f"at {fit.bounds[0]:g} and {fit.bounds[1]:g}), so the probabilities it gives are not calibrated: the "
+            f"predictions are too few, or their logits too close to tied; {remedy}.",
+            file=sys.stderr,
+        )
 
 
 def _short(backbone: str) -> str:
