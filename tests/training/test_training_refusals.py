@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,19 @@ def test_evaluate_refuses_unknown_class_folders(tmp_path: Path, capsys: pytest.C
     make_folder(data, n_per_class=1)
     (data / "cataract").rename(data / "foo")
     assert cli.main(["evaluate", str(data), "--model-dir", str(tmp_path / "no-model")]) == 2
-    assert "class folders must be exactly" in capsys.readouterr().err
+    assert "class folders must be named from ['cataract', 'normal']; found ['foo', 'normal']" in capsys.readouterr().err
+
+
+def test_evaluate_takes_a_folder_of_one_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Confirmed cataracts alone, to measure sensitivity on: rates that need the other class are n/a, not refused.
+    from tests.support.onnx_models import build_tiny_model
+
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=3)
+    shutil.rmtree(data / "normal")
+    assert cli.main(["evaluate", str(data), "--model-dir", str(build_tiny_model(tmp_path / "m"))]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"evaluation: n=3 .*sensitivity [01]\.\d+ \[.*specificity n/a", out), out
 
 
 @pytest.mark.parametrize(

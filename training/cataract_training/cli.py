@@ -150,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         samples = [s for s in samples if s.key(Path(args.data)) in keep]
     if not samples:
         raise ValueError(f"no photos to evaluate in {args.data} (check --splits, --split-file and DATA)")
-    check_classes(samples)  # a folder named otherwise would be scored as "normal"
+    check_classes(samples, all_needed=False)  # a folder named otherwise would be scored as "normal"
     report = evaluate_folder(
         Path(args.model_dir),
         [s.path for s in samples],

@@ -126,11 +126,20 @@ def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
     return samples
 
 
-def check_classes(samples: list[Sample], classes: tuple[str, ...] = CLASSES) -> None:
-    """Refuse to train on folders whose names are not the model's classes."""
+def check_classes(samples: list[Sample], classes: tuple[str, ...] = CLASSES, *, all_needed: bool = True) -> None:
+    """Refuse to train on folders whose names are not the model's classes.
+
+    ``all_needed=False`` (evaluation): one class alone is fine, e.g. confirmed cataracts to measure sensitivity on;
+    only a folder named otherwise is refused, since its photos would be scored as if they were "normal".
+    """
     found = sorted({s.label for s in samples})
     unknown = [c for c in found if c not in classes]
-    missing = [c for c in classes if c not in found]
+    missing = [c for c in classes if c not in found] if all_needed else []
+    if not all_needed and unknown:
+        raise ValueError(
+            f"class folders must be named from {list(classes)}; found {found} (unknown: {unknown}, counting only "
+            "folders that hold photos). Rename or move those folders."
+        )
     if unknown or missing:
         raise ValueError(
             f"class folders must be exactly {list(classes)}; found {found} "
