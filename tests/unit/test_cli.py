@@ -413,26 +413,87 @@ def test_make_event_to_standard_output_with_dash(
     [
         ("POWERTOOLS_METRICS_DISABLED", "maybe", "invalid truth value 'maybe'"),
         ("POWERTOOLS_LOG_LEVEL", "verbose", "Unknown level: 'VERBOSE'"),
+        ("LOG_LEVEL", "verbose", "Unknown level: 'VERBOSE'"),  # Powertools reads it too
+        ("POWERTOOLS_LOGGER_SAMPLE_RATE", "abc", "Expected a float value ranging 0 to 1"),  # not a ValueError
+        ("POWERTOOLS_TRACER_CAPTURE_ERROR", "maybe", "invalid truth value 'maybe'"),  # read by the decorators
     ],
 )
 def test_a_powertools_variable_it_cannot_read_means_cannot_start(
     tiny_model_dir: Path, variable: str, value: str, said: str
 ) -> None:
     """Powertools raises a bare ValueError naming no variable, at import: not a usage error (2) but exit 3."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and "LOG_LEVEL" not in k}
     env.update(MODEL_DIR=str(tiny_model_dir), **{variable: value})
     result = subprocess.run(
-        [sys.executable, "-m", "cataract_inference.cli", "invoke", str(REPO / "events" / "rest-health.json")],
+        [sys.executable, "-m", "cataract_inference.cli", "-v", "invoke", str(REPO / "events" / "rest-health.json")],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 3, result.stderr
-    prefix = "cataract-screen: cannot start: a Powertools setting (POWERTOOLS_* environment variables) was refused: "
-    assert result.stderr.startswith(prefix + said), result.stderr
-    assert f"{variable}={value!r}" in result.stderr and result.stderr.count("\n") == 1
+    # -v (LOG_LEVEL counts only then: quiet, the runner sets POWERTOOLS_LOG_LEVEL) may log the model's loading first.
+    *before, last = result.stderr.splitlines()
+    assert last.startswith("cataract-screen: cannot start: a Powertools setting was refused: " + said), last
+    assert f"{variable}={value!r}" in last and all(line.startswith('{"level":"INFO"') for line in before), before
     assert result.stdout == ""
+
+
+def test_only_an_error_raised_by_powertools_is_called_a_powertools_setting() -> None:
+    from aws_lambda_powertools.shared.functions import strtobool
+
+    def raised(call: Any) -> BaseException:
+        with pytest.raises(Exception) as info:
+            call()
+        return info.value
+
+    assert cli._raised_by_powertools(raised(lambda: strtobool("maybe")))
+    # Through the standard library, as Powertools' logger refuses a level: still Powertools' refusal.
+    from aws_lambda_powertools import Logger
+
+    assert cli._raised_by_powertools(raised(lambda: Logger(service="t", level="VERBOSE")))
+    assert not cli._raised_by_powertools(raised(lambda: int("x")))  # our own code's error stays what it is
+    assert not cli._raised_by_powertools(raised(lambda: json.loads("{")))
+
+
+def test_standard_output_closed_is_no_crash(tmp_path: Path) -> None:
+    """Started with `>&-` (as some service wrappers do), Python's sys.stdout is None: nothing to write or flush."""
+    out = tmp_path / "eye.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", "draw-eye", "normal", "-o", str(out)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.close(1),  # the child's stdout, closed before it starts
+    )
+    assert (result.returncode, result.stderr) == (0, f"wrote {out}: a drawing, not a photo\n")
+    assert out.stat().st_size > 0
+
+
+def test_ctrl_c_with_the_reader_gone_too_is_still_130_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal ends the whole pipeline (`predict … | head`): output still buffered must not turn the
+    interrupt into Python's exit-time "Exception ignored ... Broken pipe" and status 120."""
+    script = (
+        "import sys\n"
+        "from cataract_inference import cli\n"
+        "def interrupted(args):\n"
+        "    print('a result, still in the buffer')\n"
+        "    raise KeyboardInterrupt\n"
+        "cli._cmd_draw_eye = interrupted\n"
+        f"raise SystemExit(cli.main(['draw-eye', 'normal', '-o', {str(tmp_path / 'eye.png')!r}]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and k != "PYTHONUNBUFFERED"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env, stdout=write_end, stderr=subprocess.PIPE, check=False
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr.decode()) == (130, "cataract-screen: interrupted\n")
 
 
 @pytest.mark.parametrize("command", ["make-event-small", "make-event-large", "predict"])
@@ -618,6 +679,48 @@ def test_serve_says_it_serves_only_once_it_listens(
     monkeypatch.setattr(uvicorn.Server, "run", run)
     assert cli.main(["serve", "--port", str(port)]) == 0
     assert said == [f"cataract-screen: serving on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"]
+
+
+def test_serve_refuses_connections_until_the_model_is_loaded(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The port is taken early (a clash fails at once) but listened on only once the model is loaded: a client
+    that came during a slow load (a model from S3) would otherwise wait on a server that cannot answer."""
+    import uvicorn
+
+    port = free_port()
+    loaded = cli._handler
+
+    def loading() -> Any:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return loaded()
+
+    monkeypatch.setattr(cli, "_handler", loading)
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: socket.create_connection(("127.0.0.1", port), 5).close()
+    )
+    assert cli.main(["serve", "--port", str(port)]) == 0
+
+
+def test_serve_binds_every_address_a_host_name_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`localhost` is ::1 and 127.0.0.1 in many hosts files: a client trying ::1 only must find the server too."""
+    port = free_port()
+    real = socket.getaddrinfo
+
+    def both(host: str, *args: Any, **kwargs: Any) -> Any:
+        assert host == "localhost"
+        return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    socks = cli._bind("localhost", port)
+    try:
+        assert sorted((s.family, s.getsockname()[:2]) for s in socks) == sorted(
+            [(socket.AF_INET6, ("::1", port)), (socket.AF_INET, ("127.0.0.1", port))]
+        )
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_4(

@@ -7,8 +7,9 @@ cataract-screen make-event IMAGE -o F    write an event for `invoke` or `sam loc
 cataract-screen draw-eye {normal,cataract} -o F   draw a synthetic eye (a drawing, not a photo)
 
 Exit status: 0 done; 1 invoke's response was a 5xx; 2 a usage error, or an image predict did not screen (any status
-but 200); 3 cannot start (the model, or a setting such as a POWERTOOLS_* variable); 4 serve cannot listen (the port
-is in use); 130 interrupted (Ctrl-C); 141 whatever read the output stopped reading (`| head`).
+but 200); 3 cannot start (the model, or a setting such as a POWERTOOLS_* variable or LOG_LEVEL); 4 serve cannot listen
+(the port is in use); 130 interrupted (Ctrl-C; serve, which Ctrl-C stops, exits 0); 141 whatever read the output
+stopped reading (`| head`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import logging
 import os
 import socket
 import sys
+import sysconfig
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,24 +66,47 @@ def _quiet_observability(verbose: bool) -> None:
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
+# Besides its POWERTOOLS_* variables, Powertools reads these for the log level.
+POWERTOOLS_ALSO_READS = ("LOG_LEVEL", "AWS_LAMBDA_LOG_LEVEL")
+
+
 def _handler() -> ModuleType:
     """The handler module, imported (the model loaded) after the environment is set.
 
-    Powertools reads its POWERTOOLS_* variables when observability builds its logger and metrics, and refuses a
-    malformed one with a bare ValueError naming no variable: that becomes a ConfigError here, "cannot start" as a
-    bad model is, rather than passing for a usage error.
+    Powertools reads its environment variables as the logger, metrics and tracer are built and as the handler's
+    decorators are applied, and refuses a malformed one with an error naming no variable: that becomes a
+    ConfigError here, "cannot start" as a bad model is, rather than passing for a usage error or a crash.
     """
+    from .model_source import ModelLoadError
+
     with contextlib.redirect_stdout(sys.stderr):  # the logger binds whatever stdout is when it is built
         try:
-            importlib.import_module(".observability", __package__)
-        except ValueError as exc:
-            set_now = ", ".join(f"{k}={v!r}" for k, v in sorted(os.environ.items()) if k.startswith("POWERTOOLS_"))
+            return importlib.import_module(".handler", __package__)
+        except (ModelLoadError, ConfigError):
+            raise
+        except Exception as exc:
+            if not _raised_by_powertools(exc):
+                raise
+            read = ", ".join(
+                f"{k}={v!r}"
+                for k, v in sorted(os.environ.items())
+                if k.startswith("POWERTOOLS_") or k in POWERTOOLS_ALSO_READS
+            )
             raise ConfigError(
-                f"a Powertools setting (POWERTOOLS_* environment variables) was refused: {exc} ({set_now}); a switch "
-                "such as POWERTOOLS_METRICS_DISABLED takes true or false, POWERTOOLS_LOG_LEVEL a level such as INFO or "
-                "WARNING: fix or unset the one holding that value"
+                f"a Powertools setting was refused: {exc}. Powertools reads the POWERTOOLS_* variables, "
+                f"{' and '.join(POWERTOOLS_ALSO_READS)} (set now: {read or 'none'}); a switch such as "
+                "POWERTOOLS_METRICS_DISABLED takes true or false, a log level a name such as INFO or WARNING: fix or "
+                "unset the one holding that value"
             ) from exc
-        return importlib.import_module(".handler", __package__)
+
+
+def _raised_by_powertools(exc: BaseException) -> bool:
+    """Whether the innermost frame outside the standard library (which Powertools calls, as logging for a level) is
+    Powertools' own."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    ours = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+    ours = [name for name in ours if not name.startswith(("<", stdlib))]  # "<frozen importlib._bootstrap>"
+    return bool(ours) and "aws_lambda_powertools" in Path(ours[-1]).parts
 
 
 def _is_interrupt(exc: BaseException) -> bool:
@@ -272,33 +298,63 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host:port``, for uvicorn to serve on.
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``host:port``, not yet listening: one per address a host name resolves to (``localhost`` is
+    often both ::1 and 127.0.0.1), as uvicorn binds them.
 
-    Bound here, not by uvicorn, so that the runner says where it serves only once it does, and says plainly why when
-    it cannot (uvicorn logs the error and exits 3, the code for a bad model). The family follows uvicorn's own rule.
+    Bound here, before the model loads, so that a taken port fails at once with a plain message (uvicorn logs the
+    error and exits 3, the code for a bad model); they listen only once the model is loaded, so that a client never
+    waits on a server that cannot answer yet.
     """
-    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = list(dict.fromkeys((family, sockaddr[0]) for family, _, _, _, sockaddr in infos))
+    bound: list[socket.socket] = []
+    unusable: OSError | None = None
+    try:
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                if os.name != "nt":  # as asyncio and socket.create_server: restart at once after Ctrl-C
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # ::1 beside 127.0.0.1, not over it
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno not in {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}:
+                    raise
+                unusable = exc  # e.g. ::1 listed for localhost on a machine without IPv6
+                continue
+            bound.append(sock)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    if not bound:
+        raise unusable or OSError(errno.EADDRNOTAVAIL, f"{host} resolves to no address")
+    return bound
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     try:
-        sock = _listen(args.host, args.port)  # before the model loads: a taken port fails at once
+        socks = _bind(args.host, args.port)  # before the model loads: a taken port fails at once
     except OSError as exc:
         if exc.errno in {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)}:  # Windows reports the latter
             why = f"port {args.port} is in use (another server, or a `serve` still running); stop it or choose --port"
-        elif exc.errno == errno.EADDRNOTAVAIL:
+        elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
             why = f"{args.host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
         else:
             why = exc.strerror or str(exc)
         print(f"cataract-screen: cannot listen on {shown}:{args.port}: {why}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
-    with sock:
-        return _serve_on(sock, shown, args)
+    with contextlib.ExitStack() as stack:
+        for sock in socks:
+            stack.enter_context(sock)
+        return _serve_on(socks, shown, args)
 
 
-def _serve_on(sock: socket.socket, shown: str, args: argparse.Namespace) -> int:
+def _serve_on(socks: list[socket.socket], shown: str, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .host_guard import LoopbackHostGuard
@@ -306,6 +362,8 @@ def _serve_on(sock: socket.socket, shown: str, args: argparse.Namespace) -> int:
 
     handler = _handler()
     app, settings = handler.app, handler.settings
+    for sock in socks:
+        sock.listen(2048)  # uvicorn's backlog, which it sets again
     print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     if not _is_loopback(args.host):
         print(
@@ -329,7 +387,7 @@ def _serve_on(sock: socket.socket, shown: str, args: argparse.Namespace) -> int:
         )
         # Ctrl-C is how serve stops: uvicorn re-raises it once shut down, and uvicorn.run swallowed it too.
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run(sockets=[sock])
+            uvicorn.Server(config).run(sockets=socks)
     return 0
 
 
@@ -430,14 +488,23 @@ def _stdout_to_devnull() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cataract-screen`` console script."""
-    from .model_source import ModelLoadError
-
     args = build_parser().parse_args(argv)
     _quiet_observability(args.verbose)
+    code = _run(args)
     try:
-        code = int(args.func(args))
-        sys.stdout.flush()  # here, not at exit: a reader that left shows as a BrokenPipeError below
-        return code
+        if sys.stdout is not None:  # None when started with standard output closed (`>&-`)
+            sys.stdout.flush()  # here, not at exit, whatever the outcome: a reader that left shows as BrokenPipeError
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return code or EXIT_BROKEN_PIPE  # an interrupt or an error says more than the reader that left with it
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .model_source import ModelLoadError
+
+    try:
+        return int(args.func(args))
     except (ModelLoadError, ConfigError) as exc:
         print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
