@@ -125,6 +125,31 @@ def tiled_tiff(side: int, tile: int, big: bool = False) -> bytes:
     return header + ifd + body[: tile * tile] + arrays
 
 
+def striped_tiff(side: int, strips: int, decoy_tile: bool = False) -> bytes:
+    """An uncompressed grey ``side`` px wide TIFF of ``strips`` one-row strips, all of which point at the same row:
+    eight bytes a strip, however many it declares. ``decoy_tile`` adds a TileOffsets entry of one tile after the
+    StripOffsets, as a crafted file may, to hide the strip count behind a small one."""
+    fields = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    fields += [(277, 3, 1, 1), (278, 4, 1, 1)]  # one sample per pixel, one row per strip
+    ifd_size = 2 + (len(fields) + 2 + int(decoy_tile)) * 12 + 4
+    pixels = 8 + ifd_size
+    offsets = pixels + side
+    counts = offsets + 4 * strips
+    fields += [(273, 4, strips, offsets), (279, 4, strips, counts)]
+    if decoy_tile:
+        fields.append((324, 4, 1, pixels))  # after StripOffsets (273) and StripByteCounts (279), in tag order
+    ifd = struct.pack("<H", len(fields)) + b"".join(struct.pack("<HHII", *f) for f in fields) + bytes(4)
+    row = (bytes(range(256)) * (side // 256 + 1))[:side]
+    return (
+        b"II*\x00"
+        + struct.pack("<I", 8)
+        + ifd
+        + row
+        + struct.pack("<I", pixels) * strips
+        + struct.pack("<I", side) * strips
+    )
+
+
 def jpeg_with_malformed_exif(size: tuple[int, int] = (64, 48)) -> bytes:
     """A JPEG whose EXIF says "rotate by 90 degrees" beside a Make tag typed DOUBLE: Pillow reads the
     orientation, then fails to re-serialise the block after applying it."""

@@ -41,6 +41,14 @@ def test_ece_zero_when_calibrated_and_large_when_overconfident() -> None:
     assert metrics.ece(np.full(100, 0.99), np.arange(100) < 60) == pytest.approx(0.39)
 
 
+def test_ece_adds_over_and_under_confidence_instead_of_letting_them_cancel() -> None:
+    # 100 answers at 0.95 of which 75 are right (0.2 over), 100 at 0.65 of which 85 are right (0.2 under):
+    # 0.5 * |0.95 - 0.75| + 0.5 * |0.65 - 0.85| = 0.2, where a signed gap would sum to 0.
+    conf = np.r_[np.full(100, 0.95), np.full(100, 0.65)]
+    correct = np.r_[np.arange(100) < 75, np.arange(100) < 85]
+    assert metrics.ece(conf, correct) == pytest.approx(0.2)
+
+
 def test_temperature_recovers_overconfidence() -> None:
     rng = np.random.default_rng(1)
     n = 4000

@@ -114,6 +114,30 @@ def test_urlsafe_and_unpadded_base64_is_accepted(invoke: Invoke) -> None:
     assert status == 200
 
 
+# BMP is stored as is, so its base64 is known: a 60-row, 80-px image's pixel data starts on a 3-byte boundary and
+# a row is 240 bytes, so each pixel is four base64 characters. White (FF FF FF) is "////", URL-safe "____";
+# (190, 239, 251), stored B G R as FB EF BE, is "++++", URL-safe "----". The 54-byte header has neither.
+@pytest.mark.parametrize(
+    ("colour", "only", "absent"), [((255, 255, 255), "_", "-"), ((190, 239, 251), "-", "_")], ids=["underscore", "dash"]
+)
+def test_urlsafe_base64_with_only_one_of_its_two_letters_is_accepted(
+    invoke: Invoke, colour: tuple[int, int, int], only: str, absent: str
+) -> None:
+    text = base64.urlsafe_b64encode(encoded(Image.new("RGB", (80, 60), colour), "BMP")).decode()
+    assert only in text and absent not in text  # the case under test, whatever else changes
+    status, _, body = invoke(_json_event({"image": text}))
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("  ", ""), ("\n\t ", "\n"), ("", " \r\n")], ids=["before", "both-sides", "after"]
+)
+def test_a_data_url_wrapped_in_whitespace_is_accepted(invoke: Invoke, before: str, after: str) -> None:
+    # Pasted from a text field or a file, a data: URL often keeps a blank or a newline at either end.
+    status, _, body = invoke(_json_event({"image": before + "data:image/png;base64," + _b64(BRIGHT) + after}))
+    assert status == 200, body
+
+
 def test_base64_with_line_breaks_is_accepted(invoke: Invoke) -> None:
     text = base64.encodebytes(BRIGHT).decode()
     assert "\n" in text
@@ -430,6 +454,12 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("jpeg scan bomb", _raw_event(progressive_jpeg_with_scans(150), media="image/jpeg"), 413, "image_too_large"),
     ("run-length-encoded bmp", _raw_event(bmp_rle8(), media="image/bmp"), 415, "unsupported_format"),
+    (
+        "svg after a blank line",
+        _json_event({"image": _b64(b'\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>')}),
+        415,
+        "unsupported_format",
+    ),
     ("tiff offset beyond 2**63", _raw_event(tiff_with_huge_strip_offset(), media="image/tiff"), 400, "corrupt_image"),
     ("lone surrogate in a header", _with_header(_raw_event(BRIGHT), "X-Note", "\udcff"), 400, "invalid_encoding"),
     ("lone surrogate in the query", _raw_event(BRIGHT, {"q": "\ud800"}), 400, "invalid_encoding"),

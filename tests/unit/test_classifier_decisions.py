@@ -142,6 +142,21 @@ def test_a_wide_photo_is_referred_when_either_half_is(tmp_path: Path, size: tupl
     assert result.probabilities["cataract"] == views[half]  # the most suspicious view's probabilities
 
 
+def test_the_whole_photo_wins_a_tie_with_its_halves(tmp_path: Path) -> None:
+    # When no half is more suspicious than the whole photo, the whole photo decides: the heat map then covers it
+    # all, not one half arbitrarily. Squashed, a flat photo and each of its halves make the same input.
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", input={"size": 32, "resize": "squash"}))
+    photo = Image.new("RGB", (200, 100), (200, 200, 200))  # bright: the map is lit wherever it is drawn
+    result = classifier.predict_bytes(encoded(photo, "PNG"), explain=True)
+    assert result.views is not None and set(result.views) == {"whole", "left", "right"}
+    assert len(set(result.views.values())) == 1, result.views  # a three-way tie
+    assert result.heatmap_png is not None
+    tint = _tint(result.heatmap_png, photo)
+    left, right = tint[:, :90].mean(), tint[:, 110:].mean()
+    assert left > 10 and right > 10, (left, right)  # drawn over both halves: the whole photo's map
+    assert left == pytest.approx(right, rel=0.05)
+
+
 def test_only_photos_at_least_twice_as_long_as_high_are_split(tmp_path: Path) -> None:
     classifier = load_classifier(build_tiny_model(tmp_path / "m"))
     assert classifier.predict_bytes(encoded(_two_eyes(159, 80, "left"), "PNG")).views is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cataract_inference import imaging, settings
 from cataract_inference.manifest import InputSpec
@@ -28,6 +28,7 @@ from tests.support.images import (
     png_with_exif,
     png_with_truncated_exif,
     progressive_jpeg_with_scans,
+    striped_tiff,
     tiff_with_huge_strip_offset,
     tiled_tiff,
 )
@@ -98,18 +99,35 @@ def test_animated_gif_uses_the_first_frame() -> None:
     assert r > 200 and g < 50 and b < 50
 
 
-@pytest.mark.parametrize(("orientation", "size"), [(1, (60, 40)), (3, (60, 40)), (6, (40, 60)), (8, (40, 60))])
-def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int]) -> None:
+# Where the stored top-left corner ends up once upright (EXIF 2.32, Orientation): (on the left, at the top).
+_UPRIGHT_CORNER = {
+    1: (True, True),
+    2: (False, True),  # mirrored left to right
+    3: (False, False),  # turned 180 degrees
+    4: (True, False),  # mirrored top to bottom
+    5: (True, True),  # mirrored along the main diagonal: the top-left corner stays put
+    6: (False, True),  # turned 90 degrees clockwise
+    7: (False, False),  # mirrored along the other diagonal
+    8: (True, False),  # turned 90 degrees anticlockwise
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation: int) -> None:
     img = Image.new("RGB", (60, 40), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 20, 20))  # a red block at the top left of the stored pixels
-    decoded = imaging.decode_image(jpeg_with_orientation(img, orientation))
+    data = jpeg_with_orientation(img, orientation)
+    decoded = imaging.decode_image(data)
+    size = (60, 40) if orientation <= 4 else (40, 60)  # 5 to 8 swap the sides
     assert decoded.image.size == size
     assert decoded.original_size == size
     red = np.asarray(decoded.image)[..., 0] > 128
     ys, xs = np.nonzero(red)
     corner = (xs.mean() < size[0] / 2, ys.mean() < size[1] / 2)
-    expected = {1: (True, True), 3: (False, False), 6: (False, True), 8: (True, False)}[orientation]
-    assert corner == expected
+    assert corner == _UPRIGHT_CORNER[orientation]
+    # Pillow's own exif_transpose, which the decoder avoids for speed, as a second reference: the same pixels.
+    reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(reference))
 
 
 def test_large_jpeg_decodes_in_draft_mode_but_stays_large_enough() -> None:
@@ -236,6 +254,21 @@ def test_a_tiff_cut_into_too_many_tiles_is_refused_before_pillow_opens_it(
     assert imaging.decode_image(tiled_tiff(64, 16, big)).image.size == (64, 64)  # 16 tiles: an ordinary TIFF
 
 
+@pytest.mark.parametrize("decoy", [False, True], ids=["strips", "strips-then-one-tile"])
+def test_a_tiff_cut_into_too_many_strips_is_refused_before_pillow_opens_it(
+    monkeypatch: pytest.MonkeyPatch, decoy: bool
+) -> None:
+    # Strips cost Pillow as much as tiles do. A small TileOffsets after the StripOffsets must not hide them:
+    # the larger count is the one held to the limit.
+    bomb = striped_tiff(1000, 100_000, decoy_tile=decoy)  # 100,000 strips in 0.8 MB
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.Image, "open", lambda *a, **k: pytest.fail("Pillow was handed the strip bomb"))
+        with pytest.raises(imaging.ImageTooLargeError, match="100000 strips or tiles") as info:
+            imaging.decode_image(bomb)
+    assert info.value.status == 413
+    assert imaging.decode_image(striped_tiff(64, 64)).image.size == (64, 64)  # 64 strips: an ordinary TIFF
+
+
 def test_a_float_tiff_stored_as_0_to_1_is_not_read_as_black() -> None:
     ramp = np.linspace(0.0, 1.0, 64 * 48, dtype=np.float32).reshape(48, 64)
     out = np.asarray(imaging.decode_image(encoded(Image.fromarray(ramp, mode="F"), "TIFF")).image)[..., 0]
@@ -356,6 +389,27 @@ def _ftyp(major: bytes, *compatible: bytes) -> bytes:
 def test_known_unsupported_formats_are_named(head: bytes, name: str) -> None:
     with pytest.raises(imaging.UnsupportedFormatError, match=name):
         imaging.decode_image(head + b"\x00" * 64)
+
+
+_SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (_SVG, "SVG"),
+        (b'<?xml version="1.0" encoding="UTF-8"?>\n' + _SVG, "SVG/XML"),
+        # Editors and templating leave blank lines or indentation before the markup.
+        (b"\n\n  " + _SVG, "SVG"),
+        (b"\r\n\t" + b'<?xml version="1.0"?>' + _SVG, "SVG/XML"),
+    ],
+    ids=["svg", "xml-declaration", "leading-whitespace", "whitespace-then-xml-declaration"],
+)
+def test_an_svg_is_refused_as_unsupported_not_as_garbage(data: bytes, name: str) -> None:
+    with pytest.raises(imaging.UnsupportedFormatError) as info:
+        imaging.decode_image(data)
+    assert (info.value.status, info.value.code) == (415, "unsupported_format")
+    assert str(info.value).startswith(f"{name} images are not supported")
 
 
 def test_a_heic_refusal_says_how_to_get_a_jpeg_from_an_iphone() -> None:

@@ -131,6 +131,28 @@ def test_skin_fraction_tells_skin_from_paper_sky_and_grass() -> None:
     assert quality.image_stats(half, half.size).skin_fraction == pytest.approx(0.5, abs=0.05)
 
 
+@pytest.mark.parametrize(
+    ("colour", "skin"),
+    [
+        # (Cb, Cr) in the comments, against the box Cb 77..127, Cr 133..173: each a few units from one edge.
+        ((181, 136, 143), True),  # (123.9, 149.9): just inside the upper Cb edge
+        ((161, 154, 100), True),  # (99.8, 135.9): just inside the lower Cr edge
+        ((181, 153, 54), False),  # (73.8, 150.0): just below the lower Cb edge
+        ((217, 125, 100), False),  # (100.0, 176.0): just above the upper Cr edge
+        ((181, 142, 109), True),  # (104.9, 150.2): well inside
+    ],
+    ids=["in-below-cb-max", "in-above-cr-min", "out-below-cb-min", "out-above-cr-max", "well-inside"],
+)
+def test_a_large_photo_is_measured_for_skin_as_a_small_one_is(colour: tuple[int, int, int], skin: bool) -> None:
+    # A large photo's skin is read back off the normalised model input (x * std + mean); a small one's, off the
+    # photo itself. The two must agree to the pixel, near the box's edges too, where an offset would tip them.
+    expected = 1.0 if skin else 0.0
+    large, small = Image.new("RGB", (448, 336), colour), Image.new("RGB", (112, 84), colour)
+    assert quality.skin_fraction(large) == quality.skin_fraction(small) == expected
+    assert quality.image_stats(large, large.size).skin_fraction == expected  # through the model's input
+    assert quality.image_stats(small, small.size).skin_fraction == expected  # at its own resolution
+
+
 FUSED = GateThresholds(
     **{**GATE.model_dump(), "max_ood_distance": 100.0},
     eye_score={
