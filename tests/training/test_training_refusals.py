@@ -151,6 +151,10 @@ def test_distinct_runs_get_distinct_default_versions() -> None:
     assert all(version_problem(v) is None for v in versions)
     longest = release.default_version(Path("20261129-101500-efficientnet_lite0-99"), "efficientnet_lite0")
     assert longest == "2026.11.29-effl0-101500-99" and version_problem(longest) is None
+    # A run renamed after its stamp keeps the stamp's short version (the template caps ModelS3Uri at 107).
+    assert release.default_version(Path("20261129-101500-mobilenet_v2-final"), "mobilenet_v2") == (
+        "2026.11.29-mnv2-101500"
+    )
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "3"], ["--patience", "2"], ["--val-fraction", "0.3"]])
@@ -214,6 +218,37 @@ def test_evaluate_refuses_unknown_class_folders(tmp_path: Path, capsys: pytest.C
     (data / "cataract").rename(data / "foo")
     assert cli.main(["evaluate", str(data), "--model-dir", str(tmp_path / "no-model")]) == 2
     assert "class folders must be named from ['cataract', 'normal']; found ['foo', 'normal']" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_alls_export_stage_says_what_export_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Fit and CV were done: telling the user that a run folder is unfinished sent them back to retraining.
+    from cataract_training import cv, train
+
+    data = tmp_path / "eyes"
+    make_folder(data, n_per_class=3)
+    monkeypatch.setattr(train, "prepare", lambda cfg: None)
+    monkeypatch.setattr(train, "fit", lambda cfg, runs, prepared=None: tmp_path / "runs" / "r")
+    monkeypatch.setattr(cv, "check_folds", lambda prep, k: None)
+    monkeypatch.setattr(cv, "run_cv", lambda cfg, **kwargs: tmp_path / "runs" / "cv")
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(release, "release", interrupted)
+    out = tmp_path / "model"
+    assert cli.main(["all", str(data), "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"{out} keeps its previous model.onnx, model.json and MODEL_CARD.md" in err and "model.pt" not in err
+
+
+def test_the_one_line_summary_of_one_class_shows_no_rate_that_needs_the_other() -> None:
+    from cataract_training import metrics
+
+    report = metrics.json_ready(metrics.binary_report(np.ones(4, bool), np.array([1, 1, 1, 0], bool), np.ones(4)))
+    line = cli._one_line("evaluation", report)
+    assert "specificity n/a, ppv n/a, npv n/a, AUC n/a" in line and "sensitivity 0.75 [" in line
 
 
 def test_evaluate_takes_a_folder_of_one_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ rounding and the choice of precision (each one was a surviving mutation)."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,26 @@ def test_a_failure_while_writing_the_new_files_leaves_the_old_set_intact(tmp_pat
     # As readable as any file written there (the image build and the function read it), not a temp file's 0600.
     (tmp_path / "plain").write_text("x")
     assert (tmp_path / "model.onnx").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_replaced_files_keep_the_mode_of_the_ones_they_replace(tmp_path: Path) -> None:
+    # Written over, a file kept its mode; a fresh file under a strict umask is 0600, which the image's non-root
+    # function user cannot read.
+    from cataract_inference.manifest import load_manifest
+    from cataract_training import card
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    for name in ("model.onnx", "MODEL_CARD.md"):
+        (tmp_path / name).write_text("old")
+        (tmp_path / name).chmod(0o644)
+    old_umask = os.umask(0o077)
+    try:
+        release._replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
+        card.write_card(load_manifest(BUNDLED_MODEL_DIR / "model.json"), tmp_path)
+    finally:
+        os.umask(old_umask)
+    assert {n: (tmp_path / n).stat().st_mode & 0o777 for n in ("model.onnx", "MODEL_CARD.md")} == {
+        "model.onnx": 0o644,
+        "MODEL_CARD.md": 0o644,
+    }
+    assert (tmp_path / "model.onnx").read_text() == "new model"

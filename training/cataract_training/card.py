@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     choice = m.get("precision_choice", {})
     lines = ["```", f"cataract-train audit {data}", f"cataract-train fit {data}{fit_flags}"]
     if cv:  # exported with --cv: how that CV ran, as model.json records it
-        shared = {k: v for k, v in config.items() if k not in FIT_ONLY} if isinstance(config, dict) else {}
+        # The CV's own config where model.json keeps it (exports since 2026-11-29); else the fit's, less its own flags.
+        shared = cv.get("config") or config or {}
+        shared = {k: v for k, v in shared.items() if k not in FIT_ONLY} if isinstance(shared, dict) else {}
         folds = f" --folds {cv['k']}" if cv.get("k", 5) != 5 else ""
         epochs = cv.get("epochs_per_fold")
         lines.append(
@@ -498,6 +501,8 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     tmp = path.with_name(f".{CARD_FILENAME}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
+        if path.is_file():
+            shutil.copymode(path, tmp)  # as writing over it did: a fresh file may be 0600 under a strict umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

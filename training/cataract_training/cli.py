@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -238,6 +239,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     cv_json = None
     if args.folds > 1:
         cv_json = run_cv(cfg, k=args.folds, epochs=args.fold_epochs, runs_dir=args.runs, prepared=prep) / "cv.json"
+    args.stage = "export"  # what Ctrl-C from here on leaves is export's
     metrics = release(run, Path(args.out), cv_json=cv_json)
     print(_one_line("validation", metrics["validation"]))
     if "grouped_cv" in metrics:
@@ -250,8 +252,15 @@ def _one_line(title: str, r: dict) -> str:
         m = r[name]
         return f"{name} {m['value']} [{m['ci95'][0]}, {m['ci95'][1]}]" if m["ci95"] else f"{name} n/a"
 
-    parts = [f(n) for n in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
-    return f"{title}: n={r['n']} " + ", ".join(parts) + f", AUC {r['roc_auc']}, ECE {r['ece']}"
+    # One class alone (evaluate takes it): PPV and NPV would only restate it, and AUC is undefined.
+    one_class = not (r["sensitivity"]["ci95"] and r["specificity"]["ci95"])
+    parts = [f(n) if not (one_class and n in ("ppv", "npv")) else f"{n} n/a" for n in RATES]
+    auc = r["roc_auc"]
+    shown = "n/a" if auc is None or math.isnan(auc) else auc  # NaN: one class
+    return f"{title}: n={r['n']} " + ", ".join(parts) + f", AUC {shown}, ECE {r['ece']}"
+
+
+RATES = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,7 +417,7 @@ def _after_interrupt(args: argparse.Namespace) -> str:
             f"{args.model_dir} keeps its previous files unless the three verified ones were being moved in; run the "
             "same pull again"
         )
-    if args.command == "export":
+    if args.command == "export" or getattr(args, "stage", None) == "export":
         return (
             f"{args.out} keeps its previous model.onnx, model.json and MODEL_CARD.md unless they were being replaced "
             "at the very end; run the same export again"

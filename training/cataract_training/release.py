@@ -113,7 +113,7 @@ def default_version(run: Path, backbone: str, today: dt.date | None = None) -> s
     """The version export gives ``run`` without --version: the run's date, the backbone and the run's time (and its
     same-second suffix), e.g. ``2026.11.29-mnv2-101500-2`` for ``20261129-101500-mobilenet_v2-2``, so distinct runs
     get distinct versions; a renamed run gets ``today``'s date and its whole name."""
-    found = _RUN_NAME.fullmatch(run.name)
+    found = _RUN_NAME.match(run.name)  # anything added after the stamp ("-final") is left out: versions stay short
     if found is None:
         day = (today or dt.date.today()).isoformat().replace("-", ".")
         return f"{day}-{_short(backbone)}-{run.name}"
@@ -262,6 +262,7 @@ def release(
             for k in (
                 "k",
                 "epochs_per_fold",
+                "config",  # how the folds trained: the card's Reproduce steps name it
                 "n_photos",
                 "n_groups",
                 "cross_fitted",
@@ -348,11 +349,19 @@ def _replace_together(out_dir: Path, writers: dict[str, Any]) -> None:
             tmp = out_dir / f".{name}.export-{os.getpid()}.tmp"
             staged.append((tmp, out_dir / name))
             write(tmp)
+            _keep_mode(out_dir / name, tmp)
         for tmp, target in staged:
             os.replace(tmp, target)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def _keep_mode(target: Path, tmp: Path) -> None:
+    """Give ``tmp`` the mode of the ``target`` it replaces, as writing over it did: under a strict umask a fresh
+    file is 0600, which the image's non-root function user could not read."""
+    if target.is_file():
+        shutil.copymode(target, tmp)
 
 
 def _previous_manifest(out_dir: Path) -> Manifest | None:
