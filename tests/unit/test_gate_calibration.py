@@ -447,3 +447,86 @@ def test_recounting_the_validation_figures_rewrites_the_cards_sentence_on_them(t
     assert (model / "MODEL_CARD.md").read_text(
         encoding="utf-8"
     ) == f"# Model card: x 1\n\nmine\n\n{after}\n\nalso mine\n"
+
+
+def _probe_set(
+    n_eyes: int = 200, n_non: int = 100
+) -> tuple[list[cal.Signals], list[cal.Signals], tuple[list[cal.Signals], list[str], list[str], list[bool]]]:
+    """Eye photos and non-eye images with embeddings and mid-level distances, and the probe's data."""
+    rng = np.random.default_rng(3)
+    eye_dir, other_dir = rng.normal(size=16), rng.normal(size=16)
+    eyes = _with_mid(
+        [
+            cal.Signals(s.stats, s.ood_distance, e.embedding)
+            for s, e in zip(_eyes(n_eyes), _embedded(n_eyes, eye_dir, 4), strict=True)
+        ],
+        15.0,
+        3.0,
+        seed=3,
+    )
+    non = _with_mid(
+        [
+            cal.Signals(s.stats, s.ood_distance, e.embedding)
+            for s, e in zip(_non_eyes(n_non), _embedded(n_non, other_dir, 5), strict=True)
+        ],
+        40.0,
+        5.0,
+        seed=4,
+    )
+    probe_data = (eyes, [str(i) for i in range(n_eyes)], [str(i) for i in range(n_non)], [True] * n_eyes)
+    return eyes, non, probe_data
+
+
+def test_a_probe_is_added_to_the_mid_capped_gate_not_in_its_place() -> None:
+    # calibrate --probe used to ship fit_gate's fused probe gate: no mid-level cap, and an eye score not asked for.
+    eyes, non, probe_data = _probe_set()
+    without = cal.fit_gate(eyes, eyes, non, fused=False, mid=True, target_false_reject=0.03)
+    gate = cal.fit_gate(eyes, eyes, non, fused=False, mid=True, target_false_reject=0.03, probe_data=probe_data)
+    extra = gate.model_extra or {}
+    assert "eye_probe" in extra, "the probe was dropped"
+    assert "eye_score" not in extra
+    assert (gate.max_mid_distance, gate.max_ood_distance) == (without.max_mid_distance, without.max_ood_distance)
+    assert gate.max_mid_distance is not None
+    # The caps spend no budget: the probe gets all of it (3% of 200 eyes: 6), with what the caps already refuse.
+    all_eyes, eye_groups, non_groups, scored = probe_data
+    oof = cal.out_of_fold_probe_scores(all_eyes, eye_groups, non, non_groups, scored)
+    already = cal.rejected(eyes, without)
+    assert int(already.sum()) + int(np.sum(oof[~already] < extra["eye_probe"]["min_score"])) == 6
+    # With the eye score asked for, both are there, next to the mid-level cap.
+    both = cal.fit_gate(eyes, eyes, non, mid=True, target_false_reject=0.03, probe_data=probe_data)
+    assert {"eye_score", "eye_probe"} <= set(both.model_extra or {}) and both.max_mid_distance is not None
+    assert "mid_distance > max_mid_distance" in cal.rule_text(gate, 0.03) and "eye_probe" in cal.rule_text(gate, 0.03)
+
+
+def test_a_probe_next_to_a_distance_threshold_shares_its_budget() -> None:
+    # Without the mid-level cap and the eye score (--no-mid --probe), fit_gate used to ignore the probe altogether.
+    eyes, non, probe_data = _probe_set()
+    gate = cal.fit_gate(eyes, eyes, non, fused=False, target_false_reject=0.03, probe_data=probe_data)
+    assert "eye_probe" in (gate.model_extra or {}) and gate.max_mid_distance is None
+    half = cal.fit_gate(eyes, eyes, fused=False, target_false_reject=0.015)
+    assert gate.max_ood_distance == half.max_ood_distance  # the distance threshold got half the budget
+    assert "at most 1.5%" in cal.rule_text(gate, 0.03)
+    with pytest.raises(ValueError, match="non-eye images"):
+        cal.fit_gate(eyes, eyes, fused=False, probe_data=probe_data)
+
+
+def test_no_calibration_eye_photos_names_the_half_not_an_empty_split() -> None:
+    # In calibrate the validation photos are halved: the calibration half can be empty while the split is not.
+    with pytest.raises(ValueError, match="calibration half") as refused:
+        cal.fit_gate(_eyes(50), [])
+    assert "validation split is empty" not in str(refused.value)
+    assert "at least two distinct duplicate groups" in str(refused.value)
+
+
+def test_benign_variants_keep_the_photo_and_are_not_phone_like_degradations() -> None:
+    from cataract_inference.drawing import draw_eye
+
+    img = draw_eye("cataract", size=(400, 300))
+    out = dict(cal.eye_benign_variants(img))
+    assert set(out) == {"grey", "rot90", "rot270"}
+    grey = np.asarray(out["grey"])
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert out["rot90"].size == out["rot270"].size == (300, 400)
+    assert not {f"eye~{name}" for name in out} - set(cal.BENIGN_NAMES)
+    # The fitted degradations stay what they were: the variants never reach the fit through them.
+    assert not set(out) & {name for name, _, _ in cal.eye_degradations(img)}

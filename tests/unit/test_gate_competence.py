@@ -241,3 +241,13 @@ def test_an_over_bright_missed_cataract_the_widening_would_admit_is_refused_agai
     assert cal.fails_statistics(missed.stats, safe)
     assert safe["max_brightness"] == 0.9123  # just under the miss, no further
     assert not cal.fails_statistics(bright[1].stats, safe)  # the darker admitted photo still passes
+
+
+@pytest.mark.parametrize("truth", [[False] * 6, [True] * 6], ids=["no cataract", "only cataracts"])
+def test_the_competent_levels_need_photos_of_both_classes(truth: list[bool]) -> None:
+    # Without a cataract, "no more missed cataracts" read 0 <= 0 at every step: every axis was competent at its
+    # harshest level, and the gate widened to match.
+    steps = [competence.Step("original", 0.0, _signals(truth), truth)]
+    steps += [competence.Step("blur", lv, _signals(truth), truth) for lv in competence.AXES[0].levels]
+    with pytest.raises(ValueError, match=f"got {sum(truth)} cataract and {6 - sum(truth)} other photos"):
+        competence.competent_levels(steps)

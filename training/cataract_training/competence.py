@@ -138,9 +138,18 @@ def competent_levels(steps: Sequence[Step], *, slack: int = ERROR_SLACK) -> dict
     """Per axis, the most severe level the model screens as well as the originals (``None``: not even the mildest).
 
     As well: no more missed cataracts, and at most ``slack`` more errors. The first level that fails
-    ends the axis; a later level that happens to pass does not count.
+    ends the axis; a later level that happens to pass does not count. Photos of both kinds are needed:
+    without a cataract, "no more missed cataracts" reads 0 <= 0 at every level and every axis would be
+    competent at its harshest.
     """
     original = _original(steps)
+    cataracts = sum(original.truth)
+    if cataracts in (0, original.n):
+        raise ValueError(
+            f"the competence rule needs cataract and other photos, and got {cataracts} cataract and "
+            f"{original.n - cataracts} other photos: without both, missed cataracts or false alarms go unseen "
+            "and every degradation would count as competent (give the sweep photos of both classes)"
+        )
     out: dict[str, float | None] = {}
     for axis in AXES:
         best: float | None = None

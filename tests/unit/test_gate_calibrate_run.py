@@ -1,0 +1,195 @@
+"""The gate calibration run end to end, on a few drawn eye photos and a copy of the bundled model.
+
+What is checked: which gate ``--probe`` ships, the benign variants (greyscale, quarter turns) measured apart from the
+fit, refusing validation splits too small to halve, and not writing a gate that misses the targets. The non-eye set
+and the competence sweep are trimmed so that a run takes seconds; nothing here judges the thresholds' quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cataract_inference.drawing import draw_eye
+from cataract_training import competence
+from cataract_training import gate as cal
+
+pytestmark = pytest.mark.slow
+
+PER_CLASS = 6  # e0, e1: train; e2..e5: validation, two duplicate groups per class in each half
+
+
+def _photos(root: Path) -> Path:
+    """Distinct drawn eyes (the audit puts each in its own group): nothing is learnt from them."""
+    for kind in ("cataract", "normal"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(PER_CLASS):
+            img = draw_eye(
+                kind,
+                size=(360 + 40 * (i % 3), 280 + 30 * (i % 2)),
+                seed=7 * i + (0 if kind == "cataract" else 100),
+                centre=(0.3 + 0.1 * (i % 5), 0.35 + 0.1 * (i % 4)),
+            )
+            img.save(root / kind / f"e{i}.png")
+    return root
+
+
+def _split(path: Path, val: dict[str, list[int]]) -> Path:
+    keys = {kind: [f"{kind}/e{i}.png" for i in range(PER_CLASS)] for kind in ("cataract", "normal")}
+    chosen = [f"{kind}/e{i}.png" for kind, idx in val.items() for i in idx]
+    path.write_text(json.dumps({"train": [k for ks in keys.values() for k in ks if k not in chosen], "val": chosen}))
+    return path
+
+
+def _model(directory: Path, bundled: Path) -> Path:
+    directory.mkdir(parents=True)
+    for name in ("model.onnx", "model.json", "MODEL_CARD.md"):
+        shutil.copyfile(bundled / name, directory / name)
+    return directory
+
+
+def _trim(mp: pytest.MonkeyPatch) -> None:
+    """Fewer non-eye images and one step per degradation axis: the run's logic, in seconds."""
+    full = cal.non_eye_items
+    mp.setattr(cal, "non_eye_items", lambda seed=0: full(seed, per_generator=2, variants=1))
+    mp.setattr(competence, "AXES", tuple(competence.Axis(a.name, a.levels[:1], a.description) for a in competence.AXES))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _photos(tmp_path_factory.mktemp("eyes"))
+
+
+@pytest.fixture(scope="module")
+def probe_run(data: Path, bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One dry run with --probe: (result, report folder)."""
+    tmp = tmp_path_factory.mktemp("probe")
+    split = _split(tmp / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
+    with pytest.MonkeyPatch.context() as mp:
+        _trim(mp)
+        result = cal.calibrate(
+            _model(tmp / "m", bundled_model_dir),
+            data,
+            tmp / "out",
+            split_json=split,
+            write=False,
+            progress=False,
+            probe=True,
+        )
+    yield result, tmp / "out"
+
+
+def test_probe_is_added_to_the_gate_that_would_ship_without_it(probe_run: Any) -> None:
+    # --probe used to ship the eye score and the probe in place of the mid-level cap, the eye detector.
+    result, _ = probe_run
+    gate = result["gate"]
+    assert gate["max_mid_distance"] is not None, "--probe dropped the mid-level cap"
+    assert "eye_probe" in gate and "eye_score" not in gate, "the eye score comes only with --eye-score"
+    assert result["report"]["shipped"] == (
+        "image statistics + embedding-distance cap + mid-level distance cap + embedding eye probe"
+    )
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "signals.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_greyscale_and_rotated_eye_photos_are_measured_and_reported_apart_from_the_fit(probe_run: Any) -> None:
+    result, out = probe_run
+    report = result["report"]
+    held = report["held_out"]["eye_benign_variants"]
+    n_held = report["sizes"]["held_out"]["eye_photos"]
+    assert set(held) == {"eye~grey", "eye~rot90", "eye~rot270"}
+    assert all(v["n"] == n_held and 0 <= v["pass_as_stored"] <= v["k"] for v in held.values())
+    assert set(report["calibration"]["eye_benign_variants"]) == set(held)
+    assert set(result["gate"]["calibration"]["held_out"]["eye_benign_variants"]) == set(held)  # model.json's record
+    text = (out / "gate_report.md").read_text(encoding="utf-8")
+    assert "| real eye photos as greyscale rejected (measured, not fitted" in text
+    assert "| real eye photos rotated 90° rejected (measured, not fitted" in text
+    # Not fed to the fit: the calibration eye items are the photos and their phone-like degradations only, and the
+    # mid-level cap is the one those items alone give.
+    calibration = [r for r in _rows(out) if r["part"] == cal.CALIBRATION and r["in_distribution"] == "1"]
+    assert {r["kind"] for r in calibration} <= {
+        "eye",
+        "eye/jpeg60",
+        "eye/half",
+        "eye/darker",
+        "eye/brighter",
+        "eye/soft",
+    }
+    far = float(np.quantile([float(r["mid_distance"]) for r in calibration], cal.MID_CAP_QUANTILE))
+    assert result["gate"]["max_mid_distance"] == math.ceil(far * cal.MID_CAP_FACTOR * 1000) / 1000
+
+
+def test_a_validation_split_with_one_cataract_group_is_refused_before_anything_is_written(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its only group went to the held-out half: the competence rule read 0 <= 0 missed cataracts at every step,
+    # widened every statistic to its harshest level, and model.json was written.
+    _trim(monkeypatch)
+    model = _model(tmp_path / "m", bundled_model_dir)
+    before = {name: (model / name).read_bytes() for name in ("model.json", "MODEL_CARD.md")}
+    split = _split(tmp_path / "split.json", {"cataract": [2], "normal": [2, 3, 4, 5]})
+    with pytest.raises(
+        ValueError, match="the calibration half got cataract 0, normal 2 and the held-out half cataract 1, normal 2"
+    ) as refused:
+        cal.calibrate(model, data, tmp_path / "out", split_json=split, progress=False)
+    assert "at least two distinct duplicate groups" in str(refused.value)
+    assert "(here: cataract 1, normal 4)" in str(refused.value)
+    assert {name: (model / name).read_bytes() for name in before} == before
+
+
+def test_a_tiny_validation_split_says_what_each_half_got_and_what_is_needed(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One photo per class: both went to the held-out half, and the user heard "no eye photos to measure the
+    # model's competence on".
+    split = _split(tmp_path / "split.json", {"cataract": [2], "normal": [2]})
+    args = ["--model-dir", str(bundled_model_dir), "--data", str(data), "--split", str(split)]
+    assert cal.main([*args, "--out", str(tmp_path / "out"), "--dry-run", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the calibration half got cataract 0, normal 0 and the held-out half cataract 1, normal 1" in err
+    assert "each class needs at least two distinct duplicate groups among the validation photos" in err
+
+
+def _run_missing_targets(data: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
+    _trim(monkeypatch)
+    monkeypatch.setattr(cal, "TARGET_OOD_REJECT", 1.01)  # a target no gate meets
+    split = _split(tmp_path / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
+    args = ["--model-dir", str(model), "--data", str(data), "--split", str(split), "--out", str(tmp_path / "out")]
+    return cal.main([*args, "--quiet", *extra])
+
+
+def test_a_gate_that_misses_the_targets_is_reported_not_written(
+    data: Path,
+    bundled_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = _model(tmp_path / "m", bundled_model_dir)
+    before = {name: (model / name).read_bytes() for name in ("model.json", "MODEL_CARD.md")}
+    assert _run_missing_targets(data, model, tmp_path, monkeypatch) == 1
+    assert {name: (model / name).read_bytes() for name in before} == before, "a gate missing the targets was written"
+    err = capsys.readouterr().err
+    assert "model.json NOT written: the gate misses the targets" in err and "--force" in err
+    assert json.loads((tmp_path / "out" / "gate_report.json").read_text())["meets_targets"] is False
+
+
+def test_force_writes_a_gate_that_misses_the_targets(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(tmp_path / "m", bundled_model_dir)
+    assert _run_missing_targets(data, model, tmp_path, monkeypatch, "--force") == 1  # still says it missed them
+    written = json.loads((model / "model.json").read_text())["gate"]
+    report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
+    assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is False
