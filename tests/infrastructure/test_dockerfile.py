@@ -85,6 +85,38 @@ def test_run_steps_call_only_what_the_minimal_base_image_has(dockerfile: list[tu
             assert program in BASE_IMAGE_COMMANDS, f"{program!r} may not exist in the 3.12 base image: {run}"
 
 
+def test_everything_copied_into_the_task_root_is_made_readable_to_the_function_user(
+    dockerfile: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """COPY keeps the build machine's modes, and Lambda runs the function as a non-root user: a checkout under
+    umask 027 gave an image whose code and model that user could not read ("Permission denied" at init)."""
+    copied = [args.split()[-1] for keyword, args in dockerfile if keyword == "COPY" and "LAMBDA_TASK_ROOT" in args]
+    folders = {dest.rstrip("/") for dest in copied if dest.endswith("/") and dest != "${LAMBDA_TASK_ROOT}/"}
+    assert folders == {"${LAMBDA_TASK_ROOT}/model", "${LAMBDA_TASK_ROOT}/cataract_inference"}
+    last_copy = max(i for i, (keyword, _) in enumerate(dockerfile) if keyword == "COPY")
+    fixes = [args for keyword, args in dockerfile[last_copy:] if keyword == "RUN" and "world_readable.py" in args]
+    assert len(fixes) == 1 and all(folder in fixes[0].split() for folder in folders), fixes
+    # And the script does what it is for, on a tree as a strict umask leaves it.
+    tree = tmp_path / "task"
+    (tree / "pkg" / "__pycache__").mkdir(parents=True)
+    for path in (tree / "model.onnx", tree / "pkg" / "handler.py", tree / "pkg" / "__pycache__" / "h.pyc"):
+        path.write_bytes(b"x")
+        path.chmod(0o640)
+    for folder in (tree, tree / "pkg", tree / "pkg" / "__pycache__"):
+        folder.chmod(0o750)
+    context, _ = docker_paths()
+    subprocess.run([sys.executable, str(context / "world_readable.py"), str(tree)], check=True)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [tree, *tree.rglob("*")]}
+    assert modes == {
+        "task": 0o755,
+        "task/model.onnx": 0o644,
+        "task/pkg": 0o755,
+        "task/pkg/handler.py": 0o644,
+        "task/pkg/__pycache__": 0o755,
+        "task/pkg/__pycache__/h.pyc": 0o644,
+    }
+
+
 def test_cmd_is_the_handler_the_tests_import(handler_target: tuple[str, str]) -> None:
     module, attribute = handler_target
     assert (module, attribute) == ("cataract_inference.handler", "lambda_handler")

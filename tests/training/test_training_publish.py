@@ -85,6 +85,27 @@ def test_publish_then_pull_latest_and_version(tmp_path: Path, aws_env: None) -> 
 
 
 @mock_aws
+def test_pull_keeps_the_mode_of_the_files_it_replaces(tmp_path: Path, aws_env: None) -> None:
+    # Pull's files were written fresh and renamed in: under a strict umask 0640, which the image keeps (COPY) and
+    # the function's non-root user cannot read.
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    names = ("model.onnx", "model.json", "MODEL_CARD.md")
+    (dest / "MODEL_CARD.md").write_text("# Model card: cataract-screen v0\n", encoding="utf-8")
+    for name in names:
+        (dest / name).chmod(0o644)
+    old_umask = os.umask(0o027)
+    try:
+        publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    finally:
+        os.umask(old_umask)
+    assert load_manifest(dest / "model.json").version == "v1"
+    assert {name: (dest / name).stat().st_mode & 0o777 for name in names} == dict.fromkeys(names, 0o644)
+
+
+@mock_aws
 def test_pull_of_a_version_published_without_a_card_renders_one(tmp_path: Path, aws_env: None) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)

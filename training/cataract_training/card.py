@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .cv import FIT_ONLY
+from .files import keep_mode
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
 from .metrics import format_rate as _ci
@@ -501,8 +501,7 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     tmp = path.with_name(f".{CARD_FILENAME}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
-        if path.is_file():
-            shutil.copymode(path, tmp)  # as writing over it did: a fresh file may be 0600 under a strict umask
+        keep_mode(path, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -34,6 +34,8 @@ from cataract_inference.manifest import (
 )
 from cataract_inference.model_source import ModelLoadError, check_manifest_bytes, parse_s3_uri, sha256_of
 
+from .files import keep_mode
+
 LATEST = "latest.json"
 # template.yaml's ModelS3Uri MaxLength: what the function version's 256-character description leaves for it.
 MODEL_S3_URI_MAX_LENGTH = 107
@@ -403,6 +405,7 @@ def pull(
                     f"re-publish it; nothing was written to {dest}"
                 )
             for name in (MODEL_FILENAME, MANIFEST_FILENAME, CARD_FILENAME):
+                keep_mode(dest / name, tmp_dir / name)
                 os.replace(tmp_dir / name, dest / name)
     except (BotoCoreError, ClientError) as exc:
         raise _explain(exc, f"pull from s3://{bucket}/{prefix}", _pull_needs(bucket, prefix)) from exc

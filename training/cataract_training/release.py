@@ -36,6 +36,7 @@ from cataract_inference.manifest import (
 from cataract_inference.model_source import sha256_of
 
 from . import calibrate, card, evaluate, export, gate, quantize
+from .files import keep_mode
 from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -349,19 +350,12 @@ def _replace_together(out_dir: Path, writers: dict[str, Any]) -> None:
             tmp = out_dir / f".{name}.export-{os.getpid()}.tmp"
             staged.append((tmp, out_dir / name))
             write(tmp)
-            _keep_mode(out_dir / name, tmp)
+            keep_mode(out_dir / name, tmp)
         for tmp, target in staged:
             os.replace(tmp, target)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
-
-
-def _keep_mode(target: Path, tmp: Path) -> None:
-    """Give ``tmp`` the mode of the ``target`` it replaces, as writing over it did: under a strict umask a fresh
-    file is 0600, which the image's non-root function user could not read."""
-    if target.is_file():
-        shutil.copymode(target, tmp)
 
 
 def _previous_manifest(out_dir: Path) -> Manifest | None:
