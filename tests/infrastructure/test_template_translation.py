@@ -251,6 +251,9 @@ def test_binary_media_types_cover_raw_images_but_not_json(default_deploy: dict[s
     # Every image type the app decodes: API Gateway mangles a binary body whose type is not listed.
     assert {"image/*", "application/octet-stream"} <= types
     assert not types & {"*/*", "application/json", "application/*", "text/html"}
+    # `sam local start-api` matches exactly (no wildcards): each type a raw upload of a decodable format may carry.
+    exact = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
+    assert exact <= types, exact - types
 
 
 @pytest.mark.parametrize(
