@@ -140,11 +140,11 @@ def test_a_validation_split_with_one_cataract_group_is_refused_before_anything_i
     before = {name: (model / name).read_bytes() for name in ("model.json", "MODEL_CARD.md")}
     split = _split(tmp_path / "split.json", {"cataract": [2], "normal": [2, 3, 4, 5]})
     with pytest.raises(
-        ValueError, match="the calibration half got cataract 0, normal 2 and the held-out half cataract 1, normal 2"
+        ValueError, match="the calibration half got cataract 0, other 2 and the held-out half cataract 1, other 2"
     ) as refused:
         cal.calibrate(model, data, tmp_path / "out", split_json=split, progress=False)
     assert "at least two distinct duplicate groups" in str(refused.value)
-    assert "(here: cataract 1, normal 4)" in str(refused.value)
+    assert "(here: cataract 1, other 4)" in str(refused.value)
     assert {name: (model / name).read_bytes() for name in before} == before
 
 
@@ -157,8 +157,8 @@ def test_a_tiny_validation_split_says_what_each_half_got_and_what_is_needed(
     args = ["--model-dir", str(bundled_model_dir), "--data", str(data), "--split", str(split)]
     assert cal.main([*args, "--out", str(tmp_path / "out"), "--dry-run", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "the calibration half got cataract 0, normal 0 and the held-out half cataract 1, normal 1" in err
-    assert "each class needs at least two distinct duplicate groups among the validation photos" in err
+    assert "the calibration half got cataract 0, other 0 and the held-out half cataract 1, other 1" in err
+    assert "each needs at least two distinct duplicate groups among the validation photos" in err
 
 
 def _run_missing_targets(data: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
@@ -193,3 +193,55 @@ def test_force_writes_a_gate_that_misses_the_targets(
     written = json.loads((model / "model.json").read_text())["gate"]
     report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
     assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is False
+
+
+def test_a_class_outside_the_validation_photos_does_not_stop_the_calibration() -> None:
+    # The check counted every label, the train side's too: a glaucoma/ folder the split never named was "missing
+    # from both halves", and a calibration that ran before was refused.
+    def eyes(labels: list[str], parts: list[str]) -> cal.EyeSet:
+        n = len(labels)
+        return cal.EyeSet([Path(f"{i}.png") for i in range(n)], labels, list(range(n)), parts, "test")
+
+    cal_, held, seen = cal.CALIBRATION, cal.HELD_OUT, cal.SEEN
+    cal.check_halves(eyes(["cataract", "normal", "cataract", "normal", "glaucoma"], [cal_, cal_, held, held, seen]))
+    # Every class but cataract is one kind for the rule: normal in one half and glaucoma in the other is enough.
+    cal.check_halves(eyes(["cataract", "normal", "cataract", "glaucoma"], [cal_, cal_, held, held]))
+    with pytest.raises(
+        ValueError, match="the calibration half got cataract 1, other 0 and the held-out half cataract 1, other 1"
+    ):
+        cal.check_halves(eyes(["cataract", "cataract", "normal"], [cal_, held, held]))
+
+
+def test_a_gate_that_meets_the_targets_is_written_and_the_validation_counts_refreshed(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _trim(monkeypatch)
+    monkeypatch.setattr(cal, "TARGET_OOD_REJECT", 0.0)  # targets every gate meets
+    monkeypatch.setattr(cal, "TARGET_FALSE_REJECT", 1.0)
+    refreshed: list[int] = []
+    real_refresh = cal.refresh_validation_counts
+
+    def counting(model_dir: Path, photos: list[Path], labels: list[str]) -> Any:
+        refreshed.append(len(photos))
+        return real_refresh(model_dir, photos, labels)
+
+    monkeypatch.setattr(cal, "refresh_validation_counts", counting)
+    model = _model(tmp_path / "m", bundled_model_dir)
+    split = _split(tmp_path / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
+    args = ["--model-dir", str(model), "--data", str(data), "--split", str(split), "--out", str(tmp_path / "out")]
+    assert cal.main([*args, "--quiet"]) == 0
+    written = json.loads((model / "model.json").read_text())["gate"]
+    report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
+    assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is True
+    assert refreshed == [8]  # the split's validation photos, recounted once under the new gate
+
+
+def test_photos_are_named_uniquely_whatever_the_layout() -> None:
+    # The benign variants are matched to their photo by name: train/cataract/x.png and val/cataract/x.png were both
+    # "cataract/x.png", and a variant was credited to the other photo.
+    def names(paths: list[str]) -> list[str]:
+        n = len(paths)
+        return cal.photo_names(cal.EyeSet([Path(p) for p in paths], ["cataract"] * n, list(range(n)), ["x"] * n, ""))
+
+    assert names(["/d/train/cataract/x.png", "/d/val/cataract/x.png"]) == ["train/cataract/x.png", "val/cataract/x.png"]
+    assert names(["/d/eyes/cataract/x.png", "/d/eyes/normal/x.png"]) == ["cataract/x.png", "normal/x.png"]

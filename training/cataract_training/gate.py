@@ -32,6 +32,7 @@ import datetime as dt
 import io
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -878,33 +879,43 @@ def check_halves(eyes: EyeSet) -> None:
     false alarms go unseen. The held-out half measures the result.
     """
     what = "validation photos" if eyes.from_split else "photos"
-    needed = sorted(set(eyes.labels) | {"cataract"})
-    counts = {part: Counter({label: 0 for label in needed}) for part in (CALIBRATION, HELD_OUT)}
-    groups: dict[str, set[int]] = {label: set() for label in needed}
+    # The competence rule and the halving see two kinds: cataract, and every other class together.
+    kinds = ("cataract", "other")
+    counts = {part: Counter(dict.fromkeys(kinds, 0)) for part in (CALIBRATION, HELD_OUT)}
+    groups: dict[str, set[int]] = {kind: set() for kind in kinds}
     for label, group, part in zip(eyes.labels, eyes.groups, eyes.parts, strict=True):
-        if part in counts:
-            counts[part][label] += 1
-            groups[label].add(group)
-    short = sorted(label for label in needed if min(counts[CALIBRATION][label], counts[HELD_OUT][label]) == 0)
+        if part in counts:  # the photos the distance was fitted on are never halved
+            kind = "cataract" if label == "cataract" else "other"
+            counts[part][kind] += 1
+            groups[kind].add(group)
+    short = [kind for kind in kinds if min(counts[CALIBRATION][kind], counts[HELD_OUT][kind]) == 0]
     if not short:
         return
-    cal, held = (", ".join(f"{label} {counts[p][label]}" for label in needed) for p in (CALIBRATION, HELD_OUT))
-    per_class = ", ".join(f"{label} {len(groups[label])}" for label in needed)
+    cal, held = (", ".join(f"{kind} {counts[p][kind]}" for kind in kinds) for p in (CALIBRATION, HELD_OUT))
+    per_kind = ", ".join(f"{kind} {len(groups[kind])}" for kind in kinds)
     raise ValueError(
         f"too few {what}{'' if eyes.from_split else ' (no split.json: all of them)'} to calibrate the gate: "
         f"split by duplicate group, the calibration half got {cal} and the "
-        f"held-out half {held}. Both halves need photos of every class (the competence rule counts missed "
+        f"held-out half {held}. Both halves need cataract and other photos (the competence rule counts missed "
         f"cataracts and false alarms on the calibration half; the held-out half measures the result), so each "
-        f"class needs at least two distinct duplicate groups among the {what} (here: {per_class}). "
-        f"Add {what} of {', '.join(short)}, or pass --split with a split whose validation part has them"
+        f"needs at least two distinct duplicate groups among the {what} (here: {per_kind}). "
+        f"Add {what} ({' and '.join(short)}), or pass --split with a split whose validation part has them"
     )
+
+
+def photo_names(eyes: EyeSet) -> list[str]:
+    """Each photo's path under the folder they all share: ``cataract/x.png`` in the usual layout, and unique in any
+    (``train/cataract/x.png`` beside ``val/cataract/x.png``), since the benign variants are matched by it."""
+    if not eyes.paths:
+        return []
+    root = Path(os.path.commonpath([path.parent for path in eyes.paths]))
+    return [path.relative_to(root).as_posix() for path in eyes.paths]
 
 
 def eye_items(eyes: EyeSet, degradations: bool = True) -> Iterator[tuple[str, Item]]:
     """(part, item) for every photo as stored, and its phone-like degradations."""
-    for path, group, part in zip(eyes.paths, eyes.groups, eyes.parts, strict=True):
+    for path, name, group, part in zip(eyes.paths, photo_names(eyes), eyes.groups, eyes.parts, strict=True):
         raw = path.read_bytes()
-        name = f"{path.parent.name}/{path.name}"
         yield part, Item(raw, True, "eye", f"eye:{group}", name)
         if not degradations:
             continue
@@ -916,10 +927,9 @@ def eye_items(eyes: EyeSet, degradations: bool = True) -> Iterator[tuple[str, It
 def eye_variant_items(eyes: EyeSet) -> Iterator[tuple[str, Item]]:
     """(part, item) for the benign variants (``eye_benign_variants``) of every photo the distances were not fitted
     on. Kinds start with ``eye~``, not ``eye/``: these items are kept apart from ``eye_items`` and fit nothing."""
-    for path, group, part in zip(eyes.paths, eyes.groups, eyes.parts, strict=True):
+    for path, name, group, part in zip(eyes.paths, photo_names(eyes), eyes.groups, eyes.parts, strict=True):
         if part == SEEN:  # the distances' own train photos sit closer to the fit than any new photo
             continue
-        name = f"{path.parent.name}/{path.name}"
         img = decode_image(path.read_bytes()).image
         for variant, out in eye_benign_variants(img):
             yield part, Item(_jpeg(out), True, f"eye~{variant}", f"eye:{group}", f"{name}/{variant}")
@@ -1560,8 +1570,9 @@ def rule_text(gate: GateThresholds, target_false_reject: float, levels: dict[str
     if "eye_probe" in extra:
         checks.append("eye_probe score < eye_probe.min_score")
         how.append(
-            "probe threshold: from out-of-fold scores of the calibration eye photos, keeping calibration false "
-            f"rejects at most {target_false_reject:.1%} with the rest of the gate"
+            "probe threshold: from out-of-fold scores of the calibration eye photos, keeping their false rejects, "
+            f"with the rest of the gate's, at most {target_false_reject:.1%} (the probe shipped is refitted on all "
+            "of them, so its own scores on them differ)"
         )
     if gate.max_ood_distance is not None:
         capped = gate.max_mid_distance is not None or "eye_score" in extra
