@@ -275,7 +275,13 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
     from cataract_inference import cli
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, app=app))
+
+    def serving(server: uvicorn.Server, sockets: Any = None) -> None:
+        config = server.config
+        names = [sock.getsockname()[:2] for sock in sockets]  # bound by the runner, closed once it returns
+        seen.update(app=config.app, http=config.http, limit_concurrency=config.limit_concurrency, bound=names)
+
+    monkeypatch.setattr(uvicorn.Server, "run", serving)
     assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=False)) == 0
     # On loopback, behind the Host check (DNS rebinding); on another address there is no loopback name to require.
     assert isinstance(seen["app"], LoopbackHostGuard) and seen["app"].app is handler.app
@@ -285,6 +291,7 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
     assert isinstance(protocol, type) and issubclass(protocol, H11Protocol)
     assert protocol.__name__ == "HeaderDeadlineProtocol"
     assert seen["limit_concurrency"] == 64
+    assert seen["bound"] == [("0.0.0.0", 8123)]
 
 
 def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
@@ -294,11 +301,11 @@ def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
 
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
 
-    def serving(app: Any, **kwargs: Any) -> None:  # what a flush of 100 values does under `serve -v`
+    def serving(server: uvicorn.Server, sockets: Any = None) -> None:  # a flush of 100 values under `serve -v`
         observability.record_client_error("invalid_base64")
         observability.metrics.flush_metrics()
 
-    monkeypatch.setattr(uvicorn, "run", serving)
+    monkeypatch.setattr(uvicorn.Server, "run", serving)
     capsys.readouterr()
     assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=True)) == 0
     out, err = capsys.readouterr()
