@@ -193,6 +193,10 @@ def test_force_writes_a_gate_that_misses_the_targets(
     written = json.loads((model / "model.json").read_text())["gate"]
     report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
     assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is False
+    # The card says so too: "calibrated" and a table of rates read as a gate that does its job.
+    assert "This gate misses its held-out targets (below): it was written with `--force`." in (
+        model / "MODEL_CARD.md"
+    ).read_text(encoding="utf-8")
 
 
 def test_a_class_outside_the_validation_photos_does_not_stop_the_calibration() -> None:
@@ -234,6 +238,7 @@ def test_a_gate_that_meets_the_targets_is_written_and_the_validation_counts_refr
     report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
     assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is True
     assert refreshed == [8]  # the split's validation photos, recounted once under the new gate
+    assert "misses its held-out targets" not in (model / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
 def test_photos_are_named_uniquely_whatever_the_layout() -> None:

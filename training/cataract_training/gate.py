@@ -1425,9 +1425,14 @@ def card_block(report: dict[str, Any], gate: GateThresholds) -> str:
     non_eye = f"**{_fmt(held['non_eye_reject'])}**, {sizes['non_eye_sources']} sources"
     eyes = f"**{_fmt(held['eye_false_reject'])}**, {sizes['eye_photo_groups']} distinct photos"
     origin = "written by the gate calibration, python -m cataract_training.gate; see docs/gate.md"
+    missed = (
+        ""
+        if report["meets_targets"]
+        else "\n**This gate misses its held-out targets (below): it was written with `--force`.**\n"
+    )
     return f"""<!-- BEGIN {CARD_BLOCK} ({origin}) -->
 ## Gradability gate
-
+{missed}
 A photo is called `ungradable` (HTTP 200, with `quality.reasons`, referral true) when any check fails.
 Shipped: {report["shipped"]}. Thresholds (model.json `gate`, fitted {report["date"][:10]} on calibration data only):
 
