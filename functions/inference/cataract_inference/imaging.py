@@ -271,6 +271,13 @@ def _check_tiff(layout: _TiffLayout | None, size: tuple[int, int], limits: Decod
         )
 
 
+def _too_many_pixels(limits: DecodeLimits) -> ImageTooLargeError:
+    # Pillow's own bomb check (twice its 89.5 MP default) can come first; its message quoted Pillow's limit, not ours.
+    return ImageTooLargeError(
+        f"the image declares too many pixels; the limit is {limits.max_side} px a side and {limits.max_pixels} pixels"
+    )
+
+
 def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader | None]:
     """The opened image, not yet decoded, and its JPEG header if it is one; refuses what the limits do not allow."""
     if not data:
@@ -299,7 +306,7 @@ def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader |
             raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP{advice}") from exc
         raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
+        raise _too_many_pixels(limits) from exc
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's plugins raise many types on hostile headers
@@ -446,7 +453,7 @@ def decode_image(
         if isinstance(profile, bytes) and img.mode in ("RGB", "RGBA", "P"):
             rgb = _to_srgb(rgb, profile)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
+        raise _too_many_pixels(limits) from exc
     except MemoryError:
         raise
     except Exception as exc:  # hostile pixel data reaches C decoders and Python plugins alike
