@@ -550,7 +550,9 @@ def test_the_cards_reproduce_steps_are_the_ones_the_model_went_through() -> None
     own = {**cv, "config": {"size": 64, "batch_size": 16, "seed": 7, "epochs": 2}}
     steps = _reproduce(render(theirs.model_copy(update={"metrics": {**theirs.metrics, "grouped_cv": own}})))
     assert "cataract-train cv /data/eyes --size 64 --batch-size 16 --seed 7 --folds 3 --fold-epochs 4\n" in steps
-    assert "export runs/<fit run> --cv runs/<cv run>/cv.json" in steps
+    assert "export runs/<fit run> --cv runs/<cv run>/cv.json --out <this folder> " in steps
+    # Not the repo's folder: pasted, those lines overwrote the bundled model rather than this one.
+    assert "functions/inference/model" not in steps and "gate --model-dir <this folder> --data /data/eyes" in steps
     # Not recorded: said so, not replaced by a number nobody ran.
     unrecorded = {k: v for k, v in cv.items() if k != "epochs_per_fold"}
     steps = _reproduce(render(theirs.model_copy(update={"metrics": {**theirs.metrics, "grouped_cv": unrecorded}})))

@@ -120,6 +120,7 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     )
     config = run.get("config")
     fit_flags = _fit_flags(config) if isinstance(config, dict) else ""
+    out = "functions/inference/model" if bundled else "<this folder>"  # where the card sits: not always the repo's
     choice = m.get("precision_choice", {})
     lines = ["```", f"cataract-train audit {data}", f"cataract-train fit {data}{fit_flags}"]
     if cv:  # exported with --cv: how that CV ran, as model.json records it
@@ -135,9 +136,9 @@ def _reproduce_lines(manifest: Manifest, bundled: bool) -> list[str]:
     lines += [
         "cataract-train export runs/<fit run>"
         + (" --cv runs/<cv run>/cv.json" if cv else "")
-        + " --out functions/inference/model "
+        + f" --out {out} "
         + (f'--precision {manifest.precision} --reason "<why>"' if choice.get("by_user") else "--precision auto"),
-        f"python -m cataract_training.gate --model-dir functions/inference/model --data {data}",
+        f"python -m cataract_training.gate --model-dir {out} --data {data}",
         "```",
         "",
     ]
