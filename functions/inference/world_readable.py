@@ -9,15 +9,19 @@ the function then cannot import its code or read its model. Python, not chmod: t
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 
 def make_readable(top: str) -> None:
-    """Folders 0755 and files 0644 under ``top`` (nothing there is executable)."""
-    for root, _, files in os.walk(top):
+    """Folders 0755 and files 0644 under ``top`` (nothing there is executable); symbolic links are left alone, since
+    chmod would change what they point to, outside the tree or nowhere (an editor's dangling lock file)."""
+    for root, _, files in os.walk(top):  # does not enter linked folders
         os.chmod(root, 0o755)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, 0o644)
 
 
 if __name__ == "__main__":

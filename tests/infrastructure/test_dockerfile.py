@@ -104,9 +104,20 @@ def test_everything_copied_into_the_task_root_is_made_readable_to_the_function_u
         path.chmod(0o640)
     for folder in (tree, tree / "pkg", tree / "pkg" / "__pycache__"):
         folder.chmod(0o750)
+    # Links are left alone: chmod follows them, out of the tree or nowhere (an editor's dangling lock file).
+    outside = tmp_path / "private.key"
+    outside.write_bytes(b"k")
+    outside.chmod(0o600)
+    (tree / "pkg" / "link.py").symlink_to(outside)
+    (tree / "pkg" / ".#handler.py").symlink_to("root@host.123:1700000000")
     context, _ = docker_paths()
     subprocess.run([sys.executable, str(context / "world_readable.py"), str(tree)], check=True)
-    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [tree, *tree.rglob("*")]}
+    assert outside.stat().st_mode & 0o777 == 0o600
+    modes = {
+        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+        for p in [tree, *tree.rglob("*")]
+        if not p.is_symlink()
+    }
     assert modes == {
         "task": 0o755,
         "task/model.onnx": 0o644,

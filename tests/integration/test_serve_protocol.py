@@ -274,6 +274,7 @@ def test_a_client_that_reads_its_answer_slowly_keeps_its_connection(port: int) -
 def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
     from cataract_inference import cli
 
+    port = free_port()
     seen: dict[str, Any] = {}
 
     def serving(server: uvicorn.Server, sockets: Any = None) -> None:
@@ -282,16 +283,16 @@ def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, 
         seen.update(app=config.app, http=config.http, limit_concurrency=config.limit_concurrency, bound=names)
 
     monkeypatch.setattr(uvicorn.Server, "run", serving)
-    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=False)) == 0
+    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=port, verbose=False)) == 0
     # On loopback, behind the Host check (DNS rebinding); on another address there is no loopback name to require.
     assert isinstance(seen["app"], LoopbackHostGuard) and seen["app"].app is handler.app
-    assert cli._cmd_serve(argparse.Namespace(host="0.0.0.0", port=8123, verbose=False)) == 0
+    assert cli._cmd_serve(argparse.Namespace(host="0.0.0.0", port=port, verbose=False)) == 0
     assert seen["app"] is handler.app
     protocol = seen["http"]
     assert isinstance(protocol, type) and issubclass(protocol, H11Protocol)
     assert protocol.__name__ == "HeaderDeadlineProtocol"
     assert seen["limit_concurrency"] == 64
-    assert seen["bound"] == [("0.0.0.0", 8123)]
+    assert seen["bound"] == [("0.0.0.0", port)]
 
 
 def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
@@ -299,6 +300,7 @@ def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
 ) -> None:
     from cataract_inference import cli, observability
 
+    port = free_port()
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
 
     def serving(server: uvicorn.Server, sockets: Any = None) -> None:  # a flush of 100 values under `serve -v`
@@ -307,7 +309,7 @@ def test_serve_writes_its_metrics_to_stderr_as_the_readme_says(
 
     monkeypatch.setattr(uvicorn.Server, "run", serving)
     capsys.readouterr()
-    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=8123, verbose=True)) == 0
+    assert cli._cmd_serve(argparse.Namespace(host="127.0.0.1", port=port, verbose=True)) == 0
     out, err = capsys.readouterr()
     assert '"_aws"' not in out and '"ClientError_invalid_base64"' in err
 

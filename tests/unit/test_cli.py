@@ -454,6 +454,36 @@ def test_only_an_error_raised_by_powertools_is_called_a_powertools_setting() -> 
     assert cli._raised_by_powertools(raised(lambda: Logger(service="t", level="VERBOSE")))
     assert not cli._raised_by_powertools(raised(lambda: int("x")))  # our own code's error stays what it is
     assert not cli._raised_by_powertools(raised(lambda: json.loads("{")))
+    # Without a venv, site-packages lies inside the standard library's folder: Powertools' frames still count.
+    import sysconfig
+
+    import aws_lambda_powertools
+
+    site = Path(aws_lambda_powertools.__file__).resolve().parents[1]
+    paths = {**sysconfig.get_paths(), "stdlib": str(site.parent)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
+        assert site.name == "site-packages" and cli._raised_by_powertools(raised(lambda: strtobool("maybe")))
+        assert not cli._raised_by_powertools(raised(lambda: int("x")))
+
+
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    photo = tmp_path / "eye.png"
+    photo.write_bytes(encode(draw_eye("normal", size=(96, 64))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "wb") as full:  # every write fails: no space left on device
+        result = subprocess.run(
+            [sys.executable, "-m", "cataract_inference.cli", "make-event", str(photo)],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "cataract-screen: cannot write the output: No space left on device\n",
+    )
 
 
 def test_standard_output_closed_is_no_crash(tmp_path: Path) -> None:
@@ -718,9 +748,49 @@ def test_serve_binds_every_address_a_host_name_resolves_to(monkeypatch: pytest.M
         assert sorted((s.family, s.getsockname()[:2]) for s in socks) == sorted(
             [(socket.AF_INET6, ("::1", port)), (socket.AF_INET, ("127.0.0.1", port))]
         )
+        (v6,) = [s for s in socks if s.family == socket.AF_INET6]
+        assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1  # beside 127.0.0.1, not over it
     finally:
         for s in socks:
             s.close()
+
+
+def test_serve_on_every_address_takes_ipv4_clients_too() -> None:
+    """`--host ::` is every address, IPv4 ones included, as uvicorn serves it: IPv4 clients were refused."""
+    port = free_port()
+    (sock,) = cli._bind("::", port)
+    with sock:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        sock.listen(1)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_serve_that_loses_the_port_while_its_model_loads_exits_4(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two `serve`s started together both bind (neither listens yet); the one listening second failed after its
+    # model loaded with "Address already in use" and exit 2, the usage-error code.
+    import uvicorn
+
+    port = free_port()
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.bind(("127.0.0.1", port))
+    loaded = cli._handler
+
+    def the_other_listens_first() -> Any:
+        other.listen(1)
+        return loaded()
+
+    monkeypatch.setattr(cli, "_handler", the_other_listens_first)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("uvicorn started on a port in use"))
+    with other:
+        assert cli.main(["serve", "--port", str(port)]) == 4
+    err = capsys.readouterr().err
+    assert err == (
+        f"cataract-screen: cannot listen on 127.0.0.1:{port}: port {port} is in use (another server, or a `serve` "
+        "still running); stop it or choose --port\n"
+    )
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_4(

@@ -103,10 +103,14 @@ def _handler() -> ModuleType:
 def _raised_by_powertools(exc: BaseException) -> bool:
     """Whether the innermost frame outside the standard library (which Powertools calls, as logging for a level) is
     Powertools' own."""
-    stdlib = sysconfig.get_paths()["stdlib"]
-    ours = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
-    ours = [name for name in ours if not name.startswith(("<", stdlib))]  # "<frozen importlib._bootstrap>"
-    return bool(ours) and "aws_lambda_powertools" in Path(ours[-1]).parts
+    import aws_lambda_powertools
+
+    powertools = Path(aws_lambda_powertools.__file__).resolve().parent
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    frames = [Path(f.filename).resolve() for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
+    # Without a venv, site-packages lies inside the standard library's folder: it is not the standard library.
+    outside = [f for f in frames if not f.is_relative_to(stdlib) or "site-packages" in f.parts]
+    return bool(outside) and outside[-1].is_relative_to(powertools)
 
 
 def _is_interrupt(exc: BaseException) -> bool:
@@ -300,14 +304,16 @@ def _is_loopback(host: str) -> bool:
 
 def _bind(host: str, port: int) -> list[socket.socket]:
     """Sockets bound to ``host:port``, not yet listening: one per address a host name resolves to (``localhost`` is
-    often both ::1 and 127.0.0.1), as uvicorn binds them.
+    often both ::1 and 127.0.0.1, and a client may try either).
 
-    Bound here, before the model loads, so that a taken port fails at once with a plain message (uvicorn logs the
-    error and exits 3, the code for a bad model); they listen only once the model is loaded, so that a client never
-    waits on a server that cannot answer yet.
+    Bound here, before the model loads, so that a port a server listens on fails at once with a plain message
+    (uvicorn logs the error and exits 3, the code for a bad model); they listen only once the model is loaded, so
+    that a client never waits on a server that cannot answer yet.
     """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     addresses = list(dict.fromkeys((family, sockaddr[0]) for family, _, _, _, sockaddr in infos))
+    # An IPv6 socket takes IPv4 too unless told not to: only beside an IPv4 one of its own (::1 and 127.0.0.1) is it.
+    v6_only = any(family == socket.AF_INET for family, _ in addresses)
     bound: list[socket.socket] = []
     unusable: OSError | None = None
     try:
@@ -316,8 +322,8 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             try:
                 if os.name != "nt":  # as asyncio and socket.create_server: restart at once after Ctrl-C
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:  # ::1 beside 127.0.0.1, not over it
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6_only))
                 sock.bind((address, port))
             except OSError as exc:
                 sock.close()
@@ -336,22 +342,31 @@ def _bind(host: str, port: int) -> list[socket.socket]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    shown = _shown(args.host)
     try:
-        socks = _bind(args.host, args.port)  # before the model loads: a taken port fails at once
+        socks = _bind(args.host, args.port)  # before the model loads: a port a server listens on fails at once
     except OSError as exc:
-        if exc.errno in {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)}:  # Windows reports the latter
-            why = f"port {args.port} is in use (another server, or a `serve` still running); stop it or choose --port"
-        elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
-            why = f"{args.host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
-        else:
-            why = exc.strerror or str(exc)
-        print(f"cataract-screen: cannot listen on {shown}:{args.port}: {why}", file=sys.stderr)
-        return EXIT_CANNOT_LISTEN
+        return _cannot_listen(exc, args)
     with contextlib.ExitStack() as stack:
         for sock in socks:
             stack.enter_context(sock)
         return _serve_on(socks, shown, args)
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # as a URL writes an IPv6 address
+
+
+def _cannot_listen(exc: OSError, args: argparse.Namespace) -> int:
+    shown = _shown(args.host)
+    if exc.errno in {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)}:  # Windows reports the latter
+        why = f"port {args.port} is in use (another server, or a `serve` still running); stop it or choose --port"
+    elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        why = f"{args.host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
+    else:
+        why = exc.strerror or str(exc)
+    print(f"cataract-screen: cannot listen on {shown}:{args.port}: {why}", file=sys.stderr)
+    return EXIT_CANNOT_LISTEN
 
 
 def _serve_on(socks: list[socket.socket], shown: str, args: argparse.Namespace) -> int:
@@ -362,8 +377,11 @@ def _serve_on(socks: list[socket.socket], shown: str, args: argparse.Namespace) 
 
     handler = _handler()
     app, settings = handler.app, handler.settings
-    for sock in socks:
-        sock.listen(2048)  # uvicorn's backlog, which it sets again
+    try:
+        for sock in socks:
+            sock.listen(2048)  # uvicorn's backlog, which it sets again
+    except OSError as exc:  # another `serve` bound the port too while this one loaded (both not yet listening)
+        return _cannot_listen(exc, args)
     print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     if not _is_loopback(args.host):
         print(
@@ -497,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _stdout_to_devnull()
         return code or EXIT_BROKEN_PIPE  # an interrupt or an error says more than the reader that left with it
+    except OSError as exc:  # a full disk, a file over its size limit: the results did not all get out
+        _stdout_to_devnull()
+        print(f"cataract-screen: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return code or 2
     return code
 
 
