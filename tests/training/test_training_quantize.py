@@ -147,3 +147,24 @@ def test_gate_heads_are_refitted_on_the_quantized_features(
     on_train = export.onnx_outputs(path, train)
     for head in ("ood_distance", "mid_distance"):
         assert report[f"{head}_median_on_train"]["after"] == round(float(np.median(on_train[head])), 3)
+
+
+def test_an_efficientnet_graph_quantizes_too(tmp_path: Path) -> None:
+    # Its "same" padding is computed from the input's shape at run time, which onnxruntime's symbolic shape
+    # inference cannot follow: every EfficientNet-Lite0 export failed at its int8 step, and with it the release.
+    net = CataractNet("efficientnet_lite0", pretrained=False).eval()
+    emb = np.random.default_rng(0).normal(size=(50, net.info.feat_dim))
+    graph = export.ServingGraph(net, export.fit_ood(emb, k=8), export.FeatureGaussian.placeholder(net.mid_dim))
+    export.export_onnx(graph, SIZE, tmp_path / "fp32.onnx")
+    calibration = np.random.default_rng(1).normal(size=(8, 3, SIZE, SIZE)).astype(np.float32)
+    quantize.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+
+
+def test_a_float_export_that_disagrees_with_pytorch_is_refused() -> None:
+    # Release recorded this parity and shipped whatever it measured (argmax agreement 0.0 included).
+    fine = {"max_abs_logits": 3e-6, "argmax_agreement": 1.0}
+    export.check_fp32_parity(fine)
+    for broken in ({**fine, "max_abs_logits": 0.5}, {**fine, "argmax_agreement": 0.98}):
+        with pytest.raises(ValueError, match="the exported ONNX graph disagrees with PyTorch"):
+            export.check_fp32_parity(broken)

@@ -263,6 +263,22 @@ def torch_outputs(graph: ServingGraph, tensors: np.ndarray, batch: int = 32) -> 
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
+# How far the float ONNX graph may stray from PyTorch on the same tensors: measured ≤ 3e-6 on the logits and
+# ≤ 2e-4 on the distances (both backbones, batch 1-5); a graph past this computes something else.
+FP32_LOGITS_TOLERANCE = 1e-3
+
+
+def check_fp32_parity(found: dict[str, Any]) -> None:
+    """Refuse a float export that disagrees with the PyTorch network it came from (``parity``'s report)."""
+    if found["max_abs_logits"] > FP32_LOGITS_TOLERANCE or found["argmax_agreement"] < 1.0:
+        raise ValueError(
+            f"the exported ONNX graph disagrees with PyTorch on the validation photos (logits differ by up to "
+            f"{found['max_abs_logits']:.3g}, the limit is {FP32_LOGITS_TOLERANCE:g}; the predicted class agrees on "
+            f"{found['argmax_agreement']:.1%}): the export is broken, so nothing was written; check the torch and "
+            "onnx versions against pyproject.toml"
+        )
+
+
 def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
     """Max absolute difference per output, and how often the predicted class agrees."""
     out: dict[str, Any] = {f"max_abs_{n}": float(np.abs(reference[n] - other[n]).max()) for n in OUTPUT_NAMES}

@@ -187,7 +187,14 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, recipe: Recipe
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
+    try:
+        quant_pre_process(str(fp32), str(pre))
+    except Exception as exc:  # onnxruntime raises a bare Exception for it
+        if "symbolic shape inference" not in str(exc):
+            raise
+        # EfficientNet-Lite0's "same" padding is computed from the input's shape at run time, which symbolic shape
+        # inference cannot follow; ONNX's own shape inference (kept) is all the quantizer needs.
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     model = onnx.load(str(pre))
     equalised = equalise(model, calibration) if recipe.equalise else []
     onnx.save(model, str(pre))

@@ -183,6 +183,8 @@ def release(
             info["gate_heads_refit"] = export.refit_gate_heads(model_path, prep.tensors[tr])
         outs = export.onnx_outputs(model_path, prep.tensors[va])
         info["parity_vs_torch"] = export.parity(ref, outs)
+        if name == "fp32":
+            export.check_fp32_parity(info["parity_vs_torch"])  # int8 is judged against fp32 (choose)
         if name == "int8":
             info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
         info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof, left_out)
