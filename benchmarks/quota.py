@@ -99,16 +99,16 @@ def compare(model_dir: Path, rounds: int, per_block: int) -> dict[int, dict[str,
 def table(results: dict[int, dict[str, list[float]]]) -> str:
     """Markdown: one row per memory size, photo, traffic pattern and thread count."""
     lines = [
-        "| memory (CPU share) | photo | requests | ORT threads | p50 ms | p95 ms | max ms |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| memory (CPU share) | photo | requests | ORT threads | n | p50 ms | p95 ms | min–max ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for mb, samples in results.items():
         for key, values in samples.items():
             photo, mode, threads = key.split("|")
             s = Stats.of(values)
             lines.append(
-                f"| {mb} MB ({mb / ONE_VCPU_MB:.2f} vCPU) | {photo} | {mode} | {threads} | "
-                f"{fmt(s.p50)} | {fmt(s.p95)} | {fmt(s.hi)} |"
+                f"| {mb} MB ({mb / ONE_VCPU_MB:.2f} vCPU) | {photo} | {mode} | {threads} | {s.n} | "
+                f"{fmt(s.p50)} | {fmt(s.p95)} | {fmt(s.lo)}–{fmt(s.hi)} |"
             )
     return "\n".join(lines)
 

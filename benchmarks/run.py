@@ -214,8 +214,11 @@ def int8_section(
     reps: int,
     emit: Callable[[str], None],
     targets: list[Row],
+    *,
+    unmeasured: dict[str, str],
 ) -> None:
-    """int8 against fp32 from the same export: latency in this process, validation accuracy, head drift."""
+    """int8 against fp32 from the same export: latency in this process, validation accuracy, head drift.
+    What it cannot measure here goes into ``unmeasured``, which makes the run partial."""
     from cataract_inference.imaging import load_for_model
     from cataract_inference.manifest import load_manifest
 
@@ -234,7 +237,9 @@ def int8_section(
     if not (SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file()):
         emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
         emit("")
-        targets.append(("int8 accuracy loss on validation", "≤ 1 point", "validation photos absent", verdict(False)))
+        why = "not measured: no validation photos (the data or the run's split.json is absent)"
+        targets.append(("int8 accuracy loss on validation", "≤ 1 point", "not measured", why))
+        unmeasured["int8"] = why  # not a failed target: a run that could not judge it is not the full set
         return
     val = int8.validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
     emit("| variant | validation photos | accuracy | sensitivity (cataracts found) |")
@@ -405,7 +410,7 @@ def _measure(
             baseline = "our handler, 2 threads (ORT_INTRA_OP_THREADS=2: helpers spin)"
             emit(latency_table(samples, baseline))
             emit()
-            r2 = latency.ratio(samples, "reference-style app (ORT defaults: 2 threads here, spinning)", baseline)
+            r2 = latency.ratio(samples, "reference-style app (2 threads, ORT's default spinning)", baseline)
             targets["reference"].append(
                 (f"reference-style ÷ ours, both 2 threads, {name}", "> 1×", f"{fmt(r2)}×", faster_verdict(r2))
             )
@@ -475,7 +480,7 @@ def _measure(
             whose = "the measured model's own run" if own else f"not the measured model's run, another {trained} run"
             emit(f"Run `{export_run.name}`: {whose}.")
             emit()
-            int8_section(pair, photos[small_key], reps, emit, targets["int8"])
+            int8_section(pair, photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
             if not own:  # the Targets table says so too, not only the section's text
                 targets["int8"] = [(w, t, f"{m} (run {export_run.name})", v) for w, t, m, v in targets["int8"]]
 
@@ -486,10 +491,11 @@ def _measure(
         runs, creation = tuning.compare(handler.classifier.artifact.model_path, reps)
         emit(latency_table(runs, "serving: 1 thread, ENABLE_ALL, no spin"))
         emit()
-        emit("| session creation (cold-start share) | median ms |")
-        emit("|---|---:|")
+        emit("| session creation (cold-start share) | n | p50 ms | min–max ms |")
+        emit("|---|---:|---:|---:|")
         for k, v in creation.items():
-            emit(f"| {k} | {fmt(v, 1)} |")
+            made = Stats.of(v)
+            emit(f"| {k} | {made.n} | {fmt(made.p50, 1)} | {fmt(made.lo, 1)}–{fmt(made.hi, 1)} |")
         emit()
 
     if "quota" not in skip:

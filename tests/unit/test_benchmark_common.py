@@ -191,3 +191,11 @@ def test_the_pytorch_handler_builds_the_runs_backbone(tmp_path: Path, monkeypatc
         expected = torch.softmax(net(x[None])[0], -1)
     body = json.loads(response["body"])
     assert body["cataract"] == pytest.approx(float(expected[0]), abs=1e-5)
+
+
+def test_the_quota_table_gives_n_p50_p95_and_min_max() -> None:
+    from benchmarks import quota
+
+    text = quota.table({quota.ONE_VCPU_MB: {"small photo|one at a time|1": [3.0, 1.0, 2.0]}})
+    assert "| n | p50 ms | p95 ms | min–max ms |" in text
+    assert text.splitlines()[-1].endswith("| 1 | 3 | 2.00 | 3.00 | 1.00–3.00 |")

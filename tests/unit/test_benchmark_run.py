@@ -87,7 +87,7 @@ def test_an_explicit_output_is_written_for_a_partial_run(bench: Path) -> None:
 
 def test_a_failing_section_still_writes_what_was_measured(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = {"serving: 1 thread, ENABLE_ALL, no spin": [1.0, 1.2], "other": [2.0, 2.2]}
-    monkeypatch.setattr(run.tuning, "compare", lambda path, reps: (runs, {"serving options": 17.0}))
+    monkeypatch.setattr(run.tuning, "compare", lambda path, reps: (runs, {"serving options": [17.0, 16.0, 18.5]}))
 
     def child_fails(*args: str, **kwargs: Any) -> Any:
         raise RuntimeError("python -m benchmarks.memory failed (1):\nMemoryError")
@@ -97,7 +97,7 @@ def test_a_failing_section_still_writes_what_was_measured(bench: Path, monkeypat
     with pytest.raises(RuntimeError):
         run.main(["--skip", _all_but("tuning", "memory", "deps"), "--output", str(out)])
     report = out.read_text(encoding="utf-8")
-    assert "| serving options | 17.0 |" in report  # the tuning section, measured before memory failed
+    assert "| serving options | 3 | 17.0 | 16.0–18.5 |" in report  # the tuning section, measured before memory failed
     assert "stopped early: section `memory` failed (RuntimeError: python -m benchmarks.memory failed (1):)" in report
     targets = _targets(report)
     assert targets["peak RSS after 1,000 requests"] == ("not measured", "not measured: the run stopped")
@@ -184,8 +184,15 @@ def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: 
     # 2.999 ÷ 2.0 = 1.4995, shown as 1.50×: the target "≥ 1.5×" is met as the table reads.
     monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [2.999], "int8 session.run": [2.0]})
     targets: list[run.Row] = []
-    run.int8_section((export / "fp32", export / "int8"), small_photo(), 1, lambda text: None, targets)
+    unmeasured: dict[str, str] = {}
+    run.int8_section(
+        (export / "fp32", export / "int8"), small_photo(), 1, lambda text: None, targets, unmeasured=unmeasured
+    )
     assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")
+    # No validation photos here: the accuracy row is not measured, not failed, and the run is not the full set.
+    why = "not measured: no validation photos (the data or the run's split.json is absent)"
+    assert targets[1] == ("int8 accuracy loss on validation", "≤ 1 point", "not measured", why)
+    assert unmeasured == {"int8": why} and run.run_kind(False, set(), None, unmeasured)[0]
 
 
 def test_only_a_run_that_measured_everything_is_the_full_set() -> None:
@@ -237,7 +244,7 @@ def test_int8_rows_name_a_run_that_is_not_the_models_own(bench: Path, monkeypatc
     pair = (other / "export" / "fp32", other / "export" / "int8")
     monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: pair)
 
-    def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row]) -> None:
+    def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row], **kwargs: Any) -> None:
         targets.append(("int8 speed-up over fp32", "≥ 1.5×", "1.90×", "met"))
 
     monkeypatch.setattr(run, "int8_section", int8_section)
