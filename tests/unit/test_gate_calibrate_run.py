@@ -250,3 +250,4 @@ def test_photos_are_named_uniquely_whatever_the_layout() -> None:
 
     assert names(["/d/train/cataract/x.png", "/d/val/cataract/x.png"]) == ["train/cataract/x.png", "val/cataract/x.png"]
     assert names(["/d/eyes/cataract/x.png", "/d/eyes/normal/x.png"]) == ["cataract/x.png", "normal/x.png"]
+    assert names(["/d/eyes/cataract/x.png"]) == ["cataract/x.png"]  # one photo: still under its class folder

@@ -904,11 +904,12 @@ def check_halves(eyes: EyeSet) -> None:
 
 
 def photo_names(eyes: EyeSet) -> list[str]:
-    """Each photo's path under the folder they all share: ``cataract/x.png`` in the usual layout, and unique in any
-    (``train/cataract/x.png`` beside ``val/cataract/x.png``), since the benign variants are matched by it."""
+    """Each photo's path under the folder that holds all their class folders: ``cataract/x.png`` in the usual layout,
+    and unique in any (``train/cataract/x.png`` beside ``val/cataract/x.png``): the benign variants are matched by
+    it."""
     if not eyes.paths:
         return []
-    root = Path(os.path.commonpath([path.parent for path in eyes.paths]))
+    root = Path(os.path.commonpath([path.parent.parent for path in eyes.paths]))  # above the class folders
     return [path.relative_to(root).as_posix() for path in eyes.paths]
 
 
