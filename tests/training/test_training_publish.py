@@ -573,7 +573,9 @@ def test_a_publish_that_failed_part_way_says_so_and_a_retry_finishes_it(
     with pytest.raises(publish.PublishError) as info:
         publish.pull(f"s3://{BUCKET}/p", dest, version="v1", client=s3)
     message = str(info.value)
-    assert f"s3://{BUCKET}/p/v1/model.json does not exist, though model.onnx does" in message
+    assert (
+        f"s3://{BUCKET}/p/v1/model.json does not exist: model.onnx is there, so version v1 is half-published" in message
+    )
     assert "half-published" in message and "`cataract-train publish` again" in message
     assert (dest / "model.onnx").read_bytes() == b"the model we had"
     # What the messages promise: the same publish again finishes the version.

@@ -108,6 +108,19 @@ def _pull_needs(bucket: str, prefix: str) -> str:
     )
 
 
+def _get_named(client: Any, bucket: str, key: str, folder: Path, missing: str) -> dict[str, str]:
+    """``_get`` of ``key`` into ``folder`` (under its own name); a key that is not there is a PublishError that names
+    it and says ``missing`` (what that means, and what to do)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return _get(client, bucket, key, folder / key.rsplit("/", 1)[-1])
+    except ClientError as exc:
+        if _code(exc) not in _MISSING_KEY:
+            raise
+        raise PublishError(f"s3://{bucket}/{key} does not exist: {missing}") from exc
+
+
 def _card_version(card: Path) -> str | None:
     """The version a model card's title names (``# Model card: NAME VERSION``), or None."""
     try:
@@ -339,33 +352,22 @@ def pull(
         dest.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest, prefix=".pull-") as tmp:
             tmp_dir = Path(tmp)
-            try:
-                meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
-            except ClientError as exc:
-                if _code(exc) not in _MISSING_KEY:
-                    raise
-                raise PublishError(
-                    f"s3://{bucket}/{folder}{MODEL_FILENAME} does not exist: "
-                    + (
-                        f"{LATEST} names version {version}, which was never published whole; re-publish it, or pull "
-                        "another with --version"
-                        if from_latest
-                        else f"no version {version} is published under s3://{bucket}/{prefix} (check --version "
-                        f"against what `cataract-train publish` printed, or leave it out for the one {LATEST} names)"
-                    )
-                    + f"; nothing was written to {dest}"
-                ) from exc
-            try:
-                manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
-            except ClientError as exc:
-                if _code(exc) not in _MISSING_KEY:
-                    raise
-                raise PublishError(
-                    f"s3://{bucket}/{folder}{MANIFEST_FILENAME} does not exist, though {MODEL_FILENAME} does: version "
-                    f"{version} is half-published (a publish that failed or was interrupted part-way). Run that "
-                    "`cataract-train publish` again with its model folder unchanged (it uploads only what is missing), "
-                    f"or pull another version; nothing was written to {dest}"
-                ) from exc
+            never_whole = (
+                f"{LATEST} names version {version}, which was never published whole; re-publish it, or pull another "
+                "with --version"
+                if from_latest
+                else f"no version {version} is published under s3://{bucket}/{prefix} (check --version against what "
+                f"`cataract-train publish` printed, or leave it out for the one {LATEST} names)"
+            )
+            meta = _get_named(
+                client, bucket, folder + MODEL_FILENAME, tmp_dir, f"{never_whole}; nothing was written to {dest}"
+            )
+            half = (
+                f"{MODEL_FILENAME} is there, so version {version} is half-published (a publish that failed or was "
+                "interrupted part-way). Run that `cataract-train publish` again with its model folder unchanged (it "
+                f"uploads only what is missing), or pull another version; nothing was written to {dest}"
+            )
+            manifest_meta = _get_named(client, bucket, folder + MANIFEST_FILENAME, tmp_dir, half)
             try:
                 check_manifest_bytes(
                     (tmp_dir / MANIFEST_FILENAME).read_bytes(),

@@ -431,24 +431,22 @@ def _drawing_path(text: str) -> str:
     return text
 
 
-def _seed(text: str) -> int:
+def _whole_number(text: str, lowest: int, highest: int, refusal: str) -> int:
     try:
-        seed = int(text)
+        number = int(text)
     except ValueError:
-        seed = -1
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: use a whole number, 0 or more")
-    return seed
+        number = lowest - 1
+    if not lowest <= number <= highest:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {refusal}")
+    return number
+
+
+def _seed(text: str) -> int:
+    return _whole_number(text, 0, sys.maxsize, "a seed: use a whole number, 0 or more")
 
 
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return port
+    return _whole_number(text, 1, 65535, "a port (1-65535)")
 
 
 # Settings come from the environment, as on Lambda: say so where a user looks for a --model flag.
