@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cataract_training import calibrate, release
+from cataract_training.files import replace_together
 
 POS = release.POS
 
@@ -163,7 +164,7 @@ def test_a_failure_while_writing_the_new_files_leaves_the_old_set_intact(tmp_pat
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        release._replace_together(
+        replace_together(
             tmp_path,
             {
                 "model.onnx": lambda p: p.write_text("new model"),
@@ -177,7 +178,7 @@ def test_a_failure_while_writing_the_new_files_leaves_the_old_set_intact(tmp_pat
         "old manifest",
         "old card",
     ]
-    release._replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
+    replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
     assert (tmp_path / "model.onnx").read_text() == "new model"
     # As readable as any file written there (the image build and the function read it), not a temp file's 0600.
     (tmp_path / "plain").write_text("x")
@@ -196,7 +197,7 @@ def test_replaced_files_keep_the_mode_of_the_ones_they_replace(tmp_path: Path) -
         (tmp_path / name).chmod(0o644)
     old_umask = os.umask(0o077)
     try:
-        release._replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
+        replace_together(tmp_path, {"model.onnx": lambda p: p.write_text("new model")})
         card.write_card(load_manifest(BUNDLED_MODEL_DIR / "model.json"), tmp_path)
     finally:
         os.umask(old_umask)

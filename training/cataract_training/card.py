@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -14,7 +13,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .cv import FIT_ONLY
-from .files import keep_mode
+from .files import replace_together
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
 from .metrics import format_rate as _ci
@@ -499,11 +498,5 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     """Write ``MODEL_CARD.md`` beside the model (``card_text``), whole or not at all."""
     path = Path(model_dir) / CARD_FILENAME
     text = card_text(manifest, model_dir)
-    tmp = path.with_name(f".{CARD_FILENAME}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        keep_mode(path, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_together(path.parent, {CARD_FILENAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import sys
@@ -36,7 +35,7 @@ from cataract_inference.manifest import (
 from cataract_inference.model_source import sha256_of
 
 from . import calibrate, card, evaluate, export, gate, quantize
-from .files import keep_mode
+from .files import replace_together
 from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -307,7 +306,7 @@ def release(
         )
     # Rendered before anything in out_dir is touched: a card that cannot be read fails here, with the old set intact.
     card_text = card.card_text(manifest, out_dir)
-    _replace_together(
+    replace_together(
         out_dir,
         {
             MODEL_FILENAME: lambda tmp: shutil.copyfile(shipped / MODEL_FILENAME, tmp),
@@ -339,25 +338,6 @@ def _count_served_under(
         else:  # as the gate calibration leaves them: the kept gate was calibrated for the shipped bytes only
             for key in counts:
                 variant["validation"].pop(key, None)
-
-
-def _replace_together(out_dir: Path, writers: dict[str, Any]) -> None:
-    """Write each file of ``writers`` (name -> a function that writes it to the path given) beside its target, then
-    move them all into place: a failure while writing leaves every old file as it was."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, write in writers.items():
-            # Not tempfile.mkstemp: its files are 0600, and the image build and the function must read these.
-            tmp = out_dir / f".{name}.export-{os.getpid()}.tmp"
-            staged.append((tmp, out_dir / name))
-            write(tmp)
-            keep_mode(out_dir / name, tmp)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
 
 
 def _previous_manifest(out_dir: Path) -> Manifest | None:
