@@ -16,11 +16,13 @@ model.json it was published with always stay together.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +110,14 @@ def _pull_needs(bucket: str, prefix: str) -> str:
     )
 
 
-def _get_named(client: Any, bucket: str, key: str, folder: Path, missing: str) -> dict[str, str]:
-    """``_get`` of ``key`` into ``folder`` (under its own name); a key that is not there is a PublishError that names
-    it and says ``missing`` (what that means, and what to do)."""
+@contextlib.contextmanager
+def _named_if_missing(bucket: str, key: str, missing: str) -> Iterator[None]:
+    """Turn S3's "no such key" inside the block into a PublishError that names the key and says ``missing`` (what
+    that means, and what to do); any other S3 error passes through."""
     from botocore.exceptions import ClientError
 
     try:
-        return _get(client, bucket, key, folder / key.rsplit("/", 1)[-1])
+        yield
     except ClientError as exc:
         if _code(exc) not in _MISSING_KEY:
             raise
@@ -331,16 +334,12 @@ def pull(
     try:
         from_latest = version is None
         if version is None:
-            try:
+            nothing = (
+                f"nothing was published under s3://{bucket}/{prefix} (check the URI against what `cataract-train "
+                "publish` printed), or pass --version"
+            )
+            with _named_if_missing(bucket, prefix + LATEST, nothing):
                 body = client.get_object(Bucket=bucket, Key=prefix + LATEST)["Body"].read()
-            except ClientError as exc:
-                if _code(exc) not in _MISSING_KEY:
-                    raise
-                raise PublishError(
-                    f"s3://{bucket}/{prefix}{LATEST} does not exist: nothing was published under "
-                    f"s3://{bucket}/{prefix} (check the URI against what `cataract-train publish` printed), or pass "
-                    "--version"
-                ) from exc
             pointer = json.loads(body)
             version = pointer.get("version") if isinstance(pointer, dict) else None
             if not isinstance(version, str) or not version.strip("/"):
@@ -359,15 +358,15 @@ def pull(
                 else f"no version {version} is published under s3://{bucket}/{prefix} (check --version against what "
                 f"`cataract-train publish` printed, or leave it out for the one {LATEST} names)"
             )
-            meta = _get_named(
-                client, bucket, folder + MODEL_FILENAME, tmp_dir, f"{never_whole}; nothing was written to {dest}"
-            )
+            with _named_if_missing(bucket, folder + MODEL_FILENAME, f"{never_whole}; nothing was written to {dest}"):
+                meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
             half = (
                 f"{MODEL_FILENAME} is there, so version {version} is half-published (a publish that failed or was "
                 "interrupted part-way). Run that `cataract-train publish` again with its model folder unchanged (it "
                 f"uploads only what is missing), or pull another version; nothing was written to {dest}"
             )
-            manifest_meta = _get_named(client, bucket, folder + MANIFEST_FILENAME, tmp_dir, half)
+            with _named_if_missing(bucket, folder + MANIFEST_FILENAME, half):
+                manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
             try:
                 check_manifest_bytes(
                     (tmp_dir / MANIFEST_FILENAME).read_bytes(),
