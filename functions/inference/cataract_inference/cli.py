@@ -344,7 +344,6 @@ def _bind(host: str, port: int) -> list[socket.socket]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    shown = _shown(args.host)
     try:
         socks = _bind(args.host, args.port)  # before the model loads: a port a server listens on fails at once
     except OSError as exc:
@@ -352,7 +351,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         for sock in socks:
             stack.enter_context(sock)
-        return _serve_on(socks, shown, args)
+        return _serve_on(socks, args)
 
 
 def _shown(host: str) -> str:
@@ -360,18 +359,17 @@ def _shown(host: str) -> str:
 
 
 def _cannot_listen(exc: OSError, args: argparse.Namespace) -> int:
-    shown = _shown(args.host)
     if exc.errno in {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None)}:  # Windows reports the latter
         why = f"port {args.port} is in use (another server, or a `serve` still running); stop it or choose --port"
     elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
         why = f"{args.host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
     else:
         why = exc.strerror or str(exc)
-    print(f"cataract-screen: cannot listen on {shown}:{args.port}: {why}", file=sys.stderr)
+    print(f"cataract-screen: cannot listen on {_shown(args.host)}:{args.port}: {why}", file=sys.stderr)
     return EXIT_CANNOT_LISTEN
 
 
-def _serve_on(socks: list[socket.socket], shown: str, args: argparse.Namespace) -> int:
+def _serve_on(socks: list[socket.socket], args: argparse.Namespace) -> int:
     import uvicorn
 
     from .host_guard import LoopbackHostGuard
@@ -384,7 +382,7 @@ def _serve_on(socks: list[socket.socket], shown: str, args: argparse.Namespace) 
             sock.listen(2048)  # uvicorn's backlog, which it sets again
     except OSError as exc:  # another `serve` bound the port too while this one loaded (both not yet listening)
         return _cannot_listen(exc, args)
-    print(f"cataract-screen: serving on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    print(f"cataract-screen: serving on http://{_shown(args.host)}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     if not _is_loopback(args.host):
         print(
             "cataract-screen: warning: reachable from other machines, with no API key (API Gateway checks keys, "
