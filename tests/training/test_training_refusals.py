@@ -263,47 +263,34 @@ def test_evaluate_takes_a_folder_of_one_class(tmp_path: Path, capsys: pytest.Cap
     assert re.search(r"evaluation: n=3 .*sensitivity [01]\.\d+ \[.*specificity n/a", out), out
 
 
+IS_A_FILE = "{afile} is a file; give a folder"
+UNDER_A_FILE = "cannot be created: {afile} is a file; give a folder that is not under a file"
+
+
 @pytest.mark.parametrize(
-    "command",
+    ("command", "said"),
     [
-        ["audit", "DATA", "--out", "FILE"],
-        ["fit", "DATA", "--runs", "FILE"],
-        ["export", "runs/some-run", "--out", "FILE"],
-        ["evaluate", "DATA", "--out", "FILE"],
+        (["audit", "DATA", "--out", "FILE"], IS_A_FILE),
+        (["fit", "DATA", "--runs", "FILE"], IS_A_FILE),
+        (["export", "runs/some-run", "--out", "FILE"], IS_A_FILE),
+        (["evaluate", "DATA", "--out", "FILE"], IS_A_FILE),
+        # export found these out only at its very end, after training, quantizing and evaluating.
+        (["export", "runs/some-run", "--out", "FILE/model"], UNDER_A_FILE),
+        (["all", "DATA", "--out", "FILE/model"], UNDER_A_FILE),
+        (["fit", "DATA", "--runs", "FILE/runs"], UNDER_A_FILE),
     ],
 )
-def test_an_out_or_runs_that_is_a_file_is_refused_before_any_work(
-    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+def test_an_out_or_runs_that_is_or_lies_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, command: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     afile = tmp_path / "afile.txt"
     afile.write_text("mine")
     data = tmp_path / "eyes"
     with pytest.raises(SystemExit) as info:
-        cli.main([str(data) if a == "DATA" else str(afile) if a == "FILE" else a for a in command])
+        cli.main([str(data) if a == "DATA" else a.replace("FILE", str(afile)) for a in command])
     assert info.value.code == 2
-    assert f"{afile} is a file; give a folder" in capsys.readouterr().err
+    assert said.format(afile=afile) in capsys.readouterr().err
     assert afile.read_text() == "mine" and not data.exists()
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["export", "runs/some-run", "--out", "FILE/model"],
-        ["all", "DATA", "--out", "FILE/model"],
-        ["fit", "DATA", "--runs", "FILE/runs"],
-    ],
-)
-def test_an_out_or_runs_under_a_file_is_refused_before_any_work(
-    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    # export found out only at its very end, after training, quantizing and evaluating.
-    afile = tmp_path / "afile.txt"
-    afile.write_text("mine")
-    with pytest.raises(SystemExit) as info:
-        cli.main([str(tmp_path / "eyes") if a == "DATA" else a.replace("FILE", str(afile)) for a in command])
-    assert info.value.code == 2
-    assert f"cannot be created: {afile} is a file; give a folder that is not under a file" in capsys.readouterr().err
-    assert afile.read_text() == "mine"
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(

@@ -159,18 +159,32 @@ def test_probe_threshold_comes_from_out_of_fold_scores() -> None:
     assert np.mean([probe.score(_embedding(s)) for s in _embedded(100, other_dir, 9)]) < 0 < in_sample.mean()
 
 
-def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
-    dim = 16
+PROBE_DIM = 16
+
+
+def _probe_directions() -> tuple[np.ndarray, np.ndarray]:
+    """Where eye and non-eye embeddings cluster (``PROBE_DIM``-d)."""
     rng = np.random.default_rng(3)
-    eye_dir, other_dir = rng.normal(size=dim), rng.normal(size=dim)
-    eyes = [
-        cal.Signals(s.stats, s.ood_distance, e.embedding)
-        for s, e in zip(_eyes(200), _embedded(200, eye_dir, 4), strict=True)
-    ]
-    non = [
-        cal.Signals(s.stats, s.ood_distance, e.embedding)
-        for s, e in zip(_non_eyes(100), _embedded(100, other_dir, 5), strict=True)
-    ]
+    return rng.normal(size=PROBE_DIM), rng.normal(size=PROBE_DIM)
+
+
+def _eyes_and_non_eyes_embedded(n_eyes: int = 200, n_non: int = 100) -> tuple[list[cal.Signals], list[cal.Signals]]:
+    """Eye photos and non-eye images with embeddings along ``_probe_directions``."""
+    eye_dir, other_dir = _probe_directions()
+
+    def joined(signals: list[cal.Signals], embedded: list[cal.Signals]) -> list[cal.Signals]:
+        return [cal.Signals(s.stats, s.ood_distance, e.embedding) for s, e in zip(signals, embedded, strict=True)]
+
+    return (
+        joined(_eyes(n_eyes), _embedded(n_eyes, eye_dir, 4)),
+        joined(_non_eyes(n_non), _embedded(n_non, other_dir, 5)),
+    )
+
+
+def test_fit_gate_with_probe_records_a_probe_the_serving_rule_applies() -> None:
+    dim = PROBE_DIM
+    _, other_dir = _probe_directions()
+    eyes, non = _eyes_and_non_eyes_embedded()
     probe_data = (eyes, [str(i) for i in range(200)], [str(i) for i in range(100)], [True] * 200)
     gate = cal.fit_gate(eyes, eyes, non, target_false_reject=0.03, probe_data=probe_data)
     extra = gate.model_extra or {}
@@ -453,26 +467,9 @@ def _probe_set(
     n_eyes: int = 200, n_non: int = 100
 ) -> tuple[list[cal.Signals], list[cal.Signals], tuple[list[cal.Signals], list[str], list[str], list[bool]]]:
     """Eye photos and non-eye images with embeddings and mid-level distances, and the probe's data."""
-    rng = np.random.default_rng(3)
-    eye_dir, other_dir = rng.normal(size=16), rng.normal(size=16)
-    eyes = _with_mid(
-        [
-            cal.Signals(s.stats, s.ood_distance, e.embedding)
-            for s, e in zip(_eyes(n_eyes), _embedded(n_eyes, eye_dir, 4), strict=True)
-        ],
-        15.0,
-        3.0,
-        seed=3,
-    )
-    non = _with_mid(
-        [
-            cal.Signals(s.stats, s.ood_distance, e.embedding)
-            for s, e in zip(_non_eyes(n_non), _embedded(n_non, other_dir, 5), strict=True)
-        ],
-        40.0,
-        5.0,
-        seed=4,
-    )
+    embedded_eyes, embedded_non = _eyes_and_non_eyes_embedded(n_eyes, n_non)
+    eyes = _with_mid(embedded_eyes, 15.0, 3.0, seed=3)
+    non = _with_mid(embedded_non, 40.0, 5.0, seed=4)
     probe_data = (eyes, [str(i) for i in range(n_eyes)], [str(i) for i in range(n_non)], [True] * n_eyes)
     return eyes, non, probe_data
 
