@@ -2,18 +2,94 @@
 
 Both variants come from the same ``cataract-train export`` of a run (``runs/<run>/export/{fp32,int8}``), each
 with its own manifest (temperature and threshold), and run through serving's classifier and session options.
+Without that run folder (a fresh clone), ``rebuild`` quantizes the measured fp32 model itself by training's recipe.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import interleaved
+
+RECIPE_KEYS = ("format", "weights", "activations", "op_types", "method", "calibration_photos", "float_leading_convs")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An fp32 and an int8 model folder (``model.onnx`` and ``model.json`` each) and where they came from."""
+
+    fp32: Path
+    int8: Path
+    origin: str  # one sentence for the report: whose export, or how it was rebuilt, and the recipe
+    split: Path | None  # the run's split.json (names of its train and validation photos), when it is here
+
+
+class CannotRebuild(Exception):
+    """No int8 variant can be made here; the message says why."""
+
+
+def from_export(fp32_dir: Path, int8_dir: Path) -> Pair:
+    """The pair a run's ``cataract-train export`` wrote (``runs/<run>/export/{fp32,int8}``)."""
+    run = fp32_dir.parents[1]
+    where = fp32_dir.parent.relative_to(fp32_dir.parents[2])
+    split = run / "split.json"
+    return Pair(fp32_dir, int8_dir, f"From `{where}` (training's export step): {recipe(run)}.", split)
+
+
+def rebuild(model_dir: Path, data_root: Path, work: Path) -> Pair:
+    """Quantize the fp32 model in ``model_dir`` as ``cataract-train export`` does, into ``work/int8``.
+
+    For a clone without the model's run folder: the same recipe on the same calibration photos (the training
+    photos of the run's split, committed under ``training/splits/``, preprocessed as serving does), and the gate
+    heads refitted on the quantized features. The int8 manifest takes the temperature and threshold the export
+    fitted for its int8 variant (``metrics.variants.int8``), else the fp32 ones; its gate is the default one (its
+    distances are new). Raises ``CannotRebuild`` when the model is not fp32, or its split or photos are not here.
+    """
+    from cataract_inference.manifest import GateThresholds, load_manifest, write_manifest
+    from cataract_inference.model_source import sha256_of
+
+    manifest = load_manifest(model_dir / "model.json")
+    if manifest.precision != "fp32":
+        raise CannotRebuild(f"the measured model is already {manifest.precision}")
+    try:  # training's modules import torch: a serving-only install cannot rebuild
+        from cataract_training import data, export, gate, quantize
+    except ImportError as exc:
+        raise CannotRebuild(f"rebuilding int8 needs the training install ({exc})") from exc
+    split_path = gate.find_split(model_dir, None)
+    if split_path is None:
+        raise CannotRebuild("no split of the model's training run is here (runs/<run>/split.json or training/splits/)")
+    train = json.loads(split_path.read_text(encoding="utf-8"))["train"]
+    missing = [k for k in train if not (data_root / k).is_file()]
+    if missing:
+        raise CannotRebuild(
+            f"{len(missing)} of the {len(train)} training photos of {split_path} are not under {data_root} "
+            f"(e.g. {missing[0]}), so the calibration could not be the export's"
+        )
+    tensors = np.stack([data.serving_tensor(data_root / k, manifest.input) for k in train]).astype(np.float32)
+    out = work / "int8"
+    out.mkdir(parents=True)
+    report = quantize.quantize_int8(model_dir / "model.onnx", out / "model.onnx", tensors)
+    export.refit_gate_heads(out / "model.onnx", tensors)
+    fitted = (manifest.metrics.get("variants") or {}).get("int8") or {}
+    calibration = {k: fitted.get(k) for k in ("temperature", "threshold")}
+    if not all(isinstance(v, int | float) for v in calibration.values()):
+        calibration = {}  # both or neither: one fit's temperature with another's threshold means nothing
+    update = {"sha256": sha256_of(out / "model.onnx"), "precision": "int8", "gate": GateThresholds()}
+    write_manifest(manifest.model_copy(update=update | calibration), out / "model.json")
+    whose = "the export's for int8" if calibration else "fp32's"
+    origin = (
+        f"Rebuilt here (no export of the model's run is here): the measured fp32 file quantized by training's recipe "
+        f"on the {len(train)} training photos of run `{gate.run_name(split_path)}`'s split, temperature and threshold "
+        f"{whose}: "
+        f"{recipe_text(report)}."
+    )
+    return Pair(model_dir, out, origin, split_path)
 
 
 def sessions(folders: dict[str, Path], threads: int = 1) -> dict[str, Any]:
@@ -38,12 +114,12 @@ def latency(fp32_dir: Path, int8_dir: Path, tensor: np.ndarray, repeats: int) ->
     )
 
 
-def validation(folders: dict[str, Path], run: Path, data_root: Path) -> dict[str, dict[str, Any]]:
+def validation(folders: dict[str, Path], split_path: Path, data_root: Path) -> dict[str, dict[str, Any]]:
     """Per variant, on the validation split: accuracy and sensitivity at its manifest's threshold; raw outputs."""
     from cataract_inference.classifier import load_classifier
     from cataract_inference.imaging import load_for_model
 
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    split = json.loads(split_path.read_text(encoding="utf-8"))
     keys = [k for k in split["val"] if (data_root / k).is_file()]
     truth = np.array([Path(k).parent.name for k in keys])
     out: dict[str, dict[str, Any]] = {}
@@ -88,7 +164,9 @@ def recipe(run: Path) -> str:
     if not path.is_file():
         return "recipe not recorded"
     q = json.loads(path.read_text(encoding="utf-8")).get("variants", {}).get("int8", {}).get("quantization", {})
-    if not q:
-        return "recipe not recorded"
-    keys = ("format", "weights", "activations", "op_types", "method", "calibration_photos", "float_leading_convs")
-    return ", ".join(f"{k}={q[k]}" for k in keys if k in q)
+    return recipe_text(q) if q else "recipe not recorded"
+
+
+def recipe_text(quantization: dict[str, Any]) -> str:
+    """An int8 recipe report (``quantize.quantize_int8``'s) in one line."""
+    return ", ".join(f"{k}={quantization[k]}" for k in RECIPE_KEYS if k in quantization)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RUNS_DIR, SHARED_TRAIN, int8_variant, small_photo
+from benchmarks import int8
+from benchmarks.common import BUNDLED_MODEL_DIR, RUNS_DIR, SHARED_TRAIN, int8_variant, small_photo
 
 OUTPUTS = ("logits", "embedding", "ood_distance", "mid_distance")
 
@@ -85,27 +86,43 @@ def compare(native: dict[str, np.ndarray], emulated: dict[str, np.ndarray]) -> l
     return rows
 
 
+def default_model(work: Path) -> list[Path]:
+    """The newest run's int8 export, else the bundled model rebuilt in int8 under ``work`` (``int8.rebuild``);
+    nothing, having said why, when neither can be had."""
+    pair = int8_variant()
+    if pair is not None:
+        return [pair[1] / "model.onnx"]
+    try:
+        rebuilt = int8.rebuild(BUNDLED_MODEL_DIR, SHARED_TRAIN, work / "rebuild")
+    except int8.CannotRebuild as exc:
+        print(f"No model given, no run under runs/ has an int8 export, and none can be rebuilt here: {exc}.")
+        return []
+    print(rebuilt.origin)
+    return [rebuilt.int8 / "model.onnx"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", type=Path, help="ONNX files (default: the newest run's int8 export)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        type=Path,
+        help="ONNX files (default: the newest run's int8 export, else the bundled model rebuilt in int8)",
+    )
     parser.add_argument("--cpu", default="Haswell", help="QEMU CPU model without VNNI (default Haswell: AVX2)")
     parser.add_argument("--photos", type=int, default=24)
     args = parser.parse_args(argv)
     if shutil.which("qemu-x86_64") is None:
         print("qemu-x86_64 is not installed (Debian: apt-get install qemu-user); nothing to compare.")
         return 2
-    models = list(args.models)
-    if not models:
-        pair = int8_variant()
-        if pair is None:
-            print("No model given and no run under runs/ has an int8 export (run `cataract-train export`).")
-            return 2
-        models = [pair[1] / "model.onnx"]
-    data, source = photos(args.photos)
-    print(f"Photos: {source}. Emulated CPU: {args.cpu} (no VNNI).\n")
-    print("| model | output | max abs difference | max relative difference |")
-    print("|---|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
+        models = list(args.models) or default_model(Path(tmp))
+        if not models:
+            return 2
+        data, source = photos(args.photos)
+        print(f"Photos: {source}. Emulated CPU: {args.cpu} (no VNNI).\n")
+        print("| model | output | max abs difference | max relative difference |")
+        print("|---|---|---:|---:|")
         for model in models:
             x = Path(tmp) / "x.npy"
             np.save(x, tensors(data, model))

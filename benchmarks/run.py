@@ -209,7 +209,7 @@ def _torch_build() -> str:
 
 
 def int8_section(
-    pair: tuple[Path, Path],
+    pair: int8.Pair,
     photo: bytes,
     reps: int,
     emit: Callable[[str], None],
@@ -222,10 +222,8 @@ def int8_section(
     from cataract_inference.imaging import load_for_model
     from cataract_inference.manifest import load_manifest
 
-    fp32_dir, int8_dir = pair
-    export_run = fp32_dir.parents[1]
-    where = fp32_dir.parent.relative_to(fp32_dir.parents[2])
-    emit(f"From `{where}` (training's export step): {int8.recipe(export_run)}.")
+    fp32_dir, int8_dir = pair.fp32, pair.int8
+    emit(pair.origin)
     emit("Both with serving's `session_options(1)` (ENABLE_ALL, one intra-op thread, no spinning), interleaved.")
     emit("")
     tensor = load_for_model(photo, load_manifest(fp32_dir / "model.json").input)[1][None]
@@ -234,14 +232,14 @@ def int8_section(
     emit("")
     speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
     targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(as_shown(speed) >= 1.5)))
-    if not (SHARED_TRAIN.is_dir() and (export_run / "split.json").is_file()):
+    if not (SHARED_TRAIN.is_dir() and pair.split is not None and pair.split.is_file()):
         emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
         emit("")
         why = "not measured: no validation photos (the data or the run's split.json is absent)"
         targets.append(("int8 accuracy loss on validation", "≤ 1 point", "not measured", why))
         unmeasured["int8"] = why  # not a failed target: a run that could not judge it is not the full set
         return
-    val = int8.validation({"fp32": fp32_dir, "int8": int8_dir}, export_run, SHARED_TRAIN)
+    val = int8.validation({"fp32": fp32_dir, "int8": int8_dir}, pair.split, SHARED_TRAIN)
     emit("| variant | validation photos | accuracy | sensitivity (cataracts found) |")
     emit("|---|---:|---:|---:|")
     for k, v in val.items():
@@ -464,9 +462,22 @@ def _measure(
         trained = run_backbone(export_run) if export_run else None
         wanted = torch_net().backbone or "of an unknown backbone"
         if pair is None or export_run is None:
-            emit("_Skipped: no run folder under runs/ has export/fp32 and export/int8 (run `cataract-train export`)._")
-            unmeasured["int8"] = "not measured: no run with an int8 export"
-            emit()
+            try:
+                rebuilt = int8.rebuild(model.directory, SHARED_TRAIN, scratch / "int8-rebuild")
+            except int8.CannotRebuild as exc:
+                emit(
+                    "_Skipped: no run folder under runs/ has export/fp32 and export/int8 (run `cataract-train export`),"
+                    f" and none can be rebuilt here: {exc}._"
+                )
+                unmeasured["int8"] = "not measured: no run with an int8 export, and none rebuilt here"
+                emit()
+            else:
+                int8_section(rebuilt, photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
+                # The Targets table says so too: not the export's own int8 file, a rebuild of it by the same recipe.
+                targets["int8"] = [
+                    (w, t, m if m == "not measured" else f"{m} (int8 rebuilt here)", v)
+                    for w, t, m, v in targets["int8"]
+                ]
         elif trained != wanted or run_size(export_run) != torch_net().size:
             # Without the model's own run here, the newest export may be another network's: not this model's speed.
             emit(
@@ -480,7 +491,7 @@ def _measure(
             whose = "the measured model's own run" if own else f"not the measured model's run, another {trained} run"
             emit(f"Run `{export_run.name}`: {whose}.")
             emit()
-            int8_section(pair, photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
+            int8_section(int8.from_export(*pair), photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
             if not own:  # the Targets table says so too, not only the section's text
                 targets["int8"] = [(w, t, f"{m} (run {export_run.name})", v) for w, t, m, v in targets["int8"]]
 

@@ -186,7 +186,12 @@ def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: 
     targets: list[run.Row] = []
     unmeasured: dict[str, str] = {}
     run.int8_section(
-        (export / "fp32", export / "int8"), small_photo(), 1, lambda text: None, targets, unmeasured=unmeasured
+        run.int8.from_export(export / "fp32", export / "int8"),
+        small_photo(),
+        1,
+        lambda text: None,
+        targets,
+        unmeasured=unmeasured,
     )
     assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")
     # No validation photos here: the accuracy row is not measured, not failed, and the run is not the full set.
@@ -255,4 +260,57 @@ def test_int8_rows_name_a_run_that_is_not_the_models_own(bench: Path, monkeypatc
     assert _targets(out.read_text(encoding="utf-8"))["int8 speed-up over fp32"] == (
         "1.90× (run 20261231-mobilenet_v2)",
         "met",
+    )
+
+
+def test_int8_without_a_runs_export_measures_a_rebuild_and_says_so(
+    bench: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: None)
+    rebuilt = run.int8.Pair(bench / "model", bench / "scratch" / "int8", "Rebuilt here, by a stub.", None)
+    asked: list[tuple[Path, Path, Path]] = []
+
+    def rebuild(model_dir: Path, data_root: Path, work: Path) -> run.int8.Pair:
+        asked.append((model_dir, data_root, work))
+        return rebuilt
+
+    def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row], **kwargs: Any) -> None:
+        assert pair is rebuilt
+        emit(pair.origin)
+        targets.append(("int8 speed-up over fp32", "≥ 1.5×", "1.80×", "met"))
+        targets.append(("int8 accuracy loss on validation", "≤ 1 point", "not measured", "not measured: no photos"))
+
+    monkeypatch.setattr(run.int8, "rebuild", rebuild)
+    monkeypatch.setattr(run, "int8_section", int8_section)
+    training_run = {"run": "20260101-not-here", "config": {"backbone": "mobilenet_v2"}}
+    model = _model(bench / "model", {"input": {"size": 224}, "metrics": {"training_run": training_run}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("int8"), "--model", str(model), "--output", str(out)]) == 0
+    assert asked == [(model, run.SHARED_TRAIN, bench / "scratch" / "int8-rebuild")]
+    report = out.read_text(encoding="utf-8")
+    assert "Rebuilt here, by a stub." in report
+    targets = _targets(report)
+    # A measured row names the rebuild; a row it could not measure stays "not measured", with its own reason.
+    assert targets["int8 speed-up over fp32"] == ("1.80× (int8 rebuilt here)", "met")
+    assert targets["int8 accuracy loss on validation"] == ("not measured", "not measured: no photos")
+
+
+def test_int8_that_cannot_be_rebuilt_is_not_measured_with_the_reason(
+    bench: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: None)
+
+    def rebuild(*args: Any) -> run.int8.Pair:
+        raise run.int8.CannotRebuild("the measured model is already int8")
+
+    monkeypatch.setattr(run.int8, "rebuild", rebuild)
+    monkeypatch.setattr(run, "int8_section", lambda *a, **k: pytest.fail("nothing to measure was measured"))
+    model = _model(bench / "model", {"input": {"size": 224}})
+    out = bench / "report.md"
+    assert run.main(["--skip", _all_but("int8"), "--model", str(model), "--output", str(out)]) == 0
+    report = out.read_text(encoding="utf-8")
+    assert "none can be rebuilt here: the measured model is already int8._" in report
+    assert _targets(report)["int8 speed-up over fp32"] == (
+        "not measured",
+        "not measured: no run with an int8 export, and none rebuilt here",
     )

@@ -33,3 +33,35 @@ def test_without_qemu_it_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(int8_portability.shutil, "which", lambda name: None)
     assert int8_portability.main(["model.onnx"]) == 2
     assert "apt-get install qemu-user" in capsys.readouterr().out
+
+
+def test_without_a_runs_export_it_checks_the_bundled_model_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(int8_portability, "int8_variant", lambda: None)
+    asked: list[tuple[Path, Path, Path]] = []
+
+    def rebuild(model_dir: Path, data_root: Path, work: Path) -> int8_portability.int8.Pair:
+        asked.append((model_dir, data_root, work))
+        return int8_portability.int8.Pair(model_dir, work / "int8", "Rebuilt here, by a stub.", None)
+
+    monkeypatch.setattr(int8_portability.int8, "rebuild", rebuild)
+    assert int8_portability.default_model(tmp_path) == [tmp_path / "rebuild" / "int8" / "model.onnx"]
+    assert asked == [(int8_portability.BUNDLED_MODEL_DIR, int8_portability.SHARED_TRAIN, tmp_path / "rebuild")]
+    assert "Rebuilt here, by a stub." in capsys.readouterr().out
+
+
+def test_with_nothing_to_check_it_says_why_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(int8_portability.shutil, "which", lambda name: "/usr/bin/qemu-x86_64")
+    monkeypatch.setattr(int8_portability, "int8_variant", lambda: None)
+
+    def rebuild(*args: Path) -> int8_portability.int8.Pair:
+        raise int8_portability.int8.CannotRebuild("no split of the model's training run is here")
+
+    monkeypatch.setattr(int8_portability.int8, "rebuild", rebuild)
+    monkeypatch.setattr(int8_portability, "run", lambda *a: pytest.fail("ran a model it did not have"))
+    assert int8_portability.main([]) == 2
+    out = capsys.readouterr().out
+    assert "none can be rebuilt here: no split of the model's training run is here." in out
