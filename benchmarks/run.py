@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         output.write_text("\n".join([*report, "", *progress.out]) + "\n", encoding="utf-8")
         note = " (a partial run: not latest.md, which holds the full set)" if partial and args.output is None else ""
         print(f"\nwrote {output}{note}", file=sys.stderr)
+        shutil.rmtree(scratch, ignore_errors=True)  # photos, hostile images, a proxy or int8 model: megabytes a run
     return 0
 
 

@@ -85,6 +85,19 @@ def test_an_explicit_output_is_written_for_a_partial_run(bench: Path) -> None:
     assert not (bench / "results").exists()
 
 
+def test_a_run_leaves_no_scratch_files(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def int8_section(*args: Any, **kwargs: Any) -> None:
+        (bench / "scratch" / "int8-rebuild").mkdir()  # what a rebuild leaves there: megabytes of model
+        raise RuntimeError("a section failed")
+
+    monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run.int8, "rebuild", lambda *args: run.int8.Pair(bench, bench, "stub", None))
+    monkeypatch.setattr(run, "int8_section", int8_section)
+    with pytest.raises(RuntimeError):
+        run.main(["--skip", _all_but("int8"), "--output", str(bench / "mine.md")])
+    assert (bench / "mine.md").is_file() and not (bench / "scratch").exists()
+
+
 def test_a_failing_section_still_writes_what_was_measured(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = {"serving: 1 thread, ENABLE_ALL, no spin": [1.0, 1.2], "other": [2.0, 2.2]}
     monkeypatch.setattr(run.tuning, "compare", lambda path, reps: (runs, {"serving options": [17.0, 16.0, 18.5]}))
