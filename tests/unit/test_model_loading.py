@@ -309,6 +309,8 @@ class _RefusingS3:
     [
         ("AccessDenied", "not authorized to perform: kms:Decrypt on key arn:aws:kms:k", "does not exist"),
         ("AccessDenied", "not authorized to perform: kms:Decrypt on key arn:aws:kms:k", "KMS key"),
+        # Published outside the prefix the template grants: the message names the parameter that fixes it.
+        ("AccessDenied", "Access Denied", "read only its ModelS3Prefix (models/cataract unless set)"),
         ("PermanentRedirect", "The bucket is in this region: eu-west-1", "AWS_DEFAULT_REGION"),
         ("SlowDown", "Please reduce your request rate.", "SlowDown"),
     ],

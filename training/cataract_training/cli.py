@@ -193,7 +193,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         )
     print(
         f"serve it with ModelS3Uri={folder_uri} ModelSha256={pointer['sha256']} "
-        f"ModelManifestSha256={pointer['manifest_sha256']} (sam deploy --parameter-overrides), or bake it in with "
+        f'ModelManifestSha256={pointer["manifest_sha256"]} ModelS3VersionId="" (sam deploy --parameter-overrides; '
+        "the empty version id clears one pinned for an earlier model), or bake it in with "
         f"cataract-train pull ... --version {pointer['version']} --sha256 {pointer['sha256']} "
         f"--manifest-sha256 {pointer['manifest_sha256']}"
     )

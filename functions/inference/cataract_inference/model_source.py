@@ -156,8 +156,9 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
             return (
                 f"access denied to {uri}. Either the object does not exist (the role may not list the bucket, so S3 "
                 "answers a missing key with AccessDenied: check the version folder `publish` printed), or the role "
-                "lacks s3:GetObject (and s3:GetObjectVersion) on it, or a bucket policy or KMS key refuses it."
-                f"{said}"
+                "lacks s3:GetObject (and s3:GetObjectVersion) on it, or a bucket policy or KMS key refuses it. The "
+                "project's template lets the function read only its ModelS3Prefix (models/cataract unless set): "
+                f"publish there, or set ModelS3Prefix to where you published.{said}"
             )
         if code in ("NoSuchVersion", "InvalidArgument"):
             return f"{uri}: the object version does not exist ({code}); check MODEL_S3_VERSION_ID.{said}"
