@@ -120,3 +120,46 @@ def test_serve_on_loopback_answers_only_a_loopback_host(server: int, host: str, 
         assert body["error"]["code"] == "invalid_host" and response.getheader("content-type") == "application/json"
     else:
         assert body["name"] == "tiny-test-model"
+
+
+def test_serve_verbose_writes_its_log_lines_to_stderr_not_stdout(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`-v serve` logs each request on stderr, as `predict -v` does: a fresh process, so the logger is built by
+    whatever `serve` imports first (an import of the app before the handler bound it to the real stdout)."""
+    import subprocess
+    import sys
+
+    from tests.support.serve import free_port
+
+    env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "POWERTOOLS_TRACE_DISABLED": "true"}
+    env.pop("MODEL_S3_URI", None)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "cataract_inference.cli",
+        "-v",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with (tmp_path / "out").open("wb") as out, (tmp_path / "err").open("wb") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("POST", "/predict", body=_image(120), headers={"Content-Type": "image/png"})
+                    assert conn.getresponse().status == 200
+                    break
+                except ConnectionRefusedError:
+                    assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
+                    time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert '"message":"screened"' in stderr and '"message":"model loaded"' in stderr
+    assert '"message"' not in stdout

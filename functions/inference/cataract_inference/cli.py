@@ -370,12 +370,12 @@ def _cannot_listen(exc: OSError, args: argparse.Namespace) -> int:
 
 
 def _serve_on(socks: list[socket.socket], args: argparse.Namespace) -> int:
+    handler = _handler()  # first: host_guard imports the app, which would build the logger on the real stdout
     import uvicorn
 
     from .host_guard import LoopbackHostGuard
     from .serve_protocol import with_deadlines
 
-    handler = _handler()
     app, settings = handler.app, handler.settings
     try:
         for sock in socks:
