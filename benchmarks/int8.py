@@ -46,10 +46,12 @@ def rebuild(model_dir: Path, data_root: Path, work: Path) -> Pair:
     """Quantize the fp32 model in ``model_dir`` as ``cataract-train export`` does, into ``work/int8``.
 
     For a clone without the model's run folder: the same recipe on the same calibration photos (the training
-    photos of the run's split, committed under ``training/splits/``, preprocessed as serving does), and the gate
-    heads refitted on the quantized features. The int8 manifest takes the temperature and threshold the export
+    photos of the run's split, committed under ``training/splits/``, preprocessed as serving does today), and the
+    gate heads refitted on the quantized features. The int8 manifest takes the temperature and threshold the export
     fitted for its int8 variant (``metrics.variants.int8``), else the fp32 ones; its gate is the default one (its
-    distances are new). Raises ``CannotRebuild`` when the model is not fp32, or its split or photos are not here.
+    distances are new). Whether the result is the export's own int8 file is checked against what the export
+    recorded (the refitted gate heads' medians) and said in ``Pair.origin``. Raises ``CannotRebuild`` when the model
+    is not fp32, its split or photos are not here, or the rebuild itself fails (a benchmark section, not the run).
     """
     from cataract_inference.manifest import GateThresholds, load_manifest, write_manifest
     from cataract_inference.model_source import sha256_of
@@ -71,11 +73,14 @@ def rebuild(model_dir: Path, data_root: Path, work: Path) -> Pair:
             f"{len(missing)} of the {len(train)} training photos of {split_path} are not under {data_root} "
             f"(e.g. {missing[0]}), so the calibration could not be the export's"
         )
-    tensors = np.stack([data.serving_tensor(data_root / k, manifest.input) for k in train]).astype(np.float32)
     out = work / "int8"
-    out.mkdir(parents=True)
-    report = quantize.quantize_int8(model_dir / "model.onnx", out / "model.onnx", tensors)
-    export.refit_gate_heads(out / "model.onnx", tensors)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        tensors = np.stack([data.serving_tensor(data_root / k, manifest.input) for k in train]).astype(np.float32)
+        report = quantize.quantize_int8(model_dir / "model.onnx", out / "model.onnx", tensors)
+        refit = export.refit_gate_heads(out / "model.onnx", tensors)
+    except Exception as exc:  # an unreadable photo, a graph the recipe cannot take: int8 is unmeasured, not the run
+        raise CannotRebuild(f"the rebuild failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
     fitted = (manifest.metrics.get("variants") or {}).get("int8") or {}
     calibration = {k: fitted.get(k) for k in ("temperature", "threshold")}
     if not all(isinstance(v, int | float) for v in calibration.values()):
@@ -86,10 +91,24 @@ def rebuild(model_dir: Path, data_root: Path, work: Path) -> Pair:
     origin = (
         f"Rebuilt here (no export of the model's run is here): the measured fp32 file quantized by training's recipe "
         f"on the {len(train)} training photos of run `{gate.run_name(split_path)}`'s split, temperature and threshold "
-        f"{whose}: "
-        f"{recipe_text(report)}."
+        f"{whose}: {recipe_text(report)}. {_faithfulness(refit, fitted.get('gate_heads_refit'))}"
     )
     return Pair(model_dir, out, origin, split_path)
+
+
+def _faithfulness(refit: dict[str, Any], recorded: Any) -> str:
+    """Whether a rebuild is the export's int8 file, judged by the refitted gate heads' medians on the calibration
+    photos: they follow every quantized weight and activation range, so equal medians mean the same calibration."""
+    if not isinstance(recorded, dict):
+        return "The export recorded no gate refit to compare with, so whether this is its int8 file is unknown."
+    if refit == recorded:
+        return "Its refitted gate heads match the export's record: the same calibration as the export's int8 file."
+    ours = ", ".join(f"{k} {v['before']}→{v['after']}" for k, v in refit.items())
+    theirs = ", ".join(f"{k} {v['before']}→{v['after']}" for k, v in recorded.items() if isinstance(v, dict))
+    return (
+        f"Not the export's int8 file: its gate refit medians ({ours}) differ from the export's ({theirs}), so its "
+        "calibration saw other tensors (the photos, or serving's preprocessing of them, changed since the export)."
+    )
 
 
 def sessions(folders: dict[str, Path], threads: int = 1) -> dict[str, Any]:

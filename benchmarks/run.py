@@ -217,9 +217,12 @@ def int8_section(
     targets: list[Row],
     *,
     unmeasured: dict[str, str],
+    whose: str = "",
 ) -> None:
     """int8 against fp32 from the same export: latency in this process, validation accuracy, head drift.
-    What it cannot measure here goes into ``unmeasured``, which makes the run partial."""
+    What it cannot measure here goes into ``unmeasured``, which makes the run partial. ``whose``, when the pair is
+    not the measured model's own export, follows each measured value in the Targets table (as each row is added,
+    so a section that fails half way still says it)."""
     from cataract_inference.imaging import load_for_model
     from cataract_inference.manifest import load_manifest
 
@@ -232,7 +235,7 @@ def int8_section(
     emit(latency_table(samples, "fp32 session.run"))
     emit("")
     speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
-    targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×", verdict(as_shown(speed) >= 1.5)))
+    targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×{whose}", verdict(as_shown(speed) >= 1.5)))
     if not (SHARED_TRAIN.is_dir() and pair.split is not None and pair.split.is_file()):
         emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
         emit("")
@@ -253,7 +256,7 @@ def int8_section(
     emit("")
     delta = val["fp32"]["accuracy"] - val["int8"]["accuracy"]
     lost = val["fp32"]["sensitivity"] - val["int8"]["sensitivity"]
-    text = f"{delta:+.1f} points (fp32 − int8); sensitivity {lost:+.1f}"
+    text = f"{delta:+.1f} points (fp32 − int8); sensitivity {lost:+.1f}{whose}"
     targets.append(("int8 accuracy loss on validation", "≤ 1 point", text, verdict(as_shown(delta, 1) <= 1.0)))
 
 
@@ -474,12 +477,16 @@ def _measure(
                 unmeasured["int8"] = "not measured: no run with an int8 export, and none rebuilt here"
                 emit()
             else:
-                int8_section(rebuilt, photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
-                # The Targets table says so too: not the export's own int8 file, a rebuild of it by the same recipe.
-                targets["int8"] = [
-                    (w, t, m if m == "not measured" else f"{m} (int8 rebuilt here)", v)
-                    for w, t, m, v in targets["int8"]
-                ]
+                # The Targets table says so too: not the export's own int8 file, a rebuild by the same recipe.
+                int8_section(
+                    rebuilt,
+                    photos[small_key],
+                    reps,
+                    emit,
+                    targets["int8"],
+                    unmeasured=unmeasured,
+                    whose=" (int8 rebuilt here)",
+                )
         elif trained != wanted or run_size(export_run) != torch_net().size:
             # Without the model's own run here, the newest export may be another network's: not this model's speed.
             emit(
@@ -493,9 +500,15 @@ def _measure(
             whose = "the measured model's own run" if own else f"not the measured model's run, another {trained} run"
             emit(f"Run `{export_run.name}`: {whose}.")
             emit()
-            int8_section(int8.from_export(*pair), photos[small_key], reps, emit, targets["int8"], unmeasured=unmeasured)
-            if not own:  # the Targets table says so too, not only the section's text
-                targets["int8"] = [(w, t, f"{m} (run {export_run.name})", v) for w, t, m, v in targets["int8"]]
+            int8_section(
+                int8.from_export(*pair),
+                photos[small_key],
+                reps,
+                emit,
+                targets["int8"],
+                unmeasured=unmeasured,
+                whose="" if own else f" (run {export_run.name})",  # the Targets table says so too
+            )
 
     if "tuning" not in skip:
         started.append("tuning")

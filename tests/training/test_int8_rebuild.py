@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,9 +14,10 @@ from synthetic_eyes import make_folder
 from benchmarks import int8
 from benchmarks.common import BUNDLED_MODEL_DIR
 from cataract_inference.classifier import load_classifier
+from cataract_inference.imaging import load_for_model
 from cataract_inference.manifest import GateThresholds, load_manifest, write_manifest
 from cataract_inference.model_source import sha256_of
-from cataract_training import export
+from cataract_training import export, quantize
 from cataract_training.backbones import CataractNet
 
 SIZE = 64
@@ -61,8 +63,31 @@ def clone(tmp_path: Path, fp32_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> d
     return {"model": model, "data": data, "split": tmp_path / "runs" / RUN / "split.json", "work": tmp_path / "w"}
 
 
-def test_rebuild_quantizes_the_model_itself_and_serves(clone: dict[str, Path]) -> None:
+def test_rebuild_quantizes_the_model_itself_and_serves(clone: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: dict[str, tuple] = {}
+
+    def recorded(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: Any) -> Any:
+            calls[name] = args
+            return real(*args)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    recorded(quantize, "quantize_int8")
+    recorded(export, "refit_gate_heads")
     pair = int8.rebuild(clone["model"], clone["data"], clone["work"])
+    # Calibrated on the split's training photos, in its order, preprocessed as served; the gate heads refitted on the
+    # int8 file with the same tensors (as release does).
+    spec = load_manifest(clone["model"] / "model.json").input
+    train = json.loads(clone["split"].read_text(encoding="utf-8"))["train"]
+    expected = np.stack([load_for_model((clone["data"] / k).read_bytes(), spec)[1] for k in train])
+    fp32_path, int8_path, calibration = calls["quantize_int8"]
+    assert fp32_path == clone["model"] / "model.onnx" and int8_path == pair.int8 / "model.onnx"
+    np.testing.assert_array_equal(calibration, expected)
+    assert calls["refit_gate_heads"][0] == pair.int8 / "model.onnx"
+    np.testing.assert_array_equal(calls["refit_gate_heads"][1], expected)
     assert pair.fp32 == clone["model"] and pair.split == clone["split"]
     ops = {node.op_type for node in onnx.load(str(pair.int8 / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -72,6 +97,7 @@ def test_rebuild_quantizes_the_model_itself_and_serves(clone: dict[str, Path]) -
     assert (manifest.temperature, manifest.threshold) == (1.5, 0.3)
     assert manifest.gate == GateThresholds()
     assert "16 training photos" in pair.origin and RUN in pair.origin and "7-bit per-channel" in pair.origin
+    assert "recorded no gate refit to compare with" in pair.origin  # the fixture's export recorded none
     load_classifier(pair.int8, intra_op_threads=1)  # serving accepts it: the sha256 is the file's
     val = int8.validation({"fp32": pair.fp32, "int8": pair.int8}, pair.split, clone["data"])
     assert val["fp32"]["n"] == val["int8"]["n"] == 4
@@ -104,4 +130,32 @@ def test_rebuild_refuses_a_model_that_is_already_int8(clone: dict[str, Path]) ->
     manifest = load_manifest(clone["model"] / "model.json")
     write_manifest(manifest.model_copy(update={"precision": "int8"}), clone["model"] / "model.json")
     with pytest.raises(int8.CannotRebuild, match="already int8"):
+        int8.rebuild(clone["model"], clone["data"], clone["work"])
+
+
+def test_rebuild_says_whether_it_is_the_exports_int8_file(
+    clone: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Judged by the refitted gate heads' medians the export recorded: equal only for the same calibration."""
+    refits: list[dict[str, Any]] = []
+    real = export.refit_gate_heads
+    monkeypatch.setattr(export, "refit_gate_heads", lambda *args: refits.append(real(*args)) or refits[-1])
+    int8.rebuild(clone["model"], clone["data"], clone["work"])
+    manifest = load_manifest(clone["model"] / "model.json")
+    metrics = {**manifest.metrics, "variants": {"int8": {"gate_heads_refit": refits[0]}}}  # as the export records
+    write_manifest(manifest.model_copy(update={"metrics": metrics}), clone["model"] / "model.json")
+    # The same photos again, into the same work folder (used twice is fine): the export's file.
+    assert "match the export's record" in int8.rebuild(clone["model"], clone["data"], clone["work"]).origin
+
+    # A calibration photo that changed since the export: another file, and the report says so.
+    (clone["data"] / "cataract" / "cataract_5.png").write_bytes(
+        (clone["data"] / "normal" / "normal_5.png").read_bytes()
+    )
+    origin = int8.rebuild(clone["model"], clone["data"], clone["work"]).origin
+    assert "Not the export's int8 file" in origin and "changed since the export" in origin
+
+
+def test_a_rebuild_that_fails_is_a_reason_not_a_crash(clone: dict[str, Path]) -> None:
+    (clone["data"] / "normal" / "normal_5.png").write_bytes(b"not a photo")
+    with pytest.raises(int8.CannotRebuild, match=r"the rebuild failed \(NotAnImageError: "):
         int8.rebuild(clone["model"], clone["data"], clone["work"])

@@ -206,7 +206,7 @@ def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: 
         targets,
         unmeasured=unmeasured,
     )
-    assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")
+    assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")  # the model's own export: no label
     # No validation photos here: the accuracy row is not measured, not failed, and the run is not the full set.
     why = "not measured: no validation photos (the data or the run's split.json is absent)"
     assert targets[1] == ("int8 accuracy loss on validation", "≤ 1 point", "not measured", why)
@@ -263,7 +263,7 @@ def test_int8_rows_name_a_run_that_is_not_the_models_own(bench: Path, monkeypatc
     monkeypatch.setattr(run, "int8_variant", lambda *args, **kwargs: pair)
 
     def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row], **kwargs: Any) -> None:
-        targets.append(("int8 speed-up over fp32", "≥ 1.5×", "1.90×", "met"))
+        targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"1.90×{kwargs['whose']}", "met"))
 
     monkeypatch.setattr(run, "int8_section", int8_section)
     training_run = {"run": "20260101-not-here", "config": {"backbone": "mobilenet_v2"}}
@@ -290,7 +290,7 @@ def test_int8_without_a_runs_export_measures_a_rebuild_and_says_so(
     def int8_section(pair: Any, photo: bytes, reps: int, emit: Any, targets: list[run.Row], **kwargs: Any) -> None:
         assert pair is rebuilt
         emit(pair.origin)
-        targets.append(("int8 speed-up over fp32", "≥ 1.5×", "1.80×", "met"))
+        targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"1.80×{kwargs['whose']}", "met"))
         targets.append(("int8 accuracy loss on validation", "≤ 1 point", "not measured", "not measured: no photos"))
 
     monkeypatch.setattr(run.int8, "rebuild", rebuild)
@@ -327,3 +327,28 @@ def test_int8_that_cannot_be_rebuilt_is_not_measured_with_the_reason(
         "not measured",
         "not measured: no run with an int8 export, and none rebuilt here",
     )
+
+
+def test_int8_rows_say_whose_int8_they_measured_even_when_the_section_fails_half_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = tmp_path / "runs" / "a-run" / "export"
+    for variant in ("fp32", "int8"):
+        (export / variant).mkdir(parents=True)
+        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    (tmp_path / "runs" / "a-run" / "split.json").write_text('{"train": [], "val": []}', encoding="utf-8")
+    (tmp_path / "photos").mkdir()
+    monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
+    monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.6], "int8 session.run": [2.0]})
+
+    def validation(*args: Any) -> Any:
+        raise RuntimeError("a photo could not be read")
+
+    monkeypatch.setattr(run.int8, "validation", validation)
+    targets: list[run.Row] = []
+    pair = run.int8.from_export(export / "fp32", export / "int8")
+    with pytest.raises(RuntimeError):
+        run.int8_section(
+            pair, small_photo(), 1, lambda text: None, targets, unmeasured={}, whose=" (int8 rebuilt here)"
+        )
+    assert targets == [("int8 speed-up over fp32", "≥ 1.5×", "1.80× (int8 rebuilt here)", "met")]
