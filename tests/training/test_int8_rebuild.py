@@ -139,7 +139,12 @@ def test_rebuild_says_whether_it_is_the_exports_int8_file(
     """Judged by the refitted gate heads' medians the export recorded: equal only for the same calibration."""
     refits: list[dict[str, Any]] = []
     real = export.refit_gate_heads
-    monkeypatch.setattr(export, "refit_gate_heads", lambda *args: refits.append(real(*args)) or refits[-1])
+
+    def recording(*args: Any) -> dict[str, Any]:
+        refits.append(real(*args))
+        return refits[-1]
+
+    monkeypatch.setattr(export, "refit_gate_heads", recording)
     int8.rebuild(clone["model"], clone["data"], clone["work"])
     manifest = load_manifest(clone["model"] / "model.json")
     metrics = {**manifest.metrics, "variants": {"int8": {"gate_heads_refit": refits[0]}}}  # as the export records

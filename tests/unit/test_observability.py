@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -115,6 +116,10 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
 
     annotations: list[tuple[str, Any]] = []
     monkeypatch.setattr(tracer, "put_annotation", lambda key, value: annotations.append((key, value)))
+    subsegment = SimpleNamespace(fault=False)
+    subsegment.add_fault_flag = lambda: setattr(subsegment, "fault", True)
+    # What the X-Ray SDK's recorder is with tracing on: the handler's subsegment, current while the app answers.
+    monkeypatch.setattr(tracer.provider, "current_subsegment", lambda: subsegment, raising=False)
     monkeypatch.setattr(handler.classifier, "predict_bytes", broken)
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     capsys.readouterr()
@@ -136,6 +141,7 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
     assert secret not in out
     assert "ServerError" in _metric_names(_emf(out))
     assert annotations == [("error_type", "RuntimeError")], "the trace shows the answered 500"
+    assert subsegment.fault, "and marks it a fault, as X-Ray marks an escaped exception"
 
 
 def test_refusals_of_every_kind_are_logged_and_counted(

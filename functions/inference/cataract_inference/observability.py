@@ -149,6 +149,14 @@ def annotate_server_error(exc: BaseException) -> None:
     """Mark the trace of an answered 500 with the error's type (not its message, which could quote the request):
     Mangum answers it, so X-Ray would otherwise show a successful invocation."""
     tracer.put_annotation(key="error_type", value=type(exc).__name__)
+    # And a fault, as X-Ray marks an exception that escapes: the service map and `fault = true` filters see it.
+    # Only the X-Ray recorder has current_subsegment (tracing on); a trace that cannot be marked is no reason to fail.
+    current = getattr(tracer.provider, "current_subsegment", None)
+    if callable(current):
+        with contextlib.suppress(Exception):
+            entity = current()
+            if entity is not None:
+                entity.add_fault_flag()
 
 
 def stack_summary(exc: BaseException, frames: int = 12) -> list[str]:
