@@ -128,7 +128,7 @@ def test_our_own_fault_logs_where_not_what_and_counts_a_server_error(
     assert response["statusCode"] == 500
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     (error,) = [r for r in records if r["message"] == "unhandled error"]
-    assert error["error_type"] == "RuntimeError"
+    assert error["error_type"] == "RuntimeError" and error["latency_ms"] >= 0
     assert any("in broken" in frame for frame in error["stack"]), error["stack"]
     assert secret not in log_stream.getvalue()
     # Mangum logs the exception Starlette re-raises: its line stays, as JSON with the request's keys (the runtime
@@ -164,6 +164,10 @@ def test_refusals_of_every_kind_are_logged_and_counted(
     assert set(refused) == set(cases)
     assert all(r["request_id"] == r["correlation_id"] and r["model_version"] for r in refused.values())
     assert {f"ClientError_{code}" for code in cases} <= _metric_names(_emf(capsys.readouterr().out))
+    # How long each took, as "screened" says; the handler's own refusals come before the app's clock starts.
+    before_the_app = {"invalid_base64", "invalid_encoding"}
+    assert all(r["latency_ms"] >= 0 for code, r in refused.items() if code not in before_the_app)
+    assert not any("latency_ms" in refused[code] for code in before_the_app)
 
 
 @pytest.mark.parametrize("request_id", [123, ""])

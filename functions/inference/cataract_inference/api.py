@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import json
 import os
 import re
@@ -83,13 +84,24 @@ def error_content(
     return body.model_dump(exclude_none=True), headers
 
 
+# When the app took the request (per task, so concurrent requests under `serve` keep their own): refusals and
+# failures log how long they took, as "screened" does.
+_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_started", default=None)
+
+
+def elapsed_ms() -> dict[str, float]:
+    """``{"latency_ms": ...}`` since the app took this request, or nothing for a refusal made before the app."""
+    started = _STARTED.get()
+    return {} if started is None else {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
 def note_refusal(status: int, code: str, request_id: str | None = None) -> None:
     """Every refusal is logged and counted by its code (a fixed set), never by what the client sent.
 
     ``request_id`` is for refusals made before the app, whose middleware otherwise adds it to the log.
     """
     record_client_error(code)
-    extra: dict[str, object] = {"status": status, "code": code}
+    extra: dict[str, object] = {"status": status, "code": code, **elapsed_ms()}
     if request_id:
         extra["request_id"] = request_id
     logger.info("request refused", extra=extra)
@@ -181,6 +193,7 @@ class GatewayScopeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            _STARTED.set(time.perf_counter())
             scope["state"] = dict(scope.get("state") or {})
             scope["state"]["request_id"] = request_id = request_id_of(scope)
             # Per task (a context variable): under `serve`, concurrent requests keep their own ids in the logs.
@@ -589,7 +602,8 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         # Where it failed, without the exception's message: that could quote the request (an image, a header).
         record_server_error()
         annotate_server_error(exc)
-        logger.error("unhandled error", extra={"error_type": type(exc).__name__, "stack": stack_summary(exc)})
+        failure = {"error_type": type(exc).__name__, "stack": stack_summary(exc), **elapsed_ms()}
+        logger.error("unhandled error", extra=failure)
         return refuse(request, 500, "internal_error", "the service failed; it has been logged")
 
     # The route takes the raw Request; complete_openapi documents its bodies, on the first /openapi.json only.
