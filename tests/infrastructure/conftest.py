@@ -171,3 +171,37 @@ def cfn(template: dict[str, Any]) -> dict[str, Any]:
 def default_deploy(template: dict[str, Any]) -> dict[str, Any]:
     """What a deploy with all defaults creates."""
     return deployed(template)
+
+
+_PARSE_OVERRIDES = """
+import json, sys
+import click
+from samcli.cli.types import CfnParameterOverridesType
+parsed = []
+for argv in json.load(sys.stdin):
+    try:
+        parsed.append(CfnParameterOverridesType().convert(tuple(argv), None, None))
+    except click.exceptions.BadParameter as exc:
+        parsed.append(str(exc))
+print(json.dumps(parsed))
+"""
+
+
+def sam_parameter_overrides(argvs: list[list[str]]) -> list[dict[str, str] | str]:
+    """Each argument list (what the shell hands `sam deploy --parameter-overrides`) as SAM CLI's own parser reads
+    it: a dict of parameter values, or the error it refuses the command with."""
+    import json
+    import subprocess
+
+    python = Path(os.path.realpath(tool("sam"))).parent / "python3"  # the interpreter SAM CLI's venv runs on
+    result = subprocess.run(
+        [str(python), "-c", _PARSE_OVERRIDES],
+        input=json.dumps(argvs),
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    parsed: list[dict[str, str] | str] = json.loads(result.stdout)
+    return parsed

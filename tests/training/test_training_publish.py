@@ -443,11 +443,19 @@ def test_the_printed_model_s3_uri_fits_the_template_and_serves(
     src = _model_dir(tmp_path / "m", "2026.11.27-mnv2-195611")
     assert main(["publish", f"s3://{bucket}/models/cataract", "--model-dir", str(src)]) == 0
     out, err = capsys.readouterr()
-    printed = re.search(r"ModelS3Uri=(\S+) ModelSha256=(\S+) ModelManifestSha256=(\S+) ModelS3VersionId=\"\" ", out)
-    assert (
-        printed is not None
-    )  # the empty version id clears a pin an earlier deploy left (a parameter left out keeps it)
-    uri, sha256, manifest_sha256 = printed.groups()
+    import shlex
+
+    from tests.infrastructure.conftest import sam_parameter_overrides
+
+    # The command as printed, pasted into a shell, read by SAM CLI's own parser: every value, and an empty
+    # ModelS3VersionId that clears a pin an earlier deploy left (a parameter left out keeps its previous value).
+    printed = re.search(r"^serve it with: (sam deploy --parameter-overrides .*)$", out, re.M)
+    assert printed is not None, out
+    words = shlex.split(printed.group(1))
+    [parsed] = sam_parameter_overrides([words[3:]])
+    assert isinstance(parsed, dict), parsed
+    assert parsed["ModelS3VersionId"] == ""
+    uri, sha256, manifest_sha256 = parsed["ModelS3Uri"], parsed["ModelSha256"], parsed["ModelManifestSha256"]
     assert uri == f"s3://{bucket}/models/cataract/2026.11.27-mnv2-195611"
     assert "warning" not in err
 

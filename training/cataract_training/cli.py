@@ -191,11 +191,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
             "version, or deploy under a shorter stack name (the model bucket's name starts with it).",
             file=sys.stderr,
         )
+    # One quoted list: unquoted, the shell would pass ModelS3VersionId= bare, which SAM CLI refuses. The empty
+    # version id clears one pinned for an earlier model (a parameter left out keeps its previous value).
+    overrides = (
+        f"ModelS3Uri={folder_uri} ModelSha256={pointer['sha256']} "
+        f'ModelManifestSha256={pointer["manifest_sha256"]} ModelS3VersionId=""'
+    )
     print(
-        f"serve it with ModelS3Uri={folder_uri} ModelSha256={pointer['sha256']} "
-        f'ModelManifestSha256={pointer["manifest_sha256"]} ModelS3VersionId="" (sam deploy --parameter-overrides; '
-        "the empty version id clears one pinned for an earlier model), or bake it in with "
-        f"cataract-train pull ... --version {pointer['version']} --sha256 {pointer['sha256']} "
+        f"serve it with: sam deploy --parameter-overrides '{overrides}'\n"
+        f"or bake it in with: cataract-train pull ... --version {pointer['version']} --sha256 {pointer['sha256']} "
         f"--manifest-sha256 {pointer['manifest_sha256']}"
     )
     return 0
