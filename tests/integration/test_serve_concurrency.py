@@ -11,9 +11,10 @@ import base64
 import http.client
 import json
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,9 +123,8 @@ def test_serve_on_loopback_answers_only_a_loopback_host(server: int, host: str, 
         assert body["name"] == "tiny-test-model"
 
 
-def test_serve_verbose_writes_its_log_lines_to_stderr_not_stdout(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """`-v serve` logs each request on stderr, as `predict -v` does: a fresh process, so the logger is built by
-    whatever `serve` imports first (an import of the app before the handler bound it to the real stdout)."""
+def _verbose_serve(tiny_model_dir: Path, tmp_path: Path, talk: Callable[[int], None]) -> tuple[str, str]:
+    """`cataract-screen -v serve` in a fresh process; ``talk(port)`` once it answers; its (stdout, stderr)."""
     import subprocess
     import sys
 
@@ -150,16 +150,50 @@ def test_serve_verbose_writes_its_log_lines_to_stderr_not_stdout(tiny_model_dir:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    conn.request("POST", "/predict", body=_image(120), headers={"Content-Type": "image/png"})
-                    assert conn.getresponse().status == 200
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
                     break
                 except ConnectionRefusedError:
                     assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
                     time.sleep(0.1)
+            talk(port)
         finally:
             process.terminate()
             process.wait(timeout=10)
-    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    return (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+
+
+def test_serve_verbose_writes_its_log_lines_to_stderr_not_stdout(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`-v serve` logs each request on stderr, as `predict -v` does: a fresh process, so the logger is built by
+    whatever `serve` imports first (an import of the app before the handler bound it to the real stdout)."""
+
+    def predict(port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/predict", body=_image(120), headers={"Content-Type": "image/png"})
+        assert conn.getresponse().status == 200
+
+    stdout, stderr = _verbose_serve(tiny_model_dir, tmp_path, predict)
     assert '"message":"screened"' in stderr and '"message":"model loaded"' in stderr
     assert '"message"' not in stdout
+
+
+def test_a_refusal_before_the_app_logs_nothing_of_the_request_before_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Keep-alive: a bad Host refused by the guard, after a request on the same connection, is logged with neither
+    that request's id nor its start time (uvicorn runs the next request in a copy of the last one's context)."""
+
+    def pipelined(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /nosuch HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: pipe-one\r\n\r\n"
+                b"GET /health HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+            )
+            answers = b""
+            while answers.count(b"HTTP/1.1 ") < 2:
+                chunk = sock.recv(65536)
+                assert chunk, answers
+                answers += chunk
+
+    _, stderr = _verbose_serve(tiny_model_dir, tmp_path, pipelined)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]  # not uvicorn's own lines
+    refused = {r["code"]: r for r in lines if r.get("message") == "request refused"}
+    assert refused["not_found"]["request_id"] == "pipe-one"
+    assert "latency_ms" not in refused["invalid_host"] and refused["invalid_host"].get("request_id") != "pipe-one"

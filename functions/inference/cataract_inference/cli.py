@@ -402,6 +402,9 @@ def _serve_on(socks: list[socket.socket], args: argparse.Namespace) -> int:
             limit_concurrency=64,  # beyond it, 503 at once rather than a slow pile-up of open uploads
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,  # Ctrl-C does not wait on a client that stopped mid-upload
+            # A keep-alive connection's next request runs in a copy of the last one's context: a refusal made before
+            # the app's middleware (a bad Host) logged that request's id and start time as its own.
+            reset_contextvars=True,
         )
         # Ctrl-C is how serve stops: uvicorn re-raises it once shut down, and uvicorn.run swallowed it too.
         with contextlib.suppress(KeyboardInterrupt):
