@@ -149,9 +149,12 @@ def test_gate_heads_are_refitted_on_the_quantized_features(
         assert report[f"{head}_median_on_train"]["after"] == round(float(np.median(on_train[head])), 3)
 
 
-def test_an_efficientnet_graph_quantizes_too(tmp_path: Path) -> None:
+def test_an_efficientnet_graph_quantizes_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Its "same" padding is computed from the input's shape at run time, which onnxruntime's symbolic shape
     # inference cannot follow: every EfficientNet-Lite0 export failed at its int8 step, and with it the release.
+    cwd = tmp_path / "where-export-runs"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     net = CataractNet("efficientnet_lite0", pretrained=False).eval()
     emb = np.random.default_rng(0).normal(size=(50, net.info.feat_dim))
     graph = export.ServingGraph(net, export.fit_ood(emb, k=8), export.FeatureGaussian.placeholder(net.mid_dim))
@@ -159,6 +162,8 @@ def test_an_efficientnet_graph_quantizes_too(tmp_path: Path) -> None:
     calibration = np.random.default_rng(1).normal(size=(8, 3, SIZE, SIZE)).astype(np.float32)
     quantize.quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    # The failed first try's partial model (sym_shape_infer_temp.onnx and a 14 MB .data file) is not left there.
+    assert list(cwd.iterdir()) == []
 
 
 def test_a_float_export_that_disagrees_with_pytorch_is_refused() -> None:

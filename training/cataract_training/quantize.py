@@ -20,6 +20,8 @@ The recipe (measured on the MobileNetV2 run, see docs/training.md):
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,15 +188,19 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, recipe: Recipe
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(fp32), str(pre))
-    except Exception as exc:  # onnxruntime raises a bare Exception for it
-        if "symbolic shape inference" not in str(exc):
-            raise
-        # EfficientNet-Lite0's "same" padding is computed from the input's shape at run time, which symbolic shape
-        # inference cannot follow; ONNX's own shape inference (kept) is all the quantizer needs.
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    pre = out.with_suffix(".pre.onnx").resolve()
+    source = Path(fp32).resolve()
+    # When symbolic shape inference fails, onnxruntime saves its partial model, with a 14 MB external-data file,
+    # into the working folder (the user's, or a checkout's root): let it write into a scratch folder instead.
+    with tempfile.TemporaryDirectory(prefix="quant-pre-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(source), str(pre))
+        except Exception as exc:  # onnxruntime raises a bare Exception for it
+            if "symbolic shape inference" not in str(exc):
+                raise
+            # EfficientNet-Lite0's "same" padding is computed from the input's shape at run time, which symbolic
+            # shape inference cannot follow; ONNX's own shape inference (kept) is all the quantizer needs.
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
     model = onnx.load(str(pre))
     equalised = equalise(model, calibration) if recipe.equalise else []
     onnx.save(model, str(pre))
