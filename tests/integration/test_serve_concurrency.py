@@ -196,4 +196,5 @@ def test_a_refusal_before_the_app_logs_nothing_of_the_request_before_it(tiny_mod
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]  # not uvicorn's own lines
     refused = {r["code"]: r for r in lines if r.get("message") == "request refused"}
     assert refused["not_found"]["request_id"] == "pipe-one"
+    assert refused["not_found"]["model_version"]  # keys added at init survive the fresh context
     assert "latency_ms" not in refused["invalid_host"] and refused["invalid_host"].get("request_id") != "pipe-one"
