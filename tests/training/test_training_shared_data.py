@@ -90,3 +90,20 @@ def test_the_manifests_validation_counts_are_the_shipped_gates() -> None:
     for name, variant in manifest.metrics["variants"].items():
         if name != manifest.precision:  # no gate was calibrated for it: no gate counts to serve
             assert not set(counts) & set(variant["validation"]), name
+
+
+def test_the_manifests_validation_figures_are_what_the_service_answers_today() -> None:
+    """The card's validation column and robustness probes, recounted through today's serving code: a change to
+    decoding or to the views the service decides on must recount them (evaluate.recount_validation)."""
+    import json
+
+    from cataract_inference.manifest import load_manifest
+    from cataract_training import evaluate, gate
+
+    data = require_shared_data()
+    model_dir = Path(__file__).resolve().parents[2] / "functions" / "inference" / "model"
+    manifest = load_manifest(model_dir / "model.json")
+    split = json.loads((gate.SPLITS_DIR / f"{manifest.metrics['training_run']['run']}.json").read_text())
+    files, labels = [data / key for key in split["val"]], [key.split("/")[0] for key in split["val"]]
+    recounted = evaluate.recount_validation(manifest, model_dir, files, labels, why="a check", today="today")
+    assert recounted.metrics["validation_recounted"]["moved"] == {}, "recount the manifest's validation figures"

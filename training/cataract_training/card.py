@@ -334,6 +334,7 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         *(_table(rows) if rows else ["no metrics recorded"]),
         "",
         *([block, ""] if (block := served_block(m.get("validation", {}))) else []),
+        *([note, ""] if (note := _recount_note(m.get("validation_recounted"))) else []),
     ]
     if cv:
         lines += [
@@ -493,6 +494,18 @@ def card_text(manifest: Manifest, model_dir: Path) -> str:
         if extra or blocks:
             text = text.rstrip() + "\n\n" + "\n".join([*extra, *(b + "\n" for b in blocks)])
     return text
+
+
+def _recount_note(recount: Any) -> str:
+    """What ``evaluate.recount_validation`` changed in the validation figures, and why, in one paragraph."""
+    if not isinstance(recount, dict):
+        return ""
+    moved = recount.get("moved") or {}
+    what = "; ".join(f"{key} {old} → {new}" for key, (old, new) in moved.items()) or "no figure moved"
+    return (
+        f"The validation figures were recounted on {recount.get('date')} through the serving code of that day, not "
+        f"the export's ({recount.get('why')}): {what}."
+    )
 
 
 def write_card(manifest: Manifest, model_dir: Path) -> Path:

@@ -7,6 +7,7 @@ loads them with ``cataract_inference.classifier.load_classifier``.
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,3 +187,42 @@ def roc_plot(is_pos: np.ndarray, p_pos: np.ndarray, path: Path, title: str = "")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _changes(old: Any, new: Any, path: str = "") -> dict[str, list[Any]]:
+    """Every leaf that differs between two metric records: ``{"a.b": [old, new]}``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, list[Any]] = {}
+        for key in sorted(set(old) | set(new)):
+            out |= _changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return {} if old == new else {path: [old, new]}
+
+
+def recount_validation(
+    manifest: Any, model_dir: Path, files: list[Path], labels: list[str], *, why: str, today: str
+) -> Any:
+    """``manifest`` with its validation and robustness figures recounted through today's serving code.
+
+    The export measured them through the serving code of its day; when that code changes what it answers (a new
+    view, a decoding fix), the record would describe a service that no longer exists. The figures are replaced,
+    and ``metrics.validation_recounted`` says when, why and what moved, so the card can say so too. The fitted
+    temperature and threshold keep their unrounded record, and ``metrics.variants`` its export-time comparison.
+    """
+    m = dict(manifest.metrics)
+    # The record keeps the fitted temperature and threshold unrounded; the manifest serves them rounded.
+    fitted = {k: v for k, v in (m.get("validation") or {}).items() if k in ("temperature", "threshold")}
+    # As JSON would give them back: the comparison below is with the record model.json holds.
+    validation = json.loads(
+        json.dumps(metrics.json_ready(evaluate_folder(Path(model_dir), files, labels)), default=float)
+    )
+    robust = json.loads(json.dumps(metrics.json_ready(robustness(Path(model_dir), files, labels)), default=float))
+    validation |= fitted
+    moved = _changes(
+        {"validation": m.get("validation"), "robustness_validation": m.get("robustness_validation")},
+        {"validation": validation, "robustness_validation": robust},
+    )
+    # metrics.variants stays the export's: it compares fp32 with int8 as measured side by side, on the same code.
+    m["validation"], m["robustness_validation"] = validation, robust
+    m["validation_recounted"] = {"date": today, "why": why, "moved": moved}
+    return manifest.model_copy(update={"metrics": m})
