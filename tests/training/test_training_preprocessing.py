@@ -108,3 +108,26 @@ def test_anti_shortcut_ops_degrade_both_classes(eye_folder: Path) -> None:
         diff = np.abs(np.asarray(small, np.float32) - np.asarray(img, np.float32)).mean()
         assert diff > 1.0
         assert np.abs(np.asarray(again, np.float32) - np.asarray(orig_again, np.float32)).mean() < diff
+
+
+@pytest.mark.parametrize(
+    ("resize", "size", "shorter_at_least", "longer_at_least"),
+    [
+        ("letterbox", 224, 0, 320),  # the shipped model: the 320 px cache, as before
+        ("letterbox", 448, 0, 448),  # a 320 px cache would be enlarged to 448 by the letterbox
+        ("center_crop", 224, 256, 0),  # the shorter side is scaled to 224 / 0.875 = 256 first
+        ("squash", 224, 224, 0),
+    ],
+)
+def test_the_training_cache_never_holds_less_than_the_models_resize_needs(
+    tmp_path: Path, resize: str, size: int, shorter_at_least: int, longer_at_least: int
+) -> None:
+    """Serving decodes the full photo and shrinks it; training must not enlarge a smaller cached copy instead."""
+    from cataract_training import data
+
+    path = tmp_path / "wide.jpg"
+    Image.new("RGB", (1600, 600), (120, 90, 60)).save(path, quality=90)  # 8:3, as a photo of both eyes can be
+    spec = InputSpec(size=size, resize=resize)
+    cached = data.load_pil(path, 320, spec=spec)
+    assert min(cached.size) >= shorter_at_least and max(cached.size) >= longer_at_least
+    assert max(cached.size) == data.cached_side(1600, 600, spec, 320) < 1600  # still a cache, not the photo

@@ -639,3 +639,24 @@ def test_orientation_is_applied_without_rewriting_the_exif_block(monkeypatch: py
     assert upright.size == (48, 64)
     expected = gradient((64, 48)).transpose(Image.Transpose.ROTATE_270)
     assert np.array_equal(np.asarray(upright), np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    ("resize", "size", "photo", "shortest"),
+    [
+        # center_crop scales the shorter side to size / crop_fraction (256 px) first: a ⅛ or ¼ draft must not
+        # take it below that, or the resize enlarges what a full decode had (640x480 drafted to 320x240).
+        ("center_crop", 224, (640, 480), 256),
+        ("center_crop", 224, (2592, 1944), 256),
+        ("letterbox", 224, (3000, 2000), 224),
+        ("squash", 224, (640, 480), 224),
+    ],
+)
+def test_a_jpeg_draft_keeps_what_the_models_resize_needs(
+    resize: str, size: int, photo: tuple[int, int], shortest: int
+) -> None:
+    spec = InputSpec(size=size, resize=resize)
+    data = encoded(gradient(photo), "JPEG", quality=90)
+    decoded, _ = imaging.load_for_model(data, spec)
+    assert shortest <= min(decoded.image.size) < 2 * shortest  # drafted, but not below the resize's need
+    assert imaging.decode_side(spec) == shortest

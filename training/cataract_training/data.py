@@ -9,12 +9,14 @@ Every photo is decoded by ``cataract_inference.imaging.decode_image``, the funct
 Validation, cross-validation and evaluation tensors are then exactly the served ones
 (``serving_tensor``). Training batches are not quite: each decode is cached shrunk to the fit's
 ``cache_side`` (Lanczos) before augmentation and the serving ``preprocess``, a second resize that
-serving does not make (a speed-up; the augmentation varies scale and blur far more than it does).
+serving does not make (a speed-up; the augmentation varies scale and blur far more than it does). The cache is
+never smaller than the model's resize needs (``cached_side``), so training never enlarges what serving shrinks.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cataract_inference.imaging import DEFAULT_FILL, DecodeLimits, decode_image, load_for_model
+from cataract_inference.imaging import DEFAULT_FILL, DecodeLimits, decode_image, decode_side, load_for_model
 from cataract_inference.manifest import InputSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -165,13 +167,30 @@ def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def load_pil(path: Path, max_side: int | None = None, fill: tuple[int, int, int] = DEFAULT_FILL) -> Image.Image:
-    """Decode a photo with the serving decoder; optionally shrink it so its long side is ``max_side``."""
-    decoded = decode_image(path.read_bytes(), DecodeLimits(), target_size=max_side, fill=fill)
+def cached_side(width: int, height: int, spec: InputSpec, cache_side: int) -> int:
+    """The longer side to cache a ``width`` x ``height`` photo at for training: ``cache_side``, or more where the
+    model's resize would otherwise enlarge the cached photo (a 448 px letterbox, or ``center_crop`` and ``squash``,
+    which size the shorter side) while serving, from the full decode, shrinks it."""
+    if spec.resize == "letterbox":
+        needed = spec.size
+    else:
+        needed = math.ceil(decode_side(spec) * max(width, height) / min(width, height))
+    return max(cache_side, needed)
+
+
+def load_pil(
+    path: Path, max_side: int | None = None, fill: tuple[int, int, int] = DEFAULT_FILL, spec: InputSpec | None = None
+) -> Image.Image:
+    """Decode a photo with the serving decoder; optionally shrink it so its long side is ``max_side`` (with ``spec``:
+    no smaller than that model's resize needs, ``cached_side``)."""
+    target = max_side if spec is None or max_side is None else max(max_side, decode_side(spec))
+    decoded = decode_image(path.read_bytes(), DecodeLimits(), target_size=target, fill=fill)
     img = decoded.image
-    if max_side is not None and max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if max_side is not None:
+        side = max_side if spec is None else cached_side(img.width, img.height, spec, max_side)
+        if max(img.size) > side:
+            img = img.copy()
+            img.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return img
 
 

@@ -132,7 +132,7 @@ class Prepared:
     labels: np.ndarray  # class index per used sample
     groups: list[int]
     keys: list[str]
-    images: list[Image.Image]  # cached, long side <= cache_side
+    images: list[Image.Image]  # cached, long side <= data.cached_side(...)
     tensors: np.ndarray  # exact serving tensors, (n, 3, S, S)
 
 
@@ -190,7 +190,7 @@ def prepare(cfg: FitConfig, progress: bool = True) -> Prepared:
     images, tensors = [], []
     for i in tqdm(index, desc="cache", disable=not progress, unit="img"):
         path = result.samples[i].path
-        images.append(data.load_pil(path, cfg.cache_side, fill=spec.fill_rgb))
+        images.append(data.load_pil(path, cfg.cache_side, fill=spec.fill_rgb, spec=spec))
         tensors.append(data.serving_tensor(path, spec))
     labels = np.array([CLASSES.index(result.samples[i].label) for i in index], dtype=np.int64)
     return Prepared(

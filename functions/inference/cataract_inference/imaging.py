@@ -567,10 +567,19 @@ def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
     return canvas
 
 
+def decode_side(spec: InputSpec) -> int:
+    """The shortest side a decode may shrink a photo to before the model's resize: any smaller, and that resize
+    would enlarge what a full decode had. ``center_crop`` scales the shorter side to ``size / crop_fraction``
+    first; ``letterbox`` and ``squash`` need both sides at ``size`` at most."""
+    if spec.resize == "center_crop":
+        return max(spec.size, round(spec.size / spec.crop_fraction))
+    return spec.size
+
+
 def center_crop_scaled_size(width: int, height: int, spec: InputSpec) -> tuple[int, int]:
     """The size a ``width`` x ``height`` photo is scaled to before ``center_crop`` takes the centre square."""
     size = spec.size
-    short = max(size, round(size / spec.crop_fraction))
+    short = decode_side(spec)
     scale = short / min(width, height)
     return (max(size, round(width * scale)), max(size, round(height * scale)))
 
@@ -623,5 +632,5 @@ def load_for_model(
     data: bytes, spec: InputSpec, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> tuple[DecodedImage, np.ndarray]:
     """Decode bytes and preprocess them for the model, the way serving does."""
-    decoded = decode_image(data, limits, target_size=spec.size, fill=spec.fill_rgb)
+    decoded = decode_image(data, limits, target_size=decode_side(spec), fill=spec.fill_rgb)
     return decoded, preprocess(decoded.image, spec)
