@@ -104,20 +104,20 @@ def torch_model(run: Path | None, backbone: str = "mobilenet_v2") -> tuple[Any, 
 def handler_breakdown(handler: Any, photos: dict[str, bytes], repeats: int) -> dict[str, dict[str, list[float]]]:
     """Per photo: bare ``session.run``, decode, preprocess, gate statistics, ``predict_bytes`` and the whole handler."""
     from cataract_inference import events, quality
-    from cataract_inference.imaging import decode_image, preprocess
+    from cataract_inference.imaging import decode_image, decode_side, preprocess
 
     clf = handler.classifier
     spec = clf.manifest.input
     out: dict[str, dict[str, list[float]]] = {}
     for name, data in photos.items():
         event = events.predict_event(data)
-        decoded = decode_image(data, clf.limits, target_size=spec.size, fill=spec.fill_rgb)
+        decoded = decode_image(data, clf.limits, target_size=decode_side(spec), fill=spec.fill_rgb)
         tensor = preprocess(decoded.image, spec)[None]
         out[name] = interleaved(
             {
                 "bare session.run": functools.partial(clf.run, tensor),
                 "decode (draft)": functools.partial(
-                    decode_image, data, clf.limits, target_size=spec.size, fill=spec.fill_rgb
+                    decode_image, data, clf.limits, target_size=decode_side(spec), fill=spec.fill_rgb
                 ),
                 "preprocess": functools.partial(preprocess, decoded.image, spec),
                 "gate statistics": functools.partial(
@@ -263,7 +263,7 @@ def versus_torch(
     from PIL import Image
 
     from cataract_inference import events
-    from cataract_inference.imaging import decode_image, preprocess
+    from cataract_inference.imaging import decode_image, decode_side, preprocess
 
     torch.set_num_threads(1)  # Lambda's one vCPU; ORT runs with one intra-op thread too
     net, note = torch_model(run, backbone)
@@ -285,7 +285,7 @@ def versus_torch(
 
     out = {}
     for name, data in photos.items():
-        decoded = decode_image(data, clf.limits, target_size=spec.size, fill=spec.fill_rgb)
+        decoded = decode_image(data, clf.limits, target_size=decode_side(spec), fill=spec.fill_rgb)
         tensor = preprocess(decoded.image, spec)[None]
         tt = torch.from_numpy(tensor.copy())
         event = events.predict_event(data)

@@ -188,8 +188,26 @@ def test_a_model_with_a_fixed_batch_of_one_screens_wide_photos_too(tmp_path: Pat
 
 def test_a_large_wide_photo_is_reduced_before_it_is_split() -> None:
     from cataract_inference.classifier import split_in_two
+    from cataract_inference.manifest import InputSpec
 
-    halves = split_in_two(Image.new("RGB", (12000, 3000)), model_side=224)
+    letterbox = InputSpec(size=224, resize="letterbox")
+    halves = split_in_two(Image.new("RGB", (12000, 3000)), spec=letterbox)
     assert set(halves) == {"left", "right"}
     assert all(448 <= max(h.size) < 1000 for h in halves.values()), [h.size for h in halves.values()]
-    assert [h.size for h in split_in_two(Image.new("RGB", (800, 400)), model_side=224).values()] == [(400, 400)] * 2
+    assert [h.size for h in split_in_two(Image.new("RGB", (800, 400)), spec=letterbox).values()] == [(400, 400)] * 2
+
+
+@pytest.mark.parametrize("resize", ["center_crop", "squash"])
+@pytest.mark.parametrize("photo", [(3600, 900), (4096, 512), (12000, 3000)])
+def test_a_half_keeps_the_shorter_side_a_cropping_or_squashing_model_needs(resize: str, photo: tuple[int, int]) -> None:
+    """Such a resize sizes the shorter side (256 px for center_crop at 224): reducing by the half's longer side,
+    as for a letterbox, left a 3600x900 photo's halves at 450x225, enlarged again by the model's resize."""
+    from cataract_inference.classifier import split_in_two
+    from cataract_inference.imaging import decode_side
+    from cataract_inference.manifest import InputSpec
+
+    spec = InputSpec(size=224, resize=resize)
+    halves = split_in_two(Image.new("RGB", photo), spec=spec)
+    assert all(min(h.size) >= min(2 * decode_side(spec), photo[1]) for h in halves.values()), [
+        h.size for h in halves.values()
+    ]

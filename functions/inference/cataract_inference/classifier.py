@@ -12,8 +12,16 @@ import numpy as np
 from PIL import Image
 
 from . import explanation, quality
-from .imaging import DEFAULT_LIMITS, DecodedImage, DecodeLimits, decode_image, load_for_model, preprocess
-from .manifest import GateThresholds, Manifest
+from .imaging import (
+    DEFAULT_LIMITS,
+    DecodedImage,
+    DecodeLimits,
+    decode_image,
+    decode_side,
+    load_for_model,
+    preprocess,
+)
+from .manifest import GateThresholds, InputSpec, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import Settings
 
@@ -314,7 +322,7 @@ class Classifier:
         output = self.manifest.outputs.logits
         whole = self.calibrated(outputs[output])[0]
         spec, pos = self.manifest.input, self.manifest.positive_index
-        halves = split_in_two(decoded.image, model_side=spec.size)
+        halves = split_in_two(decoded.image, spec=spec)
         if not halves:
             return whole, None, None
         # One at a time: a model exported with a fixed batch of 1 runs them too.
@@ -352,18 +360,21 @@ class Classifier:
         )
 
 
-def split_in_two(image: Image.Image, *, model_side: int | None = None) -> dict[str, Image.Image]:
+def split_in_two(image: Image.Image, *, spec: InputSpec | None = None) -> dict[str, Image.Image]:
     """The two halves of a photo at least ``SPLIT_ASPECT`` times as long as it is high (left and right of the
     photo, or top and bottom), each likely to frame one eye; no halves for a photo less elongated.
 
-    With ``model_side``, a photo far larger than the model needs is first reduced (box filter, no full-size
-    copy), so that each half keeps at least twice the model's side: the crops stay small.
+    With ``spec``, a photo far larger than the model needs is first reduced (box filter, no full-size copy), so
+    that each half keeps at least twice what the model's resize needs (``decode_side``) on the side that resize
+    sizes: the longer side for a letterbox, the shorter one otherwise. The crops stay small, and never short.
     """
     width, height = image.size
     if max(width, height) < SPLIT_ASPECT * min(width, height):
         return {}
-    if model_side is not None:
-        factor = max(width, height) // 2 // (2 * model_side)
+    if spec is not None:
+        half = sorted((max(width, height) // 2, min(width, height)))  # a half's (shorter, longer) side
+        kept = half[1] if spec.resize == "letterbox" else half[0]
+        factor = kept // (2 * decode_side(spec))
         if factor >= 2:
             image = image.reduce(factor)
             width, height = image.size
