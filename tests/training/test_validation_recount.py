@@ -21,23 +21,44 @@ def test_a_recount_replaces_the_stale_figures_and_the_card_says_what_moved(
     labels = [f.parent.name for f in files]
     fresh = evaluate.evaluate_folder(model, files, labels)
     stale = {**fresh, "ece": 0.5, "threshold": 0.123456789, "temperature": 1.23456789}
-    variants = {"fp32": {"validation": {"ece": 0.5}}}
     manifest = load_manifest(model / "model.json")
-    manifest = manifest.model_copy(update={"metrics": {"validation": stale, "variants": variants}})
+    manifest = manifest.model_copy(update={"metrics": {"validation": stale}})
 
     recounted = evaluate.recount_validation(manifest, model, files, labels, why="a new view", today="2030-01-02")
     m = recounted.metrics
-    assert m["validation"]["ece"] == round(fresh["ece"], 4) != 0.5
-    # The fitted values stay unrounded, and the export's side-by-side comparison of variants stays as it was.
+    ece = m["validation"]["ece"]
+    assert ece == round(fresh["ece"], 4) != 0.5
+    # The fitted values stay unrounded.
     assert (m["validation"]["threshold"], m["validation"]["temperature"]) == (0.123456789, 1.23456789)
-    assert m["variants"] == variants
     assert set(m["robustness_validation"]) == set(evaluate.DEGRADATIONS)
-    moved = m["validation_recounted"]["moved"]
-    assert moved["validation.ece"] == [0.5, m["validation"]["ece"]]
-    assert not any(key.startswith("validation.threshold") for key in moved)
+    assert m["validation_recounted"]["moved"]["validation.ece"] == [0.5, ece]
+    assert not any(key.startswith("validation.threshold") for key in m["validation_recounted"]["moved"])
 
-    shown = recounted.model_copy(update={"metrics": {k: v for k, v in m.items() if k != "variants"}})
-    write_manifest(shown, model / "model.json")  # (the card's fp32/int8 table needs whole variants: left out)
-    text = " ".join(card.card_text(shown, model).split())
-    assert "recounted on 2030-01-02 through the serving code of that day, not the export's (a new view)" in text
-    assert f"validation.ece 0.5 → {m['validation']['ece']}" in text
+    write_manifest(recounted, model / "model.json")
+    text = " ".join(card.card_text(recounted, model).split())
+    assert "recounted through the serving code of 2030-01-02 (a new view), not the export's" in text
+    assert f"validation.ece 0.5 → {ece}" in text
+    assert "robustness_validation.gaussian_blur_2px.ece None → " in text  # none recorded before: each figure
+
+    # A second recount keeps the first's history and each figure's export value.
+    drifted = recounted.model_copy(update={"metrics": {**m, "validation": {**m["validation"], "ece": 0.7}}})
+    again = evaluate.recount_validation(drifted, model, files, labels, why="a fix", today="2030-02-03").metrics
+    assert [r["date"] for r in again["validation_recounted"]["history"]] == ["2030-01-02", "2030-02-03"]
+    assert again["validation_recounted"]["moved"]["validation.ece"] == [0.5, ece]
+
+
+def test_the_shipped_variant_is_recounted_and_the_card_says_the_other_is_the_exports(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    photos = make_folder(tmp_path / "photos", n_per_class=3)
+    files = sorted(photos.rglob("*.png"))
+    labels = [f.parent.name for f in files]
+    manifest = load_manifest(tiny_model_dir / "model.json")
+    variants = {"fp32": {"validation": {"ece": 0.5}, "size_bytes": 1}, "int8": {"validation": {"ece": 0.4}}}
+    manifest = manifest.model_copy(update={"precision": "fp32", "metrics": {"validation": {}, "variants": variants}})
+    m = evaluate.recount_validation(manifest, tiny_model_dir, files, labels, why="x", today="2030-01-02").metrics
+    # As the gate calibration keeps them: the shipped variant's record is the served one.
+    assert m["variants"]["fp32"]["validation"] == m["validation"] and m["variants"]["fp32"]["size_bytes"] == 1
+    assert m["variants"]["int8"] == variants["int8"]
+    note = card._recount_note(m["validation_recounted"], m["variants"], "fp32")
+    assert "The fp32/int8 table's int8 column keeps the export's figures" in note

@@ -334,7 +334,11 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         *(_table(rows) if rows else ["no metrics recorded"]),
         "",
         *([block, ""] if (block := served_block(m.get("validation", {}))) else []),
-        *([note, ""] if (note := _recount_note(m.get("validation_recounted"))) else []),
+        *(
+            [note, ""]
+            if (note := _recount_note(m.get("validation_recounted"), m.get("variants"), manifest.precision))
+            else []
+        ),
     ]
     if cv:
         lines += [
@@ -496,15 +500,23 @@ def card_text(manifest: Manifest, model_dir: Path) -> str:
     return text
 
 
-def _recount_note(recount: Any) -> str:
-    """What ``evaluate.recount_validation`` changed in the validation figures, and why, in one paragraph."""
-    if not isinstance(recount, dict):
+def _recount_note(recount: Any, variants: Any, shipped: str) -> str:
+    """What ``evaluate.recount_validation`` changed in the validation figures since the export, and why."""
+    if not isinstance(recount, dict) or not recount.get("history"):
         return ""
+    when = " and ".join(f"{r.get('date')} ({r.get('why')})" for r in recount["history"])
     moved = recount.get("moved") or {}
     what = "; ".join(f"{key} {old} → {new}" for key, (old, new) in moved.items()) or "no figure moved"
+    others = sorted(k for k in (variants or {}) if k != shipped)
+    kept = (
+        f" The fp32/int8 table's {', '.join(others)} column keeps the export's figures (no file of it ships to "
+        "recount)."
+        if others
+        else ""
+    )
     return (
-        f"The validation figures were recounted on {recount.get('date')} through the serving code of that day, not "
-        f"the export's ({recount.get('why')}): {what}."
+        f"The validation figures were recounted through the serving code of {when}, not the export's; since the "
+        f"export: {what}.{kept}"
     )
 
 

@@ -191,7 +191,8 @@ def roc_plot(is_pos: np.ndarray, p_pos: np.ndarray, path: Path, title: str = "")
 
 def _changes(old: Any, new: Any, path: str = "") -> dict[str, list[Any]]:
     """Every leaf that differs between two metric records: ``{"a.b": [old, new]}``."""
-    if isinstance(old, dict) and isinstance(new, dict):
+    if isinstance(old, dict | None) and isinstance(new, dict | None) and (old or new) is not None:
+        old, new = old or {}, new or {}  # a record added or dropped whole: its figures, one by one
         out: dict[str, list[Any]] = {}
         for key in sorted(set(old) | set(new)):
             out |= _changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
@@ -205,9 +206,10 @@ def recount_validation(
     """``manifest`` with its validation and robustness figures recounted through today's serving code.
 
     The export measured them through the serving code of its day; when that code changes what it answers (a new
-    view, a decoding fix), the record would describe a service that no longer exists. The figures are replaced,
-    and ``metrics.validation_recounted`` says when, why and what moved, so the card can say so too. The fitted
-    temperature and threshold keep their unrounded record, and ``metrics.variants`` its export-time comparison.
+    view, a decoding fix), the record would describe a service that no longer exists. The figures are replaced
+    (the shipped variant's in ``metrics.variants`` too, as the gate calibration keeps them in step), and
+    ``metrics.validation_recounted`` keeps every recount's date and reason and, per figure, its export value and
+    its value now, so the card can say so. The fitted temperature and threshold keep their unrounded record.
     """
     m = dict(manifest.metrics)
     # The record keeps the fitted temperature and threshold unrounded; the manifest serves them rounded.
@@ -222,7 +224,18 @@ def recount_validation(
         {"validation": m.get("validation"), "robustness_validation": m.get("robustness_validation")},
         {"validation": validation, "robustness_validation": robust},
     )
-    # metrics.variants stays the export's: it compares fp32 with int8 as measured side by side, on the same code.
     m["validation"], m["robustness_validation"] = validation, robust
-    m["validation_recounted"] = {"date": today, "why": why, "moved": moved}
+    variants = dict(m.get("variants") or {})
+    if isinstance(variants.get(manifest.precision), dict):
+        variants[manifest.precision] = {**variants[manifest.precision], "validation": validation}
+        m["variants"] = variants
+    before = m.get("validation_recounted") or {}
+    history = [*(before.get("history") or []), {"date": today, "why": why}]
+    since_export = dict(before.get("moved") or {})  # each figure's export value stays the first one
+    for key, (old, new) in moved.items():
+        since_export[key] = [since_export[key][0] if key in since_export else old, new]
+    m["validation_recounted"] = {
+        "history": history,
+        "moved": {k: v for k, v in since_export.items() if v[0] != v[1]},
+    }
     return manifest.model_copy(update={"metrics": m})
