@@ -131,3 +131,19 @@ def test_the_training_cache_never_holds_less_than_the_models_resize_needs(
     cached = data.load_pil(path, 320, spec=spec)
     assert min(cached.size) >= shorter_at_least and max(cached.size) >= longer_at_least
     assert max(cached.size) == data.cached_side(1600, 600, spec, 320) < 1600  # still a cache, not the photo
+
+
+def test_fit_caches_photos_for_a_center_crop_model_without_enlarging_them(tmp_path: Path) -> None:
+    """`prepare` (what fit and cv train on) passes the model's input spec to the cache, not only the cache side."""
+    from synthetic_eyes import draw_eye
+
+    from cataract_training.train import FitConfig, prepare
+
+    for label in ("cataract", "normal"):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            eye = draw_eye(100 * i + (0 if label == "cataract" else 50), label == "cataract", size=(1000, 400))
+            eye.save(tmp_path / label / f"{label}_{i}.png")
+    prep = prepare(FitConfig(data=str(tmp_path), resize="center_crop"), progress=False)
+    # 5:2 photos: a 320 px cache would be 320x128, enlarged to 640x256 by the crop's first resize.
+    assert all(min(img.size) >= 256 for img in prep.images), [img.size for img in prep.images]
