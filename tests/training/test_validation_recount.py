@@ -62,3 +62,30 @@ def test_the_shipped_variant_is_recounted_and_the_card_says_the_other_is_the_exp
     assert m["variants"]["int8"] == variants["int8"]
     note = card._recount_note(m["validation_recounted"], m["variants"], "fp32")
     assert "The fp32/int8 table's int8 column keeps the export's figures" in note
+
+
+def test_a_figure_changed_between_recounts_is_shown_at_its_value_now(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Another tool (the gate calibration) may change a figure between two recounts: the card's "since the export"
+    must give the record's value now, not the one the last recount saw."""
+    photos = make_folder(tmp_path / "photos", n_per_class=3)
+    files = sorted(photos.rglob("*.png"))
+    labels = [f.parent.name for f in files]
+    manifest = load_manifest(tiny_model_dir / "model.json")
+    fresh = evaluate.evaluate_folder(tiny_model_dir, files, labels)
+    first = {"history": [{"date": "2030-01-02", "why": "a view"}], "moved": {"validation.gate_ungradable": [5, 9]}}
+    manifest = manifest.model_copy(update={"metrics": {"validation": fresh, "validation_recounted": first}})
+    m = evaluate.recount_validation(manifest, tiny_model_dir, files, labels, why="a fix", today="2030-02-03").metrics
+    assert m["validation_recounted"]["moved"]["validation.gate_ungradable"] == [5, m["validation"]["gate_ungradable"]]
+    # A figure back at its export value has not moved since the export.
+    back = {**first, "moved": {"validation.gate_ungradable": [m["validation"]["gate_ungradable"], 9]}}
+    again = manifest.model_copy(update={"metrics": {"validation": fresh, "validation_recounted": back}})
+    m = evaluate.recount_validation(again, tiny_model_dir, files, labels, why="a fix", today="2030-02-03").metrics
+    assert "validation.gate_ungradable" not in m["validation_recounted"]["moved"]
+
+
+def test_a_recount_record_in_its_first_format_keeps_its_date_and_its_note() -> None:
+    """Written by 31ae0c7: date and why at the top, no history."""
+    first = {"date": "2026-11-29", "why": "the two-halves view", "moved": {"validation.ece": [0.033, 0.0384]}}
+    assert evaluate.recount_history(first) == [{"date": "2026-11-29", "why": "the two-halves view"}]
+    note = card._recount_note(first, None, "fp32")
+    assert "serving code of 2026-11-29 (the two-halves view)" in note and "validation.ece 0.033 → 0.0384" in note

@@ -13,6 +13,7 @@ from cataract_inference.manifest import CARD_FILENAME, InputSpec, Manifest
 from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .cv import FIT_ONLY
+from .evaluate import recount_history
 from .files import replace_together
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
@@ -502,9 +503,10 @@ def card_text(manifest: Manifest, model_dir: Path) -> str:
 
 def _recount_note(recount: Any, variants: Any, shipped: str) -> str:
     """What ``evaluate.recount_validation`` changed in the validation figures since the export, and why."""
-    if not isinstance(recount, dict) or not recount.get("history"):
+    history = recount_history(recount)
+    if not history:
         return ""
-    when = " and ".join(f"{r.get('date')} ({r.get('why')})" for r in recount["history"])
+    when = " and ".join(f"{r.get('date')} ({r.get('why')})" for r in history)
     moved = recount.get("moved") or {}
     what = "; ".join(f"{key} {old} → {new}" for key, (old, new) in moved.items()) or "no figure moved"
     others = sorted(k for k in (variants or {}) if k != shipped)

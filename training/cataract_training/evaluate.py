@@ -200,6 +200,23 @@ def _changes(old: Any, new: Any, path: str = "") -> dict[str, list[Any]]:
     return {} if old == new else {path: [old, new]}
 
 
+def _leaf(record: Any, path: str) -> Any:
+    """The value at a ``_changes`` key (``a.b.c``) in ``record``, or None where there is none."""
+    for part in path.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return record
+
+
+def recount_history(recount: Any) -> list[dict[str, Any]]:
+    """The recounts ``metrics.validation_recounted`` records, oldest first (a record of one, as first written,
+    had ``date`` and ``why`` at its top)."""
+    if not isinstance(recount, dict):
+        return []
+    if recount.get("history"):
+        return list(recount["history"])
+    return [{"date": recount["date"], "why": recount.get("why")}] if recount.get("date") else []
+
+
 def recount_validation(
     manifest: Any, model_dir: Path, files: list[Path], labels: list[str], *, why: str, today: str
 ) -> Any:
@@ -230,10 +247,14 @@ def recount_validation(
         variants[manifest.precision] = {**variants[manifest.precision], "validation": validation}
         m["variants"] = variants
     before = m.get("validation_recounted") or {}
-    history = [*(before.get("history") or []), {"date": today, "why": why}]
-    since_export = dict(before.get("moved") or {})  # each figure's export value stays the first one
-    for key, (old, new) in moved.items():
-        since_export[key] = [since_export[key][0] if key in since_export else old, new]
+    history = [*recount_history(before), {"date": today, "why": why}]
+    # Each figure's export value stays the first one; its value now is read from the record as recounted (another
+    # tool, the gate calibration, may have changed a figure since the last recount).
+    now = {"validation": validation, "robustness_validation": robust}
+    export_values = {key: old for key, (old, _) in moved.items()} | {
+        k: v[0] for k, v in (before.get("moved") or {}).items()
+    }
+    since_export = {key: [old, _leaf(now, key)] for key, old in sorted(export_values.items())}
     m["validation_recounted"] = {
         "history": history,
         "moved": {k: v for k, v in since_export.items() if v[0] != v[1]},
