@@ -1674,8 +1674,7 @@ def _signal_table(path: Path, items: Sequence[Item], parts: Sequence[str], sig: 
 def _fmt(p: dict[str, Any]) -> str:
     if not p or p.get("value") is None:
         return "n/a"
-    # From the counts: the stored interval keeps 4 decimals, and rounding 0.0035 again printed 0.4%, not 0.3%.
-    value, (lo, hi) = p["k"] / p["n"], metrics.wilson(p["k"], p["n"])
+    value, (lo, hi) = metrics.from_counts(p)
     return f"{value:.1%} ({p['k']}/{p['n']}; 95% CI {lo:.1%}–{hi:.1%})"
 
 

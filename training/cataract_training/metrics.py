@@ -28,12 +28,20 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     return {"value": round(k / n, 4), "k": int(k), "n": int(n), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
+def from_counts(m: dict[str, Any]) -> tuple[float, tuple[float, float]]:
+    """A ``proportion`` record's value and 95% interval, recomputed from its counts where it has them: model.json
+    keeps 4 decimals, and rounding those again turns 98.947% into 99.0%, or a 0.347% bound into 0.4%."""
+    if m.get("n"):
+        return m["k"] / m["n"], wilson(m["k"], m["n"])
+    low, high = m["ci95"]
+    return m["value"], (low, high)
+
+
 def format_rate(m: dict[str, Any]) -> str:
     """``proportion``'s record as ``97.9% [92.8, 99.4] (95/97)``, from its counts (``n/a`` when undefined)."""
     if m.get("value") is None:
         return "n/a"
-    # The value from its counts: model.json keeps 4 decimals, and rounding those again can turn 98.947% into 99.0%.
-    value, (low, high) = (m["k"] / m["n"], wilson(m["k"], m["n"])) if m.get("n") else (m["value"], m["ci95"])
+    value, (low, high) = from_counts(m)
     return f"{value * 100:.1f}% [{low * 100:.1f}, {high * 100:.1f}] ({m['k']}/{m['n']})"
 
 
