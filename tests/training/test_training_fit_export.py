@@ -572,3 +572,31 @@ def test_card_names_an_existing_card_that_is_not_utf8_and_leaves_it(
     assert cli.main(["card", "--model-dir", str(tmp_path)]) == 2
     assert f"error: {card} is not UTF-8 text (invalid start byte at byte 19)" in capsys.readouterr().err
     assert card.read_bytes() == "# Model card\n\nDr. M\u00fcller \u2013 ok\n".encode("cp1252")
+
+
+def test_an_int8_that_cannot_be_built_leaves_an_fp32_export_that_says_why(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """int8 is an option: a quantizer failure (a new backbone's graph, an onnxruntime change) must not cost the
+    fp32 export, unless int8 was asked for by name."""
+    import shutil
+
+    from cataract_training import quantize
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+
+    def broken(*args: object, **kwargs: object) -> dict:
+        raise RuntimeError("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(quantize, "quantize_int8", broken)
+    with pytest.raises(RuntimeError, match="symbolic shape inference"):
+        release.release(copy, tmp_path / "asked", precision="int8", progress=False)
+    metrics = release.release(copy, tmp_path / "out", progress=False)
+    assert metrics["variants"]["int8"] == {"failed": "RuntimeError: Incomplete symbolic shape inference"}
+    assert metrics["precision_choice"]["shipped"] == "fp32" and "no int8 variant" in metrics["precision_choice"]["why"]
+    assert load_manifest(tmp_path / "out" / "model.json").precision == "fp32"
+    assert not (copy / "export" / "int8").exists()
+    assert "warning: no int8 variant (RuntimeError" in capsys.readouterr().err
+    card_text = (tmp_path / "out" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "No int8 variant could be built: RuntimeError: Incomplete symbolic shape inference." in card_text

@@ -375,20 +375,25 @@ def render(manifest: Manifest, *, gate_section: bool = True) -> str:
         lines += ["## fp32 and int8", "", "| | fp32 | int8 |", "|---|---|---|"]
         f32, i8 = variants.get("fp32", {}), variants.get("int8", {})
 
-        def g(v: dict[str, Any], *path: str) -> Any:
+        def g(v: dict[str, Any], *path: str, spec: str = "") -> Any:
             for p in path:
                 v = v.get(p, {}) if isinstance(v, dict) else {}
-            return v if v != {} else "n/a"
+            return "n/a" if v == {} else format(v, spec)
+
+        def rate(v: dict[str, Any]) -> str:
+            accuracy = (v.get("validation") or {}).get("accuracy")
+            return _ci(accuracy) if accuracy else "n/a"
 
         lines += [
             f"| size | {g(f32, 'size_bytes')} B | {g(i8, 'size_bytes')} B |",
             f"| latency (1 thread, median) | {g(f32, 'latency', 'median_ms')} ms | "
             f"{g(i8, 'latency', 'median_ms')} ms |",
-            f"| max abs logit diff vs torch | {g(f32, 'parity_vs_torch', 'max_abs_logits'):.2e} | "
-            f"{g(i8, 'parity_vs_torch', 'max_abs_logits'):.3f} |",
-            f"| validation accuracy | {_ci(f32['validation']['accuracy'])} | {_ci(i8['validation']['accuracy'])} |",
+            f"| max abs logit diff vs torch | {g(f32, 'parity_vs_torch', 'max_abs_logits', spec='.2e')} | "
+            f"{g(i8, 'parity_vs_torch', 'max_abs_logits', spec='.3f')} |",
+            f"| validation accuracy | {rate(f32)} | {rate(i8)} |",
             f"| validation ECE | {g(f32, 'validation', 'ece')} | {g(i8, 'validation', 'ece')} |",
             "",
+            *([f"No int8 variant could be built: {i8['failed']}.", ""] if "failed" in i8 else []),
             f"Shipped: **{choice.get('shipped')}**, because {choice.get('why')}.",
             "",
         ]

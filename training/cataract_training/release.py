@@ -85,6 +85,8 @@ def build_manifest(
 
 def choose(fp32: dict[str, Any], int8: dict[str, Any]) -> tuple[str, str]:
     """Ship int8 only when it is clearly faster and loses nothing that matters on validation."""
+    if "failed" in int8:
+        return "fp32", f"no int8 variant could be built ({int8['failed']})"
     f, q = fp32["validation"], int8["validation"]
     faster = int8["latency"]["median_ms"] <= 0.8 * fp32["latency"]["median_ms"]
     as_good = (
@@ -169,60 +171,71 @@ def release(
     variants: dict[str, dict[str, Any]] = {}
     training_data = _training_data(prep, tr, va, cfg)
     for name in ("fp32", "int8"):
-        folder = work / name
-        folder.mkdir(parents=True)
-        model_path = folder / MODEL_FILENAME
-        info: dict[str, Any] = {}
-        if name == "fp32":
-            export.export_onnx(graph, cfg.size, model_path)
-        else:
-            # Every training photo (never a validation one): prepare's tensors are serving's preprocessing.
-            info["quantization"] = quantize.quantize_int8(work / "fp32" / MODEL_FILENAME, model_path, prep.tensors[tr])
-            # The gate's distances must describe the features these bytes compute, not the float trunk's.
-            info["gate_heads_refit"] = export.refit_gate_heads(model_path, prep.tensors[tr])
-        outs = export.onnx_outputs(model_path, prep.tensors[va])
-        info["parity_vs_torch"] = export.parity(ref, outs)
-        if name == "fp32":
-            export.check_fp32_parity(info["parity_vs_torch"])  # int8 is judged against fp32 (choose)
-        if name == "int8":
-            info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
-        info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof, left_out)
-        temperature, threshold = info["calibration"]["temperature"], info["calibration"]["threshold"]
-        train_outs = export.onnx_outputs(model_path, prep.tensors[tr])
-        for head in ("ood_distance", "mid_distance"):
-            info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
-        info["temperature"] = round(temperature, 5)
-        info["threshold"] = calibrate.shipped_threshold(threshold)
-        info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
-        info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
-        info["size_bytes"] = model_path.stat().st_size
-        manifest = build_manifest(
-            model_path,
-            cfg,
-            version=version,
-            temperature=temperature,
-            threshold=threshold,
-            precision=name,
-            metrics={},
-            training_data=training_data,
-        )
-        write_manifest(manifest, folder / MANIFEST_FILENAME)
-        info["validation"] = evaluate.evaluate_folder(folder, val_files, val_labels, plot_dir=run, tag=f"-{name}")
-        info["latency"] = evaluate.latency_ms(folder)
-        info["_outs"] = outs
-        variants[name] = info
-        if progress:
-            v = info["validation"]
-            print(
-                f"{name}: parity {info['parity_vs_torch']['max_abs_logits']:.2e}  "
-                f"T={temperature:.3f} thr={threshold:.3f}  "
-                f"acc={v['accuracy']['value']} sens={v['sensitivity']['value']} spec={v['specificity']['value']} "
-                f"ece={v['ece']} auc={v['roc_auc']}  {info['latency']['median_ms']} ms",
-                flush=True,
+        try:
+            folder = work / name
+            folder.mkdir(parents=True)
+            model_path = folder / MODEL_FILENAME
+            info: dict[str, Any] = {}
+            if name == "fp32":
+                export.export_onnx(graph, cfg.size, model_path)
+            else:
+                # Every training photo (never a validation one): prepare's tensors are serving's preprocessing.
+                info["quantization"] = quantize.quantize_int8(
+                    work / "fp32" / MODEL_FILENAME, model_path, prep.tensors[tr]
+                )
+                # The gate's distances must describe the features these bytes compute, not the float trunk's.
+                info["gate_heads_refit"] = export.refit_gate_heads(model_path, prep.tensors[tr])
+            outs = export.onnx_outputs(model_path, prep.tensors[va])
+            info["parity_vs_torch"] = export.parity(ref, outs)
+            if name == "fp32":
+                export.check_fp32_parity(info["parity_vs_torch"])  # int8 is judged against fp32 (choose)
+            if name == "int8":
+                info["parity_vs_fp32"] = export.parity(variants["fp32"]["_outs"], outs)
+            info["calibration"] = fit_calibration(outs["logits"], prep.labels[va], oof, left_out)
+            temperature, threshold = info["calibration"]["temperature"], info["calibration"]["threshold"]
+            train_outs = export.onnx_outputs(model_path, prep.tensors[tr])
+            for head in ("ood_distance", "mid_distance"):
+                info[head] = {"train": _percentiles(train_outs[head]), "val": _percentiles(outs[head])}
+            info["temperature"] = round(temperature, 5)
+            info["threshold"] = calibrate.shipped_threshold(threshold)
+            info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
+            info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
+            info["size_bytes"] = model_path.stat().st_size
+            manifest = build_manifest(
+                model_path,
+                cfg,
+                version=version,
+                temperature=temperature,
+                threshold=threshold,
+                precision=name,
+                metrics={},
+                training_data=training_data,
             )
+            write_manifest(manifest, folder / MANIFEST_FILENAME)
+            info["validation"] = evaluate.evaluate_folder(folder, val_files, val_labels, plot_dir=run, tag=f"-{name}")
+            info["latency"] = evaluate.latency_ms(folder)
+            info["_outs"] = outs
+            variants[name] = info
+            if progress:
+                v = info["validation"]
+                print(
+                    f"{name}: parity {info['parity_vs_torch']['max_abs_logits']:.2e}  "
+                    f"T={temperature:.3f} thr={threshold:.3f}  "
+                    f"acc={v['accuracy']['value']} sens={v['sensitivity']['value']} spec={v['specificity']['value']} "
+                    f"ece={v['ece']} auc={v['roc_auc']}  {info['latency']['median_ms']} ms",
+                    flush=True,
+                )
+        except Exception as exc:
+            # fp32 is the model; int8 is an option. Without it the export still ships fp32 (auto), and says why,
+            # unless int8 was asked for by name.
+            if name == "fp32" or precision == "int8":
+                raise
+            variants["int8"] = {"failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            shutil.rmtree(work / name, ignore_errors=True)
+            print(f"warning: no int8 variant ({variants['int8']['failed']}); exporting fp32", file=sys.stderr)
     del train_ref
     for v in variants.values():
-        v.pop("_outs")
+        v.pop("_outs", None)
     picked, why = choose(variants["fp32"], variants["int8"])
     if precision != "auto":
         # Record what the measurements alone would have shipped, beside the user's choice and reason.
