@@ -369,6 +369,29 @@ def test_iam_grants_no_wildcards_beyond_what_aws_requires(template: dict[str, An
                     assert "*" not in text.rstrip("*").rstrip(":/"), f"wildcard inside {text}"
 
 
+# Lambda's own samples guard an execution role with aws:SourceAccount. CodeDeploy and API Gateway are not documented
+# to send that key when they assume a role: a condition on it could fail every deployment (or ApiGatewayAccount),
+# which nothing here can check before a real deploy.
+TRUST_CONDITION_BY_SERVICE = {
+    "lambda.amazonaws.com": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+    "codedeploy.amazonaws.com": None,
+    "apigateway.amazonaws.com": None,
+}
+
+
+def test_each_role_trusts_one_service_with_a_condition_that_service_meets(template: dict[str, Any]) -> None:
+    resources = deployed(template, {"CreateApiGatewayLogsRole": "true"})["Resources"]
+    roles = of_type(resources, "AWS::IAM::Role")
+    seen = set()
+    for name, role in roles.items():
+        (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        service = statement["Principal"]["Service"]
+        assert service in TRUST_CONDITION_BY_SERVICE, f"{name} trusts {service}: which trust condition does it meet?"
+        assert statement.get("Condition") == TRUST_CONDITION_BY_SERVICE[service], name
+        seen.add(service)
+    assert seen == set(TRUST_CONDITION_BY_SERVICE)
+
+
 def test_function_reads_only_the_model_prefix(template: dict[str, Any]) -> None:
     resources = deployed(template, {"ModelS3Prefix": "models/eyes"})["Resources"]
     role = resources["InferenceFunctionRole"]
