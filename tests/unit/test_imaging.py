@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,33 @@ def test_not_an_image(data: bytes) -> None:
     with pytest.raises(imaging.NotAnImageError) as info:
         imaging.decode_image(data)
     assert info.value.status == 415
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: _flipped(encoded(gradient(), "PNG"), 8 + 4 + 4 + 13), "PNG"),  # the IHDR chunk's CRC
+        (lambda: (j := encoded(gradient(), "JPEG"))[:2] + b"\xff\xc0\x00\x05\x00\x00" + j[2:], "JPEG"),  # a bad SOF
+        (lambda: b"GIF89a" + b"\x00" * 20, "GIF"),
+        (lambda: b"II*\x00" + b"\xff" * 20, "TIFF"),
+    ],
+    ids=["png-header-crc", "jpeg-sof", "gif", "tiff"],
+)
+def test_a_known_format_whose_header_cannot_be_read_is_corrupt_not_other(make: Callable[[], bytes], kind: str) -> None:
+    """400 corrupt_image, as the README says of a corrupt image: the client sent a photo, only a broken one."""
+    with pytest.raises(imaging.CorruptImageError) as info:
+        imaging.decode_image(make())
+    assert (info.value.status, info.value.code) == (400, "corrupt_image")
+    assert f"starts as a {kind}" in str(info.value)
+
+
+def test_riff_that_is_not_webp_is_not_an_image() -> None:
+    with pytest.raises(imaging.NotAnImageError):
+        imaging.decode_image(b"RIFF\x10\x00\x00\x00WAVEfmt " + b"\x00" * 16)
 
 
 def test_empty_bytes_are_not_an_image() -> None:

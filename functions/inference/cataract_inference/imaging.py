@@ -38,6 +38,18 @@ _KNOWN_UNSUPPORTED: tuple[tuple[bytes, int, str], ...] = (
     (b"<?xml", 0, "SVG/XML"),
 )
 
+# Magic numbers of the formats we read: data that starts like one but that Pillow cannot open is a corrupt image
+# (400), not something other than an image (415). BMP's two letters are too weak a sign to count.
+_ACCEPTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"WEBP", 8, "WebP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -304,6 +316,11 @@ def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader |
         if other is not None:
             advice = f" ({UNSUPPORTED_ADVICE[other]})" if other in UNSUPPORTED_ADVICE else ""
             raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP{advice}") from exc
+        looks_like = next((name for magic, at, name in _ACCEPTED_MAGIC if data[at : at + len(magic)] == magic), None)
+        if looks_like is not None and (looks_like != "WebP" or data[:4] == b"RIFF"):
+            raise CorruptImageError(
+                f"the image header is corrupt: it starts as a {looks_like} but cannot be read"
+            ) from exc
         raise NotAnImageError("the data is not an image we can read (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(limits) from exc
