@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,45 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("compressed raw image", _with_header(_raw_event(BRIGHT), "Content-Encoding", "br"), 415, "unsupported_media_type"),
     ("json array", _json_event([1, 2]), 422, "invalid_request"),
+    # The stdlib and orjson keep the last of a repeated key: the first photo would go unscreened, without a word.
+    (
+        "image given twice",
+        _json_event(f'{{"image": "{_b64(BRIGHT)}", "image": "{_b64(DARK)}"}}'),
+        422,
+        "invalid_request",
+    ),
+    (
+        "image given twice, once as an escape",
+        _json_event(f'{{"image": "{_b64(BRIGHT)}", "\\u0069mage": "{_b64(DARK)}"}}'),
+        422,
+        "invalid_request",
+    ),
+    (
+        "explain given twice",
+        _json_event(f'{{"image": "{_b64(BRIGHT)}", "explain": true, "explain": false}}'),
+        422,
+        "invalid_request",
+    ),
+    ("a misspelt query parameter", _raw_event(BRIGHT, query={"Explain": "true"}), 422, "invalid_request"),
+    (
+        "a content type that only starts as application/octet-stream",
+        _raw_event(BRIGHT, media="application/octet-stream-whatever"),
+        415,
+        "unsupported_media_type",
+    ),
+    ("image/ with no subtype", _raw_event(BRIGHT, media="image/"), 415, "unsupported_media_type"),
+    (
+        "two content types, joined by API Gateway",
+        _with_header(_json_event({"image": _b64(BRIGHT)}), "Content-Type", "application/json, text/plain"),
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "identity then gzip",
+        _with_header(_json_event({"image": "AAAA"}), "Content-Encoding", "identity, gzip"),
+        415,
+        "unsupported_media_type",
+    ),
     ("json string", _json_event('"hello"'), 422, "invalid_request"),
     ("missing image", _json_event({"explain": True}), 422, "invalid_request"),
     ("extra field", _json_event({"image": _b64(BRIGHT), "patient": "x"}), 422, "invalid_request"),
@@ -692,6 +732,7 @@ JSON_EDGE_BODIES: list[tuple[str, bytes]] = [
     ("UTF-8 byte-order mark", b'\xef\xbb\xbf{"image": "aGk="}'),
     ("UTF-16", '{"image": "aGk="}'.encode("utf-16-le")),
     ("duplicate keys", b'{"image": "a", "image": "aGk="}'),
+    ("duplicate keys after a byte-order mark", b'\xef\xbb\xbf{"image": "a", "image": "aGk="}'),
     ("nested 2,000 deep", b"[" * 2000 + b"]" * 2000),
     ("truncated", b'{"image": '),
     ("invalid UTF-8", b'{"image": "\xff"}'),
@@ -708,7 +749,8 @@ def test_json_fast_path_answers_as_the_stdlib_does(
     event = events.rest_event("/predict", "POST", body=base64.b64encode(body).decode(), content_type="application/json")
     event["isBase64Encoded"] = True
     fast_status, _, fast = invoke(event)
-    monkeypatch.setattr(api, "_load_json", json.loads)
+    # The stdlib as the app uses it: refusing a repeated key, which it would otherwise keep the last of.
+    monkeypatch.setattr(api, "_load_json", partial(json.loads, object_pairs_hook=api._refuse_repeated_keys))
     slow_status, _, slow = invoke(event)
     assert fast_status == slow_status
     assert (fast.get("error") or {}).get("code") == (slow.get("error") or {}).get("code")
@@ -722,13 +764,18 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
     stdlib_loads = json.loads
     calls: list[str | bytes] = []
 
-    def counted_loads(b: str | bytes) -> Any:
+    def counted_loads(b: str | bytes, **kwargs: Any) -> Any:
         calls.append(b)
-        return stdlib_loads(b)
+        return stdlib_loads(b, **kwargs)
 
     monkeypatch.setattr(api.json, "loads", counted_loads)
     assert api._load_json(b'{"image": "aGk="}') == {"image": "aGk="}
+    assert api._load_json(b'{"image": "aGk=", "explain": true}') == {"image": "aGk=", "explain": True}
     assert calls == []
+    with pytest.raises(api.ClientError, match="'image' is given more than once"):
+        api._load_json(b'{"image": "aGk=", "image": "aGk="}')
+    assert len(calls) == 1  # the second, hooked parse that names the key
+    calls.clear()
     assert api._load_json(b'{"x": NaN}')["x"] != 0
     assert calls == ['{"x": NaN}']  # decoded strictly first
 

@@ -41,6 +41,7 @@ async def call(
     *,
     raw_path: bytes = b"/predict",
     query: bytes = b"",
+    more_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Message:
     """One POST as uvicorn would pass it (``raw_path`` percent-decoded into ``path`` as uvicorn does: invalid
     UTF-8 becomes U+FFFD); the response's status, headers and JSON body."""
@@ -54,7 +55,7 @@ async def call(
         "raw_path": raw_path,
         "root_path": "",
         "query_string": query,
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode())],
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode()), *more_headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -152,5 +153,27 @@ def test_a_path_or_query_that_is_not_utf8_is_invalid_encoding_as_on_lambda(
 
 
 def test_percent_encoded_utf8_in_the_query_is_not_refused(app: Any) -> None:
-    answer = asyncio.run(call(app, whole(encode(draw_eye("normal"), "JPEG")), query=b"explain=false&note=%C3%A9"))
+    answer = asyncio.run(call(app, whole(encode(draw_eye("normal"), "JPEG")), query=b"explain=%66alse"))
     assert answer["status"] == 200, answer
+    # Decoded, then refused as what it is, an unknown parameter (422), not as bad encoding (400).
+    answer = asyncio.run(call(app, whole(encode(draw_eye("normal"), "JPEG")), query=b"explain=false&not%C3%A9=1"))
+    assert answer["status"] == 422 and "'noté'" in answer["body"]["error"]["message"], answer
+
+
+@pytest.mark.parametrize(
+    ("content_type", "more_headers", "says"),
+    [
+        # uvicorn passes a repeated header on twice (API Gateway joins the two with a comma): not the first one.
+        ("application/json", ((b"content-type", b"text/plain"),), "more than one Content-Type"),
+        ("application/json", ((b"content-encoding", b"identity"), (b"content-encoding", b"gzip")), "'gzip'"),
+        ("application/json", ((b"content-encoding", b"identity, gzip"),), "'gzip'"),
+    ],
+    ids=["two-content-types", "identity-then-gzip", "identity-comma-gzip"],
+)
+def test_a_repeated_header_is_read_whole_not_by_its_first_value(
+    app: Any, content_type: str, more_headers: tuple[tuple[bytes, bytes], ...], says: str
+) -> None:
+    body = json.dumps({"image": "aGk="}).encode()
+    answer = asyncio.run(call(app, whole(body), content_type, more_headers=more_headers))
+    assert answer["status"] == 415 and answer["body"]["error"]["code"] == "unsupported_media_type"
+    assert says in answer["body"]["error"]["message"]
