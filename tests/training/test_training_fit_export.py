@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from cataract_inference.classifier import load_classifier
 from cataract_inference.imaging import load_for_model
 from cataract_inference.manifest import Manifest, load_manifest, write_manifest
 from cataract_inference.model_source import sha256_of
-from cataract_training import cli, export, release
+from cataract_training import calibrate, cli, export, release
 from cataract_training.train import FitConfig, fit, load_run
 
 pytestmark = pytest.mark.slow
@@ -600,3 +601,32 @@ def test_an_int8_that_cannot_be_built_leaves_an_fp32_export_that_says_why(
     assert "warning: no int8 variant (RuntimeError" in capsys.readouterr().err
     card_text = (tmp_path / "out" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "No int8 variant could be built: RuntimeError: Incomplete symbolic shape inference." in card_text
+
+
+def test_each_variant_is_scored_with_the_threshold_and_temperature_it_would_ship_with(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation, the fp32/int8 choice and robustness are counted under model.json's own (rounded) values: an
+    unrounded threshold can be the deciding cataract's own score, which serving, rounding first, misses."""
+    import shutil
+
+    from cataract_training import evaluate
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    scored_with: dict[str, tuple[float, float]] = {}
+    real = evaluate.evaluate_folder
+
+    def recording(folder: Path, *args: Any, **kwargs: Any) -> Any:
+        manifest = load_manifest(folder / "model.json")
+        scored_with[manifest.precision] = (manifest.threshold, manifest.temperature)
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_folder", recording)
+    metrics = release.release(copy, tmp_path / "out", progress=False)
+    shipped = load_manifest(tmp_path / "out" / "model.json")
+    assert scored_with[shipped.precision] == (shipped.threshold, shipped.temperature)
+    for name, variant in metrics["variants"].items():
+        if "failed" not in variant:
+            assert scored_with[name] == (variant["threshold"], variant["temperature"])
+            assert variant["threshold"] == calibrate.shipped_threshold(variant["calibration"]["threshold"])

@@ -201,12 +201,14 @@ def release(
             info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
             info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
             info["size_bytes"] = model_path.stat().st_size
+            # Scored as served: with the temperature and threshold model.json will hold. The unrounded threshold
+            # can be the deciding cataract's own score, which serving, rounding that score first, would miss.
             manifest = build_manifest(
                 model_path,
                 cfg,
                 version=version,
-                temperature=temperature,
-                threshold=threshold,
+                temperature=info["temperature"],
+                threshold=info["threshold"],
                 precision=name,
                 metrics={},
                 training_data=training_data,
