@@ -538,7 +538,7 @@ def _measure(
                 "The handler in a child process inside a cgroup whose CPU quota is Lambda's share at that memory "
                 "size (it still sees every core, as a function sees two vCPUs). Lambda's own throttling period is "
                 "not published; 100 ms is the kernel's default. Blocks of calls per thread count, back to back "
-                "(sustained traffic) or 10 ms apart."
+                "(sustained traffic) or 10 ms apart. The memory sizes take turns, a round each in a child of its own."
             )
             emit()
             emit(quota.table(shares))

@@ -158,6 +158,28 @@ def test_only_a_child_that_cannot_join_the_quota_is_quota_unavailable(
     assert isinstance(info.value, quota.QuotaUnavailable) is unavailable
 
 
+def test_the_memory_sizes_take_turns_and_each_row_is_set_against_the_default_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def measure(memory_mb: int, model_dir: Path, rounds: int, per_block: int) -> dict[str, list[float]]:
+        calls.append((memory_mb, rounds))
+        return {"small|back to back|1": [memory_mb / 1000.0] * per_block}
+
+    monkeypatch.setattr(quota, "measure_in_quota", measure)
+    results = quota.compare(tmp_path, 3, 2)
+    # Round by round, every size once per round, never one size's rounds all together.
+    assert calls == [(mb, 1) for _ in range(3) for mb in quota.MEMORY_SIZES]
+    assert {mb: len(v["small|back to back|1"]) for mb, v in results.items()} == dict.fromkeys(quota.MEMORY_SIZES, 6)
+    rows = {line.split(" |")[0]: line.rsplit("|", 2)[-2].strip() for line in quota.table(results).splitlines()[2:]}
+    assert rows == {
+        "| 1769 MB (1.00 vCPU)": "0.86×",
+        "| 2048 MB (1.16 vCPU)": "1.00×",
+        "| 3538 MB (2.00 vCPU)": "1.73×",
+    }
+
+
 def test_a_child_refused_the_quota_exits_with_its_own_code(tmp_path: Path) -> None:
     procs = tmp_path / "no-such-group" / "cgroup.procs"
     with pytest.raises(SystemExit) as info:
@@ -198,4 +220,4 @@ def test_the_quota_table_gives_n_p50_p95_and_min_max() -> None:
 
     text = quota.table({quota.ONE_VCPU_MB: {"small photo|one at a time|1": [3.0, 1.0, 2.0]}})
     assert "| n | p50 ms | p95 ms | min–max ms |" in text
-    assert text.splitlines()[-1].endswith("| 1 | 3 | 2.00 | 3.00 | 1.00–3.00 |")
+    assert text.splitlines()[-1].endswith("| 1 | 3 | 2.00 | 3.00 | 1.00–3.00 | – |")  # no 2048 MB row to divide by
