@@ -192,6 +192,15 @@ def faster_verdict(ratio: float) -> str:
 # --- photos -----------------------------------------------------------------------------------------
 
 
+SAME_WORK_BAND = 0.10
+
+
+def same_work_disagrees(p50s: list[float], band: float = SAME_WORK_BAND) -> bool:
+    """Whether p50s of one piece of work (the same tensor through the same session) spread wider than ``band``:
+    the section that took them ran disturbed, and its ratios say more about the machine than about the code."""
+    return len(p50s) > 1 and max(p50s) > (1.0 + band) * min(p50s)
+
+
 def _noisy(img: Image.Image, sigma: float, seed: int) -> Image.Image:
     """Sensor-like noise, so the JPEG is as dense as a real photo rather than a flat drawing."""
     rng = np.random.default_rng(seed)

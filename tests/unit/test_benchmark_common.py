@@ -23,6 +23,7 @@ from benchmarks.common import (
     faster_verdict,
     int8_variant,
     latest_run,
+    same_work_disagrees,
     shipped_run,
     small_photo,
     torch_target,
@@ -53,6 +54,15 @@ def test_faster_is_only_met_beyond_the_noise(ratio: float, verdict: str) -> None
 def test_faster_judges_the_ratio_as_shown(ratio: float, verdict: str) -> None:
     # Both are shown as 1.05× and 0.95×, inside the band's edges: the verdict must agree with the table.
     assert faster_verdict(ratio) == verdict
+
+
+@pytest.mark.parametrize(
+    ("p50s", "disturbed"),
+    [([11.39, 18.75], True), ([6.3, 6.9], False), ([6.3, 6.95], True), ([7.0], False), ([8.0, 7.5, 9.0], True)],
+)
+def test_one_piece_of_work_timed_twice_flags_a_disturbed_section(p50s: list[float], disturbed: bool) -> None:
+    # 11.39 against 18.75 ms: the same tensor through the same session, in the torch section of one full run.
+    assert same_work_disagrees(p50s) is disturbed
 
 
 def _run(runs: Path, name: str, export: bool = False) -> Path:
