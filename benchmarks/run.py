@@ -564,6 +564,12 @@ def _measure(
         target = torch_net()
         net = None if target.refused else target
         samples = coldstart.compare(model.directory, net, photos[small_key], 3 if args.quick else 7)
+        emit(
+            "Each candidate's process is new, but the files it reads are in the page cache: a first, untimed round "
+            "reads them from disk. A new Lambda environment may read its image's files from storage instead, which "
+            "this leaves out (and which weighs more on a handler that loads more library bytes)."
+        )
+        emit()
         if net is None:
             emit(f"_No PyTorch handler: {target.refused}._")
         else:
