@@ -126,11 +126,20 @@ def test_a_version_whose_model_fails_its_checksum_is_stopped(
     assert "sha256" in result["problem"].lower(), "the model error's own words reach the deploy log"
 
 
+GOOD_HEALTH: dict[str, Any] = {"status": "ok", "model": {"sha256": "ab" * 32, "version": "1"}}
+
+
+def test_the_good_health_answer_passes_so_each_broken_one_fails_for_its_own_flaw() -> None:
+    assert deploy_check._health_problem(GOOD_HEALTH) is None
+
+
 @pytest.mark.parametrize(
     ("response", "expected"),
     [
         ({"statusCode": 502, "body": json.dumps({"message": "Internal server error"})}, "answered 502"),
-        ({"statusCode": 200, "body": json.dumps({"status": "starting"})}, "did not report a loaded model"),
+        ({"statusCode": 200, "body": json.dumps({**GOOD_HEALTH, "status": "starting"})}, "did not report a loaded"),
+        ({"statusCode": 200, "body": json.dumps({**GOOD_HEALTH, "model": None})}, "did not report a loaded model"),
+        ({"statusCode": 200, "body": json.dumps({**GOOD_HEALTH, "model": {"sha256": ""}})}, "did not report a loaded"),
         ({"statusCode": 200, "body": "not json"}, "not an API Gateway proxy response"),
         ({"body": "{}"}, "not an API Gateway proxy response"),
         ({"statusCode": 200, "body": "[1, 2]"}, "the body is not a JSON object"),
@@ -158,9 +167,14 @@ def test_the_good_answer_below_passes_so_each_broken_one_fails_for_its_own_flaw(
 @pytest.mark.parametrize(
     "answer",
     [
-        {"label": "maybe", "probabilities": {"cataract": 0.5}, "disclaimer": "x"},
-        {"label": "normal", "probabilities": {"cataract": 1.5, "normal": -0.5}, "disclaimer": "x"},
-        {"label": "normal", "probabilities": {"cataract": 0.1, "normal": 0.9}},
+        # Each is the good answer with one flaw, so each flaw's own check is what stops it.
+        {**GOOD_ANSWER, "label": "maybe"},
+        {**GOOD_ANSWER, "probabilities": {"normal": 1.0}},
+        {**GOOD_ANSWER, "probabilities": {"cataract": 1.5, "normal": -0.5}},  # sums to 1: only the range is wrong
+        {k: v for k, v in GOOD_ANSWER.items() if k != "disclaimer"},
+        {**GOOD_ANSWER, "disclaimer": ""},
+        {**GOOD_ANSWER, "quality": {"gradable": "yes", "reasons": []}},
+        {**GOOD_ANSWER, "quality": {"gradable": False, "reasons": ["too dark"]}},
         {"error": {"code": "internal_error", "message": "the service failed"}},
         {**GOOD_ANSWER, "probabilities": {}},
         {**GOOD_ANSWER, "probabilities": {"cataract": 0.7, "normal": 0.7}},
