@@ -8,6 +8,7 @@ uploads a drawn eye and must see the result render; a text file must show the se
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -200,7 +201,18 @@ def _submit_and_hold(page: Page, page_url: str, tmp_path: Path) -> list[Route]:
     return held
 
 
-@pytest.mark.parametrize("body", ["{}", "[]", '{"message": "Endpoint request timed out"}', '{"label": "maybe"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{}",
+        "[]",
+        '{"message": "Endpoint request timed out"}',
+        # A whole result but for its label: the label's own check, not a missing field, must refuse it.
+        json.dumps({**A_RESULT, "label": "maybe"}),
+        json.dumps({**A_RESULT, "referral": "yes"}),
+    ],
+    ids=["empty-object", "array", "gateway-message", "unknown-label", "referral-not-boolean"],
+)
 def test_an_answer_that_is_not_a_result_is_never_shown_as_one(
     page: Page, page_url: str, tmp_path: Path, body: str
 ) -> None:
