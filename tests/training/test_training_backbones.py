@@ -55,7 +55,14 @@ def test_model_outputs_and_freezing() -> None:
     net = backbones.CataractNet("mobilenet_v2", pretrained=False)
     net.freeze_trunk(3)
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    # Exactly the last three blocks and the head train: each of them, and nothing before them.
     assert all(n.startswith(("features.16", "features.17", "features.18", "head")) for n in trainable)
+    assert {n.split(".")[0] if n.startswith("head") else ".".join(n.split(".")[:2]) for n in trainable} == {
+        "features.16",
+        "features.17",
+        "features.18",
+        "head",
+    }
     net.train()
     assert isinstance(net.features, nn.Sequential)
     assert not net.features[0].training and net.features[18].training
