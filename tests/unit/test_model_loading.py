@@ -623,8 +623,14 @@ def test_s3_names_the_missing_model_json_and_accepts_a_folder_without_its_slash(
 
 
 def test_s3_upper_case_checksum_metadata_is_the_same_checksum(s3: object, tiny_model_dir: Path, tmp_path: Path) -> None:
-    _publish(s3, tiny_model_dir, sha=sha256_of(tiny_model_dir / "model.onnx").upper())
-    resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/"))
+    true_sha = sha256_of(tiny_model_dir / "model.onnx")
+    _publish(s3, tiny_model_dir, sha=true_sha.upper())
+    assert resolve_model(_settings(tmp_path, MODEL_S3_URI=f"s3://{BUCKET}/cataract/v1/")).sha256 == true_sha
+    # Still compared, not skipped for being upper case: a wrong one in capitals is refused.
+    wrong = ("0" if true_sha[0] != "0" else "1") + true_sha[1:]
+    _publish(s3, tiny_model_dir, prefix="cataract/v2/", sha=wrong.upper())
+    with pytest.raises(ModelLoadError, match="object metadata"):
+        resolve_model(_settings(tmp_path / "other-cache", MODEL_S3_URI=f"s3://{BUCKET}/cataract/v2/"))
 
 
 class _StallingBody:
