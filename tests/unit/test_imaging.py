@@ -312,10 +312,12 @@ def test_an_out_of_range_tiff_offset_is_corrupt_not_a_crash() -> None:
 @pytest.mark.parametrize(
     ("data", "size"),
     [(jpeg_with_malformed_exif(), (48, 64)), (png_with_truncated_exif(), (64, 48))],
-    ids=["jpeg-bad-tag-type", "png-truncated-exif"],
+    ids=["jpeg-bad-tag-type-still-turned", "png-truncated-exif-raises"],
 )
 def test_malformed_exif_is_ignored_and_the_photo_decodes(data: bytes, size: tuple[int, int]) -> None:
-    """Pillow raises AttributeError / struct.error on these; a viewer shows the photo, and so do we."""
+    """A viewer shows these photos, and so do we. Reading the PNG's EXIF raises (struct.error), which the decoder
+    must swallow; the JPEG's reads, but Pillow's exif_transpose, which we once used, failed re-serialising its
+    DOUBLE-typed Make tag, and the orientation beside it must still turn the photo."""
     decoded = imaging.decode_image(data)
     assert decoded.image.size == size  # the JPEG's orientation 6 still turns it upright
     assert decoded.original_size == size
