@@ -29,6 +29,14 @@ def test_native_run_matches_the_session_and_compare_finds_differences(tiny_model
     assert rows["logits"][0] == pytest.approx(0.5)
 
 
+def test_compare_gives_the_largest_absolute_and_relative_difference_of_each_output() -> None:
+    native = {"logits": np.array([[2.0, -4.0]]), "ood_distance": np.array([10.0, 0.0])}
+    emulated = {"logits": np.array([[2.5, -4.0]]), "ood_distance": np.array([10.0, 1e-7])}
+    rows = {name: (a, r) for name, a, r in int8_portability.compare(native, emulated)}
+    assert rows["logits"] == pytest.approx((0.5, 0.25))  # 0.5 off a logit of 2
+    assert rows["ood_distance"] == pytest.approx((1e-7, 0.1))  # 1e-7 off 0, relative to the 1e-6 floor
+
+
 def test_without_qemu_it_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(int8_portability.shutil, "which", lambda name: None)
     assert int8_portability.main(["model.onnx"]) == 2
