@@ -444,6 +444,32 @@ def test_a_powertools_variable_it_cannot_read_means_cannot_start(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("POWERTOOLS_SERVICE_NAME", "", "POWERTOOLS_SERVICE_NAME is set but blank"),
+        ("POWERTOOLS_METRICS_NAMESPACE", " ", "POWERTOOLS_METRICS_NAMESPACE is set but blank"),
+        # Not UTF-8 in the environment (as os.fsencode writes the lone surrogate): every answer was a 500.
+        ("DISCLAIMER", "D\udce9pistage", "DISCLAIMER is not valid UTF-8"),
+    ],
+)
+def test_a_setting_that_would_break_every_answer_means_cannot_start(
+    tiny_model_dir: Path, variable: str, value: str, said: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and k != "DISCLAIMER"}
+    env.update(MODEL_DIR=str(tiny_model_dir), **{variable: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", "invoke", str(REPO / "events" / "rest-health.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"cataract-screen: cannot start: {said}"), result.stderr
+    assert result.stdout == ""
+
+
 def test_only_an_error_raised_by_powertools_is_called_a_powertools_setting() -> None:
     from aws_lambda_powertools.shared.functions import strtobool
 

@@ -385,11 +385,34 @@ def test_cache_not_writable(tmp_path: Path) -> None:
         ({"MAX_IMAGE_PIXELS": "200000000"}, "<= 178956970"),
         # 89 MP of WebP peaked at 1501 MiB: more than a 1024 MB function has.
         ({"MAX_IMAGE_PIXELS": "89478485", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}, "at most 50724864"),
+        # int() refused these with "Exceeds the limit (4300 digits)", naming no variable.
+        ({"ORT_INTRA_OP_THREADS": "9" * 4400}, "ORT_INTRA_OP_THREADS must be <= 64, got a number of 4400 digits"),
+        ({"MAX_IMAGE_SIDE": "9" * 40}, "MAX_IMAGE_SIDE must be far smaller"),
+        ({"MAX_BODY_BYTES": "-" + "9" * 40}, "MAX_BODY_BYTES must be >= 1"),
+        # An environment variable that is not UTF-8 reaches Python as lone surrogates: every answer was a 500.
+        ({"DISCLAIMER": "D\udce9pistage"}, "DISCLAIMER is not valid UTF-8"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_a_number_with_leading_zeros_is_not_taken_for_a_long_one() -> None:
+    assert Settings.from_env({"MAX_IMAGE_SIDE": "0" * 40 + "4000"}).max_image_side == 4000
+
+
+@pytest.mark.parametrize("name", ["POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_powertools_name_is_refused_not_passed_on(name: str, blank: str) -> None:
+    """Powertools took a blank one as it was: no log lines, metrics without the service dimension the alarms
+    filter on, or a namespace CloudWatch cannot use."""
+    from cataract_inference.settings import powertools_name
+
+    assert powertools_name({}, name, "default") == "default"
+    assert powertools_name({name: " svc "}, name, "default") == "svc"
+    with pytest.raises(ConfigError, match=f"{name} is set but blank"):
+        powertools_name({name: blank}, name, "default")
 
 
 def test_the_default_pixel_limit_fits_the_smallest_memory_the_template_allows() -> None:

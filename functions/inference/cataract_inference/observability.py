@@ -19,8 +19,10 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "cataract-screening")
-NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
+from .settings import powertools_name
+
+SERVICE = powertools_name(os.environ, "POWERTOOLS_SERVICE_NAME", "cataract-screening")
+NAMESPACE = powertools_name(os.environ, "POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)

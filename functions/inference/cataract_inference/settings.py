@@ -49,7 +49,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, m
         return default
     # Plain ASCII digits only: int() also takes "1_6", "+2" and full-width digits, which no one means.
     if not re.fullmatch(r"-?[0-9]+", raw):
-        raise ConfigError(f"{name} must be an integer in plain digits, got {raw!r}")
+        raise ConfigError(f"{name} must be an integer in plain digits, got {raw[:40]!r}")
+    if len(raw.lstrip("-0")) > 30:  # int() refuses 4301 digits with a message that names no variable
+        bound = f">= {minimum}" if raw.startswith("-") else f"<= {maximum}" if maximum is not None else "far smaller"
+        raise ConfigError(f"{name} must be {bound}, got a number of {len(raw)} digits")
     value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
@@ -63,6 +66,29 @@ def _sha256(env: Mapping[str, str], name: str) -> str | None:
     if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
         raise ConfigError(f"{name} must be 64 hex characters")
     return value
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    """A text setting, stripped; unset or blank gives ``default``. It must be UTF-8: an environment variable that
+    is not reaches Python as lone surrogates, which no response body can carry."""
+    value = env.get(name, "").strip() or default
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid UTF-8 text; set it in UTF-8") from exc
+    return value
+
+
+def powertools_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """POWERTOOLS_SERVICE_NAME or POWERTOOLS_METRICS_NAMESPACE, stripped (observability passes it to Powertools
+    itself): unset gives ``default``, but set and blank is refused. Powertools took a blank one as it was: no log
+    lines, metrics without the ``service`` dimension the alarms filter on, or a namespace CloudWatch cannot use."""
+    if name not in env:
+        return default
+    value = env[name].strip()
+    if not value:
+        raise ConfigError(f"{name} is set but blank; set it to a name, or unset it for {default!r}")
+    return _text(env, name, default)
 
 
 @dataclass(frozen=True)
@@ -123,7 +149,7 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", LAMBDA_SYNC_PAYLOAD_BYTES, minimum=1, maximum=MAX_BODY_LIMIT),
             max_image_pixels=max_image_pixels,
             max_image_side=_int(env, "MAX_IMAGE_SIDE", DEFAULT_MAX_IMAGE_SIDE, minimum=1),
-            disclaimer=env.get("DISCLAIMER", "").strip() or DEFAULT_DISCLAIMER,
+            disclaimer=_text(env, "DISCLAIMER", DEFAULT_DISCLAIMER),
         )
 
 
