@@ -447,6 +447,21 @@ def test_session_spins_only_with_helper_threads(threads: int, spinning: str) -> 
     assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
 
 
+@pytest.mark.parametrize("limit", ["MAX_IMAGE_SIDE", "MAX_IMAGE_PIXELS"])
+def test_decode_limits_that_refuse_every_gradable_photo_are_refused_at_start(tiny_model_dir: Path, limit: str) -> None:
+    """Accepted, they made every request a 413 naming a limit no photo could meet."""
+    from cataract_inference.classifier import Classifier
+    from cataract_inference.manifest import load_manifest
+
+    smallest = load_manifest(tiny_model_dir / "model.json").gate.min_side
+    below = smallest - 1 if limit == "MAX_IMAGE_SIDE" else smallest * smallest - 1
+    settings = Settings.from_env({"MODEL_DIR": str(tiny_model_dir), limit: str(below)})
+    with pytest.raises(ConfigError, match=f"refuse every photo this model can grade \\(at least {smallest}x{smallest}"):
+        Classifier.from_settings(settings)
+    edge = {"MAX_IMAGE_SIDE": str(smallest), "MAX_IMAGE_PIXELS": str(smallest * smallest)}
+    assert Classifier.from_settings(Settings.from_env({"MODEL_DIR": str(tiny_model_dir), **edge}))
+
+
 def test_classifier_session_uses_the_configured_threads(tiny_model_dir: Path) -> None:
     clf = Classifier(load_baked(tiny_model_dir), intra_op_threads=2)
     assert clf.session.get_session_options().intra_op_num_threads == 2

@@ -23,7 +23,7 @@ from .imaging import (
 )
 from .manifest import GateThresholds, InputSpec, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 UNGRADABLE = "ungradable"
 # Probabilities are answered to 6 decimals, and the referral is decided on that same figure: a client must never
@@ -214,6 +214,12 @@ class Classifier:
     def from_settings(cls, settings: Settings, s3_client: Any | None = None) -> Classifier:
         """Resolve, verify and load the model the settings name."""
         artifact = resolve_model(settings, s3_client)
+        smallest = artifact.manifest.gate.min_side  # the smallest photo the gate grades
+        if settings.max_image_side < smallest or settings.max_image_pixels < smallest * smallest:
+            raise ConfigError(
+                f"MAX_IMAGE_SIDE={settings.max_image_side} and MAX_IMAGE_PIXELS={settings.max_image_pixels} refuse "
+                f"every photo this model can grade (at least {smallest}x{smallest} px): raise them"
+            )
         limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
         return cls(artifact, intra_op_threads=settings.ort_intra_op_threads, limits=limits)
 
