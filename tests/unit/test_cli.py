@@ -533,6 +533,77 @@ def test_standard_output_closed_is_no_crash(tmp_path: Path) -> None:
     assert out.stat().st_size > 0
 
 
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["predict", "{photo}"], True),
+        (["make-event", "{photo}"], True),
+        (["make-event", "{photo}", "-o", "{out}"], False),  # its results go to the file
+    ],
+    ids=["predict", "make-event-to-stdout", "make-event-to-a-file"],
+)
+def test_results_meant_for_a_closed_standard_output_are_not_lost_in_silence(
+    tmp_path: Path, argv: list[str], refused: bool
+) -> None:
+    photo, out = tmp_path / "eye.png", tmp_path / "event.json"
+    draw_eye("normal").save(photo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", *(a.format(photo=photo, out=out) for a in argv)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.close(1),
+    )
+    if refused:
+        assert (result.returncode, result.stderr) == (
+            2,
+            "cataract-screen: standard output is closed, so the results would be lost: redirect it\n",
+        )
+    else:
+        assert result.returncode == 0 and json.loads(out.read_text())["httpMethod"] == "POST", result.stderr
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["while-importing", "wrapped-by-an-extension-module"])
+def test_ctrl_c_while_the_handler_imports_is_130_in_one_line(
+    model_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, wrapped: bool
+) -> None:
+    """An interrupt during an import could surface as a traceback, or as onnxruntime's "ImportError:
+    initialization failed" raised from it (exit 1, which means a 5xx answer)."""
+
+    def importing() -> object:
+        if not wrapped:
+            raise KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(cli, "_handler", importing)
+    photo = tmp_path / "eye.png"
+    draw_eye("normal").save(photo)
+    assert cli.main(["predict", str(photo)]) == 130
+    assert capsys.readouterr().err == "cataract-screen: interrupted\n"
+
+
+def test_make_event_labels_the_bytes_by_what_they_are_and_refuses_an_empty_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gif, empty, text = tmp_path / "eye.jpg", tmp_path / "empty.png", tmp_path / "notes.png"
+    draw_eye("normal").save(gif, format="GIF")  # named .jpg: the bytes decide
+    empty.write_bytes(b"")
+    text.write_text("not a photo")
+    assert cli.main(["make-event", str(gif), "--raw", "-o", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["headers"]["Content-Type"] == "image/gif"
+    capsys.readouterr()
+    assert cli.main(["make-event", str(empty), "-o", str(tmp_path / "e2.json")]) == 2
+    assert "is empty (0 bytes)" in capsys.readouterr().err and not (tmp_path / "e2.json").exists()
+    assert cli.main(["make-event", str(text), "--raw", "-o", str(tmp_path / "e3.json")]) == 0
+    assert "does not start as an image the service reads" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e3.json").read_text())["headers"]["Content-Type"] == "application/octet-stream"
+
+
 def test_ctrl_c_with_the_reader_gone_too_is_still_130_in_one_line(tmp_path: Path) -> None:
     """Ctrl-C in a terminal ends the whole pipeline (`predict … | head`): output still buffered must not turn the
     interrupt into Python's exit-time "Exception ignored ... Broken pipe" and status 120."""
@@ -565,7 +636,9 @@ def test_a_reader_that_stops_reading_ends_the_runner_quietly_with_141(
     photo = tmp_path / "eye.png"
     # Small, the event waits in stdout's buffer until the flush at exit; large, a write itself fails.
     sizes = {"make-event-small": 100, "make-event-large": 100_000}
-    photo.write_bytes(os.urandom(sizes[command]) if command in sizes else encode(draw_eye("normal", (96, 64))))
+    # make-event: a PNG signature, so that no note about the bytes goes to stderr; their size is what counts here.
+    png = b"\x89PNG\r\n\x1a\n"
+    photo.write_bytes(png + os.urandom(sizes[command]) if command in sizes else encode(draw_eye("normal", (96, 64))))
     argv = ["predict", str(photo), str(photo)] if command == "predict" else ["make-event", str(photo)]
     # Buffered, as a terminal's shell starts it: PYTHONUNBUFFERED would make every write fail at once.
     env = {k: v for k, v in os.environ.items() if not k.startswith("POWERTOOLS_") and k != "PYTHONUNBUFFERED"}

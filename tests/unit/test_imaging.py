@@ -388,6 +388,16 @@ def test_a_known_format_whose_header_cannot_be_read_is_corrupt_not_other(make: C
     assert f"starts as a {kind}" in str(info.value)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+def test_sniff_media_type_names_each_format_we_read(fmt: str) -> None:
+    assert imaging.sniff_media_type(encoded(gradient(), fmt)) == f"image/{fmt.lower()}"
+
+
+@pytest.mark.parametrize("data", [b"", b"BM", b"RIFF\x10\x00\x00\x00WAVEfmt ", b"hello", b"%PDF-1.7"])
+def test_sniff_media_type_names_nothing_else(data: bytes) -> None:
+    assert imaging.sniff_media_type(data) is None
+
+
 def test_riff_that_is_not_webp_is_not_an_image() -> None:
     with pytest.raises(imaging.NotAnImageError):
         imaging.decode_image(b"RIFF\x10\x00\x00\x00WAVEfmt " + b"\x00" * 16)

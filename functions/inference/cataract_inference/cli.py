@@ -280,10 +280,20 @@ def _body_object(response: dict[str, Any], status: int) -> dict[str, Any]:
 
 def _cmd_make_event(args: argparse.Namespace) -> int:
     data = _read(args.image)
-    suffix = Path(args.image).suffix.lower().lstrip(".")
-    media = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}.get(
-        suffix, "image/jpeg"
-    )
+    what = "standard input" if args.image == "-" else args.image
+    if not data:  # the event's empty "image" would be refused with a 422 about a field the user never wrote
+        raise UsageError(f"{what} is empty (0 bytes): nothing to screen")
+    # The type the bytes say, not the name: a GIF or a TIFF was labelled image/jpeg.
+    from .imaging import sniff_media_type
+
+    media = sniff_media_type(data)
+    if media is None:
+        print(
+            f"cataract-screen: note: {what} does not start as an image the service reads (JPEG, PNG, WebP, BMP, "
+            "GIF or TIFF); the event is written, and the service will refuse it",
+            file=sys.stderr,
+        )
+        media = "application/octet-stream"
     event = events.predict_event(data, explain=args.explain, http_api=args.http_api, raw=args.raw, media_type=media)
     text = json.dumps(event, indent=2) + "\n"
     _note_if_lambda_would_refuse("the event", len(text))
@@ -505,9 +515,18 @@ def _stdout_to_devnull() -> None:
         os.close(devnull)
 
 
+def _writes_results_to_stdout(args: argparse.Namespace) -> bool:
+    if args.func in (_cmd_invoke, _cmd_predict):
+        return True
+    return args.func is _cmd_make_event and args.output in (None, "-")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cataract-screen`` console script."""
     args = build_parser().parse_args(argv)
+    if sys.stdout is None and _writes_results_to_stdout(args):  # started with standard output closed (`>&-`)
+        print("cataract-screen: standard output is closed, so the results would be lost: redirect it", file=sys.stderr)
+        return 2
     _quiet_observability(args.verbose)
     code = _run(args)
     try:
@@ -523,12 +542,40 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, a Ctrl-C: one during an import can surface as another error (an
+    extension module's ``ImportError: initialization failed``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_reporting(args)
+    except KeyboardInterrupt:
+        print("cataract-screen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+        print("cataract-screen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_reporting(args: argparse.Namespace) -> int:
     from .model_source import ModelLoadError
 
     try:
         return int(args.func(args))
     except (ModelLoadError, ConfigError) as exc:
+        if _interrupted(exc):
+            raise
         print(f"cataract-screen: cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     except BrokenPipeError:
@@ -537,11 +584,10 @@ def _run(args: argparse.Namespace) -> int:
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
     except (UsageError, OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        if _interrupted(exc):
+            raise
         print(f"cataract-screen: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cataract-screen: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

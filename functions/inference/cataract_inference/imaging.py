@@ -50,6 +50,23 @@ _ACCEPTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"MM\x00*", 0, "TIFF"),
 )
 
+_MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WebP": "image/webp",
+    "TIFF": "image/tiff",
+}
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The media type ``data`` starts as, by its magic number, among the formats we read; ``None`` for another."""
+    for magic, at, name in _ACCEPTED_MAGIC:
+        if data[at : at + len(magic)] == magic and (name != "WebP" or data[:4] == b"RIFF"):
+            return _MEDIA_TYPES[name]
+    return "image/bmp" if data[:2] == b"BM" and len(data) >= 26 else None
+
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
