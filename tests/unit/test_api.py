@@ -691,6 +691,10 @@ def test_a_port_header_that_is_not_one_port_number_is_not_an_invocation_error(
         # Each passed the check, then crashed inside Mangum with a traceback instead of this message.
         (lambda e: e.update(headers=None), "headers must be an object"),
         (lambda e: e["requestContext"]["http"].pop("sourceIp"), "sourceIp"),
+        # A hand-written id: "é" ended invoke on a codec error naming no field, "\ud800" on a plain-text 500.
+        (lambda e: e["requestContext"].update(requestId="\u00e9"), "requestId must be a string of printable ASCII"),
+        (lambda e: e["requestContext"].update(requestId="\ud800"), "requestId must be a string of printable ASCII"),
+        (lambda e: e["requestContext"].update(requestId=7), "requestId must be a string of printable ASCII"),
     ],
 )
 def test_http_api_events_mangum_cannot_run_are_named(change: Any, problem: str) -> None:

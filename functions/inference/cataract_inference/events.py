@@ -172,4 +172,8 @@ def event_problem(event: object) -> str | None:
             return f"{name} must map each name to a string"
     if event.get("body") is not None and not isinstance(event["body"], str):
         return "body must be a string or null (JSON goes in as text)"
+    rid = context.get("requestId")
+    # API Gateway's ids are ASCII; the response sends it back in a header, which cannot carry anything else.
+    if rid is not None and not (isinstance(rid, str) and rid.isascii() and rid.isprintable()):
+        return "requestContext.requestId must be a string of printable ASCII, as API Gateway's are"
     return None
