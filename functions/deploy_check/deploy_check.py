@@ -90,7 +90,7 @@ CHECKS = (
 )
 
 
-# Each call: connect (5 s) and read (50 s: init, 10 s at most, plus the function's 18 s timeout), tried twice, with
+# Each call: connect (5 s) and read (50 s: init, 10 s at most, plus the function's 28 s timeout), tried twice, with
 # botocore's standard backoff (under 1 s) before the second try.
 CALL_BUDGET_S = 2 * 55 + 1
 WAIT_DELAY_S = 5

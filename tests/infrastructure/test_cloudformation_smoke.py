@@ -108,7 +108,7 @@ def test_stack_creates_with_defaults(aws: None) -> None:
     assert outputs["ApiUrl"].startswith("https://") and outputs["ApiUrl"].endswith("/Prod/")
 
     function = boto3.client("lambda").get_function_configuration(FunctionName=outputs["FunctionName"])
-    assert function["Timeout"] == 18 and function["MemorySize"] == 2048
+    assert function["Timeout"] == 28 and function["MemorySize"] == 2048
     env = function["Environment"]["Variables"]
     assert env["POWERTOOLS_SERVICE_NAME"] == STACK
     assert "MODEL_S3_URI" not in env

@@ -36,7 +36,7 @@ def test_template_lints_clean_in_every_partition(region: str) -> None:
 @pytest.mark.parametrize(
     ("mutation", "rule"),
     [
-        (("Timeout: 18", "Timeout: 950"), "E3034"),  # over Lambda's 900 s maximum
+        (("Timeout: 28", "Timeout: 950"), "E3034"),  # over Lambda's 900 s maximum
         (("Type: AWS::CloudWatch::Alarm", "Type: AWS::CloudWatch::Alarmm"), "E3006"),  # unknown resource type
         (("SSEAlgorithm: aws:kms", "SSEAlgorithm: aws:kms2"), "E3030"),  # not an allowed value
     ],
