@@ -198,3 +198,23 @@ def test_a_refusal_before_the_app_logs_nothing_of_the_request_before_it(tiny_mod
     assert refused["not_found"]["request_id"] == "pipe-one"
     assert refused["not_found"]["model_version"]  # keys added at init survive the fresh context
     assert "latency_ms" not in refused["invalid_host"] and refused["invalid_host"].get("request_id") != "pipe-one"
+
+
+def test_every_line_serve_logs_is_json_uvicorns_own_included(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Started, a request that is not HTTP, stopped: uvicorn's lines came out as plain text between our JSON ones."""
+
+    def garbage_then_health(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")  # a TLS hello to a plain-HTTP port, say
+            sock.recv(65536)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            sock.recv(65536)
+
+    _, stderr = _verbose_serve(tiny_model_dir, tmp_path, garbage_then_health)
+    ours = [line for line in stderr.splitlines() if not line.startswith("cataract-screen: ")]
+    records = [json.loads(line) for line in ours]  # every one: a plain-text line fails here
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("Started server process") for m in messages), messages
+    assert any("Invalid HTTP request" in m for m in messages), messages
+    assert not any("color_message" in r for r in records)  # uvicorn's copy with terminal colour codes

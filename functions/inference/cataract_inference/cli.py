@@ -384,6 +384,7 @@ def _serve_on(socks: list[socket.socket], args: argparse.Namespace) -> int:
     import uvicorn
 
     from .host_guard import LoopbackHostGuard
+    from .observability import uvicorn_logs_as_ours
     from .serve_protocol import with_deadlines
 
     app, settings = handler.app, handler.settings
@@ -416,6 +417,7 @@ def _serve_on(socks: list[socket.socket], args: argparse.Namespace) -> int:
             # the app's middleware (a bad Host) logged that request's id and start time as its own.
             reset_contextvars=True,
         )
+        uvicorn_logs_as_ours()
         # Ctrl-C is how serve stops: uvicorn re-raises it once shut down, and uvicorn.run swallowed it too.
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(config).run(sockets=socks)

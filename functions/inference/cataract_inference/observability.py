@@ -197,3 +197,22 @@ def _mangum_logs_as_ours() -> None:
 
 _mangum_logs_as_ours()
 logging.getLogger("uvicorn.error").addFilter(_NoAsgiExceptionText())
+
+
+def uvicorn_logs_as_ours() -> None:
+    """Under ``serve``, uvicorn's own lines (it started, a request that is not HTTP, an app error) go out through our
+    handler as JSON, as every other line does: uvicorn's plain text sat between them. Call it after uvicorn's
+    Config, which sets its logging up; ``uvicorn.error`` passes its lines up to ``uvicorn``."""
+    uvicorn = logging.getLogger("uvicorn")
+    uvicorn.handlers = [logger.registered_handler]
+    uvicorn.propagate = False
+    for name in ("uvicorn", "uvicorn.error"):  # a logger's filters see only the lines logged on it
+        logging.getLogger(name).addFilter(_NoColourCopy())
+
+
+class _NoColourCopy(logging.Filter):
+    """uvicorn passes each message again with terminal colour codes, which JSON would carry as a field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
