@@ -26,6 +26,11 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "CataractScreeningTest")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+# Logger, metrics and tracer are built once, at first import, on whatever stdout and environment then are: here,
+# the session's, not those of the first test to import them (a capsys stream closed after it, a runner's quiet
+# settings), which failed later modules' log and metrics tests whenever that module ran first.
+importlib.import_module("cataract_inference.observability")
+
 
 @dataclass
 class FakeLambdaContext(LocalContext):

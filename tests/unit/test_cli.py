@@ -25,6 +25,18 @@ from tests.support.serve import free_port
 README = REPO / "README.md"
 
 
+@pytest.fixture(autouse=True)
+def _runner_settings_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli.main`` quiets Powertools in ``os.environ`` for the handler it imports; undone after each test, or a
+    later module's handler (a verbose ``serve``, the metrics tests) starts quiet too."""
+    for key in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED"):
+        # Recorded either way: delenv of an unset variable records nothing to undo, so it is set first.
+        was = os.environ.get(key)
+        monkeypatch.setenv(key, was or "")
+        if was is None:
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture
 def model_env(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
