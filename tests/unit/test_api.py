@@ -427,6 +427,15 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("image/ with no subtype", _raw_event(BRIGHT, media="image/"), 415, "unsupported_media_type"),
     (
+        # Joined by API Gateway after a first one with parameters: the comma is in the parameters' part.
+        "two content types, the first with a charset",
+        _with_header(
+            _json_event({"image": _b64(BRIGHT)}), "Content-Type", "application/json; charset=utf-8, text/plain"
+        ),
+        415,
+        "unsupported_media_type",
+    ),
+    (
         "two content types, joined by API Gateway",
         _with_header(_json_event({"image": _b64(BRIGHT)}), "Content-Type", "application/json, text/plain"),
         415,
@@ -780,6 +789,12 @@ def test_the_stdlib_parses_only_what_orjson_refuses(monkeypatch: pytest.MonkeyPa
     with pytest.raises(api.ClientError, match="'image' is given more than once"):
         api._load_json(b'{"image": "aGk=", "image": "aGk="}')
     assert len(calls) == 1  # the second, hooked parse that names the key
+    calls.clear()
+    # Escapes alone (PHP writes "\/", .NET "\u002B", both in base64) need no second parse; a repeated key still does.
+    assert api._load_json(b'{"image": "aGk\\/\\u002B"}') == {"image": "aGk/+"}
+    assert calls == []
+    with pytest.raises(api.ClientError, match="'image' is given more than once"):
+        api._load_json(b'{"image": "a\\/", "image": "aGk\\/"}')
     calls.clear()
     assert api._load_json(b'{"x": NaN}')["x"] != 0
     assert calls == ['{"x": NaN}']  # decoded strictly first
