@@ -1,7 +1,7 @@
 """Logger, metrics and tracer: built once, here, and imported everywhere else.
 
-Powertools reads its own environment variables (service name, namespace, log level, tracing on
-or off); the defaults below apply when they are unset, e.g. on a laptop.
+Powertools reads its own environment variables (log level, tracing on or off, ...); the service name and the
+metrics namespace are read here, through settings (a blank one is refused), with defaults for a laptop.
 """
 
 from __future__ import annotations
