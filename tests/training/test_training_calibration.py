@@ -147,6 +147,17 @@ def test_cross_fitted_cv_scores_the_capped_rounded_threshold_that_release_ships(
     # Each fold's rule is rounded down as model.json keeps it.
     odd = cv._fold_rules(logits[:37], labels[:37], folds[:37], calibrate.SENSITIVITY_TARGET)
     assert all(thr == calibrate.shipped_threshold(thr) for _, thr in odd.values())
+    assert all(t == round(t, 5) for t, _ in odd.values())  # and the temperature as model.json keeps it
+
+
+def test_cross_validation_refers_by_the_served_rule_the_rounded_probability() -> None:
+    """A cataract at 0.4999996 against a threshold of 0.5: the response says 0.5, and serving refers it."""
+    from cataract_training import cv
+
+    p = 0.4999996
+    logits = np.array([[np.log(p / (1 - p)), 0.0]])  # softmax at T = 1 gives P(cataract) = p
+    report = cv._scored(logits, np.array([0]), np.array([0]), {0: (1.0, 0.5)})
+    assert report["sensitivity"]["value"] == 1.0
 
 
 def test_binary_report_auc_and_top_label_ece() -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from cataract_inference.classifier import PROBABILITY_DECIMALS
+
 from . import calibrate, metrics
 from .splits import grouped_kfold
 from .train import CLASSES, FitConfig, Prepared, new_run_dir, predict_logits, prepare, train_model
@@ -29,14 +31,14 @@ def _fold_rules(
     logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, target: float
 ) -> dict[int, tuple[float, float]]:
     """Each fold's temperature and threshold, fitted on the other folds' out-of-fold predictions by the rule
-    release ships (capped at ``MAX_THRESHOLD``, rounded down as model.json keeps it)."""
+    release ships (capped at ``MAX_THRESHOLD``), both as model.json keeps them (the threshold rounded down)."""
     rules = {}
     for f in np.unique(fold_of):
         rest = fold_of != f
         t = calibrate.fit_held_out_temperature(logits[rest], labels[rest]).temperature
         probs_rest = calibrate.softmax(logits[rest], t)[:, POS]
         thr = calibrate.referral_threshold(probs_rest, labels[rest] == POS, target)
-        rules[int(f)] = (t, calibrate.shipped_threshold(thr))
+        rules[int(f)] = (round(t, 5), calibrate.shipped_threshold(thr))
     return rules
 
 
@@ -50,7 +52,8 @@ def _scored(
         here = fold_of == f
         p_pos[here] = calibrate.softmax(logits[here], t)[:, POS]
         thr_vec[here] = thr
-    report = metrics.binary_report(labels == POS, p_pos >= thr_vec, p_pos)
+    # Served: the probability as the response rounds it, against the threshold (as classifier.decide does).
+    report = metrics.binary_report(labels == POS, np.round(p_pos, PROBABILITY_DECIMALS) >= thr_vec, p_pos)
     report["temperatures"] = [round(t, 4) for t, _ in rules.values()]
     report["thresholds"] = [round(thr, 4) for _, thr in rules.values()]
     return report

@@ -199,7 +199,7 @@ def release(
             info["temperature"] = round(temperature, 5)
             info["threshold"] = calibrate.shipped_threshold(threshold)
             info["nll_val_T1"] = round(calibrate.nll(outs["logits"], prep.labels[va], 1.0), 4)
-            info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], temperature), 4)
+            info["nll_val_T"] = round(calibrate.nll(outs["logits"], prep.labels[va], info["temperature"]), 4)
             info["size_bytes"] = model_path.stat().st_size
             # Scored as served: with the temperature and threshold model.json will hold. The unrounded threshold
             # can be the deciding cataract's own score, which serving, rounding that score first, would miss.
