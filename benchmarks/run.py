@@ -441,7 +441,7 @@ def _measure(
             )
             emit()
             ort_p50s = {name: Stats.of(samples["ORT session.run"]).p50 for name, samples in tables.items()}
-            # Every photo reaches ORT as the same input tensor: its run times should agree across the tables.
+            # Every photo reaches ORT as a tensor of one shape, and a run's time does not depend on the values.
             disturbed = same_work_disagrees(list(ort_p50s.values()))
             for name, samples in tables.items():
                 emit(f"**{name}**")
@@ -466,7 +466,7 @@ def _measure(
             if disturbed:
                 apart = " and ".join(f"{fmt(v)} ms ({k})" for k, v in ort_p50s.items())
                 emit(
-                    f"_Disturbed: ORT's `session.run` took {apart} at p50 on the same input tensor, more than "
+                    f"_Disturbed: ORT's `session.run` took {apart} at p50 on input tensors of one shape, more than "
                     f"{SAME_WORK_BAND:.0%} apart; this section's ratios say as much about the machine as the code._"
                 )
                 emit()
