@@ -196,7 +196,7 @@ SAME_WORK_BAND = 0.10
 
 
 def same_work_disagrees(p50s: list[float], band: float = SAME_WORK_BAND) -> bool:
-    """Whether p50s of one piece of work (the same tensor through the same session) spread wider than ``band``:
+    """Whether p50s of one piece of work (one session on tensors of one shape) spread wider than ``band``:
     the section that took them ran disturbed, and its ratios say more about the machine than about the code."""
     return len(p50s) > 1 and max(p50s) > (1.0 + band) * min(p50s)
 
