@@ -146,6 +146,7 @@ def test_swagger_ui_renders_the_api_from_the_pinned_files(visit: Visit, base_url
     assert answer.value.status == 200
     health.locator(".live-responses-table .response-col_status", has_text="200").wait_for(timeout=TIMEOUT_MS)
     assert not visit.refused, visit.refused
+    assert visit.page.get_by_text("If this stays").count() == 0  # the stand-in went when the viewer drew
 
 
 def test_redoc_renders_the_api_from_the_pinned_file(visit: Visit, base_url: str) -> None:
@@ -154,6 +155,7 @@ def test_redoc_renders_the_api_from_the_pinned_file(visit: Visit, base_url: str)
     visit.page.get_by_text("/predict", exact=False).first.wait_for(timeout=TIMEOUT_MS)
     assert visit.cdn == [docs_pages.REDOC_JS.url]
     assert visit.documents == [f"{base_url}/openapi.json"]
+    assert visit.page.get_by_text("If this stays").count() == 0  # the stand-in went when the viewer drew
     # Its off-site logo is stopped by the page's policy, in the browser; nothing else is refused.
     assert visit.refused and all("cdn.redoc.ly" in line for line in visit.refused), visit.refused
 
@@ -170,5 +172,22 @@ def test_a_changed_file_is_refused_not_run(browser: Browser, cdn_files: dict[str
         assert visit.page.locator(".opblock").count() == 0
         assert any("integrity" in line for line in visit.console), visit.console
         assert any("SwaggerUIBundle" in error for error in errors), errors
+    finally:
+        visit.context.close()
+
+
+@pytest.mark.parametrize(("path", "viewer"), [("/docs", "Swagger UI"), ("/redoc", "ReDoc")])
+def test_without_the_cdn_the_page_says_so_and_links_the_document(
+    browser: Browser, base_url: str, path: str, viewer: str
+) -> None:
+    """Offline, or on a network that blocks jsDelivr, the pages were blank."""
+    visit = Visit(browser, {})  # every CDN request refused
+    try:
+        visit.page.goto(f"{base_url}{path}")
+        visit.page.wait_for_load_state("load")
+        note = visit.page.get_by_text(f"This page needs {viewer} from cdn.jsdelivr.net")
+        assert note.is_visible()
+        document = f"{STAGE}/openapi.json" if base_url.endswith(STAGE) else "/openapi.json"  # this stage's
+        assert visit.page.get_by_role("link", name=document).get_attribute("href") == document
     finally:
         visit.context.close()

@@ -94,6 +94,17 @@ def _policy(script_src: str, extra: str = "") -> str:
     )
 
 
+def _unloaded(viewer: str, openapi_url: str) -> str:
+    """What the page shows until the viewer replaces it, and goes on showing when its file never loads (offline,
+    a network that blocks the CDN, a file that failed its hash): not a blank page."""
+    link = html.escape(openapi_url, quote=True)
+    return (
+        f'<p style="font-family: sans-serif; margin: 2em;">This page needs {viewer} from cdn.jsdelivr.net. If this '
+        f"stays, the browser could not load it (offline, or blocked); the OpenAPI document itself is at "
+        f'<a href="{link}">{link}</a>.</p>'
+    )
+
+
 def swagger_ui(openapi_url: str, title: str) -> DocsPage:
     """The ``/docs`` page for the OpenAPI document at ``openapi_url``."""
     script = (
@@ -106,7 +117,7 @@ def swagger_ui(openapi_url: str, title: str) -> DocsPage:
     page = (
         _HEAD.format(title=html.escape(title))
         + _tag(SWAGGER_UI_CSS)
-        + '\n</head>\n<body>\n<div id="swagger-ui"></div>\n'
+        + f'\n</head>\n<body>\n<div id="swagger-ui">{_unloaded("Swagger UI", openapi_url)}</div>\n'
         + _tag(SWAGGER_UI_JS)
         + f"\n<script>{script}</script>\n</body>\n</html>\n"
     )
@@ -119,7 +130,7 @@ def redoc(openapi_url: str, title: str) -> DocsPage:
         _HEAD.format(title=html.escape(title))
         + "<style>body { margin: 0; padding: 0; }</style>\n</head>\n<body>\n"
         + "<noscript>ReDoc needs JavaScript.</noscript>\n"
-        + f'<redoc spec-url="{html.escape(openapi_url, quote=True)}"></redoc>\n'
+        + f'<redoc spec-url="{html.escape(openapi_url, quote=True)}">{_unloaded("ReDoc", openapi_url)}</redoc>\n'
         + _tag(REDOC_JS)
         + "\n</body>\n</html>\n"
     )
