@@ -269,6 +269,21 @@ def test_docs_pages_load_only_pinned_files_checked_by_hash(invoke: Invoke, path:
         assert 'integrity="sha384-' in tag and 'crossorigin="anonymous"' in tag, tag
 
 
+def test_model_json_words_reach_the_docs_as_code_not_markup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/docs and /redoc render the description as Markdown: a model name holding a link or HTML was drawn as one."""
+    from tests.conftest import FakeLambdaContext, load_handler
+    from tests.support.onnx_models import build_tiny_model
+
+    name = "[Log in again](https://evil.example/login) <img src=x onerror=alert(1)> `x`"
+    module = load_handler(build_tiny_model(tmp_path / "model", name=name, version="1.0\n<b>x</b>"), monkeypatch)
+    response = module.lambda_handler(events.rest_event("/openapi.json"), FakeLambdaContext())
+    description = json.loads(response["body"])["info"]["description"]
+    model_part = description.split("Model ", 1)[1]
+    assert model_part == (
+        "`[Log in again](https://evil.example/login) <img src=x onerror=alert(1)> 'x'` `1.0 <b>x</b>`."
+    )  # each a code span: shown as written, never a link or an element
+
+
 def test_the_openapi_document_is_valid_and_types_every_answer(invoke: Invoke) -> None:
     """Clients are generated from it: it must validate, and every error a client can get must have a schema."""
     import jsonschema

@@ -446,6 +446,12 @@ def _parse_json(body: bytes) -> PredictRequest:
         raise ClientError(422, "invalid_request", validation_details(exc.errors(include_url=False))) from exc
 
 
+def _code_span(text: str) -> str:
+    """``text`` as Markdown code, so that the docs pages show model.json's words as they are: a name holding HTML or
+    a Markdown link was rendered as one, on the origin that holds the API key."""
+    return "`" + " ".join(text.replace("`", "'").split()) + "`"
+
+
 def _clip(text: str, limit: int) -> str:
     """Client-supplied text echoed in an error: short, so a key of base64 or a long header is not sent back."""
     return text if len(text) <= limit else text[:limit] + "…"
@@ -625,7 +631,7 @@ def create_app(classifier: Classifier, settings: Settings) -> FastAPI:
         version=manifest.version,
         description=(
             "Screens a photo of an eye for cataract. **A screening aid, not a diagnostic device.** "
-            f"Model {manifest.name} {manifest.version}."
+            f"Model {_code_span(manifest.name)} {_code_span(manifest.version)}."
         ),
     )
     app.add_middleware(GatewayScopeMiddleware, disclaimer=settings.disclaimer)
