@@ -8,6 +8,7 @@ uploads a drawn eye and must see the result render; a text file must show the se
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from cataract_inference.drawing import draw_eye
 from tests.support.browser import TIMEOUT_MS, StagePrefix, serving
-from tests.support.images import bmp_rle8, encoded
+from tests.support.images import bmp_rle8, encoded, exif_with_orientation
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, Route
@@ -479,6 +480,46 @@ def test_a_small_photo_in_a_format_the_service_refuses_is_sent_as_jpeg(
     page.get_by_role("button", name="Screen this photo").click()
     page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
     assert sent == [os2]
+
+
+_XMP_ORIENTATION_6 = (
+    b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "save"),
+    [
+        ("eye.webp", {"format": "WEBP", "quality": 90, "exif": exif_with_orientation(6)}),  # EXIF inside a WebP
+        ("eye.jpg", {"format": "JPEG", "quality": 90, "xmp": _XMP_ORIENTATION_6}),  # XMP's orientation, no EXIF
+    ],
+    ids=["webp-exif", "jpeg-xmp"],
+)
+def test_a_large_photo_whose_turn_the_browser_ignores_is_sent_as_it_is(
+    page: Page, page_url: str, tmp_path: Path, name: str, save: dict[str, Any]
+) -> None:
+    """Over 2048 px the page shrinks a photo, drawn as chromium reads it; chromium ignores these two orientations,
+    which the service applies, so the shrunk copy went sideways (and a turned eye can get another answer)."""
+    import json
+
+    sent: list[bytes] = []
+
+    def answer(route: Route) -> None:
+        sent.append(base64.b64decode(json.loads(route.request.post_data or "{}")["image"]))
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
+
+    page.route("**/predict", answer)
+    page.goto(page_url)
+    photo = tmp_path / name
+    draw_eye("cataract", size=(3000, 2100)).save(photo, **save)
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    # Digests, not the bytes: pytest's diff of two megabytes of image takes minutes.
+    got = [hashlib.sha256(s).hexdigest() for s in sent]
+    assert got == [hashlib.sha256(photo.read_bytes()).hexdigest()], f"sent {[len(s) for s in sent]} bytes: a copy"
 
 
 def _answering(body: str) -> Callable[[Route], None]:
