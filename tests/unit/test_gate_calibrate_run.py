@@ -251,3 +251,31 @@ def test_photos_are_named_uniquely_whatever_the_layout() -> None:
     assert names(["/d/train/cataract/x.png", "/d/val/cataract/x.png"]) == ["train/cataract/x.png", "val/cataract/x.png"]
     assert names(["/d/eyes/cataract/x.png", "/d/eyes/normal/x.png"]) == ["cataract/x.png", "normal/x.png"]
     assert names(["/d/eyes/cataract/x.png"]) == ["cataract/x.png"]  # one photo: still under its class folder
+
+
+def test_without_its_split_the_gate_is_refused_unless_every_photo_is_asked_for(
+    data: Path,
+    bundled_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run fitted with --runs elsewhere was not found: the gate calibrated on the photos the embedding distance
+    was fitted on, exited 0, and the card called its eye photos validation photos."""
+    from cataract_inference.manifest import GateThresholds
+
+    _trim(monkeypatch)
+    model = _model(tmp_path / "m", bundled_model_dir)
+    manifest = json.loads((model / "model.json").read_text())
+    manifest["metrics"]["training_run"]["run"] = "20990101-000000-elsewhere"
+    (model / "model.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)  # no ./runs here
+    args = ["--model-dir", str(model), "--data", str(data), "--out", str(tmp_path / "out"), "--dry-run", "--quiet"]
+    assert cal.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no split.json found for the model's training run (20990101-000000-elsewhere" in err
+    assert "--split" in err and "--all-photos" in err
+    result = cal.calibrate(model, data, tmp_path / "out", write=False, progress=False, all_photos=True)
+    assert result["report"]["eye_photos_held_out_of_training"] is False
+    block = cal.card_block(result["report"], GateThresholds.model_validate(result["gate"]))
+    assert "the eye rates are optimistic" in block and "the eye photos are validation photos" not in block
