@@ -494,8 +494,9 @@ _XMP_ORIENTATION_6 = (
     [
         ("eye.webp", {"format": "WEBP", "quality": 90, "exif": exif_with_orientation(6)}),  # EXIF inside a WebP
         ("eye.jpg", {"format": "JPEG", "quality": 90, "xmp": _XMP_ORIENTATION_6}),  # XMP's orientation, no EXIF
+        ("eye.webp", {"format": "WEBP", "quality": 90, "xmp": _XMP_ORIENTATION_6}),  # its XMP after the image data
     ],
-    ids=["webp-exif", "jpeg-xmp"],
+    ids=["webp-exif", "jpeg-xmp", "webp-xmp"],
 )
 def test_a_large_photo_whose_turn_the_browser_ignores_is_sent_as_it_is(
     page: Page, page_url: str, tmp_path: Path, name: str, save: dict[str, Any]
