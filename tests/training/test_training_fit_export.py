@@ -314,6 +314,8 @@ def test_re_export_of_other_bytes_drops_the_old_gate_loudly(
     assert again.gate.max_mid_distance is None and "calibration" not in (again.gate.model_extra or {})
     err = capsys.readouterr().err
     assert "WARNING" in err and "Recalibrate before shipping" in err and "000000000000" in err
+    # With the run's own split: the gate refuses to calibrate without it when the run is not under ./runs.
+    assert f"--split {run / 'split.json'}" in err
 
 
 def test_manifest_round_trip(model_dir: Path, tmp_path: Path) -> None:

@@ -316,7 +316,7 @@ def release(
             f"WARNING: {out_dir / MANIFEST_FILENAME} had a gradability gate calibrated for model "
             f"{previous.sha256[:12]}; the new model ({manifest.sha256[:12]}) gets the default gate, which does not "
             f"refuse non-eye photos. Recalibrate before shipping: python -m cataract_training.gate "
-            f"--model-dir {out_dir} --data <photos>",
+            f"--model-dir {out_dir} --data <photos> --split {run / 'split.json'}",
             file=sys.stderr,
         )
     # Rendered before anything in out_dir is touched: a card that cannot be read fails here, with the old set intact.
