@@ -445,20 +445,23 @@ def _os2_bitmap() -> bytes:
     return b"BM" + struct.pack("<IHHI", 14 + 12 + len(rows), 0, 0, 26) + header + rows
 
 
-def test_a_small_photo_in_a_format_the_service_refuses_is_sent_as_jpeg(
-    page: Page, page_url: str, tmp_path: Path
-) -> None:
-    # The browser draws AVIF; the service refuses it. Small photos were sent as they were, and refused (415),
-    # while a large one, re-encoded as JPEG, was screened.
-    import json
-
-    sent: list[bytes] = []
+def _recording(sent: list[bytes]) -> Callable[[Route], None]:
+    """A route handler that keeps the image each request sent (decoded) and answers A_RESULT."""
 
     def answer(route: Route) -> None:
         sent.append(base64.b64decode(json.loads(route.request.post_data or "{}")["image"]))
         route.fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
 
-    page.route("**/predict", answer)
+    return answer
+
+
+def test_a_small_photo_in_a_format_the_service_refuses_is_sent_as_jpeg(
+    page: Page, page_url: str, tmp_path: Path
+) -> None:
+    # The browser draws AVIF; the service refuses it. Small photos were sent as they were, and refused (415),
+    # while a large one, re-encoded as JPEG, was screened.
+    sent: list[bytes] = []
+    page.route("**/predict", _recording(sent))
     page.goto(page_url)
     for name, data in (
         ("eye.avif", encoded(draw_eye("normal", size=(300, 200)), "AVIF")),
@@ -501,17 +504,10 @@ _XMP_ORIENTATION_6 = (
 def test_a_large_photo_whose_turn_the_browser_ignores_is_sent_as_it_is(
     page: Page, page_url: str, tmp_path: Path, name: str, save: dict[str, Any]
 ) -> None:
-    """Over 2048 px the page shrinks a photo, drawn as chromium reads it; chromium ignores these two orientations,
+    """Over 2048 px the page shrinks a photo, drawn as chromium reads it; chromium ignores these orientations,
     which the service applies, so the shrunk copy went sideways (and a turned eye can get another answer)."""
-    import json
-
     sent: list[bytes] = []
-
-    def answer(route: Route) -> None:
-        sent.append(base64.b64decode(json.loads(route.request.post_data or "{}")["image"]))
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(A_RESULT))
-
-    page.route("**/predict", answer)
+    page.route("**/predict", _recording(sent))
     page.goto(page_url)
     photo = tmp_path / name
     draw_eye("cataract", size=(3000, 2100)).save(photo, **save)
