@@ -31,7 +31,10 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-def _model_dir(path: Path, version: str = "2026.01.01-test-1", payload: bytes = b"not really onnx") -> Path:
+def _model_dir(
+    path: Path, version: str = "2026.01.01-test-1", payload: bytes = b"not really onnx", *, calibrated: bool = True
+) -> Path:
+    """A publishable folder; ``calibrated``: its gate records a calibration for these bytes, as the gate tool's."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.onnx").write_bytes(payload)
     manifest = Manifest(
@@ -41,10 +44,26 @@ def _model_dir(path: Path, version: str = "2026.01.01-test-1", payload: bytes = 
         sha256=sha256_of(path / "model.onnx"),
         classes=("cataract", "normal"),
     )
+    if calibrated:
+        gate = manifest.gate.model_copy(update={"calibration": {"model_sha256": manifest.sha256}})
+        manifest = manifest.model_copy(update={"gate": gate})
     write_manifest(manifest, path / "model.json")
     card = f"# Model card: cataract-screen {version}\n\nfor {payload!r}\n"
     (path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return path
+
+
+@mock_aws
+def test_a_model_whose_gate_was_never_calibrated_is_published_with_a_warning(
+    tmp_path: Path, aws_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    plain = _model_dir(tmp_path / "v1", "v1", b"first model", calibrated=False)
+    publish.publish(plain, f"s3://{BUCKET}/cataract/", client=s3)
+    assert "gradability gate was never calibrated for this model" in capsys.readouterr().err
+    publish.publish(_model_dir(tmp_path / "v2", "v2", b"second model"), f"s3://{BUCKET}/cataract/", client=s3)
+    assert "never calibrated" not in capsys.readouterr().err
 
 
 @mock_aws

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from cataract_inference.manifest import (
 )
 from cataract_inference.model_source import ModelLoadError, check_manifest_bytes, parse_s3_uri, sha256_of
 
+from .card import gate_calibrated
 from .files import keep_mode
 
 LATEST = "latest.json"
@@ -171,6 +173,14 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
         raise PublishError(
             f"{card} describes version {_card_version(card)}, not {manifest.version}; "
             f"run `cataract-train card --model-dir {model_dir}` (and the gate calibration) first"
+        )
+    if not gate_calibrated(manifest):
+        # Published all the same (a test deployment may want it), but not in silence: it screens a cat as cataract.
+        print(
+            f"warning: {model_dir}'s gradability gate was never calibrated for this model, so it refuses no "
+            f"non-eye image; calibrate it before it serves anyone: python -m cataract_training.gate --model-dir "
+            f"{model_dir} --data <photos>",
+            file=sys.stderr,
         )
     bucket, prefix = split_uri(uri)
     folder = f"{prefix}{manifest.version}/"
