@@ -59,11 +59,19 @@ _MEDIA_TYPES = {
 }
 
 
-def sniff_media_type(data: bytes) -> str | None:
-    """The media type ``data`` starts as, by its magic number, among the formats we read; ``None`` for another."""
+def _accepted_format(data: bytes) -> str | None:
+    """Which format we read ``data`` starts as, by its magic number (BMP left out); ``None`` for another."""
     for magic, at, name in _ACCEPTED_MAGIC:
         if data[at : at + len(magic)] == magic and (name != "WebP" or data[:4] == b"RIFF"):
-            return _MEDIA_TYPES[name]
+            return name
+    return None
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The media type ``data`` starts as, by its magic number, among the formats we read; ``None`` for another."""
+    name = _accepted_format(data)
+    if name is not None:
+        return _MEDIA_TYPES[name]
     return "image/bmp" if data[:2] == b"BM" and len(data) >= 26 else None
 
 
@@ -333,8 +341,8 @@ def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader |
         if other is not None:
             advice = f" ({UNSUPPORTED_ADVICE[other]})" if other in UNSUPPORTED_ADVICE else ""
             raise UnsupportedFormatError(f"{other} images are not supported; send JPEG, PNG or WebP{advice}") from exc
-        looks_like = next((name for magic, at, name in _ACCEPTED_MAGIC if data[at : at + len(magic)] == magic), None)
-        if looks_like is not None and (looks_like != "WebP" or data[:4] == b"RIFF"):
+        looks_like = _accepted_format(data)
+        if looks_like is not None:
             raise CorruptImageError(
                 f"the image header is corrupt: it starts as a {looks_like} but cannot be read"
             ) from exc
