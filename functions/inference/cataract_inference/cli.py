@@ -560,14 +560,11 @@ def _interrupted(exc: BaseException) -> bool:
 def _run(args: argparse.Namespace) -> int:
     try:
         return _run_reporting(args)
-    except KeyboardInterrupt:
-        print("cataract-screen: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         if not _interrupted(exc):
             raise
-        print("cataract-screen: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    print("cataract-screen: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _run_reporting(args: argparse.Namespace) -> int:
