@@ -125,6 +125,8 @@ def _json_error(raw: bytes, status: int) -> dict[str, Any]:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"content-type: application/json" in head.lower()
+    # The runner's own answers (408, 503, its 400) carry the app's safety headers too.
+    assert b"x-content-type-options: nosniff" in head.lower() and b"referrer-policy: no-referrer" in head.lower()
     answer = json.loads(body)
     assert answer["disclaimer"] == DISCLAIMER
     error: dict[str, Any] = answer["error"]

@@ -230,7 +230,7 @@ def test_health_and_model(invoke: Invoke) -> None:
     assert "not a diagnosis" in health["disclaimer"].lower()
     # The same id header as every other answer, API Gateway's request id on AWS.
     assert headers["x-request-id"] == "test-request-id" and headers["cache-control"] == "no-store"
-    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
     status, headers, model = invoke(events.rest_event("/model", request_id="test-request-id"))
     assert status == 200 and headers["x-request-id"] == "test-request-id"
     assert model["classes"] == ["cataract", "normal"]
@@ -343,6 +343,8 @@ def test_page_links_carry_the_stage(invoke: Invoke) -> None:
     status, headers, html = invoke(events.rest_event("/", stage="Prod"))
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert headers["x-content-type-options"] == "nosniff"
+    # The docs pages load their viewer from a CDN: no Referer may tell it this function's URL.
+    assert headers["referrer-policy"] == "no-referrer"
     assert 'data-root="/Prod"' in html
 
 
@@ -583,6 +585,7 @@ def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, A
     assert got == status, body
     assert headers["content-type"].startswith("application/json")
     assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     assert "not a diagnosis" in body["disclaimer"].lower()

@@ -150,6 +150,7 @@ def test_a_path_or_query_that_is_not_utf8_is_invalid_encoding_as_on_lambda(
     assert answer["status"] == 400 and answer["body"]["error"]["code"] == "invalid_encoding"
     assert answer["body"]["request_id"] and answer["body"]["disclaimer"]
     assert answer["headers"][b"x-content-type-options"] == b"nosniff"
+    assert answer["headers"][b"referrer-policy"] == b"no-referrer"
 
 
 def test_percent_encoded_utf8_in_the_query_is_not_refused(app: Any) -> None:

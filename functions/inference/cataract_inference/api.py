@@ -37,6 +37,8 @@ from .observability import (
     stack_summary,
 )
 from .schemas import (
+    SAFETY_HEADERS,
+    SAFETY_HEADERS_RAW,
     ErrorResponse,
     HealthResponse,
     ModelDescription,
@@ -79,7 +81,7 @@ def error_content(
     body = ErrorResponse.model_validate(
         {"error": {"code": code, "message": message}, "request_id": request_id, "disclaimer": disclaimer}
     )
-    headers = {**(extra or {}), "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    headers = {**(extra or {}), "Cache-Control": "no-store", **SAFETY_HEADERS}
     if request_id:
         headers["X-Request-Id"] = request_id
     return body.model_dump(exclude_none=True), headers
@@ -206,7 +208,7 @@ class GatewayScopeMiddleware:
             if prefix:
                 scope["root_path"] = prefix
                 scope["path"] = prefix + (path or "/")  # the stage or base path alone is the page
-            send = _no_sniffing(send)
+            send = _with_safety_headers(send)
             if not _utf8_target(scope):
                 # uvicorn decodes %ff as U+FFFD and routing goes on (a 404, or a 422 naming the replacement
                 # character); on Lambda the handler refuses the same bytes as invalid_encoding. One answer for both.
@@ -228,14 +230,14 @@ def _utf8_target(scope: Scope) -> bool:
     return True
 
 
-def _no_sniffing(send: Send) -> Send:
-    """Every answer says its Content-Type is meant: a browser must not run JSON, or an error, as HTML or script."""
+def _with_safety_headers(send: Send) -> Send:
+    """Every answer carries ``SAFETY_HEADERS``, once each, whoever built it."""
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
-            if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
-                headers.append((b"x-content-type-options", b"nosniff"))
+            present = {name.lower() for name, _ in headers}
+            headers += [(name, value) for name, value in SAFETY_HEADERS_RAW if name not in present]
             message = {**message, "headers": headers}
         await send(message)
 

@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .manifest import Manifest
 
+# On every answer. nosniff: a browser must not run JSON, or an error, as HTML or script. no-referrer: the docs
+# pages load their viewer from a CDN, and a Referer would tell it this function's private URL.
+SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+SAFETY_HEADERS_RAW = [(name.lower().encode("ascii"), value.encode("ascii")) for name, value in SAFETY_HEADERS.items()]
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .schemas import ErrorResponse
+from .schemas import SAFETY_HEADERS, SAFETY_HEADERS_RAW, ErrorResponse
 
 HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
@@ -63,7 +63,8 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
         "content-type: application/json\r\n"
         f"content-length: {len(payload)}\r\n"
         "cache-control: no-store\r\n"
-        "connection: close\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in SAFETY_HEADERS.items())
+        + "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + payload
 
@@ -100,6 +101,7 @@ def with_deadlines(
         (b"content-length", str(len(busy_body)).encode()),
         (b"retry-after", b"1"),
         (b"cache-control", b"no-store"),
+        *SAFETY_HEADERS_RAW,
         (b"connection", b"close"),
     ]
 
@@ -209,6 +211,7 @@ def with_deadlines(
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"cache-control", b"no-store"),
+                    *SAFETY_HEADERS_RAW,
                     (b"connection", b"close"),
                 ]
                 for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body)):
