@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cataract_inference.api import error_content
 from cataract_inference.schemas import ErrorResponse
 from cataract_inference.settings import DEFAULT_DISCLAIMER
 
@@ -283,6 +284,14 @@ def test_gateway_errors_use_the_apps_error_shape(
     assert re.fullmatch(r"[a-z_]+", body["error"]["code"])
     # The same shape and words as the function's own errors: every response says it is not a diagnosis.
     assert ErrorResponse.model_validate(body).disclaimer == DEFAULT_DISCLAIMER
+    # And the same headers as the function's own errors (no id header: API Gateway sends x-amzn-RequestId).
+    _, app_headers = error_content("any", "any", None, DEFAULT_DISCLAIMER)
+    prefix = "gatewayresponse.header."
+    params = response.get("responseParameters", {})
+    assert all(key.startswith(prefix) for key in params), params
+    assert {key[len(prefix) :]: value for key, value in params.items()} == {
+        name: f"'{value}'" for name, value in app_headers.items()
+    }
 
 
 # ---------------------------------------------------------------- model bucket
