@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -71,10 +72,16 @@ def test_model_and_manifest_that_do_not_belong_together(tmp_path: Path) -> None:
         load_baked(model_dir)
 
 
-def test_unreadable_manifest(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[" * 200_000 + "]" * 200_000, '{"threshold": ' + "9" * 5000 + "}"],
+    ids=["syntax", "nested-too-deep", "too-many-digits"],
+)
+def test_unreadable_manifest(tmp_path: Path, text: str) -> None:
+    # The last two escaped as a bare RecursionError or ValueError that named no file.
     model_dir = build_tiny_model(tmp_path / "m")
-    (model_dir / "model.json").write_text("{not json")
-    with pytest.raises(ModelLoadError, match="not readable JSON"):
+    (model_dir / "model.json").write_text(text)
+    with pytest.raises(ModelLoadError, match=r"model manifest .*model\.json is not readable JSON"):
         load_baked(model_dir)
 
 
@@ -462,6 +469,73 @@ def test_decode_limits_that_refuse_every_gradable_photo_are_refused_at_start(tin
     assert Classifier.from_settings(Settings.from_env({"MODEL_DIR": str(tiny_model_dir), **edge}))
 
 
+def test_a_gate_min_side_no_decodable_photo_reaches_blames_the_manifest_not_the_settings(tmp_path: Path) -> None:
+    # It blamed MAX_IMAGE_SIDE and MAX_IMAGE_PIXELS and said to raise them, past the ceiling they may reach.
+    model_dir = build_tiny_model(tmp_path / "m", gate={"min_side": 100_000})
+    settings = Settings.from_env({"MODEL_DIR": str(model_dir)})
+    with pytest.raises(ModelLoadError, match=r"the manifest of .* sets gate.min_side 100000: no photo"):
+        Classifier.from_settings(settings)
+
+
+@pytest.mark.parametrize("block", ["eye_score", "eye_probe"])
+def test_a_gate_block_with_a_number_too_large_for_a_float_is_named(tmp_path: Path, block: str) -> None:
+    huge = int("9" * 400)  # json reads it as an int; float() of it overflows
+    value = (
+        {"bias": huge, "w_distance": 1, "w_skin": 1, "centre": 1, "scale": 1, "min_score": 0}
+        if block == "eye_score"
+        else {"mean": [0.0, 0.0, 0.0], "weights": [1.0, 1.0, 1.0], "bias": huge, "min_score": 0.0}
+    )
+    model_dir = build_tiny_model(tmp_path / "m")
+    gate = json.loads((model_dir / "model.json").read_text())["gate"]
+    rewrite_manifest(model_dir, gate={**gate, block: value})
+    with pytest.raises(ModelLoadError, match=f"the manifest's gate.{block} is malformed: OverflowError"):
+        Classifier(load_baked(model_dir))
+
+
+def _with_nan_weights(model: onnx.ModelProto) -> None:
+    weights = next(i for i in model.graph.initializer if i.name == "W")
+    weights.CopyFrom(onnx.numpy_helper.from_array(np.full((3, 2), np.nan, dtype=np.float32), "W"))
+
+
+def _with_distance_of_the_mean_pixel(model: onnx.ModelProto) -> None:
+    # sqrt of the mean normalised pixel: 0 for the warm-up's zeros, NaN for any photo darker than the mean.
+    node = next(n for n in model.graph.node if n.op_type == "Sqrt")
+    node.input[0] = "mean_pixel"
+    model.graph.node.insert(0, onnx.helper.make_node("ReduceMean", ["input"], ["mean_pixel_4d"], keepdims=0))
+    model.graph.node.insert(1, onnx.helper.make_node("Reshape", ["mean_pixel_4d", "one"], ["mean_pixel"]))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "one"))
+
+
+def _saved_rewired(tmp_path: Path, rewire: Any) -> Path:
+    model = tiny_graph(32)
+    rewire(model)
+    model_dir = build_tiny_model(tmp_path / "m")
+    onnx.save(model, model_dir / "model.onnx")
+    rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"))
+    return model_dir
+
+
+def test_a_model_that_gives_nan_fails_at_init_not_on_every_request(tmp_path: Path) -> None:
+    # It loaded, /health said ok, and every screening was a 500 (or, inside, "normal": NaN >= threshold is false).
+    model_dir = _saved_rewired(tmp_path, _with_nan_weights)
+    with pytest.raises(ModelLoadError, match=r"gives NaN or infinite values in its outputs \['logits'.*broken"):
+        Classifier(load_baked(model_dir))
+
+
+def test_a_nan_distance_for_one_photo_is_a_fault_not_a_gradable_answer(tmp_path: Path) -> None:
+    # A NaN distance compares false with its cap: the eye check was silently passed and the photo screened.
+    from PIL import Image
+
+    from cataract_inference.classifier import NonFiniteOutputError
+    from tests.support.images import encoded
+
+    clf = Classifier(load_baked(_saved_rewired(tmp_path, _with_distance_of_the_mean_pixel)))
+    bright = encoded(Image.new("RGB", (64, 64), (250, 250, 250)), "PNG")
+    assert clf.predict_bytes(bright).quality.scores["ood_distance"] > 0  # a finite distance is served as before
+    with pytest.raises(NonFiniteOutputError, match=r"\['ood_distance'\]"):
+        clf.predict_bytes(encoded(Image.new("RGB", (64, 64), (20, 20, 20)), "PNG"))
+
+
 def test_classifier_session_uses_the_configured_threads(tiny_model_dir: Path) -> None:
     clf = Classifier(load_baked(tiny_model_dir), intra_op_threads=2)
     assert clf.session.get_session_options().intra_op_num_threads == 2
@@ -488,8 +562,25 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
         ({"temperature": float("inf")}, "temperature"),
         ({"input": {"size": 32, "std": [0.0, 0.2, 0.2]}}, "std"),
         ({"outputs": {"logits": "logits"}, "gate": {"max_ood_distance": 3.0}}, "outputs.ood_distance"),
+        # Limits no photo can meet: every answer "ungradable".
+        ({"gate": {"min_brightness": 1.5, "max_brightness": 2.0}}, "leave out all of 0..1"),
+        ({"gate": {"min_brightness": -1.0, "max_brightness": -0.5}}, "leave out all of 0..1"),
+        ({"gate": {"min_contrast": 0.6}}, "gate.min_contrast 0.6 is above 0.5"),
+        ({"gate": {"min_sharpness": 17.0}}, "gate.min_sharpness 17.0 is above 16.0"),
     ],
-    ids=["misspelt", "misspelt-gate", "schema", "bool-threshold", "inf-temperature", "zero-std", "cap-no-output"],
+    ids=[
+        "misspelt",
+        "misspelt-gate",
+        "schema",
+        "bool-threshold",
+        "inf-temperature",
+        "zero-std",
+        "cap-no-output",
+        "too-bright-floor",
+        "too-dark-ceiling",
+        "contrast-floor",
+        "sharpness-floor",
+    ],
 )
 def test_a_manifest_that_would_serve_wrongly_is_refused(
     tmp_path: Path, change: dict[str, object], message: str

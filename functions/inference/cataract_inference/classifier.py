@@ -23,7 +23,7 @@ from .imaging import (
 )
 from .manifest import GateThresholds, InputSpec, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
-from .settings import ConfigError, Settings
+from .settings import PILLOW_PIXEL_CEILING, ConfigError, Settings
 
 UNGRADABLE = "ungradable"
 # Probabilities are answered to 6 decimals, and the referral is decided on that same figure: a client must never
@@ -101,6 +101,12 @@ def session_options(intra_op_threads: int) -> Any:
 _NO_EXTERNAL_DATA = str(Path(__file__).resolve() / "no-external-data")
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model gave NaN or infinity: a fault of the model (broken weights, a distance of a negative variance), never
+    of the photo. Raised rather than served: a NaN compares false with every threshold, so it would pass the gate
+    and decide "normal"."""
+
+
 class Classifier:
     """A verified ONNX model, ready to screen photos."""
 
@@ -133,6 +139,11 @@ class Classifier:
         self._stats_need_skin = quality.EyeScore.from_gate(self.manifest.gate) is not None
         try:
             outputs = self.warm_up()
+        except NonFiniteOutputError as exc:
+            raise ModelLoadError(
+                f"{artifact.source} loads but {exc} on a plain input: its weights or its graph are broken; export "
+                "it again (or roll back to the last version that served)"
+            ) from exc
         except Exception as exc:  # the graph loaded but cannot run on the manifest's input
             raise ModelLoadError(
                 f"{artifact.source} does not run on the manifest's input (1x3x{self.manifest.input.size}x"
@@ -202,7 +213,7 @@ class Classifier:
         for block, parse in (("eye_score", quality.EyeScore.from_gate), ("eye_probe", quality.EyeProbe.from_gate)):
             try:
                 parse(self.manifest.gate)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # an int too large for a float
                 raise ModelLoadError(f"the manifest's gate.{block} is malformed: {exc!r}") from exc
         probe = quality.EyeProbe.from_gate(self.manifest.gate)
         if probe is None:
@@ -215,6 +226,12 @@ class Classifier:
         """Resolve, verify and load the model the settings name."""
         artifact = resolve_model(settings, s3_client)
         smallest = artifact.manifest.gate.min_side  # the smallest photo the gate grades
+        if smallest * smallest > PILLOW_PIXEL_CEILING:
+            raise ModelLoadError(
+                f"the manifest of {artifact.source} sets gate.min_side {smallest}: no photo the decoder can take "
+                f"(at most {PILLOW_PIXEL_CEILING} pixels) is that large, so every photo would be ungradable; fix "
+                "the manifest"
+            )
         if settings.max_image_side < smallest or settings.max_image_pixels < smallest * smallest:
             raise ConfigError(
                 f"MAX_IMAGE_SIDE={settings.max_image_side} and MAX_IMAGE_PIXELS={settings.max_image_pixels} refuse "
@@ -236,6 +253,10 @@ class Classifier:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs for a preprocessed NCHW batch."""
         values = self.session.run(self._outputs, {self.manifest.input.name: batch})
+        # A few thousand values: microseconds, against a run's milliseconds.
+        broken = [name for name, value in zip(self._outputs, values, strict=True) if not np.isfinite(value).all()]
+        if broken:
+            raise NonFiniteOutputError(f"the model gives NaN or infinite values in its outputs {broken}")
         return dict(zip(self._outputs, values, strict=True))
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:

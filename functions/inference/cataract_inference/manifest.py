@@ -92,6 +92,16 @@ class GateThresholds(BaseModel):
         # Limits that refuse every photo: a serving model that calls everything ungradable.
         if self.min_brightness > self.max_brightness:
             raise ValueError(f"gate.min_brightness {self.min_brightness} is above max_brightness {self.max_brightness}")
+        # Brightness is a mean of 0..1 values, contrast their standard deviation (at most 0.5), sharpness the
+        # variance of a Laplacian of them (each value within -4..4, so at most 16).
+        if self.min_brightness > 1 or self.max_brightness < 0:
+            raise ValueError(
+                f"gate brightness limits {self.min_brightness}..{self.max_brightness} leave out all of 0..1, where "
+                "every photo's brightness lies"
+            )
+        for floor, most in (("min_contrast", 0.5), ("min_sharpness", 16.0)):
+            if getattr(self, floor) > most:
+                raise ValueError(f"gate.{floor} {getattr(self, floor)} is above {most}, the most any photo can have")
         for cap in ("max_ood_distance", "max_mid_distance"):
             value = getattr(self, cap)
             if value is not None and value <= 0:
@@ -224,7 +234,8 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
     """Validate the bytes of a ``model.json`` read from ``source``; raise ``ManifestError`` naming it."""
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: also an integer of more digits than Python converts; RecursionError: arrays nested too deep.
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"model manifest {source} is not readable JSON: {exc}") from exc
     try:
         return Manifest.model_validate(raw)
