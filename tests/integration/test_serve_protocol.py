@@ -441,3 +441,41 @@ def test_an_uploader_that_pauses_still_gets_its_early_answer() -> None:
         time.sleep(1.0)  # a pause well within the 5 s linger, longer than the 0.5 s that once ended it
         sock.sendall(body[len(body) // 2 :])
         assert _read_response(reader)[0] == 413
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [b"POST /slow HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc"],
+        [  # pipelined, the slow one first: the others wait in the buffer behind it
+            b"POST /slow HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc",
+            _get("/one"),
+            b"POST /two HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi",
+        ],
+    ],
+    ids=["one", "pipelined"],
+)
+def test_a_client_that_half_closes_after_whole_requests_gets_every_answer_then_a_close(
+    port: int, requests: list[bytes]
+) -> None:
+    # `printf ... | nc -N` and batch clients shut their side once the requests are out. asyncio closed the
+    # connection at that EOF, and the answers of requests still being served went nowhere.
+    with _connect(port) as sock:
+        sock.sendall(b"".join(requests))
+        sock.shutdown(socket.SHUT_WR)
+        reader = sock.makefile("rb")
+        answers = [_read_response(reader) for _ in requests]
+        assert reader.read() == b"", "the connection closes after the last answer"
+    assert [status for status, _, _ in answers] == [200] * len(requests)
+    paths = [json.loads(body)["path"] for _, _, body in answers]
+    assert paths == [r.split(b" ")[1].decode() for r in requests]
+
+
+def test_a_client_that_half_closes_mid_body_is_closed_not_waited_for(port: int) -> None:
+    # The body can never be whole: nothing to answer, and no reason to hold the connection.
+    with _connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+        assert time.monotonic() - started < DEADLINE_S

@@ -120,6 +120,7 @@ def with_deadlines(
             self._unread = 0  # bytes of answer not yet taken (_unsent) when the write timer was last armed
             self._cycle_when_armed: object = None
             self._lingering = False
+            self._peer_done = False  # the client half-closed after whole requests: close once they are answered
             self._stopping = False  # the server is shutting down: lingering is brief
             self._idle_timer: asyncio.TimerHandle | None = None  # while lingering and stopping: the client's silence
 
@@ -181,9 +182,21 @@ def with_deadlines(
                 self._idle_timer.cancel()
             self._idle_timer = self.loop.call_later(min(LINGER_IDLE_S, linger_s), self._close_transport)
 
-        def eof_received(self) -> None:
+        def eof_received(self) -> bool | None:
             if self._lingering:
                 self._close_transport()  # the client has sent everything: no reset now
+                return None
+            if self.conn.their_state is h11.DONE and not self.transport.is_closing():
+                # A client that half-closes after whole requests (nc -N, batch tools) still reads their answers:
+                # the transport stays open for writing until the last one is out (on_response_complete).
+                self._peer_done = True
+                return True
+            return None  # nothing whole to answer (idle, or a head or body cut short): asyncio closes
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # starts the next pipelined request, if a whole one is buffered
+            if self._peer_done and self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+                self.transport.close()  # the client sends nothing more: that was its last answer
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:
