@@ -47,6 +47,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             break
     if scope["path"] == "/slow":
         await asyncio.sleep(DEADLINE_S * 2.5)
+    elif scope["path"] == "/stuck":  # outlasts uvicorn's graceful shutdown, as a queue of 40 MP photos can
+        await asyncio.sleep(60)
     payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
     if scope["path"] in ("/big", "/huge"):
         payload = b" " * (BIG if scope["path"] == "/big" else 4 * BIG)
@@ -427,6 +429,20 @@ def test_a_client_still_uploading_when_the_runner_stops_gets_its_json_503() -> N
             sock.sendall(chunk)
             time.sleep(0.02)
         assert _json_error(_read_all(sock), 503)["code"] == "overloaded"
+
+
+def test_a_request_still_being_served_when_graceful_shutdown_runs_out_gets_a_json_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # uvicorn cancels it and answered a plain-text 500, logging "Exception in ASGI application".
+    with _running() as (port, server, thread), _connect(port) as sock:
+        sock.sendall(b"POST /stuck HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
+        time.sleep(0.2)
+        server.should_exit = True
+        error = _json_error(_read_all(sock), 503)
+        thread.join(10)
+    assert error["code"] == "overloaded" and "shutting down" in error["message"]
+    assert "Exception in ASGI application" not in caplog.text
 
 
 def test_an_uploader_that_pauses_still_gets_its_early_answer() -> None:

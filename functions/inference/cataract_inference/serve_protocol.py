@@ -15,6 +15,7 @@ Used by `serve` only; uvicorn is not in the Lambda image (API Gateway fronts the
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import struct
 from typing import Any
@@ -109,6 +110,27 @@ def with_deadlines(
         await send({"type": "http.response.start", "status": 503, "headers": busy_headers})
         await send({"type": "http.response.body", "body": busy_body})
 
+    stopping_headers = [*busy_headers]
+    stopping_headers[1] = (b"content-length", str(len(shutting_down_body)).encode())
+
+    async def answered_if_cancelled(app: Any, scope: Any, receive: Any, send: Any) -> None:
+        """``app``, but a request still queued or screening when uvicorn's graceful shutdown runs out (it cancels
+        them) gets a JSON 503, not uvicorn's plain-text 500 and an "Exception in ASGI application" log."""
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if started:
+                raise  # part of an answer is out: uvicorn closes the connection
+            await send({"type": "http.response.start", "status": 503, "headers": stopping_headers})
+            await send({"type": "http.response.body", "body": shutting_down_body})
+
     class HeaderDeadlineProtocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._inner_app: Any = None
@@ -131,7 +153,7 @@ def with_deadlines(
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
                 self.logger.warning("Exceeded concurrency limit: 503.")
                 return busy
-            return self._inner_app
+            return functools.partial(answered_if_cancelled, self._inner_app)
 
         @app.setter
         def app(self, value: Any) -> None:
