@@ -142,6 +142,27 @@ def test_a_wide_photo_is_referred_when_either_half_is(tmp_path: Path, size: tupl
     assert result.probabilities["cataract"] == views[half]  # the most suspicious view's probabilities
 
 
+@pytest.mark.parametrize("blank", ["left", "right"])
+def test_a_half_the_gate_refuses_on_its_own_does_not_decide(tmp_path: Path, blank: str) -> None:
+    # A flat band beside an eye (a screenshot's black bars, a wall): alone it is ungradable, and it had turned a
+    # clear eye's photo into a referral by being the "most suspicious view".
+    gate = {"min_side": 8, "min_brightness": 0.0, "max_brightness": 1.0, "min_contrast": 0.05}
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", gate=gate))
+    photo = Image.new("RGB", (160, 80), (0, 0, 0))
+    eye = (0, 0, 80, 80) if blank == "right" else (80, 0, 160, 80)
+    for x in range(eye[0], eye[2], 8):  # a textured, dark (normal-looking) half
+        photo.paste((255, 255, 255), (x, 0, x + 1, 80))
+    band = (80, 0, 160, 80) if blank == "right" else (0, 0, 80, 80)
+    photo.paste((170, 170, 170), band)  # flat and bright: the tiny model's "cataract", but no contrast at all
+    band_alone = classifier.predict_bytes(encoded(photo.crop(band), "PNG"))
+    assert band_alone.label == "ungradable" and band_alone.probabilities["cataract"] > 0.5, band_alone
+    result = classifier.predict_bytes(encoded(photo, "PNG"))
+    assert result.quality.gradable and result.views is not None
+    assert set(result.views) == {"whole", "left" if blank == "right" else "right"}, result.views
+    assert result.label == "normal" and result.referral is False
+    assert result.probabilities["cataract"] == result.views["whole"] < 0.5
+
+
 def test_the_whole_photo_wins_a_tie_with_its_halves(tmp_path: Path) -> None:
     # When no half is more suspicious than the whole photo, the whole photo decides: the heat map then covers it
     # all, not one half arbitrarily. Squashed, a flat photo and each of its halves make the same input.

@@ -326,38 +326,65 @@ class Classifier:
         self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], *, skin: bool
     ) -> Measurement:
         names = self.manifest.outputs
-
-        def scalar(name: str | None) -> float | None:
-            return float(outputs[name].reshape(-1)[0]) if name else None
-
-        probabilities, views, deciding_half = self._most_suspicious_view(decoded, outputs)
+        probabilities, views, deciding_half = self._most_suspicious_view(decoded, outputs, skin=skin)
         return Measurement(
             probabilities=probabilities,
             logits=outputs[names.logits][0],
             views=views,
             stats=quality.tensor_stats(tensor, self.manifest.input, decoded.image, decoded.original_size, skin=skin),
-            ood_distance=scalar(names.ood_distance),
-            mid_distance=scalar(names.mid_distance),
+            ood_distance=_scalar(outputs, names.ood_distance),
+            mid_distance=_scalar(outputs, names.mid_distance),
             embedding=outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
             deciding_half=deciding_half,
         )
 
     def _most_suspicious_view(
-        self, decoded: DecodedImage, outputs: dict[str, np.ndarray]
+        self, decoded: DecodedImage, outputs: dict[str, np.ndarray], *, skin: bool
     ) -> tuple[np.ndarray, dict[str, float] | None, tuple[str, dict[str, np.ndarray]] | None]:
-        """The probabilities of the most suspicious view, each view's P(positive), and the deciding half if any."""
+        """The probabilities of the most suspicious view, each view's P(positive), and the deciding half if any.
+
+        Only a half the gate passes on its own is a view: a blank band or a strip of cheek beside an eye is no
+        evidence of a cataract (one such band turned a clear eye's 0.008 into a referral).
+        """
         output = self.manifest.outputs.logits
         whole = self.calibrated(outputs[output])[0]
         spec, pos = self.manifest.input, self.manifest.positive_index
         halves = split_in_two(decoded.image, spec=spec)
         if not halves:
             return whole, None, None
-        # One at a time: a model exported with a fixed batch of 1 runs them too.
-        runs = {name: self.run(preprocess(h, spec)[None]) for name, h in halves.items()}
+        half_sizes = half_boxes(*decoded.original_size)
+        runs: dict[str, dict[str, np.ndarray]] = {}
+        for name, half in halves.items():
+            tensor = preprocess(half, spec)
+            run = self.run(tensor[None])  # one at a time: a model exported with a fixed batch of 1 runs them too
+            left, top, right, bottom = half_sizes[name]
+            if self._passes_gate(run, tensor, half, (right - left, bottom - top), skin=skin):
+                runs[name] = run
         probs = {"whole": whole, **{name: self.calibrated(run[output])[0] for name, run in runs.items()}}
         views = {name: round(float(p[pos]), PROBABILITY_DECIMALS) for name, p in probs.items()}
         decider = max(probs, key=lambda name: probs[name][pos])  # the whole photo first, so it wins a tie
         return probs[decider], views, (None if decider == "whole" else (decider, runs[decider]))
+
+    def _passes_gate(
+        self,
+        outputs: dict[str, np.ndarray],
+        tensor: np.ndarray,
+        image: Image.Image,
+        original_size: tuple[int, int],
+        *,
+        skin: bool,
+    ) -> bool:
+        """Whether the gate grades a view (``image``, preprocessed to ``tensor``, run to ``outputs``) on its own."""
+        names = self.manifest.outputs
+        stats = quality.tensor_stats(tensor, self.manifest.input, image, original_size, skin=skin)
+        verdict = quality.assess(
+            stats,
+            _scalar(outputs, names.ood_distance),
+            self.manifest.gate,
+            outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
+            mid_distance=_scalar(outputs, names.mid_distance),
+        )
+        return verdict.gradable
 
     def heatmap(
         self,
@@ -385,6 +412,10 @@ class Classifier:
         return explanation.overlay_png(
             photo, cam, spec, max_side=OVERLAY_SIDE, region=None if region is None else half_boxes(*photo.size)[region]
         )
+
+
+def _scalar(outputs: dict[str, np.ndarray], name: str | None) -> float | None:
+    return float(outputs[name].reshape(-1)[0]) if name else None
 
 
 def split_in_two(image: Image.Image, *, spec: InputSpec | None = None) -> dict[str, Image.Image]:

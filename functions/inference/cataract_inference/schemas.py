@@ -78,7 +78,8 @@ class PredictResponse(BaseModel):
         None,
         description="Only for a photo at least twice as long as it is high, which may show both eyes: the cataract "
         "probability of the whole photo and of each half (left and right, or top and bottom). Each half is "
-        "screened too, and probabilities are those of the most suspicious view.",
+        "screened too, and probabilities are those of the most suspicious view. A half the quality gate refuses on "
+        "its own (a blank band beside an eye) is left out and cannot decide.",
     )
     disclaimer: str
 
