@@ -490,6 +490,26 @@ def test_an_arithmetic_coded_jpeg_over_64_kb_decodes(target_size: int | None) ->
     assert not _arithmetic(encoded(Image.fromarray(pixels), "JPEG"))
 
 
+def _with_precision(data: bytes, bits: int) -> bytes:
+    """``data`` (a JPEG) with its start-of-frame declaring ``bits`` per sample, as a 12- or 16-bit file does."""
+    pos = next(p for m, p in imaging._jpeg_segments(data) if m in imaging._FRAMES)
+    return data[: pos + 4] + bytes([bits]) + data[pos + 5 :]
+
+
+@pytest.mark.parametrize(
+    ("make", "bits"),
+    [(lambda: encoded(gradient((64, 48)), "JPEG"), 12), (lambda: lossless_jpeg((16, 16)), 16)],
+    ids=["12-bit-baseline", "16-bit-lossless"],
+)
+def test_a_jpeg_of_more_than_8_bits_is_unsupported_not_corrupt(make: Callable[[], bytes], bits: int) -> None:
+    # Valid files (medical and raw workflows write them) that Pillow's 8-bit libjpeg cannot read: they were
+    # answered 400 "the image header is corrupt", which tells the sender the file is broken.
+    with pytest.raises(imaging.UnsupportedFormatError, match=f"{bits}-bit JPEG images are not supported") as info:
+        imaging.decode_image(_with_precision(make(), bits))
+    assert info.value.status == 415
+    assert imaging.decode_image(_with_precision(make(), 8)).image.size == Image.open(io.BytesIO(make())).size
+
+
 def test_formats_we_do_not_accept_are_refused_even_if_pillow_reads_them() -> None:
     img = gradient((16, 16))
     data = encoded(img, "ICO")

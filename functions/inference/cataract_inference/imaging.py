@@ -218,6 +218,7 @@ class _JpegHeader:
 
     segments: int  # marker segments (and fill bytes) walked, up to one past the limit
     frames: frozenset[int]  # its start-of-frame markers
+    precisions: frozenset[int]  # bits per sample its frames declare: Pillow's libjpeg reads 8 only
     # True unless the first scan carries every component of the frame (or the headers could not be read). After
     # a first scan of fewer components, libjpeg buffers the whole image and reads every scan in the file before
     # any output; after a whole first scan, further scans end the decode as corrupt at once.
@@ -236,18 +237,19 @@ def _jpeg_header(data: bytes, limit: int) -> _JpegHeader | None:
     """The header of a JPEG (``None`` for anything else), walked for at most ``limit`` + 1 segments."""
     if not data.startswith(b"\xff\xd8"):
         return None
-    segments, frames, components, scanned = 0, set(), None, None
+    segments, frames, precisions, components, scanned = 0, set(), set(), None, None
     for marker, pos in _jpeg_segments(data):
         segments += 1
         if segments > limit:
             break
         if marker in _FRAMES and pos + 9 < len(data):
             frames.add(marker)
+            precisions.add(data[pos + 4])
             components = data[pos + 9]  # FF Cn, length, precision, height, width, then the component count
         elif marker == 0xDA and pos + 4 < len(data):
             scanned = data[pos + 4]  # FF DA, length, then the scan's component count
     partial = components is None or scanned is None or scanned < components
-    return _JpegHeader(segments, frozenset(frames), partial)
+    return _JpegHeader(segments, frozenset(frames), frozenset(precisions), partial)
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,12 @@ def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader |
     if jpeg is not None and jpeg.segments > limits.max_jpeg_segments:
         raise ImageTooLargeError(
             f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
+        )
+    if jpeg is not None and jpeg.precisions - {8}:
+        bits = max(jpeg.precisions - {8})
+        raise UnsupportedFormatError(
+            f"{bits}-bit JPEG images are not supported (only 8-bit, as cameras and phones write); send an 8-bit "
+            "JPEG, or PNG"
         )
     try:
         # Our own limits (below) refuse before any pixel is read. Pillow's warning is left alone: turning it
