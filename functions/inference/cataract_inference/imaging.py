@@ -210,6 +210,8 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _LOSSLESS_FRAMES = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+# Valid precisions Pillow's libjpeg cannot read (12-bit DCT, 2-16-bit lossless); any other value is corrupt.
+_OTHER_PRECISIONS = frozenset(range(2, 17)) - {8}
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,8 @@ def _jpeg_header(data: bytes, limit: int) -> _JpegHeader | None:
             break
         if marker in _FRAMES and pos + 9 < len(data):
             frames.add(marker)
-            precisions.add(data[pos + 4])
+            if (data[pos + 2] << 8) | data[pos + 3] >= 11:  # a whole frame header: its precision byte is one
+                precisions.add(data[pos + 4])
             components = data[pos + 9]  # FF Cn, length, precision, height, width, then the component count
         elif marker == 0xDA and pos + 4 < len(data):
             scanned = data[pos + 4]  # FF DA, length, then the scan's component count
@@ -333,8 +336,8 @@ def _open(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, _JpegHeader |
         raise ImageTooLargeError(
             f"the JPEG has over {limits.max_jpeg_segments} marker segments before its image data (re-save it)"
         )
-    if jpeg is not None and jpeg.precisions - {8}:
-        bits = max(jpeg.precisions - {8})
+    if jpeg is not None and jpeg.precisions & _OTHER_PRECISIONS:
+        bits = max(jpeg.precisions & _OTHER_PRECISIONS)
         raise UnsupportedFormatError(
             f"{bits}-bit JPEG images are not supported (only 8-bit, as cameras and phones write); send an 8-bit "
             "JPEG, or PNG"
