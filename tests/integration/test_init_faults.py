@@ -133,3 +133,19 @@ def test_an_unwritable_model_cache_is_an_init_error(cache: str, stub: RuntimeApi
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: the cache check must come first
     }
     _expect_init_error(stub, env, "ModelLoadError", "cannot write the model cache")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("POWERTOOLS_LOG_LEVEL", "verbose"),  # read as the logger is built
+        ("POWERTOOLS_METRICS_DISABLED", "maybe"),  # as the metrics are
+        ("POWERTOOLS_TRACER_CAPTURE_ERROR", "maybe"),  # as the handler is decorated, after the model loaded
+    ],
+)
+def test_a_powertools_variable_it_cannot_read_is_an_init_error_that_names_it(
+    variable: str, value: str, stub: RuntimeApiStub, model_copy: Path
+) -> None:
+    # Powertools' own errors name no variable ("Unknown level: 'VERBOSE'", "invalid truth value 'maybe'").
+    env = {"MODEL_DIR": str(model_copy), "POWERTOOLS_TRACE_DISABLED": "false", variable: value}
+    _expect_init_error(stub, env, "ConfigError", f"{variable}={value!r}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cataract_inference import cli
+from cataract_inference import cli, observability
 from cataract_inference.classifier import Classifier
 from cataract_inference.drawing import draw_eye, encode
 from tests.conftest import REPO
@@ -490,13 +490,13 @@ def test_only_an_error_raised_by_powertools_is_called_a_powertools_setting() -> 
             call()
         return info.value
 
-    assert cli._raised_by_powertools(raised(lambda: strtobool("maybe")))
+    assert observability._raised_by_powertools(raised(lambda: strtobool("maybe")))
     # Through the standard library, as Powertools' logger refuses a level: still Powertools' refusal.
     from aws_lambda_powertools import Logger
 
-    assert cli._raised_by_powertools(raised(lambda: Logger(service="t", level="VERBOSE")))
-    assert not cli._raised_by_powertools(raised(lambda: int("x")))  # our own code's error stays what it is
-    assert not cli._raised_by_powertools(raised(lambda: json.loads("{")))
+    assert observability._raised_by_powertools(raised(lambda: Logger(service="t", level="VERBOSE")))
+    assert not observability._raised_by_powertools(raised(lambda: int("x")))  # our own code's error stays what it is
+    assert not observability._raised_by_powertools(raised(lambda: json.loads("{")))
     # Without a venv, site-packages lies inside the standard library's folder: Powertools' frames still count.
     import sysconfig
 
@@ -506,8 +506,8 @@ def test_only_an_error_raised_by_powertools_is_called_a_powertools_setting() -> 
     paths = {**sysconfig.get_paths(), "stdlib": str(site.parent)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
-        assert site.name == "site-packages" and cli._raised_by_powertools(raised(lambda: strtobool("maybe")))
-        assert not cli._raised_by_powertools(raised(lambda: int("x")))
+        assert site.name == "site-packages" and observability._raised_by_powertools(raised(lambda: strtobool("maybe")))
+        assert not observability._raised_by_powertools(raised(lambda: int("x")))
 
 
 def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path) -> None:

@@ -24,8 +24,6 @@ import logging
 import os
 import socket
 import sys
-import sysconfig
-import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,51 +64,13 @@ def _quiet_observability(verbose: bool) -> None:
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
-# Besides its POWERTOOLS_* variables, Powertools reads these for the log level.
-POWERTOOLS_ALSO_READS = ("LOG_LEVEL", "AWS_LAMBDA_LOG_LEVEL")
-
-
 def _handler() -> ModuleType:
     """The handler module, imported (the model loaded) after the environment is set.
 
-    Powertools reads its environment variables as the logger, metrics and tracer are built and as the handler's
-    decorators are applied, and refuses a malformed one with an error naming no variable: that becomes a
-    ConfigError here, "cannot start" as a bad model is, rather than passing for a usage error or a crash.
+    A Powertools variable it cannot read is a ConfigError (observability names it), "cannot start" as a bad model is.
     """
-    from .model_source import ModelLoadError
-
     with contextlib.redirect_stdout(sys.stderr):  # the logger binds whatever stdout is when it is built
-        try:
-            return importlib.import_module(".handler", __package__)
-        except (ModelLoadError, ConfigError):
-            raise
-        except Exception as exc:
-            if not _raised_by_powertools(exc):
-                raise
-            read = ", ".join(
-                f"{k}={v!r}"
-                for k, v in sorted(os.environ.items())
-                if k.startswith("POWERTOOLS_") or k in POWERTOOLS_ALSO_READS
-            )
-            raise ConfigError(
-                f"a Powertools setting was refused: {exc}. Powertools reads the POWERTOOLS_* variables, "
-                f"{' and '.join(POWERTOOLS_ALSO_READS)} (set now: {read or 'none'}); a switch such as "
-                "POWERTOOLS_METRICS_DISABLED takes true or false, a log level a name such as INFO or WARNING: fix or "
-                "unset the one holding that value"
-            ) from exc
-
-
-def _raised_by_powertools(exc: BaseException) -> bool:
-    """Whether the innermost frame outside the standard library (which Powertools calls, as logging for a level) is
-    Powertools' own."""
-    import aws_lambda_powertools
-
-    powertools = Path(aws_lambda_powertools.__file__).resolve().parent
-    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    frames = [Path(f.filename).resolve() for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
-    # Without a venv, site-packages lies inside the standard library's folder: it is not the standard library.
-    outside = [f for f in frames if not f.is_relative_to(stdlib) or "site-packages" in f.parts]
-    return bool(outside) and outside[-1].is_relative_to(powertools)
+        return importlib.import_module(".handler", __package__)
 
 
 def _is_interrupt(exc: BaseException) -> bool:

@@ -11,14 +11,13 @@ import binascii
 import json
 from typing import Any
 
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
 from .api import create_app, error_content, note_refusal
 from .classifier import Classifier
 from .events import event_problem
-from .observability import logger, metrics, note_cold_start, tracer
+from .observability import instrumented, logger, note_cold_start
 from .settings import get_settings
 
 settings = get_settings()
@@ -31,9 +30,7 @@ app = create_app(classifier, settings)
 asgi_handler = Mangum(app, lifespan="off")
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@instrumented
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Serve one API Gateway event (REST v1 or HTTP API v2)."""
     note_cold_start(context)

@@ -9,25 +9,68 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sysconfig
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import aws_lambda_powertools
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
-from .settings import powertools_name
+from .settings import ConfigError, powertools_name
+
+# Besides its POWERTOOLS_* variables, Powertools reads these for the log level.
+POWERTOOLS_ALSO_READS = ("LOG_LEVEL", "AWS_LAMBDA_LOG_LEVEL")
+
+
+def _raised_by_powertools(exc: BaseException) -> bool:
+    """Whether the innermost frame outside the standard library (which Powertools calls, as logging for a level) is
+    Powertools' own."""
+    powertools = Path(aws_lambda_powertools.__file__).resolve().parent
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    frames = [Path(f.filename).resolve() for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
+    # Without a venv, site-packages lies inside the standard library's folder: it is not the standard library.
+    outside = [f for f in frames if not f.is_relative_to(stdlib) or "site-packages" in f.parts]
+    return bool(outside) and outside[-1].is_relative_to(powertools)
+
+
+@contextlib.contextmanager
+def powertools_settings_read() -> Iterator[None]:
+    """Around what makes Powertools read its variables: building the logger, metrics and tracer, and decorating the
+    handler. It refuses a malformed one with an error that names no variable (``invalid truth value 'maybe'``);
+    that becomes a ConfigError naming the variables set, on Lambda (an init error) as in the local runner."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ConfigError) or not _raised_by_powertools(exc):
+            raise
+        read = ", ".join(
+            f"{k}={v!r}"
+            for k, v in sorted(os.environ.items())
+            if k.startswith("POWERTOOLS_") or k in POWERTOOLS_ALSO_READS
+        )
+        raise ConfigError(
+            f"a Powertools setting was refused: {exc}. Powertools reads the POWERTOOLS_* variables, "
+            f"{' and '.join(POWERTOOLS_ALSO_READS)} (set now: {read or 'none'}); a switch such as "
+            "POWERTOOLS_METRICS_DISABLED takes true or false, a log level a name such as INFO or WARNING: fix or "
+            "unset the one holding that value"
+        ) from exc
+
 
 SERVICE = powertools_name(os.environ, "POWERTOOLS_SERVICE_NAME", "cataract-screening")
 NAMESPACE = powertools_name(os.environ, "POWERTOOLS_METRICS_NAMESPACE", "CataractScreening")
 
-logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-# single_metric prints even with metrics disabled (the local runner disables them).
-CAPTURE_COLD_START_METRIC = not is_metrics_disabled()
+with powertools_settings_read():
+    logger = Logger(service=SERVICE)
+    metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+    # single_metric prints even with metrics disabled (the local runner disables them).
+    CAPTURE_COLD_START_METRIC = not is_metrics_disabled()
 _cold: dict[str, bool] = {"pending": True}  # emptied by the first invocation
 
 
@@ -114,11 +157,25 @@ def tracing_disabled(env: Any = None) -> bool:
 # off: it patches botocore, requests and others for subsegments, but a request makes no such call (the only
 # AWS call, the S3 model download, runs at init, outside any segment), and the patching cost ~120 ms of
 # every traced cold start.
-tracer = (
-    Tracer(service=SERVICE, disabled=True, provider=_NoTraceProvider())
-    if tracing_disabled()
-    else Tracer(service=SERVICE, auto_patch=False)
-)
+with powertools_settings_read():
+    tracer = (
+        Tracer(service=SERVICE, disabled=True, provider=_NoTraceProvider())
+        if tracing_disabled()
+        else Tracer(service=SERVICE, auto_patch=False)
+    )
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def instrumented(handler: Handler) -> Handler:
+    """The Lambda handler with Powertools around it: the invocation's context and API Gateway's request id in every log
+    line, a trace segment, and the metrics flushed at the end. Decorating reads more Powertools variables (whether
+    to trace errors), so it is done under the same check."""
+    with powertools_settings_read():
+        traced = tracer.capture_lambda_handler(capture_response=False)(metrics.log_metrics(handler))
+        return logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)(
+            traced
+        )
 
 
 def _count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
