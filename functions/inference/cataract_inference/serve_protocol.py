@@ -204,7 +204,7 @@ def with_deadlines(
                 self._idle_timer.cancel()
             self._idle_timer = self.loop.call_later(min(LINGER_IDLE_S, linger_s), self._close_transport)
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's protocol returns a bool
             if self._lingering:
                 self._close_transport()  # the client has sent everything: no reset now
                 return None
