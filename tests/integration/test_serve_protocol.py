@@ -332,6 +332,25 @@ def test_a_request_that_is_not_http_gets_a_json_400(port: int, request_bytes: by
         assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nX-Trace : 1\r\nContent-Length: 2000000\r\n\r\n",  # a bad name
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2000000\r\nContent-Length: 5\r\n\r\n",
+    ],
+    ids=["header-name", "two-lengths"],
+)
+def test_a_malformed_head_with_a_body_behind_it_gets_its_json_400_not_a_reset(port: int, head: bytes) -> None:
+    # http.client and urllib send the whole body before reading: the 400 was written, then the socket closed with
+    # the body unread, which resets the connection, and the client saw ConnectionResetError instead of the answer.
+    with _connect(port) as sock:
+        sock.sendall(head)
+        time.sleep(0.1)  # the 400 and the close come first, as they did
+        for _ in range(30):
+            sock.sendall(b"x" * 65536)
+        assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
+
+
 def test_a_client_that_left_less_than_64_kb_of_its_answer_unread_is_dropped(
     served: tuple[int, uvicorn.Server],
 ) -> None:

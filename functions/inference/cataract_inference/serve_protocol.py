@@ -184,7 +184,12 @@ def with_deadlines(
             self._arm()
 
         def _close(self) -> None:
-            if self._lingering or self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            # SEND_BODY: a body still arriving. ERROR: a head h11 refused, whose body (if any) may still be arriving.
+            if (
+                self._lingering
+                or self.transport.is_closing()
+                or self.conn.their_state not in (h11.SEND_BODY, h11.ERROR)
+            ):
                 self._close_transport()
                 return
             self._lingering = True
