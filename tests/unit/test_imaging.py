@@ -720,3 +720,18 @@ def test_a_jpeg_draft_keeps_what_the_models_resize_needs(
     decoded, _ = imaging.load_for_model(data, spec)
     assert shortest <= min(decoded.image.size) < 2 * shortest  # drafted, but not below the resize's need
     assert imaging.decode_side(spec) == shortest
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {}), ("PNG", {"default_image": True}), ("TIFF", {})],
+    ids=["gif", "webp", "apng", "apng-hidden-default", "tiff-pages"],
+)
+def test_an_animation_or_a_multi_page_file_is_screened_on_its_first_frame(fmt: str, options: dict[str, bool]) -> None:
+    # As the README and the API's schema say: only the first frame or page, whatever follows it.
+    first, second = Image.new("RGB", (64, 64), (0, 0, 0)), Image.new("RGB", (64, 64), (255, 255, 255))
+    buffer = io.BytesIO()
+    first.save(buffer, fmt, save_all=True, append_images=[second], **options)
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames >= 2 - options.get("default_image", False)
+    decoded = imaging.decode_image(buffer.getvalue()).image
+    assert decoded.getpixel((5, 5)) == (0, 0, 0)

@@ -22,7 +22,8 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     image: str = Field(
-        description="The photo, base64-encoded (standard or URL-safe alphabet), or a data: URL.",
+        description="The photo, base64-encoded (standard or URL-safe alphabet), or a data: URL. An animation or a "
+        "multi-page TIFF is screened on its first frame or page only.",
         min_length=1,
     )
     explain: bool = Field(False, description="Also return a class-activation heat map as a base64 PNG overlay.")
