@@ -438,6 +438,8 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     """
     src = np.asarray(img)
     brightest = src.max(initial=0)
+    if not np.isfinite(brightest):  # one NaN or +inf pixel, and the scale chosen below made the whole photo black
+        raise CorruptImageError("the image's float pixels include NaN or infinity; send it as 8- or 16-bit")
     if img.mode.startswith("I;16") or brightest > 255:
         top = 65535.0
     elif img.mode == "F" and 0 < brightest <= 1.0:
