@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cataract_inference.host_guard import LoopbackHostGuard
-from cataract_inference.serve_protocol import with_deadlines
+from cataract_inference.serve_protocol import MAX_HEAD_BYTES, with_deadlines
 from tests.support.serve import free_port
 
 DEADLINE_S = 0.6
@@ -349,6 +349,34 @@ def test_a_malformed_head_with_a_body_behind_it_gets_its_json_400_not_a_reset(po
         for _ in range(30):
             sock.sendall(b"x" * 65536)
         assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
+
+
+def _head_with_cookie(size: int) -> bytes:
+    return b"GET /health HTTP/1.1\r\nHost: test\r\nCookie: " + b"c" * size + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["one-write", "in-pieces"])
+def test_a_large_head_is_taken_however_it_arrives(port: int, pieces: int) -> None:
+    # 20 KiB of cookies: taken in one write, refused as "malformed" in pieces (h11 limits an incomplete head only).
+    head = _head_with_cookie(20 * 1024)
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        step = -(-len(head) // pieces)
+        for start in range(0, len(head), step):
+            sock.sendall(head[start : start + step])
+            time.sleep(0.005)
+        status, _, body = _read_response(reader)
+    assert status == 200 and json.loads(body)["path"] == "/health"
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["one-write", "in-pieces"])
+def test_a_head_over_the_limit_gets_a_json_431_however_it_arrives(port: int, pieces: int) -> None:
+    head = _head_with_cookie(MAX_HEAD_BYTES)
+    with _connect(port) as sock:
+        step = -(-len(head) // pieces)
+        for start in range(0, len(head), step):
+            sock.sendall(head[start : start + step])
+        error = _json_error(_read_all(sock), 431)
+    assert error["code"] == "headers_too_large" and "64 KiB" in error["message"]
 
 
 def test_a_client_that_left_less_than_64_kb_of_its_answer_unread_is_dropped(

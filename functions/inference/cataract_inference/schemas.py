@@ -108,6 +108,7 @@ class ErrorBody(BaseModel):
         "unsupported_format, unsupported_media_type (415); invalid_request (422); not_found (404); "
         "method_not_allowed (405); request_timeout (408, the local runner only: the headers or the body stalled); "
         "malformed_request (400, the local runner only: not valid HTTP/1.1); "
+        "headers_too_large (431, the local runner only: the request line and headers are over 64 KiB); "
         "invalid_host (400, the local runner on loopback only: a Host that is not localhost or a loopback "
         "address such as 127.0.0.1 or [::1]); "
         "internal_error (500); overloaded (503, the local runner only: too many open connections, retry). "

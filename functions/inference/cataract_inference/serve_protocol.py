@@ -26,6 +26,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .schemas import SAFETY_HEADERS, SAFETY_HEADERS_RAW, ErrorResponse
 
 HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
+# The largest request line and headers taken, however they arrive: h11 alone refused only a head still incomplete past
+# 16 KiB (so the same 20 KiB of cookies passed in one packet and failed in several, as "malformed").
+MAX_HEAD_BYTES = 64 * 1024
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
 # slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
@@ -94,6 +97,11 @@ def with_deadlines(
     malformed_body = _error_json(
         "malformed_request", "the request is not valid HTTP/1.1 (its request line or a header is malformed)", disclaimer
     )
+    head_too_large_body = _error_json(
+        "headers_too_large",
+        f"the request line and headers are over {MAX_HEAD_BYTES // 1024} KiB (large cookies for this host?); send less",
+        disclaimer,
+    )
     shutting_down_body = _error_json(
         "overloaded", "the local runner is shutting down; retry once it is started again", disclaimer
     )
@@ -135,6 +143,8 @@ def with_deadlines(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._inner_app: Any = None
             super().__init__(*args, **kwargs)
+            # h11's own limit past ours, so that an oversized head gets _head_too_large's 431, not h11's 400.
+            self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
             # uvicorn's own limit check answers in plain text; the same check, made by the app property, in JSON.
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
@@ -232,9 +242,20 @@ def with_deadlines(
                 return  # the rest of a body no one will read
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
+            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+                self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
+                return
             super().data_received(data)
             if self.cycle is not self._cycle_when_armed:
                 self._disarm()  # the head is complete: a new request cycle began
+
+        def _head_too_large(self, data: bytes) -> bool:
+            """Whether the head being received, with ``data``, ends past MAX_HEAD_BYTES (or not at all by then)."""
+            pending = self.conn.trailing_data[0]
+            if len(pending) + len(data) <= MAX_HEAD_BYTES:
+                return False
+            window = bytes(pending[: MAX_HEAD_BYTES + 4]) + data[: max(0, MAX_HEAD_BYTES + 4 - len(pending))]
+            return window.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4) < 0
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
