@@ -24,9 +24,10 @@ from tests.conftest import FakeLambdaContext
 
 _PROBE = """
 import json, sys
-import cataract_inference.handler as h
+import cataract_inference.handler
+from cataract_inference.observability import tracer
 print(json.dumps({"xray": "aws_xray_sdk.core" in sys.modules, "botocore": "botocore.client" in sys.modules,
-                  "provider": type(h.tracer.provider).__module__, "disabled": bool(h.tracer.disabled)}))
+                  "provider": type(tracer.provider).__module__, "disabled": bool(tracer.disabled)}))
 """
 
 
