@@ -379,6 +379,38 @@ def test_a_head_over_the_limit_gets_a_json_431_however_it_arrives(port: int, pie
     assert error["code"] == "headers_too_large" and "64 KiB" in error["message"]
 
 
+def test_a_head_over_the_limit_with_a_body_behind_it_gets_its_431_not_a_reset(port: int) -> None:
+    # As for a head h11 refuses: a client that uploads the whole body before reading must still get the answer.
+    head = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2000000\r\nCookie: " + b"c" * MAX_HEAD_BYTES
+    with _connect(port) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        time.sleep(0.1)
+        for _ in range(30):
+            sock.sendall(b"x" * 65536)
+        assert _json_error(_read_all(sock), 431)["code"] == "headers_too_large"
+
+
+def test_a_head_ended_by_bare_newlines_with_a_body_in_the_same_packet_is_not_taken_for_a_large_head(
+    port: int,
+) -> None:
+    # h11 ends a head at a blank line with or without its CR; the limit once looked for CRLF CRLF only.
+    body = b"x" * (100 * 1024)
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"POST /echo HTTP/1.1\nHost: test\nContent-Length: %d\n\n" % len(body) + body)
+        status, _, answer = _read_response(reader)
+    assert status == 200 and json.loads(answer)["body_bytes"] == len(body)
+
+
+def test_a_pipelined_head_over_the_limit_gets_a_431_when_its_turn_comes(port: int) -> None:
+    # It waited in the buffer behind the first request, past the check made as data arrived.
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get("/one") + _head_with_cookie(MAX_HEAD_BYTES + 4096))
+        first = _read_response(reader)
+        rest = reader.read()
+    assert first[0] == 200 and json.loads(first[2])["path"] == "/one"
+    assert _json_error(rest, 431)["code"] == "headers_too_large"
+
+
 def test_a_client_that_left_less_than_64_kb_of_its_answer_unread_is_dropped(
     served: tuple[int, uvicorn.Server],
 ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import struct
 from typing import Any
 
@@ -29,6 +30,7 @@ HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone o
 # The largest request line and headers taken, however they arrive: h11 alone refused only a head still incomplete past
 # 16 KiB (so the same 20 KiB of cookies passed in one packet and failed in several, as "malformed").
 MAX_HEAD_BYTES = 64 * 1024
+_HEAD_END = re.compile(rb"\n\r?\n")
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
 # slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
@@ -153,6 +155,7 @@ def with_deadlines(
             self._cycle_when_armed: object = None
             self._lingering = False
             self._peer_done = False  # the client half-closed after whole requests: close once they are answered
+            self._refused_head = False  # answered 431: what follows is dropped
             self._stopping = False  # the server is shutting down: lingering is brief
             self._idle_timer: asyncio.TimerHandle | None = None  # while lingering and stopping: the client's silence
 
@@ -194,11 +197,12 @@ def with_deadlines(
             self._arm()
 
         def _close(self) -> None:
-            # SEND_BODY: a body still arriving. ERROR: a head h11 refused, whose body (if any) may still be arriving.
+            # SEND_BODY: a body still arriving. ERROR or a refused head: its body (if any) may still be arriving.
+            refused = self._refused_head or self.conn.their_state is h11.ERROR
             if (
                 self._lingering
                 or self.transport.is_closing()
-                or self.conn.their_state not in (h11.SEND_BODY, h11.ERROR)
+                or not (refused or self.conn.their_state is h11.SEND_BODY)
             ):
                 self._close_transport()
                 return
@@ -242,20 +246,25 @@ def with_deadlines(
                 return  # the rest of a body no one will read
             if self._head_timer is None and self._awaiting_head():
                 self._arm()  # the first byte of the next request on a kept-alive connection
-            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
-                self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
-                return
             super().data_received(data)
             if self.cycle is not self._cycle_when_armed:
                 self._disarm()  # the head is complete: a new request cycle began
 
-        def _head_too_large(self, data: bytes) -> bool:
-            """Whether the head being received, with ``data``, ends past MAX_HEAD_BYTES (or not at all by then)."""
+        def handle_events(self) -> None:
+            # Before h11 parses a head: as data arrives, and as a pipelined request's turn comes (its head waited).
+            if self.conn.their_state is h11.IDLE and not self._refused_head and self._head_too_large():
+                self._refused_head = True  # its body may follow: the close lingers, as for a head h11 refuses
+                self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
+                return
+            super().handle_events()
+
+        def _head_too_large(self) -> bool:
+            """Whether the head waiting in h11's buffer ends past MAX_HEAD_BYTES (or not at all by then)."""
             pending = self.conn.trailing_data[0]
-            if len(pending) + len(data) <= MAX_HEAD_BYTES:
+            if len(pending) <= MAX_HEAD_BYTES:
                 return False
-            window = bytes(pending[: MAX_HEAD_BYTES + 4]) + data[: max(0, MAX_HEAD_BYTES + 4 - len(pending))]
-            return window.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4) < 0
+            # Where h11 itself ends a head: a blank line, with or without its CR.
+            return _HEAD_END.search(pending, 0, MAX_HEAD_BYTES + 3) is None
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
