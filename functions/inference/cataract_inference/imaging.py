@@ -438,7 +438,8 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     """
     src = np.asarray(img)
     brightest = src.max(initial=0)
-    if not np.isfinite(brightest):  # one NaN or +inf pixel, and the scale chosen below made the whole photo black
+    # One NaN or +inf pixel, and the scale chosen below made the whole photo black; -inf, and every pixel it is.
+    if not (np.isfinite(brightest) and np.isfinite(src.min(initial=0))):
         raise CorruptImageError("the image's float pixels include NaN or infinity; send it as 8- or 16-bit")
     if img.mode.startswith("I;16") or brightest > 255:
         top = 65535.0
@@ -509,7 +510,7 @@ def decode_image(
             rgb = _to_srgb(rgb, profile)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(limits) from exc
-    except MemoryError:
+    except (MemoryError, ImageError):  # ours already say what is wrong
         raise
     except Exception as exc:  # hostile pixel data reaches C decoders and Python plugins alike
         raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from exc
