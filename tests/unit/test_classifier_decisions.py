@@ -163,6 +163,35 @@ def test_a_half_the_gate_refuses_on_its_own_does_not_decide(tmp_path: Path, blan
     assert result.probabilities["cataract"] == result.views["whole"] < 0.5
 
 
+def test_the_halves_are_gated_with_the_skin_fraction_whatever_the_caller_asks_of_the_whole_photo(
+    tmp_path: Path,
+) -> None:
+    # measure(skin=False), as the two-eyes study calls it, gated each half with a skin fraction of 0: a gate with an
+    # eye score then refused every half, and the study's "served" probability was not the service's.
+    import math
+
+    gate = {
+        "min_side": 8,
+        "min_brightness": 0.0,
+        "max_brightness": 1.0,
+        "min_contrast": 0.0,
+        "eye_score": {"bias": 0.0, "w_distance": 0.0, "w_skin": 1.0, "centre": 0.0, "scale": 1.0,
+                      "skin_floor": 0.01, "min_score": math.log(0.2)},
+    }  # fmt: skip
+    classifier = load_classifier(build_tiny_model(tmp_path / "m", gate=gate))
+    photo = np.zeros((80, 160, 3), np.uint8)
+    photo[:, :80], photo[:, 80:] = (150, 110, 90), (235, 190, 160)  # skin both sides: darker, lighter
+    noise = np.random.default_rng(0).integers(-6, 7, photo.shape)
+    data = encoded(Image.fromarray(np.clip(photo.astype(int) + noise, 0, 255).astype(np.uint8)), "PNG")
+    served = classifier.predict_bytes(data)
+    assert served.views is not None and set(served.views) == {"whole", "left", "right"}, served.views
+    measured = classifier.measure(data, skin=False)
+    assert measured.views == served.views
+    assert (
+        round(float(measured.probabilities[classifier.manifest.positive_index]), 6) == served.probabilities["cataract"]
+    )
+
+
 def test_the_whole_photo_wins_a_tie_with_its_halves(tmp_path: Path) -> None:
     # When no half is more suspicious than the whole photo, the whole photo decides: the heat map then covers it
     # all, not one half arbitrarily. Squashed, a flat photo and each of its halves make the same input.

@@ -75,7 +75,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _cataract_probabilities(classifier: Classifier, data: bytes) -> tuple[float, float, bool]:
     """(served, whole photo only, gradable) P(positive) of one encoded image."""
-    measured = classifier.measure(data, skin=False)
+    measured = classifier.measure(data)  # with the skin fraction: a gate with an eye score reads it
     pos = classifier.manifest.positive_index
     served = float(measured.probabilities[pos])
     whole = measured.views["whole"] if measured.views else served

@@ -326,7 +326,7 @@ class Classifier:
         self, decoded: DecodedImage, tensor: np.ndarray, outputs: dict[str, np.ndarray], *, skin: bool
     ) -> Measurement:
         names = self.manifest.outputs
-        probabilities, views, deciding_half = self._most_suspicious_view(decoded, outputs, skin=skin)
+        probabilities, views, deciding_half = self._most_suspicious_view(decoded, outputs)
         return Measurement(
             probabilities=probabilities,
             logits=outputs[names.logits][0],
@@ -339,7 +339,7 @@ class Classifier:
         )
 
     def _most_suspicious_view(
-        self, decoded: DecodedImage, outputs: dict[str, np.ndarray], *, skin: bool
+        self, decoded: DecodedImage, outputs: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, dict[str, float] | None, tuple[str, dict[str, np.ndarray]] | None]:
         """The probabilities of the most suspicious view, each view's P(positive), and the deciding half if any.
 
@@ -358,7 +358,9 @@ class Classifier:
             tensor = preprocess(half, spec)
             run = self.run(tensor[None])  # one at a time: a model exported with a fixed batch of 1 runs them too
             left, top, right, bottom = half_sizes[name]
-            if self._passes_gate(run, tensor, half, (right - left, bottom - top), skin=skin):
+            # The skin fraction whenever the gate reads it, whatever the caller asked of the whole photo's statistics:
+            # without it, a gate with an eye score refuses every half.
+            if self._passes_gate(run, tensor, half, (right - left, bottom - top), skin=self._stats_need_skin):
                 runs[name] = run
         probs = {"whole": whole, **{name: self.calibrated(run[output])[0] for name, run in runs.items()}}
         views = {name: round(float(p[pos]), PROBABILITY_DECIMALS) for name, p in probs.items()}
