@@ -217,6 +217,17 @@ def test_only_photos_at_least_twice_as_long_as_high_are_split(tmp_path: Path) ->
     assert plain.probabilities["cataract"] == max(plain.views.values())
 
 
+@pytest.mark.parametrize(("size", "split"), [((2402, 1201), True), ((2399, 1200), False)])
+def test_a_jpeg_is_split_by_its_own_shape_not_its_reduced_drafts(
+    tmp_path: Path, size: tuple[int, int], split: bool
+) -> None:
+    # The draft rounds each side up on its own: 2402x1201 decoded at 1/8 to 301x151 (under 2:1) and lost its halves;
+    # 2399x1200 to 300x150 (2:1) and gained them.
+    classifier = load_classifier(build_tiny_model(tmp_path / "m"))
+    result = classifier.predict_bytes(encoded(_two_eyes(*size, "left"), "JPEG"))
+    assert (result.views is not None) is split, result.views
+
+
 def test_a_model_with_a_fixed_batch_of_one_screens_wide_photos_too(tmp_path: Path) -> None:
     # The halves once ran as a batch of 2: such a model loaded fine, then failed every wide photo with a 500.
     import onnx

@@ -229,6 +229,12 @@ def test_dynamic_batch() -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
 
 
+def test_a_small_temperature_gives_certainty_not_nan() -> None:
+    # Divided first, two large logits overflowed to inf - inf: NaN probabilities, never a referral.
+    probs = softmax(np.array([[800.0, 700.0]]), temperature=1e-306)
+    assert np.isfinite(probs).all() and probs[0].tolist() == [1.0, 0.0]
+
+
 def test_temperature_softens_probabilities() -> None:
     logits = np.array([[2.0, 0.0]])
     sharp, soft = softmax(logits, 1.0)[0], softmax(logits, 2.0)[0]
@@ -567,6 +573,11 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
         ({"gate": {"min_brightness": -1.0, "max_brightness": -0.5}}, "leave out all of 0..1"),
         ({"gate": {"min_contrast": 0.6}}, "gate.min_contrast 0.6 is above 0.5"),
         ({"gate": {"min_sharpness": 17.0}}, "gate.min_sharpness 17.0 is above 16.0"),
+        # A class the service's own label shadows: "ungradable" beside gradable: true, and no referral.
+        ({"classes": ["cataract", "ungradable"]}, "the service's label for a photo the gate refuses"),
+        ({"temperature": 1e-308}, "temperature"),  # every probability NaN or 0/1: never referred
+        ({"temperature": 1e6}, "temperature"),  # every probability pinned at 1/2
+        ({"threshold": 1.0}, "threshold"),  # only a probability that rounds to 1.000000 referred
     ],
     ids=[
         "misspelt",
@@ -580,6 +591,10 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
         "too-dark-ceiling",
         "contrast-floor",
         "sharpness-floor",
+        "reserved-class",
+        "tiny-temperature",
+        "huge-temperature",
+        "threshold-one",
     ],
 )
 def test_a_manifest_that_would_serve_wrongly_is_refused(

@@ -21,11 +21,10 @@ from .imaging import (
     load_for_model,
     preprocess,
 )
-from .manifest import GateThresholds, InputSpec, Manifest
+from .manifest import UNGRADABLE, GateThresholds, InputSpec, Manifest
 from .model_source import ModelArtifact, ModelLoadError, resolve_model
 from .settings import PILLOW_PIXEL_CEILING, ConfigError, Settings
 
-UNGRADABLE = "ungradable"
 # Probabilities are answered to 6 decimals, and the referral is decided on that same figure: a client must never
 # read a cataract probability at or above the threshold beside "referral": false.
 PROBABILITY_DECIMALS = 6
@@ -70,8 +69,9 @@ class Measurement:
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Temperature-scaled softmax over the last axis, numerically stable."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
+    z = np.asarray(logits, dtype=np.float64)
+    # The largest logit off first: divided by a small temperature, two large logits overflowed to inf - inf = NaN.
+    z = (z - z.max(axis=-1, keepdims=True)) / temperature
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -349,7 +349,7 @@ class Classifier:
         output = self.manifest.outputs.logits
         whole = self.calibrated(outputs[output])[0]
         spec, pos = self.manifest.input, self.manifest.positive_index
-        halves = split_in_two(decoded.image, spec=spec)
+        halves = split_in_two(decoded.image, spec=spec, original_size=decoded.original_size)
         if not halves:
             return whole, None, None
         half_sizes = half_boxes(*decoded.original_size)
@@ -420,7 +420,9 @@ def _scalar(outputs: dict[str, np.ndarray], name: str | None) -> float | None:
     return float(outputs[name].reshape(-1)[0]) if name else None
 
 
-def split_in_two(image: Image.Image, *, spec: InputSpec | None = None) -> dict[str, Image.Image]:
+def split_in_two(
+    image: Image.Image, *, spec: InputSpec | None = None, original_size: tuple[int, int] | None = None
+) -> dict[str, Image.Image]:
     """The two halves of a photo at least ``SPLIT_ASPECT`` times as long as it is high (left and right of the
     photo, or top and bottom), each likely to frame one eye; no halves for a photo less elongated.
 
@@ -429,7 +431,10 @@ def split_in_two(image: Image.Image, *, spec: InputSpec | None = None) -> dict[s
     sizes: the longer side for a letterbox, the shorter one otherwise. The crops stay small, and never short.
     """
     width, height = image.size
-    if max(width, height) < SPLIT_ASPECT * min(width, height):
+    # The photo's own shape decides (``original_size``): a reduced JPEG draft rounds each side up on its own, which
+    # moved 2402x1201 (601x301) below 2:1, and 2399x1200 (600x300) up to it.
+    long_side, short_side = max(original_size or image.size), min(original_size or image.size)
+    if long_side < SPLIT_ASPECT * short_side:
         return {}
     if spec is not None:
         half = sorted((max(width, height) // 2, min(width, height)))  # a half's (shorter, longer) side

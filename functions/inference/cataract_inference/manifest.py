@@ -57,6 +57,10 @@ class InputSpec(BaseModel):
         return (r, g, b)
 
 
+# The label of a photo the gate refuses (always referred): no class of a model may take it.
+UNGRADABLE = "ungradable"
+
+
 class OutputNames(BaseModel):
     """Names of the ONNX graph's outputs. Only ``logits`` is required."""
 
@@ -155,8 +159,10 @@ class Manifest(BaseModel):
     positive_class: str = "cataract"
     input: InputSpec = InputSpec()
     outputs: OutputNames = OutputNames()
-    temperature: Number = Field(1.0, gt=0.0)
-    threshold: Number = Field(0.5, ge=0.0, le=1.0)
+    # Training searches 0.05-20; outside 0.01-100 calibration would pin every probability at 0, 1 or 1/2.
+    temperature: Number = Field(1.0, ge=0.01, le=100.0)
+    # Below 1: at 1 only a probability that rounds to 1.000000 would be referred.
+    threshold: Number = Field(0.5, ge=0.0, lt=1.0)
     precision: Literal["fp32", "int8"] = "fp32"
     gate: GateThresholds = GateThresholds()
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -189,6 +195,8 @@ class Manifest(BaseModel):
             raise ValueError("classes must name at least two distinct classes")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of {self.classes}")
+        if UNGRADABLE in self.classes:
+            raise ValueError(f"{UNGRADABLE!r} is the service's label for a photo the gate refuses, not a class name")
         return self
 
     @property
