@@ -35,9 +35,11 @@ DISCLAIMER = "Screening aid (test)."
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    if scope["path"] == "/early":  # answers before reading the body, as the app's 413 for a declared length does
+    if scope["path"] in ("/early", "/early-busy"):  # answers before reading the body, as the app's 413 does
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
+        if scope["path"] == "/early-busy":
+            time.sleep(0.3)  # the loop held, as by a busy server: what the client sends next arrives in one read
         return
     body = b""
     while True:
@@ -408,6 +410,19 @@ def test_a_pipelined_head_over_the_limit_gets_a_431_when_its_turn_comes(port: in
         first = _read_response(reader)
         rest = reader.read()
     assert first[0] == 200 and json.loads(first[2])["path"] == "/one"
+    assert _json_error(rest, 431)["code"] == "headers_too_large"
+
+
+def test_a_head_over_the_limit_behind_an_early_answer_gets_a_431(port: int) -> None:
+    # After an answer given before its body was read, uvicorn parses on through the rest of that read without coming
+    # back: a head over the limit there was served (and one over h11's own limit called malformed).
+    early = b"POST /early-busy HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n"
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(early)
+        time.sleep(0.1)  # the app has answered and holds the loop
+        sock.sendall(b"0123456789" + _head_with_cookie(MAX_HEAD_BYTES + 4096))
+        assert _read_response(reader)[0] == 413
+        rest = reader.read()
     assert _json_error(rest, 431)["code"] == "headers_too_large"
 
 

@@ -75,6 +75,23 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
     return head.encode("ascii") + payload
 
 
+class _HeadLimitedConnection(h11.Connection):
+    """h11's connection, refusing a head that ends past MAX_HEAD_BYTES before parsing it, however it arrived: in one
+    packet or many, first on its connection, pipelined, or behind an answer given before its body was read (uvicorn
+    parses on from there without returning). The refusal is a protocol error, answered by send_400_response."""
+
+    head_too_large = False
+
+    def next_event(self) -> Any:
+        if self.their_state is h11.IDLE:
+            pending = self.trailing_data[0]
+            # Where h11 itself ends a head: a blank line, with or without its CR.
+            if len(pending) > MAX_HEAD_BYTES and _HEAD_END.search(pending, 0, MAX_HEAD_BYTES + 3) is None:
+                self.head_too_large = True
+                raise h11.RemoteProtocolError("request line and headers too large", error_status_hint=431)
+        return super().next_event()
+
+
 def with_deadlines(
     disclaimer: str,
     deadline_s: float = HEADER_DEADLINE_S,
@@ -145,8 +162,8 @@ def with_deadlines(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._inner_app: Any = None
             super().__init__(*args, **kwargs)
-            # h11's own limit past ours, so that an oversized head gets _head_too_large's 431, not h11's 400.
-            self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
+            # h11's own limit past ours, so that an oversized head gets the 431, not h11's 400.
+            self.conn = _HeadLimitedConnection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
             # uvicorn's own limit check answers in plain text; the same check, made by the app property, in JSON.
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
@@ -155,7 +172,7 @@ def with_deadlines(
             self._cycle_when_armed: object = None
             self._lingering = False
             self._peer_done = False  # the client half-closed after whole requests: close once they are answered
-            self._refused_head = False  # answered 431: what follows is dropped
+            self._refused_head = False  # answered 431: what follows is dropped, for a while
             self._stopping = False  # the server is shutting down: lingering is brief
             self._idle_timer: asyncio.TimerHandle | None = None  # while lingering and stopping: the client's silence
 
@@ -250,24 +267,12 @@ def with_deadlines(
             if self.cycle is not self._cycle_when_armed:
                 self._disarm()  # the head is complete: a new request cycle began
 
-        def handle_events(self) -> None:
-            # Before h11 parses a head: as data arrives, and as a pipelined request's turn comes (its head waited).
-            if self.conn.their_state is h11.IDLE and not self._refused_head and self._head_too_large():
-                self._refused_head = True  # its body may follow: the close lingers, as for a head h11 refuses
-                self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
-                return
-            super().handle_events()
-
-        def _head_too_large(self) -> bool:
-            """Whether the head waiting in h11's buffer ends past MAX_HEAD_BYTES (or not at all by then)."""
-            pending = self.conn.trailing_data[0]
-            if len(pending) <= MAX_HEAD_BYTES:
-                return False
-            # Where h11 itself ends a head: a blank line, with or without its CR.
-            return _HEAD_END.search(pending, 0, MAX_HEAD_BYTES + 3) is None
-
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
+            if isinstance(self.conn, _HeadLimitedConnection) and self.conn.head_too_large:
+                self._refused_head = True  # its body may follow: the close lingers, as for any refused head
+                self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
+                return
             self._answer_and_close(400, b"Bad Request", malformed_body)
 
         def _answer_and_close(self, status: int, reason: bytes, body: bytes) -> None:
