@@ -24,7 +24,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .schemas import SAFETY_HEADERS, SAFETY_HEADERS_RAW, ErrorResponse
+from .schemas import SAFETY_HEADERS_RAW, ErrorResponse
 
 HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone on a poor link, in well under this
 # The largest request line and headers taken, however they arrive: h11 alone refused only a head still incomplete past
@@ -61,18 +61,23 @@ def _error_json(code: str, message: str, disclaimer: str) -> bytes:
     return json.dumps(body.model_dump(exclude_none=True)).encode()
 
 
+def _error_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """The headers of every answer the protocol writes itself: JSON, never cached, the app's safety headers, closing."""
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+        (b"cache-control", b"no-store"),
+        *SAFETY_HEADERS_RAW,
+        (b"connection", b"close"),
+    ]
+
+
 def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
     message = f"the request line and headers did not arrive within {deadline_s:g} s"
     payload = _error_json("request_timeout", message, disclaimer)
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(payload)}\r\n"
-        "cache-control: no-store\r\n"
-        + "".join(f"{name}: {value}\r\n" for name, value in SAFETY_HEADERS.items())
-        + "connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + payload
+    head = b"HTTP/1.1 408 Request Timeout\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in _error_headers(payload))
+    return head + b"\r\n" + payload
 
 
 class _HeadLimitedConnection(h11.Connection):
@@ -124,21 +129,13 @@ def with_deadlines(
     shutting_down_body = _error_json(
         "overloaded", "the local runner is shutting down; retry once it is started again", disclaimer
     )
-    busy_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(busy_body)).encode()),
-        (b"retry-after", b"1"),
-        (b"cache-control", b"no-store"),
-        *SAFETY_HEADERS_RAW,
-        (b"connection", b"close"),
-    ]
+    busy_headers = _error_headers(busy_body, (b"retry-after", b"1"))
 
     async def busy(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 503, "headers": busy_headers})
         await send({"type": "http.response.body", "body": busy_body})
 
-    stopping_headers = [*busy_headers]
-    stopping_headers[1] = (b"content-length", str(len(shutting_down_body)).encode())
+    stopping_headers = _error_headers(shutting_down_body, (b"retry-after", b"1"))
 
     async def answered_if_cancelled(app: Any, scope: Any, receive: Any, send: Any) -> None:
         """``app``, but a request still queued or screening when uvicorn's graceful shutdown runs out (it cancels
@@ -163,7 +160,8 @@ def with_deadlines(
             self._inner_app: Any = None
             super().__init__(*args, **kwargs)
             # h11's own limit past ours, so that an oversized head gets the 431, not h11's 400.
-            self.conn = _HeadLimitedConnection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
+            self._head_limited = _HeadLimitedConnection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES + 1024)
+            self.conn = self._head_limited
             # uvicorn's own limit check answers in plain text; the same check, made by the app property, in JSON.
             self._limit, self.limit_concurrency = self.limit_concurrency, None
             self._head_timer: asyncio.TimerHandle | None = None
@@ -172,7 +170,6 @@ def with_deadlines(
             self._cycle_when_armed: object = None
             self._lingering = False
             self._peer_done = False  # the client half-closed after whole requests: close once they are answered
-            self._refused_head = False  # answered 431: what follows is dropped, for a while
             self._stopping = False  # the server is shutting down: lingering is brief
             self._idle_timer: asyncio.TimerHandle | None = None  # while lingering and stopping: the client's silence
 
@@ -215,7 +212,7 @@ def with_deadlines(
 
         def _close(self) -> None:
             # SEND_BODY: a body still arriving. ERROR or a refused head: its body (if any) may still be arriving.
-            refused = self._refused_head or self.conn.their_state is h11.ERROR
+            refused = self._head_limited.head_too_large or self.conn.their_state is h11.ERROR
             if (
                 self._lingering
                 or self.transport.is_closing()
@@ -269,8 +266,7 @@ def with_deadlines(
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
-            if isinstance(self.conn, _HeadLimitedConnection) and self.conn.head_too_large:
-                self._refused_head = True  # its body may follow: the close lingers, as for any refused head
+            if self._head_limited.head_too_large:  # its body may follow: the close lingers, as for any refused head
                 self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
                 return
             self._answer_and_close(400, b"Bad Request", malformed_body)
@@ -282,13 +278,7 @@ def with_deadlines(
             second, and the connection is just closed.
             """
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                    *SAFETY_HEADERS_RAW,
-                    (b"connection", b"close"),
-                ]
+                headers = _error_headers(body)
                 for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body)):
                     self.transport.write(self.conn.send(event) or b"")
                 self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
