@@ -334,7 +334,7 @@ class Classifier:
             stats=quality.tensor_stats(tensor, self.manifest.input, decoded.image, decoded.original_size, skin=skin),
             ood_distance=_scalar(outputs, names.ood_distance),
             mid_distance=_scalar(outputs, names.mid_distance),
-            embedding=outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
+            embedding=_embedding(outputs, names.embedding),
             deciding_half=deciding_half,
         )
 
@@ -383,7 +383,7 @@ class Classifier:
             stats,
             _scalar(outputs, names.ood_distance),
             self.manifest.gate,
-            outputs[names.embedding][0].astype(np.float32) if names.embedding else None,
+            _embedding(outputs, names.embedding),
             mid_distance=_scalar(outputs, names.mid_distance),
         )
         return verdict.gradable
@@ -418,6 +418,10 @@ class Classifier:
 
 def _scalar(outputs: dict[str, np.ndarray], name: str | None) -> float | None:
     return float(outputs[name].reshape(-1)[0]) if name else None
+
+
+def _embedding(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray | None:
+    return outputs[name][0].astype(np.float32) if name else None
 
 
 def split_in_two(
