@@ -346,15 +346,28 @@ def test_a_malformed_head_with_a_body_behind_it_gets_its_json_400_not_a_reset(po
     # http.client and urllib send the whole body before reading: the 400 was written, then the socket closed with
     # the body unread, which resets the connection, and the client saw ConnectionResetError instead of the answer.
     with _connect(port) as sock:
-        sock.sendall(head)
-        time.sleep(0.1)  # the 400 and the close come first, as they did
-        for _ in range(30):
-            sock.sendall(b"x" * 65536)
+        _upload_behind(sock, head)
         assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
+
+
+def _upload_behind(sock: socket.socket, head: bytes) -> None:
+    """Send ``head``, then, once the server has refused it and closed, nearly 2 MB of body regardless."""
+    sock.sendall(head)
+    time.sleep(0.1)  # the refusal and the close come first, as they did
+    for _ in range(30):
+        sock.sendall(b"x" * 65536)
 
 
 def _head_with_cookie(size: int) -> bytes:
     return b"GET /health HTTP/1.1\r\nHost: test\r\nCookie: " + b"c" * size + b"\r\n\r\n"
+
+
+def _send_in_pieces(sock: socket.socket, data: bytes, pieces: int) -> None:
+    """``data`` in ``pieces`` writes, a moment apart, so that the server reads them apart."""
+    step = -(-len(data) // pieces)
+    for start in range(0, len(data), step):
+        sock.sendall(data[start : start + step])
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("pieces", [1, 40], ids=["one-write", "in-pieces"])
@@ -362,10 +375,7 @@ def test_a_large_head_is_taken_however_it_arrives(port: int, pieces: int) -> Non
     # 20 KiB of cookies: taken in one write, refused as "malformed" in pieces (h11 limits an incomplete head only).
     head = _head_with_cookie(20 * 1024)
     with _connect(port) as sock, sock.makefile("rb") as reader:
-        step = -(-len(head) // pieces)
-        for start in range(0, len(head), step):
-            sock.sendall(head[start : start + step])
-            time.sleep(0.005)
+        _send_in_pieces(sock, head, pieces)
         status, _, body = _read_response(reader)
     assert status == 200 and json.loads(body)["path"] == "/health"
 
@@ -374,9 +384,7 @@ def test_a_large_head_is_taken_however_it_arrives(port: int, pieces: int) -> Non
 def test_a_head_over_the_limit_gets_a_json_431_however_it_arrives(port: int, pieces: int) -> None:
     head = _head_with_cookie(MAX_HEAD_BYTES)
     with _connect(port) as sock:
-        step = -(-len(head) // pieces)
-        for start in range(0, len(head), step):
-            sock.sendall(head[start : start + step])
+        _send_in_pieces(sock, head, pieces)
         error = _json_error(_read_all(sock), 431)
     assert error["code"] == "headers_too_large" and "64 KiB" in error["message"]
 
@@ -385,10 +393,7 @@ def test_a_head_over_the_limit_with_a_body_behind_it_gets_its_431_not_a_reset(po
     # As for a head h11 refuses: a client that uploads the whole body before reading must still get the answer.
     head = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2000000\r\nCookie: " + b"c" * MAX_HEAD_BYTES
     with _connect(port) as sock:
-        sock.sendall(head + b"\r\n\r\n")
-        time.sleep(0.1)
-        for _ in range(30):
-            sock.sendall(b"x" * 65536)
+        _upload_behind(sock, head + b"\r\n\r\n")
         assert _json_error(_read_all(sock), 431)["code"] == "headers_too_large"
 
 
