@@ -51,7 +51,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(DEADLINE_S * 2.5)
     elif scope["path"] == "/stuck":  # outlasts uvicorn's graceful shutdown, as a queue of 40 MP photos can
         await asyncio.sleep(60)
-    payload = json.dumps({"path": scope["path"], "body_bytes": len(body)}).encode()
+    payload = json.dumps(
+        {"path": scope["path"], "query": scope["query_string"].decode(), "body_bytes": len(body)}
+    ).encode()
     if scope["path"] in ("/big", "/huge"):
         payload = b" " * (BIG if scope["path"] == "/big" else 4 * BIG)
     elif scope["path"] == "/piece":
@@ -175,7 +177,7 @@ def test_a_body_slower_than_the_head_deadline_is_left_to_the_app(port: int) -> N
         time.sleep(DEADLINE_S * 2)  # past the head deadline, mid-body
         sock.sendall(b"def")
         status, _, body = _read_response(reader)
-    assert status == 200 and json.loads(body) == {"path": "/upload", "body_bytes": 6}
+    assert status == 200 and json.loads(body) == {"path": "/upload", "query": "", "body_bytes": 6}
 
 
 def test_the_deadline_applies_again_to_each_later_request_on_a_kept_alive_connection(port: int) -> None:
@@ -217,6 +219,27 @@ def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
         sock.sendall(_get("/one") + _get("/two"))
         answers = [json.loads(_read_response(reader)[2])["path"] for _ in range(2)]
     assert answers == ["/one", "/two"]
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        ("http://test/health", "/health", ""),
+        ("HTTPS://test:8443/v1/screen?explain=true", "/v1/screen", "explain=true"),
+        ("http://test", "/", ""),
+        ("http://test?x=1", "/", "x=1"),
+        ("/http://test/health", "/http://test/health", ""),  # origin form, whatever follows the slash
+    ],
+)
+def test_a_target_in_absolute_form_reaches_the_app_as_its_path(port: int, target: str, path: str, query: str) -> None:
+    """What a client sends through a proxy; RFC 9112 says a server must accept it."""
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get(target) + _get("/after"))  # and the connection goes on as usual
+        answers = [_read_response(reader) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    first, second = (json.loads(body) for _, _, body in answers)
+    assert (first["path"], first["query"]) == (path, query)
+    assert second["path"] == "/after"
 
 
 def test_over_the_connection_limit_the_answer_is_json_503_and_idle_clients_cannot_hold_it(port: int) -> None:

@@ -31,6 +31,8 @@ HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone o
 # 16 KiB (so the same 20 KiB of cookies passed in one packet and failed in several, as "malformed").
 MAX_HEAD_BYTES = 64 * 1024
 _HEAD_END = re.compile(rb"\n\r?\n")
+# A request target in absolute form (what a client sends through a proxy): scheme and authority, then the path.
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?]*")
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
 # slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
@@ -83,7 +85,8 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
 class _HeadLimitedConnection(h11.Connection):
     """h11's connection, refusing a head that ends past MAX_HEAD_BYTES before parsing it, however it arrived: in one
     packet or many, first on its connection, pipelined, or behind an answer given before its body was read (uvicorn
-    parses on from there without returning). The refusal is a protocol error, answered by send_400_response."""
+    parses on from there without returning). The refusal is a protocol error, answered by send_400_response.
+    A request target in absolute form is passed on in origin form."""
 
     head_too_large = False
 
@@ -94,7 +97,16 @@ class _HeadLimitedConnection(h11.Connection):
             if len(pending) > MAX_HEAD_BYTES and _HEAD_END.search(pending, 0, MAX_HEAD_BYTES + 3) is None:
                 self.head_too_large = True
                 raise h11.RemoteProtocolError("request line and headers too large", error_status_hint=431)
-        return super().next_event()
+        event = super().next_event()
+        if isinstance(event, h11.Request) and (absolute := _ABSOLUTE_FORM.match(event.target)):
+            # RFC 9112 3.2.2: a server must accept the absolute form. uvicorn takes the target as the path, so
+            # `GET http://host/health` was a 404; the app is given the origin form it routes on.
+            path = event.target[absolute.end() :]
+            target = path if path.startswith(b"/") else b"/" + path
+            event = h11.Request(
+                method=event.method, headers=event.headers, target=target, http_version=event.http_version
+            )
+        return event
 
 
 def with_deadlines(
