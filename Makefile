@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test setup-serve setup-dev setup-tools setup-browser lint unit benchmark events clean
+.PHONY: demo test setup-serve setup-dev setup-tools setup-browser lint unit benchmark events lock clean
 
 # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) apart, as python3.X-venv (python3-venv covers only the
 # default python3): as root, it is installed and the venv made again (as setup-browser installs chromium); otherwise
@@ -55,6 +55,10 @@ test: setup-dev setup-tools setup-browser
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# After changing a pin in functions/inference/requirements.txt: the sha256 of each wheel Lambda can install, from PyPI.
+lock: setup-serve
+	$(BIN)/python functions/inference/lock_requirements.py
 
 events: setup-serve
 	$(BIN)/python events/generate.py

@@ -14,6 +14,7 @@ PLATFORM_ARGS = [
     "--python-version",
     "3.12",
     "--only-binary=:all:",
+    "--require-hashes",
     "--platform",
     "manylinux2014_x86_64",
     "--platform",

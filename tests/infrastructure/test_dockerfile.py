@@ -221,8 +221,8 @@ def image_pins() -> dict[str, str]:
     context, _ = docker_paths()
     pins: dict[str, str] = {}
     for raw in (context / "requirements.txt").read_text().splitlines():
-        line = raw.split("#")[0].strip()
-        if line:
+        line = raw.split("#")[0].strip().removesuffix("\\").strip()
+        if line and not line.startswith("--hash="):
             name, _, version = line.partition("==")
             assert version, f"requirements.txt must pin exactly: {line!r}"
             pins[_canonical(name.split("[")[0])] = version
@@ -259,9 +259,10 @@ LAMBDA_PYTHON = ["--python-version", "3.12", "--implementation", "cp", "--abi", 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_image_requirements_resolve_to_wheels_for_lambda_on_both_architectures(arch: str, tmp_path: Path) -> None:
-    """The Dockerfile's `pip install --only-binary=:all: -r requirements.txt` finds a wheel of every pin for Lambda's
-    Python 3.12 on x86_64 and on arm64 (template parameter Architecture), and the lock is complete: it resolves to
-    exactly the pinned packages, nothing unpinned pulled in. Checked against the package index without Docker."""
+    """The Dockerfile's `pip install --only-binary=:all: --require-hashes -r requirements.txt` finds a wheel of every
+    pin for Lambda's Python 3.12 on x86_64 and on arm64 (template parameter Architecture) whose sha256 is pinned, and
+    the lock is complete: it resolves to exactly the pinned packages, nothing unpinned pulled in. Checked against the
+    package index without Docker."""
     context, _ = docker_paths()
     pins = image_pins()
     probe = _pip_resolve(["six"], [], tmp_path / "probe.json")  # any pure wheel: is an index there?
@@ -273,7 +274,7 @@ def test_image_requirements_resolve_to_wheels_for_lambda_on_both_architectures(a
     platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(17, 35)] + [f"manylinux2014_{arch}"]
     report = tmp_path / f"{arch}.json"
     result = _pip_resolve(
-        ["-r", str(context / "requirements.txt")],
+        ["--require-hashes", "-r", str(context / "requirements.txt")],
         [*LAMBDA_PYTHON, *(arg for p in platforms for arg in ("--platform", p))],
         report,
     )

@@ -98,6 +98,7 @@ def dependencies() -> Path:
                 "--disable-pip-version-check",
                 "--no-cache-dir",
                 "--only-binary=:all:",
+                "--require-hashes",
                 "-r",
                 str(requirements),
                 "--target",
