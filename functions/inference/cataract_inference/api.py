@@ -588,7 +588,7 @@ def _predict_openapi() -> dict[str, Any]:
 
 def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
     """What FastAPI's generated document leaves out: the error schema as a shared component, the API key, and a
-    default error response on every operation (404, 405, 500 and API Gateway's own 403, 429, 504)."""
+    default error response on every operation (404, 405, 500 and API Gateway's own 403, 429, 502, 504)."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(error.pop("$defs", {}))

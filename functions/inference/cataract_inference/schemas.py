@@ -113,7 +113,8 @@ class ErrorBody(BaseModel):
         "address such as 127.0.0.1 or [::1]); "
         "internal_error (500); overloaded (503, the local runner only: too many open connections, retry). "
         "From API Gateway: invalid_api_key, gateway_error (403); "
-        "throttled, quota_exceeded (429); timeout (504). New codes may be added: treat unknown ones by status."
+        "throttled, quota_exceeded (429); internal_error (502: the function failed, crashed or timed out); "
+        "timeout (504). New codes may be added: treat unknown ones by status."
     )
     message: str = Field(description="For people: what was wrong and what to do.")
 
