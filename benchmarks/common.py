@@ -232,7 +232,7 @@ def phone_photo(kind: str = "cataract", seed: int = 0, size: tuple[int, int] = (
 
 def downscaled(data: bytes, side: int, quality: int = 92, fmt: str = "JPEG") -> bytes:
     """``data`` as a client would send it after downscaling: longest side ``side`` px, re-encoded as JPEG
-    (what the web page does before upload) or ``fmt``."""
+    (what the web page does before upload, at 2048 px) or ``fmt``."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
