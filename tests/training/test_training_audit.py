@@ -86,6 +86,35 @@ def test_size_gap_is_reported(tmp_path: Path) -> None:
     assert any(f.startswith("SIZE SHORTCUT") for f in rep["findings"])
 
 
+MANIFEST = (
+    "path,label,orig_width,orig_height\ncataract/cataract_0.png,cataract,3000,2000\nnormal/normal_0.png,normal,,\n"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"], ids=["utf-8", "excel-csv-utf-8-with-bom"])
+def test_a_manifest_csv_gives_original_sizes_with_or_without_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    make_folder(tmp_path, n_per_class=2)
+    (tmp_path / "manifest.csv").write_text(MANIFEST, encoding=encoding)
+    # The row with blank sizes is left out, not a failure.
+    assert data.read_original_sizes(tmp_path) == {"cataract/cataract_0.png": (3000, 2000)}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("path,label,orig_width,orig_height\ncaf\u00e9/x.png,cataract,1,1\n".encode("cp1252"), r"not UTF-8 text"),
+        (b"file;label;width;height\ncataract/cataract_0.png;cataract;3000;2000\n", r"no column path, orig_width"),
+    ],
+    ids=["excel-windows-cp1252", "another-tool's-columns"],
+)
+def test_a_manifest_csv_that_cannot_give_sizes_is_refused_by_name(tmp_path: Path, raw: bytes, message: str) -> None:
+    """Not skipped: the audit would quietly take sizes from the downscaled photos and miss a size shortcut."""
+    make_folder(tmp_path, n_per_class=2)
+    (tmp_path / "manifest.csv").write_bytes(raw)
+    with pytest.raises(ValueError, match=rf"manifest\.csv.* {message}"):
+        data.read_original_sizes(tmp_path)
+
+
 def test_wrong_class_folders_are_refused(tmp_path: Path) -> None:
     make_folder(tmp_path / "x", n_per_class=2)
     (tmp_path / "x/cataract").rename(tmp_path / "x/cloudy")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 from synthetic_eyes import make_folder
 
-from cataract_training import cli, release
+from cataract_training import cli, files, release
 from cataract_training.train import FitConfig, load_run, new_run_dir, prepare
 
 QUICK = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--trainable-blocks", "1"]
@@ -42,7 +45,9 @@ def test_the_data_path_is_kept_absolute_so_export_works_from_anywhere(
     assert FitConfig(data="eyes").data == str(tmp_path / "eyes")
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--batch-size", "-4"], ["--threads", "0"]])
+@pytest.mark.parametrize(
+    "flags", [["--epochs", "0"], ["--batch-size", "-4"], ["--threads", "0"], ["--seed", "-1"], ["--seed", "4294967296"]]
+)
 def test_the_cli_refuses_bad_numbers_before_any_work(tmp_path: Path, flags: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["fit", str(tmp_path), "--runs", str(tmp_path / "runs"), *flags])
@@ -59,6 +64,36 @@ def test_kaggle_test_split_is_held_out_from_training(tmp_path: Path) -> None:
     assert all(key.startswith("processed_images/train/") for key in prep.keys), prep.keys
 
 
+@pytest.mark.parametrize("inner", ["test", "Test", "val", "2024/test"])
+def test_a_split_folder_inside_a_class_folder_is_refused_not_trained_on(tmp_path: Path, inner: str) -> None:
+    """cataract/test/ under a class folder: every photo in it, test photos included, would be trained on."""
+    make_folder(tmp_path / "data", n_per_class=4, seed=1)
+    make_folder(tmp_path / "held", n_per_class=2, seed=2)
+    shutil.move(tmp_path / "held" / "cataract", tmp_path / "data" / "cataract" / inner)
+    with pytest.raises(
+        ValueError, match=r"split folder inside the class folder cataract/.*lay them out as (test|val)/cataract/"
+    ):
+        prepare(FitConfig(data=str(tmp_path / "data"), size=32), progress=False)
+    code = cli.main(["audit", str(tmp_path / "data"), "--out", str(tmp_path / "audit")])
+    assert code == 2
+
+
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_folder(tmp_path, n_per_class=4, seed=1)
+    locked = tmp_path / "normal" / "batch2"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:  # as for a folder of mode 000 (root reads any folder, so chmod cannot show it)
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ValueError, match=r"cannot read the folder .*batch2: Permission denied"):
+        prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
+
+
 def test_a_copy_of_a_test_photo_in_train_is_held_out_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -70,6 +105,28 @@ def test_a_copy_of_a_test_photo_in_train_is_held_out_with_it(
     assert "processed_images/train/cataract/copy_of_test.png" not in prep.keys
     assert len(prep.keys) == 8
     assert "1 photos outside test/ that are copies" in capsys.readouterr().out
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name from a Windows zip (byte 0xff) held out as a copy of a test photo: fit names it on a UTF-8 terminal,
+    whose stdout is strict, and the run stopped there."""
+    root = tmp_path / "processed_images"
+    make_folder(root / "train", n_per_class=4, seed=1)
+    make_folder(root / "test", n_per_class=3, seed=2)
+    shutil.copyfile(root / "test/cataract/cataract_0.png", root / "train/cataract" / os.fsdecode(b"copy_\xff.png"))
+    terminal = io.BytesIO()
+    stdout = io.TextIOWrapper(terminal, encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["fit", str(tmp_path), "--runs", str(tmp_path / "runs"), *QUICK]) == 0
+    assert b"copy_\\udcff.png: training on them would leak" in terminal.getvalue()
+
+
+def test_reports_and_cards_write_a_name_that_is_not_utf8_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "report.md"
+    files.write_text(path, "photo " + os.fsdecode(b"a\xff.png") + "\n")
+    assert path.read_bytes() == b"photo a\\udcff.png\n"
 
 
 def test_a_class_whose_every_photo_is_also_in_the_other_is_refused(tmp_path: Path) -> None:

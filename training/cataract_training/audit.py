@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import data, hashing, matching
+from .files import write_text
 
 # A class whose median original width is this many times another's is a shortcut a model can learn.
 SIZE_GAP_RATIO = 1.5
@@ -299,5 +300,5 @@ def write_report(result: AuditResult, out_dir: Path) -> tuple[Path, Path]:
     js = out_dir / "audit.json"
     txt = out_dir / "audit.txt"
     js.write_text(json.dumps(result.report, indent=2) + "\n", encoding="utf-8")
-    txt.write_text(summary_text(result.report) + "\n", encoding="utf-8")
+    write_text(txt, summary_text(result.report) + "\n")
     return js, txt

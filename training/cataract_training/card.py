@@ -14,7 +14,7 @@ from .backbones import BACKBONES
 from .calibrate import shipped_threshold
 from .cv import FIT_ONLY
 from .evaluate import recount_history
-from .files import replace_together
+from .files import replace_together, write_text
 from .gate import CARD_BLOCK as GATE_BLOCK
 from .gate import GATE_BELOW, GATE_ELSEWHERE, GATE_UNCALIBRATED, SERVED_BLOCK, served_block
 from .metrics import format_rate as _ci
@@ -531,5 +531,5 @@ def write_card(manifest: Manifest, model_dir: Path) -> Path:
     """Write ``MODEL_CARD.md`` beside the model (``card_text``), whole or not at all."""
     path = Path(model_dir) / CARD_FILENAME
     text = card_text(manifest, model_dir)
-    replace_together(path.parent, {CARD_FILENAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
+    replace_together(path.parent, {CARD_FILENAME: lambda tmp: write_text(tmp, text)})
     return path

@@ -12,6 +12,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .files import escape_unencodable_output
+
 DEFAULT_MODEL_DIR = Path("functions/inference/model")
 
 
@@ -27,16 +29,17 @@ def _fit_config(args: argparse.Namespace) -> FitConfig:
     return FitConfig(**values)
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than ``minimum``."""
+def _at_least(minimum: int, *, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum`` (and, given ``at_most``, no larger)."""
 
     def parse(text: str) -> int:
         value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value < minimum or (at_most is not None and value > at_most):
+            bounds = f"at least {minimum}" if at_most is None else f"from {minimum} to {at_most}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" if at_most is None else f"integer in [{minimum}, {at_most}]"
     return parse
 
 
@@ -68,7 +71,7 @@ def _add_fit_args(p: argparse.ArgumentParser, *, cv: bool = False) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=_at_least(1))
     p.add_argument("--trainable-blocks", dest="trainable_blocks", type=_at_least(0))
     p.add_argument("--val-fraction", dest="val_fraction", type=float, help=hidden)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_at_least(0, at_most=2**32 - 1))
     p.add_argument("--threads", type=_at_least(1))
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
 
@@ -347,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cataract-train``."""
+    escape_unencodable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "cv":

@@ -67,7 +67,12 @@ def _images_in(folder: Path) -> list[Path]:
     so that an unreadable photo is reported rather than missed."""
     found: list[Path] = []
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        # os.walk skips a folder it cannot list: its photos would vanish from training without a word.
+        raise ValueError(f"cannot read the folder {exc.filename}: {exc.strerror}; fix its permissions or move it out")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:  # a link back up the tree, or a second link to the same folder
             dirnames.clear()
@@ -75,6 +80,19 @@ def _images_in(folder: Path) -> list[Path]:
         seen.add(real)
         found.extend(Path(dirpath, name) for name in filenames if Path(name).suffix.lower() in _COLLECTED_SUFFIXES)
     return sorted(found)
+
+
+def _refuse_splits_inside(class_dir: Path, images: list[Path]) -> None:
+    """A split folder inside a class folder (``cataract/test/``) would have its photos trained on: refuse it."""
+    for image in images:
+        inner = [part for part in image.parent.relative_to(class_dir).parts if part.lower() in SPLIT_NAMES]
+        if inner:
+            split = inner[0].lower()
+            raise ValueError(
+                f"{class_dir / inner[0]} is a split folder inside the class folder {class_dir.name}/, whose photos "
+                f"would all be trained on (a test photo included): lay them out as {split}/{class_dir.name}/ "
+                f"(split folders hold the class folders), or rename the folder"
+            )
 
 
 def resolve_layout(root: Path) -> dict[str, Path]:
@@ -122,7 +140,9 @@ def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
         if splits is not None and split not in splits:
             continue
         for class_dir in _class_dirs(folder):
-            samples.extend(Sample(path=p, label=class_dir.name.lower(), split=split) for p in _images_in(class_dir))
+            images = _images_in(class_dir)
+            _refuse_splits_inside(class_dir, images)
+            samples.extend(Sample(path=p, label=class_dir.name.lower(), split=split) for p in images)
     if not samples:
         raise ValueError(f"no images found under {root}")
     return samples
@@ -150,6 +170,9 @@ def check_classes(samples: list[Sample], classes: tuple[str, ...] = CLASSES, *, 
         )
 
 
+_SIZE_COLUMNS = ("path", "orig_width", "orig_height")
+
+
 def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
     """Original (pre-downscale) sizes from a ``manifest.csv`` beside the class folders, if there is one."""
     sizes: dict[str, tuple[int, int]] = {}
@@ -157,13 +180,27 @@ def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
         path = folder / "manifest.csv"
         if not path.is_file():
             continue
-        with path.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    rel = (folder / row["path"]).relative_to(Path(root)).as_posix()
-                    sizes[rel] = (int(row["orig_width"]), int(row["orig_height"]))
-                except (KeyError, ValueError):
-                    continue
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise rename the first column.
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                missing = [c for c in _SIZE_COLUMNS if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise ValueError(
+                        f"{path} has no column {', '.join(missing)}: a manifest.csv beside the class folders gives "
+                        f"each photo's original size, with the header {','.join(_SIZE_COLUMNS)} (and label); "
+                        "fix its header, or move it away to take sizes from the decoded photos"
+                    )
+                for row in reader:
+                    try:
+                        rel = (folder / row["path"]).relative_to(Path(root)).as_posix()
+                        sizes[rel] = (int(row["orig_width"]), int(row["orig_height"]))
+                    except (TypeError, ValueError):  # a short row, or a size left blank
+                        continue
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {exc.start}): save it as CSV UTF-8, or move it away"
+            ) from exc
     return sizes
 
 

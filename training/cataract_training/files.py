@@ -1,9 +1,12 @@
-"""Replacing a model folder's files: all of them or none, keeping what writing over them kept."""
+"""Writing training's files: a model folder's all together or none, keeping what writing over them kept; reports
+and printed lines that name photos whatever their file names' bytes."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,3 +38,16 @@ def replace_together(folder: Path, writers: dict[str, Callable[[Path], object]])
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8. A photo's file name that is not valid UTF-8 (Python holds its bytes as lone
+    surrogates) is written escaped, ``\\udcff``, rather than failing the whole report or card."""
+    path.write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
+def escape_unencodable_output() -> None:
+    """Print such file names escaped too: a UTF-8 terminal's stdout is strict, and a line naming one stopped a run."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")

@@ -54,6 +54,7 @@ from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_
 
 from . import competence, metrics
 from .data import load_pil
+from .files import escape_unencodable_output, write_text
 
 CALIBRATION, HELD_OUT, SEEN = "calibration", "held_out", "seen_by_ood_fit"
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"  # training/splits/<run>.json
@@ -1320,7 +1321,7 @@ def calibrate(
     )
     gate_block = {**gate.model_dump(), "calibration": _summary(report)}
     (out_dir / "gate_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "gate_report.md").write_text(markdown(report, gate), encoding="utf-8")
+    write_text(out_dir / "gate_report.md", markdown(report, gate))
     _signal_table(out_dir / "signals.csv", items, parts, sig)
     # A gate that misses the targets is reported, not shipped, unless asked for (model.json and the card's note).
     written = write and (report["meets_targets"] or force)
@@ -1530,7 +1531,7 @@ def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -
         text = card.read_text(encoding="utf-8")
         for state in (GATE_UNCALIBRATED, GATE_ELSEWHERE):
             text = text.replace(state, GATE_BELOW)
-        card.write_text(text, encoding="utf-8")
+        write_text(card, text)
 
 
 def write_card_block(model_dir: Path, block: str, *, name: str = CARD_BLOCK, append: bool = True) -> None:
@@ -1546,7 +1547,7 @@ def write_card_block(model_dir: Path, block: str, *, name: str = CARD_BLOCK, app
         text = text.rstrip() + "\n\n" + block + "\n"
     else:
         return
-    card.write_text(text, encoding="utf-8")
+    write_text(card, text)
 
 
 def _describe(gate: GateThresholds) -> str:
@@ -1690,7 +1691,7 @@ def _signal_table(path: Path, items: Sequence[Item], parts: Sequence[str], sig: 
             f"{s.ood_distance if s.ood_distance is not None else ''},"
             f"{s.mid_distance if s.mid_distance is not None else ''}"
         )
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _fmt(p: dict[str, Any]) -> str:
@@ -1874,6 +1875,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    escape_unencodable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.distance_only and (args.eye_score or args.probe):

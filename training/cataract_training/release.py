@@ -35,7 +35,7 @@ from cataract_inference.manifest import (
 from cataract_inference.model_source import sha256_of
 
 from . import calibrate, card, evaluate, export, gate, quantize
-from .files import replace_together
+from .files import replace_together, write_text
 from .train import CLASSES, FIT_FLAGS, FitConfig, load_run, prepare
 
 POS = CLASSES.index("cataract")
@@ -326,7 +326,7 @@ def release(
         {
             MODEL_FILENAME: lambda tmp: shutil.copyfile(shipped / MODEL_FILENAME, tmp),
             MANIFEST_FILENAME: lambda tmp: write_manifest(manifest, tmp),
-            CARD_FILENAME: lambda tmp: tmp.write_text(card_text, encoding="utf-8"),
+            CARD_FILENAME: lambda tmp: write_text(tmp, card_text),
         },
     )
     (run / "export_report.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")

@@ -35,6 +35,8 @@ from PIL import Image
 from cataract_inference.classifier import PROBABILITY_DECIMALS, SPLIT_ASPECT, Classifier, load_classifier
 from cataract_inference.imaging import decode_image
 
+from .files import escape_unencodable_output
+
 RATIOS = (2.0, 3.0, 4.0)
 STRONGEST_COMPANIONS = 3  # the normal photos the model is surest of: the likeliest to mask a cataract
 COMPOSITE_HEIGHT = 400
@@ -236,6 +238,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    escape_unencodable_output()
     parser = argparse.ArgumentParser(prog="python -m cataract_training.two_eyes", description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="folder with model.onnx and model.json")
     parser.add_argument("--data", type=Path, required=True, help="real eye photos, one folder per class")
