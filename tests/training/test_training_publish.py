@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +128,15 @@ def test_pull_keeps_the_mode_of_the_files_it_replaces(tmp_path: Path, aws_env: N
 
 @mock_aws
 def test_pull_of_a_version_published_without_a_card_renders_one(tmp_path: Path, aws_env: None) -> None:
+    from tests.support.s3 import publish_model_folder
+
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
-    publish.publish(_model_dir(tmp_path / "m", "v1"), f"s3://{BUCKET}/p", client=s3)
-    s3.delete_object(Bucket=BUCKET, Key="p/v1/MODEL_CARD.md")  # as versions published before cards travelled
+    # As versions published before cards travelled: no card, and no record of one in the model's metadata.
+    publish_model_folder(s3, BUCKET, "p/v1/", _model_dir(tmp_path / "m", "v1"))
+    assert publish.CARD not in s3.head_object(Bucket=BUCKET, Key="p/v1/model.onnx")["Metadata"]
     dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
-    got = publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    got = publish.pull(f"s3://{BUCKET}/p", dest, version="v1", client=s3)
     assert got["model_card"].startswith("rendered")
     card = (dest / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card.startswith("# Model card: cataract-screen v1\n")
@@ -610,6 +615,100 @@ def test_a_publish_that_failed_part_way_says_so_and_a_retry_finishes_it(
     # What the messages promise: the same publish again finishes the version.
     assert publish.publish(src, f"s3://{BUCKET}/p", client=s3)["uploaded"] == "model.json, MODEL_CARD.md"
     assert publish.pull(f"s3://{BUCKET}/p", dest, client=s3)["version"] == "v1"
+    assert (dest / "model.onnx").read_bytes() == b"the model"
+
+
+@contextlib.contextmanager
+def _s3_denies(client: Any, operation: str, key: str | None = None) -> Iterator[None]:
+    """S3 answers ``operation`` (on ``key`` only, when given) with 403 AccessDenied, as for a role without
+    s3:PutObject: botocore raises the ClientError from the answer, and the real ``upload_file`` wraps it."""
+    from botocore.awsrequest import AWSResponse
+
+    def answer(params: dict[str, Any], **_: Any) -> Any:
+        if key is not None and not params["url_path"].endswith(f"/{key}"):
+            return None
+        error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {}}
+        return AWSResponse(params["url"], 403, {}, None), error
+
+    event = f"before-call.s3.{operation}"
+    client.meta.events.register(event, answer)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, answer)
+
+
+@mock_aws
+@pytest.mark.parametrize(
+    ("operation", "size"),
+    [("PutObject", 100), ("CreateMultipartUpload", 8 * 1024 * 1024 + 1)],  # upload_file's multipart threshold: 8 MiB
+)
+def test_s3_refusing_an_upload_is_explained_in_one_line_and_exits_2(
+    tmp_path: Path,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    operation: str,
+    size: int,
+) -> None:
+    # The real upload_file wraps S3's ClientError into boto3's S3UploadFailedError, which went up as a traceback.
+    from cataract_training import cli
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "m", "v1", b"m" * size)
+    (src / "MODEL_CARD.md").write_text("# Model card: cataract-screen v1\n", encoding="utf-8")
+    with _s3_denies(s3, operation), pytest.raises(publish.PublishError) as info:
+        publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    message = str(info.value)
+    assert message.startswith(f"cannot publish to s3://{BUCKET}/p/v1/ ({operation} of model.onnx): access denied: ")
+    assert f"s3:PutObject and s3:GetObject on arn:aws:s3:::{BUCKET}/p/*" in message
+    assert "Re-running the same publish is safe" in message and "\n" not in message
+
+    monkeypatch.setattr(publish, "_client", lambda: s3)
+    argv = ["publish", f"s3://{BUCKET}/p", "--model-dir", str(src)]
+    with _s3_denies(s3, operation):
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot publish to s3://{BUCKET}/p/v1/ ({operation} of model.onnx): access denied")
+    assert "Traceback" not in err and "S3UploadFailedError" not in err
+    assert cli.main(argv) == 0  # once S3 allows it, the same publish goes through
+    assert s3.get_object(Bucket=BUCKET, Key="p/v1/model.onnx")["Body"].read() == b"m" * size
+
+
+@mock_aws
+def test_a_version_whose_card_upload_failed_is_half_published_until_a_retry_uploads_it(
+    tmp_path: Path, aws_env: None
+) -> None:
+    # It was pulled as a version published without a card, and a card rendered from model.json (no gate section)
+    # went into the image.
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "m", "v1", b"the model")
+    with _s3_denies(s3, "PutObject", "MODEL_CARD.md"), pytest.raises(publish.PublishError) as info:
+        publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert "(PutObject of MODEL_CARD.md): access denied" in str(info.value)
+    assert s3.head_object(Bucket=BUCKET, Key="p/v1/model.json")["Metadata"]  # only the card is missing
+    assert s3.head_object(Bucket=BUCKET, Key="p/v1/model.onnx")["Metadata"][publish.CARD] == "MODEL_CARD.md"
+
+    dest = _model_dir(tmp_path / "function-model", "v0", b"the model we had")
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    with pytest.raises(publish.PublishError) as info:
+        publish.pull(f"s3://{BUCKET}/p", dest, version="v1", client=s3)
+    message = str(info.value)
+    assert (
+        f"s3://{BUCKET}/p/v1/MODEL_CARD.md does not exist: model.onnx records that it was published with one, so "
+        "version v1 is half-published" in message
+    )
+    assert "`cataract-train publish` again" in message and f"nothing was written to {dest}" in message
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before  # no .pull- folder left either
+
+    again = publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert again["uploaded"] == "MODEL_CARD.md" and again["latest"] == "moved to v1"
+    got = publish.pull(f"s3://{BUCKET}/p", dest, client=s3)
+    assert got["version"] == "v1" and got["model_card"] == "published"
+    assert (dest / "MODEL_CARD.md").read_bytes() == (src / "MODEL_CARD.md").read_bytes()
     assert (dest / "model.onnx").read_bytes() == b"the model"
 
 

@@ -3,7 +3,7 @@
 Layout (what ``cataract_inference.model_source.load_from_s3`` reads)::
 
     s3://BUCKET/PREFIX/<version>/model.onnx   (object metadata sha256=<hex>, manifest-sha256=<hex of model.json>,
-                                                published-at=<ISO time>)
+                                                published-at=<ISO time>, card=MODEL_CARD.md)
     s3://BUCKET/PREFIX/<version>/model.json   (object metadata sha256=<hex>)
     s3://BUCKET/PREFIX/<version>/MODEL_CARD.md
     s3://BUCKET/PREFIX/latest.json            {"version", "model_uri", "sha256", "manifest_sha256"}
@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -95,6 +96,49 @@ def _explain(exc: Exception, what: str, needs: str) -> PublishError:
             return PublishError(f"cannot {what}: access denied: {needs}")
         return PublishError(f"cannot {what}: S3 said {code or exc}")
     return PublishError(f"cannot {what}: {exc}")
+
+
+# What boto3's transfer manager writes into S3UploadFailedError's message: S3's own error, as ClientError says it.
+_CLIENT_ERROR_TEXT = re.compile(r"An error occurred \((?P<code>[^)]+)\) when calling the (?P<operation>\w+) operation")
+
+
+def _wrapped_client_error(exc: Exception) -> Exception:
+    """The S3 error that boto3's ``upload_file`` wrapped into ``S3UploadFailedError``.
+
+    The transfer manager raises that inside its ``except ClientError``, so S3's error is the context; failing that,
+    it is rebuilt from the message, which carries its text. Otherwise ``exc`` itself (its message says what it can).
+    """
+    from botocore.exceptions import ClientError
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain can loop back on itself
+        if seen is None:
+            break
+        if isinstance(seen, ClientError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = _CLIENT_ERROR_TEXT.search(str(exc))
+    if found is None:
+        return exc
+    return ClientError({"Error": {"Code": found["code"], "Message": str(exc)}}, found["operation"])
+
+
+class _UploadFailed(Exception):
+    """S3 refused an upload: which file, and S3's own error (``upload_file`` hides it in ``S3UploadFailedError``)."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"uploading {name}: {error}")
+        self.name, self.error = name, error
+
+
+def _upload(client: Any, path: Path, bucket: str, key: str, extra_args: dict[str, Any]) -> None:
+    """``client.upload_file``, failing with ``_UploadFailed`` where boto3 raises ``S3UploadFailedError``."""
+    from boto3.exceptions import S3UploadFailedError
+
+    try:
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra_args)
+    except S3UploadFailedError as exc:
+        raise _UploadFailed(path.name, _wrapped_client_error(exc)) from exc
 
 
 def _publish_needs(bucket: str, prefix: str) -> str:
@@ -201,26 +245,34 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
         published_at = first_published or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         uploaded = []
         if not retry:
-            metadata = {"sha256": digest, "manifest-sha256": manifest_digest, PUBLISHED_AT: published_at}
-            client.upload_file(str(model), bucket, folder + MODEL_FILENAME, ExtraArgs={"Metadata": metadata})
+            # CARD: the model goes up first, so it alone can tell pull that a missing card is a failed upload.
+            metadata = {
+                "sha256": digest,
+                "manifest-sha256": manifest_digest,
+                PUBLISHED_AT: published_at,
+                CARD: CARD_FILENAME,
+            }
+            _upload(client, model, bucket, folder + MODEL_FILENAME, {"Metadata": metadata})
             uploaded.append(MODEL_FILENAME)
         if not (retry and _head(client, bucket, folder + MANIFEST_FILENAME) is not None):
-            client.upload_file(
-                str(manifest_path),
+            _upload(
+                client,
+                manifest_path,
                 bucket,
                 folder + MANIFEST_FILENAME,
-                ExtraArgs={"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
+                {"Metadata": {"sha256": manifest_digest}, "ContentType": "application/json"},
             )
             uploaded.append(MANIFEST_FILENAME)
         # The card is not pinned by anyone: a corrected one (say, after the gate calibration) replaces the old.
         card_digest = sha256_of(card)
         stored = _head(client, bucket, folder + CARD_FILENAME) if retry else None
         if (stored or {}).get("Metadata", {}).get("sha256") != card_digest:
-            client.upload_file(
-                str(card),
+            _upload(
+                client,
+                card,
                 bucket,
                 folder + CARD_FILENAME,
-                ExtraArgs={"Metadata": {"sha256": card_digest}, "ContentType": "text/markdown; charset=utf-8"},
+                {"Metadata": {"sha256": card_digest}, "ContentType": "text/markdown; charset=utf-8"},
             )
             uploaded.append(CARD_FILENAME)
         pointer = {
@@ -239,8 +291,13 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
             latest = f"moved to {manifest.version}"
         else:
             latest = f"left at {newer}, published after {manifest.version}; pass --make-latest to roll {LATEST} back"
-    except (BotoCoreError, ClientError) as exc:
-        failed = _explain(exc, f"publish to s3://{bucket}/{folder}", _publish_needs(bucket, prefix))
+    except (BotoCoreError, ClientError, _UploadFailed) as exc:
+        what, error = f"publish to s3://{bucket}/{folder}", exc
+        if isinstance(exc, _UploadFailed):
+            error = exc.error
+            operation = getattr(error, "operation_name", None)  # PutObject, or CreateMultipartUpload for a large file
+            what += f" ({operation} of {exc.name})" if operation else f" (uploading {exc.name})"
+        failed = _explain(error, what, _publish_needs(bucket, prefix))
         # Safe: the same bytes again are a retry (only what is missing goes up), and latest.json moves last.
         raise PublishError(
             f"{failed}. Re-running the same publish is safe once that is fixed ({model_dir} unchanged): it uploads "
@@ -251,6 +308,9 @@ def publish(model_dir: Path, uri: str, client: Any | None = None, *, make_latest
 
 # Model object metadata: when the version was first published, so that a retry can tell which version is newer.
 PUBLISHED_AT = "published-at"
+# Model object metadata: the card published with it, so that pull calls a version whose card is missing half-published
+# (the card's upload failed); a model without it was published by older tools, which may have put no card.
+CARD = "card"
 
 
 def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -335,7 +395,8 @@ def pull(
     The files land in a temporary folder first and replace ``dest``'s only after the sha256 in the
     object metadata, the manifest and the bytes all agree, and with the sha256s ``publish`` printed when given
     (``sha256``, ``manifest_sha256``): only those guard against someone who can write to the bucket. The model card
-    comes too; a version published without one gets a card rendered from its manifest, never the previous model's.
+    comes too; a version older tools published without one gets a card rendered from its manifest, never the previous
+    model's, and one whose model records a card that is missing is refused as half-published.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -371,11 +432,11 @@ def pull(
             with _named_if_missing(bucket, folder + MODEL_FILENAME, f"{never_whole}; nothing was written to {dest}"):
                 meta = _get(client, bucket, folder + MODEL_FILENAME, tmp_dir / MODEL_FILENAME)
             half = (
-                f"{MODEL_FILENAME} is there, so version {version} is half-published (a publish that failed or was "
-                "interrupted part-way). Run that `cataract-train publish` again with its model folder unchanged (it "
-                f"uploads only what is missing), or pull another version; nothing was written to {dest}"
+                f"version {version} is half-published (a publish that failed or was interrupted part-way). Run that "
+                "`cataract-train publish` again with its model folder unchanged (it uploads only what is missing), or "
+                f"pull another version; nothing was written to {dest}"
             )
-            with _named_if_missing(bucket, folder + MANIFEST_FILENAME, half):
+            with _named_if_missing(bucket, folder + MANIFEST_FILENAME, f"{MODEL_FILENAME} is there, so {half}"):
                 manifest_meta = _get(client, bucket, folder + MANIFEST_FILENAME, tmp_dir / MANIFEST_FILENAME)
             try:
                 check_manifest_bytes(
@@ -387,7 +448,17 @@ def pull(
                 )
             except ModelLoadError as exc:
                 raise PublishError(f"{exc}; nothing was written to {dest}") from exc
-            card_published = _pull_card(client, bucket, folder, tmp_dir)
+            if meta.get(CARD):
+                # Published with a card: without it, the rendered one would ship without the gate's section.
+                with _named_if_missing(
+                    bucket,
+                    folder + CARD_FILENAME,
+                    f"{MODEL_FILENAME} records that it was published with one, so {half}",
+                ):
+                    _get(client, bucket, folder + CARD_FILENAME, tmp_dir / CARD_FILENAME)
+                card_published = True
+            else:
+                card_published = _pull_card(client, bucket, folder, tmp_dir)
             digest = sha256_of(tmp_dir / MODEL_FILENAME)
             try:
                 manifest = load_manifest(tmp_dir / MANIFEST_FILENAME)
@@ -444,7 +515,7 @@ def _pinned(sha256: str | None, manifest_sha256: str | None) -> str:
 
 
 def _pull_card(client: Any, bucket: str, folder: str, tmp_dir: Path) -> bool:
-    """Fetch the version's model card into ``tmp_dir``; False when it was published without one."""
+    """Fetch the version's model card into ``tmp_dir``; False when it was published (by older tools) without one."""
     from botocore.exceptions import ClientError
 
     try:
