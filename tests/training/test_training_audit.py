@@ -102,7 +102,10 @@ def test_a_manifest_csv_gives_original_sizes_with_or_without_a_byte_order_mark(t
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("path,label,orig_width,orig_height\ncaf\u00e9/x.png,cataract,1,1\n".encode("cp1252"), r"not UTF-8 text"),
+        (
+            "path,label,orig_width,orig_height\ncaf\u00e9/x.png,cataract,1,1\n".encode("cp1252"),
+            r"not UTF-8 text \(line 2\)",
+        ),
         (b"file;label;width;height\ncataract/cataract_0.png;cataract;3000;2000\n", r"no column path, orig_width"),
     ],
     ids=["excel-windows-cp1252", "another-tool's-columns"],

@@ -64,18 +64,28 @@ def test_kaggle_test_split_is_held_out_from_training(tmp_path: Path) -> None:
     assert all(key.startswith("processed_images/train/") for key in prep.keys), prep.keys
 
 
-@pytest.mark.parametrize("inner", ["test", "Test", "val", "2024/test"])
-def test_a_split_folder_inside_a_class_folder_is_refused_not_trained_on(tmp_path: Path, inner: str) -> None:
-    """cataract/test/ under a class folder: every photo in it, test photos included, would be trained on."""
+@pytest.mark.parametrize("inner", ["test", "Test", "2024/test"])
+def test_a_test_folder_inside_a_class_folder_is_refused_not_trained_on(tmp_path: Path, inner: str) -> None:
+    """cataract/test/ under a class folder: its photos would be trained on, not held out."""
     make_folder(tmp_path / "data", n_per_class=4, seed=1)
     make_folder(tmp_path / "held", n_per_class=2, seed=2)
     shutil.move(tmp_path / "held" / "cataract", tmp_path / "data" / "cataract" / inner)
     with pytest.raises(
-        ValueError, match=r"split folder inside the class folder cataract/.*lay them out as (test|val)/cataract/"
+        ValueError, match=r"is a test folder inside the class folder cataract/.*lay them out as test/cataract/"
     ):
         prepare(FitConfig(data=str(tmp_path / "data"), size=32), progress=False)
     code = cli.main(["audit", str(tmp_path / "data"), "--out", str(tmp_path / "audit")])
     assert code == 2
+
+
+@pytest.mark.parametrize("inner", ["train", "val", "testing", "Validation photos"])
+def test_other_folders_inside_a_class_folder_are_trained_on(tmp_path: Path, inner: str) -> None:
+    """Photos there are for training whatever the folder: val/ photos join the training pool anyway."""
+    make_folder(tmp_path / "data", n_per_class=4, seed=1)
+    make_folder(tmp_path / "more", n_per_class=2, seed=2)
+    shutil.move(tmp_path / "more" / "cataract", tmp_path / "data" / "cataract" / inner)
+    prep = prepare(FitConfig(data=str(tmp_path / "data"), size=32), progress=False)
+    assert sum(key.startswith(f"cataract/{inner}/") for key in prep.keys) == 2
 
 
 def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +102,24 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, m
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(ValueError, match=r"cannot read the folder .*batch2: Permission denied"):
         prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
+
+
+def test_a_folder_beside_the_class_folders_that_cannot_be_listed_holds_no_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data set on a disk of its own has lost+found beside the class folders, which a user cannot list."""
+    make_folder(tmp_path, n_per_class=4, seed=1)
+    locked = tmp_path / "lost+found"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert len(prepare(FitConfig(data=str(tmp_path), size=32), progress=False).keys) == 8
 
 
 def test_a_copy_of_a_test_photo_in_train_is_held_out_with_it(
@@ -121,6 +149,18 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped_not_a_crash(
     monkeypatch.setattr(sys, "stdout", stdout)
     assert cli.main(["fit", str(tmp_path), "--runs", str(tmp_path / "runs"), *QUICK]) == 0
     assert b"copy_\\udcff.png: training on them would leak" in terminal.getvalue()
+
+
+@pytest.mark.parametrize("errors", ["surrogateescape", "replace"])
+def test_output_a_user_or_the_locale_set_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch, errors: str) -> None:
+    """The C locale's surrogateescape prints a name's own bytes; PYTHONIOENCODING may ask for anything."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors=errors)
+    closed = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", closed)
+    files.escape_unencodable_output()
+    assert stdout.errors == errors
 
 
 def test_reports_and_cards_write_a_name_that_is_not_utf8_escaped(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ never smaller than the model's resize needs (``cached_side``), so training never
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections import Counter
@@ -62,15 +63,19 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _images_in(folder: Path, *, strict: bool = False) -> list[Path]:
     """Photos under ``folder``, through symlinked folders (each real folder once) and broken links included,
-    so that an unreadable photo is reported rather than missed."""
+    so that an unreadable photo is reported rather than missed. ``strict``: a folder that cannot be listed is
+    refused (os.walk skips it, and a class folder's photos would vanish from training without a word); otherwise
+    it holds no photos (a disk's ``lost+found`` beside the class folders)."""
     found: list[Path] = []
     seen: set[str] = set()
 
     def unreadable(exc: OSError) -> None:
-        # os.walk skips a folder it cannot list: its photos would vanish from training without a word.
-        raise ValueError(f"cannot read the folder {exc.filename}: {exc.strerror}; fix its permissions or move it out")
+        if strict:
+            raise ValueError(
+                f"cannot read the folder {exc.filename}: {exc.strerror}; fix its permissions or move it out"
+            )
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -82,16 +87,16 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _refuse_splits_inside(class_dir: Path, images: list[Path]) -> None:
-    """A split folder inside a class folder (``cataract/test/``) would have its photos trained on: refuse it."""
+def _refuse_held_out_inside(class_dir: Path, images: list[Path]) -> None:
+    """A test folder inside a class folder (``cataract/test/``) would have its photos trained on: refuse it."""
     for image in images:
-        inner = [part for part in image.parent.relative_to(class_dir).parts if part.lower() in SPLIT_NAMES]
+        inner = [part for part in image.parent.relative_to(class_dir).parts if part.lower() in HELD_OUT_SPLITS]
         if inner:
             split = inner[0].lower()
             raise ValueError(
-                f"{class_dir / inner[0]} is a split folder inside the class folder {class_dir.name}/, whose photos "
-                f"would all be trained on (a test photo included): lay them out as {split}/{class_dir.name}/ "
-                f"(split folders hold the class folders), or rename the folder"
+                f"{class_dir / inner[0]} is a {split} folder inside the class folder {class_dir.name}/, whose photos "
+                f"would be trained on, not held out: lay them out as {split}/{class_dir.name}/ (split folders hold "
+                "the class folders), or rename the folder"
             )
 
 
@@ -140,8 +145,8 @@ def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
         if splits is not None and split not in splits:
             continue
         for class_dir in _class_dirs(folder):
-            images = _images_in(class_dir)
-            _refuse_splits_inside(class_dir, images)
+            images = _images_in(class_dir, strict=class_dir.name.lower() in CLASSES)
+            _refuse_held_out_inside(class_dir, images)
             samples.extend(Sample(path=p, label=class_dir.name.lower(), split=split) for p in images)
     if not samples:
         raise ValueError(f"no images found under {root}")
@@ -180,27 +185,27 @@ def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
         path = folder / "manifest.csv"
         if not path.is_file():
             continue
+        raw = path.read_bytes()
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise rename the first column.
         try:
-            with path.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                missing = [c for c in _SIZE_COLUMNS if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise ValueError(
-                        f"{path} has no column {', '.join(missing)}: a manifest.csv beside the class folders gives "
-                        f"each photo's original size, with the header {','.join(_SIZE_COLUMNS)} (and label); "
-                        "fix its header, or move it away to take sizes from the decoded photos"
-                    )
-                for row in reader:
-                    try:
-                        rel = (folder / row["path"]).relative_to(Path(root)).as_posix()
-                        sizes[rel] = (int(row["orig_width"]), int(row["orig_height"]))
-                    except (TypeError, ValueError):  # a short row, or a size left blank
-                        continue
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise ValueError(f"{path} is not UTF-8 text (line {line}): save it as CSV UTF-8, or move it away") from exc
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in _SIZE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
             raise ValueError(
-                f"{path} is not UTF-8 text (byte {exc.start}): save it as CSV UTF-8, or move it away"
-            ) from exc
+                f"{path} has no column {', '.join(missing)}: a manifest.csv beside the class folders gives "
+                f"each photo's original size, with the header {','.join(_SIZE_COLUMNS)} (and label); "
+                "fix its header, or move it away to take sizes from the decoded photos"
+            )
+        for row in reader:
+            try:
+                rel = (folder / row["path"]).relative_to(Path(root)).as_posix()
+                sizes[rel] = (int(row["orig_width"]), int(row["orig_height"]))
+            except (TypeError, ValueError):  # a short row, or a size left blank
+                continue
     return sizes
 
 

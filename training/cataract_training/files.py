@@ -47,7 +47,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def escape_unencodable_output() -> None:
-    """Print such file names escaped too: a UTF-8 terminal's stdout is strict, and a line naming one stopped a run."""
+    """Print such file names escaped too: a UTF-8 terminal's stdout is strict, and a line naming one stopped a run.
+    A stream set otherwise (surrogateescape in the C locale, or by ``PYTHONIOENCODING``) is left as it is."""
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
+        if isinstance(stream, io.TextIOWrapper) and not stream.closed and stream.errors == "strict":
             stream.reconfigure(errors="backslashreplace")
