@@ -27,7 +27,10 @@ REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 INDEX = "https://pypi.org/simple"
 # Lambda's python:3.12 image: Amazon Linux 2023, glibc 2.34.
 LAMBDA_PYTHON = (3, 12)
-ARCHITECTURES = ("x86_64", "aarch64")
+LAMBDA_GLIBC_MINOR = 34
+# The oldest glibc each architecture has manylinux wheels for (PEP 600), and the legacy aliases pip still takes.
+OLDEST_GLIBC_MINOR = {"x86_64": 5, "aarch64": 17}
+LEGACY_MANYLINUX = {"x86_64": ("manylinux1", "manylinux2010", "manylinux2014"), "aarch64": ("manylinux2014",)}
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<extras>\[[^\]]*\])?==(?P<version>[^\s;\\]+)\s*(?:\\)?$")
 
 
@@ -42,23 +45,34 @@ class Pin:
 
 def lambda_tags() -> frozenset[Tag]:
     """Every wheel tag pip accepts on Lambda's CPython 3.12, on either architecture."""
-    platforms = [f"manylinux_2_{minor}_{arch}" for arch in ARCHITECTURES for minor in range(34, 16, -1)]
-    platforms += [f"manylinux2014_{arch}" for arch in ARCHITECTURES]
+    platforms = [
+        f"manylinux_2_{minor}_{arch}"
+        for arch, oldest in OLDEST_GLIBC_MINOR.items()
+        for minor in range(LAMBDA_GLIBC_MINOR, oldest - 1, -1)
+    ]
+    platforms += [f"{alias}_{arch}" for arch, aliases in LEGACY_MANYLINUX.items() for alias in aliases]
     tags = set(cpython_tags(LAMBDA_PYTHON, abis=["cp312"], platforms=platforms))
     tags.update(compatible_tags(LAMBDA_PYTHON, "cp312", platforms=platforms))
     return frozenset(tags)
 
 
 def parse(text: str) -> list[str | Pin]:
-    """The file's lines: comments and blank lines kept as text, pins parsed, old hash lines dropped."""
+    """The file's lines: comments and blank lines kept as text, pins parsed, old hash lines dropped. A comment after a
+    pin moves to its own line above it (nothing may follow a line's continuation)."""
     lines: list[str | Pin] = []
     for raw in text.splitlines():
-        stripped = raw.strip()
+        stripped, _, comment = raw.partition(" #")
+        stripped = stripped.strip()
+        if stripped.startswith("#"):
+            stripped, comment = "", ""
         if stripped.startswith("--hash="):
             continue
-        if not stripped or stripped.startswith("#"):
+        if not stripped:
             lines.append(raw)
             continue
+        if comment.strip():
+            lines.append(f"# {comment.strip()}")
+        stripped = " ".join(part for part in stripped.split() if not part.startswith("--hash="))
         match = _PIN.match(stripped)
         if match is None:
             raise ValueError(f"requirements.txt must pin each package exactly (name==version): {raw!r}")
@@ -67,11 +81,20 @@ def parse(text: str) -> list[str | Pin]:
 
 
 def wheel_hashes(pin: Pin, files: Iterable[dict[str, object]], tags: frozenset[Tag]) -> list[str]:
-    """The sha256 of each of ``pin``'s wheels (from the index's file list) that Lambda can install, sorted."""
+    """The sha256 of each of ``pin``'s wheels (from the index's file list) that Lambda can install, sorted. Yanked
+    files count only when nothing else does: pip still installs a yanked release pinned with == (PEP 592)."""
+    files = list(files)
+    hashes = _hashes(pin, [entry for entry in files if not entry.get("yanked")], tags) or _hashes(pin, files, tags)
+    if not hashes:
+        raise LookupError(f"{pin.name}=={pin.version}: no wheel for Lambda's CPython 3.12 (x86_64 or aarch64)")
+    return hashes
+
+
+def _hashes(pin: Pin, files: Iterable[dict[str, object]], tags: frozenset[Tag]) -> list[str]:
     hashes = set()
     for entry in files:
         filename = str(entry.get("filename", ""))
-        if not filename.endswith(".whl") or entry.get("yanked"):
+        if not filename.endswith(".whl"):
             continue
         try:
             name, version, _, wheel_tags = parse_wheel_filename(filename)
@@ -86,8 +109,6 @@ def wheel_hashes(pin: Pin, files: Iterable[dict[str, object]], tags: frozenset[T
             and "sha256" in digests
         ):
             hashes.add(str(digests["sha256"]))
-    if not hashes:
-        raise LookupError(f"{pin.name}=={pin.version}: no wheel for Lambda's CPython 3.12 (x86_64 or aarch64)")
     return sorted(hashes)
 
 

@@ -50,6 +50,15 @@ INDEX: dict[str, list[dict[str, object]]] = {
     ],
     "orjson": [_wheel("orjson-3.13.0-cp38-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "4" * 64)],
     "aws-lambda-powertools": [_wheel("aws_lambda_powertools-3.37.0-py3-none-any.whl", "5" * 64)],
+    # Old builds: pip on Lambda's x86_64 still takes manylinux1 and manylinux2010 (glibc 2.5 and 2.12).
+    "old-abi3": [
+        _wheel("old_abi3-1.0-cp37-abi3-manylinux2010_x86_64.whl", "6" * 64),
+        _wheel("old_abi3-1.0-cp37-abi3-manylinux_2_5_x86_64.manylinux1_x86_64.whl", "7" * 64),
+        _wheel("old_abi3-1.0-cp37-abi3-manylinux2014_aarch64.whl", "8" * 64),
+        _wheel("old_abi3-1.0-cp37-abi3-manylinux_2_12_aarch64.whl", "9" * 64),  # no such aarch64 glibc: not pip's
+    ],
+    # Pinned after its release was yanked: pip still installs it for ==, so its files are what the lock needs.
+    "gone": [_wheel("gone-2.0-py2.py3-none-any.whl", "a1" * 32, yanked=True)],
 }
 
 TEXT = """# a comment that stays
@@ -84,6 +93,23 @@ def test_lock_keeps_the_comments_and_pins_and_writes_each_pin_its_lambda_wheels_
 def test_locking_a_locked_file_changes_nothing() -> None:
     once = lock_requirements.lock(TEXT, _read)
     assert lock_requirements.lock(once, _read) == once
+
+
+def test_old_manylinux_tags_pip_takes_are_hashed_and_a_yanked_release_s_files_count() -> None:
+    assert lock_requirements.lock("old-abi3==1.0\ngone==2.0\n", _read) == (
+        f"old-abi3==1.0 \\\n    --hash=sha256:{'6' * 64} \\\n    --hash=sha256:{'7' * 64} \\\n"
+        f"    --hash=sha256:{'8' * 64}\n"
+        f"gone==2.0 \\\n    --hash=sha256:{'a1' * 32}\n"
+    )
+
+
+def test_a_comment_after_a_pin_moves_above_it() -> None:
+    """Nothing may follow a line's continuation, so it cannot stay where it was."""
+    text = "orjson==3.13.0  # keep in step with pyproject\n"
+    assert lock_requirements.lock(text, _read) == (
+        f"# keep in step with pyproject\norjson==3.13.0 \\\n    --hash=sha256:{'4' * 64}\n"
+    )
+    assert lock_requirements.lock(lock_requirements.lock(text, _read), _read) == lock_requirements.lock(text, _read)
 
 
 def test_a_pin_with_no_wheel_for_lambda_is_refused_by_name() -> None:
