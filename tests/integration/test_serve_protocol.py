@@ -51,8 +51,9 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(DEADLINE_S * 2.5)
     elif scope["path"] == "/stuck":  # outlasts uvicorn's graceful shutdown, as a queue of 40 MP photos can
         await asyncio.sleep(60)
+    host = dict(scope["headers"]).get(b"host", b"").decode()
     payload = json.dumps(
-        {"path": scope["path"], "query": scope["query_string"].decode(), "body_bytes": len(body)}
+        {"path": scope["path"], "query": scope["query_string"].decode(), "host": host, "body_bytes": len(body)}
     ).encode()
     if scope["path"] in ("/big", "/huge"):
         payload = b" " * (BIG if scope["path"] == "/big" else 4 * BIG)
@@ -177,7 +178,7 @@ def test_a_body_slower_than_the_head_deadline_is_left_to_the_app(port: int) -> N
         time.sleep(DEADLINE_S * 2)  # past the head deadline, mid-body
         sock.sendall(b"def")
         status, _, body = _read_response(reader)
-    assert status == 200 and json.loads(body) == {"path": "/upload", "query": "", "body_bytes": 6}
+    assert status == 200 and json.loads(body) == {"path": "/upload", "query": "", "host": "test", "body_bytes": 6}
 
 
 def test_the_deadline_applies_again_to_each_later_request_on_a_kept_alive_connection(port: int) -> None:
@@ -222,24 +223,38 @@ def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "path", "query"),
+    ("target", "path", "query", "host"),
     [
-        ("http://test/health", "/health", ""),
-        ("HTTPS://test:8443/v1/screen?explain=true", "/v1/screen", "explain=true"),
-        ("http://test", "/", ""),
-        ("http://test?x=1", "/", "x=1"),
-        ("/http://test/health", "/http://test/health", ""),  # origin form, whatever follows the slash
+        ("http://test/health", "/health", "", "test"),
+        ("HTTPS://elsewhere:8443/v1/screen?explain=true", "/v1/screen", "explain=true", "elsewhere:8443"),
+        ("http://test", "/", "", "test"),
+        ("http://test?x=1", "/", "x=1", "test"),
+        ("http://user:secret@[::1]:8000/x", "/x", "", "[::1]:8000"),  # userinfo is not the host
+        ("http://test/a#fragment/../b", "/a", "", "test"),
+        ("http:///health", "/health", "", "test"),  # no host in the target: the Host header stands
+        ("/http://other/health", "/http://other/health", "", "test"),  # origin form, whatever follows the slash
     ],
 )
-def test_a_target_in_absolute_form_reaches_the_app_as_its_path(port: int, target: str, path: str, query: str) -> None:
-    """What a client sends through a proxy; RFC 9112 says a server must accept it."""
+def test_a_target_in_absolute_form_reaches_the_app_as_its_path_and_host(
+    port: int, target: str, path: str, query: str, host: str
+) -> None:
+    """What a client sends through a proxy. RFC 9112 says a server must accept it, and take the target's host for
+    the Host header (which the loopback guard judges)."""
     with _connect(port) as sock, sock.makefile("rb") as reader:
         sock.sendall(_get(target) + _get("/after"))  # and the connection goes on as usual
         answers = [_read_response(reader) for _ in range(2)]
     assert [status for status, _, _ in answers] == [200, 200]
     first, second = (json.loads(body) for _, _, body in answers)
-    assert (first["path"], first["query"]) == (path, query)
-    assert second["path"] == "/after"
+    assert (first["path"], first["query"], first["host"]) == (path, query, host)
+    assert (second["path"], second["host"]) == ("/after", "test")
+
+
+def test_an_http_1_0_target_in_absolute_form_gives_its_host(port: int) -> None:
+    with _connect(port) as sock:
+        sock.sendall(b"GET http://localhost:8000/health HTTP/1.0\r\n\r\n")
+        raw = _read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["host"] == "localhost:8000"
 
 
 def test_over_the_connection_limit_the_answer_is_json_503_and_idle_clients_cannot_hold_it(port: int) -> None:

@@ -32,7 +32,7 @@ HEADER_DEADLINE_S = 10.0  # a browser sends its headers in one packet; a phone o
 MAX_HEAD_BYTES = 64 * 1024
 _HEAD_END = re.compile(rb"\n\r?\n")
 # A request target in absolute form (what a client sends through a proxy): scheme and authority, then the path.
-_ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?]*")
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://(?:[^/?#@]*@)?(?P<host>[^/?#]*)")
 # How long the socket may stay full of our answer with the client reading none of it. A client that reads, however
 # slowly, takes some of it each time this comes round, and keeps its connection.
 WRITE_DEADLINE_S = 30.0
@@ -99,14 +99,20 @@ class _HeadLimitedConnection(h11.Connection):
                 raise h11.RemoteProtocolError("request line and headers too large", error_status_hint=431)
         event = super().next_event()
         if isinstance(event, h11.Request) and (absolute := _ABSOLUTE_FORM.match(event.target)):
-            # RFC 9112 3.2.2: a server must accept the absolute form. uvicorn takes the target as the path, so
-            # `GET http://host/health` was a 404; the app is given the origin form it routes on.
-            path = event.target[absolute.end() :]
-            target = path if path.startswith(b"/") else b"/" + path
-            event = h11.Request(
-                method=event.method, headers=event.headers, target=target, http_version=event.http_version
-            )
+            event = _in_origin_form(event, absolute)
         return event
+
+
+def _in_origin_form(request: h11.Request, absolute: re.Match[bytes]) -> h11.Request:
+    """RFC 9112 3.2.2: a server must accept a target in absolute form, and take its host for the Host header.
+    uvicorn took the whole target for the path (a 404), and the loopback guard judged a Host the target overrode."""
+    rest = request.target[absolute.end() :].partition(b"#")[0]  # a fragment is never the server's
+    target = rest if rest.startswith(b"/") else b"/" + rest
+    host = absolute["host"]
+    headers: Any = request.headers
+    if host:
+        headers = [(name, value) for name, value in request.headers if name != b"host"] + [(b"host", host)]
+    return h11.Request(method=request.method, headers=headers, target=target, http_version=request.http_version)
 
 
 def with_deadlines(
