@@ -122,19 +122,46 @@ def _invoke(
             backoff = min(backoff * 2, 30.0)
 
 
+# Without a deadline (a check run by hand), how many times a version still Pending is polled.
+WAIT_POLLS = 12
+
+
+def _wait_until_active(lambda_client: Any, version_arn: str, deadline: float | None) -> str | None:
+    """Wait while a version just published is Pending (its image being optimised): calling it then would fail it.
+
+    The problem when it failed, or is still Pending when only the two calls' budget (and one more poll's) is left
+    before ``deadline``. Polled here rather than by botocore's waiter, whose count of polls ignores how long each
+    took: a slow Lambda API could then hold the wait past the deadline, and the report with it.
+    """
+    polls = 0
+    while True:
+        configuration = lambda_client.get_function_configuration(FunctionName=version_arn)
+        state = configuration.get("State")
+        if state == "Active":
+            return None
+        if state == "Failed":
+            reason = f"{configuration.get('StateReasonCode', '')}: {configuration.get('StateReason', '')}"
+            return f"the version failed to become active ({reason})"
+        polls += 1
+        out_of_time = (
+            polls >= WAIT_POLLS
+            if deadline is None
+            else time.monotonic() + WAIT_DELAY_S + (1 + len(CHECKS)) * CALL_BUDGET_S > deadline
+        )
+        if out_of_time:
+            return f"the version is still {state} after {polls} polls {WAIT_DELAY_S} s apart: not checked in time"
+        time.sleep(WAIT_DELAY_S)
+
+
 def problem_with(lambda_client: Any, version_arn: str, deadline: float | None = None) -> str | None:
     """What is wrong with the function version ``version_arn``, or None when it answers both checks.
 
     ``deadline`` (``time.monotonic()``) is when the report must go out: the wait for the version and the retries
     of a throttled call use what is left after both calls' own budget.
     """
-    # A version just published may still be Pending (its image being optimised): calling it then would fail it.
-    attempts = 12
-    if deadline is not None:
-        attempts = max(attempts, int((deadline - time.monotonic() - 2 * CALL_BUDGET_S) // WAIT_DELAY_S))
-    lambda_client.get_waiter("published_version_active").wait(
-        FunctionName=version_arn, WaiterConfig={"Delay": WAIT_DELAY_S, "MaxAttempts": attempts}
-    )
+    not_active = _wait_until_active(lambda_client, version_arn, deadline)
+    if not_active:
+        return not_active
     for index, (event, problem_in) in enumerate(CHECKS):
         what = f"{event['httpMethod']} {event['path']}"
         answer = _invoke(lambda_client, version_arn, event, deadline, calls_left=len(CHECKS) - index)

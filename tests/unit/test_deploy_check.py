@@ -41,25 +41,16 @@ class FakeLambda:
     def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], state: str = "Active") -> None:
         self.answer, self.state = answer, state
         self.calls: list[dict[str, Any]] = []
-        self.waited: list[dict[str, Any]] = []
+        self.polled: list[str] = []
 
     def invoke(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         return self.answer(json.loads(kwargs["Payload"]))
 
-    def get_waiter(self, name: str) -> Any:
-        assert name == "published_version_active"
-        fake = self
-
-        class Waiter:
-            def wait(self, **kwargs: Any) -> None:
-                from botocore.exceptions import WaiterError
-
-                fake.waited.append(kwargs)
-                if fake.state != "Active":
-                    raise WaiterError(name, f"Waiter encountered a terminal failure state: {fake.state}", {})
-
-        return Waiter()
+    def get_function_configuration(self, FunctionName: str) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+        self.polled.append(FunctionName)
+        reason = {"StateReasonCode": "ImageAccessDenied", "StateReason": "no access"} if self.state == "Failed" else {}
+        return {"State": self.state, **reason}
 
 
 class FakeCodeDeploy:
@@ -98,7 +89,7 @@ def test_a_working_version_passes_and_is_reported(tiny_model_dir: Path, monkeypa
     assert result == {"status": "Succeeded", "problem": None}
     assert [json.loads(c["Payload"])["path"] for c in client.calls] == ["/health", "/predict"]
     assert all(c["FunctionName"] == VERSION and c["InvocationType"] == "RequestResponse" for c in client.calls)
-    assert [w["FunctionName"] for w in client.waited] == [VERSION], "first waits for the version to be Active"
+    assert client.polled == [VERSION], "first waits for the version to be Active"
     assert codedeploy.reports == [
         {
             "deploymentId": HOOK_EVENT["DeploymentId"],
@@ -203,8 +194,65 @@ def test_a_wrong_screening_answer_is_stopped(
 def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -> None:
     client, codedeploy = FakeLambda(lambda _e: {}, state="Failed"), FakeCodeDeploy()
     result = deploy_check.run(HOOK_EVENT, client, codedeploy, VERSION)
-    assert result["status"] == "Failed" and "WaiterError" in result["problem"] and client.calls == []
+    assert result["status"] == "Failed" and client.calls == []
+    assert result["problem"] == "the version failed to become active (ImageAccessDenied: no access)"
     assert [r["status"] for r in codedeploy.reports] == ["Failed"]
+
+
+class _Clock:
+    """time.monotonic and time.sleep, on a clock that only sleeping and slow Lambda API calls move."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("poll_s", [0.0, 1.0, 20.0])
+def test_a_version_pending_too_long_is_reported_before_the_deadline_however_slow_each_poll(
+    monkeypatch: pytest.MonkeyPatch, poll_s: float
+) -> None:
+    """botocore's waiter counted polls, not time: with 1 s polls, the report went out 107 s after the deadline."""
+    clock = _Clock()
+    monkeypatch.setattr(deploy_check.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(deploy_check.time, "sleep", clock.sleep)
+    client, codedeploy = FakeLambda(lambda _e: {}, state="Pending"), FakeCodeDeploy()
+    real_poll = client.get_function_configuration
+
+    def slow_poll(FunctionName: str) -> dict[str, Any]:  # noqa: N803
+        clock.now += poll_s
+        return real_poll(FunctionName)
+
+    client.get_function_configuration = slow_poll  # type: ignore[method-assign]
+    deadline = clock.now + 885
+    result = deploy_check.run(HOOK_EVENT, client, codedeploy, VERSION, deadline)
+    assert result["status"] == "Failed" and client.calls == []
+    assert result["problem"].startswith("the version is still Pending after ")
+    # Each call's budget was still there for the checks when the wait gave up: it waited as long as it could.
+    assert deadline - 3 * deploy_check.CALL_BUDGET_S - deploy_check.WAIT_DELAY_S - poll_s <= clock.now <= deadline
+    assert [r["status"] for r in codedeploy.reports] == ["Failed"]
+
+
+def test_a_version_that_becomes_active_while_polled_is_checked(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_check.time, "sleep", lambda _s: None)
+    module = load_handler(tiny_model_dir, monkeypatch)
+    client = FakeLambda(_through(module), state="Pending")
+    real_poll = client.get_function_configuration
+
+    def becoming_active(FunctionName: str) -> dict[str, Any]:  # noqa: N803
+        if len(client.polled) == 3:
+            client.state = "Active"
+        return real_poll(FunctionName)
+
+    client.get_function_configuration = becoming_active  # type: ignore[method-assign]
+    assert deploy_check.problem_with(client, VERSION, deadline=None) is None
+    assert len(client.polled) == 4 and len(client.calls) == 2
 
 
 def test_a_failure_log_names_the_version_the_rollback_keeps(capsys: pytest.CaptureFixture[str]) -> None:
@@ -321,7 +369,7 @@ def _throttled(times: int, then: Callable[[dict[str, Any]], dict[str, Any]]) -> 
     return answer
 
 
-def test_a_throttled_call_is_retried_while_time_remains_and_the_wait_uses_the_rest(
+def test_a_throttled_call_is_retried_while_time_remains(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
@@ -333,7 +381,6 @@ def test_a_throttled_call_is_retried_while_time_remains_and_the_wait_uses_the_re
     deadline = time.monotonic() + 885
     assert deploy_check.problem_with(client, VERSION, deadline) is None
     assert slept == [1.0, 2.0, 4.0]  # backed off, then answered
-    assert client.waited[0]["WaiterConfig"]["MaxAttempts"] >= (885 - 2 * deploy_check.CALL_BUDGET_S) // 5 - 1
     # Out of time, a throttled call fails the check (and is reported), rather than outliving the hook.
     result = deploy_check.run(HOOK_EVENT, FakeLambda(_throttled(99, _through(module))), FakeCodeDeploy(), VERSION,
                               time.monotonic() + deploy_check.CALL_BUDGET_S)  # fmt: skip
