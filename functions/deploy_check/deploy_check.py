@@ -135,13 +135,19 @@ def _wait_until_active(lambda_client: Any, version_arn: str, deadline: float | N
     """
     polls = 0
     while True:
-        configuration = lambda_client.get_function_configuration(FunctionName=version_arn)
+        try:
+            configuration = lambda_client.get_function_configuration(FunctionName=version_arn)
+        except Exception as exc:
+            # Throttled, as _invoke is: poll again while time remains. Anything else fails the check (run reports it).
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") != "TooManyRequestsException":
+                raise
+            configuration = {"State": "Pending"}
         state = configuration.get("State")
         if state == "Active":
             return None
-        if state == "Failed":
+        if state != "Pending":  # Failed, or a state no wait ends (Inactive clears only on an invocation)
             reason = f"{configuration.get('StateReasonCode', '')}: {configuration.get('StateReason', '')}"
-            return f"the version failed to become active ({reason})"
+            return f"the version is {state}, not Active ({reason})"
         polls += 1
         out_of_time = (
             polls >= WAIT_POLLS

@@ -31,6 +31,7 @@ LAMBDA_GLIBC_MINOR = 34
 # The oldest glibc each architecture has manylinux wheels for (PEP 600), and the legacy aliases pip still takes.
 OLDEST_GLIBC_MINOR = {"x86_64": 5, "aarch64": 17}
 LEGACY_MANYLINUX = {"x86_64": ("manylinux1", "manylinux2010", "manylinux2014"), "aarch64": ("manylinux2014",)}
+_COMMENT = re.compile(r"(?:^|\s)#")
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<extras>\[[^\]]*\])?==(?P<version>[^\s;\\]+)\s*(?:\\)?$")
 
 
@@ -61,10 +62,11 @@ def parse(text: str) -> list[str | Pin]:
     pin moves to its own line above it (nothing may follow a line's continuation)."""
     lines: list[str | Pin] = []
     for raw in text.splitlines():
-        stripped, _, comment = raw.partition(" #")
-        stripped = stripped.strip()
-        if stripped.startswith("#"):
-            stripped, comment = "", ""
+        # pip's rule: a comment starts at a # that begins the line or follows whitespace.
+        found = _COMMENT.search(raw)
+        stripped, comment = (raw[: found.start()].strip(), raw[found.end() :]) if found else (raw.strip(), "")
+        if found and not stripped:  # a line of comment alone
+            comment = ""
         if stripped.startswith("--hash="):
             continue
         if not stripped:

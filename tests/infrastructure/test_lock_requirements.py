@@ -103,9 +103,10 @@ def test_old_manylinux_tags_pip_takes_are_hashed_and_a_yanked_release_s_files_co
     )
 
 
-def test_a_comment_after_a_pin_moves_above_it() -> None:
+@pytest.mark.parametrize("space", ["  ", "\t"])
+def test_a_comment_after_a_pin_moves_above_it(space: str) -> None:
     """Nothing may follow a line's continuation, so it cannot stay where it was."""
-    text = "orjson==3.13.0  # keep in step with pyproject\n"
+    text = f"orjson==3.13.0{space}# keep in step with pyproject\n"
     assert lock_requirements.lock(text, _read) == (
         f"# keep in step with pyproject\norjson==3.13.0 \\\n    --hash=sha256:{'4' * 64}\n"
     )

@@ -231,7 +231,6 @@ def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
         ("http://test?x=1", "/", "x=1", "test"),
         ("http://user:secret@[::1]:8000/x", "/x", "", "[::1]:8000"),  # userinfo is not the host
         ("http://test/a#fragment/../b", "/a", "", "test"),
-        ("http:///health", "/health", "", "test"),  # no host in the target: the Host header stands
         ("/http://other/health", "/http://other/health", "", "test"),  # origin form, whatever follows the slash
     ],
 )
@@ -247,6 +246,15 @@ def test_a_target_in_absolute_form_reaches_the_app_as_its_path_and_host(
     first, second = (json.loads(body) for _, _, body in answers)
     assert (first["path"], first["query"], first["host"]) == (path, query, host)
     assert (second["path"], second["host"]) == ("/after", "test")
+
+
+@pytest.mark.parametrize("target", ["http:///health", "http://:8000/health", "https://user@/x"])
+def test_a_target_in_absolute_form_without_a_host_gets_a_json_400(port: int, target: str) -> None:
+    """RFC 9110 4.2.1: an http URI with no host is invalid, and the Host it would give is empty or a bare port."""
+    with _connect(port) as sock:
+        sock.sendall(_get(target))
+        error = _json_error(_read_all(sock), 400)
+    assert error["code"] == "malformed_request"
 
 
 def test_an_http_1_0_target_in_absolute_form_gives_its_host(port: int) -> None:

@@ -110,12 +110,24 @@ def test_a_manifest_csv_gives_original_sizes_with_or_without_a_byte_order_mark(t
     ],
     ids=["excel-windows-cp1252", "another-tool's-columns"],
 )
-def test_a_manifest_csv_that_cannot_give_sizes_is_refused_by_name(tmp_path: Path, raw: bytes, message: str) -> None:
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["", "with-bom"])
+def test_a_manifest_csv_that_cannot_give_sizes_is_refused_by_name(
+    tmp_path: Path, raw: bytes, message: str, bom: bytes
+) -> None:
     """Not skipped: the audit would quietly take sizes from the downscaled photos and miss a size shortcut."""
     make_folder(tmp_path, n_per_class=2)
-    (tmp_path / "manifest.csv").write_bytes(raw)
+    (tmp_path / "manifest.csv").write_bytes(bom + raw)
     with pytest.raises(ValueError, match=rf"manifest\.csv.* {message}"):
         data.read_original_sizes(tmp_path)
+
+
+def test_a_bad_byte_is_placed_on_its_line_with_or_without_a_byte_order_mark(tmp_path: Path) -> None:
+    make_folder(tmp_path, n_per_class=2)
+    lines = b"path,label,orig_width,orig_height\ncataract/cataract_0.png,cataract,1,1\n\xe9.png,normal,1,1\n"
+    for bom in (b"", b"\xef\xbb\xbf"):
+        (tmp_path / "manifest.csv").write_bytes(bom + lines)
+        with pytest.raises(ValueError, match=r"not UTF-8 text \(line 3\)"):
+            data.read_original_sizes(tmp_path)
 
 
 def test_wrong_class_folders_are_refused(tmp_path: Path) -> None:

@@ -619,7 +619,7 @@ def test_a_publish_that_failed_part_way_says_so_and_a_retry_finishes_it(
 
 
 @contextlib.contextmanager
-def _s3_denies(client: Any, operation: str, key: str | None = None) -> Iterator[None]:
+def _s3_denies(client: Any, operation: str, key: str | None = None, message: str = "Access Denied") -> Iterator[None]:
     """S3 answers ``operation`` (on ``key`` only, when given) with 403 AccessDenied, as for a role without
     s3:PutObject: botocore raises the ClientError from the answer, and the real ``upload_file`` wraps it."""
     from botocore.awsrequest import AWSResponse
@@ -627,7 +627,7 @@ def _s3_denies(client: Any, operation: str, key: str | None = None) -> Iterator[
     def answer(params: dict[str, Any], **_: Any) -> Any:
         if key is not None and not params["url_path"].endswith(f"/{key}"):
             return None
-        error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {}}
+        error = {"Error": {"Code": "AccessDenied", "Message": message}, "ResponseMetadata": {}}
         return AWSResponse(params["url"], 403, {}, None), error
 
     event = f"before-call.s3.{operation}"
@@ -675,6 +675,32 @@ def test_s3_refusing_an_upload_is_explained_in_one_line_and_exits_2(
     assert "Traceback" not in err and "S3UploadFailedError" not in err
     assert cli.main(argv) == 0  # once S3 allows it, the same publish goes through
     assert s3.get_object(Bucket=BUCKET, Key="p/v1/model.onnx")["Body"].read() == b"m" * size
+
+
+@mock_aws
+def test_an_access_denied_that_says_more_keeps_s3_s_words(tmp_path: Path, aws_env: None) -> None:
+    """A KMS key or an explicit deny: no s3: permission would fix it, and the hint alone would mislead."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = _model_dir(tmp_path / "m", "v1", b"the model")
+    said = "User: arn:aws:iam::1:user/u is not authorized to perform: kms:GenerateDataKey on resource: key/1"
+    with _s3_denies(s3, "PutObject", message=said), pytest.raises(publish.PublishError) as info:
+        publish.publish(src, f"s3://{BUCKET}/p", client=s3)
+    assert f"(PutObject of model.onnx): access denied (S3 said: {said}): publish needs" in str(info.value)
+
+
+def test_the_s3_error_is_read_off_the_upload_error_s_message_when_boto3_chains_none() -> None:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    error = S3UploadFailedError(
+        "Failed to upload m/model.onnx to b/p/v1/model.onnx: An error occurred (AccessDenied) when calling the "
+        "PutObject operation: Access Denied"
+    )
+    found = publish._wrapped_client_error(error)
+    assert isinstance(found, ClientError) and found.operation_name == "PutObject"
+    assert found.response["Error"]["Code"] == "AccessDenied"
+    assert publish._wrapped_client_error(S3UploadFailedError("something else")).args == ("something else",)
 
 
 @mock_aws

@@ -104,6 +104,25 @@ def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, m
         prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
 
 
+def test_a_class_folder_beside_the_split_folders_that_cannot_be_listed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misplaced cataract/ beside train/ is refused when readable (its photos would be left out): so when not."""
+    make_folder(tmp_path / "train", n_per_class=4, seed=1)
+    locked = tmp_path / "cataract"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ValueError, match=r"cannot read the folder .*cataract: Permission denied"):
+        prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
+
+
 def test_a_folder_beside_the_class_folders_that_cannot_be_listed_holds_no_photos(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -195,7 +195,7 @@ def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -
     client, codedeploy = FakeLambda(lambda _e: {}, state="Failed"), FakeCodeDeploy()
     result = deploy_check.run(HOOK_EVENT, client, codedeploy, VERSION)
     assert result["status"] == "Failed" and client.calls == []
-    assert result["problem"] == "the version failed to become active (ImageAccessDenied: no access)"
+    assert result["problem"] == "the version is Failed, not Active (ImageAccessDenied: no access)"
     assert [r["status"] for r in codedeploy.reports] == ["Failed"]
 
 
@@ -235,6 +235,36 @@ def test_a_version_pending_too_long_is_reported_before_the_deadline_however_slow
     # Each call's budget was still there for the checks when the wait gave up: it waited as long as it could.
     assert deadline - 3 * deploy_check.CALL_BUDGET_S - deploy_check.WAIT_DELAY_S - poll_s <= clock.now <= deadline
     assert [r["status"] for r in codedeploy.reports] == ["Failed"]
+
+
+@pytest.mark.parametrize("state", ["Inactive", None])
+def test_a_state_no_wait_ends_fails_at_once(state: str | None) -> None:
+    """Only Pending is waited on: an Inactive version clears only when invoked, and a missing state never does."""
+    client = FakeLambda(lambda _e: {}, state=state)  # type: ignore[arg-type]
+    problem = deploy_check.problem_with(client, VERSION, deadline=None)
+    assert problem is not None and problem.startswith(f"the version is {state}, not Active")
+    assert client.polled == [VERSION] and client.calls == []
+
+
+def test_a_throttled_poll_is_polled_again(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a throttled invoke is retried: live traffic on the Lambda API must not roll a good version back."""
+    from botocore.exceptions import ClientError
+
+    monkeypatch.setattr(deploy_check.time, "sleep", lambda _s: None)
+    module = load_handler(tiny_model_dir, monkeypatch)
+    client = FakeLambda(_through(module))
+    real_poll = client.get_function_configuration
+
+    def throttled_once(FunctionName: str) -> dict[str, Any]:  # noqa: N803
+        if not client.polled:
+            client.polled.append(FunctionName)
+            error = {"Error": {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "GetFunctionConfiguration")
+        return real_poll(FunctionName)
+
+    client.get_function_configuration = throttled_once  # type: ignore[method-assign]
+    assert deploy_check.problem_with(client, VERSION, deadline=None) is None
+    assert client.polled == [VERSION, VERSION] and len(client.calls) == 2
 
 
 def test_a_version_that_becomes_active_while_polled_is_checked(
@@ -369,9 +399,7 @@ def _throttled(times: int, then: Callable[[dict[str, Any]], dict[str, Any]]) -> 
     return answer
 
 
-def test_a_throttled_call_is_retried_while_time_remains(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_throttled_call_is_retried_while_time_remains(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
     slept: list[float] = []

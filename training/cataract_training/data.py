@@ -15,6 +15,7 @@ never smaller than the model's resize needs (``cached_side``), so training never
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -119,7 +120,11 @@ def resolve_layout(root: Path) -> dict[str, Path]:
                 raise ValueError(f"{base} has two split folders named {name!r}: {splits[name].name}, {p.name}")
             splits[name] = p
     if splits:
-        others = [p.name for p in folders if p.name.lower() not in SPLIT_NAMES and _images_in(p)]
+        others = [
+            p.name
+            for p in folders
+            if p.name.lower() not in SPLIT_NAMES and _images_in(p, strict=p.name.lower() in CLASSES)
+        ]
         if others:
             raise ValueError(
                 f"{base} mixes split folders {sorted(splits)} with other folders of photos {others}, which would "
@@ -186,11 +191,12 @@ def read_original_sizes(root: Path) -> dict[str, tuple[int, int]]:
         if not path.is_file():
             continue
         raw = path.read_bytes()
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise rename the first column.
+        # Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise rename the first column.
+        body = raw.removeprefix(codecs.BOM_UTF8)
         try:
-            text = raw.decode("utf-8-sig")
+            text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
+            line = body[: exc.start].count(b"\n") + 1
             raise ValueError(f"{path} is not UTF-8 text (line {line}): save it as CSV UTF-8, or move it away") from exc
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in _SIZE_COLUMNS if c not in (reader.fieldnames or [])]

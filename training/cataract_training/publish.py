@@ -93,7 +93,15 @@ def _explain(exc: Exception, what: str, needs: str) -> PublishError:
         if code in _MISSING_KEY:
             return PublishError(f"cannot {what}: S3 said an object it needed does not exist ({code})")
         if code in ("AccessDenied", "403", "Forbidden"):
-            return PublishError(f"cannot {what}: access denied: {needs}")
+            # S3's own words when they say more than "Access Denied": a KMS key or an explicit deny, which no
+            # s3: permission of ours would fix.
+            said = str(exc.response.get("Error", {}).get("Message", "")).strip()
+            detail = (
+                f" (S3 said: {said[:300]})"
+                if said.rstrip(".").lower() not in ("", "access denied", "forbidden")
+                else ""
+            )
+            return PublishError(f"cannot {what}: access denied{detail}: {needs}")
         return PublishError(f"cannot {what}: S3 said {code or exc}")
     return PublishError(f"cannot {what}: {exc}")
 

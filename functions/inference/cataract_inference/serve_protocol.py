@@ -106,12 +106,13 @@ class _HeadLimitedConnection(h11.Connection):
 def _in_origin_form(request: h11.Request, absolute: re.Match[bytes]) -> h11.Request:
     """RFC 9112 3.2.2: a server must accept a target in absolute form, and take its host for the Host header.
     uvicorn took the whole target for the path (a 404), and the loopback guard judged a Host the target overrode."""
+    host = absolute["host"]
+    if not host or host.startswith(b":"):
+        # RFC 9110 4.2.1: an http(s) URI without a host is invalid; its Host would be empty or a bare port.
+        raise h11.RemoteProtocolError("a request target in absolute form names no host", error_status_hint=400)
     rest = request.target[absolute.end() :].partition(b"#")[0]  # a fragment is never the server's
     target = rest if rest.startswith(b"/") else b"/" + rest
-    host = absolute["host"]
-    headers: Any = request.headers
-    if host:
-        headers = [(name, value) for name, value in request.headers if name != b"host"] + [(b"host", host)]
+    headers = [(name, value) for name, value in request.headers if name != b"host"] + [(b"host", host)]
     return h11.Request(method=request.method, headers=headers, target=target, http_version=request.http_version)
 
 
