@@ -88,38 +88,32 @@ def test_other_folders_inside_a_class_folder_are_trained_on(tmp_path: Path, inne
     assert sum(key.startswith(f"cataract/{inner}/") for key in prep.keys) == 2
 
 
-def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_folder(tmp_path, n_per_class=4, seed=1)
-    locked = tmp_path / "normal" / "batch2"
-    locked.mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path: Any) -> Any:  # as for a folder of mode 000 (root reads any folder, so chmod cannot show it)
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-    with pytest.raises(ValueError, match=r"cannot read the folder .*batch2: Permission denied"):
-        prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
-
-
-def test_a_class_folder_beside_the_split_folders_that_cannot_be_listed_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A misplaced cataract/ beside train/ is refused when readable (its photos would be left out): so when not."""
-    make_folder(tmp_path / "train", n_per_class=4, seed=1)
-    locked = tmp_path / "cataract"
-    locked.mkdir()
+def _unlistable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``folder`` made, and listing it refused, as for a folder of mode 000 (root reads any folder, so chmod cannot)."""
+    folder.mkdir()
     real_scandir = os.scandir
 
     def scandir(path: Any) -> Any:
-        if Path(path) == locked:
+        if Path(path) == folder:
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    with pytest.raises(ValueError, match=r"cannot read the folder .*cataract: Permission denied"):
+
+
+@pytest.mark.parametrize(
+    ("photos", "locked"),
+    [
+        ("", "normal/batch2"),  # inside a class folder: its photos would vanish from training
+        ("train", "cataract"),  # a class folder beside split folders, refused when readable: so when not
+    ],
+)
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: str, locked: str
+) -> None:
+    make_folder(tmp_path / photos, n_per_class=4, seed=1)
+    _unlistable(monkeypatch, tmp_path / locked)
+    with pytest.raises(ValueError, match=rf"cannot read the folder .*{locked}: Permission denied"):
         prepare(FitConfig(data=str(tmp_path), size=32), progress=False)
 
 
@@ -128,16 +122,7 @@ def test_a_folder_beside_the_class_folders_that_cannot_be_listed_holds_no_photos
 ) -> None:
     """A data set on a disk of its own has lost+found beside the class folders, which a user cannot list."""
     make_folder(tmp_path, n_per_class=4, seed=1)
-    locked = tmp_path / "lost+found"
-    locked.mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path: Any) -> Any:
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    _unlistable(monkeypatch, tmp_path / "lost+found")
     assert len(prepare(FitConfig(data=str(tmp_path), size=32), progress=False).keys) == 8
 
 
