@@ -9,9 +9,12 @@ for each configuration it sets the function's `$LATEST` memory size and `ORT_INT
 (the first call after a configuration change is a cold start), then invokes back to back and reads Lambda's own
 REPORT line of each call (duration, billed duration, init duration, max memory used).
 
-What it touches: only `$LATEST`. API Gateway calls the `live` alias, a published version, so traffic is not
-affected. Its invocations publish metrics under the function's namespace + "Benchmark", not the one the alarms
-watch. The original memory size and environment are restored at the end, also after an error or Ctrl-C.
+What it touches: only `$LATEST` (a version or alias given as --function is refused). API Gateway calls the `live`
+alias, a published version, so traffic is not affected, unless a deploy runs during the sweep: it would publish a
+version from `$LATEST` as the sweep left it. Its invocations publish metrics under the function's namespace +
+"Benchmark", not the one the alarms watch. The original memory size and environment are restored at the end, also
+after an error or Ctrl-C (ignored while restoring), waiting out an update in progress; a configuration someone else
+changed during the sweep is left as they set it, and the message says what the sweep found.
 Permissions: lambda:GetFunction, lambda:GetFunctionConfiguration, lambda:UpdateFunctionConfiguration,
 lambda:InvokeFunction.
 """
@@ -20,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,11 @@ from benchmarks.common import Stats, fmt, photo_for
 # us-east-1 list prices (2026), first pricing tier; other regions differ by a few percent.
 PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 PRICE_PER_REQUEST = 0.20 / 1_000_000
+
+# How long an update waits out another one in progress (Lambda answers 409 ResourceConflictException meanwhile).
+CONFLICT_WAIT_S = 120.0
+# Fewer warm calls than this, and a p95 is only the largest of them: the table shows n/a.
+MIN_FOR_P95 = 20
 
 THREADS_VARIABLE = "ORT_INTRA_OP_THREADS"
 NAMESPACE_VARIABLE = "POWERTOOLS_METRICS_NAMESPACE"
@@ -123,14 +135,16 @@ class ConfigResult:
     errors: list[str] = field(default_factory=list)
 
     def cost_per_million(self, architecture: str) -> float:
-        """Dollars per million warm requests at the median billed duration (compute + request charge)."""
-        billed = Stats.of([r.billed_ms for r in self.warm]).p50
+        """Dollars per million warm requests at the mean billed duration (compute + request charge): the bill is the
+        sum of the calls' durations, so a slow tail counts in full, as the median would not count it."""
+        billed = sum(r.billed_ms for r in self.warm) / len(self.warm)
         gb_seconds = billed / 1000.0 * self.memory_mb / 1024.0
         return 1_000_000 * (gb_seconds * PRICE_PER_GB_SECOND[architecture] + PRICE_PER_REQUEST)
 
 
-def _invoke(client: Any, function: str, payload: bytes) -> tuple[Report, str | None]:
-    """One synchronous invocation of ``$LATEST``; the REPORT and, if the call failed, why."""
+def _invoke(client: Any, function: str, payload: bytes, memory_mb: int) -> tuple[Report, str | None]:
+    """One synchronous invocation of ``$LATEST``; the REPORT and, if the call failed (or ran on something other than
+    the configuration just set), why."""
     try:
         response = client.invoke(FunctionName=function, Payload=payload, LogType="Tail")
     except Exception as exc:  # throttling, a payload over the limit, missing permission: the sweep cannot go on.
@@ -141,6 +155,9 @@ def _invoke(client: Any, function: str, payload: bytes) -> tuple[Report, str | N
         report = parse_report(log_tail)
     except ValueError as exc:
         raise SweepError(f"cannot read Lambda's REPORT for {function}: {exc}") from exc
+    executed = response.get("ExecutedVersion", "$LATEST")
+    if executed != "$LATEST" or report.memory_size_mb != memory_mb:
+        return report, f"ran on version {executed} with {report.memory_size_mb} MB, not $LATEST with {memory_mb} MB"
     if response.get("FunctionError"):
         return report, f"function error ({response['FunctionError']}): {body[:300]!r}"
     try:
@@ -152,16 +169,82 @@ def _invoke(client: Any, function: str, payload: bytes) -> tuple[Report, str | N
     return report, None
 
 
-def _configure(client: Any, function: str, memory_mb: int, variables: dict[str, str]) -> None:
+def _error_code(exc: Exception) -> str | None:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return str(code) if code else None
+
+
+def _settled(client: Any, function: str) -> dict[str, Any]:
+    """The function's configuration once no update of it is in progress (a deploy's, or the sweep's own)."""
+    client.get_waiter("function_updated_v2").wait(FunctionName=function, WaiterConfig={"Delay": 2})
+    configuration: dict[str, Any] = client.get_function_configuration(FunctionName=function)
+    return configuration
+
+
+def _configure(
+    client: Any, function: str, memory_mb: int, variables: dict[str, str], revision: str | None = None
+) -> None:
+    """Set ``$LATEST``'s memory and environment and wait until Lambda has applied them. An update already in progress
+    is waited out; ``revision``: only if the function is still at that RevisionId (Lambda refuses otherwise)."""
+    extra = {"RevisionId": revision} if revision else {}
+    deadline, delay = time.monotonic() + CONFLICT_WAIT_S, 2.0
     try:
-        client.update_function_configuration(
-            FunctionName=function, MemorySize=memory_mb, Environment={"Variables": variables}
-        )
+        while True:
+            try:
+                client.update_function_configuration(
+                    FunctionName=function, MemorySize=memory_mb, Environment={"Variables": variables}, **extra
+                )
+                break
+            except Exception as exc:
+                if _error_code(exc) != "ResourceConflictException" or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 20.0)
         client.get_waiter("function_updated_v2").wait(FunctionName=function, WaiterConfig={"Delay": 2})
     except Exception as exc:  # botocore's ClientError and WaiterError: both end the sweep with their message.
         raise SweepError(
             f"could not set {function} to {memory_mb} MB, {variables.get(THREADS_VARIABLE)} thread(s): {exc}"
         ) from exc
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C ignored: a second one during the restore would leave the benchmark's configuration on the function."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _restore(
+    client: Any, function: str, original: tuple[int, dict[str, str]], ours: list[tuple[int, dict[str, str]]]
+) -> None:
+    """Put the original memory and environment back, unless the function is already so, or someone else changed it
+    during the sweep (a deploy, a colleague): their change is kept, and the error says what the sweep found."""
+    memory, variables = original
+    by_hand = f"MemorySize {memory}, environment {variables}"
+    try:
+        current = _settled(client, function)
+    except Exception as exc:
+        raise SweepError(
+            f"cannot read {function}'s configuration to restore it: {exc}. Restore it by hand: {by_hand}"
+        ) from exc
+    found = (int(current["MemorySize"]), dict(current.get("Environment", {}).get("Variables", {})))
+    if found == original:
+        return  # nothing of ours was applied
+    if found not in ours:
+        raise SweepError(
+            f"{function} was changed during the sweep by someone else ({found[0]} MB, environment {found[1]}); "
+            f"left as it is. Before the sweep it had {by_hand}"
+        )
+    try:
+        _configure(client, function, memory, variables, revision=current.get("RevisionId"))
+    except SweepError as exc:
+        raise SweepError(f"{exc}. Restore it by hand: {by_hand}") from exc
 
 
 def sweep(
@@ -179,7 +262,7 @@ def sweep(
     Returns the function's architecture and one result per configuration, in the order measured.
     """
     try:
-        original = client.get_function_configuration(FunctionName=function)
+        original = _settled(client, function)
     except Exception as exc:
         raise SweepError(f"cannot read the configuration of {function!r}: {exc}") from exc
     architecture = (original.get("Architectures") or ["x86_64"])[0]
@@ -187,6 +270,7 @@ def sweep(
     original_variables = dict(original.get("Environment", {}).get("Variables", {}))
     namespace = original_variables.get(NAMESPACE_VARIABLE, "CataractScreening")
     results: list[ConfigResult] = []
+    ours: list[tuple[int, dict[str, str]]] = []  # every configuration the sweep asked for, applied or not
     try:
         for memory_mb in memories:
             for count in threads:
@@ -196,37 +280,36 @@ def sweep(
                     THREADS_VARIABLE: str(count),
                     NAMESPACE_VARIABLE: f"{namespace}Benchmark",
                 }
+                ours.append((memory_mb, variables))
                 _configure(client, function, memory_mb, variables)
                 result = ConfigResult(memory_mb, count)
                 # A configuration change retires every execution environment: the first call is a cold start.
-                report, error = _invoke(client, function, payload)
+                report, error = _invoke(client, function, payload, memory_mb)
                 result.cold = report
                 if error:
                     result.errors.append(error)
                 for _ in range(invocations):
-                    report, error = _invoke(client, function, payload)
-                    result.warm.append(report)
-                    if error:
+                    report, error = _invoke(client, function, payload, memory_mb)
+                    if error:  # counted, and kept out of the latency and the cost: an error answer is no screening
                         result.errors.append(error)
+                    else:
+                        result.warm.append(report)
                 progress(
                     f"{memory_mb} MB, {count} thread(s): {len(result.warm)} warm calls, {len(result.errors)} errors"
                 )
                 results.append(result)
     finally:
         progress(f"restoring {original_memory} MB and the original environment")
-        try:
-            _configure(client, function, original_memory, original_variables)
-        except SweepError as exc:
-            raise SweepError(
-                f"{exc}. Restore it by hand: MemorySize {original_memory}, environment {original_variables}"
-            ) from exc
+        with _uninterrupted():
+            _restore(client, function, (original_memory, original_variables), ours)
     return architecture, results
 
 
 def table(architecture: str, results: Sequence[ConfigResult]) -> str:
     """Markdown: cold start, warm duration and cost per configuration, ratios against the first one."""
     lines = [
-        "| memory MB | ORT threads | cold: init ms | cold: duration ms | warm n | warm p50 ms | p95 ms | min–max ms "
+        "| memory MB | ORT threads | cold: init ms | cold: duration ms | warm n (answered) | warm p50 ms | p95 ms "
+        "| min–max ms "
         "| p50 ÷ first row | max memory used MB | errors | $ per 1M requests |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -238,11 +321,20 @@ def table(architecture: str, results: Sequence[ConfigResult]) -> str:
         cold_duration = fmt(cold.duration_ms) if cold else "n/a"
         peak = max((r.max_memory_mb for r in [*result.warm, *([cold] if cold else [])]), default=0)
         cost = fmt(result.cost_per_million(architecture)) if result.warm else "n/a"
+        p95 = fmt(s.p95) if s.n >= MIN_FOR_P95 else "n/a"
         lines.append(
-            f"| {result.memory_mb} | {result.threads} | {init} | {cold_duration} | {s.n} | {fmt(s.p50)} | {fmt(s.p95)} "
+            f"| {result.memory_mb} | {result.threads} | {init} | {cold_duration} | {s.n} | {fmt(s.p50)} | {p95} "
             f"| {fmt(s.lo)}–{fmt(s.hi)} | {fmt(s.p50 / base)}× | {peak} | {len(result.errors)} | {cost} |"
         )
     return "\n".join(lines)
+
+
+def _qualified(function: str) -> bool:
+    """True when ``function`` carries a version or alias: name:qualifier, or a (partial) ARN ending in one."""
+    parts = function.split(":")
+    if parts[0] == "arn":
+        return len(parts) >= 8
+    return len(parts) in (2, 4)
 
 
 def _ints(text: str) -> list[int]:
@@ -265,6 +357,11 @@ def main(argv: list[str] | None = None, client: Any | None = None) -> int:
     args = parser.parse_args(argv)
     if args.invocations < 1:
         parser.error("--invocations must be at least 1")
+    if _qualified(args.function):
+        parser.error(
+            f"--function {args.function} names a version or alias: give the function's name (the stack's "
+            "FunctionName output); the sweep sets and measures $LATEST, never what the live alias serves"
+        )
 
     from cataract_inference.events import predict_event
 
@@ -288,6 +385,9 @@ def main(argv: list[str] | None = None, client: Any | None = None) -> int:
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.function}'s configuration was restored", file=sys.stderr)
+        return 130
     text = (
         f"_{args.function} ({architecture}), {args.invocations} warm invocations per configuration, photo: "
         f"{args.photo} ({len(payload) // 1024} KB event). Durations are Lambda's REPORT figures._\n\n"

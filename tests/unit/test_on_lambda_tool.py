@@ -76,23 +76,45 @@ def stubbed() -> Iterator[tuple[Any, Stubber]]:
         stubber.assert_no_pending_responses()
 
 
-def expect_configuration(stubber: Stubber, architecture: str = "x86_64", memory: int = 2048) -> None:
+def expect_settled(
+    stubber: Stubber, memory: int, variables: dict[str, str], architecture: str = "x86_64", revision: str = "rev-0"
+) -> None:
+    """The wait for no update in progress (function_updated_v2 reads GetFunction), then the configuration read."""
+    stubber.add_response(
+        "get_function", {"Configuration": {"LastUpdateStatus": "Successful"}}, {"FunctionName": FUNCTION}
+    )
     stubber.add_response(
         "get_function_configuration",
-        {"MemorySize": memory, "Architectures": [architecture], "Environment": {"Variables": dict(ORIGINAL_VARIABLES)}},
+        {
+            "MemorySize": memory,
+            "Architectures": [architecture],
+            "Environment": {"Variables": dict(variables)},
+            "RevisionId": revision,
+        },
         {"FunctionName": FUNCTION},
     )
 
 
-def expect_update(stubber: Stubber, memory: int, variables: dict[str, str]) -> None:
+def expect_configuration(stubber: Stubber, architecture: str = "x86_64", memory: int = 2048) -> None:
+    expect_settled(stubber, memory, ORIGINAL_VARIABLES, architecture)
+
+
+def expect_update(stubber: Stubber, memory: int, variables: dict[str, str], revision: str | None = None) -> None:
+    expected: dict[str, Any] = {"FunctionName": FUNCTION, "MemorySize": memory, "Environment": {"Variables": variables}}
+    if revision:
+        expected["RevisionId"] = revision
     stubber.add_response(
-        "update_function_configuration",
-        {"MemorySize": memory, "LastUpdateStatus": "InProgress"},
-        {"FunctionName": FUNCTION, "MemorySize": memory, "Environment": {"Variables": variables}},
+        "update_function_configuration", {"MemorySize": memory, "LastUpdateStatus": "InProgress"}, expected
     )
     stubber.add_response(
         "get_function", {"Configuration": {"LastUpdateStatus": "Successful"}}, {"FunctionName": FUNCTION}
     )
+
+
+def expect_restore(stubber: Stubber, left_at: int, left_variables: dict[str, str], memory: int = 2048) -> None:
+    """The restore: the function read as the sweep left it, then the original put back if still at that revision."""
+    expect_settled(stubber, left_at, left_variables, revision="rev-sweep")
+    expect_update(stubber, memory, ORIGINAL_VARIABLES, revision="rev-sweep")
 
 
 def expect_invoke(stubber: Stubber, response: dict) -> None:
@@ -121,7 +143,7 @@ def test_sweep_sets_each_configuration_measures_cold_and_warm_and_restores(stubb
         expect_invoke(stubber, invoke_response(text_report(40.0, 521, memory, 170, init=cold)))
         for duration in warm:
             expect_invoke(stubber, invoke_response(text_report(duration, round(duration + 0.5), memory, 171)))
-    expect_update(stubber, 2048, ORIGINAL_VARIABLES)  # the original, exactly: no benchmark namespace left behind
+    expect_restore(stubber, 3538, swept_variables(2))  # the original, exactly: no benchmark namespace left behind
 
     progress: list[str] = []
     architecture, results = on_lambda.sweep(
@@ -136,15 +158,17 @@ def test_sweep_sets_each_configuration_measures_cold_and_warm_and_restores(stubb
     assert all(r.init_ms is None for r in first.warm)
     assert not any(r.errors for r in results)
     assert progress[-1] == "restoring 2048 MB and the original environment"
-    # arm64 price: median billed 12 ms at 1769 MB, plus the request charge.
-    expected = 1e6 * (0.012 * 1769 / 1024 * on_lambda.PRICE_PER_GB_SECOND["arm64"] + 0.20 / 1e6)
+    # arm64 price: the mean billed duration (12, 12 and 30 ms: 18, where the median is 12) at 1769 MB, plus the
+    # request charge.
+    expected = 1e6 * (18 / 1000 * 1769 / 1024 * on_lambda.PRICE_PER_GB_SECOND["arm64"] + 0.20 / 1e6)
     assert first.cost_per_million("arm64") == pytest.approx(expected)
     assert last.cost_per_million("arm64") > 0
 
     rows = [line for line in on_lambda.table(architecture, results).splitlines() if line[2:3].isdigit()]
     assert len(rows) == 4
-    assert rows[0].startswith("| 1769 | 1 | 480.50 | 40.00 | 3 | 12.00 | 30.00 | 11.00–30.00 | 1.00× | 171 | 0 |")
-    assert rows[3].startswith("| 3538 | 2 | 455.00 | 40.00 | 3 | 7.00 | 8.00 | 6.50–8.00 | 0.58× | 171 | 0 |")
+    # Three warm calls: a p95 would be only their largest.
+    assert rows[0].startswith("| 1769 | 1 | 480.50 | 40.00 | 3 | 12.00 | n/a | 11.00–30.00 | 1.00× | 171 | 0 |")
+    assert rows[3].startswith("| 3538 | 2 | 455.00 | 40.00 | 3 | 7.00 | n/a | 6.50–8.00 | 0.58× | 171 | 0 |")
 
 
 def test_failed_invocations_are_counted_not_hidden(stubbed: tuple[Any, Stubber]) -> None:
@@ -160,16 +184,17 @@ def test_failed_invocations_are_counted_not_hidden(stubbed: tuple[Any, Stubber])
     expect_invoke(stubber, invoke_response(text_report(5.0, 5, 2048, 121), {"statusCode": 413, "body": "{}"}))
     expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 121)))
     expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 121), body=["not", "a", "response"]))  # type: ignore[arg-type]
-    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+    expect_restore(stubber, 2048, swept_variables(1))
 
     _, (result,) = on_lambda.sweep(client, FUNCTION, [2048], [1], PAYLOAD, invocations=3)
 
-    assert len(result.warm) == 3
+    # The errors are counted, and kept out of the latency and the cost: only the one answered call is in them.
+    assert [r.duration_ms for r in result.warm] == [9.0]
     assert len(result.errors) == 3
     assert result.errors[0].startswith("function error (Unhandled)")
     assert result.errors[1].startswith("HTTP 413")
     assert result.errors[2].startswith("not an API Gateway response")
-    assert "| 3 |" in on_lambda.table("x86_64", [result])
+    assert "| 1 | 9.00 | n/a | 9.00–9.00 | 1.00× | 121 | 3 |" in on_lambda.table("x86_64", [result])
 
 
 def test_an_invocation_that_raises_ends_the_sweep_and_still_restores(stubbed: tuple[Any, Stubber]) -> None:
@@ -177,7 +202,7 @@ def test_an_invocation_that_raises_ends_the_sweep_and_still_restores(stubbed: tu
     expect_configuration(stubber)
     expect_update(stubber, 3538, swept_variables(2))
     stubber.add_client_error("invoke", "TooManyRequestsException", "Rate exceeded", 429)
-    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+    expect_restore(stubber, 3538, swept_variables(2))
 
     with pytest.raises(on_lambda.SweepError, match="Rate exceeded"):
         on_lambda.sweep(client, FUNCTION, [3538], [2], PAYLOAD, invocations=2)
@@ -186,8 +211,10 @@ def test_an_invocation_that_raises_ends_the_sweep_and_still_restores(stubbed: tu
 def test_a_failed_restore_says_what_to_restore_by_hand(stubbed: tuple[Any, Stubber]) -> None:
     client, stubber = stubbed
     expect_configuration(stubber)
-    stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress")
-    stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress")
+    expect_update(stubber, 1769, swept_variables(1))
+    stubber.add_client_error("invoke", "ServiceException", "Lambda is down", 500)
+    expect_settled(stubber, 1769, swept_variables(1), revision="rev-sweep")
+    stubber.add_client_error("update_function_configuration", "AccessDeniedException", "not allowed", 403)
 
     with pytest.raises(on_lambda.SweepError) as raised:
         on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
@@ -195,9 +222,122 @@ def test_a_failed_restore_says_what_to_restore_by_hand(stubbed: tuple[Any, Stubb
     assert "'ORT_INTRA_OP_THREADS': '1'" in str(raised.value)
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_an_update_in_progress_is_waited_out_and_a_failed_first_change_leaves_nothing_to_restore(
+    stubbed: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lambda answers 409 while an update is in progress (a deploy's, or one the sweep just made): waited out for a
+    while, then the sweep ends; the function is still as it was, so nothing is restored, nor asked of the user."""
+    clock = _Clock()
+    monkeypatch.setattr(on_lambda.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(on_lambda.time, "sleep", clock.sleep)
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress", 409)
+    expect_update(stubber, 1769, swept_variables(1))  # the second try goes through
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 1769, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 1769, 171)))
+    expect_restore(stubber, 1769, swept_variables(1))
+    expect_configuration(stubber)  # the second sweep
+    for _ in range(9):  # 2 + 4 + 8 + 16 + 20 + 20 + 20 + 20 s: a ninth refusal, and 20 s more would pass 120
+        stubber.add_client_error("update_function_configuration", "ResourceConflictException", "in progress", 409)
+    expect_settled(stubber, 2048, ORIGINAL_VARIABLES)  # the restore finds the original: nothing to put back
+
+    _, (result,) = on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    assert not result.errors and clock.now == 2.0
+    with pytest.raises(on_lambda.SweepError) as raised:
+        on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    assert "ResourceConflictException" in str(raised.value) and "by hand" not in str(raised.value)
+
+
+def test_a_change_someone_made_during_the_sweep_is_not_overwritten(stubbed: tuple[Any, Stubber]) -> None:
+    """A deploy during the sweep set a new MODEL_SHA256: writing back the environment read at the start undid it."""
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 1769, swept_variables(1))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 1769, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 1769, 171)))
+    expect_settled(stubber, 1769, {**swept_variables(1), "MODEL_SHA256": "new"})
+
+    with pytest.raises(on_lambda.SweepError) as raised:
+        on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    message = str(raised.value)
+    assert "was changed during the sweep by someone else" in message and "'MODEL_SHA256': 'new'" in message
+    assert "left as it is" in message
+
+
+def test_ctrl_c_during_the_sweep_restores_and_exits_130(
+    stubbed: tuple[Any, Stubber], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_restore(stubber, 2048, swept_variables(1))
+    real_invoke = client.invoke
+
+    def interrupted(**kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    client.invoke = interrupted
+    argv = ["--function", FUNCTION, "--memory", "2048", "--threads", "1", "--invocations", "1"]
+    assert on_lambda.main(argv, client=client) == 130
+    assert "interrupted: " in capsys.readouterr().err
+    client.invoke = real_invoke
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        f"{FUNCTION}:live",
+        f"{FUNCTION}:7",
+        f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION}:live",
+        f"123456789012:function:{FUNCTION}:live",
+    ],
+)
+def test_a_version_or_alias_is_refused_before_any_call(function: str, capsys: pytest.CaptureFixture[str]) -> None:
+    class NoCalls:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the tool called {name} on what the live alias serves")
+
+    with pytest.raises(SystemExit) as raised:
+        on_lambda.main(["--function", function], client=NoCalls())
+    assert raised.value.code == 2 and "names a version or alias" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "function", [FUNCTION, f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION}", f"1:function:{FUNCTION}"]
+)
+def test_a_function_name_or_arn_is_taken(function: str) -> None:
+    assert not on_lambda._qualified(function)
+
+
+def test_a_call_that_ran_elsewhere_than_the_configuration_just_set_is_an_error(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 1769, swept_variables(1))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 1769, 170, init=400.0)))
+    elsewhere = invoke_response(text_report(9.0, 9, 2048, 171))
+    elsewhere["ExecutedVersion"] = "7"
+    expect_invoke(stubber, elsewhere)
+    expect_restore(stubber, 1769, swept_variables(1))
+
+    _, (result,) = on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    assert result.errors == ["ran on version 7 with 2048 MB, not $LATEST with 1769 MB"] and result.warm == []
+
+
 def test_a_missing_function_is_a_clear_error(stubbed: tuple[Any, Stubber], capsys: pytest.CaptureFixture) -> None:
     client, stubber = stubbed
-    stubber.add_client_error("get_function_configuration", "ResourceNotFoundException", "Function not found", 404)
+    stubber.add_client_error("get_function", "ResourceNotFoundException", "Function not found", 404)
 
     assert on_lambda.main(["--function", FUNCTION, "--invocations", "1"], client=client) == 2
     assert "cannot read the configuration" in capsys.readouterr().err
@@ -213,7 +353,7 @@ def test_main_prints_and_writes_the_table_for_a_photo_of_your_own(
     expect_update(stubber, 2048, swept_variables(1))
     expect_invoke(stubber, invoke_response(json_report(35.0, 35, 2048, 150, init=410.0)))
     expect_invoke(stubber, invoke_response(json_report(8.0, 8, 2048, 151)))
-    expect_update(stubber, 2048, ORIGINAL_VARIABLES)
+    expect_restore(stubber, 2048, swept_variables(1))
     output = tmp_path / "lambda.md"
 
     code = on_lambda.main(
