@@ -41,8 +41,10 @@ from benchmarks.common import Stats, fmt, photo_for
 PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 PRICE_PER_REQUEST = 0.20 / 1_000_000
 
-# How long an update waits out another one in progress (Lambda answers 409 ResourceConflictException meanwhile).
+# How long an update waits out another one in progress (Lambda answers 409 ResourceConflictException meanwhile),
+# and how long a wait for an update to be applied may take (botocore's waiter would poll for 10 minutes).
 CONFLICT_WAIT_S = 120.0
+WAIT_S, WAIT_DELAY_S = 120.0, 2
 # Fewer warm calls than this, and a p95 is only the largest of them: the table shows n/a.
 MIN_FOR_P95 = 20
 
@@ -68,6 +70,14 @@ _JSON_FIELDS = {
 
 class SweepError(RuntimeError):
     """The sweep cannot go on (the function is missing, an update failed); the message says what to do."""
+
+
+class RestoreError(SweepError):
+    """The sweep finished, but its configuration could not be put back: the results, and what to do."""
+
+    def __init__(self, message: str, architecture: str, results: list[ConfigResult]) -> None:
+        super().__init__(message)
+        self.architecture, self.results = architecture, results
 
 
 @dataclass(frozen=True)
@@ -174,9 +184,24 @@ def _error_code(exc: Exception) -> str | None:
     return str(code) if code else None
 
 
+def _wait_for_update(client: Any, function: str) -> None:
+    """Until no update of the function is in progress (a deploy's, or the sweep's own): WAIT_S at most. A last
+    update that Failed is over too: Lambda takes the next one."""
+    from botocore.exceptions import WaiterError
+
+    try:
+        client.get_waiter("function_updated_v2").wait(
+            FunctionName=function, WaiterConfig={"Delay": WAIT_DELAY_S, "MaxAttempts": int(WAIT_S // WAIT_DELAY_S)}
+        )
+    except WaiterError as exc:
+        last = (exc.last_response or {}).get("Configuration", {})
+        if last.get("LastUpdateStatus") != "Failed":
+            raise
+
+
 def _settled(client: Any, function: str) -> dict[str, Any]:
-    """The function's configuration once no update of it is in progress (a deploy's, or the sweep's own)."""
-    client.get_waiter("function_updated_v2").wait(FunctionName=function, WaiterConfig={"Delay": 2})
+    """The function's configuration once no update of it is in progress."""
+    _wait_for_update(client, function)
     configuration: dict[str, Any] = client.get_function_configuration(FunctionName=function)
     return configuration
 
@@ -200,7 +225,7 @@ def _configure(
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 20.0)
-        client.get_waiter("function_updated_v2").wait(FunctionName=function, WaiterConfig={"Delay": 2})
+        _wait_for_update(client, function)
     except Exception as exc:  # botocore's ClientError and WaiterError: both end the sweep with their message.
         raise SweepError(
             f"could not set {function} to {memory_mb} MB, {variables.get(THREADS_VARIABLE)} thread(s): {exc}"
@@ -217,7 +242,8 @@ def _uninterrupted() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler installed outside Python, which signal.signal cannot put back.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _restore(
@@ -271,6 +297,17 @@ def sweep(
     namespace = original_variables.get(NAMESPACE_VARIABLE, "CataractScreening")
     results: list[ConfigResult] = []
     ours: list[tuple[int, dict[str, str]]] = []  # every configuration the sweep asked for, applied or not
+
+    def restored() -> str | None:
+        """Put the original back, Ctrl-C ignored meanwhile; what went wrong, or None."""
+        with _uninterrupted():
+            progress(f"restoring {original_memory} MB and the original environment")
+            try:
+                _restore(client, function, (original_memory, original_variables), ours)
+            except SweepError as exc:
+                return str(exc)
+        return None
+
     try:
         for memory_mb in memories:
             for count in threads:
@@ -285,9 +322,10 @@ def sweep(
                 result = ConfigResult(memory_mb, count)
                 # A configuration change retires every execution environment: the first call is a cold start.
                 report, error = _invoke(client, function, payload, memory_mb)
-                result.cold = report
-                if error:
+                if error:  # an init failure, or a call that ran elsewhere: no cold start of this configuration
                     result.errors.append(error)
+                else:
+                    result.cold = report
                 for _ in range(invocations):
                     report, error = _invoke(client, function, payload, memory_mb)
                     if error:  # counted, and kept out of the latency and the cost: an error answer is no screening
@@ -298,10 +336,15 @@ def sweep(
                     f"{memory_mb} MB, {count} thread(s): {len(result.warm)} warm calls, {len(result.errors)} errors"
                 )
                 results.append(result)
-    finally:
-        progress(f"restoring {original_memory} MB and the original environment")
-        with _uninterrupted():
-            _restore(client, function, (original_memory, original_variables), ours)
+    except BaseException as exc:
+        problem = restored()
+        if problem:  # both: what stopped the sweep, and what the restore found
+            stopped = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            raise SweepError(f"{stopped}. Then the restore: {problem}") from exc
+        raise
+    problem = restored()
+    if problem:
+        raise RestoreError(problem, architecture, results)
     return architecture, results
 
 
@@ -327,6 +370,14 @@ def table(architecture: str, results: Sequence[ConfigResult]) -> str:
             f"| {fmt(s.lo)}–{fmt(s.hi)} | {fmt(s.p50 / base)}× | {peak} | {len(result.errors)} | {cost} |"
         )
     return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace, payload: bytes, architecture: str, results: list[ConfigResult]) -> str:
+    return (
+        f"_{args.function} ({architecture}), {args.invocations} warm invocations per configuration, photo: "
+        f"{args.photo} ({len(payload) // 1024} KB event). Durations are Lambda's REPORT figures._\n\n"
+        + table(architecture, results)
+    )
 
 
 def _qualified(function: str) -> bool:
@@ -382,17 +433,17 @@ def main(argv: list[str] | None = None, client: Any | None = None) -> int:
             invocations=args.invocations,
             progress=lambda text: print(text, file=sys.stderr, flush=True),
         )
+    except RestoreError as exc:  # the results stand; the function's configuration needs a look
+        print(_report(args, payload, exc.architecture, exc.results))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {args.function}'s configuration was restored", file=sys.stderr)
+        print(f"interrupted: {args.function} is configured as it was before the sweep", file=sys.stderr)
         return 130
-    text = (
-        f"_{args.function} ({architecture}), {args.invocations} warm invocations per configuration, photo: "
-        f"{args.photo} ({len(payload) // 1024} KB event). Durations are Lambda's REPORT figures._\n\n"
-        + table(architecture, results)
-    )
+    text = _report(args, payload, architecture, results)
     print(text)
     for result in results:
         for error in result.errors[:3]:

@@ -218,8 +218,10 @@ def test_a_failed_restore_says_what_to_restore_by_hand(stubbed: tuple[Any, Stubb
 
     with pytest.raises(on_lambda.SweepError) as raised:
         on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
-    assert "Restore it by hand: MemorySize 2048" in str(raised.value)
-    assert "'ORT_INTRA_OP_THREADS': '1'" in str(raised.value)
+    message = str(raised.value)
+    assert "Lambda is down" in message, "what stopped the sweep is said too, not only what the restore found"
+    assert "Restore it by hand: MemorySize 2048" in message
+    assert "'ORT_INTRA_OP_THREADS': '1'" in message
 
 
 class _Clock:
@@ -269,11 +271,95 @@ def test_a_change_someone_made_during_the_sweep_is_not_overwritten(stubbed: tupl
     expect_invoke(stubber, invoke_response(text_report(9.0, 9, 1769, 171)))
     expect_settled(stubber, 1769, {**swept_variables(1), "MODEL_SHA256": "new"})
 
-    with pytest.raises(on_lambda.SweepError) as raised:
+    with pytest.raises(on_lambda.RestoreError) as raised:
         on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
     message = str(raised.value)
     assert "was changed during the sweep by someone else" in message and "'MODEL_SHA256': 'new'" in message
     assert "left as it is" in message
+    # The sweep itself finished: its measurements are not lost to the restore.
+    assert [(r.memory_mb, [w.duration_ms for w in r.warm]) for r in raised.value.results] == [(1769, [9.0])]
+
+
+def test_main_prints_the_table_of_a_finished_sweep_whose_restore_failed(
+    stubbed: tuple[Any, Stubber], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_settled(stubber, 2048, swept_variables(1), revision="rev-sweep")
+    stubber.add_client_error("update_function_configuration", "AccessDeniedException", "not allowed", 403)
+
+    argv = ["--function", FUNCTION, "--memory", "2048", "--threads", "1", "--invocations", "1"]
+    assert on_lambda.main(argv, client=client) == 2
+    captured = capsys.readouterr()
+    assert "| 2048 | 1 | 400.00 | 40.00 | 1 | 9.00 |" in captured.out
+    assert "Restore it by hand: MemorySize 2048" in captured.err
+
+
+def test_a_function_whose_last_update_failed_is_swept_and_restored(stubbed: tuple[Any, Stubber]) -> None:
+    """Lambda keeps LastUpdateStatus Failed until the next update, and takes one: botocore's waiter calls it final."""
+    client, stubber = stubbed
+    stubber.add_response("get_function", {"Configuration": {"LastUpdateStatus": "Failed"}}, {"FunctionName": FUNCTION})
+    stubber.add_response(
+        "get_function_configuration",
+        {"MemorySize": 2048, "Environment": {"Variables": dict(ORIGINAL_VARIABLES)}, "RevisionId": "rev-0"},
+        {"FunctionName": FUNCTION},
+    )
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_restore(stubber, 2048, swept_variables(1))
+
+    _, (result,) = on_lambda.sweep(client, FUNCTION, [2048], [1], PAYLOAD, invocations=1)
+    assert not result.errors
+
+
+def test_ctrl_c_while_restoring_is_ignored(stubbed: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SIGINT in the middle of the restore: without the guard, the restore stopped half-way."""
+    import os
+    import signal
+
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 2048, swept_variables(1))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_restore(stubber, 2048, swept_variables(1))
+    real_update = client.update_function_configuration
+
+    def update(**kwargs: Any) -> Any:
+        if "RevisionId" in kwargs:  # the restore's update
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_update(**kwargs)
+
+    client.update_function_configuration = update
+    # As at a terminal, whatever this test runner inherited (a background job ignores SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _, (result,) = on_lambda.sweep(client, FUNCTION, [2048], [1], PAYLOAD, invocations=1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not result.errors
+
+
+def test_a_cold_call_that_ran_elsewhere_fills_no_cold_column(stubbed: tuple[Any, Stubber]) -> None:
+    client, stubber = stubbed
+    expect_configuration(stubber)
+    expect_update(stubber, 1769, swept_variables(1))
+    elsewhere = invoke_response(text_report(40.0, 41, 2048, 900, init=9999.0))
+    elsewhere["ExecutedVersion"] = "7"
+    expect_invoke(stubber, elsewhere)
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 1769, 171)))
+    expect_restore(stubber, 1769, swept_variables(1))
+
+    _, (result,) = on_lambda.sweep(client, FUNCTION, [1769], [1], PAYLOAD, invocations=1)
+    assert result.cold is None and len(result.errors) == 1
+    assert "| 1769 | 1 | n/a | n/a | 1 | 9.00 | n/a | 9.00–9.00 | 1.00× | 171 | 1 |" in on_lambda.table(
+        "x86_64", [result]
+    )
 
 
 def test_ctrl_c_during_the_sweep_restores_and_exits_130(
