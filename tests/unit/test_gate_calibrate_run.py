@@ -216,29 +216,145 @@ def test_a_class_outside_the_validation_photos_does_not_stop_the_calibration() -
         cal.check_halves(eyes(["cataract", "cataract", "normal"], [cal_, held, held]))
 
 
-def test_a_gate_that_meets_the_targets_is_written_and_the_validation_counts_refreshed(
-    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _easy_run(
+    data: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validation_n: int = 8
+) -> tuple[list[str], int]:
+    """A written run (targets every gate meets), model.json's validation counting ``validation_n`` photos: the
+    arguments, and what the recount was handed."""
     _trim(monkeypatch)
     monkeypatch.setattr(cal, "TARGET_OOD_REJECT", 0.0)  # targets every gate meets
     monkeypatch.setattr(cal, "TARGET_FALSE_REJECT", 1.0)
-    refreshed: list[int] = []
-    real_refresh = cal.refresh_validation_counts
-
-    def counting(model_dir: Path, photos: list[Path], labels: list[str]) -> Any:
-        refreshed.append(len(photos))
-        return real_refresh(model_dir, photos, labels)
-
-    monkeypatch.setattr(cal, "refresh_validation_counts", counting)
-    model = _model(tmp_path / "m", bundled_model_dir)
+    manifest = json.loads((model / "model.json").read_text())
+    manifest["metrics"]["validation"]["n"] = validation_n
+    manifest["metrics"]["variants"][manifest["precision"]]["validation"]["n"] = validation_n
+    (model / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     split = _split(tmp_path / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
     args = ["--model-dir", str(model), "--data", str(data), "--split", str(split), "--out", str(tmp_path / "out")]
-    assert cal.main([*args, "--quiet"]) == 0
-    written = json.loads((model / "model.json").read_text())["gate"]
+    return [*args, "--quiet"], validation_n
+
+
+def test_a_gate_that_meets_the_targets_is_written_and_the_validation_counts_refreshed(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(tmp_path / "m", bundled_model_dir)
+    args, _ = _easy_run(data, model, tmp_path, monkeypatch)
+    recounted: list[int] = []
+    real_counts = cal.served_counts
+
+    def counting(model_dir: Path, photos: list[Path], labels: list[str]) -> Any:
+        recounted.append(len(photos))
+        # Counted under the new gate, before anything is written: the folder served is a scratch copy.
+        assert model_dir != model and json.loads((model_dir / "model.json").read_text())["gate"]["calibration"]
+        return real_counts(model_dir, photos, labels)
+
+    monkeypatch.setattr(cal, "served_counts", counting)
+    assert cal.main(args) == 0
+    written = json.loads((model / "model.json").read_text())
     report = json.loads((tmp_path / "out" / "gate_report.json").read_text())
-    assert written["calibration"]["date"] == report["date"] and written["calibration"]["meets_targets"] is True
-    assert refreshed == [8]  # the split's validation photos, recounted once under the new gate
-    assert "misses its held-out targets" not in (model / "MODEL_CARD.md").read_text(encoding="utf-8")
+    gate = written["gate"]
+    assert gate["calibration"]["date"] == report["date"] and gate["calibration"]["meets_targets"] is True
+    assert recounted == [8]  # the split's validation photos, recounted once under the new gate
+    val = [data / k / f"e{i}.png" for k in ("cataract", "normal") for i in (2, 3, 4, 5)]
+    counts = real_counts(model, val, ["cataract"] * 4 + ["normal"] * 4)  # as model.json now serves them
+    assert written["metrics"]["validation"]["gate_ungradable"] == counts["gate_ungradable"]
+    card = (model / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "misses its held-out targets" not in card
+    sentence = cal.served_block(written["metrics"]["validation"])
+    assert sentence is not None and sentence in card  # the card's sentence on the figures, as recounted
+    assert not [p for p in model.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+
+
+def test_an_interruption_while_recounting_leaves_model_json_and_the_card_as_they_were(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C during the validation recount left the new gate in model.json beside the old counts, and a card
+    # with the new gate section but the old sentence on the figures.
+    model = _model(tmp_path / "m", bundled_model_dir)
+    args, _ = _easy_run(data, model, tmp_path, monkeypatch)
+    before = {name: (model / name).read_bytes() for name in ("model.json", "MODEL_CARD.md")}
+
+    def interrupted(*_a: Any, **_k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "served_counts", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cal.main(args)
+    assert {name: (model / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in model.iterdir()) == ["MODEL_CARD.md", "model.json", "model.onnx"]
+
+
+def test_a_recount_that_cannot_match_the_exports_validation_photos_says_so(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # model.json counted 97 photos, --data held 2 of them: the recount was skipped without a word.
+    model = _model(tmp_path / "m", bundled_model_dir)
+    before = json.loads((model / "model.json").read_text())["metrics"]["validation"]
+    photos = [data / "cataract" / "e2.png", data / "normal" / "e2.png"]
+    cal.write_calibrated(
+        model,
+        {"min_side": 32},
+        "<!-- BEGIN gradability-gate -->x<!-- END gradability-gate -->",
+        (
+            photos,
+            ["cataract", "normal"],
+        ),
+    )
+    err = capsys.readouterr().err
+    assert f"validation counts were NOT recounted under the new gate: they count {before['n']} photos" in err
+    assert json.loads((model / "model.json").read_text())["metrics"]["validation"] == before
+
+
+def test_undecodable_photos_are_named_not_dropped_silently(
+    data: Path, bundled_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eyes = tmp_path / "eyes"
+    shutil.copytree(data, eyes)
+    (eyes / "normal" / "e4.png").write_bytes(b"")  # a validation photo
+    (eyes / "normal" / "x.gif").write_bytes(b"GIF89a broken")  # in neither list
+    split = _split(tmp_path / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
+    result = cal.eye_set(eyes, bundled_model_dir, split, 0, False)
+    assert eyes / "normal" / "e4.png" not in result.paths
+    err = capsys.readouterr().err
+    assert "warning: 2 photo(s) under" in err and "normal/e4.png" in err and "normal/x.gif" in err
+    assert "(1 of them validation photos: normal/e4.png)" in err
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (("ood_distance", "mid_distance", "embedding"), (), "the model has no ood_distance output"),
+        (("ood_distance", "mid_distance", "embedding"), ("--no-mid",), "the model has no ood_distance output"),
+        (("mid_distance",), (), "the model has no mid_distance output: re-export it, or calibrate with --no-mid"),
+        (("embedding",), ("--probe",), "--probe needs the graph's embedding output"),
+    ],
+)
+def test_a_model_without_the_outputs_the_gate_needs_is_refused_before_measuring(
+    case: tuple[tuple[str, ...], tuple[str, ...], str],
+    bundled_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    drop, extra, message = case
+    # Found out after all the measuring, and --no-mid, suggested, failed the same way later.
+    model = _model(tmp_path / "m", bundled_model_dir)
+    manifest = json.loads((model / "model.json").read_text())
+    for name in drop:
+        manifest["outputs"].pop(name)
+    manifest["gate"] = {}  # its caps need the outputs dropped
+    (model / "model.json").write_text(json.dumps(manifest))
+
+    def measured(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("measured before refusing")
+
+    monkeypatch.setattr(cal, "eye_set", measured)
+    split = _split(tmp_path / "split.json", {"cataract": [2, 3, 4, 5], "normal": [2, 3, 4, 5]})
+    args = ["--model-dir", str(model), "--data", str(tmp_path), "--split", str(split), "--out", str(tmp_path / "out")]
+    assert cal.main([*args, "--quiet", "--dry-run", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    if "ood_distance" in drop:
+        assert "--no-mid" not in err  # it fails without the mid-level cap too
 
 
 def test_photos_are_named_uniquely_whatever_the_layout() -> None:

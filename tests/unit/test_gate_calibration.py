@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -405,13 +406,98 @@ def test_the_gate_refuses_photos_that_are_not_the_ones_its_split_names(bundled_m
             explicit=explicit,
         )
 
-    check("train", split["val"][:3])  # the training folder: passes
+    every = split["train"] + split["val"]
+    check("train", every)  # the training folder: passes
+    check("train", [*every[1:], "cataract/new.jpg"])  # a photo deleted, one added since training: passes too
     with pytest.raises(ValueError, match=r"none of the photos under elsewhere is in the split .*--data"):
         check("elsewhere", ["cataract/mine_1.jpg"])
     other = {"cataract": 3, "normal": 4}
     with pytest.raises(ValueError, match=r"holds \{'cataract': 3, 'normal': 4\}, but 20261127-195611"):
-        check("look-alike", split["val"][:3], other)
-    check("look-alike", split["val"][:3], other, explicit=split_path)  # --split given: the user vouches for it
+        check("look-alike", every, other)
+    check("look-alike", every, other, explicit=split_path)  # --split given: the user vouches for it
+
+
+def test_the_gate_refuses_another_folder_that_shares_a_few_photo_names_with_the_split(bundled_model_dir: Path) -> None:
+    """Names such as cataract/1.jpg recur across folders: a few in common let another folder's photos be called
+    "never seen by the fit", --split given or not."""
+    split_path = cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json"
+    split = json.loads(split_path.read_text())
+    named = len(set(split["train"]) | set(split["val"]))
+    mine = split["val"][:5] + [f"normal/mine_{i}.jpg" for i in range(20)]
+    for explicit in (None, split_path):
+        with pytest.raises(ValueError) as refused:
+            cal.check_data_is_the_splits(
+                Path("mine"),
+                bundled_model_dir,
+                report={"counts": {"train/normal": 25}},
+                keys=mine,
+                split=split,
+                split_path=split_path,
+                explicit=explicit,
+            )
+        assert (
+            f"{named - 5} of the {named} photos the split of 20261127-195611-mobilenet_v2 names are not under mine"
+            in (str(refused.value))
+        )
+        assert "20 of its 25 photos are in neither list" in str(refused.value)
+
+
+def test_a_split_named_by_a_bare_relative_path_keeps_its_run_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--split split.json` from inside runs/<run>/: the card said "validation photos of  (8)".
+    (tmp_path / "20990101-000000-mine").mkdir()
+    monkeypatch.chdir(tmp_path / "20990101-000000-mine")
+    assert cal.run_name(Path("split.json")) == "20990101-000000-mine"
+    assert cal.run_name(Path("../20990101-000000-mine/split.json")) == "20990101-000000-mine"
+    assert cal.run_name(cal.SPLITS_DIR / "20261127-195611-mobilenet_v2.json") == "20261127-195611-mobilenet_v2"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('["cataract/a.jpg"]', "it holds a JSON list"),
+        ('{"train": null, "val": []}', 'its "train" is not a list of names'),
+        ('{"train": ["a.jpg"]}', 'its "val" is not a list of names'),
+        ('{"train": [1], "val": []}', 'its "train" is not a list of names'),
+        ("{not json", "it is not JSON"),
+    ],
+)
+def test_a_malformed_split_is_refused_in_one_line_naming_the_file(
+    text: str, why: str, bundled_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A list crashed with a traceback, null lists too; invalid JSON said "Expecting value" without naming the file.
+    from PIL import Image
+
+    (tmp_path / "eyes" / "cataract").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (120, 90, 80)).save(tmp_path / "eyes" / "cataract" / "a.png")
+    split = tmp_path / "split.json"
+    split.write_text(text)
+    args = ["--model-dir", str(bundled_model_dir), "--data", str(tmp_path / "eyes"), "--split", str(split), "--quiet"]
+    assert cal.main([*args, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {split} is not a training split: {why}") and err.count("\n") == 1, err
+
+
+def test_target_false_reject_is_refused_where_no_threshold_is_set_at_a_budget(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The default gate's caps sit at quantiles: the value changed nothing, yet model.json recorded it.
+    asked: list[float] = []
+
+    def fake(*_a: Any, target_false_reject: float, **_k: Any) -> dict[str, Any]:
+        asked.append(target_false_reject)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cal, "calibrate", fake)
+    args = ["--model-dir", "m", "--data", "d", "--quiet", "--dry-run"]
+    assert cal.main([*args, "--target-false-reject", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert asked == [] and err.count("\n") == 1 and "--target-false-reject" in err and "--no-mid" in err
+    for option in ("--no-mid", "--distance-only", "--eye-score", "--probe"):
+        assert cal.main([*args, "--target-false-reject", "0.1", option]) == 2  # calibrate's "stop here"
+    assert cal.main(args) == 2
+    assert asked == [0.1, 0.1, 0.1, 0.1, cal.DEFAULT_CALIBRATION_FALSE_REJECT]
 
 
 def test_served_counts_score_the_answers_with_an_ungradable_photo_referred(tmp_path: Path) -> None:

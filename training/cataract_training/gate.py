@@ -50,11 +50,18 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 from cataract_inference import quality
 from cataract_inference.classifier import Classifier, load_classifier
 from cataract_inference.imaging import ImageError, decode_image
-from cataract_inference.manifest import CARD_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, GateThresholds, load_manifest
+from cataract_inference.manifest import (
+    CARD_FILENAME,
+    MANIFEST_FILENAME,
+    MODEL_FILENAME,
+    GateThresholds,
+    OutputNames,
+    load_manifest,
+)
 
 from . import competence, metrics
 from .data import load_pil
-from .files import escape_unencodable_output, write_text
+from .files import escape_unencodable_output, replace_together, write_text
 
 CALIBRATION, HELD_OUT, SEEN = "calibration", "held_out", "seen_by_ood_fit"
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"  # training/splits/<run>.json
@@ -78,6 +85,10 @@ DISTANCE_CAP_FACTOR = 1.2
 MID_CAP_FACTOR = 1.2
 MID_CAP_QUANTILE = 0.95
 SKIN_FLOOR = 0.01
+# The share of a split's photo names that may be missing from --data (photos deleted since training) before the folder
+# is refused as another one: the split matches photos by name, and names like cataract/1.jpg recur across folders.
+SPLIT_MISSING_TOLERANCE = 0.05
+SPLIT_MISSING_ALWAYS_TAKEN = 3  # so that a small folder may lose a photo or two too
 
 
 # --------------------------------------------------------------------------- items and signals
@@ -792,7 +803,29 @@ def find_split(model_dir: Path, explicit: Path | None) -> Path | None:
 
 def run_name(split_path: Path) -> str:
     """The training run a split belongs to: runs/<run>/split.json or training/splits/<run>.json."""
-    return split_path.parent.name if split_path.name == "split.json" else split_path.stem
+    # Resolved: a bare ``split.json`` (given from inside the run's folder) has an empty parent name.
+    return split_path.resolve().parent.name if split_path.name == "split.json" else split_path.stem
+
+
+def load_split(split_path: Path) -> dict[str, list[str]]:
+    """The training split at ``split_path``: a JSON object whose ``train`` and ``val`` are lists of photo names.
+
+    Anything else (a list, ``null`` lists, text that is not JSON) is refused with a ValueError naming the file, rather
+    than a traceback or an error that does not say which file it read.
+    """
+    expected = 'expected a JSON object with "train" and "val" lists of photo names (the split.json training writes)'
+    try:
+        split = json.loads(split_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{split_path} is not a training split: it is not JSON ({exc}); {expected}") from None
+    if not isinstance(split, dict):
+        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(split), "number")
+        raise ValueError(f"{split_path} is not a training split: it holds a JSON {kind}; {expected}")
+    for key in ("train", "val"):
+        names = split.get(key)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f'{split_path} is not a training split: its "{key}" is not a list of names; {expected}')
+    return {"train": split["train"], "val": split["val"]}
 
 
 def check_data_is_the_splits(
@@ -812,13 +845,38 @@ def check_data_is_the_splits(
         f"pass the folder the model was trained on as --data (model.json names {source.get('source', 'none')}), "
         "or --split with the split.json of the run that trained it on these photos"
     )
-    if not set(keys) & (set(split.get("train", [])) | set(split.get("val", []))):
+    named = set(split.get("train", [])) | set(split.get("val", []))
+    if not set(keys) & named:
         raise ValueError(f"none of the photos under {data_dir} is in the split of {run}: {fix}")
+    # A few names in common is not the same folder (class/img_1.jpg is in many): most of the split must be here.
+    missing = named - set(keys)
+    if len(missing) > max(SPLIT_MISSING_TOLERANCE * len(named), SPLIT_MISSING_ALWAYS_TAKEN):
+        neither = len(set(keys) - named)
+        raise ValueError(
+            f"{len(missing)} of the {len(named)} photos the split of {run} names are not under {data_dir} "
+            f"(more than {SPLIT_MISSING_TOLERANCE:.0%}, or {SPLIT_MISSING_ALWAYS_TAKEN}), and {neither} of its "
+            f"{len(set(keys))} photos are in neither list: {fix}"
+        )
     # The split was found from model.json: the folder must also hold what training counted in it.
     if explicit is None and source.get("counts") and source["counts"] != report["counts"]:
         raise ValueError(
             f"{data_dir} holds {report['counts']}, but {run} was trained on a folder of {source['counts']}: {fix}"
         )
+
+
+def warn_unreadable(data_dir: Path, unreadable: Sequence[dict[str, str]], split: dict[str, list[str]] | None) -> None:
+    """Say which photos under ``data_dir`` the decoder refused: they are left out of every count, and validation
+    photos among them leave model.json's validation counts (made on all of them) un-recounted."""
+    if not unreadable:
+        return
+    names = [u["file"] for u in unreadable]
+    val = set(split["val"]) if split is not None else set()
+    among = [n for n in names if n in val]
+    print(
+        f"warning: {len(names)} photo(s) under {data_dir} cannot be decoded and are left out: {', '.join(names)}"
+        + (f" ({len(among)} of them validation photos: {', '.join(among)})" if among else ""),
+        file=sys.stderr,
+    )
 
 
 def eye_set(
@@ -831,7 +889,8 @@ def eye_set(
     """
     from . import audit, splits
 
-    if find_split(model_dir, split_json) is None and not all_photos:
+    split_path = find_split(model_dir, split_json)
+    if split_path is None and not all_photos:
         run = (load_manifest(model_dir / MANIFEST_FILENAME).metrics.get("training_run") or {}).get("run")
         raise ValueError(
             f"no split.json found for the model's training run ({run or 'not named in model.json'}; searched "
@@ -839,21 +898,21 @@ def eye_set(
             "`cataract-train fit --runs` wrote it), or --all-photos to calibrate on every photo, those the "
             "embedding distance was fitted on included (the held-out rates are then optimistic, and the card says so)"
         )
+    split = load_split(split_path) if split_path is not None else None  # a malformed split, before the audit
     result = audit.run_audit(data_dir, progress=progress)
     usable = result.usable()
     keys = [result.keys[i] for i in usable]
     paths = [result.samples[i].path for i in usable]
     labels = [result.samples[i].label for i in usable]
     groups = [result.groups[i] for i in usable]
-    split_path = find_split(model_dir, split_json)
+    warn_unreadable(data_dir, result.report.get("unreadable", []), split)
     parts = [CALIBRATION] * len(usable)
-    if split_path is not None:
-        split = json.loads(split_path.read_text(encoding="utf-8"))
+    if split_path is not None and split is not None:
         check_data_is_the_splits(
             data_dir,
             model_dir,
             report=result.report,
-            keys=keys,
+            keys=list(result.keys),  # every photo in the folder: an unreadable one is still not "missing"
             split=split,
             split_path=split_path,
             explicit=split_json,
@@ -1095,6 +1154,24 @@ def write_gate(model_dir: Path, gate: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def check_outputs(outputs: OutputNames, *, mid: bool, probe: bool) -> None:
+    """Refuse a model whose graph (as model.json names its outputs) lacks what the gate asked for would fit on.
+
+    Every gate needs ``ood_distance`` (its cap, or its threshold); the default one the mid-level ``mid_distance`` too,
+    and ``--probe`` the ``embedding``. Found out only after the measuring, this cost minutes and suggested
+    ``--no-mid`` to a model that fails without it as well.
+    """
+    if outputs.ood_distance is None:
+        raise ValueError(
+            "the model has no ood_distance output (model.json's outputs name none): every gate fits the embedding "
+            "distance; re-export the model with it"
+        )
+    if mid and outputs.mid_distance is None:
+        raise ValueError("the model has no mid_distance output: re-export it, or calibrate with --no-mid")
+    if probe and outputs.embedding is None:
+        raise ValueError("--probe needs the graph's embedding output (model.json's outputs name none)")
+
+
 def calibrate(
     model_dir: Path,
     data_dir: Path,
@@ -1122,6 +1199,7 @@ def calibrate(
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(model_dir)
     manifest = classifier.manifest
+    check_outputs(manifest.outputs, mid=mid, probe=probe)  # before minutes of measuring
     eyes = eye_set(data_dir, model_dir, split_json, seed, progress, all_photos=all_photos)
     check_halves(eyes)  # before minutes of measuring: a split too small to calibrate on is refused now
     parts: list[str] = []
@@ -1135,6 +1213,13 @@ def calibrate(
     signals = _measure_all(classifier, items, progress)
     ok = [s is not None for s in signals]
     refused = [items[i].source for i, good in enumerate(ok) if not good]
+    refused_eyes = [items[i].source for i, good in enumerate(ok) if not good and items[i].in_distribution]
+    if refused_eyes:  # the audit read them, the service's decoder did not: left out of every rate
+        print(
+            f"warning: the service's decoder refuses {len(refused_eyes)} eye photo item(s), left out: "
+            + ", ".join(refused_eyes),
+            file=sys.stderr,
+        )
     items = [it for it, good in zip(items, ok, strict=True) if good]
     parts = [p for p, good in zip(parts, ok, strict=True) if good]
     sig: list[Signals] = [s for s in signals if s is not None]
@@ -1326,11 +1411,11 @@ def calibrate(
     # A gate that misses the targets is reported, not shipped, unless asked for (model.json and the card's note).
     written = write and (report["meets_targets"] or force)
     if written:
-        write_calibration(model_dir, gate_block, card_block(report, gate))
+        val: tuple[list[Path], list[str]] | None = None
         if SEEN in eyes.parts:  # the run's split was found: the other photos are its validation photos
-            rows = zip(eyes.paths, eyes.labels, eyes.parts, strict=True)
-            val = [(path, label) for path, label, part in rows if part != SEEN]
-            refresh_validation_counts(model_dir, [p for p, _ in val], [label for _, label in val])
+            rows = list(zip(eyes.paths, eyes.labels, eyes.parts, strict=True))
+            val = ([p for p, _, part in rows if part != SEEN], [label for _, label, part in rows if part != SEEN])
+        write_calibrated(model_dir, gate_block, card_block(report, gate), val)
     return {"gate": gate_block, "report": report, "written": written}
 
 
@@ -1349,32 +1434,104 @@ def served_counts(model_dir: Path, photos: Sequence[Path], labels: Sequence[str]
     }
 
 
-def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], labels: Sequence[str]) -> None:
-    """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate just
-    written.
-
-    Export counted them under the gate it had (the default one, for new bytes); left alone, ``GET /model``
-    would serve counts of a gate that no longer exists.
-    """
-    path = model_dir / MANIFEST_FILENAME
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    counts = served_counts(model_dir, val_photos, labels)
+def recount_validation(raw: dict[str, Any], n_photos: int, counts: dict[str, Any]) -> bool:
+    """Put ``counts`` (over ``n_photos`` validation photos) into the manifest ``raw``: the shipped variant's
+    validation blocks that count as many photos; the variants not shipped lose theirs. False: nothing counted them."""
     metrics_block = raw.get("metrics", {})
     precision = raw.get("precision")
     variants = metrics_block.get("variants", {})
+    recounted = False
     for block in (metrics_block.get("validation"), variants.get(precision, {}).get("validation")):
-        if isinstance(block, dict) and block.get("n") == len(val_photos):
+        if isinstance(block, dict) and block.get("n") == n_photos:
             block.update(counts)
+            recounted = True
     # The variants not shipped have no calibrated gate: export's counts under the default gate describe none.
     for name, variant in variants.items():
         if name != precision and isinstance(variant.get("validation"), dict):
             for key in counts:
                 variant["validation"].pop(key, None)
-    path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-    manifest = load_manifest(path)
-    block = served_block(manifest.metrics.get("validation", {}))
-    if block:  # the card's sentence on these figures, as recounted (a card without one is left alone)
-        write_card_block(model_dir, block, name=SERVED_BLOCK, append=False)
+    return recounted
+
+
+def _manifest_text(raw: dict[str, Any]) -> str:
+    return json.dumps(raw, indent=2) + "\n"
+
+
+def _write_manifest(raw: dict[str, Any]) -> Callable[[Path], object]:
+    """A ``replace_together`` writer of ``raw`` as model.json, refusing a manifest serving would not load."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(_manifest_text(raw), encoding="utf-8")
+        load_manifest(tmp)
+
+    return write
+
+
+def _write_card(text: str) -> Callable[[Path], object]:
+    return lambda tmp: write_text(tmp, text)
+
+
+def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], labels: Sequence[str]) -> None:
+    """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate it holds
+    (the one just written).
+
+    Export counted them under the gate it had (the default one, for new bytes); left alone, ``GET /model``
+    would serve counts of a gate that no longer exists. model.json and the card are replaced together.
+    """
+    path = model_dir / MANIFEST_FILENAME
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    recount_validation(raw, len(val_photos), served_counts(model_dir, val_photos, labels))
+    writers = {MANIFEST_FILENAME: _write_manifest(raw)}
+    card = model_dir / CARD_FILENAME
+    block = served_block(raw.get("metrics", {}).get("validation", {}))
+    if block and card.is_file():  # the card's sentence on these figures, as recounted (a card without one: alone)
+        text = card_with_block(card.read_text(encoding="utf-8"), block, name=SERVED_BLOCK, append=False)
+        if text is not None:
+            writers[CARD_FILENAME] = _write_card(text)
+    replace_together(model_dir, writers)
+
+
+def write_calibrated(
+    model_dir: Path,
+    gate_block: dict[str, Any],
+    block: str,
+    val: tuple[Sequence[Path], Sequence[str]] | None = None,
+) -> None:
+    """Write the fitted gate into model.json and its section into the card, and, with ``val`` (the validation photos
+    and their labels), their counts recounted under it (``refresh_validation_counts``).
+
+    Everything is computed first (the recount under the new gate, in a scratch copy of the model), then model.json
+    and the card are replaced together: written one after the other, an interruption between them (a Ctrl-C during
+    the recount) left a new gate beside the old counts, and a card that said so only in part.
+    """
+    path = model_dir / MANIFEST_FILENAME
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["gate"] = gate_block
+    if val is not None:
+        photos, labels = val
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            shutil.copyfile(model_dir / MODEL_FILENAME, work / MODEL_FILENAME)
+            (work / MANIFEST_FILENAME).write_text(_manifest_text(raw), encoding="utf-8")
+            counts = served_counts(work, photos, labels)
+        if not recount_validation(raw, len(photos), counts):
+            n = (raw.get("metrics", {}).get("validation") or {}).get("n")
+            if n is not None:  # export counted other photos: these counts would mix two sets
+                print(
+                    f"warning: model.json's validation counts were NOT recounted under the new gate: they count {n} "
+                    f"photos, and {len(photos)} of the split's validation photos were found readable under --data; "
+                    "GET /model serves the export's counts, under the gate export had",
+                    file=sys.stderr,
+                )
+    writers = {MANIFEST_FILENAME: _write_manifest(raw)}
+    card = model_dir / CARD_FILENAME
+    if card.is_file():
+        text = card_with_calibration(card.read_text(encoding="utf-8"), block)
+        served = served_block(raw.get("metrics", {}).get("validation", {})) if val is not None else None
+        if served:  # the card's sentence on the recounted figures (a card without one is left alone)
+            text = card_with_block(text, served, name=SERVED_BLOCK, append=False) or text
+        writers[CARD_FILENAME] = _write_card(text)
+    replace_together(model_dir, writers)
 
 
 CARD_BLOCK = "gradability-gate"
@@ -1521,17 +1678,29 @@ GATE_ELSEWHERE = (
 )
 
 
+def card_with_calibration(text: str, block: str) -> str:
+    """The card ``text`` with the gate section ``block`` and its limitations saying that the gate is calibrated (after
+    an export of new bytes they said it was not)."""
+    text = card_with_block(text, block) or text
+    for state in (GATE_UNCALIBRATED, GATE_ELSEWHERE):
+        text = text.replace(state, GATE_BELOW)
+    return text
+
+
 def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -> None:
     """Write the fitted gate into model.json and its section into the card, and make the card's limitations say
-    that the gate is calibrated (after an export of new bytes they said it was not)."""
-    write_gate(model_dir, gate_block)
-    write_card_block(model_dir, block)
-    card = model_dir / CARD_FILENAME
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        for state in (GATE_UNCALIBRATED, GATE_ELSEWHERE):
-            text = text.replace(state, GATE_BELOW)
-        write_text(card, text)
+    that the gate is calibrated (``write_calibrated`` without a recount)."""
+    write_calibrated(model_dir, gate_block, block)
+
+
+def card_with_block(text: str, block: str, *, name: str = CARD_BLOCK, append: bool = True) -> str | None:
+    """``text`` with its ``name`` block replaced by ``block`` (or, with ``append``, added); None when unchanged."""
+    pattern = re.compile(rf"<!-- BEGIN {name}\b.*?<!-- END {name} -->", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: block, text)
+    if append:
+        return text.rstrip() + "\n\n" + block + "\n"
+    return None
 
 
 def write_card_block(model_dir: Path, block: str, *, name: str = CARD_BLOCK, append: bool = True) -> None:
@@ -1539,15 +1708,9 @@ def write_card_block(model_dir: Path, block: str, *, name: str = CARD_BLOCK, app
     card = model_dir / CARD_FILENAME
     if not card.is_file():
         return
-    text = card.read_text(encoding="utf-8")
-    pattern = re.compile(rf"<!-- BEGIN {name}\b.*?<!-- END {name} -->", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    elif append:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    else:
-        return
-    write_text(card, text)
+    text = card_with_block(card.read_text(encoding="utf-8"), block, name=name, append=append)
+    if text is not None:
+        replace_together(model_dir, {CARD_FILENAME: _write_card(text)})
 
 
 def _describe(gate: GateThresholds) -> str:
@@ -1849,7 +2012,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="without a split, calibrate on every photo, those the embedding distance was fitted on included",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-false-reject", type=float, default=DEFAULT_CALIBRATION_FALSE_REJECT)
+    p.add_argument(
+        "--target-false-reject",
+        type=float,
+        default=None,
+        help=(
+            "the calibration eye photos' false-reject budget a threshold is set at (default "
+            f"{DEFAULT_CALIBRATION_FALSE_REJECT}): the distance threshold (--no-mid, --distance-only), the eye score "
+            "(--eye-score) and the probe (--probe); the default gate has none (its caps sit at quantiles), so it is "
+            "refused without one of them"
+        ),
+    )
     p.add_argument("--dry-run", action="store_true", help="report only; leave model.json as it is")
     p.add_argument(
         "--force",
@@ -1880,6 +2053,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.distance_only and (args.eye_score or args.probe):
         parser.error("--distance-only thresholds the embedding distance alone: drop --eye-score and --probe")
+    budgeted = args.no_mid or args.distance_only or args.eye_score or args.probe
+    if args.target_false_reject is not None and not budgeted:
+        # The default gate's caps sit at quantiles, not at a budget: the value would change nothing, yet be recorded.
+        print(
+            "error: --target-false-reject sets the distance threshold (--no-mid, --distance-only), the eye score "
+            "(--eye-score) or the probe (--probe); the default gate has no threshold set at a budget: give one of "
+            "them, or drop it",
+            file=sys.stderr,
+        )
+        return 2
+    if args.target_false_reject is None:
+        args.target_false_reject = DEFAULT_CALIBRATION_FALSE_REJECT
     from cataract_inference.model_source import ModelLoadError
 
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import sys
 from collections.abc import Sequence
@@ -198,7 +197,7 @@ def run(
     unseen = {s.key(data_dir) for s in samples}
     note = "all photos (no split found: the model trained on most of them)"
     if split_path is not None:
-        split = json.loads(split_path.read_text(encoding="utf-8"))
+        split = gate.load_split(split_path)
         # The split names photos relative to the folder training read: any other folder matches none of them.
         gate.check_data_is_the_splits(
             data_dir,
