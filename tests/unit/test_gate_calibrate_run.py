@@ -395,3 +395,9 @@ def test_without_its_split_the_gate_is_refused_unless_every_photo_is_asked_for(
     assert result["report"]["eye_photos_held_out_of_training"] is False
     block = cal.card_block(result["report"], GateThresholds.model_validate(result["gate"]))
     assert "the eye rates are optimistic" in block and "the eye photos are validation photos" not in block
+    # Written so, the validation counts cannot be recounted (no photos known as validation): said, not done silently.
+    monkeypatch.setattr(cal, "TARGET_OOD_REJECT", 0.0)
+    monkeypatch.setattr(cal, "TARGET_FALSE_REJECT", 1.0)
+    capsys.readouterr()
+    assert cal.main([*args[:-2], "--all-photos", "--quiet"]) == 0
+    assert "validation counts were NOT recounted under the new gate: without the run's split" in capsys.readouterr().err

@@ -854,7 +854,7 @@ def check_data_is_the_splits(
         neither = len(set(keys) - named)
         raise ValueError(
             f"{len(missing)} of the {len(named)} photos the split of {run} names are not under {data_dir} "
-            f"(more than {SPLIT_MISSING_TOLERANCE:.0%}, or {SPLIT_MISSING_ALWAYS_TAKEN}), and {neither} of its "
+            f"(over {SPLIT_MISSING_TOLERANCE:.0%} of them and over {SPLIT_MISSING_ALWAYS_TAKEN}), and {neither} of its "
             f"{len(set(keys))} photos are in neither list: {fix}"
         )
     # The split was found from model.json: the folder must also hold what training counted in it.
@@ -1415,6 +1415,14 @@ def calibrate(
         if SEEN in eyes.parts:  # the run's split was found: the other photos are its validation photos
             rows = list(zip(eyes.paths, eyes.labels, eyes.parts, strict=True))
             val = ([p for p, _, part in rows if part != SEEN], [label for _, label, part in rows if part != SEEN])
+        elif "gate_ungradable" in (manifest.metrics.get("validation") or {}):
+            # --all-photos: no validation photos known, so GET /model goes on serving counts of the export's gate.
+            print(
+                "warning: model.json's validation counts were NOT recounted under the new gate: without the run's "
+                "split its validation photos are unknown; GET /model serves the export's counts, under the gate "
+                "export had",
+                file=sys.stderr,
+            )
         write_calibrated(model_dir, gate_block, card_block(report, gate), val)
     return {"gate": gate_block, "report": report, "written": written}
 
@@ -2019,8 +2027,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "the calibration eye photos' false-reject budget a threshold is set at (default "
             f"{DEFAULT_CALIBRATION_FALSE_REJECT}): the distance threshold (--no-mid, --distance-only), the eye score "
-            "(--eye-score) and the probe (--probe); the default gate has none (its caps sit at quantiles), so it is "
-            "refused without one of them"
+            "(--eye-score) and the probe (--probe); the default gate's caps sit at quantiles, so there it moves only "
+            "the report's distance-only comparison"
         ),
     )
     p.add_argument("--dry-run", action="store_true", help="report only; leave model.json as it is")
@@ -2055,14 +2063,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--distance-only thresholds the embedding distance alone: drop --eye-score and --probe")
     budgeted = args.no_mid or args.distance_only or args.eye_score or args.probe
     if args.target_false_reject is not None and not budgeted:
-        # The default gate's caps sit at quantiles, not at a budget: the value would change nothing, yet be recorded.
+        # The default gate's caps sit at quantiles: the budget moves only the report's comparison gates.
         print(
-            "error: --target-false-reject sets the distance threshold (--no-mid, --distance-only), the eye score "
-            "(--eye-score) or the probe (--probe); the default gate has no threshold set at a budget: give one of "
-            "them, or drop it",
+            "note: --target-false-reject does not move the default gate's caps (they sit at quantiles); it sets the "
+            "report's distance-only comparison, and the shipped thresholds with --no-mid, --distance-only, "
+            "--eye-score or --probe",
             file=sys.stderr,
         )
-        return 2
     if args.target_false_reject is None:
         args.target_false_reject = DEFAULT_CALIBRATION_FALSE_REJECT
     from cataract_inference.model_source import ModelLoadError
