@@ -355,18 +355,24 @@ def test_the_result_fits_a_320_px_phone(browser: Browser, page_url: str, tmp_pat
         context.close()
 
 
+def _error_for(page: Page, page_url: str, photo: Path) -> tuple[str, list[str]]:
+    """Screen ``photo`` on a fresh page: the error shown, and the /predict requests sent (the list goes on growing)."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
+    page.goto(page_url)
+    page.locator("#photo").set_input_files(str(photo))
+    page.get_by_role("button", name="Screen this photo").click()
+    error = page.get_by_role("alert")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    return error.inner_text(), sent
+
+
 def test_a_large_file_the_browser_cannot_read_is_named_not_sent(page: Page, page_url: str, tmp_path: Path) -> None:
     """A 5 MB HEIC used to be sent whole and refused as "too large" (413), which sent users the wrong way."""
     heic = tmp_path / "IMG_0001.HEIC"
     heic.write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * (5 * 1024 * 1024))
-    sent: list[str] = []
-    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
-    page.goto(page_url)
-    page.locator("#photo").set_input_files(str(heic))
-    page.get_by_role("button", name="Screen this photo").click()
-    error = page.locator("#error")
-    error.wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert "HEIC" in error.inner_text() and "Most Compatible" in error.inner_text()
+    text, sent = _error_for(page, page_url, heic)
+    assert "HEIC" in text and "Most Compatible" in text
     assert sent == []
     # A small HEIC is sent: the service answers it with the same advice.
     small = tmp_path / "IMG_0002.HEIC"
@@ -614,14 +620,8 @@ def test_an_empty_file_is_named_not_sent(page: Page, page_url: str, tmp_path: Pa
     """A 0-byte file got the service's 422, written for programmers ("at least 1 character")."""
     empty = tmp_path / "eye.jpg"
     empty.write_bytes(b"")
-    sent: list[str] = []
-    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
-    page.goto(page_url)
-    page.locator("#photo").set_input_files(str(empty))
-    page.get_by_role("button", name="Screen this photo").click()
-    error = page.get_by_role("alert")
-    error.wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert error.inner_text().startswith("This file is empty"), error.inner_text()
+    text, sent = _error_for(page, page_url, empty)
+    assert text.startswith("This file is empty"), text
     page.wait_for_timeout(300)
     assert sent == []
     assert page.get_by_role("button", name="Screen this photo").is_enabled()

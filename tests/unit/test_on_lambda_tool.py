@@ -129,6 +129,13 @@ def swept_variables(threads: int) -> dict[str, str]:
     }
 
 
+def expect_one_answered_call(stubber: Stubber, memory: int, threads: int = 1) -> None:
+    """The sweep sets ``memory`` and ``threads``, then a cold call and one warm call, both answered."""
+    expect_update(stubber, memory, swept_variables(threads))
+    expect_invoke(stubber, invoke_response(text_report(40.0, 41, memory, 170, init=400.0)))
+    expect_invoke(stubber, invoke_response(text_report(9.0, 9, memory, 171)))
+
+
 def test_sweep_sets_each_configuration_measures_cold_and_warm_and_restores(stubbed: tuple[Any, Stubber]) -> None:
     client, stubber = stubbed
     expect_configuration(stubber, architecture="arm64")
@@ -266,9 +273,7 @@ def test_a_change_someone_made_during_the_sweep_is_not_overwritten(stubbed: tupl
     """A deploy during the sweep set a new MODEL_SHA256: writing back the environment read at the start undid it."""
     client, stubber = stubbed
     expect_configuration(stubber)
-    expect_update(stubber, 1769, swept_variables(1))
-    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 1769, 170, init=400.0)))
-    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 1769, 171)))
+    expect_one_answered_call(stubber, 1769)
     expect_settled(stubber, 1769, {**swept_variables(1), "MODEL_SHA256": "new"})
 
     with pytest.raises(on_lambda.RestoreError) as raised:
@@ -285,9 +290,7 @@ def test_main_prints_the_table_of_a_finished_sweep_whose_restore_failed(
 ) -> None:
     client, stubber = stubbed
     expect_configuration(stubber)
-    expect_update(stubber, 2048, swept_variables(1))
-    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
-    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_one_answered_call(stubber, 2048)
     expect_settled(stubber, 2048, swept_variables(1), revision="rev-sweep")
     stubber.add_client_error("update_function_configuration", "AccessDeniedException", "not allowed", 403)
 
@@ -307,9 +310,7 @@ def test_a_function_whose_last_update_failed_is_swept_and_restored(stubbed: tupl
         {"MemorySize": 2048, "Environment": {"Variables": dict(ORIGINAL_VARIABLES)}, "RevisionId": "rev-0"},
         {"FunctionName": FUNCTION},
     )
-    expect_update(stubber, 2048, swept_variables(1))
-    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
-    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_one_answered_call(stubber, 2048)
     expect_restore(stubber, 2048, swept_variables(1))
 
     _, (result,) = on_lambda.sweep(client, FUNCTION, [2048], [1], PAYLOAD, invocations=1)
@@ -323,9 +324,7 @@ def test_ctrl_c_while_restoring_is_ignored(stubbed: tuple[Any, Stubber], monkeyp
 
     client, stubber = stubbed
     expect_configuration(stubber)
-    expect_update(stubber, 2048, swept_variables(1))
-    expect_invoke(stubber, invoke_response(text_report(40.0, 41, 2048, 170, init=400.0)))
-    expect_invoke(stubber, invoke_response(text_report(9.0, 9, 2048, 171)))
+    expect_one_answered_call(stubber, 2048)
     expect_restore(stubber, 2048, swept_variables(1))
     real_update = client.update_function_configuration
 
