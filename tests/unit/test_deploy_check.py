@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, FakeLambdaContext, load_handler
+from tests.support.clock import FakeClock
 
 VERSION = "arn:aws:lambda:us-east-1:123456789012:function:cataract-inference:7"
 HOOK_EVENT = {"DeploymentId": "d-ABCDEF123", "LifecycleEventHookExecutionId": "eyJleGVjdXRpb24iOiAiMSJ9"}
@@ -199,27 +200,12 @@ def test_a_version_that_never_becomes_active_is_stopped_without_being_called() -
     assert [r["status"] for r in codedeploy.reports] == ["Failed"]
 
 
-class _Clock:
-    """time.monotonic and time.sleep, on a clock that only sleeping and slow Lambda API calls move."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.mark.parametrize("poll_s", [0.0, 1.0, 20.0])
 def test_a_version_pending_too_long_is_reported_before_the_deadline_however_slow_each_poll(
     monkeypatch: pytest.MonkeyPatch, poll_s: float
 ) -> None:
     """botocore's waiter counted polls, not time: with 1 s polls, the report went out 107 s after the deadline."""
-    clock = _Clock()
-    monkeypatch.setattr(deploy_check.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(deploy_check.time, "sleep", clock.sleep)
+    clock = FakeClock().install(monkeypatch, deploy_check.time)
     client, codedeploy = FakeLambda(lambda _e: {}, state="Pending"), FakeCodeDeploy()
     real_poll = client.get_function_configuration
 

@@ -16,6 +16,7 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
 from benchmarks import on_lambda
+from tests.support.clock import FakeClock
 
 FUNCTION = "cataract-screening-InferenceFunction-abc"
 ORIGINAL_VARIABLES = {
@@ -231,25 +232,12 @@ def test_a_failed_restore_says_what_to_restore_by_hand(stubbed: tuple[Any, Stubb
     assert "'ORT_INTRA_OP_THREADS': '1'" in message
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_an_update_in_progress_is_waited_out_and_a_failed_first_change_leaves_nothing_to_restore(
     stubbed: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lambda answers 409 while an update is in progress (a deploy's, or one the sweep just made): waited out for a
     while, then the sweep ends; the function is still as it was, so nothing is restored, nor asked of the user."""
-    clock = _Clock()
-    monkeypatch.setattr(on_lambda.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(on_lambda.time, "sleep", clock.sleep)
+    clock = FakeClock(0.0).install(monkeypatch, on_lambda.time)
     client, stubber = stubbed
     expect_configuration(stubber)
     stubber.add_client_error("update_function_configuration", "ResourceConflictException", "update in progress", 409)
