@@ -1140,18 +1140,9 @@ def _benign_rates(
 
 def write_gate(model_dir: Path, gate: dict[str, Any]) -> None:
     """Replace only the ``gate`` block of ``model.json`` (the rest, and model.onnx, stay as they are)."""
-    path = model_dir / MANIFEST_FILENAME
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads((model_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     raw["gate"] = gate
-    text = json.dumps(raw, indent=2) + "\n"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        load_manifest(tmp)  # refuse to write a manifest serving would not load
-    except Exception:
-        tmp.unlink()
-        raise
-    tmp.replace(path)
+    replace_together(model_dir, {MANIFEST_FILENAME: _write_manifest(raw)})
 
 
 def check_outputs(outputs: OutputNames, *, mid: bool, probe: bool) -> None:
