@@ -98,6 +98,11 @@ WAIT_DELAY_S = 5
 REPORT_MARGIN_S = 15
 
 
+def _throttled(exc: Exception) -> bool:
+    """Lambda's throttling (a botocore ClientError's code): worth another try while time remains."""
+    return bool(getattr(exc, "response", {}).get("Error", {}).get("Code") == "TooManyRequestsException")
+
+
 def _invoke(
     lambda_client: Any, version_arn: str, event: dict[str, Any], deadline: float | None, calls_left: int = 1
 ) -> Any:
@@ -113,8 +118,7 @@ def _invoke(
                 FunctionName=version_arn, InvocationType="RequestResponse", Payload=json.dumps(event).encode()
             )
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if code != "TooManyRequestsException" or deadline is None:
+            if not _throttled(exc) or deadline is None:
                 raise
             if time.monotonic() + backoff + calls_left * CALL_BUDGET_S > deadline:
                 raise
@@ -139,7 +143,7 @@ def _wait_until_active(lambda_client: Any, version_arn: str, deadline: float | N
             configuration = lambda_client.get_function_configuration(FunctionName=version_arn)
         except Exception as exc:
             # Throttled, as _invoke is: poll again while time remains. Anything else fails the check (run reports it).
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") != "TooManyRequestsException":
+            if not _throttled(exc):
                 raise
             configuration = {"State": "Pending"}
         state = configuration.get("State")

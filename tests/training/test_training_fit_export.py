@@ -425,7 +425,7 @@ def test_a_card_for_new_model_bytes_drops_the_old_gate_calibration(tmp_path: Pat
     # The calibration's run replaces the note, as it replaced the old block, and the rest of the card follows.
     calibrated = {**GateThresholds().model_dump(), "calibration": {"model_sha256": "ab" * 32}}
     block = f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->"
-    gate.write_calibration(tmp_path, calibrated, block)
+    gate.write_calibrated(tmp_path, calibrated, block)
     recalibrated = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not calibrated" not in recalibrated and recalibrated.count("## Gradability gate") == 1
     assert "## Gradability gate\n\nfitted" in recalibrated
@@ -445,7 +445,7 @@ def test_the_gate_calibration_changes_nothing_else_a_user_wrote_in_the_card(tmp_
     )
     (tmp_path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     block = f"<!-- BEGIN {gate.CARD_BLOCK} (test) -->\n## Gradability gate\n\nfitted\n<!-- END {gate.CARD_BLOCK} -->"
-    gate.write_calibration(tmp_path, {"min_side": 32}, block)
+    gate.write_calibrated(tmp_path, {"min_side": 32}, block)
     text = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert (
         text

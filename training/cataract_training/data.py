@@ -64,13 +64,14 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(folder: Path, *, strict: bool = False) -> list[Path]:
+def _images_in(folder: Path) -> list[Path]:
     """Photos under ``folder``, through symlinked folders (each real folder once) and broken links included,
-    so that an unreadable photo is reported rather than missed. ``strict``: a folder that cannot be listed is
-    refused (os.walk skips it, and a class folder's photos would vanish from training without a word); otherwise
-    it holds no photos (a disk's ``lost+found`` beside the class folders)."""
+    so that an unreadable photo is reported rather than missed. Under a folder named as a class, a folder that cannot
+    be listed is refused (os.walk skips it, and its photos would vanish from training without a word); under any
+    other, it holds no photos (a disk's ``lost+found`` beside the class folders)."""
     found: list[Path] = []
     seen: set[str] = set()
+    strict = folder.name.lower() in CLASSES
 
     def unreadable(exc: OSError) -> None:
         if strict:
@@ -120,11 +121,7 @@ def resolve_layout(root: Path) -> dict[str, Path]:
                 raise ValueError(f"{base} has two split folders named {name!r}: {splits[name].name}, {p.name}")
             splits[name] = p
     if splits:
-        others = [
-            p.name
-            for p in folders
-            if p.name.lower() not in SPLIT_NAMES and _images_in(p, strict=p.name.lower() in CLASSES)
-        ]
+        others = [p.name for p in folders if p.name.lower() not in SPLIT_NAMES and _images_in(p)]
         if others:
             raise ValueError(
                 f"{base} mixes split folders {sorted(splits)} with other folders of photos {others}, which would "
@@ -150,7 +147,7 @@ def discover(root: Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
         if splits is not None and split not in splits:
             continue
         for class_dir in _class_dirs(folder):
-            images = _images_in(class_dir, strict=class_dir.name.lower() in CLASSES)
+            images = _images_in(class_dir)
             _refuse_held_out_inside(class_dir, images)
             samples.extend(Sample(path=p, label=class_dir.name.lower(), split=split) for p in images)
     if not samples:

@@ -1433,7 +1433,7 @@ def served_counts(model_dir: Path, photos: Sequence[Path], labels: Sequence[str]
     }
 
 
-def recount_validation(raw: dict[str, Any], n_photos: int, counts: dict[str, Any]) -> bool:
+def _put_served_counts(raw: dict[str, Any], n_photos: int, counts: dict[str, Any]) -> bool:
     """Put ``counts`` (over ``n_photos`` validation photos) into the manifest ``raw``: the shipped variant's
     validation blocks that count as many photos; the variants not shipped lose theirs. False: nothing counted them."""
     metrics_block = raw.get("metrics", {})
@@ -1479,7 +1479,7 @@ def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], label
     """
     path = model_dir / MANIFEST_FILENAME
     raw = json.loads(path.read_text(encoding="utf-8"))
-    recount_validation(raw, len(val_photos), served_counts(model_dir, val_photos, labels))
+    _put_served_counts(raw, len(val_photos), served_counts(model_dir, val_photos, labels))
     writers = {MANIFEST_FILENAME: _write_manifest(raw)}
     card = model_dir / CARD_FILENAME
     block = served_block(raw.get("metrics", {}).get("validation", {}))
@@ -1513,7 +1513,7 @@ def write_calibrated(
             shutil.copyfile(model_dir / MODEL_FILENAME, work / MODEL_FILENAME)
             (work / MANIFEST_FILENAME).write_text(_manifest_text(raw), encoding="utf-8")
             counts = served_counts(work, photos, labels)
-        if not recount_validation(raw, len(photos), counts):
+        if not _put_served_counts(raw, len(photos), counts):
             n = (raw.get("metrics", {}).get("validation") or {}).get("n")
             if n is not None:  # export counted other photos: these counts would mix two sets
                 print(
@@ -1684,12 +1684,6 @@ def card_with_calibration(text: str, block: str) -> str:
     for state in (GATE_UNCALIBRATED, GATE_ELSEWHERE):
         text = text.replace(state, GATE_BELOW)
     return text
-
-
-def write_calibration(model_dir: Path, gate_block: dict[str, Any], block: str) -> None:
-    """Write the fitted gate into model.json and its section into the card, and make the card's limitations say
-    that the gate is calibrated (``write_calibrated`` without a recount)."""
-    write_calibrated(model_dir, gate_block, block)
 
 
 def card_with_block(text: str, block: str, *, name: str = CARD_BLOCK, append: bool = True) -> str | None:
