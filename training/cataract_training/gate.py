@@ -1470,24 +1470,46 @@ def _write_card(text: str) -> Callable[[Path], object]:
     return lambda tmp: write_text(tmp, text)
 
 
+def _recount_served(model_dir: Path, raw: dict[str, Any], photos: Sequence[Path], labels: Sequence[str]) -> bool:
+    """Count ``photos`` as answered under the gate ``raw`` holds (in a scratch copy of the model, so that model.json
+    is not touched before everything is computed) and put the counts into ``raw``; False when they were not put
+    (``raw``'s validation counts other photos)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        shutil.copyfile(model_dir / MODEL_FILENAME, work / MODEL_FILENAME)
+        (work / MANIFEST_FILENAME).write_text(_manifest_text(raw), encoding="utf-8")
+        counts = served_counts(work, photos, labels)
+    return _put_served_counts(raw, len(photos), counts)
+
+
+def _with_served_sentence(card_text: str, raw: dict[str, Any]) -> str | None:
+    """The card with its sentence on the validation figures as answered rewritten from ``raw`` (None when the card
+    or ``raw`` has none: a card without one is left alone)."""
+    block = served_block(raw.get("metrics", {}).get("validation", {}))
+    return card_with_block(card_text, block, name=SERVED_BLOCK, append=False) if block else None
+
+
+def _replace_manifest_and_card(model_dir: Path, raw: dict[str, Any], card: Callable[[str], str | None]) -> None:
+    """Replace model.json with ``raw`` and the card with ``card(its text)`` (unless None) together."""
+    writers = {MANIFEST_FILENAME: _write_manifest(raw)}
+    path = model_dir / CARD_FILENAME
+    if path.is_file():
+        text = card(path.read_text(encoding="utf-8"))
+        if text is not None:
+            writers[CARD_FILENAME] = _write_card(text)
+    replace_together(model_dir, writers)
+
+
 def refresh_validation_counts(model_dir: Path, val_photos: Sequence[Path], labels: Sequence[str]) -> None:
-    """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate it holds
-    (the one just written).
+    """Re-count model.json's validation ``gate_ungradable``, ``served_referrals`` and ``served`` under the gate it
+    holds (the one just written).
 
     Export counted them under the gate it had (the default one, for new bytes); left alone, ``GET /model``
     would serve counts of a gate that no longer exists. model.json and the card are replaced together.
     """
-    path = model_dir / MANIFEST_FILENAME
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    _put_served_counts(raw, len(val_photos), served_counts(model_dir, val_photos, labels))
-    writers = {MANIFEST_FILENAME: _write_manifest(raw)}
-    card = model_dir / CARD_FILENAME
-    block = served_block(raw.get("metrics", {}).get("validation", {}))
-    if block and card.is_file():  # the card's sentence on these figures, as recounted (a card without one: alone)
-        text = card_with_block(card.read_text(encoding="utf-8"), block, name=SERVED_BLOCK, append=False)
-        if text is not None:
-            writers[CARD_FILENAME] = _write_card(text)
-    replace_together(model_dir, writers)
+    raw = json.loads((model_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    _recount_served(model_dir, raw, val_photos, labels)
+    _replace_manifest_and_card(model_dir, raw, lambda text: _with_served_sentence(text, raw))
 
 
 def write_calibrated(
@@ -1497,23 +1519,17 @@ def write_calibrated(
     val: tuple[Sequence[Path], Sequence[str]] | None = None,
 ) -> None:
     """Write the fitted gate into model.json and its section into the card, and, with ``val`` (the validation photos
-    and their labels), their counts recounted under it (``refresh_validation_counts``).
+    and their labels), their counts recounted under it (as ``refresh_validation_counts`` does).
 
     Everything is computed first (the recount under the new gate, in a scratch copy of the model), then model.json
     and the card are replaced together: written one after the other, an interruption between them (a Ctrl-C during
     the recount) left a new gate beside the old counts, and a card that said so only in part.
     """
-    path = model_dir / MANIFEST_FILENAME
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads((model_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     raw["gate"] = gate_block
     if val is not None:
         photos, labels = val
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            shutil.copyfile(model_dir / MODEL_FILENAME, work / MODEL_FILENAME)
-            (work / MANIFEST_FILENAME).write_text(_manifest_text(raw), encoding="utf-8")
-            counts = served_counts(work, photos, labels)
-        if not _put_served_counts(raw, len(photos), counts):
+        if not _recount_served(model_dir, raw, photos, labels):
             n = (raw.get("metrics", {}).get("validation") or {}).get("n")
             if n is not None:  # export counted other photos: these counts would mix two sets
                 print(
@@ -1522,15 +1538,12 @@ def write_calibrated(
                     "GET /model serves the export's counts, under the gate export had",
                     file=sys.stderr,
                 )
-    writers = {MANIFEST_FILENAME: _write_manifest(raw)}
-    card = model_dir / CARD_FILENAME
-    if card.is_file():
-        text = card_with_calibration(card.read_text(encoding="utf-8"), block)
-        served = served_block(raw.get("metrics", {}).get("validation", {})) if val is not None else None
-        if served:  # the card's sentence on the recounted figures (a card without one is left alone)
-            text = card_with_block(text, served, name=SERVED_BLOCK, append=False) or text
-        writers[CARD_FILENAME] = _write_card(text)
-    replace_together(model_dir, writers)
+
+    def card(text: str) -> str:
+        text = card_with_calibration(text, block)
+        return (_with_served_sentence(text, raw) if val is not None else None) or text
+
+    _replace_manifest_and_card(model_dir, raw, card)
 
 
 CARD_BLOCK = "gradability-gate"
