@@ -100,7 +100,8 @@ def _limitation_lines(td: dict[str, Any], bundled: bool) -> list[str]:
             "representative of any screening population. Performance on phone photos taken in the field is unknown.",
             "- Dense or mature cataracts dominate the cataract class; early cataract is likely missed.",
             "- Validation is grouped by copies, not by person: some normal photos are the two eyes of one face, and "
-            "6 of the 47 validation normals have their fellow eye in training (docs/training.md, Splits).",
+            "14 of the 47 validation normals have their fellow eye in training; they score more confidently normal "
+            "than the others (docs/training.md, Splits).",
         ]
     return [
         f"- Trained and measured on {td.get('files', 'n/a')} photos of one collection: the intervals above are as "
