@@ -71,7 +71,7 @@ def main(model_dir: str, image_path: str, media_type: str) -> None:
     response = handler.lambda_handler(event, bench_context())
     elapsed = (time.perf_counter() - started) * 1000.0
     body = json.loads(response["body"])
-    mb = 2**20
+    mb = 2**20  # MiB: what Lambda's MemorySize ("MB") counts in
     print(
         json.dumps(
             {

@@ -45,8 +45,6 @@ PRICE_PER_REQUEST = 0.20 / 1_000_000
 # and how long a wait for an update to be applied may take (botocore's waiter would poll for 10 minutes).
 CONFLICT_WAIT_S = 120.0
 WAIT_S, WAIT_DELAY_S = 120.0, 2
-# Fewer warm calls than this, and a p95 is only the largest of them: the table shows n/a.
-MIN_FOR_P95 = 20
 
 THREADS_VARIABLE = "ORT_INTRA_OP_THREADS"
 NAMESPACE_VARIABLE = "POWERTOOLS_METRICS_NAMESPACE"
@@ -364,9 +362,8 @@ def table(architecture: str, results: Sequence[ConfigResult]) -> str:
         cold_duration = fmt(cold.duration_ms) if cold else "n/a"
         peak = max((r.max_memory_mb for r in [*result.warm, *([cold] if cold else [])]), default=0)
         cost = fmt(result.cost_per_million(architecture)) if result.warm else "n/a"
-        p95 = fmt(s.p95) if s.n >= MIN_FOR_P95 else "n/a"
         lines.append(
-            f"| {result.memory_mb} | {result.threads} | {init} | {cold_duration} | {s.n} | {fmt(s.p50)} | {p95} "
+            f"| {result.memory_mb} | {result.threads} | {init} | {cold_duration} | {s.n} | {fmt(s.p50)} | {fmt(s.p95)} "
             f"| {fmt(s.lo)}–{fmt(s.hi)} | {fmt(s.p50 / base)}× | {peak} | {len(result.errors)} | {cost} |"
         )
     return "\n".join(lines)

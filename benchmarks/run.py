@@ -29,7 +29,6 @@ from benchmarks.common import (
     SHARED_TRAIN,
     ModelChoice,
     Stats,
-    as_shown,
     choose_model,
     downscaled,
     faster_verdict,
@@ -42,6 +41,7 @@ from benchmarks.common import (
     run_backbone,
     run_size,
     same_work_disagrees,
+    shown,
     small_photo,
     torch_target,
     verdict,
@@ -237,7 +237,7 @@ def int8_section(
     emit(latency_table(samples, "fp32 session.run"))
     emit("")
     speed = latency.ratio(samples, "fp32 session.run", "int8 session.run")
-    targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{fmt(speed)}×{whose}", verdict(as_shown(speed) >= 1.5)))
+    targets.append(("int8 speed-up over fp32", "≥ 1.5×", f"{shown(speed, 1.5)}×{whose}", verdict(speed >= 1.5)))
     if not (SHARED_TRAIN.is_dir() and pair.split is not None and pair.split.is_file()):
         emit(f"_Accuracy rows skipped: {SHARED_TRAIN} or the run's split.json is absent._")
         emit("")
@@ -258,8 +258,9 @@ def int8_section(
     emit("")
     delta = val["fp32"]["accuracy"] - val["int8"]["accuracy"]
     lost = val["fp32"]["sensitivity"] - val["int8"]["sensitivity"]
-    text = f"{delta:+.1f} points (fp32 − int8); sensitivity {lost:+.1f}{whose}"
-    targets.append(("int8 accuracy loss on validation", "≤ 1 point", text, verdict(as_shown(delta, 1) <= 1.0)))
+    sign = "+" if delta >= 0 else ""
+    text = f"{sign}{shown(delta, 1.0, 1)} points (fp32 − int8); sensitivity {lost:+.1f}{whose}"
+    targets.append(("int8 accuracy loss on validation", "≤ 1 point", text, verdict(delta <= 1.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,7 +356,7 @@ def _measure(
             r = latency.ratio(samples, "handler", "bare session.run")
             limit = 1.2 if name == small_key else 2.0
             targets["latency"].append(
-                (f"handler ÷ bare, {name}", f"≤ {limit}×", f"{fmt(r)}×", verdict(as_shown(r) <= limit))
+                (f"handler ÷ bare, {name}", f"≤ {limit}×", f"{shown(r, limit)}×", verdict(r <= limit))
             )
         emit(
             "**The phone photo downscaled by the client before upload** (handler, base64 in; the web page sends "
@@ -453,17 +454,15 @@ def _measure(
                 emit()
                 r = latency.ratio(samples, "torch eager forward", "ORT session.run")
                 r2 = latency.ratio(samples, "torch photo→probabilities", "our handler")
-                shown = f"{fmt(r)}×" + (" (section disturbed)" if disturbed else "")
-                targets["torch"].append(
-                    (f"torch forward ÷ ORT run, {name}", "≥ 3×", shown, verdict(as_shown(r) >= 3.0))
-                )
+                cell = f"{shown(r, 3.0)}×" + (" (section disturbed)" if disturbed else "")
+                targets["torch"].append((f"torch forward ÷ ORT run, {name}", "≥ 3×", cell, verdict(r >= 3.0)))
                 # Not a framework comparison: the torch app decodes the full JPEG, ours a reduced draft.
                 targets["torch"].append(
                     (
                         f"torch app (full decode) ÷ our handler (draft decode), {name}",
                         "≥ 3×",
-                        f"{fmt(r2)}×" + (" (section disturbed)" if disturbed else ""),
-                        verdict(as_shown(r2) >= 3.0),
+                        f"{shown(r2, 3.0)}×" + (" (section disturbed)" if disturbed else ""),
+                        verdict(r2 >= 3.0),
                     )
                 )
             if disturbed:
@@ -587,22 +586,20 @@ def _measure(
         ours = Stats.of(samples["our handler (tracing off)"]).p50
         traced = Stats.of(samples["our handler (tracing on, X-Ray SDK)"]).p50
         cold = targets["coldstart"]
-        cold.append(("cold start, tracing off", "≤ 1500 ms", f"{fmt(ours, 0)} ms", verdict(as_shown(ours, 0) <= 1500)))
-        cold.append(
-            ("cold start, tracing on", "≤ 1500 ms", f"{fmt(traced, 0)} ms", verdict(as_shown(traced, 0) <= 1500))
-        )
+        cold.append(("cold start, tracing off", "≤ 1500 ms", f"{shown(ours, 1500, 0)} ms", verdict(ours <= 1500)))
+        cold.append(("cold start, tracing on", "≤ 1500 ms", f"{shown(traced, 1500, 0)} ms", verdict(traced <= 1500)))
         from_s3 = Stats.of(samples[coldstart.S3_CANDIDATE]).p50
         cold.append(
             (
                 "cold start, model from S3 (loopback)",
                 "≤ 1500 ms",
-                f"{fmt(from_s3, 0)} ms",
-                verdict(as_shown(from_s3, 0) <= 1500),
+                f"{shown(from_s3, 1500, 0)} ms",
+                verdict(from_s3 <= 1500),
             )
         )
         if "PyTorch handler" in samples:
             share = ours / Stats.of(samples["PyTorch handler"]).p50
-            cold.append(("cold start ours ÷ PyTorch", "≤ 0.2", f"{fmt(share)}", verdict(as_shown(share) <= 0.2)))
+            cold.append(("cold start ours ÷ PyTorch", "≤ 0.2", shown(share, 0.2), verdict(share <= 0.2)))
         else:
             unmeasured["coldstart"] = "not measured: no PyTorch network matches the model"
 
@@ -622,11 +619,13 @@ def _measure(
             f"{mem['growth_after_warm_up_mb']} MB | {mem['statuses']} |"
         )
         emit()
+        peak, growth = mem["peak_bytes"] / 1e6, mem["growth_after_warm_up_bytes"] / 1e6
         targets["memory"].append(
-            ("peak RSS after 1,000 requests", "≤ 350 MB", f"{mem['peak_mb']} MB", verdict(mem["peak_mb"] <= 350))
+            ("peak RSS after 1,000 requests", "≤ 350 MB", f"{shown(peak, 350, 1)} MB", verdict(peak <= 350))
         )
-        g = mem["growth_after_warm_up_mb"]
-        targets["memory"].append(("RSS growth after warm-up", "≤ 10 MB", f"{g} MB", verdict(g <= 10)))
+        targets["memory"].append(
+            ("RSS growth after warm-up", "≤ 10 MB", f"{shown(growth, 10, 1)} MB", verdict(growth <= 10))
+        )
 
     if "hostile" not in skip:
         started.append("hostile")
@@ -634,10 +633,11 @@ def _measure(
         emit()
         emit(
             f"40 MP ({hostile.SIDE}×{hostile.SIDE}, the default pixel limit) in each layout the decoder converts, "
-            "and two CPU bombs' shapes. Peak is the process's VmHWM; the function needs it under `MemorySize`."
+            "and two CPU bombs' shapes. Peak is the process's VmHWM; the function needs it under `MemorySize`, "
+            "whose MB are MiB (2^20 bytes), as here."
         )
         emit()
-        emit("| image | file kB | status | ms | peak RSS MB | peak ÷ reference |")
+        emit("| image | file KiB | status | ms | peak RSS MiB | peak ÷ reference |")
         emit("|---|---:|---|---:|---:|---:|")
         rows = {
             name: json_from_child("benchmarks.hostile", str(model.directory), str(path), media)
@@ -668,8 +668,10 @@ def _measure(
             "base image's; boto3 is pinned beside it so the pair is the one the tests use)."
         )
         emit()
-        mb = as_shown(total / 1e6, 1)
-        targets["deps"].append(("installed runtime dependencies", "≤ 250 MB", f"{mb:.1f} MB", verdict(mb <= 250)))
+        mb = total / 1e6
+        targets["deps"].append(
+            ("installed runtime dependencies", "≤ 250 MB", f"{shown(mb, 250, 1)} MB", verdict(mb <= 250))
+        )
 
     if "throughput" not in skip:
         started.append("throughput")

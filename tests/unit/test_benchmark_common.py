@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +23,34 @@ from benchmarks.common import (
     TorchTarget,
     faster_verdict,
     int8_variant,
+    latency_table,
     latest_run,
     same_work_disagrees,
     shipped_run,
+    shown,
     small_photo,
     torch_target,
 )
 
 
-@pytest.mark.parametrize(("n", "rank"), [(1, 1), (7, 7), (20, 19), (33, 32), (100, 95), (400, 380)])
+@pytest.mark.parametrize(("n", "rank"), [(20, 19), (33, 32), (100, 95), (400, 380)])
 def test_p95_is_nearest_rank(n: int, rank: int) -> None:
     assert Stats.of([float(i) for i in range(n, 0, -1)]).p95 == rank  # unsorted input, values 1..n
+
+
+@pytest.mark.parametrize("n", [1, 7, 19])
+def test_no_p95_of_fewer_than_twenty_samples(n: int) -> None:
+    # The cold-start table's 7 samples printed their maximum twice, once called p95.
+    stats = Stats.of([float(i) for i in range(1, n + 1)])
+    assert math.isnan(stats.p95) and stats.hi == n
+    assert "| 7 | 4.00 | n/a | 1.00–7.00 | 1.00× | n/a× |" in latency_table({"seven": [1, 2, 3, 4, 5, 6, 7]}, "seven")
+
+
+def test_the_latency_table_gives_the_p95_ratio_beside_the_p50_one() -> None:
+    base, slow = [1.0] * 19 + [2.0], [3.0] * 18 + [9.0, 10.0]  # p95s 1 and 9
+    assert "| slow | 20 | 3.00 | 9.00 | 3.00–10.00 | 3.00× | 9.00× |" in latency_table(
+        {"base": base, "slow": slow}, "base"
+    )
 
 
 def test_stats_summarise() -> None:
@@ -40,20 +58,42 @@ def test_stats_summarise() -> None:
     assert (stats.n, stats.p50, stats.lo, stats.hi) == (4, 2.5, 1.0, 10.0)
 
 
+LEVEL = "level (within 5%: not shown faster)"
+
+
 @pytest.mark.parametrize(
     ("ratio", "verdict"),
-    [(1.06, "met"), (1.003, "level (within 5%: noise)"), (0.96, "level (within 5%: noise)"), (0.9, "NOT met")],
+    [
+        (1.06, "met"),
+        (1.0504, "met"),
+        (1.05, LEVEL),
+        (1.003, LEVEL),
+        (1.0, "NOT met"),
+        (0.996, "NOT met"),
+        (0.9, "NOT met"),
+    ],
 )
-def test_faster_is_only_met_beyond_the_noise(ratio: float, verdict: str) -> None:
+def test_faster_is_only_met_beyond_the_noise_and_never_under_one(ratio: float, verdict: str) -> None:
+    # 0.96 was "level (noise)" though the reference was faster in five runs in a row: a loss, however small.
     assert faster_verdict(ratio) == verdict
 
 
 @pytest.mark.parametrize(
-    ("ratio", "verdict"), [(1.0504, "level (within 5%: noise)"), (0.9496, "level (within 5%: noise)")]
+    ("value", "limit", "digits", "cell"),
+    [
+        (2.996, 3.0, 2, "2.996"),
+        (1.0309, 1.0, 1, "1.03"),
+        (1.2049, 1.2, 2, "1.205"),
+        (1.59, 1.2, 2, "1.59"),
+        (3.0, 3.0, 2, "3.00"),
+        (1500.4, 1500, 0, "1500.4"),
+        (float("nan"), 3.0, 2, "n/a"),
+    ],
 )
-def test_faster_judges_the_ratio_as_shown(ratio: float, verdict: str) -> None:
-    # Both are shown as 1.05× and 0.95×, inside the band's edges: the verdict must agree with the table.
-    assert faster_verdict(ratio) == verdict
+def test_a_target_cell_never_reads_as_its_limit_when_it_is_not(
+    value: float, limit: float, digits: int, cell: str
+) -> None:
+    assert shown(value, limit, digits) == cell
 
 
 @pytest.mark.parametrize(
@@ -228,6 +268,7 @@ def test_the_pytorch_handler_builds_the_runs_backbone(tmp_path: Path, monkeypatc
 def test_the_quota_table_gives_n_p50_p95_and_min_max() -> None:
     from benchmarks import quota
 
-    text = quota.table({quota.ONE_VCPU_MB: {"small photo|one at a time|1": [3.0, 1.0, 2.0]}})
+    samples = [3.0, 1.0, 2.0] + [2.5] * 17  # 20: a p95 to report
+    text = quota.table({quota.ONE_VCPU_MB: {"small photo|one at a time|1": samples}})
     assert "| n | p50 ms | p95 ms | min–max ms |" in text
-    assert text.splitlines()[-1].endswith("| 1 | 3 | 2.00 | 3.00 | 1.00–3.00 | – |")  # no 2048 MB row to divide by
+    assert text.splitlines()[-1].endswith("| 1 | 20 | 2.50 | 2.50 | 1.00–3.00 | – |")  # no 2048 MB row to divide by

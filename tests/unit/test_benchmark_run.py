@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import run
@@ -147,8 +148,8 @@ def test_torch_times_the_measured_models_backbone(bench: Path, monkeypatch: pyte
     report = out.read_text(encoding="utf-8")
     assert "`CataractNet(efficientnet_lite0)` at 192 px with random weights" in report
     assert f"for the measured model ({model})" in report
-    # 2.996 is shown as 3.00×: against "≥ 3×" that is met, as the table reads.
-    assert _targets(report)[f"torch forward ÷ ORT run, {SMALL}"] == ("3.00×", "met")
+    # 2.996 misses "≥ 3×": shown as 2.996×, not rounded to the limit it misses.
+    assert _targets(report)[f"torch forward ÷ ORT run, {SMALL}"] == ("2.996×", "NOT met")
 
 
 def test_torch_is_not_measured_for_a_model_of_unknown_backbone(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,13 +189,13 @@ def test_int8_refuses_an_export_of_another_backbone(bench: Path, monkeypatch: py
     assert _targets(report)["int8 speed-up over fp32"][0] == "not measured"
 
 
-def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_verdict_judges_the_unrounded_speed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     export = tmp_path / "runs" / "a-run" / "export"
     for variant in ("fp32", "int8"):
         (export / variant).mkdir(parents=True)
         (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "no-photos")
-    # 2.999 ÷ 2.0 = 1.4995, shown as 1.50×: the target "≥ 1.5×" is met as the table reads.
+    # 2.999 ÷ 2.0 = 1.4995 misses "≥ 1.5×": shown with the digit that says so, not rounded up to the limit.
     monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [2.999], "int8 session.run": [2.0]})
     targets: list[run.Row] = []
     unmeasured: dict[str, str] = {}
@@ -206,11 +207,54 @@ def test_int8_verdict_judges_the_speed_up_as_shown(tmp_path: Path, monkeypatch: 
         targets,
         unmeasured=unmeasured,
     )
-    assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.50×", "met")  # the model's own export: no label
+    assert targets[0] == ("int8 speed-up over fp32", "≥ 1.5×", "1.4995×", "NOT met")  # its own export: no label
     # No validation photos here: the accuracy row is not measured, not failed, and the run is not the full set.
     why = "not measured: no validation photos (the data or the run's split.json is absent)"
     assert targets[1] == ("int8 accuracy loss on validation", "≤ 1 point", "not measured", why)
     assert unmeasured == {"int8": why} and run.run_kind(False, set(), None, unmeasured)[0]
+
+
+def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1 of 97 is 1.03 points: judged after rounding to one decimal it read "+1.0 points", met.
+    export = tmp_path / "runs" / "a-run" / "export"
+    for variant in ("fp32", "int8"):
+        (export / variant).mkdir(parents=True)
+        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    (tmp_path / "photos").mkdir()
+    (export.parent / "split.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
+    monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.0], "int8 session.run": [2.0]})
+    outputs = {"logits": np.zeros((97, 2))}
+    val = {
+        "fp32": {"n": 97, "accuracy": 100 * 95 / 97, "sensitivity": 100.0, "positives": 50, "outputs": outputs},
+        "int8": {"n": 97, "accuracy": 100 * 94 / 97, "sensitivity": 100.0, "positives": 50, "outputs": outputs},
+    }
+    monkeypatch.setattr(run.int8, "validation", lambda *args: val)
+    pair = run.int8.from_export(export / "fp32", export / "int8")
+    assert pair.split is not None and pair.split.is_file()
+    targets: list[run.Row] = []
+    run.int8_section(pair, small_photo(), 1, lambda text: None, targets, unmeasured={})
+    name, _, measured, mark = targets[1]
+    assert name == "int8 accuracy loss on validation" and mark == "NOT met"
+    assert measured.startswith("+1.03 points (fp32 − int8)")
+
+
+def test_the_memory_targets_are_in_megabytes_and_judged_unrounded(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child reported MiB as "MB" (136.8 for 143.4 MB), and a growth of 10.04 MB read as 10.0, met.
+    mem = {
+        "peak_bytes": 143_400_000,
+        "growth_after_warm_up_bytes": 10_040_000,
+        **{k: 1.0 for k in ("rss_init_mb", "rss_warm_mb", "rss_end_mb", "peak_mb", "growth_after_warm_up_mb")},
+        "statuses": {200: 1000},
+    }
+    monkeypatch.setattr(run, "json_from_child", lambda *args, **kwargs: mem)
+    out = bench / "report.md"
+    run.main(["--skip", _all_but("memory"), "--output", str(out)])
+    targets = _targets(out.read_text(encoding="utf-8"))
+    assert targets["peak RSS after 1,000 requests"] == ("143.4 MB", "met")
+    assert targets["RSS growth after warm-up"] == ("10.04 MB", "NOT met")
 
 
 def test_only_a_run_that_measured_everything_is_the_full_set() -> None:
