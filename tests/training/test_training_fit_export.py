@@ -395,6 +395,8 @@ def test_the_committed_model_card_is_what_the_renderer_writes(tmp_path: Path) ->
     # What a probability means at a clinic, and how few distinct photos the validation column's files are.
     assert "What P(cataract) means" in written and "50% of the photos it was trained and calibrated on" in written
     assert "its 97 files are 61 distinct photos" in written
+    # Recounted through later serving code, but fitted on the earlier one: said.
+    assert "The weights, the temperature and the threshold are still the export's" in written
     # This model's per-photo column was scored by a rule refitted on the distinct photos: said, with both spans.
     assert (
         "per distinct photo (refitted rule)" in written and "(0.1183–0.1835, against 0.2118–0.2723 per file)" in written

@@ -524,7 +524,8 @@ def _recount_note(recount: Any, variants: Any, shipped: str) -> str:
     )
     return (
         f"The validation figures were recounted through the serving code of {when}, not the export's; since the "
-        f"export: {what}.{kept}"
+        f"export: {what}.{kept} The weights, the temperature and the threshold are still the export's, fitted on the "
+        "serving code before those changes (a retraining fits them on today's)."
     )
 
 
