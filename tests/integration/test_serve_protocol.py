@@ -613,8 +613,11 @@ def test_an_uploader_that_pauses_still_gets_its_early_answer() -> None:
             _get("/one"),
             b"POST /two HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi",
         ],
+        # Its last request says it is the last: h11 puts the client in MUST_CLOSE, not DONE, and the answer was lost.
+        [b"POST /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc"],
+        [b"POST /slow HTTP/1.0\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc"],
     ],
-    ids=["one", "pipelined"],
+    ids=["one", "pipelined", "connection-close", "http-1.0"],
 )
 def test_a_client_that_half_closes_after_whole_requests_gets_every_answer_then_a_close(
     port: int, requests: list[bytes]

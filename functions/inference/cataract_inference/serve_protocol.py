@@ -260,7 +260,8 @@ def with_deadlines(
             if self._lingering:
                 self._close_transport()  # the client has sent everything: no reset now
                 return None
-            if self.conn.their_state is h11.DONE and not self.transport.is_closing():
+            # MUST_CLOSE: a whole last request (Connection: close, or HTTP/1.0), as done as DONE.
+            if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE) and not self.transport.is_closing():
                 # A client that half-closes after whole requests (nc -N, batch tools) still reads their answers:
                 # the transport stays open for writing until the last one is out (on_response_complete).
                 self._peer_done = True
