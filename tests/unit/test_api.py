@@ -569,6 +569,25 @@ def test_an_uncompressed_body_may_say_so(invoke: Invoke) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ('application/json; profile="a,b"', False),
+        ('image/png; name="eye, left.png"', True),
+        ('image/png; name="say \\"hi\\", then", q=1', None),  # the comma after the quoted string: two types
+    ],
+    ids=["json-quoted-comma", "image-quoted-comma", "comma-after-escaped-quote"],
+)
+def test_a_comma_inside_a_quoted_parameter_is_one_content_type(invoke: Invoke, content_type: str, raw: Any) -> None:
+    # RFC 9110 lets a quoted parameter hold a comma: it was refused as "more than one Content-Type".
+    event = _raw_event(BRIGHT) if raw else _json_event({"image": _b64(BRIGHT)})
+    status, _, body = invoke(_with_header(event, "Content-Type", content_type))
+    if raw is None:
+        assert status == 415 and "more than one Content-Type" in body["error"]["message"], body
+    else:
+        assert status == 200, body
+
+
+@pytest.mark.parametrize(
     ("data", "media"),
     [(jpeg_with_malformed_exif(), "image/jpeg"), (png_with_truncated_exif(), "image/png")],
     ids=["jpeg-bad-tag-type", "png-exif-that-raises"],

@@ -400,11 +400,26 @@ def _content_type(request: Request) -> str:
     repeated header twice and API Gateway joins the two with a comma, and which of two types is meant is a guess."""
     values = request.headers.getlist("content-type")
     # The comma before the parameters go: "application/json; charset=utf-8, text/plain" is two types.
-    if len(values) > 1 or (values and "," in values[0]):
+    if len(values) > 1 or (values and _has_unquoted_comma(values[0])):
         raise ClientError(
             415, "unsupported_media_type", "the request gives more than one Content-Type; send exactly one"
         )
     return values[0].split(";")[0].strip().lower() if values else ""
+
+
+def _has_unquoted_comma(value: str) -> bool:
+    """Whether a header value has a comma outside a quoted string (RFC 9110 lets a quoted parameter hold one)."""
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            return True
+    return False
 
 
 def _check_query(request: Request) -> None:
