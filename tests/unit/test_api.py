@@ -529,6 +529,16 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("tiff offset beyond 2**63", _raw_event(tiff_with_huge_strip_offset(), media="image/tiff"), 400, "corrupt_image"),
     ("lone surrogate in a header", _with_header(_raw_event(BRIGHT), "X-Note", "\udcff"), 400, "invalid_encoding"),
     ("lone surrogate in the query", _raw_event(BRIGHT, {"q": "\ud800"}), 400, "invalid_encoding"),
+    # Percent-decoded, not UTF-8: Mangum made it U+FFFD and routing went on (a 404), where `serve` answers 400.
+    ("%ff in a REST path", events.rest_event("/predict%ff", "POST", body="x"), 400, "invalid_encoding"),
+    ("%C3 alone in an HTTP API path", events.http_api_event("/%C3/predict", "GET"), 400, "invalid_encoding"),
+    (
+        "%ff in an HTTP API query",
+        {**events.predict_event(BRIGHT, http_api=True), "rawQueryString": "explain=%ff"},
+        400,
+        "invalid_encoding",
+    ),
+    ("a lone surrogate beside a % in a path", events.rest_event("/predict%41\ud800", "GET"), 400, "invalid_encoding"),
 ]
 
 

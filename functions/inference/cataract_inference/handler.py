@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import urllib.parse
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -38,6 +39,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if problem:
         # Not an HTTP client's mistake but a wrong integration: fail the invocation loudly.
         raise TypeError(f"this function expects an API Gateway proxy event (REST v1 or HTTP API v2): {problem}")
+    if not _percent_decodes(event):
+        # Mangum decodes %ff to U+FFFD and routing goes on (a 404); `serve` refuses the same bytes. One answer.
+        return _refusal(event, "invalid_encoding", "the path or query string is not valid UTF-8 once percent-decoded")
     try:
         # Mangum types the context as its own protocol; Powertools' class is the same runtime object.
         return asgi_handler(_with_usable_ports(_encodable(event)), context)  # type: ignore[arg-type]
@@ -53,6 +57,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if not _undecodable_body(event):
             raise
         return _refusal(event, "invalid_base64", "the request body is flagged as base64 but is not valid base64")
+
+
+def _percent_decodes(event: dict[str, Any]) -> bool:
+    """Whether the event's path (REST ``path``, HTTP API ``rawPath``) and raw query string are UTF-8 once
+    percent-decoded, as URLs must be."""
+    for field in ("path", "rawPath", "rawQueryString"):
+        value = event.get(field)
+        if isinstance(value, str) and "%" in value:
+            try:
+                # surrogatepass: a lone surrogate is not UTF-8 either, and must not raise here
+                urllib.parse.unquote_to_bytes(value.encode("utf-8", "surrogatepass")).decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+    return True
 
 
 def _encodes(event: dict[str, Any]) -> bool:
