@@ -23,12 +23,18 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def test_validation_tensors_are_serving_tensors(eye_folder: Path) -> None:
-    for resize in ("letterbox", "squash", "center_crop"):
-        spec = InputSpec(size=64, resize=resize)
-        for path in sorted(eye_folder.rglob("*.png"))[:4]:
-            served = load_for_model(path.read_bytes(), spec)[1]
-            assert np.array_equal(data.serving_tensor(path, spec), served)
+@pytest.mark.parametrize("resize", ["letterbox", "squash", "center_crop"])
+def test_validation_tensors_are_serving_tensors(eye_folder: Path, resize: str) -> None:
+    # What fit validates, calibrates and exports on is `prepare`'s tensors: each must be what serving computes.
+    from cataract_training.train import prepare
+
+    cfg = FitConfig(data=str(eye_folder), size=64, resize=resize)  # type: ignore[arg-type]
+    prepared = prepare(cfg, progress=False)
+    spec = cfg.spec()
+    assert spec.resize == resize and len(prepared.index) == len(prepared.tensors) == 24
+    for i, tensor in zip(prepared.index, prepared.tensors, strict=True):
+        served = load_for_model(prepared.audit.samples[i].path.read_bytes(), spec)[1]
+        assert np.array_equal(tensor, served)
 
 
 def test_training_path_without_augmentation_matches_serving(eye_folder: Path, tmp_path: Path) -> None:
@@ -137,7 +143,7 @@ def test_fit_caches_photos_for_a_center_crop_model_without_enlarging_them(tmp_pa
     """`prepare` (what fit and cv train on) passes the model's input spec to the cache, not only the cache side."""
     from synthetic_eyes import draw_eye
 
-    from cataract_training.train import FitConfig, prepare
+    from cataract_training.train import prepare
 
     for label in ("cataract", "normal"):
         (tmp_path / label).mkdir()

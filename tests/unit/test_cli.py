@@ -78,8 +78,13 @@ def test_make_event_variants_replay(
 ) -> None:
     image = tmp_path / "eye.jpg"
     draw_eye("normal").save(image)
-    cli.main(["make-event", str(image), "-o", str(tmp_path / "e.json"), *flags])
+    assert cli.main(["make-event", str(image), "-o", str(tmp_path / "e.json"), *flags]) == 0
     capsys.readouterr()
+    # Each flag shapes the event: an ignored one still replayed, as the other kind of event.
+    event = json.loads((tmp_path / "e.json").read_text(encoding="utf-8"))
+    assert (event.get("version") == "2.0") == ("--http-api" in flags)
+    headers = {k.lower(): v for k, v in event["headers"].items()}
+    assert (headers["content-type"] == "image/jpeg" and event["isBase64Encoded"]) == ("--raw" in flags)
     assert cli.main(["invoke", str(tmp_path / "e.json"), "--body"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert "probabilities" in body

@@ -325,17 +325,32 @@ def test_a_small_photo_is_measured_at_its_own_resolution_not_the_upscaled_one() 
     assert quality.image_stats(upscaled, eye.size).sharpness < small.sharpness / 4
 
 
-def test_the_classifier_measures_skin_only_when_its_gate_has_an_eye_score(tmp_path: Path) -> None:
+def test_the_classifier_measures_skin_only_when_its_gate_has_an_eye_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cataract_inference import classifier as classifier_module
     from cataract_inference.classifier import load_classifier
     from cataract_inference.drawing import encode
     from tests.support.onnx_models import build_tiny_model
 
+    asked: list[bool] = []
+    measure_stats = quality.tensor_stats
+
+    def spy(*args: Any, skin: bool, **kwargs: Any) -> Any:
+        asked.append(skin)
+        return measure_stats(*args, skin=skin, **kwargs)
+
+    monkeypatch.setattr(classifier_module.quality, "tensor_stats", spy)
     fused = {k: v for k, v in FUSED.model_dump().items() if k != "max_ood_distance"} | {"max_ood_distance": 1e9}
     photo = encode(draw_eye("normal"))
     with_score = load_classifier(build_tiny_model(tmp_path / "fused", gate=fused)).predict_bytes(photo)
     assert with_score.quality.scores["skin_fraction"] > 0.2  # the drawn eye sits on skin
+    assert asked and all(asked)
+    asked.clear()
     plain = load_classifier(build_tiny_model(tmp_path / "plain", gate=GATE.model_dump())).predict_bytes(photo)
+    # The score leaves the key out either way: what matters is that the per-request cost was not paid.
     assert "skin_fraction" not in plain.quality.scores
+    assert asked and not any(asked)
 
 
 def _probe(bias: float, size: int = 3) -> dict[str, object]:
