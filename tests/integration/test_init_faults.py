@@ -3,7 +3,8 @@
 (Missing model, checksum mismatch and S3 down are in test_runtime_client.py; the library-level
 cases are in tests/unit/test_model_loading.py.) Here: a truncated or corrupt model file whose
 checksum matches its manifest, so ONNX Runtime is what refuses it; manifests that do not match
-the model; and a model cache that cannot be written (/tmp not writable).
+the model, or whose preprocessing every photo would fail; and a model cache that cannot be written
+(/tmp not writable).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 
 from cataract_inference import events
 from cataract_inference.model_source import sha256_of
 from tests.integration.test_runtime_client import HANDLER
-from tests.support.onnx_models import rewrite_manifest
+from tests.support.onnx_models import rewrite_manifest, tiny_graph
 from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
 
 
@@ -76,6 +78,36 @@ def _class_count(model: Path) -> None:
     rewrite_manifest(model, classes=["cataract", "normal", "other"])
 
 
+def _output_for_two_roles(model: Path) -> None:
+    # Init passed, /health said ok, and every explain=true was a 500 (the embedding read as a CAM).
+    data = json.loads((model / "model.json").read_text())
+    rewrite_manifest(model, outputs={**data["outputs"], "cam": "embedding"})
+
+
+def _tiny_crop_fraction(model: Path) -> None:
+    # Every photo scaled to ~22400 px before its crop: out of memory on each request.
+    data = json.loads((model / "model.json").read_text())
+    rewrite_manifest(model, input={**data["input"], "resize": "center_crop", "crop_fraction": 0.01})
+
+
+def _tiny_std(model: Path) -> None:
+    # Every photo normalised past float32: a 500 on each request.
+    data = json.loads((model / "model.json").read_text())
+    rewrite_manifest(model, input={**data["input"], "std": [1e-36, 1e-36, 1e-36]})
+
+
+def _std_the_graph_cannot_take(model: Path) -> None:
+    # A graph that takes exp() of its input, with a std (in bounds) that normalises photos to values up to 100:
+    # finite on the zeros the warm-up fed, infinite for every photo.
+    graph = tiny_graph(32)
+    next(n for n in graph.graph.node if n.op_type == "AveragePool").input[0] = "exp_input"
+    graph.graph.node.insert(0, onnx.helper.make_node("Exp", ["input"], ["exp_input"]))
+    onnx.save(graph, model / "model.onnx")
+    data = json.loads((model / "model.json").read_text())
+    input_spec = {**data["input"], "mean": [0.0, 0.0, 0.0], "std": [0.01, 0.01, 0.01]}
+    rewrite_manifest(model, sha256=sha256_of(model / "model.onnx"), input=input_spec)
+
+
 def _manifest_not_json(model: Path) -> None:
     (model / "model.json").write_text('{"name": "cut off')
 
@@ -90,6 +122,18 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "manifest-output-missing": (_missing_output, "ModelLoadError", "outputs ['gradcam'] that the model lacks"),
     "manifest-class-count": (_class_count, "ModelLoadError", "2 logits but the manifest lists 3 classes"),
     "manifest-not-json": (_manifest_not_json, "ModelLoadError", "not readable JSON"),
+    "manifest-output-for-two-roles": (
+        _output_for_two_roles,
+        "ModelLoadError",
+        "outputs.embedding and outputs.cam both name the graph output 'embedding'",
+    ),
+    "manifest-tiny-crop-fraction": (_tiny_crop_fraction, "ModelLoadError", "crop_fraction 0.01 is outside 0.5..1"),
+    "manifest-tiny-std": (_tiny_std, "ModelLoadError", "every std must lie within 0.001..1"),
+    "manifest-std-the-graph-cannot-take": (
+        _std_the_graph_cannot_take,
+        "ModelLoadError",
+        "on a small synthetic photo preprocessed as model.json's input says",
+    ),
 }
 
 

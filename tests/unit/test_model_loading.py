@@ -177,6 +177,13 @@ def _cam_of_rank_three(model: onnx.ModelProto) -> None:
     model.graph.node.append(onnx.helper.make_node("ReduceMean", ["cam4"], ["cam"], axes=[1], keepdims=0))
 
 
+def _embedding_without_batch(model: onnx.ModelProto) -> None:
+    model.graph.node.append(
+        onnx.helper.make_node("ReduceMean", ["embedding"], ["flat_embedding"], axes=[0], keepdims=0)
+    )
+    model.graph.output.append(onnx.helper.make_tensor_value_info("flat_embedding", onnx.TensorProto.FLOAT, None))
+
+
 @pytest.mark.parametrize(
     ("n_classes", "rewire", "outputs", "message"),
     [
@@ -186,6 +193,13 @@ def _cam_of_rank_three(model: onnx.ModelProto) -> None:
         (2, _cam_of_one_channel, None, r"'cam' has shape \(1, 1, 4, 4\)"),
         (2, _cam_of_rank_three, None, r"'cam' has shape \(1, 4, 4\)"),
         (2, None, {"logits": "logits", "ood_distance": "embedding"}, r"'embedding' has shape \(1, 3\).*one value"),
+        (2, None, {"logits": "logits", "mid_distance": "embedding"}, r"'embedding' has shape \(1, 3\).*one value"),
+        (
+            2,
+            _embedding_without_batch,
+            {"logits": "logits", "embedding": "flat_embedding"},
+            r"'flat_embedding' has shape \(3,\)",
+        ),
     ],
 )
 def test_outputs_whose_real_shapes_do_not_fit_the_manifest_fail_at_init(
@@ -200,6 +214,51 @@ def test_outputs_whose_real_shapes_do_not_fit_the_manifest_fail_at_init(
     rewrite_manifest(model_dir, sha256=sha256_of(model_dir / "model.onnx"), **({"outputs": outputs} if outputs else {}))
     with pytest.raises(ModelLoadError, match=message):
         Classifier(load_baked(model_dir))
+
+
+def test_an_output_named_as_the_empty_string_is_absent_as_null_is(tmp_path: Path) -> None:
+    # Treated as absent everywhere else (if not names.cam), "" was refused as a name for two roles.
+    model_dir = build_tiny_model(tmp_path / "m")
+    data = json.loads((model_dir / "model.json").read_text())
+    rewrite_manifest(model_dir, outputs={**data["outputs"], "cam": "", "mid_distance": ""})
+    assert Classifier(load_baked(model_dir)).manifest.outputs.cam == ""
+
+
+@pytest.mark.parametrize(
+    ("outputs", "first", "second", "output"),
+    [
+        # Each passed init: the gate read the first embedding value as its distance, every explain=true was a 500
+        # (IndexError), or one distance was checked against both caps.
+        ({"ood_distance": "embedding"}, "embedding", "ood_distance", "embedding"),
+        ({"cam": "embedding"}, "embedding", "cam", "embedding"),
+        ({"mid_distance": "embedding"}, "embedding", "mid_distance", "embedding"),
+        ({"mid_distance": "ood_distance"}, "ood_distance", "mid_distance", "ood_distance"),
+        ({"cam": "logits"}, "logits", "cam", "logits"),
+    ],
+)
+def test_one_graph_output_named_for_two_roles_is_refused_at_load(
+    tmp_path: Path, outputs: dict[str, str], first: str, second: str, output: str
+) -> None:
+    model_dir = build_tiny_model(tmp_path / "m")
+    data = json.loads((model_dir / "model.json").read_text())
+    rewrite_manifest(model_dir, outputs={**data["outputs"], **outputs})
+    with pytest.raises(
+        ModelLoadError, match=f"outputs.{first} and outputs.{second} both name the graph output '{output}'"
+    ):
+        load_baked(model_dir)
+
+
+def test_a_manifest_built_without_validation_still_gets_one_output_per_role_at_init(tiny_model_dir: Path) -> None:
+    # Keyed by output name, the CAM's shape check replaced the embedding's, and this served.
+    import dataclasses
+
+    from cataract_inference.manifest import OutputNames
+
+    artifact = load_baked(tiny_model_dir)
+    names = OutputNames.model_construct(logits="logits", embedding="embedding", cam="embedding")
+    unchecked = dataclasses.replace(artifact, manifest=artifact.manifest.model_copy(update={"outputs": names}))
+    with pytest.raises(ModelLoadError, match=r"graph outputs \['embedding'\] for more than one role"):
+        Classifier(unchecked)
 
 
 def test_an_embedding_left_unflattened_is_served_when_only_a_probe_could_read_it(tmp_path: Path) -> None:
@@ -221,12 +280,6 @@ def test_graph_without_optional_outputs_still_serves(tmp_path: Path) -> None:
 
     result = classifier.predict_bytes(encoded(gradient(), "PNG"), explain=True)
     assert result.heatmap_png is None and "ood_distance" not in result.quality.scores
-
-
-def test_dynamic_batch() -> None:
-    # Evaluation and benchmarks feed batches; the exported graph must accept them.
-    model = tiny_graph(32)
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
 
 
 def test_a_small_temperature_gives_certainty_not_nan() -> None:
@@ -360,6 +413,68 @@ def test_s3_without_credentials(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "ModelLoadError: no AWS credentials" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"AWS_PROFILE": "missing"}, "The config profile (missing) could not be found. AWS_PROFILE names a profile"),
+        (
+            {"AWS_PROFILE": "broken"},
+            "the AWS credentials to read s3://bucket/cataract/v1/model.json could not be obtained: Error when "
+            "retrieving credentials from custom-process. Fix the AWS profile in use (AWS_PROFILE",
+        ),
+        (
+            {"AWS_DEFAULT_REGION": "us east 1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+            "doesn't match a supported format. Set AWS_DEFAULT_REGION (or the profile's region) to the bucket's region",
+        ),
+        (
+            {"AWS_ENDPOINT_URL_S3": "not a url", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+            "cannot make an S3 client to read s3://bucket/cataract/v1/model.json: Invalid endpoint: not a url. Check "
+            "AWS_ENDPOINT_URL_S3",
+        ),
+        (
+            {"AWS_PROFILE": "chained"},
+            "cannot make an S3 client to read s3://bucket/cataract/v1/model.json: The source_profile",
+        ),
+    ],
+    ids=["missing-profile", "failing-credential-process", "invalid-region", "malformed-endpoint", "broken-role-chain"],
+)
+def test_an_s3_client_that_cannot_be_made_means_cannot_start_and_names_the_setting(
+    tmp_path: Path, env: dict[str, str], said: str
+) -> None:
+    # Raised as botocore made the client, outside the S3 calls' error handling: a botocore traceback (exit 1), or
+    # for the region a usage error (exit 2), where every other model fault is "cannot start" (exit 3).
+    from PIL import Image
+
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile broken]\ncredential_process = /bin/false\n"
+        "[profile chained]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = nosuch\n"
+    )
+    photo = tmp_path / "eye.png"
+    Image.new("RGB", (64, 64), (120, 90, 80)).save(photo)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    run_env |= {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MODEL_S3_URI": "s3://bucket/cataract/v1/",
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        **env,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cataract_inference.cli", "predict", str(photo)],
+        check=False,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("cataract-screen: cannot start: ") and said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_s3_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -542,6 +657,45 @@ def test_a_nan_distance_for_one_photo_is_a_fault_not_a_gradable_answer(tmp_path:
         clf.predict_bytes(encoded(Image.new("RGB", (64, 64), (20, 20, 20)), "PNG"))
 
 
+def _exp_of_the_input(model: onnx.ModelProto) -> None:
+    # exp() of each normalised pixel first: finite for ImageNet's values (at most e^2.7), inf beyond ~88.
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool")
+    pool.input[0] = "exp_input"
+    model.graph.node.insert(0, onnx.helper.make_node("Exp", ["input"], ["exp_input"]))
+
+
+def test_a_manifest_whose_preprocessing_breaks_the_model_fails_at_init_not_on_every_request(tmp_path: Path) -> None:
+    # The warm-up fed zeros after normalisation: exp(0) is 1, and init passed; every photo, normalised by a std of
+    # 0.01 to values up to 100, then overflowed to inf and was a 500.
+    from tests.support.images import encoded, gradient
+
+    model_dir = _saved_rewired(tmp_path, _exp_of_the_input)
+    assert Classifier(load_baked(model_dir)).predict_bytes(encoded(gradient(), "PNG")).label  # ImageNet's: it serves
+    data = json.loads((model_dir / "model.json").read_text())
+    rewrite_manifest(model_dir, input={**data["input"], "mean": [0.0, 0.0, 0.0], "std": [0.01, 0.01, 0.01]})
+    with pytest.raises(ModelLoadError, match=r"infinite values .* on a small synthetic photo preprocessed as model"):
+        Classifier(load_baked(model_dir))
+
+
+def test_the_warm_up_runs_the_manifests_resize_and_normalisation(tmp_path: Path) -> None:
+    # Zeros, the old warm-up, are the normalised mean: a std, a mean or a crop the model cannot take never ran.
+    model_dir = build_tiny_model(tmp_path / "m", input={"size": 32, "resize": "center_crop", "crop_fraction": 0.5})
+    classifier = Classifier(load_baked(model_dir))
+    fed: list[np.ndarray] = []
+    original = classifier.run
+
+    def spy(batch: np.ndarray) -> dict[str, np.ndarray]:
+        fed.append(batch)
+        return original(batch)
+
+    classifier.run = spy  # type: ignore[method-assign]
+    classifier.warm_up()
+    (batch,) = fed
+    assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
+    assert batch.min() < -1.5 and batch.max() > 2.0, "black and white pixels, normalised by ImageNet's mean and std"
+    assert np.isfinite(batch).all()
+
+
 def test_classifier_session_uses_the_configured_threads(tiny_model_dir: Path) -> None:
     clf = Classifier(load_baked(tiny_model_dir), intra_op_threads=2)
     assert clf.session.get_session_options().intra_op_num_threads == 2
@@ -578,6 +732,15 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
         ({"temperature": 1e-308}, "temperature"),  # every probability NaN or 0/1: never referred
         ({"temperature": 1e6}, "temperature"),  # every probability pinned at 1/2
         ({"threshold": 1.0}, "threshold"),  # only a probability that rounds to 1.000000 referred
+        # Every photo scaled to ~22400 px first: a MemoryError (on Lambda, out of memory) per request.
+        (
+            {"input": {"size": 224, "resize": "center_crop", "crop_fraction": 0.01}},
+            r"crop_fraction 0.01 is outside 0.5",
+        ),
+        # Normalised past float32: a NonFiniteOutputError, a 500, per request.
+        ({"input": {"size": 32, "std": [1e-36, 1e-36, 1e-36]}}, r"every std must lie within 0.001..1.*1e-36 overflows"),
+        ({"input": {"size": 32, "std": [2.0, 0.2, 0.2]}}, r"every std must lie within 0.001..1.*above 1 it would"),
+        ({"input": {"size": 32, "mean": [0.5, 3.0, 0.5]}}, r"every mean must lie within 0..1"),
     ],
     ids=[
         "misspelt",
@@ -595,6 +758,10 @@ def test_model_from_other_folder_copy(tmp_path: Path, tiny_model_dir: Path) -> N
         "tiny-temperature",
         "huge-temperature",
         "threshold-one",
+        "tiny-crop-fraction",
+        "tiny-std",
+        "std-above-one",
+        "mean-not-a-pixel-value",
     ],
 )
 def test_a_manifest_that_would_serve_wrongly_is_refused(
@@ -604,6 +771,59 @@ def test_a_manifest_that_would_serve_wrongly_is_refused(
     rewrite_manifest(model_dir, **change)
     with pytest.raises(ModelLoadError, match=message):
         load_baked(model_dir)
+
+
+_EYE_SCORE = {"bias": 0.0, "w_distance": -1.0, "w_skin": 1.0, "centre": 1.0, "scale": 1.0, "min_score": -5.0}
+_EYE_PROBE = {"mean": [0.0, 0.0, 0.0], "weights": [1.0, 1.0, 1.0], "bias": 0.0, "min_score": -5.0}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("gate", "min_side", True, r"gate\.min_side\n.*valid integer"),
+        ("gate", "min_side", "64", r"gate\.min_side\n.*valid integer"),
+        ("gate", "min_side", 64.0, r"gate\.min_side\n.*valid integer"),
+        ("gate", "min_brightness", "0.1", r"gate\.min_brightness\n.*valid number"),
+        ("gate", "max_brightness", True, r"gate\.max_brightness\n.*valid number"),
+        ("gate", "min_contrast", "0.01", r"gate\.min_contrast\n.*valid number"),
+        ("gate", "min_sharpness", False, r"gate\.min_sharpness\n.*valid number"),
+        ("gate", "max_ood_distance", "12.5", r"gate\.max_ood_distance\n.*valid number"),
+        ("gate", "eye_score", {**_EYE_SCORE, "min_score": "0.1"}, r"gate\.eye_score\.min_score must be a number"),
+        ("gate", "eye_score", {**_EYE_SCORE, "scale": True}, r"gate\.eye_score\.scale must be a number"),
+        ("gate", "eye_probe", {**_EYE_PROBE, "min_score": True}, r"gate\.eye_probe\.min_score must be a number"),
+        ("gate", "eye_probe", {**_EYE_PROBE, "weights": ["1", 1, 1]}, r"gate\.eye_probe\.weights must hold numbers"),
+        ("input", "size", "32", r"input\.size\n.*valid integer"),
+        ("input", "crop_fraction", True, r"input\.crop_fraction\n.*valid number"),
+        ("input", "mean", ["0.485", "0.456", "0.406"], r"input\.mean\.0\n.*valid number"),
+        ("input", "std", [0.229, True, 0.225], r"input\.std\.1\n.*valid number"),
+        (None, "schema_version", True, r"schema_version\n.*valid integer"),
+    ],
+)
+def test_a_number_in_model_json_is_never_a_bool_or_a_string(
+    tmp_path: Path, section: str | None, key: str, value: object, message: str
+) -> None:
+    # Coerced before: "0.1" served as 0.1 and true as 1 (a min_side of 1 px, a max_brightness of 1.0).
+    model_dir = build_tiny_model(
+        tmp_path / "m",
+        gate={"min_side": 8, "min_brightness": 0, "max_brightness": 1, "min_contrast": 0, "max_ood_distance": 100},
+        input={"size": 32, "mean": [0, 0, 0], "std": [1, 1, 1]},
+    )
+    assert load_baked(model_dir).manifest.gate.max_brightness == 1.0, "a float may be written as an int"
+    data = json.loads((model_dir / "model.json").read_text())
+    if section is None:
+        rewrite_manifest(model_dir, **{key: value})
+    else:
+        rewrite_manifest(model_dir, **{section: {**data[section], key: value}})
+    with pytest.raises(ModelLoadError, match=message):
+        load_baked(model_dir)
+
+
+def test_the_bundled_manifest_still_loads() -> None:
+    from cataract_inference.manifest import load_manifest
+    from tests.conftest import BUNDLED_MODEL_DIR
+
+    manifest = load_manifest(BUNDLED_MODEL_DIR / "model.json")
+    assert manifest.input.crop_fraction == 0.875 and manifest.gate.min_side == 32
 
 
 # --- what runs is what was hashed ----------------------------------------------------------------------------

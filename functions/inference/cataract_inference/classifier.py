@@ -141,7 +141,8 @@ class Classifier:
             outputs = self.warm_up()
         except NonFiniteOutputError as exc:
             raise ModelLoadError(
-                f"{artifact.source} loads but {exc} on a plain input: its weights or its graph are broken; export "
+                f"{artifact.source} loads but {exc} on a small synthetic photo preprocessed as model.json's input "
+                "says: its weights or its graph are broken, or model.json's input (mean, std) does not fit it; export "
                 "it again (or roll back to the last version that served)"
             ) from exc
         except Exception as exc:  # the graph loaded but cannot run on the manifest's input
@@ -168,7 +169,11 @@ class Classifier:
                 f"the model's input {spec.name!r} is {inputs[spec.name].type}; serving feeds float32 (tensor(float))"
             )
         outputs = {o.name: o for o in self.session.get_outputs()}
-        wanted = [n for n in (names.logits, names.embedding, names.ood_distance, names.cam, names.mid_distance) if n]
+        wanted = [n for _, n in names.roles()]
+        # The manifest refuses this; a manifest changed in code (model_copy) is not validated again.
+        shared = sorted({n for n in wanted if wanted.count(n) > 1})
+        if shared:
+            raise ModelLoadError(f"the manifest names the graph outputs {shared} for more than one role each")
         missing = [n for n in wanted if n not in outputs]
         if missing:
             raise ModelLoadError(
@@ -187,18 +192,21 @@ class Classifier:
         # every request reads these shapes, and a wrong one fails every request or (a distance read from a
         # wider output) serves a wrong gate silently.
         names, classes = self.manifest.outputs, len(self.manifest.classes)
-        expected: dict[str | None, tuple[str, Any]] = {
-            names.logits: ("(1, classes)", lambda s: s == (1, classes)),
-            names.cam: ("(1, classes, h, w)", lambda s: len(s) == 4 and s[:2] == (1, classes)),
-            names.ood_distance: ("one value", lambda s: int(np.prod(s)) == 1),
-            names.mid_distance: ("one value", lambda s: int(np.prod(s)) == 1),
-            names.embedding: ("one image's values, (1, ...)", lambda s: len(s) >= 2 and s[0] == 1),
+        # By role, not by output name: keyed by name, a second role naming the same output replaced the first's check.
+        expected: dict[str, tuple[str, Any]] = {
+            "logits": ("(1, classes)", lambda s: s == (1, classes)),
+            "cam": ("(1, classes, h, w)", lambda s: len(s) == 4 and s[:2] == (1, classes)),
+            "ood_distance": ("one value", lambda s: int(np.prod(s)) == 1),
+            "mid_distance": ("one value", lambda s: int(np.prod(s)) == 1),
+            "embedding": ("one image's values, (1, ...)", lambda s: len(s) >= 2 and s[0] == 1),
         }
-        for name, (wanted, fits) in expected.items():
-            if name and not fits(tuple(outputs[name].shape)):
+        for role, name in names.roles():
+            wanted, fits = expected[role]
+            if not fits(tuple(outputs[name].shape)):
                 raise ModelLoadError(
                     f"the model's output {name!r} has shape {tuple(outputs[name].shape)} for one image; serving "
-                    f"reads {wanted} (the manifest lists {classes} classes): the manifest does not match the model"
+                    f"reads outputs.{role} as {wanted} (the manifest lists {classes} classes): the manifest does not "
+                    "match the model"
                 )
         probe = quality.EyeProbe.from_gate(self.manifest.gate)
         if probe is not None and names.embedding and outputs[names.embedding][0].size != probe.mean.size:
@@ -246,9 +254,16 @@ class Classifier:
         return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.artifact.sha256}
 
     def warm_up(self) -> dict[str, np.ndarray]:
-        """One run on zeros, so the first request does not pay for lazy allocations; returns its outputs."""
-        spec = self.manifest.input
-        return self.run(np.zeros((1, 3, spec.size, spec.size), dtype=np.float32))
+        """One run on a small synthetic photo through the real preprocessing, so the first request does not pay for
+        lazy allocations and a manifest whose preprocessing breaks the model fails here; returns its outputs."""
+        # Zeros skipped the resize, the crop and the normalisation: a std that overflowed, or a crop that scaled
+        # every photo to 22400 px, passed init and failed every request. Ramps from black to white and back every
+        # 32 px, so that even a centre crop holds the normalisation's extremes; 96x72 keeps it ~1 ms.
+        ramp = np.abs(np.arange(96) % 32 - 16) * 255 // 16
+        across = np.tile(ramp.astype(np.uint8), (72, 1))
+        down = np.tile(ramp[:72, None].astype(np.uint8), (1, 96))
+        pixels = np.stack([across, 255 - across, down], axis=2)
+        return self.run(preprocess(Image.fromarray(pixels, "RGB"), self.manifest.input)[None])
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs for a preprocessed NCHW batch."""

@@ -7,6 +7,7 @@ on a field.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -22,6 +23,21 @@ GATE_EXTRAS = frozenset({"calibration", "eye_score", "eye_probe"})
 
 # A number in model.json: an int or a float, never a bool or a string, never NaN or infinite.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# A whole number in model.json: an int, never a bool, a float or a string.
+Integer = Annotated[int, Field(strict=True)]
+# Preprocessing normalises pixel values of 0..1, so a std is their spread: at most 0.5 (1 leaves them unscaled, 1/255
+# feeds 0..255). Below this the model's input reaches thousands and more: 1e-36 overflowed float32, a 500 per request.
+MIN_STD = 0.001
+# Below this crop fraction the photo's shorter side is first scaled past twice the input (2048 px at size 1024);
+# 0.01 scaled every photo to ~22400 px, a MemoryError per request. Training writes 0.875, the usual ImageNet crop.
+MIN_CROP_FRACTION = 0.5
+# The numbers of gate.eye_score and gate.eye_probe (quality.EyeScore and EyeProbe), which float() would also
+# take from a bool or a string.
+EYE_BLOCK_NUMBERS = {
+    "eye_score": ("bias", "w_distance", "w_skin", "centre", "scale", "skin_floor", "min_score"),
+    "eye_probe": ("bias", "min_score"),
+}
+EYE_BLOCK_VECTORS = {"eye_probe": ("mean", "weights")}
 
 
 class ManifestError(ValueError):
@@ -34,20 +50,47 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = "input"
-    size: int = Field(224, ge=16, le=1024)
+    size: Integer = Field(224, ge=16, le=1024)
     resize: Literal["letterbox", "squash", "center_crop"] = "letterbox"
     interpolation: Literal["bilinear", "bicubic", "lanczos"] = "bilinear"
-    crop_fraction: float = Field(0.875, gt=0.0, le=1.0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_fraction: Number = 0.875
+    mean: tuple[Number, Number, Number] = (0.485, 0.456, 0.406)
+    std: tuple[Number, Number, Number] = (0.229, 0.224, 0.225)
     layout: Literal["NCHW"] = "NCHW"
     color: Literal["RGB"] = "RGB"
 
+    @field_validator("crop_fraction")
+    @classmethod
+    def _crop_fraction_is_sane(cls, fraction: float) -> float:
+        if not MIN_CROP_FRACTION <= fraction <= 1.0:
+            raise ValueError(
+                f"crop_fraction {fraction} is outside {MIN_CROP_FRACTION}..1: it is the share of the scaled photo's "
+                f"shorter side the model sees (0.875 as training writes it), and below {MIN_CROP_FRACTION} every photo "
+                "would first be scaled to more than twice the input size"
+            )
+        return fraction
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_is_a_pixel_value(cls, mean: tuple[float, float, float]) -> tuple[float, float, float]:
+        # Also the padding colour (fill_rgb), which must be a colour.
+        if not all(0.0 <= m <= 1.0 for m in mean):
+            raise ValueError(f"every mean must lie within 0..1, the pixel values it is the mean of; not {list(mean)}")
+        return mean
+
     @field_validator("std")
     @classmethod
-    def _std_is_positive(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(std) <= 0:
-            raise ValueError("every std must be above 0 (the input is divided by it)")
+    def _std_is_a_spread_of_pixel_values(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(MIN_STD <= s <= 1.0 for s in std):
+            why = (
+                f"below {MIN_STD} the model's input reaches thousands, and 1e-36 overflows"
+                if min(std) < MIN_STD
+                else "above 1 it would be wider than the 0..1 values it is the spread of"
+            )
+            raise ValueError(
+                f"every std must lie within {MIN_STD}..1 (a spread of pixel values of 0..1, by which they are "
+                f"divided), not {list(std)}: {why}"
+            )
         return std
 
     @property
@@ -72,6 +115,23 @@ class OutputNames(BaseModel):
     cam: str | None = None
     mid_distance: str | None = None
 
+    def roles(self) -> list[tuple[str, str]]:
+        """Each role that names a graph output, and that output's name, in declaration order."""
+        return [(role, name) for role, name in self.model_dump().items() if name]  # "" is absent, as None is
+
+    @model_validator(mode="after")
+    def _one_role_per_output(self) -> OutputNames:
+        # One output read for two roles: a distance read from the embedding, or a CAM that fails every explain=true.
+        seen: dict[str, str] = {}
+        for role, name in self.roles():
+            if name in seen:
+                raise ValueError(
+                    f"outputs.{seen[name]} and outputs.{role} both name the graph output {name!r}: each role needs "
+                    "its own output; name the one the graph gives for each, or leave the optional one out"
+                )
+            seen[name] = role
+        return self
+
 
 class GateThresholds(BaseModel):
     """Gradability gate thresholds, fitted on data at training time.
@@ -82,14 +142,14 @@ class GateThresholds(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-    min_side: int = 64
-    min_brightness: float = 0.08
-    max_brightness: float = 0.95
-    min_contrast: float = 0.03
-    min_sharpness: float = 0.0
-    max_ood_distance: float | None = None
+    min_side: Integer = 64
+    min_brightness: Number = 0.08
+    max_brightness: Number = 0.95
+    min_contrast: Number = 0.03
+    min_sharpness: Number = 0.0
+    max_ood_distance: Number | None = None
     # Mahalanobis distance of mid-level trunk features from the training photos: the eye detector.
-    max_mid_distance: float | None = None
+    max_mid_distance: Number | None = None
 
     @model_validator(mode="after")
     def _can_pass_a_photo(self) -> GateThresholds:
@@ -121,6 +181,28 @@ class GateThresholds(BaseModel):
             raise ValueError(f"unknown gate keys {unknown} (misspelt thresholds?); known extras: {sorted(GATE_EXTRAS)}")
         return self
 
+    @model_validator(mode="after")
+    def _eye_blocks_hold_numbers(self) -> GateThresholds:
+        # Their values are read with float() (quality.py), which took "0.1" and true; their shape and finiteness
+        # are checked where they are parsed, at init.
+        extra = self.model_extra or {}
+        for block, keys in EYE_BLOCK_NUMBERS.items():
+            raw = extra.get(block)
+            if not isinstance(raw, dict):
+                continue
+            for key in keys:
+                if key in raw and not _is_number(raw[key]):
+                    raise ValueError(f"gate.{block}.{key} must be a number, not {raw[key]!r}")
+            for key in EYE_BLOCK_VECTORS.get(block, ()):
+                if isinstance(raw.get(key), list) and not all(_is_number(v) for v in raw[key]):
+                    raise ValueError(f"gate.{block}.{key} must hold numbers only")
+        return self
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float (numpy's too, as training passes them), never a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
 
 class Provenance(BaseModel):
     """Where the backbone's pretrained weights came from, and under which licence."""
@@ -150,7 +232,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Integer = SCHEMA_VERSION
     name: str
     version: str  # export and publish hold it to VERSION_PATTERN; serving reads what older tools published
     created: str

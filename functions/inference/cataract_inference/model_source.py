@@ -131,10 +131,39 @@ def _s3_client() -> Any:
 
 
 def _describe_s3_error(exc: Exception, uri: str) -> str:
-    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError, PartialCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        CredentialRetrievalError,
+        InvalidRegionError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        SSOError,
+        TokenRetrievalError,
+    )
 
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return f"no AWS credentials to read {uri}; give the function (or your shell) an IAM role or profile"
+    # Raised as the client is made or signs: botocore's own words name no setting, and they escaped as a traceback.
+    said = str(exc).rstrip(" .:")
+    if isinstance(exc, ProfileNotFound):
+        return (
+            f"cannot read {uri}: {said}. AWS_PROFILE names a profile that is in no AWS config or credentials file: "
+            "fix AWS_PROFILE (`aws configure list-profiles`) or unset it"
+        )
+    if isinstance(exc, CredentialRetrievalError | TokenRetrievalError | SSOError):
+        return (
+            f"the AWS credentials to read {uri} could not be obtained: {said}. Fix the AWS profile in use "
+            "(AWS_PROFILE, or the default one): its credential_process, or `aws sso login` for SSO; or give the "
+            "function (or your shell) other credentials"
+        )
+    if isinstance(exc, InvalidRegionError | NoRegionError):
+        return (
+            f"cannot read {uri}: {said}. Set AWS_DEFAULT_REGION (or the profile's region) to the bucket's region, "
+            "such as us-east-1"
+        )
     if isinstance(exc, ParamValidationError):
         return f"S3 cannot be asked for {uri}: {exc}. Check MODEL_S3_URI and MODEL_S3_VERSION_ID."
     if isinstance(exc, ClientError):
@@ -164,6 +193,24 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
             return f"{uri}: the object version does not exist ({code}); check MODEL_S3_VERSION_ID.{said}"
         return f"S3 refused {uri}: {code or exc}.{said}"
     return f"cannot reach S3 for {uri}: {exc}"
+
+
+def _describe_client_error(exc: Exception, uri: str) -> str:
+    """Why no S3 client could be made to read ``uri``: nothing was asked of S3 yet, so never "cannot reach S3"."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(exc, BotoCoreError | ClientError):  # boto3 raises a bare ValueError for a malformed endpoint
+        return (
+            f"cannot make an S3 client to read {uri}: {exc}. Check AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL (a URL "
+            "such as https://s3.us-east-1.amazonaws.com) and the profile's endpoint_url, or unset them"
+        )
+    described = _describe_s3_error(exc, uri)
+    if described.startswith("cannot reach S3"):  # the generic words, for a broken role chain or config file
+        return (
+            f"cannot make an S3 client to read {uri}: {exc}. Check the AWS configuration in use (AWS_PROFILE, "
+            "AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, ~/.aws/config and ~/.aws/credentials)"
+        )
+    return described
 
 
 _T = TypeVar("_T")
@@ -303,7 +350,11 @@ def load_from_s3(settings: Settings, client: Any | None = None) -> ModelArtifact
         nonlocal s3
         # Made here, within the deadline: botocore resolves credentials as it makes the client, and a
         # credential_process or SSO login can take as long as it likes.
-        s3 = s3 or _s3_client()
+        if s3 is None:
+            try:
+                s3 = _s3_client()
+            except (BotoCoreError, ClientError, ValueError) as exc:  # a missing profile, bad credentials or region
+                raise ModelLoadError(_describe_client_error(exc, manifest_uri)) from exc
         manifest = fetch(manifest_key, manifest_uri, None)
         cached = _cached_model(cache / MODEL_FILENAME)  # here, within the deadline
         if cached is not None and cached[1] == _recorded_sha256(manifest[0], manifest_uri):
