@@ -547,6 +547,38 @@ def test_normalisation_uses_the_manifest_mean_and_std() -> None:
     assert np.allclose(tensor[2], (128 / 255 - 0.5) / 1.0, atol=1e-6)
 
 
+def test_center_crop_resamples_only_the_square_it_keeps() -> None:
+    # A 12000x1 photo (within the decode limits) was scaled whole to 3,072,000x256 px first: 3 GB for 224x224.
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from PIL import Image\n"
+        "from cataract_inference.imaging import resize_for_model\n"
+        "from cataract_inference.manifest import InputSpec\n"
+        "spec = InputSpec(size=224, resize='center_crop')\n"
+        "out = resize_for_model(Image.new('RGB', (12000, 1), (200, 100, 50)), spec)\n"
+        "print(out.size, out.getpixel((0, 0)), out.getpixel((223, 223)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]  # under a 1 GiB address space
+    assert done.stdout.split() == ["(224,", "224)", "(200,", "100,", "50)", "(200,", "100,", "50)"]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
+def test_center_crop_is_the_centre_of_the_whole_photo_scaled(interpolation: str) -> None:
+    # Resampling the kept box alone gives what scaling the whole photo and cropping gave, within rounding.
+    spec = InputSpec(size=64, resize="center_crop", interpolation=interpolation)  # type: ignore[arg-type]
+    photo = gradient((300, 200)).convert("RGB")
+    scaled_w, scaled_h = imaging.center_crop_scaled_size(*photo.size, spec)
+    left, top = (scaled_w - 64) // 2, (scaled_h - 64) // 2
+    whole = photo.resize((scaled_w, scaled_h), imaging._RESAMPLE[interpolation], reducing_gap=3.0)
+    expected = np.asarray(whole.crop((left, top, left + 64, top + 64)), np.int16)
+    got = np.asarray(imaging.resize_for_model(photo, spec), np.int16)
+    assert np.abs(got - expected).max() <= 2
+
+
 def test_center_crop_keeps_the_centre_and_drops_the_sides() -> None:
     spec = InputSpec(size=32, resize="center_crop", crop_fraction=0.875, mean=(0, 0, 0), std=(1, 1, 1))
     img = Image.new("RGB", (128, 64), (0, 0, 0))

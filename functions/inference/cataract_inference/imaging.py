@@ -611,11 +611,13 @@ def resize_for_model(img: Image.Image, spec: InputSpec) -> Image.Image:
     if spec.resize == "squash":
         return img.resize((size, size), resample, reducing_gap=3.0)
     if spec.resize == "center_crop":
-        new = center_crop_scaled_size(width, height, spec)
-        img = img.resize(new, resample, reducing_gap=3.0)
-        left = (new[0] - size) // 2
-        top = (new[1] - size) // 2
-        return img.crop((left, top, left + size, top + size))
+        # Only the kept square is resampled (its box in the photo's own pixels): scaled whole first, a 12000x1
+        # photo became 3,072,000x256 px, 3 GB, to keep 224x224 of it.
+        scaled_w, scaled_h = center_crop_scaled_size(width, height, spec)
+        left, top = (scaled_w - size) // 2, (scaled_h - size) // 2
+        x, y = width / scaled_w, height / scaled_h
+        box = (left * x, top * y, (left + size) * x, (top + size) * y)
+        return img.resize((size, size), resample, box=box, reducing_gap=3.0)
     left, top, right, bottom = content_box(width, height, spec)
     resized = img.resize((right - left, bottom - top), resample, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), spec.fill_rgb)
