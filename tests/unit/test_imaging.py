@@ -569,7 +569,7 @@ def test_center_crop_resamples_only_the_square_it_keeps() -> None:
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
 def test_center_crop_is_the_centre_of_the_whole_photo_scaled(interpolation: str) -> None:
     # Resampling the kept box alone gives what scaling the whole photo and cropping gave, within rounding.
-    spec = InputSpec(size=64, resize="center_crop", interpolation=interpolation)  # type: ignore[arg-type]
+    spec = InputSpec(size=64, resize="center_crop", interpolation=interpolation)
     photo = gradient((300, 200)).convert("RGB")
     scaled_w, scaled_h = imaging.center_crop_scaled_size(*photo.size, spec)
     left, top = (scaled_w - 64) // 2, (scaled_h - 64) // 2
