@@ -620,6 +620,22 @@ def test_bad_input_gets_a_json_4xx(invoke: Invoke, case: str, event: dict[str, A
     assert "not a diagnosis" in body["disclaimer"].lower()
 
 
+@pytest.mark.parametrize("request_id", [None, ""])
+def test_the_handlers_own_refusal_has_the_invocations_id_when_the_event_has_none(
+    invoke: Invoke, request_id: str | None
+) -> None:
+    # A console test event or a direct invoke carries no requestContext.requestId: the app's answers fell back to
+    # the invocation's id, the handler's own 400s had none (body, header and log line).
+    event = events.rest_event("/predict%ff", "POST", body="x")
+    if request_id is None:
+        del event["requestContext"]["requestId"]
+    else:
+        event["requestContext"]["requestId"] = request_id
+    status, headers, body = invoke(event)
+    assert status == 400 and body["error"]["code"] == "invalid_encoding"
+    assert body["request_id"] == headers["x-request-id"] == "test-invocation-id"
+
+
 def test_body_over_the_lambda_limit_is_413(invoke: Invoke) -> None:
     big = "A" * (6 * 1024 * 1024 + 10)
     status, _, body = invoke(_json_event({"image": big}))

@@ -172,11 +172,15 @@ def test_refusals_of_every_kind_are_logged_and_counted(
 
 @pytest.mark.parametrize("request_id", [123, ""])
 def test_the_handlers_own_400_ignores_a_malformed_request_id(handler: Any, request_id: object) -> None:
-    answer = handler._refusal({"requestContext": {"requestId": request_id}}, "invalid_base64", "not base64")
+    from tests.conftest import FakeLambdaContext
+
+    event = {"requestContext": {"requestId": request_id}}
+    answer = handler._refusal(event, FakeLambdaContext(), "invalid_base64", "not base64")
     assert answer["statusCode"] == 400
     body = json.loads(answer["body"])
-    assert body["error"]["code"] == "invalid_base64" and "request_id" not in body
-    assert "x-request-id" not in answer["headers"]
+    # Not the malformed one: the invocation's, as the app falls back to it.
+    assert body["error"]["code"] == "invalid_base64" and body["request_id"] == "test-invocation-id"
+    assert answer["headers"]["x-request-id"] == "test-invocation-id"
 
 
 def test_concurrent_requests_keep_their_own_request_id_in_the_logs(handler: Any, log_stream: io.StringIO) -> None:

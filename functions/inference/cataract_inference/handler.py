@@ -15,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
-from .api import create_app, error_content, note_refusal
+from .api import create_app, error_content, note_refusal, request_id_of
 from .classifier import Classifier
 from .events import event_problem
 from .observability import instrumented, logger, note_cold_start
@@ -41,7 +41,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         raise TypeError(f"this function expects an API Gateway proxy event (REST v1 or HTTP API v2): {problem}")
     if not _percent_decodes(event):
         # Mangum decodes %ff to U+FFFD and routing goes on (a 404); `serve` refuses the same bytes. One answer.
-        return _refusal(event, "invalid_encoding", "the path or query string is not valid UTF-8 once percent-decoded")
+        return _refusal(
+            event, context, "invalid_encoding", "the path or query string is not valid UTF-8 once percent-decoded"
+        )
     try:
         # Mangum types the context as its own protocol; Powertools' class is the same runtime object.
         return asgi_handler(_with_usable_ports(_encodable(event)), context)  # type: ignore[arg-type]
@@ -50,13 +52,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # invocation error (a 502 at the gateway), as an undecodable body would (below).
         if _encodes(event):
             raise
-        return _refusal(event, "invalid_encoding", "the path, a header or the query string is not valid UTF-8")
+        return _refusal(event, context, "invalid_encoding", "the path, a header or the query string is not valid UTF-8")
     except (binascii.Error, ValueError):
         # Mangum base64-decodes a flagged body before the app runs; a body that is not base64 would
         # escape as an invocation error (a 502 at the gateway). It is the client's bad request.
         if not _undecodable_body(event):
             raise
-        return _refusal(event, "invalid_base64", "the request body is flagged as base64 but is not valid base64")
+        return _refusal(
+            event, context, "invalid_base64", "the request body is flagged as base64 but is not valid base64"
+        )
 
 
 def _percent_decodes(event: dict[str, Any]) -> bool:
@@ -94,10 +98,10 @@ def _undecodable_body(event: dict[str, Any]) -> bool:
     return False
 
 
-def _refusal(event: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+def _refusal(event: dict[str, Any], context: LambdaContext, code: str, message: str) -> dict[str, Any]:
     """The API's 400 error, built here because the request never reached the app."""
-    request_id = (event.get("requestContext") or {}).get("requestId")
-    request_id = request_id if isinstance(request_id, str) and request_id else None
+    # As the app picks it (API Gateway's, else the invocation's), but never from headers that may be the problem.
+    request_id = request_id_of({"aws.event": event, "aws.context": context, "headers": []})
     note_refusal(400, code, request_id)
     body, headers = error_content(code, message, request_id, settings.disclaimer)
     return {
