@@ -17,11 +17,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from cataract_inference import events
 from cataract_inference.model_source import sha256_of
-from tests.integration.test_runtime_client import HANDLER
+from tests.integration.test_runtime_client import expect_init_error
 from tests.support.onnx_models import rewrite_manifest, tiny_graph
-from tests.support.runtime_api import RuntimeApiStub, start_runtime, stop_runtime
+from tests.support.runtime_api import RuntimeApiStub
 
 
 @pytest.fixture
@@ -137,26 +136,11 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
 }
 
 
-def _expect_init_error(stub: RuntimeApiStub, env: dict[str, str], error_type: str, phrase: str) -> None:
-    process = start_runtime(HANDLER, stub, env)
-    try:
-        stub.submit(events.rest_event("/health"))
-        outcome = stub.next_outcome(timeout=60)
-        assert outcome.kind == "init_error", outcome
-        assert outcome.payload["errorType"] == error_type, outcome.payload
-        assert phrase in outcome.payload["errorMessage"], outcome.payload["errorMessage"]
-        assert process.wait(timeout=30) != 0, "the runtime exits after an init error"
-        with pytest.raises(TimeoutError):
-            stub.next_outcome(timeout=0.5)  # and it never answered the queued request
-    finally:
-        stop_runtime(process)
-
-
 @pytest.mark.parametrize("name", sorted(BREAKAGES))
 def test_a_broken_model_folder_is_an_init_error(name: str, stub: RuntimeApiStub, model_copy: Path) -> None:
     breakage, error_type, phrase = BREAKAGES[name]
     breakage(model_copy)
-    _expect_init_error(stub, {"MODEL_DIR": str(model_copy)}, error_type, phrase)
+    expect_init_error(stub, {"MODEL_DIR": str(model_copy)}, error_type, phrase)
 
 
 @pytest.mark.parametrize("cache", ["file-in-the-way", "proc"])
@@ -176,7 +160,7 @@ def test_an_unwritable_model_cache_is_an_init_error(cache: str, stub: RuntimeApi
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: the cache check must come first
     }
-    _expect_init_error(stub, env, "ModelLoadError", "cannot write the model cache")
+    expect_init_error(stub, env, "ModelLoadError", "cannot write the model cache")
 
 
 @pytest.mark.parametrize(
@@ -192,4 +176,4 @@ def test_a_powertools_variable_it_cannot_read_is_an_init_error_that_names_it(
 ) -> None:
     # Powertools' own errors name no variable ("Unknown level: 'VERBOSE'", "invalid truth value 'maybe'").
     env = {"MODEL_DIR": str(model_copy), "POWERTOOLS_TRACE_DISABLED": "false", variable: value}
-    _expect_init_error(stub, env, "ConfigError", f"{variable}={value!r}")
+    expect_init_error(stub, env, "ConfigError", f"{variable}={value!r}")

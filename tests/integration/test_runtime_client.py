@@ -77,28 +77,32 @@ def test_error_envelope_for_a_non_http_event(stub: RuntimeApiStub, tiny_model_di
         stop_runtime(process)
 
 
-def test_init_error_when_the_model_is_missing(stub: RuntimeApiStub, tmp_path: Path) -> None:
-    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tmp_path / "no-model")})
+def expect_init_error(
+    stub: RuntimeApiStub, env: dict[str, str], error_type: str, phrase: str, timeout: float = 60
+) -> None:
+    """Init fails with ``error_type`` and ``phrase``; the runtime exits and never answers the queued request."""
+    process = start_runtime(HANDLER, stub, env)
     try:
         stub.submit(events.rest_event("/health"))
-        outcome = stub.next_outcome(timeout=60)
+        outcome = stub.next_outcome(timeout=timeout)
         assert outcome.kind == "init_error", outcome
-        assert outcome.payload["errorType"] == "ModelLoadError"
-        assert "no model at" in outcome.payload["errorMessage"]
-        assert process.wait(timeout=30) != 0, "the runtime exits after an init error: it never serves"
+        assert outcome.payload["errorType"] == error_type, outcome.payload
+        assert phrase in outcome.payload["errorMessage"], outcome.payload["errorMessage"]
+        assert process.wait(timeout=30) != 0, "the runtime exits after an init error"
+        assert stub.pending() == 1, "the runtime fetched the queued request after its init error"
+        with pytest.raises(TimeoutError):
+            stub.next_outcome(timeout=0.1)  # nor answered anything
     finally:
         stop_runtime(process)
+
+
+def test_init_error_when_the_model_is_missing(stub: RuntimeApiStub, tmp_path: Path) -> None:
+    expect_init_error(stub, {"MODEL_DIR": str(tmp_path / "no-model")}, "ModelLoadError", "no model at")
 
 
 def test_init_error_on_a_checksum_mismatch(stub: RuntimeApiStub, tiny_model_dir: Path) -> None:
-    process = start_runtime(HANDLER, stub, {"MODEL_DIR": str(tiny_model_dir), "MODEL_SHA256": "0" * 64})
-    try:
-        stub.submit(events.rest_event("/health"))
-        outcome = stub.next_outcome(timeout=60)
-        assert outcome.kind == "init_error"
-        assert "checksum mismatch" in outcome.payload["errorMessage"]
-    finally:
-        stop_runtime(process)
+    env = {"MODEL_DIR": str(tiny_model_dir), "MODEL_SHA256": "0" * 64}
+    expect_init_error(stub, env, "ModelLoadError", "checksum mismatch")
 
 
 @pytest.fixture
@@ -140,11 +144,4 @@ def test_s3_down_at_init_fails_loudly(stub: RuntimeApiStub, tmp_path: Path) -> N
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }
-    process = start_runtime(HANDLER, stub, env)
-    try:
-        stub.submit(events.rest_event("/health"))
-        outcome = stub.next_outcome(timeout=90)
-        assert outcome.kind == "init_error"
-        assert "cannot reach S3" in outcome.payload["errorMessage"]
-    finally:
-        stop_runtime(process)
+    expect_init_error(stub, env, "ModelLoadError", "cannot reach S3", timeout=90)

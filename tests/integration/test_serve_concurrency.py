@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import os
 import socket
@@ -48,6 +49,17 @@ def test_each_concurrent_request_gets_exactly_its_own_answer(server: int, tiny_m
     expected = {level: clf.predict_bytes(data) for level, data in images.items()}
     assert {p.label for p in expected.values()} == {"cataract", "normal"}
     assert len({p.probabilities["cataract"] for p in expected.values()}) == len(levels), "answers are distinct"
+    # Client i starts i * stride levels along: the 8 images in flight at each step all differ (with a stride of
+    # 25, clients i and i + 4 sent the same image side by side, and a mix-up between them went unseen).
+    stride = len(levels) // CLIENTS
+    schedule = [[levels[(i * stride + j) % len(levels)] for j in range(PER_CLIENT)] for i in range(CLIENTS)]
+    senders: dict[int, list[tuple[int, int]]] = {}
+    for i, row in enumerate(schedule):
+        for j, level in enumerate(row):
+            senders.setdefault(level, []).append((i, j))
+    for level, uses in senders.items():
+        for (i, j), (k, m) in itertools.combinations(uses, 2):
+            assert i != k and abs(j - m) >= stride, f"level {level}: client {i} step {j}, client {k} step {m}"
 
     results: dict[str, tuple[int, int, str, dict]] = {}
     errors: list[str] = []
@@ -58,7 +70,7 @@ def test_each_concurrent_request_gets_exactly_its_own_answer(server: int, tiny_m
         conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
         barrier.wait()  # all clients start together
         for j in range(PER_CLIENT):
-            level = levels[(index * PER_CLIENT + j) % len(levels)]
+            level = schedule[index][j]
             rid = f"c{index}-r{j}-l{level}"
             body = json.dumps({"image": base64.b64encode(images[level]).decode()})
             try:

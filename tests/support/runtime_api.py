@@ -93,6 +93,10 @@ class RuntimeApiStub:
         self._events.put((request_id, json.dumps(event).encode()))
         return request_id
 
+    def pending(self) -> int:
+        """Events queued and not yet fetched by the runtime."""
+        return self._events.qsize()
+
     def next_outcome(self, timeout: float = 60.0) -> Outcome:
         """The next thing the runtime posted, or ``TimeoutError``."""
         try:
