@@ -57,6 +57,15 @@ def _all_but(*sections: str) -> str:
     return ",".join(s for s in run.SECTIONS if s not in sections)
 
 
+def _export_pair(tmp_path: Path) -> Path:
+    """A training run's export folder under ``tmp_path/runs``, with an fp32 and an int8 model.json."""
+    export = tmp_path / "runs" / "a-run" / "export"
+    for variant in ("fp32", "int8"):
+        (export / variant).mkdir(parents=True)
+        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    return export
+
+
 def test_an_unknown_section_to_skip_is_an_error(bench: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         run.main(["--skip", "deps,tunnig"])
@@ -190,10 +199,7 @@ def test_int8_refuses_an_export_of_another_backbone(bench: Path, monkeypatch: py
 
 
 def test_int8_verdict_judges_the_unrounded_speed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    export = tmp_path / "runs" / "a-run" / "export"
-    for variant in ("fp32", "int8"):
-        (export / variant).mkdir(parents=True)
-        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    export = _export_pair(tmp_path)
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "no-photos")
     # 2.999 ÷ 2.0 = 1.4995 misses "≥ 1.5×": shown with the digit that says so, not rounded up to the limit.
     monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [2.999], "int8 session.run": [2.0]})
@@ -218,10 +224,7 @@ def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 1 of 97 is 1.03 points: judged after rounding to one decimal it read "+1.0 points", met.
-    export = tmp_path / "runs" / "a-run" / "export"
-    for variant in ("fp32", "int8"):
-        (export / variant).mkdir(parents=True)
-        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    export = _export_pair(tmp_path)
     (tmp_path / "photos").mkdir()
     (export.parent / "split.json").write_text("{}", encoding="utf-8")
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
@@ -376,10 +379,7 @@ def test_int8_that_cannot_be_rebuilt_is_not_measured_with_the_reason(
 def test_int8_rows_say_whose_int8_they_measured_even_when_the_section_fails_half_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    export = tmp_path / "runs" / "a-run" / "export"
-    for variant in ("fp32", "int8"):
-        (export / variant).mkdir(parents=True)
-        (export / variant / "model.json").write_bytes((BUNDLED_MODEL_DIR / "model.json").read_bytes())
+    export = _export_pair(tmp_path)
     (tmp_path / "runs" / "a-run" / "split.json").write_text('{"train": [], "val": []}', encoding="utf-8")
     (tmp_path / "photos").mkdir()
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
