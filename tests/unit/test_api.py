@@ -584,8 +584,9 @@ def test_an_uncompressed_body_may_say_so(invoke: Invoke) -> None:
         ('application/json; profile="a,b"', False),
         ('image/png; name="eye, left.png"', True),
         ('image/png; name="say \\"hi\\", then", q=1', None),  # the comma after the quoted string: two types
+        ('image/png; name="a\\",b"', True),  # an escaped quote does not end the string: its comma is inside
     ],
-    ids=["json-quoted-comma", "image-quoted-comma", "comma-after-escaped-quote"],
+    ids=["json-quoted-comma", "image-quoted-comma", "comma-after-escaped-quote", "comma-after-an-escaped-quote-inside"],
 )
 def test_a_comma_inside_a_quoted_parameter_is_one_content_type(invoke: Invoke, content_type: str, raw: Any) -> None:
     # RFC 9110 lets a quoted parameter hold a comma: it was refused as "more than one Content-Type".

@@ -31,7 +31,7 @@ def test_every_loopback_address_is_this_machine(header: str) -> None:
 @pytest.mark.parametrize(
     "header",
     ["rebound.attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example", "10.0.0.1:8080", "[::2]", "",
-     "127.1", "0.0.0.0", "[::]", "localhost:8080:1"],
+     "127.1", "0.0.0.0", "[::]", "localhost:8080:1", "notlocalhost", "foo.localhost:8080"],
 )  # fmt: skip
 def test_any_other_name_is_refused(header: str) -> None:
     assert not is_loopback_host(header)

@@ -551,6 +551,8 @@ def test_the_default_pixel_limit_fits_the_smallest_memory_the_template_allows() 
     assert Settings.from_env({"MAX_IMAGE_PIXELS": "89478485", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048"})
     exactly = str(pixels_that_fit(1024))  # the figure the error names is itself accepted
     assert Settings.from_env({"MAX_IMAGE_PIXELS": exactly, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"})
+    with pytest.raises(ConfigError, match=f"set it to at most {exactly}"):  # and one pixel more is not
+        Settings.from_env({"MAX_IMAGE_PIXELS": str(int(exactly) + 1), "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"})
     assert pixels_that_fit(128) == 0  # below the overhead: nothing fits, never a negative figure
 
 
