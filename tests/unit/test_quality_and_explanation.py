@@ -482,3 +482,92 @@ def test_the_eye_score_uses_the_manifests_skin_floor() -> None:
     assert score is not None and score.skin_floor == 0.1
     # bias + w_distance * (ood - centre) / scale + w_skin * log(skin + floor), with no skin at all:
     assert score.score(14.0, 0.0) == pytest.approx(2.0 - 1.0 * (14.0 - 10.0) / 2.0 + 1.0 * math.log(0.1))
+
+
+def _overlay_pixels(img: Image.Image, cam: np.ndarray, spec: InputSpec, **kwargs: Any) -> np.ndarray:
+    """overlay_png's PNG decoded to an (H, W, 3) uint8 array."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(explanation.overlay_png(img, cam, spec, **kwargs)))))
+
+
+def _heat_drawn(out: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """How far each overlay pixel moved from a flat photo's colour: zero where no heat was drawn."""
+    return np.abs(out.astype(np.int32) - np.asarray(colour, dtype=np.int32)).sum(axis=-1)
+
+
+def test_a_letterboxed_photos_heat_map_leaves_out_the_padding() -> None:
+    # 640 x 320 letterboxed into 224: the photo fills rows 56..168 of the square, the rest is padding. The evidence
+    # sits in CAM rows 3-4 (square rows 48..80), the photo's top rows: cut to the photo first, the heat covers the
+    # top of the overlay; stretched over the photo padding and all, it would land a third of the way down.
+    grey = (128, 128, 128)
+    cam = np.zeros((14, 14), dtype=np.float32)
+    cam[3:5] = 1.0
+    heat = _heat_drawn(_overlay_pixels(Image.new("RGB", (640, 320), grey), cam, InputSpec()), grey)
+    height = heat.shape[0]
+    assert heat.shape == (256, 512)
+    assert (heat[: height // 5] > 0).all()
+    assert not heat[height // 3 : 2 * height // 3].any()
+
+
+def test_the_deciding_halfs_heat_map_is_drawn_at_its_place_in_a_shrunk_photo() -> None:
+    # 1600 x 800 shrinks to 512 x 256 (by 0.32): the lower-right quadrant (800, 400, 1600, 800)
+    # is (256, 128, 512, 256) there. With evidence everywhere in the CAM, exactly that quadrant is coloured.
+    colour = (100, 150, 200)
+    out = _overlay_pixels(
+        Image.new("RGB", (1600, 800), colour),
+        np.ones((7, 7), dtype=np.float32),
+        InputSpec(),
+        region=(800, 400, 1600, 800),
+    )
+    assert out.shape == (256, 512, 3)
+    drawn = _heat_drawn(out, colour) > 0
+    expected = np.zeros((256, 512), dtype=bool)
+    expected[128:, 256:] = True
+    assert np.array_equal(drawn, expected)
+    assert (out[~expected] == colour).all()  # the rest is the shrunk photo, untouched
+
+
+def test_a_centre_cropped_photos_heat_map_sits_over_the_centre_it_came_from() -> None:
+    # 400 x 200 under a 32 px centre crop: scaled to 74 x 37, the model saw its middle 32 x 32. Evidence at the
+    # CAM's centre is the photo's centre: the heat's centre of mass is there, not off to the top left.
+    grey = (128, 128, 128)
+    cam = np.zeros((4, 4), dtype=np.float32)
+    cam[1:3, 1:3] = 1.0
+    spec = InputSpec(size=32, resize="center_crop")
+    heat = _heat_drawn(_overlay_pixels(Image.new("RGB", (400, 200), grey), cam, spec), grey).astype(np.float64)
+    assert heat.shape == (200, 400) and heat.sum() > 0
+    ys, xs = np.indices(heat.shape)
+    centre_x, centre_y = (heat * xs).sum() / heat.sum(), (heat * ys).sum() / heat.sum()
+    assert abs(centre_x - 200) < 10 and abs(centre_y - 100) < 10, (centre_x, centre_y)
+    assert not heat[:, :100].any() and not heat[:, 300:].any()  # outside the crop there is no evidence
+
+
+@pytest.mark.parametrize(
+    ("value", "rgb"),
+    [
+        # r = 1.5 - |4v - 3|, g = 1.5 - |4v - 2|, b = 1.5 - |4v - 1|, each clipped to 0..1, times 255, truncated.
+        (0.0, (0, 0, 127)),
+        (0.25, (0, 127, 255)),
+        (0.5, (127, 255, 127)),
+        (0.75, (255, 127, 0)),
+        (1.0, (127, 0, 0)),
+    ],
+)
+def test_the_colour_map_is_jet(value: float, rgb: tuple[int, int, int]) -> None:
+    colour = explanation._jet(np.array([value], dtype=np.float32))
+    assert colour.dtype == np.uint8 and colour.tolist() == [list(rgb)]
+
+
+def test_the_blend_of_one_pixel_to_the_unit() -> None:
+    # A 32 px photo under a 32 px squash with a 32 x 32 CAM: no resizing, the heat is the CAM itself.
+    photo = (40, 80, 200)
+    cam = np.zeros((32, 32), dtype=np.float32)
+    cam[0, 0] = 1.0
+    cam[0, 1] = 0.5
+    out = _overlay_pixels(Image.new("RGB", (32, 32), photo), cam, InputSpec(size=32, resize="squash"))
+    # Full heat: level 255, jet (127, 0, 0), weight round(0.45 * 255) = 115 of 255, each channel rounded:
+    # (40 * 140 + 127 * 115) / 255 = 79.2, 80 * 140 / 255 = 43.9, 200 * 140 / 255 = 109.8.
+    assert out[0, 0].tolist() == [79, 44, 110]
+    # Half heat: level round(127.5) = 128, jet(128 / 255) = (129, 255, 125), weight round(0.45 * 128) = 58:
+    # (40 * 197 + 129 * 58) / 255 = 60.2, (80 * 197 + 255 * 58) / 255 = 119.8, (200 * 197 + 125 * 58) / 255 = 182.9.
+    assert out[0, 1].tolist() == [60, 120, 183]
+    assert out[0, 2].tolist() == list(photo)  # no heat, no change
