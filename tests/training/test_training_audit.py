@@ -204,3 +204,16 @@ def test_a_group_with_mixed_labels_is_dealt_as_its_majority_label() -> None:
             g: max((0, 1), key=[labels[i] for i in fold if groups[i] == g].count) for g in {groups[i] for i in fold}
         }
         assert sorted(majority.values()) == [0, 1], (fold, majority)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_takes_the_group_count_closest_to_the_validation_fraction(seed: int) -> None:
+    # Cataract: four groups of 3 photos (12), a target of 0.2 x 12 = 2.4 photos. One group (3) is 0.6 off the
+    # target, none (0) is 2.4 off: one group is taken. Normal: ten single photos, a target of 2: exactly two.
+    # Every group of a class is the same size, so the shuffle (the seed) cannot change the counts.
+    groups = [g for g in range(4) for _ in range(3)] + list(range(4, 14))
+    labels = [1] * 12 + [0] * 10
+    tr, va = splits.grouped_split(groups, labels, 0.2, seed)
+    assert sorted(tr + va) == list(range(len(groups)))
+    assert {lab: sum(labels[i] == lab for i in va) for lab in (0, 1)} == {0: 2, 1: 3}
+    assert len({groups[i] for i in va if labels[i] == 1}) == 1

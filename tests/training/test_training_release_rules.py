@@ -4,6 +4,7 @@ rounding and the choice of precision (each one was a surviving mutation)."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,20 @@ def test_replaced_files_keep_the_mode_of_the_ones_they_replace(tmp_path: Path) -
         "MODEL_CARD.md": 0o644,
     }
     assert (tmp_path / "model.onnx").read_text() == "new model"
+
+
+def test_a_proportions_interval_is_the_wilson_interval_to_four_decimals() -> None:
+    # The Wilson score interval, written out here: (p + z²/2n ± z·√(p(1-p)/n + z²/4n²)) / (1 + z²/n).
+    from statistics import NormalDist
+
+    from cataract_training import metrics
+
+    k, n = 95, 97
+    z = NormalDist().inv_cdf(0.975)
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    record = metrics.proportion(k, n)
+    assert record["ci95"] == [round(low, 4), round(high, 4)] == [0.9279, 0.9943]
+    assert record["value"] == 0.9794 and (record["k"], record["n"]) == (95, 97)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -779,3 +780,110 @@ def test_an_animation_or_a_multi_page_file_is_screened_on_its_first_frame(fmt: s
     assert getattr(Image.open(io.BytesIO(buffer.getvalue())), "n_frames", 1) >= 2 - options.get("default_image", False)
     decoded = imaging.decode_image(buffer.getvalue()).image
     assert decoded.getpixel((5, 5)) == (0, 0, 0)
+
+
+def test_a_progressive_jpeg_of_exactly_the_scan_limit_decodes_and_one_scan_more_is_refused() -> None:
+    # The README: over 100 scans is image_too_large. Pillow writes 10; the last one is repeated to reach the limit.
+    limit = imaging.DecodeLimits().max_scans
+    assert limit == 100
+    at_limit = progressive_jpeg_with_scans(limit - 10)
+    assert at_limit.count(b"\xff\xda") == limit
+    assert imaging.decode_image(at_limit).image.size == (64, 48)
+    over = progressive_jpeg_with_scans(limit - 9)
+    with pytest.raises(imaging.ImageTooLargeError, match=f"the JPEG has {limit + 1} scans") as info:
+        imaging.decode_image(over)
+    assert info.value.status == 413
+
+
+def _segments_to_first_scan(data: bytes) -> int:
+    """The marker segments of a JPEG after its SOI, up to and including its first SOS, walked by their lengths."""
+    pos, count = 2, 0
+    while data[pos] == 0xFF:
+        count += 1
+        if data[pos + 1] == 0xDA:
+            return count
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise AssertionError("no scan")
+
+
+def test_a_jpeg_of_exactly_the_segment_limit_decodes_and_one_segment_more_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = imaging.DecodeLimits().max_jpeg_segments
+    assert limit == 1_000
+    own = _segments_to_first_scan(jpeg_with_empty_segments(0))  # Pillow's APP0, tables, frame and scan
+    at_limit = jpeg_with_empty_segments(limit - own)
+    assert _segments_to_first_scan(at_limit) == limit
+    assert imaging.decode_image(at_limit).image.size == (64, 48)
+    over = jpeg_with_empty_segments(limit - own + 1)
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.Image, "open", lambda *a, **k: pytest.fail("Pillow was handed the segment bomb"))
+        with pytest.raises(imaging.ImageTooLargeError, match="over 1000 marker segments") as info:
+            imaging.decode_image(over)
+    assert info.value.status == 413
+
+
+def test_the_segment_walk_stops_one_segment_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The limit bounds the work, not only the answer: a bomb's headers are read no further than one past it.
+    walked = 0
+    walk = imaging._jpeg_segments
+
+    def counted(data: bytes) -> Iterator[tuple[int, int]]:
+        nonlocal walked
+        for segment in walk(data):
+            walked += 1
+            yield segment
+
+    monkeypatch.setattr(imaging, "_jpeg_segments", counted)
+    with pytest.raises(imaging.ImageTooLargeError, match="marker segments"):
+        imaging.decode_image(jpeg_with_empty_segments(5_000), imaging.DecodeLimits(max_jpeg_segments=50))
+    assert walked == 51
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_a_tiff_of_exactly_the_block_limit_decodes_and_one_block_more_is_refused(
+    monkeypatch: pytest.MonkeyPatch, big: bool
+) -> None:
+    limit = imaging.DecodeLimits().max_tiff_blocks
+    assert limit == 65_536 == (1024 // 4) ** 2
+    assert imaging.decode_image(tiled_tiff(1024, 4, big)).image.size == (1024, 1024)  # 65,536 tiles
+    with monkeypatch.context() as patched:
+        patched.setattr(imaging.Image, "open", lambda *a, **k: pytest.fail("Pillow was handed the strip bomb"))
+        with pytest.raises(imaging.ImageTooLargeError, match="65537 strips or tiles") as info:
+            imaging.decode_image(striped_tiff(64, limit + 1))
+    assert info.value.status == 413
+    # And at a configured limit, strips alike: 64 one-row strips pass a limit of 64, 65 do not.
+    limits = imaging.DecodeLimits(max_tiff_blocks=64)
+    assert imaging.decode_image(striped_tiff(64, 64), limits).image.size == (64, 64)
+    with pytest.raises(imaging.ImageTooLargeError, match="65 strips or tiles"):
+        imaging.decode_image(striped_tiff(65, 65), limits)
+
+
+def test_one_pixel_over_the_pixel_limit_is_refused() -> None:
+    photo = encoded(gradient((200, 100)), "PNG")
+    assert imaging.decode_image(photo, imaging.DecodeLimits(max_pixels=20_000, max_side=200)).image.size == (200, 100)
+    with pytest.raises(imaging.ImageTooLargeError, match="the image is 200x100") as info:
+        imaging.decode_image(photo, imaging.DecodeLimits(max_pixels=19_999, max_side=200))
+    assert info.value.status == 413
+
+
+def _with_tile(width: int, length: int) -> bytes:
+    """A 16x16 grey TIFF in one tile declared ``width`` x ``length`` px (tiled_tiff's tiles are square)."""
+    data = tiled_tiff(16, 16)
+    for tag, side in ((322, width), (323, length)):
+        entry = struct.pack("<HHII", tag, 4, 1, 16)
+        assert data.count(entry) == 1
+        data = data.replace(entry, struct.pack("<HHII", tag, 4, 1, side))
+    return data
+
+
+@pytest.mark.parametrize(("width", "length"), [(16, 16_384), (16_384, 16)], ids=["tall", "wide"])
+def test_a_tiff_of_narrow_tiles_longer_than_the_side_limit_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, width: int, length: int
+) -> None:
+    # 262,144 pixels a tile is far under the pixel limit: only the tile's long side, 16384 px, is over the limit.
+    Image.init()  # first: importing Pillow's plugins loads a prototype image (Palm's), which is no decode of ours
+    monkeypatch.setattr(imaging.Image.Image, "load", lambda *a, **k: pytest.fail("pixels were decoded"))
+    with pytest.raises(imaging.ImageTooLargeError, match=f"16x16 in {width}x{length} tiles") as info:
+        imaging.decode_image(_with_tile(width, length))
+    assert info.value.status == 413
