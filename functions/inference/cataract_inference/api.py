@@ -221,12 +221,18 @@ class GatewayScopeMiddleware:
 
 def _utf8_target(scope: Scope) -> bool:
     """Whether the request's raw path and query string are UTF-8 once percent-decoded (as URLs must be)."""
-    for raw in (scope.get("raw_path"), scope.get("query_string")):
-        if raw:
-            try:
-                urllib.parse.unquote_to_bytes(raw).decode("utf-8")
-            except UnicodeDecodeError:
-                return False
+    return all(percent_decodes(raw) for raw in (scope.get("raw_path"), scope.get("query_string")) if raw)
+
+
+def percent_decodes(raw: str | bytes) -> bool:
+    """Whether a path or query string is UTF-8 once percent-decoded. A lone surrogate in a ``str`` (what a Lambda
+    event may carry) is not UTF-8 either, and does not raise."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    try:
+        urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
     return True
 
 
