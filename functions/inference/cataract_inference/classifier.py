@@ -171,7 +171,7 @@ class Classifier:
         outputs = {o.name: o for o in self.session.get_outputs()}
         wanted = [n for _, n in names.roles()]
         # The manifest refuses this; a manifest changed in code (model_copy) is not validated again.
-        shared = sorted({n for n in wanted if wanted.count(n) > 1})
+        shared = sorted({name for name, _, _ in names.shared_outputs()})
         if shared:
             raise ModelLoadError(f"the manifest names the graph outputs {shared} for more than one role each")
         missing = [n for n in wanted if n not in outputs]

@@ -122,15 +122,24 @@ class OutputNames(BaseModel):
     @model_validator(mode="after")
     def _one_role_per_output(self) -> OutputNames:
         # One output read for two roles: a distance read from the embedding, or a CAM that fails every explain=true.
+        shared = self.shared_outputs()
+        if shared:
+            name, first, role = shared[0]
+            raise ValueError(
+                f"outputs.{first} and outputs.{role} both name the graph output {name!r}: each role needs "
+                "its own output; name the one the graph gives for each, or leave the optional one out"
+            )
+        return self
+
+    def shared_outputs(self) -> list[tuple[str, str, str]]:
+        """Each graph output named for a second role: (output, the role that named it first, this role)."""
         seen: dict[str, str] = {}
+        shared = []
         for role, name in self.roles():
             if name in seen:
-                raise ValueError(
-                    f"outputs.{seen[name]} and outputs.{role} both name the graph output {name!r}: each role needs "
-                    "its own output; name the one the graph gives for each, or leave the optional one out"
-                )
-            seen[name] = role
-        return self
+                shared.append((name, seen[name], role))
+            seen.setdefault(name, role)
+        return shared
 
 
 class GateThresholds(BaseModel):
