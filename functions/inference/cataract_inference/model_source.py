@@ -131,6 +131,11 @@ def _s3_client() -> Any:
 
 
 def _describe_s3_error(exc: Exception, uri: str) -> str:
+    return _specific_s3_error(exc, uri) or f"cannot reach S3 for {uri}: {exc}"
+
+
+def _specific_s3_error(exc: Exception, uri: str) -> str | None:
+    """What botocore's ``exc`` means for reading ``uri``, and what to fix; None when it names nothing specific."""
     from botocore.exceptions import (
         ClientError,
         CredentialRetrievalError,
@@ -192,7 +197,7 @@ def _describe_s3_error(exc: Exception, uri: str) -> str:
         if code in ("NoSuchVersion", "InvalidArgument"):
             return f"{uri}: the object version does not exist ({code}); check MODEL_S3_VERSION_ID.{said}"
         return f"S3 refused {uri}: {code or exc}.{said}"
-    return f"cannot reach S3 for {uri}: {exc}"
+    return None
 
 
 def _describe_client_error(exc: Exception, uri: str) -> str:
@@ -204,13 +209,11 @@ def _describe_client_error(exc: Exception, uri: str) -> str:
             f"cannot make an S3 client to read {uri}: {exc}. Check AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL (a URL "
             "such as https://s3.us-east-1.amazonaws.com) and the profile's endpoint_url, or unset them"
         )
-    described = _describe_s3_error(exc, uri)
-    if described.startswith("cannot reach S3"):  # the generic words, for a broken role chain or config file
-        return (
-            f"cannot make an S3 client to read {uri}: {exc}. Check the AWS configuration in use (AWS_PROFILE, "
-            "AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, ~/.aws/config and ~/.aws/credentials)"
-        )
-    return described
+    # Nothing specific (a broken role chain or config file): the configuration, not S3's reach.
+    return _specific_s3_error(exc, uri) or (
+        f"cannot make an S3 client to read {uri}: {exc}. Check the AWS configuration in use (AWS_PROFILE, "
+        "AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, ~/.aws/config and ~/.aws/credentials)"
+    )
 
 
 _T = TypeVar("_T")
