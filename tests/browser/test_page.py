@@ -748,3 +748,105 @@ def test_a_photo_of_both_eyes_names_the_view_that_decided(page: Page, page_url: 
     _answer(page, page_url, tmp_path, {**both, "views": {"whole": 0.5, "top": 0.5, "bottom": 0.2}})
     text = page.locator("#probability").inner_text()
     assert "each half" in text and "decided by" not in text, text
+
+
+# A DataTransfer holding the named files (base64 bodies), for synthetic drag, drop and paste events: what Chromium
+# builds from a real drag from a file manager, which playwright cannot start.
+_DATA_TRANSFER = """(files) => {
+  const data = new DataTransfer();
+  for (const [name, type, b64] of files) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name, { type }));
+  }
+  return data;
+}"""
+
+
+def _dropped(page: Page, files: list[tuple[str, str, bytes]], *, on: str = "body", event: str = "drop") -> bool:
+    """Dispatches ``event`` carrying ``files`` on the element ``on``; whether the page prevented its default."""
+    payload = [(name, kind, base64.b64encode(body).decode()) for name, kind, body in files]
+    return bool(
+        page.evaluate(
+            f"""([files, selector, type]) => {{
+              const data = ({_DATA_TRANSFER})(files);
+              const init = {{ bubbles: true, cancelable: true }};
+              const event = type === "paste" ? new ClipboardEvent("paste", {{ ...init, clipboardData: data }})
+                : new DragEvent(type, {{ ...init, dataTransfer: data }});
+              document.querySelector(selector).dispatchEvent(event);
+              return event.defaultPrevented;
+            }}""",
+            [payload, on, event],
+        )
+    )
+
+
+def test_a_photo_dropped_anywhere_on_the_page_is_screened(page: Page, page_url: str) -> None:
+    sent: list[bytes] = []
+    page.route("**/predict", _recording(sent))
+    photo = encoded(draw_eye("cataract", size=(300, 200), seed=4), "PNG")
+    page.goto(page_url)
+    assert page.get_by_role("button", name="Screen this photo").is_disabled()
+    # Over the page, a file is offered a copy and the form is outlined; dropped on the heading, outside the form,
+    # it is chosen rather than opened by the browser in place of the page.
+    assert _dropped(page, [("eye.png", "image/png", photo)], on="h1", event="dragover")
+    assert "dropping" in (page.locator("#form").get_attribute("class") or "")
+    assert _dropped(page, [("eye.png", "image/png", photo)], on="h1")
+    assert "dropping" not in (page.locator("#form").get_attribute("class") or "")
+    assert page.locator("#filename").inner_text() == "eye.png"
+    assert page.locator("#preview").is_visible()
+    page.get_by_role("button", name="Screen this photo").click()
+    page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert sent == [photo]
+
+
+def test_a_pasted_photo_is_chosen_and_pasted_text_is_left_alone(page: Page, page_url: str) -> None:
+    photo = encoded(draw_eye("normal", size=(300, 200), seed=5), "PNG")
+    page.goto(page_url)
+    assert _dropped(page, [("image.png", "image/png", photo)], on="body", event="paste")
+    assert page.locator("#filename").inner_text() == "image.png"
+    assert page.get_by_role("button", name="Screen this photo").is_enabled()
+    # Text pasted into the API key's box is the browser's to paste, and chooses nothing.
+    page.locator("#key-box summary").click()
+    prevented = page.evaluate(
+        """() => { const data = new DataTransfer(); data.setData("text/plain", "k-123");
+           const event = new ClipboardEvent("paste", { bubbles: true, cancelable: true, clipboardData: data });
+           document.getElementById("api-key").dispatchEvent(event); return event.defaultPrevented; }"""
+    )
+    assert prevented is False
+    assert page.locator("#filename").inner_text() == "image.png"
+
+
+def test_several_dropped_photos_are_refused_and_none_is_sent(page: Page, page_url: str) -> None:
+    """Which of several photos was screened would be a guess, and so could be whose eye it shows."""
+    sent: list[bytes] = []
+    page.route("**/predict", _recording(sent))
+    first = encoded(draw_eye("normal", size=(300, 200), seed=6), "PNG")
+    second = encoded(draw_eye("cataract", size=(300, 200), seed=7), "PNG")
+    page.goto(page_url)
+    _dropped(page, [("a.png", "image/png", first)])
+    assert page.get_by_role("button", name="Screen this photo").is_enabled()
+    _dropped(page, [("a.png", "image/png", first), ("b.png", "image/png", second)])
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert error.inner_text().startswith("Drop one photo at a time: 2 files came"), error.inner_text()
+    # The photo chosen before is let go too: the screen no longer says which photo a click would send.
+    assert page.locator("#filename").inner_text() == "No photo chosen"
+    assert page.locator("#preview").is_hidden()
+    assert page.get_by_role("button", name="Screen this photo").is_disabled()
+    page.wait_for_timeout(300)
+    assert sent == []
+
+
+def test_a_drop_that_is_not_a_file_says_so_and_text_into_the_key_box_is_the_browsers(page: Page, page_url: str) -> None:
+    page.goto(page_url)
+    page.locator("#key-box summary").click()
+    text_over = """([selector, type]) => { const data = new DataTransfer(); data.setData("text/uri-list", "https://x/eye.jpg");
+      const event = new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: data });
+      document.querySelector(selector).dispatchEvent(event); return event.defaultPrevented; }"""
+    assert page.evaluate(text_over, ["#api-key", "dragover"]) is False
+    assert page.evaluate(text_over, ["#api-key", "drop"]) is False
+    assert page.locator("#error").is_hidden()
+    assert page.evaluate(text_over, ["main", "drop"]) is True
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert error.inner_text().startswith("Drop a photo file: what came was not a file"), error.inner_text()
