@@ -8,12 +8,15 @@ Without that run folder (a fresh clone), ``rebuild`` quantizes the measured fp32
 from __future__ import annotations
 
 import functools
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from benchmarks.common import interleaved
 
@@ -133,21 +136,32 @@ def latency(fp32_dir: Path, int8_dir: Path, tensor: np.ndarray, repeats: int) ->
     )
 
 
-def validation(folders: dict[str, Path], split_path: Path, data_root: Path) -> dict[str, dict[str, Any]]:
-    """Per variant, on the validation split: accuracy and sensitivity at its manifest's threshold; raw outputs."""
+def validation(
+    folders: dict[str, Path],
+    split_path: Path,
+    data_root: Path,
+    transform: Callable[[bytes], bytes] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per variant, on the validation split (each photo through ``transform`` first, when given): accuracy and
+    sensitivity at its manifest's threshold, each photo's label and positive probability, and the raw outputs."""
     from cataract_inference.classifier import load_classifier
     from cataract_inference.imaging import load_for_model
 
     split = json.loads(split_path.read_text(encoding="utf-8"))
     keys = [k for k in split["val"] if (data_root / k).is_file()]
+    photos = [(data_root / k).read_bytes() for k in keys]
+    if transform is not None:
+        photos = [transform(photo) for photo in photos]
     truth = np.array([Path(k).parent.name for k in keys])
     out: dict[str, dict[str, Any]] = {}
     for name, folder in folders.items():
         clf = load_classifier(folder, intra_op_threads=2)
-        labels, raw = [], []
-        for key in keys:
-            outputs = clf.run(load_for_model((data_root / key).read_bytes(), clf.manifest.input, clf.limits)[1][None])
-            labels.append(clf.decide(clf.calibrated(outputs["logits"])[0])[0])
+        labels, probabilities, raw = [], [], []
+        for photo in photos:
+            outputs = clf.run(load_for_model(photo, clf.manifest.input, clf.limits)[1][None])
+            calibrated = clf.calibrated(outputs["logits"])[0]
+            labels.append(clf.decide(calibrated)[0])
+            probabilities.append(float(calibrated[clf.manifest.positive_index]))
             raw.append(outputs)
         pred = np.array(labels)
         pos = truth == clf.manifest.positive_class
@@ -156,9 +170,49 @@ def validation(folders: dict[str, Path], split_path: Path, data_root: Path) -> d
             "accuracy": 100.0 * float((pred == truth).mean()),
             "sensitivity": 100.0 * float((pred[pos] == truth[pos]).mean()),
             "positives": int(pos.sum()),
+            "labels": pred,
+            "probabilities": np.array(probabilities),
             "outputs": {k: np.concatenate([r[k] for r in raw]) for k in raw[0]},
         }
     return out
+
+
+def _recast(scale: tuple[float, float, float]) -> Callable[[bytes], bytes]:
+    """A photo as serving decodes it, each channel scaled (a white balance or an exposure), saved as PNG."""
+
+    def shift(data: bytes) -> bytes:
+        from cataract_inference.imaging import decode_image
+
+        pixels = np.asarray(decode_image(data).image.convert("RGB"), dtype=np.float32) * np.array(scale, np.float32)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    return shift
+
+
+def shifts() -> dict[str, Callable[[bytes], bytes]]:
+    """Ways photos from other sources differ from the training source's, applied to its validation photos: training's
+    own robustness degradations (size, compression, blur), a warmer white balance and a darker exposure."""
+    from cataract_training.evaluate import DEGRADATIONS
+
+    return {
+        **DEGRADATIONS,
+        "warmer_white_balance": _recast((1.12, 1.0, 0.85)),
+        "darker_by_a_third": _recast((0.67,) * 3),
+    }
+
+
+def agreement(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """How far int8's answers move from fp32's on the same photos: decisions that differ, the largest change in
+    the positive probability, and each variant's accuracy."""
+    return {
+        "n": float(reference["n"]),
+        "fp32 accuracy": reference["accuracy"],
+        "int8 accuracy": other["accuracy"],
+        "decisions that differ": float((reference["labels"] != other["labels"]).sum()),
+        "max probability change": float(np.abs(reference["probabilities"] - other["probabilities"]).max()),
+    }
 
 
 def drift(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:

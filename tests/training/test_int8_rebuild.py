@@ -101,6 +101,12 @@ def test_rebuild_quantizes_the_model_itself_and_serves(clone: dict[str, Path], m
     load_classifier(pair.int8, intra_op_threads=1)  # serving accepts it: the sha256 is the file's
     val = int8.validation({"fp32": pair.fp32, "int8": pair.int8}, pair.split, clone["data"])
     assert val["fp32"]["n"] == val["int8"]["n"] == 4
+    assert np.ptp(val["fp32"]["probabilities"]) > 0  # four photos, four answers
+    # A shift replaces each photo before either variant sees it: here all four by one photo, so one answer.
+    one = (clone["data"] / json.loads(pair.split.read_text(encoding="utf-8"))["val"][0]).read_bytes()
+    moved = int8.validation({"fp32": pair.fp32}, pair.split, clone["data"], lambda _: one)
+    assert moved["fp32"]["n"] == 4 and np.ptp(moved["fp32"]["probabilities"]) == 0
+    assert moved["fp32"]["probabilities"][0] == pytest.approx(val["fp32"]["probabilities"][0], abs=1e-6)
 
 
 def test_rebuild_keeps_fp32_calibration_when_the_export_recorded_none_for_int8(clone: dict[str, Path]) -> None:

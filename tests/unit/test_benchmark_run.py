@@ -5,6 +5,7 @@ Every section's measuring is replaced by a stub: these tests check what ``benchm
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -230,18 +231,51 @@ def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
     monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.0], "int8 session.run": [2.0]})
     outputs = {"logits": np.zeros((97, 2))}
+    fp32_labels = np.array(["cataract"] * 50 + ["normal"] * 47)
+    int8_labels = fp32_labels.copy()
+    int8_labels[60] = "cataract"
     val = {
-        "fp32": {"n": 97, "accuracy": 100 * 95 / 97, "sensitivity": 100.0, "positives": 50, "outputs": outputs},
-        "int8": {"n": 97, "accuracy": 100 * 94 / 97, "sensitivity": 100.0, "positives": 50, "outputs": outputs},
+        "fp32": {
+            "n": 97,
+            "accuracy": 100 * 95 / 97,
+            "sensitivity": 100.0,
+            "positives": 50,
+            "outputs": outputs,
+            "labels": fp32_labels,
+            "probabilities": np.full(97, 0.5),
+        },
+        "int8": {
+            "n": 97,
+            "accuracy": 100 * 94 / 97,
+            "sensitivity": 100.0,
+            "positives": 50,
+            "outputs": outputs,
+            "labels": int8_labels,
+            "probabilities": np.full(97, 0.5) + np.arange(97) / 1000,
+        },
     }
-    monkeypatch.setattr(run.int8, "validation", lambda *args: val)
+    transforms: list[tuple[Any, ...]] = []
+
+    def validation(*args: Any) -> dict[str, dict[str, Any]]:
+        transforms.append(args[3:])
+        return val
+
+    monkeypatch.setattr(run.int8, "validation", validation)
     pair = run.int8.from_export(export / "fp32", export / "int8")
     assert pair.split is not None and pair.split.is_file()
     targets: list[run.Row] = []
-    run.int8_section(pair, small_photo(), 1, lambda text: None, targets, unmeasured={})
+    lines: list[str] = []
+    run.int8_section(pair, small_photo(), 1, lines.append, targets, unmeasured={})
     name, _, measured, mark = targets[1]
     assert name == "int8 accuracy loss on validation" and mark == "NOT met"
     assert measured.startswith("+1.03 points (fp32 − int8)")
+    # Then once per shift, each with its transform: a row of both accuracies, the decisions that differ, and the
+    # largest probability change.
+    shifts = run.int8.shifts()
+    assert transforms[0] == () and len(transforms) == 1 + len(shifts)
+    assert all(len(t) == 1 and callable(t[0]) for t in transforms[1:])
+    assert f"| warmer_white_balance | 97 | {100 * 95 / 97:.1f}% | {100 * 94 / 97:.1f}% | 1 | 0.096 |" in lines
+    assert sum(line.startswith(tuple(f"| {shift} |" for shift in shifts)) for line in lines) == len(shifts)
 
 
 def test_the_memory_targets_are_in_megabytes_and_judged_unrounded(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,3 +430,42 @@ def test_int8_rows_say_whose_int8_they_measured_even_when_the_section_fails_half
             pair, small_photo(), 1, lambda text: None, targets, unmeasured={}, whose=" (int8 rebuilt here)"
         )
     assert targets == [("int8 speed-up over fp32", "≥ 1.5×", "1.80× (int8 rebuilt here)", "met")]
+
+
+def test_the_int8_shifts_change_the_photo_as_named() -> None:
+    from PIL import Image
+
+    from cataract_inference.imaging import decode_image
+
+    grey = Image.new("RGB", (64, 48), (150, 150, 150))
+    buf = io.BytesIO()
+    grey.save(buf, format="PNG")
+    shifts = run.int8.shifts()
+    assert {"shrunk_to_128px_jpeg50", "upscaled_to_1024px", "gaussian_blur_2px"} <= set(shifts)
+    warmer = np.asarray(decode_image(shifts["warmer_white_balance"](buf.getvalue())).image)
+    assert warmer[0, 0].tolist() == [168, 150, 128]  # 150 × (1.12, 1, 0.85)
+    darker = np.asarray(decode_image(shifts["darker_by_a_third"](buf.getvalue())).image)
+    assert darker[0, 0].tolist() == [100, 100, 100]
+    assert np.asarray(decode_image(shifts["upscaled_to_1024px"](buf.getvalue())).image).shape == (768, 1024, 3)
+
+
+def test_int8_agreement_counts_changed_decisions_and_the_largest_probability_change() -> None:
+    reference = {
+        "n": 3,
+        "accuracy": 100.0,
+        "labels": np.array(["cataract", "normal", "normal"]),
+        "probabilities": np.array([0.9, 0.1, 0.3]),
+    }
+    other = {
+        "n": 3,
+        "accuracy": 200 / 3,
+        "labels": np.array(["cataract", "cataract", "normal"]),
+        "probabilities": np.array([0.85, 0.35, 0.3]),
+    }
+    assert run.int8.agreement(reference, other) == {
+        "n": 3.0,
+        "fp32 accuracy": 100.0,
+        "int8 accuracy": 200 / 3,
+        "decisions that differ": 1.0,
+        "max probability change": pytest.approx(0.25),
+    }
