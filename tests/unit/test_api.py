@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from functools import partial
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,83 @@ def test_a_custom_domain_base_path_is_taken_off_and_kept_for_links(invoke: Invok
         assert 'data-root="/screening/v1"' in body
     else:
         assert "/screening/v1/openapi.json" in body
+
+
+@pytest.mark.parametrize("base", ["/api+v1", "/v1!", "/(beta)", "/$v1", "/it's", "/a*b"])
+def test_a_base_path_with_any_character_api_gateway_allows_in_one_is_taken_off(invoke: Invoke, base: str) -> None:
+    # API Gateway's base paths take letters, digits and $-_.+!*'(): all but "-_." were 404 on every route.
+    status, _, body = invoke(_through_custom_domain(events.rest_event("/health", stage="prod"), base))
+    assert status == 200 and body["status"] == "ok"
+    status, _, body = invoke(_through_custom_domain(events.predict_event(BRIGHT), base))
+    assert status == 200 and body["label"] == "cataract"
+    status, _, html = invoke(_through_custom_domain(events.rest_event("/", stage="prod"), base))
+    assert status == 200 and f'data-root="{html_escape(base, quote=True)}"' in html
+
+
+def test_a_base_path_in_front_of_a_proxy_resource_is_found_from_its_path_parameter(invoke: Invoke) -> None:
+    # A REST API whose one resource is /{proxy+}: its route is in pathParameters, not in `resource`.
+    event = _through_custom_domain(events.rest_event("/health", stage="prod"), "/screening")
+    event["resource"], event["pathParameters"] = "/{proxy+}", {"proxy": "health"}
+    status, _, body = invoke(event)
+    assert status == 200 and body["status"] == "ok"
+    del event["pathParameters"]  # a template without its value says nothing: no base path is guessed
+    status, _, body = invoke(event)
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def _v2_through(event: dict[str, Any], domain: str, base: str = "", route_key: str | None = None) -> dict[str, Any]:
+    """An HTTP API event through host ``domain`` (its mapping key ``base`` in the path), with ``route_key``."""
+    event = _through_custom_domain(event, base)
+    event["requestContext"]["domainName"] = domain
+    event["headers"]["host"] = domain
+    if route_key is not None:
+        event["routeKey"] = event["requestContext"]["routeKey"] = route_key
+        if "{proxy+}" in route_key:
+            event["pathParameters"] = {"proxy": event["rawPath"].removeprefix(base + "/")}
+    return event
+
+
+@pytest.mark.parametrize("route_key", [None, "ANY /{proxy+}"])
+def test_an_http_api_mapping_key_is_taken_off_where_the_route_says_where_the_app_begins(
+    invoke: Invoke, route_key: str | None
+) -> None:
+    # https://api.example.org/screening/health: the mapping key stays in rawPath, the route key is the app's route.
+    event = _v2_through(events.http_api_event("/health"), "api.example.org", "/screening", route_key)
+    status, _, body = invoke(event)
+    assert status == 200 and body["status"] == "ok"
+    predict = _v2_through(events.predict_event(BRIGHT, http_api=True), "api.example.org", "/screening", route_key)
+    status, _, body = invoke(predict)
+    assert status == 200 and body["label"] == "cataract"
+
+
+def test_an_http_api_mapping_key_behind_the_catch_all_route_cannot_be_told_from_a_route(invoke: Invoke) -> None:
+    # "$default" matches any path and names none: /screening/health may as well be a route of the app's.
+    event = _v2_through(events.http_api_event("/health"), "api.example.org", "/screening", "$default")
+    status, _, body = invoke(event)
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("route_key", ["$default", "ANY /{proxy+}", "GET /health"])
+def test_an_http_api_stage_named_like_a_route_is_only_in_the_path_on_api_gateways_own_host(
+    invoke: Invoke, route_key: str
+) -> None:
+    # Stage "health" through a custom domain with no mapping key: https://api.example.org/health is the route,
+    # and was served the page, its "/health" taken for the stage.
+    event = _v2_through(events.http_api_event("/health", stage="health"), "api.example.org", route_key=route_key)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/health"
+    if route_key == "ANY /{proxy+}":
+        event["pathParameters"] = {"proxy": "health"}
+    status, headers, body = invoke(event)
+    assert status == 200 and headers["content-type"] == "application/json" and body["status"] == "ok"
+    # On API Gateway's own host the stage is in the path: https://<id>.execute-api.<region>.amazonaws.com/health/
+    gateway = "abc123.execute-api.eu-west-1.amazonaws.com"
+    event = _v2_through(events.http_api_event("/", stage="health"), gateway, route_key=route_key)
+    if route_key == "ANY /{proxy+}":
+        event["routeKey"] = event["requestContext"]["routeKey"] = "$default"  # "/" is not a {proxy+} match
+    elif route_key == "GET /health":
+        event["routeKey"] = event["requestContext"]["routeKey"] = "GET /"
+    status, headers, html = invoke(event)
+    assert status == 200 and headers["content-type"].startswith("text/html") and 'data-root="/health"' in html
 
 
 @pytest.mark.parametrize("route", ["/health", "/model", "/docs"])

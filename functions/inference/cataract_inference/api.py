@@ -63,7 +63,13 @@ KEYED_PATHS = frozenset({"/predict", "/model"})
 BODY_DEADLINE_S = 60.0  # the whole body, from its first byte; 6 MB at 100 kB/s
 # `serve` screens this many photos at once, the rest wait their turn: each may decode to hundreds of MB.
 SERVE_CONCURRENT_PREDICTIONS = max(2, os.cpu_count() or 1)
-_PREFIX_OK = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")  # path segments, none of them "." or ".."
+# Path segments, none of them "." or "..": a stage's characters, and those API Gateway allows in a custom domain's
+# base path (letters, digits and $-_.+!*'()), none of which a browser changes in a URL's path.
+_PREFIX_OK = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~$+!*'()-]+)+")
+# A route's path parameter ({name}, or greedy {name+}), as REST resources and HTTP API route keys write it.
+_ROUTE_PARAMETER = re.compile(r"\{([^{}+]+)\+?\}")
+# API Gateway's own host names: only there is an HTTP API's stage in the path (a custom domain maps it away).
+_GATEWAY_HOST = re.compile(r"(?i)^[a-z0-9]+\.execute-api\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 
 
 class ClientError(Exception):
@@ -149,13 +155,22 @@ def stage_prefix(scope: Scope) -> tuple[str, bool]:
     """
     event = scope.get("aws.event") or {}
     context = event.get("requestContext") or {}
+    parameters = event.get("pathParameters")
     if event.get("version") == "2.0":
-        stage = context.get("stage") or "$default"
-        prefix = f"/{stage}"
         raw = (context.get("http") or {}).get("path") or ""
-        return (
-            (prefix, True) if stage != "$default" and (raw == prefix or raw.startswith(prefix + "/")) else ("", False)
-        )
+        route_key = event.get("routeKey")
+        template = route_key.partition(" ")[2] if isinstance(route_key, str) else None  # "$default": none
+        prefix = _base_path(raw, _filled_route(template, parameters))
+        if prefix is None:
+            # The catch-all route says nothing of where the app's path begins: only a stage in API Gateway's own
+            # host name is known to be there (a custom domain's mapping key is unknown, and a stage named like a
+            # route, "health", is not in the path through it).
+            stage = context.get("stage") or "$default"
+            domain = context.get("domainName")
+            on_gateway = not isinstance(domain, str) or domain == "localhost" or bool(_GATEWAY_HOST.match(domain))
+            at_stage = raw == f"/{stage}" or raw.startswith(f"/{stage}/")
+            prefix = f"/{stage}" if stage != "$default" and on_gateway and at_stage else ""
+        return (prefix, True) if prefix and _PREFIX_OK.fullmatch(prefix) else ("", False)
     outer, inner = context.get("path"), event.get("path")
     if not isinstance(inner, str):
         return "", False
@@ -164,23 +179,38 @@ def stage_prefix(scope: Scope) -> tuple[str, bool]:
         prefix = outer[: len(outer) - len(inner)].rstrip("/") if inner != "/" else outer.rstrip("/")
         carried = False
     else:
-        prefix, carried = _base_path(inner, event.get("resource")), True
+        prefix, carried = _base_path(inner, _filled_route(event.get("resource"), parameters)) or "", True
     # The page fetches root + "/predict": "//host" would send the photo elsewhere. Stages and base paths
     # are plain path segments.
     return (prefix, carried) if _PREFIX_OK.fullmatch(prefix) else ("", False)
 
 
-def _base_path(path: str, resource: object) -> str:
-    """A custom domain's base path in a REST event's ``path``, or ``""``.
+def _filled_route(template: object, parameters: object) -> str | None:
+    """The path a route matched: its template (a REST ``resource``, an HTTP API route key's path) with each path
+    parameter's value in its place (``/{proxy+}`` and ``{"proxy": "health"}`` give ``/health``); None when the
+    event does not say (no template, or a parameter without its value)."""
+    if not isinstance(template, str) or not template.startswith("/"):
+        return None
+    values = parameters if isinstance(parameters, dict) else {}
+    missing = [name for name in _ROUTE_PARAMETER.findall(template) if not isinstance(values.get(name), str)]
+    if missing:
+        return None
+    return _ROUTE_PARAMETER.sub(lambda m: values[m[1]], template)
 
-    Through a custom domain whose API mapping has a base path, API Gateway keeps that base path in
-    ``path`` (and in ``requestContext.path``), while ``resource`` is the route as the API defines it.
+
+def _base_path(path: str, route: str | None) -> str | None:
+    """What comes before the ``route`` an event matched in its ``path``: a custom domain's base path (or an HTTP
+    API's stage), ``""`` for none; None when the route is unknown or the path does not end in it.
+
+    Through a custom domain whose API mapping has a base path, API Gateway keeps that base path in the path (a
+    REST event's ``path`` and ``requestContext.path``, an HTTP API's ``rawPath``), while the resource or route key
+    is the route as the API defines it.
     """
-    if not isinstance(resource, str) or "{" in resource:
-        return ""  # a templated route ({proxy+}) does not say where the route begins in the path
-    path, route = path.rstrip("/"), resource.rstrip("/")
+    if route is None:
+        return None
+    path, route = path.rstrip("/"), route.rstrip("/")
     if route and not path.endswith(route):
-        return ""
+        return None
     return path[: len(path) - len(route)]
 
 
