@@ -205,3 +205,49 @@ def sam_parameter_overrides(argvs: list[list[str]]) -> list[dict[str, str] | str
     )
     parsed: list[dict[str, str] | str] = json.loads(result.stdout)
     return parsed
+
+
+_SAM_LOCAL_EVENTS = """
+import json, sys
+from flask import Flask, request
+from samcli.lib.providers.api_collector import ApiCollector
+from samcli.local.apigw.event_constructor import construct_v1_event
+spec = json.load(sys.stdin)
+binary = [ApiCollector.normalize_binary_media_type(t) for t in spec["binary_media_types"]]
+app = Flask(__name__)
+app.add_url_rule("/predict", endpoint="/predict", view_func=lambda: "", methods=["POST"])
+built = []
+for content_type in spec["content_types"]:
+    body = bytes.fromhex(spec["body_hex"])
+    with app.test_request_context("/predict", method="POST", data=body, headers={"Content-Type": content_type}):
+        try:
+            event = construct_v1_event(request, 3000, binary, stage_name="Prod")
+            built.append({"isBase64Encoded": event["isBase64Encoded"], "body": event["body"]})
+        except UnicodeDecodeError as exc:
+            built.append(str(exc))
+print(json.dumps(built))
+"""
+
+
+def sam_local_events(
+    binary_media_types: list[str], content_types: list[str], body: bytes
+) -> list[dict[str, Any] | str]:
+    """The REST event `sam local start-api` builds for a POST of ``body`` under each Content-Type, by SAM CLI's own
+    code and the template's ``BinaryMediaTypes`` (as written there, ``image~1jpeg``): the event's
+    ``isBase64Encoded`` and body, or the decoding error SAM answers with its own 502."""
+    import json
+    import subprocess
+
+    python = Path(os.path.realpath(tool("sam"))).parent / "python3"
+    spec = {"binary_media_types": binary_media_types, "content_types": content_types, "body_hex": body.hex()}
+    result = subprocess.run(
+        [str(python), "-c", _SAM_LOCAL_EVENTS],
+        input=json.dumps(spec),
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    built: list[dict[str, Any] | str] = json.loads(result.stdout)
+    return built

@@ -4,6 +4,7 @@ bucket, least-privilege IAM, bounded function settings, alarms and outputs."""
 from __future__ import annotations
 
 import ast
+import base64
 import copy
 import json
 import re
@@ -16,7 +17,7 @@ from cataract_inference.api import error_content
 from cataract_inference.schemas import ErrorResponse
 from cataract_inference.settings import DEFAULT_DISCLAIMER
 
-from .conftest import REPO, deployed, parameter_values, resolve
+from .conftest import REPO, deployed, parameter_values, resolve, sam_local_events
 
 API_SOURCE = REPO / "functions" / "inference" / "cataract_inference" / "api.py"
 KEYED_ROUTES = {("/predict", "post"), ("/model", "get")}
@@ -255,6 +256,23 @@ def test_binary_media_types_cover_raw_images_but_not_json(default_deploy: dict[s
     # `sam local start-api` matches exactly (no wildcards): each type a raw upload of a decodable format may carry.
     exact = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
     assert exact <= types, exact - types
+    # And of what the app refuses with advice (an iPhone's HEIC), or curl sends by default (-d, -F): SAM's emulator
+    # decoded their bytes as text and answered its own 502, not the app's 415.
+    refused = {"image/heic", "image/heif", "image/avif", "application/x-www-form-urlencoded", "multipart/form-data"}
+    assert refused <= types, refused - types
+
+
+def test_sam_local_start_api_hands_the_app_every_upload_it_answers(template: dict[str, Any]) -> None:
+    """Built by SAM CLI's own code from the template's types: an upload SAM cannot read as text must be binary."""
+    binary = template["Resources"]["InferenceApi"]["Properties"]["BinaryMediaTypes"]
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic\xff\xd8\xff"  # not UTF-8
+    uploads = ["image/jpeg", "image/heic", "image/avif", "image/x-ms-bmp", "application/x-www-form-urlencoded"]
+    built = sam_local_events(binary, [*uploads, "multipart/form-data; boundary=x"], heic)
+    assert len(built) == len(uploads) + 1
+    for content_type, event in zip([*uploads, "multipart/form-data"], built, strict=True):
+        # Not SAM's UnicodeDecodeError (its 502): the bytes, base64-encoded, for the app to refuse with its 415.
+        assert isinstance(event, dict) and event["isBase64Encoded"], (content_type, event)
+        assert base64.b64decode(event["body"]) == heic
 
 
 @pytest.mark.parametrize(
