@@ -8,7 +8,6 @@ Without that run folder (a fresh clone), ``rebuild`` quantizes the measured fp32
 from __future__ import annotations
 
 import functools
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from benchmarks.common import interleaved
 
@@ -177,30 +175,13 @@ def validation(
     return out
 
 
-def _recast(scale: tuple[float, float, float]) -> Callable[[bytes], bytes]:
-    """A photo as serving decodes it, each channel scaled (a white balance or an exposure), saved as PNG."""
-
-    def shift(data: bytes) -> bytes:
-        from cataract_inference.imaging import decode_image
-
-        pixels = np.asarray(decode_image(data).image.convert("RGB"), dtype=np.float32) * np.array(scale, np.float32)
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
-
-    return shift
-
-
 def shifts() -> dict[str, Callable[[bytes], bytes]]:
     """Ways photos from other sources differ from the training source's, applied to its validation photos: training's
     own robustness degradations (size, compression, blur), a warmer white balance and a darker exposure."""
-    from cataract_training.evaluate import DEGRADATIONS
+    from cataract_training.evaluate import DEGRADATIONS, recoloured
 
-    return {
-        **DEGRADATIONS,
-        "warmer_white_balance": _recast((1.12, 1.0, 0.85)),
-        "darker_by_a_third": _recast((0.67,) * 3),
-    }
+    warmer, darker = recoloured((1.12, 1.0, 0.85)), recoloured((0.67, 0.67, 0.67))
+    return {**DEGRADATIONS, "warmer_white_balance": warmer, "darker_by_a_third": darker}
 
 
 def agreement(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:

@@ -469,3 +469,33 @@ def test_int8_agreement_counts_changed_decisions_and_the_largest_probability_cha
         "decisions that differ": 1.0,
         "max probability change": pytest.approx(0.25),
     }
+
+
+def test_a_shift_that_fails_keeps_the_int8_accuracy_target_already_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = _export_pair(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (export.parent / "split.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
+    monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.0], "int8 session.run": [2.0]})
+    row = {"n": 97, "accuracy": 100.0, "sensitivity": 100.0, "positives": 50, "outputs": {"logits": np.zeros((97, 2))}}
+
+    def validation(*args: Any) -> dict[str, dict[str, Any]]:
+        if len(args) > 3:
+            raise OSError("a shifted photo could not be written")
+        return {"fp32": row, "int8": row}
+
+    monkeypatch.setattr(run.int8, "validation", validation)
+    targets: list[run.Row] = []
+    with pytest.raises(OSError, match="shifted photo"):
+        run.int8_section(
+            run.int8.from_export(export / "fp32", export / "int8"),
+            small_photo(),
+            1,
+            lambda text: None,
+            targets,
+            unmeasured={},
+        )
+    assert [name for name, *_ in targets] == ["int8 speed-up over fp32", "int8 accuracy loss on validation"]
+    assert targets[1][3] == "met"

@@ -48,6 +48,16 @@ DEGRADATIONS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+def recoloured(scale: tuple[float, float, float]) -> Callable[[bytes], bytes]:
+    """A degradation: the photo as served, each channel scaled by ``scale`` (a white balance, an exposure), as PNG."""
+
+    def shift(data: bytes) -> bytes:
+        pixels = np.asarray(_decoded(data).convert("RGB"), dtype=np.float32) * np.asarray(scale, dtype=np.float32)
+        return _encode(Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)))
+
+    return shift
+
+
 def robustness(model_dir: Path, files: list[Path], labels: list[str]) -> dict[str, Any]:
     """Accuracy, sensitivity and specificity (Wilson 95%) of the served model under each degradation."""
     out: dict[str, Any] = {}
