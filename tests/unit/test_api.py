@@ -265,14 +265,15 @@ def test_an_http_api_mapping_key_behind_the_catch_all_route_cannot_be_told_from_
 def test_an_http_api_stage_named_like_a_route_is_only_in_the_path_on_api_gateways_own_host(
     invoke: Invoke, route_key: str
 ) -> None:
-    # Stage "health" through a custom domain with no mapping key: https://api.example.org/health is the route,
-    # and was served the page, its "/health" taken for the stage.
-    event = _v2_through(events.http_api_event("/health", stage="health"), "api.example.org", route_key=route_key)
-    event["rawPath"] = event["requestContext"]["http"]["path"] = "/health"
-    if route_key == "ANY /{proxy+}":
-        event["pathParameters"] = {"proxy": "health"}
-    status, headers, body = invoke(event)
-    assert status == 200 and headers["content-type"] == "application/json" and body["status"] == "ok"
+    # Stage "health" through a custom domain with no mapping key, or under `sam local start-api` (host localhost):
+    # /health is the route, and was served the page, its "/health" taken for the stage.
+    for domain in ("api.example.org", "localhost"):
+        event = _v2_through(events.http_api_event("/health", stage="health"), domain, route_key=route_key)
+        event["rawPath"] = event["requestContext"]["http"]["path"] = "/health"
+        if route_key == "ANY /{proxy+}":
+            event["pathParameters"] = {"proxy": "health"}
+        status, headers, body = invoke(event)
+        assert status == 200 and headers["content-type"] == "application/json" and body["status"] == "ok", domain
     # On API Gateway's own host the stage is in the path: https://<id>.execute-api.<region>.amazonaws.com/health/
     gateway = "abc123.execute-api.eu-west-1.amazonaws.com"
     event = _v2_through(events.http_api_event("/", stage="health"), gateway, route_key=route_key)

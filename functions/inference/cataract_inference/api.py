@@ -167,7 +167,8 @@ def stage_prefix(scope: Scope) -> tuple[str, bool]:
             # route, "health", is not in the path through it).
             stage = context.get("stage") or "$default"
             domain = context.get("domainName")
-            on_gateway = not isinstance(domain, str) or domain == "localhost" or bool(_GATEWAY_HOST.match(domain))
+            # (`sam local start-api`, whose host is localhost, never puts the stage in the path either.)
+            on_gateway = isinstance(domain, str) and bool(_GATEWAY_HOST.match(domain))
             at_stage = raw == f"/{stage}" or raw.startswith(f"/{stage}/")
             prefix = f"/{stage}" if stage != "$default" and on_gateway and at_stage else ""
         return (prefix, True) if prefix and _PREFIX_OK.fullmatch(prefix) else ("", False)
