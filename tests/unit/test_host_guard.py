@@ -21,7 +21,7 @@ def test_host_name_drops_the_port_and_the_brackets(header: str, name: str) -> No
 @pytest.mark.parametrize(
     "header",
     ["localhost", "LOCALHOST:9000", "127.0.0.1:8080", "127.0.0.2", "127.255.255.254:1", "[::1]:8080",
-     "[0:0:0:0:0:0:0:1]", "::1"],
+     "[0:0:0:0:0:0:0:1]", "localhost:", "127.0.0.1:65535"],
 )  # fmt: skip
 def test_every_loopback_address_is_this_machine(header: str) -> None:
     """`serve --host 127.0.0.2` must answer requests addressed to 127.0.0.2, not only to 127.0.0.1."""
@@ -34,6 +34,16 @@ def test_every_loopback_address_is_this_machine(header: str) -> None:
      "127.1", "0.0.0.0", "[::]", "localhost:8080:1", "notlocalhost", "foo.localhost:8080"],
 )  # fmt: skip
 def test_any_other_name_is_refused(header: str) -> None:
+    assert not is_loopback_host(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["localhost:junk", "::1", "127.0.0.1:99999999", "[::1", "[::1]junk", "[127.0.0.1]", "localhost:8O80",
+     "127.0.0.1:\u0668\u0660", "localhost: 80"],
+)  # fmt: skip
+def test_a_host_that_is_not_a_name_with_a_port_of_digits_is_refused(header: str) -> None:
+    """RFC 9112 3.2: a 400 for a Host whose value is invalid; these were answered, their name being loopback."""
     assert not is_loopback_host(header)
 
 

@@ -23,8 +23,31 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def is_valid_host(value: str) -> bool:
+    """Whether a Host header is a host with an optional port (RFC 9110 7.2: ``uri-host [ ":" port ]``): an IPv6
+    address only in brackets, a port only of digits (and at most 65535); anything else gets a 400 (RFC 9112 3.2)."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return False
+        try:
+            ipaddress.IPv6Address(value[1:end])
+        except ValueError:
+            return False
+        rest = value[end + 1 :]
+    else:
+        rest = value[value.find(":") :] if ":" in value else ""
+    if not rest:
+        return True
+    port = rest[1:]
+    return rest.startswith(":") and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+
+
 def is_loopback_host(value: str) -> bool:
     """Whether a Host header names this machine: ``localhost`` or a loopback address, with or without a port."""
+    if not is_valid_host(value):
+        return False
     name = host_name(value)
     if name == "localhost":
         return True
@@ -52,7 +75,7 @@ class LoopbackHostGuard:
         note_refusal(400, "invalid_host")
         message = (
             "this runner answers only requests to localhost or a loopback address such as 127.0.0.1 or [::1] "
-            "(the Host header)"
+            "(the Host header: one, a name or address with an optional port of digits)"
         )
         body, headers = error_content("invalid_host", message, None, self.disclaimer)
         payload = json.dumps(body).encode()
