@@ -982,3 +982,25 @@ def test_help_says_how_to_choose_the_model(command: str, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     assert "MODEL_DIR" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_the_readme_states_the_deadlines_and_limits_serve_runs_with(
+    model_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error table and the runner's row promise these numbers: a change to one must change the README too."""
+    from cataract_inference.api import BODY_DEADLINE_S
+    from cataract_inference.serve_protocol import HEADER_DEADLINE_S, MAX_HEAD_BYTES, WRITE_DEADLINE_S
+
+    seen = _recording_server(monkeypatch, capsys)
+    assert cli.main(["serve", "--port", str(free_port())]) == 0
+    text = README.read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith(("| 4", "| 5"))}
+    assert f"did not arrive within {HEADER_DEADLINE_S:g} s, or the body within {BODY_DEADLINE_S:g} s" in rows["408"]
+    assert f"over {MAX_HEAD_BYTES // 1024} KiB" in rows["431"]
+    limit = seen["config"].limit_concurrency
+    assert f"{limit} connections are open or {limit} requests in flight" in rows["503"]
+    (runner,) = [line for line in text.splitlines() if line.startswith("| `cataract-screen serve")]
+    assert (
+        f"headers take over {HEADER_DEADLINE_S:g} s or body over {BODY_DEADLINE_S:g} s, and a client that reads "
+        f"nothing of its answer for {WRITE_DEADLINE_S:g} s"
+    ) in runner
