@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cataract_inference.host_guard import LoopbackHostGuard
+from cataract_inference.observability import SERVICE
 from cataract_inference.serve_protocol import MAX_HEAD_BYTES, with_deadlines
 from tests.support.serve import free_port
 
@@ -65,10 +67,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def _running(linger_s: float = LINGER_S) -> Iterator[tuple[int, uvicorn.Server, threading.Thread]]:
+def _running(linger_s: float = LINGER_S, app: Any = _app) -> Iterator[tuple[int, uvicorn.Server, threading.Thread]]:
     chosen = free_port()
     config = uvicorn.Config(
-        _app,
+        app,
         host="127.0.0.1",
         port=chosen,
         http=with_deadlines(DISCLAIMER, deadline_s=DEADLINE_S, write_deadline_s=WRITE_DEADLINE_S, linger_s=linger_s),
@@ -142,6 +144,27 @@ def _json_error(raw: bytes, status: int) -> dict[str, Any]:
 
 def _get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+
+
+@contextlib.contextmanager
+def _server_log() -> Iterator[list[str]]:
+    """The lines the server logs meanwhile: uvicorn's (they do not reach the root logger, and so not caplog),
+    asyncio's and the app's. Start it once the server runs: uvicorn's Config sets its loggers up afresh."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    keep = Keep()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "asyncio", SERVICE)]
+    for logger in loggers:
+        logger.addHandler(keep)
+    try:
+        yield lines
+    finally:
+        for logger in loggers:
+            logger.removeHandler(keep)
 
 
 def test_a_client_that_sends_nothing_is_closed_silently_after_the_deadline(port: int) -> None:
@@ -220,6 +243,20 @@ def test_pipelined_requests_in_one_packet_are_all_answered(port: int) -> None:
         sock.sendall(_get("/one") + _get("/two"))
         answers = [json.loads(_read_response(reader)[2])["path"] for _ in range(2)]
     assert answers == ["/one", "/two"]
+
+
+def test_part_of_a_head_pipelined_behind_a_whole_request_gets_its_json_408(port: int) -> None:
+    # Its bytes came before the first answer, so no later first byte started its clock: uvicorn's keep-alive timer
+    # closed it silently instead (5 s under `serve`, before the 10 s head deadline; 30 s here).
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_get("/one") + b"GET /two HTTP/1.1\r\nHo")
+        status, _, body = _read_response(reader)
+        start = time.monotonic()
+        rest = reader.read()  # to the close
+        waited = time.monotonic() - start
+    assert status == 200 and json.loads(body)["path"] == "/one"
+    assert _json_error(rest, 408)["code"] == "request_timeout"
+    assert waited < DEADLINE_S * 3
 
 
 @pytest.mark.parametrize(
@@ -323,6 +360,63 @@ def test_a_client_that_reads_its_answer_slowly_keeps_its_connection(port: int) -
     assert received.startswith(b"HTTP/1.1 200 ")
 
 
+def _held_connection(server: uvicorn.Server) -> H11Protocol:
+    """The one connection the server has open."""
+    while not server.server_state.connections:
+        time.sleep(0.01)
+    [held] = list(server.server_state.connections)
+    return held  # type: ignore[return-value]
+
+
+def _small_window(port: int) -> socket.socket:
+    """A connection whose small receive buffer an 8 MB answer overfills, so that it waits in the transport."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(DEADLINE_S * 8)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_a_client_that_reads_its_answer_keeps_its_connection_after_the_write_deadline(
+    served: tuple[int, uvicorn.Server],
+) -> None:
+    # The write deadline ran on after the client had read everything, and dropped it when it came round again: a
+    # healthy keep-alive session whose writes had once paused was cut off 60 s on under `serve`.
+    port, server = served
+    with _small_window(port) as sock, sock.makefile("rb") as reader:
+        held = _held_connection(server)
+        sock.sendall(_get("/huge"))
+        start = time.monotonic()
+        time.sleep(0.2)
+        assert held.transport.get_write_buffer_size() > 0, "the answer did not wait: the deadline never ran"
+        status, _, body = _read_response(reader)
+        assert status == 200 and len(body) == 4 * BIG
+        time.sleep(max(0.0, start + WRITE_DEADLINE_S * 2.5 - time.monotonic()))  # idle, past two deadlines
+        sock.sendall(_get("/again"))
+        status, _, body = _read_response(reader)
+    assert status == 200 and json.loads(body)["path"] == "/again"
+
+
+def test_a_client_that_reads_some_of_its_answer_then_stops_reading_is_dropped(
+    served: tuple[int, uvicorn.Server],
+) -> None:
+    # A phone that lost its link mid-answer. Having read some within the deadline, it gets another; reading nothing
+    # in that one, it is dropped, as a client that never read is.
+    port, server = served
+    with _small_window(port) as sock:
+        held = _held_connection(server)
+        sock.sendall(_get("/huge"))
+        time.sleep(WRITE_DEADLINE_S / 4)
+        assert held.transport.get_write_buffer_size() > 0, "the answer did not wait: the deadline never ran"
+        received = 0
+        while received < 512 * 1024:
+            received += len(sock.recv(65536))
+        deadline = time.monotonic() + WRITE_DEADLINE_S * 4
+        while held in server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held not in server.server_state.connections, "the stalled client still holds its connection"
+
+
 def test_serve_runs_uvicorn_with_this_protocol(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
     from cataract_inference import cli
 
@@ -396,6 +490,28 @@ def test_a_malformed_head_with_a_body_behind_it_gets_its_json_400_not_a_reset(po
         assert _json_error(_read_all(sock), 400)["code"] == "malformed_request"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["te-first", "cl-first"],
+)
+def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_its_connection_closed(
+    port: int, head: bytes
+) -> None:
+    # RFC 9112 6.1: the server must close the connection after answering such a request (a proxy in front may have
+    # framed it the other way: smuggling). h11 took the chunked body and kept the connection, serving what followed.
+    with _connect(port) as sock:
+        sock.sendall(head + b"0\r\n\r\n" + _get("/smuggled"))
+        raw = _read_all(sock)
+    error = _json_error(raw, 400)
+    assert error["code"] == "malformed_request"
+    assert "Content-Length" in error["message"] and "Transfer-Encoding" in error["message"]
+    assert b"smuggled" not in raw, "the request behind it was served"
+
+
 def _upload_behind(sock: socket.socket, head: bytes) -> None:
     """Send ``head``, then, once the server has refused it and closed, nearly 2 MB of body regardless."""
     sock.sendall(head)
@@ -433,6 +549,17 @@ def test_a_head_over_the_limit_gets_a_json_431_however_it_arrives(port: int, pie
         _send_in_pieces(sock, head, pieces)
         error = _json_error(_read_all(sock), 431)
     assert error["code"] == "headers_too_large" and "64 KiB" in error["message"]
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["one-write", "in-pieces"])
+def test_a_request_line_over_the_limit_gets_a_json_414(port: int, pieces: int) -> None:
+    # RFC 9112 3: a request-target longer than the server parses gets 414; it got the 431 for large headers
+    # ("large cookies for this host?").
+    head = b"GET /health?x=" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: test\r\n\r\n"
+    with _connect(port) as sock:
+        _send_in_pieces(sock, head, pieces)
+        error = _json_error(_read_all(sock), 414)
+    assert error["code"] == "uri_too_long" and "64 KiB" in error["message"]
 
 
 def test_a_head_over_the_limit_with_a_body_behind_it_gets_its_431_not_a_reset(port: int) -> None:
@@ -531,6 +658,40 @@ def test_a_malformed_chunk_after_an_early_answer_closes_quietly(port: int, caplo
     assert not [r for r in caplog.records if "Fatal error" in r.getMessage()], caplog.text
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # The app answers 404 without reading the body: it answered into the connection the 400 had finished.
+        b"POST /nowhere HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        # The 400 itself had a body, which h11 refuses after the head of an answer to HEAD.
+        b"HEAD /health HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["post", "head"],
+)
+def test_a_malformed_body_that_comes_with_its_head_gets_one_json_400_and_no_server_error(
+    handler: Any, monkeypatch: pytest.MonkeyPatch, request_bytes: bytes
+) -> None:
+    # The real app: its late answer raised LocalProtocolError, logged as "unhandled error" and counted as a
+    # ServerError, for what is the client's error.
+    from cataract_inference import api
+
+    server_errors: list[None] = []
+    monkeypatch.setattr(api, "record_server_error", lambda: server_errors.append(None))
+    with _running(app=handler.app) as (port, _, _), _server_log() as lines, _connect(port) as sock:
+        sock.sendall(request_bytes)
+        raw = _read_all(sock)
+        time.sleep(0.2)  # the app's task runs after the 400
+    if request_bytes.startswith(b"HEAD"):
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head
+        assert rest == b"", "a body, or a second answer"
+    else:  # the JSON body, and nothing after it
+        assert _json_error(raw, 400)["code"] == "malformed_request"
+    for sign in ("unhandled error", "Exception in ASGI application", "Fatal error"):
+        assert not [line for line in lines if sign in line], lines
+    assert not server_errors
+
+
 @pytest.mark.parametrize("busy", [False, True])
 def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(port: int, busy: bool) -> None:
     # As Python's urllib and http.client do. The connection was closed with the body unread: a reset, which
@@ -576,18 +737,17 @@ def test_a_client_still_uploading_when_the_runner_stops_gets_its_json_503() -> N
         assert _json_error(_read_all(sock), 503)["code"] == "overloaded"
 
 
-def test_a_request_still_being_served_when_graceful_shutdown_runs_out_gets_a_json_503(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # uvicorn cancels it and answered a plain-text 500, logging "Exception in ASGI application".
-    with _running() as (port, server, thread), _connect(port) as sock:
+def test_a_request_still_being_served_when_graceful_shutdown_runs_out_gets_a_json_503() -> None:
+    # uvicorn cancels it and answered a plain-text 500, logging "Exception in ASGI application" (to uvicorn's own
+    # logger, which caplog never sees: hence _server_log).
+    with _running() as (port, server, thread), _server_log() as log, _connect(port) as sock:
         sock.sendall(b"POST /stuck HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
         time.sleep(0.2)
         server.should_exit = True
         error = _json_error(_read_all(sock), 503)
         thread.join(10)
     assert error["code"] == "overloaded" and "shutting down" in error["message"]
-    assert "Exception in ASGI application" not in caplog.text
+    assert not [line for line in log if "Exception in ASGI application" in line], log
 
 
 def test_an_uploader_that_pauses_still_gets_its_early_answer() -> None:

@@ -8,6 +8,7 @@ locked everyone else out with 503s until they left. The body has its own deadlin
 (``api.BODY_DEADLINE_S``).
 The protocol also answers uvicorn's "too many connections" 503, and its 400 for a request that is not
 valid HTTP/1.1, in the API's JSON error shape, not as plain text, so a client reads every error the same way.
+It refuses a request that has both Content-Length and Transfer-Encoding, and closes its connection (RFC 9112 6.1).
 
 Used by `serve` only; uvicorn is not in the Lambda image (API Gateway fronts the function there).
 """
@@ -85,10 +86,14 @@ def _timeout_response(deadline_s: float, disclaimer: str) -> bytes:
 class _HeadLimitedConnection(h11.Connection):
     """h11's connection, refusing a head that ends past MAX_HEAD_BYTES before parsing it, however it arrived: in one
     packet or many, first on its connection, pipelined, or behind an answer given before its body was read (uvicorn
-    parses on from there without returning). The refusal is a protocol error, answered by send_400_response.
-    A request target in absolute form is passed on in origin form."""
+    parses on from there without returning). The refusal is a protocol error, answered by send_400_response: a 414
+    where the request line alone is over the limit, a 431 otherwise. So is a request with both Content-Length and
+    Transfer-Encoding. A request target in absolute form is passed on in origin form."""
 
     head_too_large = False
+    target_too_long = False  # the head too large, and its request line alone
+    both_lengths = False  # Content-Length and Transfer-Encoding
+    request_method: bytes | None = None  # the last request's, for the answer to one refused after it was parsed
 
     def next_event(self) -> Any:
         if self.their_state is h11.IDLE:
@@ -96,10 +101,20 @@ class _HeadLimitedConnection(h11.Connection):
             # Where h11 itself ends a head: a blank line, with or without its CR.
             if len(pending) > MAX_HEAD_BYTES and _HEAD_END.search(pending, 0, MAX_HEAD_BYTES + 3) is None:
                 self.head_too_large = True
-                raise h11.RemoteProtocolError("request line and headers too large", error_status_hint=431)
+                # RFC 9112 3: a request-target longer than the server parses is a 414, not a 431.
+                self.target_too_long = pending.find(b"\n", 0, MAX_HEAD_BYTES) == -1
+                status = 414 if self.target_too_long else 431
+                raise h11.RemoteProtocolError("request line and headers too large", error_status_hint=status)
         event = super().next_event()
-        if isinstance(event, h11.Request) and (absolute := _ABSOLUTE_FORM.match(event.target)):
-            event = _in_origin_form(event, absolute)
+        if isinstance(event, h11.Request):
+            self.request_method = event.method
+            names = {name for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # RFC 9112 6.1: the server must close the connection after answering it; h11 would keep it alive.
+                self.both_lengths = True
+                raise h11.RemoteProtocolError("Content-Length and Transfer-Encoding", error_status_hint=400)
+            if absolute := _ABSOLUTE_FORM.match(event.target):
+                event = _in_origin_form(event, absolute)
         return event
 
 
@@ -143,6 +158,16 @@ def with_deadlines(
     head_too_large_body = _error_json(
         "headers_too_large",
         f"the request line and headers are over {MAX_HEAD_BYTES // 1024} KiB (large cookies for this host?); send less",
+        disclaimer,
+    )
+    target_too_long_body = _error_json(
+        "uri_too_long",
+        f"the request line is over {MAX_HEAD_BYTES // 1024} KiB; send a shorter URL (a photo goes in the body)",
+        disclaimer,
+    )
+    both_lengths_body = _error_json(
+        "malformed_request",
+        "the request has both Content-Length and Transfer-Encoding headers; send one of them",
         disclaimer,
     )
     shutting_down_body = _error_json(
@@ -212,6 +237,10 @@ def with_deadlines(
             self._cycle_when_armed = self.cycle
             self._head_timer = self.loop.call_later(deadline_s, self._head_deadline_passed)
 
+        def _head_pending(self) -> bool:
+            """Part of a head waits in h11's buffer, unparsed (it has not parsed one: IDLE)."""
+            return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+
         def _disarm(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
@@ -272,6 +301,16 @@ def with_deadlines(
             super().on_response_complete()  # starts the next pipelined request, if a whole one is buffered
             if self._peer_done and self.conn.their_state is not h11.DONE and not self.transport.is_closing():
                 self.transport.close()  # the client sends nothing more: that was its last answer
+            if (
+                self._head_timer is None
+                and self._awaiting_head()
+                and self._head_pending()
+                and not self.transport.is_closing()
+            ):
+                # Part of the next head came in with the last request: its clock starts now, as at a first byte, and
+                # not uvicorn's keep-alive timer's, which closed it silently (no 408).
+                self._unset_keepalive_if_required()
+                self._arm()
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:
@@ -286,22 +325,37 @@ def with_deadlines(
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what h11 cannot parse is plain text; the same answer as JSON.
-            if self._head_limited.head_too_large:  # its body may follow: the close lingers, as for any refused head
+            if self._head_limited.target_too_long:  # its body may follow: the close lingers, as for any refused head
+                self._answer_and_close(414, b"URI Too Long", target_too_long_body)
+            elif self._head_limited.head_too_large:
                 self._answer_and_close(431, b"Request Header Fields Too Large", head_too_large_body)
-                return
-            self._answer_and_close(400, b"Bad Request", malformed_body)
+            elif self._head_limited.both_lengths:
+                self._answer_and_close(400, b"Bad Request", both_lengths_body)
+            else:
+                self._answer_and_close(400, b"Bad Request", malformed_body)
 
         def _answer_and_close(self, status: int, reason: bytes, body: bytes) -> None:
             """Write a JSON answer with h11, outside any request cycle, and close the connection.
 
             Only while no answer is under way: after one (a malformed chunk after an early 413), h11 refuses a
-            second, and the connection is just closed.
+            second, and the connection is just closed. The app's task for the request, if it has one, is told the
+            client is gone (its receive() returns a disconnect, its answer is dropped): it may not have run yet (a
+            malformed body that came with its head), and its answer on the finished connection was a 500.
             """
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 headers = _error_headers(body)
-                for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body)):
+                # The answer to a HEAD is its headers only: h11 refuses a body after them.
+                head = self.conn.our_state is h11.SEND_RESPONSE and self._head_limited.request_method == b"HEAD"
+                for event in (
+                    h11.Response(status_code=status, headers=headers, reason=reason),
+                    h11.Data(data=b"" if head else body),
+                ):
                     self.transport.write(self.conn.send(event) or b"")
                 self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
             self.transport.close()
 
         def shutdown(self) -> None:
@@ -313,10 +367,8 @@ def with_deadlines(
             if cycle is not None and not cycle.response_started and self.conn.their_state is h11.SEND_BODY:
                 # Still receiving a body: the app would wait for it until uvicorn's graceful timeout cancelled it,
                 # and uvicorn then answered a plain-text 500. A JSON 503 now, and the app told at once that the
-                # client is gone (its receive() returns a disconnect), so there is no task left to cancel.
+                # client is gone (by _answer_and_close), so there is no task left to cancel.
                 self._answer_and_close(503, b"Service Unavailable", shutting_down_body)
-                cycle.disconnected = True
-                cycle.message_event.set()
                 return
             super().shutdown()
 
@@ -363,9 +415,9 @@ def with_deadlines(
             self._head_timer = None
             if self.transport.is_closing() or self.cycle is not self._cycle_when_armed:
                 return
-            # Part of a head is waiting in h11's buffer (it has not parsed one: IDLE). Otherwise the client sent
-            # nothing, or is still sending the body of a request already answered: no 408 for either.
-            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            # No part of a head waiting: the client sent nothing, or is still sending the body of a request already
+            # answered. No 408 for either.
+            if self._head_pending():
                 self.logger.warning("Request head not complete within %g s: 408, connection closed.", deadline_s)
                 self.transport.write(timeout_response)
             self.transport.close()  # connection_lost then tells h11 and uvicorn
