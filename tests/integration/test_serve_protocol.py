@@ -665,8 +665,11 @@ def test_a_malformed_chunk_after_an_early_answer_closes_quietly(port: int, caplo
         b"POST /nowhere HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         # The 400 itself had a body, which h11 refuses after the head of an answer to HEAD.
         b"HEAD /health HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        # The app, reading the body, first sent the 100 Continue asked for: into the finished connection.
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nExpect: 100-continue\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
-    ids=["post", "head"],
+    ids=["post", "head", "expect-100-continue"],
 )
 def test_a_malformed_body_that_comes_with_its_head_gets_one_json_400_and_no_server_error(
     handler: Any, monkeypatch: pytest.MonkeyPatch, request_bytes: bytes
@@ -793,6 +796,27 @@ def test_a_client_that_half_closes_after_whole_requests_gets_every_answer_then_a
     assert [status for status, _, _ in answers] == [200] * len(requests)
     paths = [json.loads(body)["path"] for _, _, body in answers]
     assert paths == [r.split(b" ")[1].decode() for r in requests]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "more"),
+    [
+        (b"POST /slow HTTP/1.0\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", b"\r\n"),
+        (b"POST /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc", _get("/one")),
+    ],
+    ids=["http-1.0-then-crlf", "connection-close-then-a-request"],
+)
+def test_bytes_after_a_last_request_are_ignored_not_answered_in_its_place(
+    port: int, request_bytes: bytes, more: bytes
+) -> None:
+    # h11 raised on them, and the 400 for "data after the last request" took the place of that request's answer.
+    with _connect(port) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request_bytes)
+        time.sleep(0.05)  # while it is being answered
+        sock.sendall(more)
+        status, _, body = _read_response(reader)
+        assert status == 200 and json.loads(body)["path"] == "/slow"
+        assert reader.read() == b"", "the connection closes after the answer, the request after it unanswered"
 
 
 def test_a_client_that_half_closes_mid_body_is_closed_not_waited_for(port: int) -> None:

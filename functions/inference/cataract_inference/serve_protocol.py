@@ -96,6 +96,10 @@ class _HeadLimitedConnection(h11.Connection):
     request_method: bytes | None = None  # the last request's, for the answer to one refused after it was parsed
 
     def next_event(self) -> Any:
+        if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
+            # Bytes after a request that said it was the last (HTTP/1.0, Connection: close), such as the CRLF old
+            # clients append: ignored (RFC 9112 9.6), where h11's error replaced that request's answer with a 400.
+            return h11.PAUSED
         if self.their_state is h11.IDLE:
             pending = self.trailing_data[0]
             # Where h11 itself ends a head: a blank line, with or without its CR.
@@ -355,6 +359,8 @@ def with_deadlines(
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
+                # Else its first receive() would send the 100 Continue the client asked for, into the closed stream.
+                cycle.waiting_for_100_continue = False
                 cycle.message_event.set()
             self.transport.close()
 
