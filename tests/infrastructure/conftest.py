@@ -190,21 +190,26 @@ print(json.dumps(parsed))
 def sam_parameter_overrides(argvs: list[list[str]]) -> list[dict[str, str] | str]:
     """Each argument list (what the shell hands `sam deploy --parameter-overrides`) as SAM CLI's own parser reads
     it: a dict of parameter values, or the error it refuses the command with."""
+    parsed: list[dict[str, str] | str] = _in_sam_python(_PARSE_OVERRIDES, argvs)
+    return parsed
+
+
+def _in_sam_python(script: str, given: Any) -> Any:
+    """What ``script`` prints (JSON) when run by the interpreter SAM CLI's venv runs on, ``given`` on its stdin."""
     import json
     import subprocess
 
-    python = Path(os.path.realpath(tool("sam"))).parent / "python3"  # the interpreter SAM CLI's venv runs on
+    python = Path(os.path.realpath(tool("sam"))).parent / "python3"
     result = subprocess.run(
-        [str(python), "-c", _PARSE_OVERRIDES],
-        input=json.dumps(argvs),
+        [str(python), "-c", script],
+        input=json.dumps(given),
         env=tool_env(),
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    parsed: list[dict[str, str] | str] = json.loads(result.stdout)
-    return parsed
+    return json.loads(result.stdout)
 
 
 _SAM_LOCAL_EVENTS = """
@@ -235,19 +240,6 @@ def sam_local_events(
     """The REST event `sam local start-api` builds for a POST of ``body`` under each Content-Type, by SAM CLI's own
     code and the template's ``BinaryMediaTypes`` (as written there, ``image~1jpeg``): the event's
     ``isBase64Encoded`` and body, or the decoding error SAM answers with its own 502."""
-    import json
-    import subprocess
-
-    python = Path(os.path.realpath(tool("sam"))).parent / "python3"
     spec = {"binary_media_types": binary_media_types, "content_types": content_types, "body_hex": body.hex()}
-    result = subprocess.run(
-        [str(python), "-c", _SAM_LOCAL_EVENTS],
-        input=json.dumps(spec),
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    built: list[dict[str, Any] | str] = json.loads(result.stdout)
+    built: list[dict[str, Any] | str] = _in_sam_python(_SAM_LOCAL_EVENTS, spec)
     return built

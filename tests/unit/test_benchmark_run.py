@@ -221,15 +221,22 @@ def test_int8_verdict_judges_the_unrounded_speed_up(tmp_path: Path, monkeypatch:
     assert unmeasured == {"int8": why} and run.run_kind(False, set(), None, unmeasured)[0]
 
 
-def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # 1 of 97 is 1.03 points: judged after rounding to one decimal it read "+1.0 points", met.
+def _measurable_int8_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An export pair with its split.json and a photo folder, the int8 section's latency stubbed at 3.0 and 2.0 ms:
+    what the section needs to go on to the validation rows."""
     export = _export_pair(tmp_path)
     (tmp_path / "photos").mkdir()
     (export.parent / "split.json").write_text("{}", encoding="utf-8")
     monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
     monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.0], "int8 session.run": [2.0]})
+    return run.int8.from_export(export / "fp32", export / "int8")
+
+
+def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1 of 97 is 1.03 points: judged after rounding to one decimal it read "+1.0 points", met.
+    pair = _measurable_int8_export(tmp_path, monkeypatch)
     outputs = {"logits": np.zeros((97, 2))}
     fp32_labels = np.array(["cataract"] * 50 + ["normal"] * 47)
     int8_labels = fp32_labels.copy()
@@ -261,7 +268,6 @@ def test_one_validation_photo_lost_of_97_misses_the_int8_accuracy_target(
         return val
 
     monkeypatch.setattr(run.int8, "validation", validation)
-    pair = run.int8.from_export(export / "fp32", export / "int8")
     assert pair.split is not None and pair.split.is_file()
     targets: list[run.Row] = []
     lines: list[str] = []
@@ -474,11 +480,7 @@ def test_int8_agreement_counts_changed_decisions_and_the_largest_probability_cha
 def test_a_shift_that_fails_keeps_the_int8_accuracy_target_already_measured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    export = _export_pair(tmp_path)
-    (tmp_path / "photos").mkdir()
-    (export.parent / "split.json").write_text("{}", encoding="utf-8")
-    monkeypatch.setattr(run, "SHARED_TRAIN", tmp_path / "photos")
-    monkeypatch.setattr(run.int8, "latency", lambda *args: {"fp32 session.run": [3.0], "int8 session.run": [2.0]})
+    pair = _measurable_int8_export(tmp_path, monkeypatch)
     row = {"n": 97, "accuracy": 100.0, "sensitivity": 100.0, "positives": 50, "outputs": {"logits": np.zeros((97, 2))}}
 
     def validation(*args: Any) -> dict[str, dict[str, Any]]:
@@ -489,13 +491,6 @@ def test_a_shift_that_fails_keeps_the_int8_accuracy_target_already_measured(
     monkeypatch.setattr(run.int8, "validation", validation)
     targets: list[run.Row] = []
     with pytest.raises(OSError, match="shifted photo"):
-        run.int8_section(
-            run.int8.from_export(export / "fp32", export / "int8"),
-            small_photo(),
-            1,
-            lambda text: None,
-            targets,
-            unmeasured={},
-        )
+        run.int8_section(pair, small_photo(), 1, lambda text: None, targets, unmeasured={})
     assert [name for name, *_ in targets] == ["int8 speed-up over fp32", "int8 accuracy loss on validation"]
     assert targets[1][3] == "met"
