@@ -348,10 +348,8 @@ def with_deadlines(
             """
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 headers = _error_headers(body)
-                # The answer to a HEAD is its headers only (h11 refuses a body after them), a head refused unparsed too.
-                parsed = self.conn.our_state is h11.SEND_RESPONSE
-                method = self._head_limited.request_method if parsed else self.conn.trailing_data[0][:5]
-                head = method in (b"HEAD", b"HEAD ")
+                # The answer to a HEAD is its headers only: h11 refuses a body after them.
+                head = self.conn.our_state is h11.SEND_RESPONSE and self._head_limited.request_method == b"HEAD"
                 for event in (
                     h11.Response(status_code=status, headers=headers, reason=reason),
                     h11.Data(data=b"" if head else body),
