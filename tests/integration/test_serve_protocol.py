@@ -819,6 +819,18 @@ def test_bytes_after_a_last_request_are_ignored_not_answered_in_its_place(
         assert reader.read() == b"", "the connection closes after the answer, the request after it unanswered"
 
 
+def test_a_large_answer_to_a_last_request_with_more_bytes_behind_it_arrives_whole_then_a_clean_close(port: int) -> None:
+    # Reading paused at the extra bytes: those that came later stayed unread, and closing on them sent a reset that
+    # cut the 2 MB answer short (ConnectionResetError after a few KB).
+    with _connect(port) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\nGET /one HTTP/1.1\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"Host: test\r\n\r\n")  # the rest of a request that will not be answered
+        time.sleep(0.5)  # the answer is complete on the server's side, and the close under way
+        head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == BIG
+
+
 def test_a_client_that_half_closes_mid_body_is_closed_not_waited_for(port: int) -> None:
     # The body can never be whole: nothing to answer, and no reason to hold the connection.
     with _connect(port) as sock:

@@ -264,7 +264,13 @@ def with_deadlines(
 
         def _close(self) -> None:
             # SEND_BODY: a body still arriving. ERROR or a refused head: its body (if any) may still be arriving.
-            refused = self._head_limited.head_too_large or self.conn.their_state is h11.ERROR
+            # MUST_CLOSE with bytes after the last request: more may wait unread, and a close with unread bytes
+            # sends a reset that cuts the answer short.
+            refused = (
+                self._head_limited.head_too_large
+                or self.conn.their_state is h11.ERROR
+                or (self.conn.their_state is h11.MUST_CLOSE and bool(self.conn.trailing_data[0]))
+            )
             if (
                 self._lingering
                 or self.transport.is_closing()
