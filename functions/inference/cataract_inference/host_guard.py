@@ -15,40 +15,36 @@ from typing import Any
 from .api import error_content, note_refusal
 
 
-def host_name(value: str) -> str:
-    """The name part of a Host header: without the port, and without the brackets around an IPv6 address."""
+def host_name(value: str) -> str | None:
+    """The name part of a Host header, lowercase, without its port and without the brackets around an IPv6 address;
+    None when the header is not a host with an optional port (RFC 9110 7.2: ``uri-host [ ":" port ]``: an IPv6
+    address only in brackets, a port only of digits, here at most 65535), which gets a 400 (RFC 9112 3.2)."""
     value = value.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-
-
-def is_valid_host(value: str) -> bool:
-    """Whether a Host header is a host with an optional port (RFC 9110 7.2: ``uri-host [ ":" port ]``): an IPv6
-    address only in brackets, a port only of digits (and at most 65535); anything else gets a 400 (RFC 9112 3.2)."""
-    value = value.strip()
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
-            return False
+            return None
+        name, rest = value[1:end], value[end + 1 :]
         try:
-            ipaddress.IPv6Address(value[1:end])
+            ipaddress.IPv6Address(name)
         except ValueError:
-            return False
-        rest = value[end + 1 :]
+            return None
     else:
-        rest = value[value.find(":") :] if ":" in value else ""
-    if not rest:
-        return True
+        name, colon, port = value.partition(":")
+        rest = colon + port
     port = rest[1:]
-    return rest.startswith(":") and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+    if rest and not (
+        rest.startswith(":") and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+    ):
+        return None
+    return name
 
 
 def is_loopback_host(value: str) -> bool:
     """Whether a Host header names this machine: ``localhost`` or a loopback address, with or without a port."""
-    if not is_valid_host(value):
-        return False
     name = host_name(value)
+    if name is None:
+        return False
     if name == "localhost":
         return True
     try:
