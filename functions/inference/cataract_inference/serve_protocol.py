@@ -95,8 +95,13 @@ class _HeadLimitedConnection(h11.Connection):
     both_lengths = False  # Content-Length and Transfer-Encoding
     request_method: bytes | None = None  # the last request's, for the answer to one refused after it was parsed
 
+    @property
+    def bytes_after_last_request(self) -> bool:
+        """Bytes came after a request that said it was the last (HTTP/1.0, Connection: close)."""
+        return self.their_state is h11.MUST_CLOSE and bool(self.trailing_data[0])
+
     def next_event(self) -> Any:
-        if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
+        if self.bytes_after_last_request:
             # Bytes after a request that said it was the last (HTTP/1.0, Connection: close), such as the CRLF old
             # clients append: ignored (RFC 9112 9.6), where h11's error replaced that request's answer with a 400.
             return h11.PAUSED
@@ -269,7 +274,7 @@ def with_deadlines(
             refused = (
                 self._head_limited.head_too_large
                 or self.conn.their_state is h11.ERROR
-                or (self.conn.their_state is h11.MUST_CLOSE and bool(self.conn.trailing_data[0]))
+                or self._head_limited.bytes_after_last_request
             )
             if (
                 self._lingering
@@ -427,8 +432,8 @@ def with_deadlines(
             self._head_timer = None
             if self.transport.is_closing() or self.cycle is not self._cycle_when_armed:
                 return
-            # No part of a head waiting: the client sent nothing, or is still sending the body of a request already
-            # answered. No 408 for either.
+            # A 408 only for part of a head: a client that sent nothing, or is still sending the body of a request
+            # already answered, is closed silently.
             if self._head_pending():
                 self.logger.warning("Request head not complete within %g s: 408, connection closed.", deadline_s)
                 self.transport.write(timeout_response)
