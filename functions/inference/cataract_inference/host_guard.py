@@ -34,7 +34,8 @@ def host_name(value: str) -> str | None:
         rest = colon + port
     port = rest[1:]
     if rest and not (
-        rest.startswith(":") and (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535))
+        rest.startswith(":")
+        and (port == "" or (len(port) <= 5 and port.isascii() and port.isdigit() and int(port) <= 65535))
     ):
         return None
     return name
